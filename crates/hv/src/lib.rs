@@ -1,0 +1,23 @@
+//! `hv`: Vessel's only door to KVM and to host system calls.
+//!
+//! This crate owns every `ioctl` on `/dev/kvm`, every raw pointer handed to the kernel and every
+//! signal handler. It exposes its own small types ([`VcpuExit`], [`CpuidEntry`], [`BootCpuState`])
+//! so that no `kvm-bindings` type leaks into the rest of Vessel. It must never depend on any other
+//! Vessel crate: device models and policy live above it.
+
+mod cpu;
+mod error;
+mod kick;
+mod kvm;
+mod memory;
+mod tty;
+mod vcpu;
+
+pub use cpu::{BootCpuState, CpuidEntry, Segment, SegmentKind};
+pub use error::HvError;
+pub use kick::{current_thread_handle, install_kick_handler, ThreadHandle};
+pub use kvm::{new_eventfd, Hypervisor, KvmFlavour, Vm};
+pub use memory::{GuestMemory, LoadError, OutOfRange};
+pub use tty::RawTerminal;
+pub use vcpu::{Vcpu, VcpuExit};
+pub use vmm_sys_util::eventfd::EventFd;

@@ -1,0 +1,64 @@
+//! `vessel`: the command-line front end of the Vessel VMM.
+//!
+//! `vessel run` boots one domain in the foreground with its serial console on the terminal.
+//! This crate parses arguments, wires standard I/O to the console and turns outcomes into exit
+//! codes; the machine itself lives in the `vmm` crate.
+#![forbid(unsafe_code)]
+
+mod run;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Vessel: a virtual machine monitor on Linux KVM.
+#[derive(Parser)]
+#[command(name = "vessel", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Boot one domain in the foreground; its serial console is this terminal.
+    ///
+    /// Exit status: 0 when the guest powers off, 2 when it reboots under --on-reboot exit,
+    /// 1 when the configuration is bad, the host cannot run it, or the guest crashes.
+    /// Press Ctrl-A then x to stop the domain from the console.
+    Run(run::RunArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Usage errors exit 1 (2 means "the guest rebooted"); --help and --version exit 0.
+            let _ = e.print();
+            return ExitCode::from(u8::from(e.use_stderr()));
+        }
+    };
+    let result = match cli.command {
+        Command::Run(args) => run::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("vessel: error: {}", one_line(&e));
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// The error and its causes on one line, skipping causes whose text the message already holds.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line
+}

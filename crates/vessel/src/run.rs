@@ -1,0 +1,122 @@
+//! `vessel run`: one domain in the foreground.
+
+use std::io::{self, Read};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use vmm::{ConsoleInput, DomainConfig, OnReboot, Outcome};
+
+/// The console escape: Ctrl-A followed by `x` stops the domain.
+const ESCAPE: u8 = 0x01;
+
+/// The raw-mode terminal, if standard input is one; taken (restored) on the way out.
+type SharedTerminal = Arc<Mutex<Option<hv::RawTerminal>>>;
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RebootPolicy {
+    /// Boot the guest again.
+    Restart,
+    /// Stop with exit status 2.
+    Exit,
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// Guest kernel: a bzImage or an ELF vmlinux with a PVH note.
+    #[arg(long, value_name = "PATH")]
+    kernel: PathBuf,
+    /// Initial ramdisk.
+    #[arg(long, value_name = "PATH")]
+    initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, default_value = "console=ttyS0")]
+    cmdline: String,
+    /// Number of virtual CPUs.
+    #[arg(long, default_value_t = 1)]
+    vcpus: u32,
+    /// Guest memory, with a K, M or G suffix (no suffix: MiB).
+    #[arg(long, default_value = "256M", value_parser = parse_memory)]
+    memory: u64,
+    /// What a guest reboot does.
+    #[arg(long, value_enum, default_value = "restart")]
+    on_reboot: RebootPolicy,
+}
+
+fn parse_memory(s: &str) -> Result<u64, String> {
+    vmm::parse_size(s).map_err(|e| e.to_string())
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let cfg = DomainConfig {
+        kernel: args.kernel,
+        initrd: args.initrd,
+        cmdline: args.cmdline,
+        vcpus: args.vcpus,
+        memory: args.memory,
+        on_reboot: match args.on_reboot {
+            RebootPolicy::Restart => OnReboot::Restart,
+            RebootPolicy::Exit => OnReboot::Exit,
+        },
+    };
+    let raw = hv::RawTerminal::enable().context("cannot set the terminal to raw mode")?;
+    let terminal: SharedTerminal = Arc::new(Mutex::new(raw));
+    let input = ConsoleInput::default();
+    spawn_stdin_forwarder(input.clone(), terminal.clone());
+    let outcome = vmm::run(&cfg, Arc::new(Mutex::new(io::stdout())), &input);
+    drop(terminal.lock().unwrap_or_else(|e| e.into_inner()).take());
+    match outcome? {
+        Outcome::PoweredOff => Ok(ExitCode::SUCCESS),
+        Outcome::Rebooted => {
+            eprintln!("vessel: guest rebooted (--on-reboot exit)");
+            Ok(ExitCode::from(2))
+        }
+    }
+}
+
+/// Copies standard input to the guest console until end of file. On a terminal, Ctrl-A x
+/// stops the domain (the terminal is restored by the exit path in `main`).
+fn spawn_stdin_forwarder(input: ConsoleInput, terminal: SharedTerminal) {
+    let interactive = terminal.lock().unwrap_or_else(|e| e.into_inner()).is_some();
+    let spawned = std::thread::Builder::new()
+        .name("console-in".into())
+        .spawn(move || {
+            let mut stdin = io::stdin().lock();
+            let mut buf = [0u8; 256];
+            let mut escaped = false;
+            loop {
+                let n = match stdin.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                if interactive {
+                    for &b in &buf[..n] {
+                        if escaped {
+                            escaped = false;
+                            match b {
+                                b'x' => {
+                                    // Restore the terminal before leaving.
+                                    drop(terminal.lock().unwrap_or_else(|e| e.into_inner()).take());
+                                    eprintln!("\r\nvessel: stopped from the console");
+                                    std::process::exit(130);
+                                }
+                                ESCAPE => input.send(&[ESCAPE]),
+                                _ => input.send(&[ESCAPE, b]),
+                            }
+                        } else if b == ESCAPE {
+                            escaped = true;
+                        } else {
+                            input.send(&[b]);
+                        }
+                    }
+                } else {
+                    input.send(&buf[..n]);
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        eprintln!("vessel: warning: no console input: {e}");
+    }
+}

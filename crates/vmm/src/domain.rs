@@ -1,0 +1,287 @@
+//! A domain: validate its configuration, build a machine (memory, kernel, devices, vCPUs), run
+//! it until it stops, and boot it again when the guest reboots and the policy says so.
+
+use std::fs::File;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use devices::bus::Bus;
+use devices::i8042::{I8042, I8042_PORT_BASE, I8042_PORT_LEN};
+use devices::power::{PowerManagement, PM_PORT_BASE, PM_PORT_LEN};
+use devices::serial::{SerialConsole, COM1_IRQ, COM1_PORT_BASE, COM1_PORT_LEN};
+use devices::InterruptLine;
+use hv::{EventFd, GuestMemory, Hypervisor, KvmFlavour};
+
+use crate::boot::{self, Initrd};
+use crate::config::{host_memory, DomainConfig, OnReboot};
+use crate::console::{ConsoleInput, ConsoleSink, SinkWriter};
+use crate::control::{Control, StopReason};
+use crate::error::DomainError;
+use crate::kernel::{self, KernelKind};
+use crate::layout::{self, ACPI_START, CMDLINE_MAX, MIN_MEMORY};
+use crate::vcpu::VcpuRunner;
+use crate::{acpi, cpuid};
+
+/// How a domain ended when it ended cleanly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The guest powered off.
+    PoweredOff,
+    /// The guest rebooted and the policy was [`OnReboot::Exit`].
+    Rebooted,
+}
+
+/// Checks a configuration against this host before anything is built.
+pub fn validate(cfg: &DomainConfig, hv: &Hypervisor) -> Result<KernelKind, DomainError> {
+    let max = hv.max_vcpus();
+    if cfg.vcpus == 0 {
+        return Err(DomainError::Config("--vcpus must be at least 1".into()));
+    }
+    if cfg.vcpus as usize > max || cfg.vcpus > 255 {
+        return Err(DomainError::Config(format!(
+            "--vcpus {} is more than this host's KVM allows ({})",
+            cfg.vcpus,
+            max.min(255)
+        )));
+    }
+    if cfg.memory < MIN_MEMORY {
+        return Err(DomainError::Config(format!(
+            "--memory {} MiB is too small: a domain needs at least {} MiB",
+            cfg.memory >> 20,
+            MIN_MEMORY >> 20
+        )));
+    }
+    if cfg.memory % 4096 != 0 {
+        return Err(DomainError::Config("--memory must be a multiple of 4 KiB".into()));
+    }
+    if let Some(host) = host_memory() {
+        if cfg.memory > host {
+            return Err(DomainError::Config(format!(
+                "--memory {} MiB is more than this host's {} MiB of RAM",
+                cfg.memory >> 20,
+                host >> 20
+            )));
+        }
+    }
+    if cfg.cmdline.len() >= CMDLINE_MAX {
+        return Err(DomainError::Config(format!(
+            "--cmdline is {} bytes; the limit is {}",
+            cfg.cmdline.len(),
+            CMDLINE_MAX - 1
+        )));
+    }
+    let (_, kind) = kernel::probe(&cfg.kernel)?;
+    if let Some(initrd) = &cfg.initrd {
+        let size = initrd_size(initrd)?;
+        if size >= cfg.memory {
+            return Err(DomainError::Initrd(format!(
+                "initrd {} ({} MiB) does not fit in guest memory ({} MiB)",
+                initrd.display(),
+                size >> 20,
+                cfg.memory >> 20
+            )));
+        }
+    }
+    Ok(kind)
+}
+
+fn initrd_size(path: &std::path::Path) -> Result<u64, DomainError> {
+    let err = |e: std::io::Error| {
+        DomainError::Initrd(format!("cannot read initrd {}: {e}", path.display()))
+    };
+    let file = File::open(path).map_err(err)?;
+    let meta = file.metadata().map_err(err)?;
+    if !meta.is_file() {
+        return Err(DomainError::Initrd(format!(
+            "initrd {} is not a regular file",
+            path.display()
+        )));
+    }
+    Ok(meta.len())
+}
+
+/// An interrupt line backed by an irqfd.
+struct IrqFd(EventFd);
+
+impl InterruptLine for IrqFd {
+    fn trigger(&self) -> std::io::Result<()> {
+        self.0.write(1)
+    }
+}
+
+/// One boot of a domain: a KVM VM with memory, devices and vCPUs, not yet running.
+struct Machine {
+    runners: Vec<VcpuRunner>,
+    _vm: hv::Vm,
+    control: Arc<Control>,
+    serial: Arc<Mutex<SerialConsole>>,
+}
+
+impl Machine {
+    fn build(hv: &Hypervisor, cfg: &DomainConfig, sink: &ConsoleSink) -> Result<Machine, DomainError> {
+        let mut vm = hv.create_vm()?;
+        let memory = Arc::new(
+            GuestMemory::new(&layout::ram_regions(cfg.memory))
+                .map_err(DomainError::host("allocating guest memory"))?,
+        );
+        vm.map_memory(&memory)?;
+
+        let kernel = kernel::load(&cfg.kernel, &memory)?;
+        if kernel.is_linux() && hv.flavour() == KvmFlavour::Pvm {
+            return Err(DomainError::UnsupportedHost(
+                "this host's /dev/kvm is kvm_pvm, a nested shadow-paging KVM that emulates guest \
+                 ring-0 code with gaps: it cannot boot an unmodified Linux kernel. Run Vessel on a \
+                 host with hardware KVM (VMX/SVM), e.g. inside the host box (see README)"
+                    .into(),
+            ));
+        }
+        let initrd = match &cfg.initrd {
+            None => None,
+            Some(path) => Some(load_initrd(path, &kernel, cfg.memory, &memory)?),
+        };
+        let tables = acpi::build(ACPI_START, cfg.vcpus);
+        memory.write(tables.base, &tables.bytes)?;
+        let boot_state = boot::prepare(&memory, &kernel, &cfg.cmdline, initrd, cfg.memory, tables.base)?;
+
+        let control = Arc::new(Control::default());
+        let com1_irq = hv::new_eventfd().map_err(DomainError::host("creating an eventfd"))?;
+        vm.register_irqfd(&com1_irq, COM1_IRQ)?;
+        let serial = Arc::new(Mutex::new(SerialConsole::new(
+            Arc::new(IrqFd(com1_irq)),
+            Box::new(SinkWriter(sink.clone())),
+        )));
+        let mut pio = Bus::new();
+        let bus_err = |e: devices::bus::BusError| DomainError::Config(e.to_string());
+        pio.insert(serial.clone(), COM1_PORT_BASE.into(), COM1_PORT_LEN.into())
+            .map_err(bus_err)?;
+        pio.insert(
+            Arc::new(Mutex::new(PowerManagement::new(control.clone()))),
+            PM_PORT_BASE.into(),
+            PM_PORT_LEN.into(),
+        )
+        .map_err(bus_err)?;
+        pio.insert(
+            Arc::new(Mutex::new(I8042::new(control.clone()))),
+            I8042_PORT_BASE.into(),
+            I8042_PORT_LEN.into(),
+        )
+        .map_err(bus_err)?;
+        let (pio, mmio) = (Arc::new(pio), Arc::new(Bus::new()));
+
+        let supported = hv.supported_cpuid()?;
+        let mut runners = Vec::with_capacity(cfg.vcpus as usize);
+        for id in 0..cfg.vcpus {
+            let vcpu = vm.create_vcpu(id)?;
+            vcpu.set_cpuid(&cpuid::for_vcpu(&supported, id, cfg.vcpus))?;
+            vcpu.set_msrs(&boot_msrs())?;
+            vcpu.set_lapic_lint()?;
+            vcpu.reset_fpu()?;
+            if id == 0 {
+                vcpu.set_boot_state(&boot_state)?;
+            }
+            runners.push(VcpuRunner {
+                vcpu,
+                pio: pio.clone(),
+                mmio: mmio.clone(),
+                control: control.clone(),
+                flavour: hv.flavour(),
+            });
+        }
+        Ok(Machine {
+            runners,
+            _vm: vm,
+            control,
+            serial,
+        })
+    }
+
+    /// Runs the vCPUs until the machine stops; returns why.
+    fn run(mut self) -> Result<StopReason, DomainError> {
+        hv::install_kick_handler()?;
+        let control = self.control.clone();
+        let mut threads = Vec::new();
+        for runner in self.runners.drain(..) {
+            let name = format!("vcpu{}", runner.vcpu.id());
+            let (tx, rx) = std::sync::mpsc::channel();
+            let handle = thread::Builder::new()
+                .name(name)
+                .spawn(move || {
+                    let _ = tx.send(hv::current_thread_handle());
+                    runner.run()
+                })
+                .map_err(DomainError::host("starting a vCPU thread"))?;
+            let kick = rx.recv().map_err(|_| DomainError::Crashed("a vCPU thread died at start".into()))?;
+            threads.push((handle, kick));
+        }
+        let reason = control.wait();
+        // Kick every vCPU out of KVM_RUN until its thread has left its loop.
+        for (handle, kick) in threads {
+            while !handle.is_finished() {
+                kick.kick();
+                thread::sleep(Duration::from_millis(1));
+            }
+            if handle.join().is_err() {
+                return Err(DomainError::Crashed("a vCPU thread panicked".into()));
+            }
+        }
+        Ok(reason)
+    }
+}
+
+/// MSRs every vCPU starts with: MTRRs on with write-back default, fast strings.
+fn boot_msrs() -> Vec<(u32, u64)> {
+    const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
+    const MSR_MTRR_DEF_TYPE: u32 = 0x2ff;
+    const MTRR_ENABLE: u64 = 1 << 11;
+    const MTRR_TYPE_WRBACK: u64 = 6;
+    vec![
+        (MSR_IA32_MISC_ENABLE, 1),
+        (MSR_MTRR_DEF_TYPE, MTRR_ENABLE | MTRR_TYPE_WRBACK),
+    ]
+}
+
+fn load_initrd(
+    path: &std::path::Path,
+    kernel: &kernel::LoadedKernel,
+    memory_size: u64,
+    memory: &GuestMemory,
+) -> Result<Initrd, DomainError> {
+    let err = |e: std::io::Error| {
+        DomainError::Initrd(format!("cannot read initrd {}: {e}", path.display()))
+    };
+    let file = File::open(path).map_err(err)?;
+    let size = file.metadata().map_err(err)?.len();
+    let addr = kernel::place_initrd(kernel, layout::low_ram_end(memory_size), size).ok_or_else(|| {
+        DomainError::Initrd(format!(
+            "initrd {} ({} MiB) does not fit in guest memory ({} MiB) next to the kernel; give the guest more --memory",
+            path.display(),
+            size.div_ceil(1 << 20),
+            memory_size >> 20
+        ))
+    })?;
+    memory.load_from_file(addr, &file, 0, size).map_err(|e| match e {
+        hv::LoadError::Io(e) => err(e),
+        hv::LoadError::Range(r) => DomainError::Initrd(r.to_string()),
+    })?;
+    Ok(Initrd { addr, size })
+}
+
+/// Runs a domain in the calling thread until it powers off (or reboots with
+/// [`OnReboot::Exit`]). Guest console output goes to `sink`; `input` feeds its console.
+pub fn run(cfg: &DomainConfig, sink: ConsoleSink, input: &ConsoleInput) -> Result<Outcome, DomainError> {
+    let hv = Hypervisor::open()?;
+    validate(cfg, &hv)?;
+    loop {
+        let machine = Machine::build(&hv, cfg, &sink)?;
+        input.attach(machine.serial.clone());
+        let reason = machine.run();
+        input.detach();
+        match reason? {
+            StopReason::PowerOff => return Ok(Outcome::PoweredOff),
+            StopReason::Reset if cfg.on_reboot == OnReboot::Exit => return Ok(Outcome::Rebooted),
+            StopReason::Reset => eprintln!("vessel: guest rebooted; starting it again"),
+            StopReason::Crash(msg) => return Err(DomainError::Crashed(msg)),
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! Errors a domain can end with, each with a message a user can act on.
+
+use std::io;
+
+use crate::kernel::KernelError;
+
+/// Why a domain could not be built or did not run to a clean stop.
+#[derive(Debug, thiserror::Error)]
+pub enum DomainError {
+    /// A configuration value is out of range; the message names the setting.
+    #[error("{0}")]
+    Config(String),
+    /// The kernel could not be loaded.
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    /// The initrd could not be read or placed.
+    #[error("{0}")]
+    Initrd(String),
+    /// This host's KVM cannot run the guest.
+    #[error("{0}")]
+    UnsupportedHost(String),
+    /// Talking to KVM failed.
+    #[error(transparent)]
+    Hypervisor(#[from] hv::HvError),
+    /// A host resource (memory, eventfd, thread) could not be had.
+    #[error("{what}: {source}")]
+    Host {
+        /// What was being set up.
+        what: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// Writing boot structures into guest memory failed (a layout bug or a tiny guest).
+    #[error("guest memory too small for the boot layout: {0}")]
+    Layout(#[from] hv::OutOfRange),
+    /// The guest crashed or the VMM failed while it ran.
+    #[error("guest crashed: {0}")]
+    Crashed(String),
+}
+
+impl DomainError {
+    pub(crate) fn host(what: &'static str) -> impl FnOnce(io::Error) -> DomainError {
+        move |source| DomainError::Host { what, source }
+    }
+}

@@ -1,0 +1,24 @@
+//! `vmm`: Vessel's domains.
+//!
+//! Owns the boot path (kernel loading, zero page / PVH start info, ACPI tables, CPUID), the
+//! machine's device wiring, the vCPU threads and the lifecycle of a domain (run, stop, reboot).
+//! It talks to KVM only through `hv` and to devices only through `devices`' traits; it must
+//! never depend on the `vessel` binary crate.
+#![forbid(unsafe_code)]
+
+pub mod acpi;
+pub mod boot;
+pub mod config;
+pub mod console;
+pub mod control;
+pub mod cpuid;
+pub mod domain;
+pub mod error;
+pub mod kernel;
+pub mod layout;
+pub mod vcpu;
+
+pub use config::{parse_size, DomainConfig, OnReboot};
+pub use console::{ConsoleInput, ConsoleSink};
+pub use domain::{run, validate, Outcome};
+pub use error::DomainError;
