@@ -30,6 +30,12 @@ const X86_CR4_PAE: u64 = 1 << 5;
 const EFER_LME: u64 = 1 << 8;
 const EFER_LMA: u64 = 1 << 10;
 
+/// The firmware's whole reset path: Linux's `machine_real_restart` (its default reboot method
+/// on some systems) jumps to the reset vector in real mode expecting the BIOS to reset the
+/// machine. This does exactly that, through the keyboard controller's reset line:
+/// `mov al, 0xfe; out 0x64, al; hlt; jmp $-3`.
+const RESET_STUB: [u8; 7] = [0xb0, 0xfe, 0xe6, 0x64, 0xf4, 0xeb, 0xfd];
+
 /// Where the initrd was placed.
 #[derive(Clone, Copy, Debug)]
 pub struct Initrd {
@@ -74,6 +80,7 @@ pub fn prepare(
 ) -> Result<BootCpuState, OutOfRange> {
     let gdt = write_gdt(mem)?;
     write_cmdline(mem, cmdline)?;
+    mem.write(RESET_VECTOR, &RESET_STUB)?;
     match kernel {
         LoadedKernel::BzImage {
             setup_header,

@@ -28,6 +28,8 @@ pub const EBDA_START: u64 = 0x9fc00;
 pub const ACPI_START: u64 = 0xe0000;
 /// End of the BIOS area.
 pub const BIOS_END: u64 = 0x10_0000;
+/// The x86 reset vector (F000:FFF0), where a guest that resets through its "BIOS" jumps.
+pub const RESET_VECTOR: u64 = 0xffff0;
 /// Where a bzImage's protected-mode kernel is loaded.
 pub const KERNEL_START: u64 = 0x10_0000;
 /// Start of the 32-bit MMIO hole (1 GiB below 4 GiB): no RAM between here and 4 GiB.

@@ -1,0 +1,66 @@
+//! The host box's own plumbing: step results (exit codes, output without a final newline,
+//! stderr) and the timeout path. No L2 guest: a run takes a few seconds of L1 boot.
+
+use std::time::Duration;
+
+use testbox::{Assets, BoxError, HostBox};
+
+fn assets() -> Assets {
+    match Assets::locate() {
+        Ok(a) => a,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn step_results_and_timeout() {
+    let assets = assets();
+
+    let run = HostBox::new(&assets)
+        .cpus(1)
+        .memory_mib(512)
+        .timeout(Duration::from_secs(120))
+        .step("partial line", "printf partial; exit 7")
+        .step("stderr", "echo to-stdout; echo to-stderr >&2")
+        .step("empty", "true")
+        .step("modules", "lsmod | cut -d' ' -f1 | sort | tr '\\n' ' '")
+        .run();
+    let run = match run {
+        Ok(r) => r,
+        Err(e) => panic!("{e}"),
+    };
+    let names: Vec<&str> = run.steps.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["partial line", "stderr", "empty", "modules"]);
+    let p = run.step("partial line");
+    assert_eq!((p.exit_code, p.output.as_str()), (7, "partial\n"));
+    let e = run.step_ok("stderr");
+    assert_eq!(e.output, "to-stdout\nto-stderr\n");
+    assert_eq!(run.step_ok("empty").output, "");
+    let m = run.step_ok("modules");
+    for module in ["irqbypass", "kvm", "kvm_amd"] {
+        assert!(
+            m.output.split_whitespace().any(|w| w == module),
+            "{module} not loaded: {}",
+            m.output
+        );
+    }
+    eprintln!("plain box (1 CPU, no L2): {:.1} s", run.wall.as_secs_f64());
+
+    let err = HostBox::new(&assets)
+        .cpus(1)
+        .memory_mib(512)
+        .timeout(Duration::from_secs(15))
+        .step("hang", "echo about-to-hang; sleep 600")
+        .run()
+        .err();
+    match err {
+        Some(BoxError::Run { reason, console }) => {
+            assert!(reason.contains("timed out"), "{reason}");
+            assert!(
+                console.contains("about-to-hang"),
+                "console so far:\n{console}"
+            );
+        }
+        other => panic!("expected a timeout error, got {other:?}"),
+    }
+}
