@@ -1,10 +1,12 @@
 //! Opening KVM, creating a VM, memory slots, the in-kernel irqchip and event channels.
 
 use std::io;
-use std::sync::Arc;
 use std::path::Path;
+use std::sync::Arc;
 
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+};
 use kvm_ioctls::{Cap, IoEventAddress, Kvm, NoDatamatch, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -46,7 +48,10 @@ impl Hypervisor {
             (Cap::Irqfd, "irqfd (KVM_CAP_IRQFD)"),
             (Cap::Ioeventfd, "ioeventfd (KVM_CAP_IOEVENTFD)"),
             (Cap::UserMemory, "user memory (KVM_CAP_USER_MEMORY)"),
-            (Cap::ImmediateExit, "immediate exit (KVM_CAP_IMMEDIATE_EXIT)"),
+            (
+                Cap::ImmediateExit,
+                "immediate exit (KVM_CAP_IMMEDIATE_EXIT)",
+            ),
         ] {
             if !kvm.check_extension(cap) {
                 return Err(HvError::MissingCapability(name));

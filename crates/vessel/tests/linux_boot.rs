@@ -42,7 +42,12 @@ fn value<'a>(step: &'a StepResult, key: &str) -> &'a str {
         .lines()
         .filter_map(|l| l.trim().strip_prefix(prefix.as_str()))
         .next_back()
-        .unwrap_or_else(|| panic!("step {} printed no {key}=; output:\n{}", step.name, step.output))
+        .unwrap_or_else(|| {
+            panic!(
+                "step {} printed no {key}=; output:\n{}",
+                step.name, step.output
+            )
+        })
 }
 
 /// The first whitespace-separated field of `KEY=...` as a number.
@@ -55,9 +60,17 @@ fn number(step: &StepResult, key: &str) -> f64 {
 /// Checks what a probe step's guest reported against what it was given.
 fn assert_guest_view(run: &BoxRun, name: &str, vcpus: u32, memory_mib: u32) {
     let step = run.step(name);
-    assert_eq!(step.exit_code, 0, "vessel must exit 0 on guest power-off:\n{}", step.output);
+    assert_eq!(
+        step.exit_code, 0,
+        "vessel must exit 0 on guest power-off:\n{}",
+        step.output
+    );
     assert!(step.output.contains("VESSEL-GUEST-INIT"), "{}", step.output);
-    assert!(step.output.contains("VESSEL-CMD-EXIT rc=0"), "{}", step.output);
+    assert!(
+        step.output.contains("VESSEL-CMD-EXIT rc=0"),
+        "{}",
+        step.output
+    );
     assert_eq!(number(step, "NPROC") as u32, vcpus, "nproc");
     assert_eq!(number(step, "CPUINFO") as u32, vcpus, "/proc/cpuinfo");
     // MemTotal is RAM minus what the kernel reserves for itself: within 64 MiB below --memory.
@@ -74,10 +87,16 @@ fn assert_guest_view(run: &BoxRun, name: &str, vcpus: u32, memory_mib: u32) {
     );
     // The guest's monotonic clock advances across a 2 s sleep (and not absurdly more).
     let slept = number(step, "UP2") - number(step, "UP1");
-    assert!((1.9..10.0).contains(&slept), "uptime advanced {slept} s over sleep 2");
+    assert!(
+        (1.9..10.0).contains(&slept),
+        "uptime advanced {slept} s over sleep 2"
+    );
     // kvmclock supplies the wall clock: the guest's date agrees with L1's.
     let (guest, l1) = (number(step, "WALL"), number(step, "L1WALL"));
-    assert!(guest <= l1 + 1.0 && guest >= l1 - 60.0, "guest wall clock {guest} vs L1 {l1}");
+    assert!(
+        guest <= l1 + 1.0 && guest >= l1 - 60.0,
+        "guest wall clock {guest} vs L1 {l1}"
+    );
     assert_eq!(value(step, "CLOCKSOURCE"), "kvm-clock");
 }
 
@@ -128,16 +147,40 @@ fn guest_reboot_restarts_or_exits_as_asked() {
         .unwrap_or_else(|e| panic!("host box failed: {e}"));
     for name in ["reboot-default", "reboot-acpi", "reboot-kbd"] {
         let step = run.step(name);
-        assert_eq!(step.exit_code, 2, "{name}: a reboot under --on-reboot exit exits 2:\n{}", step.output);
-        assert!(step.output.contains("guest rebooted"), "{name}:\n{}", step.output);
-        assert_eq!(step.output.matches("VESSEL-GUEST-INIT").count(), 1, "{name}");
+        assert_eq!(
+            step.exit_code, 2,
+            "{name}: a reboot under --on-reboot exit exits 2:\n{}",
+            step.output
+        );
+        assert!(
+            step.output.contains("guest rebooted"),
+            "{name}:\n{}",
+            step.output
+        );
+        assert_eq!(
+            step.output.matches("VESSEL-GUEST-INIT").count(),
+            1,
+            "{name}"
+        );
     }
     let step = run.step("panic-reset");
     assert!(step.output.contains("Kernel panic"), "{}", step.output);
-    assert_eq!(step.exit_code, 2, "panic=-1 resets the guest:\n{}", step.output);
+    assert_eq!(
+        step.exit_code, 2,
+        "panic=-1 resets the guest:\n{}",
+        step.output
+    );
     let step = run.step("restart");
-    assert!(number(step, "BOOTS") >= 2.0, "the guest booted again:\n{}", step.output);
-    assert_eq!(value(step, "ALIVE"), "yes", "vessel kept the domain running");
+    assert!(
+        number(step, "BOOTS") >= 2.0,
+        "the guest booted again:\n{}",
+        step.output
+    );
+    assert_eq!(
+        value(step, "ALIVE"),
+        "yes",
+        "vessel kept the domain running"
+    );
     assert!(step.output.contains("starting it again"), "{}", step.output);
 }
 
@@ -163,9 +206,15 @@ fn linux_on_kvm_pvm_is_refused_plainly() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     if pvm {
         assert_eq!(out.status.code(), Some(1), "{stderr}");
-        assert!(stderr.contains("kvm_pvm") && stderr.contains("cannot boot an unmodified Linux"), "{stderr}");
+        assert!(
+            stderr.contains("kvm_pvm") && stderr.contains("cannot boot an unmodified Linux"),
+            "{stderr}"
+        );
         assert_eq!(stderr.lines().count(), 1, "one clear line: {stderr}");
     } else {
-        assert!(!stderr.contains("kvm_pvm"), "a hardware KVM host must not be refused: {stderr}");
+        assert!(
+            !stderr.contains("kvm_pvm"),
+            "a hardware KVM host must not be refused: {stderr}"
+        );
     }
 }

@@ -5,7 +5,9 @@
 //! finds devices it cannot probe (the DSDT). Hardware-reduced mode means no legacy PM blocks,
 //! SCI or PM timer: the guest gets just the registers Vessel emulates in `devices::power`.
 
-use devices::power::{PM_PORT_BASE, RESET, RESET_VALUE, SLEEP_CONTROL, SLEEP_STATUS, S5_SLEEP_TYPE};
+use devices::power::{
+    PM_PORT_BASE, RESET, RESET_VALUE, S5_SLEEP_TYPE, SLEEP_CONTROL, SLEEP_STATUS,
+};
 use devices::serial::{COM1_IRQ, COM1_PORT_BASE, COM1_PORT_LEN};
 
 use crate::layout::{IOAPIC_ADDR, LAPIC_ADDR};
@@ -66,7 +68,8 @@ fn fadt(dsdt_addr: u64) -> Vec<u8> {
     let pm = u64::from(PM_PORT_BASE);
     // Body offsets below are relative to the end of the 36-byte header.
     let mut b = vec![0u8; 276 - 36];
-    let mut put = |off: usize, bytes: &[u8]| b[off - 36..off - 36 + bytes.len()].copy_from_slice(bytes);
+    let mut put =
+        |off: usize, bytes: &[u8]| b[off - 36..off - 36 + bytes.len()].copy_from_slice(bytes);
     put(40, &(dsdt_addr as u32).to_le_bytes());
     put(
         109,
@@ -108,7 +111,12 @@ fn dsdt() -> Vec<u8> {
     // Name (_S5, Package () { 5, 0, 0, 0 }): the soft-off sleep type for the sleep control register.
     body.extend(aml::name(
         b"_S5_",
-        &aml::package(&[aml::integer(S5_SLEEP_TYPE.into()), aml::zero(), aml::zero(), aml::zero()]),
+        &aml::package(&[
+            aml::integer(S5_SLEEP_TYPE.into()),
+            aml::zero(),
+            aml::zero(),
+            aml::zero(),
+        ]),
     ));
     // The serial console, so the guest's 8250 driver binds it with its interrupt through ACPI.
     let com1 = aml::device(
@@ -155,7 +163,10 @@ pub fn build(base: u64, vcpus: u32) -> AcpiTables {
     bytes.extend(madt);
     align(&mut bytes);
     bytes.extend(dsdt);
-    debug_assert_eq!(bytes.len(), dsdt_off + bytes[dsdt_off + 4] as usize + ((bytes[dsdt_off + 5] as usize) << 8));
+    debug_assert_eq!(
+        bytes.len(),
+        dsdt_off + bytes[dsdt_off + 4] as usize + ((bytes[dsdt_off + 5] as usize) << 8)
+    );
 
     // RSDP, revision 2: signature, checksum (first 20 bytes), OEM, revision, RSDT (none),
     // length, XSDT address, extended checksum.
@@ -229,7 +240,11 @@ mod aml {
     }
 
     pub fn device(name: &[u8; 4], body: &[u8]) -> Vec<u8> {
-        [vec![0x5b, 0x82], with_pkg_length(&[&name[..], body].concat())].concat()
+        [
+            vec![0x5b, 0x82],
+            with_pkg_length(&[&name[..], body].concat()),
+        ]
+        .concat()
     }
 
     /// A compressed EISA ID such as `PNP0501`, as a DWord.
@@ -237,7 +252,10 @@ mod aml {
         let letter = |c: u8| u16::from(c - 0x40) & 0x1f;
         let vendor = (letter(id[0]) << 10) | (letter(id[1]) << 5) | letter(id[2]);
         let hex = |c: u8| (c as char).to_digit(16).unwrap_or(0) as u8;
-        let product = [(hex(id[3]) << 4) | hex(id[4]), (hex(id[5]) << 4) | hex(id[6])];
+        let product = [
+            (hex(id[3]) << 4) | hex(id[4]),
+            (hex(id[5]) << 4) | hex(id[6]),
+        ];
         let bytes = [(vendor >> 8) as u8, vendor as u8, product[0], product[1]];
         [&[0x0c][..], &bytes].concat()
     }

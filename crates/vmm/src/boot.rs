@@ -46,7 +46,13 @@ pub struct Initrd {
 }
 
 fn write_gdt(mem: &GuestMemory) -> Result<(u64, u16), OutOfRange> {
-    let entries = [0u64, CODE32.descriptor(), CODE64.descriptor(), DATA.descriptor(), TSS.descriptor()];
+    let entries = [
+        0u64,
+        CODE32.descriptor(),
+        CODE64.descriptor(),
+        DATA.descriptor(),
+        TSS.descriptor(),
+    ];
     let bytes: Vec<u8> = entries.iter().flat_map(|e| e.to_le_bytes()).collect();
     mem.write(GDT_ADDR, &bytes)?;
     Ok((GDT_ADDR, (bytes.len() - 1) as u16))
@@ -183,7 +189,13 @@ fn write_pvh_start_info(
     let entries: Vec<u8> = map
         .iter()
         .flat_map(|(start, size, kind)| {
-            [start.to_le_bytes().to_vec(), size.to_le_bytes().to_vec(), kind.to_le_bytes().to_vec(), vec![0; 4]].concat()
+            [
+                start.to_le_bytes().to_vec(),
+                size.to_le_bytes().to_vec(),
+                kind.to_le_bytes().to_vec(),
+                vec![0; 4],
+            ]
+            .concat()
         })
         .collect();
     mem.write(PVH_MEMMAP, &entries)
@@ -204,7 +216,10 @@ mod tests {
             end: 0x400000,
             initrd_max_end: 0x8000_0000,
         };
-        let rd = Some(Initrd { addr: 0x300_0000, size: 0x1234 });
+        let rd = Some(Initrd {
+            addr: 0x300_0000,
+            size: 0x1234,
+        });
         let s = prepare(&mem, &k, "console=ttyS0", rd, 64 << 20, 0xe0000).unwrap();
         assert_eq!((s.rip, s.rsi, s.cr3), (0x100200, ZERO_PAGE, PML4));
         let mut b = [0u8; 4];
@@ -223,9 +238,16 @@ mod tests {
     #[test]
     fn pvh_state_carries_start_info() {
         let mem = GuestMemory::new(&[(0, 64 << 20)]).unwrap();
-        let k = LoadedKernel::Pvh { entry: 0x1000000, end: 0x2000000, is_linux: true };
+        let k = LoadedKernel::Pvh {
+            entry: 0x1000000,
+            end: 0x2000000,
+            is_linux: true,
+        };
         let s = prepare(&mem, &k, "", None, 64 << 20, 0xe0000).unwrap();
-        assert_eq!((s.rip, s.rbx, s.cr0 & X86_CR0_PG), (0x1000000, PVH_START_INFO, 0));
+        assert_eq!(
+            (s.rip, s.rbx, s.cr0 & X86_CR0_PG),
+            (0x1000000, PVH_START_INFO, 0)
+        );
         let mut magic = [0u8; 4];
         mem.read(PVH_START_INFO, &mut magic).unwrap();
         assert_eq!(u32::from_le_bytes(magic), 0x336e_c578);

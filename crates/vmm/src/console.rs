@@ -47,7 +47,10 @@ impl ConsoleInput {
             let taken = {
                 let slot = self.current.lock().unwrap_or_else(|e| e.into_inner());
                 match slot.as_ref() {
-                    Some(uart) => uart.lock().unwrap_or_else(|e| e.into_inner()).receive(bytes),
+                    Some(uart) => uart
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .receive(bytes),
                     None => 0,
                 }
             };

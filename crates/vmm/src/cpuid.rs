@@ -56,7 +56,15 @@ mod tests {
     use super::*;
 
     fn leaf(function: u32, index: u32) -> CpuidEntry {
-        CpuidEntry { function, index, indexed: true, eax: 0, ebx: 0xffff_ffff, ecx: 0, edx: 0 }
+        CpuidEntry {
+            function,
+            index,
+            indexed: true,
+            eax: 0,
+            ebx: 0xffff_ffff,
+            ecx: 0,
+            edx: 0,
+        }
     }
 
     #[test]

@@ -52,8 +52,10 @@ pub fn validate(cfg: &DomainConfig, hv: &Hypervisor) -> Result<KernelKind, Domai
             MIN_MEMORY >> 20
         )));
     }
-    if cfg.memory % 4096 != 0 {
-        return Err(DomainError::Config("--memory must be a multiple of 4 KiB".into()));
+    if !cfg.memory.is_multiple_of(4096) {
+        return Err(DomainError::Config(
+            "--memory must be a multiple of 4 KiB".into(),
+        ));
     }
     if let Some(host) = host_memory() {
         if cfg.memory > host {
@@ -119,7 +121,11 @@ struct Machine {
 }
 
 impl Machine {
-    fn build(hv: &Hypervisor, cfg: &DomainConfig, sink: &ConsoleSink) -> Result<Machine, DomainError> {
+    fn build(
+        hv: &Hypervisor,
+        cfg: &DomainConfig,
+        sink: &ConsoleSink,
+    ) -> Result<Machine, DomainError> {
         let mut vm = hv.create_vm()?;
         let memory = Arc::new(
             GuestMemory::new(&layout::ram_regions(cfg.memory))
@@ -142,7 +148,14 @@ impl Machine {
         };
         let tables = acpi::build(ACPI_START, cfg.vcpus);
         memory.write(tables.base, &tables.bytes)?;
-        let boot_state = boot::prepare(&memory, &kernel, &cfg.cmdline, initrd, cfg.memory, tables.base)?;
+        let boot_state = boot::prepare(
+            &memory,
+            &kernel,
+            &cfg.cmdline,
+            initrd,
+            cfg.memory,
+            tables.base,
+        )?;
 
         let control = Arc::new(Control::default());
         let com1_irq = hv::new_eventfd().map_err(DomainError::host("creating an eventfd"))?;
@@ -211,7 +224,9 @@ impl Machine {
                     runner.run()
                 })
                 .map_err(DomainError::host("starting a vCPU thread"))?;
-            let kick = rx.recv().map_err(|_| DomainError::Crashed("a vCPU thread died at start".into()))?;
+            let kick = rx
+                .recv()
+                .map_err(|_| DomainError::Crashed("a vCPU thread died at start".into()))?;
             threads.push((handle, kick));
         }
         let reason = control.wait();
@@ -260,16 +275,22 @@ fn load_initrd(
             memory_size >> 20
         ))
     })?;
-    memory.load_from_file(addr, &file, 0, size).map_err(|e| match e {
-        hv::LoadError::Io(e) => err(e),
-        hv::LoadError::Range(r) => DomainError::Initrd(r.to_string()),
-    })?;
+    memory
+        .load_from_file(addr, &file, 0, size)
+        .map_err(|e| match e {
+            hv::LoadError::Io(e) => err(e),
+            hv::LoadError::Range(r) => DomainError::Initrd(r.to_string()),
+        })?;
     Ok(Initrd { addr, size })
 }
 
 /// Runs a domain in the calling thread until it powers off (or reboots with
 /// [`OnReboot::Exit`]). Guest console output goes to `sink`; `input` feeds its console.
-pub fn run(cfg: &DomainConfig, sink: ConsoleSink, input: &ConsoleInput) -> Result<Outcome, DomainError> {
+pub fn run(
+    cfg: &DomainConfig,
+    sink: ConsoleSink,
+    input: &ConsoleInput,
+) -> Result<Outcome, DomainError> {
     let hv = Hypervisor::open()?;
     validate(cfg, &hv)?;
     loop {

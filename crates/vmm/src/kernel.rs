@@ -180,7 +180,10 @@ fn load_bzimage(path: &Path, file: &File, mem: &GuestMemory) -> Result<LoadedKer
     }
     let xloadflags = le16(&hdr, 0x236);
     if xloadflags & 1 == 0 {
-        return Err(malformed(path, "no 64-bit entry point (XLF_KERNEL_64 unset)"));
+        return Err(malformed(
+            path,
+            "no 64-bit entry point (XLF_KERNEL_64 unset)",
+        ));
     }
     let setup_sects = match hdr[0x1f1] {
         0 => 4,
@@ -332,11 +335,7 @@ fn parse_notes(mut bytes: &[u8]) -> Vec<(&[u8], u32, &[u8])> {
 }
 
 /// Where the initrd goes: as high as allowed, page aligned, above the kernel.
-pub fn place_initrd(
-    kernel: &LoadedKernel,
-    low_ram_end: u64,
-    size: u64,
-) -> Option<u64> {
+pub fn place_initrd(kernel: &LoadedKernel, low_ram_end: u64, size: u64) -> Option<u64> {
     let ceiling = match kernel {
         LoadedKernel::BzImage { initrd_max_end, .. } => low_ram_end.min(*initrd_max_end),
         LoadedKernel::Pvh { .. } => low_ram_end,
@@ -385,7 +384,10 @@ mod tests {
             end: 0x200_0000,
             is_linux: true,
         };
-        assert_eq!(place_initrd(&k, 0x1000_0000, 0x1800), Some(0x1000_0000 - 0x2000));
+        assert_eq!(
+            place_initrd(&k, 0x1000_0000, 0x1800),
+            Some(0x1000_0000 - 0x2000)
+        );
         assert_eq!(place_initrd(&k, 0x1000_0000, 0x0f00_0000), None);
         assert_eq!(place_initrd(&k, 0x1000_0000, u64::MAX), None);
     }

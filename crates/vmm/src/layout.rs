@@ -69,7 +69,11 @@ pub fn e820_map(memory: u64) -> Vec<(u64, u64, u32)> {
     ];
     for (start, size) in ram_regions(memory) {
         let start = start.max(BIOS_END);
-        let end = if start == BIOS_END { size } else { start + size };
+        let end = if start == BIOS_END {
+            size
+        } else {
+            start + size
+        };
         if end > start {
             map.push((start, end - start, E820_RAM));
         }

@@ -69,9 +69,9 @@ impl VcpuRunner {
                         self.vcpu.rip().unwrap_or(0)
                     ))
                 }
-                Ok(VcpuExit::FailEntry(reason)) => {
-                    Some(format!("vCPU {id}: VM entry failed (hardware reason {reason:#x})"))
-                }
+                Ok(VcpuExit::FailEntry(reason)) => Some(format!(
+                    "vCPU {id}: VM entry failed (hardware reason {reason:#x})"
+                )),
                 Ok(VcpuExit::Other(what)) => Some(format!("vCPU {id}: unexpected exit {what}")),
                 Err(e) => Some(format!("vCPU {id}: {e}")),
             };
