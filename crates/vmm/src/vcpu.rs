@@ -60,7 +60,7 @@ impl VcpuRunner {
                 Ok(VcpuExit::InternalError) => {
                     let detail = self.vcpu.internal_error();
                     let hint = if self.flavour == KvmFlavour::Pvm {
-                        " (this host's KVM is kvm_pvm, which emulates guest ring-0 code and cannot run every instruction)"
+                        " (note: this host's KVM is kvm_pvm, whose ring-0 emulator also fails on instructions a hardware KVM runs)"
                     } else {
                         ""
                     };

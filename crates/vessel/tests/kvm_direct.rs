@@ -1,0 +1,439 @@
+//! `vessel run` directly on this host's `/dev/kvm`, with a purpose-built guest.
+//!
+//! The guest is `tests/guest/mini.S` (linker script `mini.ld`): a few hundred lines of assembly
+//! that Vessel boots through PVH like any ELF kernel. It is built at test time with the host's
+//! `gcc` into the target directory (never committed). Its kernel command line picks a scenario;
+//! it prints results on the serial console (Vessel's stdout) and powers off. It keeps its
+//! ring-0 paths short and does its real work at CPL3, so it runs fast even on a `kvm_pvm` host,
+//! where guest ring-0 code is emulated (see docs/environment.md in the shared docs).
+//!
+//! What is covered:
+//! - `hello`: PVH entry (32-bit, start info in EBX, command line), the switch to long mode,
+//!   a drop to CPL3, a 10-million-iteration loop there, a return to CPL0 through `ud2`, power-off
+//!   through the ACPI sleep register (exit status 0). The whole run must take well under the
+//!   time the loop would need if ring 3 were emulated.
+//! - `irq`: the UART's transmit interrupt on ISA IRQ 4, through the in-kernel IOAPIC and local
+//!   APIC (irqfd), taken while halted at CPL0 and while spinning at CPL3.
+//! - `smp`: INIT-SIPI-SIPI to every AP, a real-mode trampoline, `lock xadd` check-ins, the
+//!   MADT's processor count (with 1, 2 and 4 vCPUs).
+//! - `reboot`: the i8042 reset line, with `--on-reboot exit` (exit status 2) and with the
+//!   default `restart` policy (the guest boots again).
+//! - `triplefault`: a CPU shutdown ends `vessel run` with status 1 and a message, not a hang.
+//! - `mmio`: unclaimed MMIO from CPL3 reads as all ones and writes are dropped.
+//! - `fetchmmio`: executing from unclaimed MMIO at CPL0 is a KVM internal error, which ends the
+//!   run with status 1 and a message naming it.
+//! - `vessel run` refusing bad input with one line on stderr and status 1: missing, directory,
+//!   non-kernel and non-PVH kernel files, `--vcpus 0`, too little or too much `--memory`, an
+//!   unparsable size, an initrd that is missing or does not fit, no `/dev/kvm`, and no
+//!   permission to open it (these last two unshare a mount namespace and switch to an
+//!   unprivileged user, so they need root).
+//!
+//! Every child process has a hard timeout: a hang fails its test instead of blocking CI. If
+//! `/dev/kvm` is missing, the tests that need it fail saying so; none is skipped.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{mini_kernel, require_kvm, require_root, run_command, vessel_run, Finished, TempDir};
+
+/// Generous: every scenario finishes in well under a second on the development machines.
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Boots the mini guest with scenario `cmdline` and the extra `args`.
+fn mini(cmdline: &str, args: &[&str]) -> Finished {
+    require_kvm();
+    let kernel = mini_kernel();
+    let mut all = vec!["--kernel", kernel.to_str().unwrap(), "--cmdline", cmdline];
+    all.extend_from_slice(args);
+    let run = vessel_run(&all, TIMEOUT);
+    eprintln!(
+        "kvm_direct: mini '{cmdline}' {args:?}: {:.3} s",
+        run.elapsed.as_secs_f64()
+    );
+    run
+}
+
+/// The value after `key=` on the guest's console, up to the next space or end of line.
+fn value<'a>(run: &'a Finished, key: &str) -> &'a str {
+    let at = run
+        .stdout
+        .find(key)
+        .unwrap_or_else(|| panic!("no {key:?} on the console:\n{}", run.report()));
+    run.stdout[at + key.len()..]
+        .split([' ', '\n', '\r'])
+        .next()
+        .unwrap_or("")
+}
+
+fn number(run: &Finished, key: &str) -> u64 {
+    let v = value(run, key);
+    v.parse()
+        .unwrap_or_else(|_| panic!("{key:?} is not a number ({v:?}):\n{}", run.report()))
+}
+
+/// Asserts the guest booted with `cmdline` and did not panic.
+fn assert_booted(run: &Finished, cmdline: &str) {
+    assert!(
+        run.stdout
+            .contains(&format!("mini: boot, cmdline '{cmdline}'")),
+        "the guest did not boot, or got another command line:\n{}",
+        run.report()
+    );
+    assert!(
+        !run.stdout.contains("PANIC"),
+        "the guest panicked:\n{}",
+        run.report()
+    );
+}
+
+#[test]
+fn hello_runs_ring3_code_at_native_speed() {
+    let run = mini("hello", &[]);
+    run.assert_code(0);
+    assert_booted(&run, "hello");
+    assert!(
+        run.stdout.contains("mini: hello from cpl0\n"),
+        "{}",
+        run.report()
+    );
+    let n: u64 = 10_000_000;
+    assert_eq!(
+        number(&run, "sum(0..10000000)="),
+        n * (n - 1) / 2,
+        "{}",
+        run.report()
+    );
+    // 10^7 iterations of a 4-instruction loop take ~10 ms natively; emulated (as ring 0 is on
+    // kvm_pvm, ~2.5 M instructions/s) they would take ~15 s.
+    assert!(
+        run.elapsed < Duration::from_secs(10),
+        "too slow for a loop running natively at CPL3:\n{}",
+        run.report()
+    );
+    assert!(run.stderr.is_empty(), "{}", run.report());
+}
+
+#[test]
+fn irq_uart_interrupts_arrive_through_the_ioapic() {
+    let run = mini("irq", &[]);
+    run.assert_code(0);
+    assert_booted(&run, "irq");
+    assert!(
+        run.stdout.contains("mini: irq cpl0 phase done"),
+        "{}",
+        run.report()
+    );
+    // Five waits in hlt at CPL0, then five spins at CPL3, each for at least one interrupt.
+    let count = number(&run, "irq count=");
+    assert!(
+        count >= 10,
+        "want at least 10 interrupts, got {count}:\n{}",
+        run.report()
+    );
+    let from_user = number(&run, "from_cpl3=");
+    assert!(
+        from_user >= 1,
+        "no interrupt was taken at CPL3:\n{}",
+        run.report()
+    );
+}
+
+#[test]
+fn smp_brings_up_every_vcpu() {
+    for vcpus in [1u64, 2, 4] {
+        let n = vcpus.to_string();
+        let run = mini("smp", &["--vcpus", &n]);
+        run.assert_code(0);
+        assert_booted(&run, "smp");
+        assert_eq!(
+            number(&run, "madt="),
+            vcpus,
+            "MADT processor count:\n{}",
+            run.report()
+        );
+        assert_eq!(
+            number(&run, "cpus online="),
+            vcpus,
+            "CPUs that checked in:\n{}",
+            run.report()
+        );
+        // Every APIC ID 0..vcpus checked in.
+        assert_eq!(
+            value(&run, "mask="),
+            format!("{:#x}", (1u64 << vcpus) - 1),
+            "{}",
+            run.report()
+        );
+    }
+}
+
+#[test]
+fn reboot_with_on_reboot_exit_exits_2() {
+    let run = mini("reboot", &["--on-reboot", "exit"]);
+    run.assert_code(2);
+    assert_booted(&run, "reboot");
+    assert_eq!(
+        run.stdout.matches("mini: boot").count(),
+        1,
+        "{}",
+        run.report()
+    );
+    assert!(run.stderr.contains("guest rebooted"), "{}", run.report());
+}
+
+#[test]
+fn reboot_with_restart_boots_the_guest_again() {
+    require_kvm();
+    let kernel = mini_kernel();
+    let mut cmd = Command::new(common::VESSEL);
+    cmd.args([
+        "run",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--cmdline",
+        "reboot",
+    ]);
+    // The guest reboots forever: stop it once it has booted three times (or after the timeout).
+    let boots = |out: &str| out.matches("mini: boot").count();
+    let run = run_command(
+        cmd,
+        Duration::from_secs(20),
+        Some(&|out: &str| boots(out) >= 3),
+    );
+    eprintln!(
+        "kvm_direct: reboot loop: {:.3} s",
+        run.elapsed.as_secs_f64()
+    );
+    assert!(
+        run.code().is_none(),
+        "vessel stopped by itself:\n{}",
+        run.report()
+    );
+    assert!(
+        boots(&run.stdout) >= 2,
+        "want at least 2 boots:\n{}",
+        run.report()
+    );
+    assert!(
+        run.stderr.contains("guest rebooted; starting it again"),
+        "{}",
+        run.report()
+    );
+}
+
+#[test]
+fn triple_fault_ends_the_run_with_an_error() {
+    let run = mini("triplefault", &[]);
+    run.assert_code(1);
+    assert_booted(&run, "triplefault");
+    assert!(run.stdout.contains("executing ud2"), "{}", run.report());
+    assert!(run.stderr.contains("triple-faulted"), "{}", run.report());
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.report());
+}
+
+#[test]
+fn unclaimed_mmio_reads_all_ones_from_ring3() {
+    let run = mini("mmio", &[]);
+    run.assert_code(0);
+    assert_booted(&run, "mmio");
+    assert_eq!(value(&run, "read32="), "0xffffffff", "{}", run.report());
+    assert_eq!(
+        value(&run, "read64="),
+        "0xffffffffffffffff",
+        "{}",
+        run.report()
+    );
+    assert_eq!(value(&run, "read8="), "0xff", "{}", run.report());
+}
+
+#[test]
+fn instruction_fetch_from_mmio_is_an_internal_error() {
+    let run = mini("fetchmmio", &[]);
+    run.assert_code(1);
+    assert_booted(&run, "fetchmmio");
+    assert!(
+        run.stderr.contains("internal error at rip 0xd0000000"),
+        "{}",
+        run.report()
+    );
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.report());
+}
+
+#[test]
+fn a_hung_child_is_killed_at_its_timeout() {
+    // The harness itself: what every test above relies on so that a hang cannot block CI.
+    let mut cmd = Command::new("sleep");
+    cmd.arg("60");
+    let run = run_command(cmd, Duration::from_millis(300), None);
+    assert!(run.timed_out && run.status.is_none(), "{}", run.report());
+    assert!(run.elapsed < Duration::from_secs(10), "{}", run.report());
+}
+
+// ---- Bad input: one line on stderr, exit status 1 ----------------------------------------------
+
+/// `vessel run` with `args` and the mini kernel where `{kernel}` appears.
+fn refused(args: &[&str]) -> Finished {
+    require_kvm();
+    let kernel = mini_kernel();
+    let args: Vec<&str> = args
+        .iter()
+        .map(|a| {
+            if *a == "{kernel}" {
+                kernel.to_str().unwrap()
+            } else {
+                a
+            }
+        })
+        .collect();
+    vessel_run(&args, TIMEOUT)
+}
+
+#[test]
+fn missing_kernel_is_refused() {
+    let run = refused(&["--kernel", "/nonexistent/vmlinux"]);
+    run.assert_one_line_error(&["cannot read kernel /nonexistent/vmlinux", "No such file"]);
+}
+
+#[test]
+fn directory_as_kernel_is_refused() {
+    let dir = TempDir::new("kdir");
+    let run = refused(&["--kernel", dir.path().to_str().unwrap()]);
+    run.assert_one_line_error(&["cannot read kernel", "is a directory"]);
+}
+
+#[test]
+fn non_kernel_file_is_refused() {
+    let dir = TempDir::new("text");
+    let file = dir.path().join("hostname");
+    std::fs::write(&file, "vessel-test-host\n").unwrap();
+    let run = refused(&["--kernel", file.to_str().unwrap()]);
+    run.assert_one_line_error(&["is not a kernel", "bzImage", "ELF"]);
+}
+
+#[test]
+fn elf_without_pvh_note_is_refused() {
+    assert!(
+        std::path::Path::new("/bin/true").exists(),
+        "this test needs /bin/true"
+    );
+    let run = refused(&["--kernel", "/bin/true"]);
+    run.assert_one_line_error(&["/bin/true", "without a PVH entry note"]);
+}
+
+#[test]
+fn zero_vcpus_are_refused() {
+    let run = refused(&["--kernel", "{kernel}", "--vcpus", "0"]);
+    run.assert_one_line_error(&["--vcpus must be at least 1"]);
+}
+
+#[test]
+fn too_little_memory_is_refused() {
+    let run = refused(&["--kernel", "{kernel}", "--memory", "1M"]);
+    run.assert_one_line_error(&["--memory 1 MiB is too small", "at least 16 MiB"]);
+}
+
+#[test]
+fn more_memory_than_the_host_has_is_refused() {
+    let run = refused(&["--kernel", "{kernel}", "--memory", "100000G"]);
+    run.assert_one_line_error(&["--memory 102400000 MiB", "more than this host's"]);
+}
+
+#[test]
+fn unparsable_memory_size_is_refused() {
+    // Argument parsing fails before KVM is opened; clap adds a hint line after the message.
+    let run = vessel_run(&["--kernel", "/nonexistent", "--memory", "12Q"], TIMEOUT);
+    run.assert_code(1);
+    let first = run.stderr.lines().next().unwrap_or("");
+    assert!(
+        first.contains("'12Q'") && first.contains("--memory") && first.contains("invalid size"),
+        "{}",
+        run.report()
+    );
+}
+
+#[test]
+fn missing_initrd_is_refused() {
+    let run = refused(&[
+        "--kernel",
+        "{kernel}",
+        "--initrd",
+        "/nonexistent/initrd.img",
+    ]);
+    run.assert_one_line_error(&["cannot read initrd /nonexistent/initrd.img", "No such file"]);
+}
+
+#[test]
+fn initrd_larger_than_memory_is_refused() {
+    let dir = TempDir::new("initrd");
+    let initrd = dir.path().join("initrd.img");
+    std::fs::File::create(&initrd)
+        .unwrap()
+        .set_len(20 << 20)
+        .unwrap();
+    let path = initrd.to_str().unwrap();
+    let run = refused(&["--kernel", "{kernel}", "--memory", "16M", "--initrd", path]);
+    run.assert_one_line_error(&["initrd", "(20 MiB) does not fit in guest memory (16 MiB)"]);
+}
+
+#[test]
+fn initrd_that_does_not_fit_beside_the_kernel_is_refused() {
+    // 15.5 MiB fits in 16 MiB of RAM, but not above the kernel at 1 MiB.
+    let dir = TempDir::new("initrd2");
+    let initrd = dir.path().join("initrd.img");
+    std::fs::File::create(&initrd)
+        .unwrap()
+        .set_len(31 << 19)
+        .unwrap();
+    let path = initrd.to_str().unwrap();
+    let run = refused(&["--kernel", "{kernel}", "--memory", "16M", "--initrd", path]);
+    run.assert_one_line_error(&[
+        "does not fit in guest memory (16 MiB) next to the kernel",
+        "--memory",
+    ]);
+}
+
+#[test]
+fn missing_dev_kvm_is_explained() {
+    require_root();
+    // A private mount namespace with an empty /dev: no /dev/kvm, nothing else changed.
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "--mount",
+        "sh",
+        "-c",
+        r#"mount -t tmpfs tmpfs /dev && exec "$0" run --kernel "$1""#,
+    ])
+    .arg(common::VESSEL)
+    .arg("/nonexistent/vmlinux");
+    let run = run_command(cmd, TIMEOUT, None);
+    run.assert_one_line_error(&["/dev/kvm does not exist"]);
+}
+
+#[test]
+fn no_permission_on_dev_kvm_is_explained() {
+    require_kvm();
+    require_root();
+    // The unprivileged user must be able to execute vessel: copy it somewhere world-readable.
+    let dir = TempDir::new("noperm");
+    let vessel = dir.path().join("vessel");
+    std::fs::copy(common::VESSEL, &vessel).unwrap();
+    // In a private mount namespace, cover /dev/kvm with a node for the same device with mode
+    // 0600 (whatever the host's mode), then run vessel as nobody.
+    let rdev = std::os::unix::fs::MetadataExt::rdev(&std::fs::metadata("/dev/kvm").unwrap());
+    let major = ((rdev & 0xf_ff00) >> 8) | ((rdev & 0xffff_f000_0000_0000) >> 32);
+    let minor = (rdev & 0xff) | ((rdev & 0xfff_fff0_0000) >> 12);
+    let script = format!(
+        r#"mount -t tmpfs tmpfs "$1" && mknod -m 600 "$1/kvm" c {major} {minor} && \
+           mount --bind "$1/kvm" /dev/kvm && \
+           exec setpriv --reuid=65534 --regid=65534 --clear-groups "$0" run --kernel /nonexistent/vmlinux"#
+    );
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "sh", "-c", &script])
+        .arg(&vessel)
+        .arg(dir.path().join("dev"));
+    std::fs::create_dir(dir.path().join("dev")).unwrap();
+    let run = run_command(cmd, TIMEOUT, None);
+    run.assert_one_line_error(&["permission denied opening /dev/kvm"]);
+}
