@@ -9,6 +9,7 @@ pub mod bus;
 pub mod i8042;
 pub mod power;
 pub mod serial;
+pub mod virtio;
 
 use std::io;
 

@@ -20,4 +20,5 @@ pub use kvm::{new_eventfd, Hypervisor, KvmFlavour, Vm};
 pub use memory::{GuestMemory, LoadError, OutOfRange};
 pub use tty::RawTerminal;
 pub use vcpu::{Vcpu, VcpuExit};
+pub use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 pub use vmm_sys_util::eventfd::EventFd;

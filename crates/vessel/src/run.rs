@@ -40,6 +40,9 @@ pub struct RunArgs {
     /// Guest memory, with a K, M or G suffix (no suffix: MiB).
     #[arg(long, default_value = "256M", value_parser = parse_memory)]
     memory: u64,
+    /// A virtual block device: path=FILE[,readonly=on][,id=NAME]; repeat for more (vda, vdb...).
+    #[arg(long = "disk", value_name = "SPEC")]
+    disks: Vec<String>,
     /// What a guest reboot does.
     #[arg(long, value_enum, default_value = "restart")]
     on_reboot: RebootPolicy,
@@ -50,7 +53,14 @@ fn parse_memory(s: &str) -> Result<u64, String> {
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let disks = args
+        .disks
+        .iter()
+        .enumerate()
+        .map(|(i, d)| vmm::parse_disk(d, i))
+        .collect::<Result<Vec<_>, _>>()?;
     let cfg = DomainConfig {
+        disks,
         kernel: args.kernel,
         initrd: args.initrd,
         cmdline: args.cmdline,

@@ -11,6 +11,7 @@ use devices::power::{
 use devices::serial::{COM1_IRQ, COM1_PORT_BASE, COM1_PORT_LEN};
 
 use crate::layout::{IOAPIC_ADDR, LAPIC_ADDR};
+use crate::virtio::{VirtioSlot, WINDOW};
 
 const OEM_ID: &[u8; 6] = b"VESSEL";
 const OEM_REVISION: u32 = 1;
@@ -106,7 +107,7 @@ fn madt(vcpus: u32) -> Vec<u8> {
     sdt(b"APIC", 5, b"VSSLMADT", &b)
 }
 
-fn dsdt() -> Vec<u8> {
+fn dsdt(virtio: &[VirtioSlot]) -> Vec<u8> {
     let mut body = Vec::new();
     // Name (_S5, Package () { 5, 0, 0, 0 }): the soft-off sleep type for the sleep control register.
     body.extend(aml::name(
@@ -134,16 +135,37 @@ fn dsdt() -> Vec<u8> {
         ]
         .concat(),
     );
-    body.extend(aml::scope(b"\\_SB_", &com1));
+    let mut devices = com1;
+    // virtio-mmio devices: Linux's virtio_mmio driver binds ACPI ID LNRO0005.
+    for (i, slot) in virtio.iter().enumerate() {
+        let name = [b'V', b'R', b'0' + (i / 10) as u8, b'0' + (i % 10) as u8];
+        devices.extend(aml::device(
+            &name,
+            &[
+                aml::name(b"_HID", &aml::string("LNRO0005")),
+                aml::name(b"_UID", &aml::integer(i as u64)),
+                aml::name(
+                    b"_CRS",
+                    &aml::resource_template(&[
+                        aml::memory32_fixed(slot.base as u32, WINDOW as u32),
+                        aml::extended_irq(slot.gsi),
+                    ]),
+                ),
+            ]
+            .concat(),
+        ));
+    }
+    body.extend(aml::scope(b"\\_SB_", &devices));
     sdt(b"DSDT", 6, b"VSSLDSDT", &body)
 }
 
-/// Builds the tables for `vcpus` CPUs, to be placed at `base` (which must be 16-byte aligned).
-pub fn build(base: u64, vcpus: u32) -> AcpiTables {
+/// Builds the tables for `vcpus` CPUs and the given virtio devices, to be placed at `base`
+/// (which must be 16-byte aligned).
+pub fn build(base: u64, vcpus: u32, virtio: &[VirtioSlot]) -> AcpiTables {
     // RSDP (36 bytes) then XSDT, FADT, MADT, DSDT, each 8-byte aligned.
     let align = |v: &mut Vec<u8>| v.resize(v.len().next_multiple_of(8), 0);
     let mut bytes = vec![0u8; 40];
-    let dsdt = dsdt();
+    let dsdt = dsdt(virtio);
     let madt = madt(vcpus);
     let xsdt_off = bytes.len();
     let xsdt_len = 36 + 16;
@@ -266,6 +288,26 @@ mod aml {
         vec![0x47, 0x01, b[0], b[1], b[0], b[1], 0x01, len]
     }
 
+    /// A string constant.
+    pub fn string(s: &str) -> Vec<u8> {
+        [&[0x0d][..], s.as_bytes(), &[0]].concat()
+    }
+
+    /// A fixed 32-bit memory range descriptor (read/write).
+    pub fn memory32_fixed(base: u32, len: u32) -> Vec<u8> {
+        [
+            &[0x86, 0x09, 0x00, 0x01][..],
+            &base.to_le_bytes(),
+            &len.to_le_bytes(),
+        ]
+        .concat()
+    }
+
+    /// An extended interrupt descriptor: one GSI, consumer, edge-triggered, active high.
+    pub fn extended_irq(gsi: u32) -> Vec<u8> {
+        [&[0x89, 0x06, 0x00, 0x03, 0x01][..], &gsi.to_le_bytes()].concat()
+    }
+
     /// An ISA IRQ descriptor (edge, active high).
     pub fn irq(irq: u8) -> Vec<u8> {
         let mask = (1u16 << irq).to_le_bytes();
@@ -311,7 +353,14 @@ mod tests {
 
     #[test]
     fn tables_link_up_and_checksum() {
-        let t = build(0xe0000, 3);
+        let t = build(
+            0xe0000,
+            3,
+            &[VirtioSlot {
+                base: 0xd000_0000,
+                gsi: 5,
+            }],
+        );
         let rsdp = &t.bytes[..36];
         assert_eq!(&rsdp[..8], b"RSD PTR ");
         assert_eq!(checksum(&rsdp[..20]), 0);
@@ -331,5 +380,6 @@ mod tests {
         assert_eq!(&dsdt[..4], b"DSDT");
         assert_eq!(checksum(dsdt), 0);
         assert!(dsdt.windows(4).any(|w| w == b"_S5_"));
+        assert!(dsdt.windows(8).any(|w| w == b"LNRO0005"));
     }
 }

@@ -27,6 +27,62 @@ pub struct DomainConfig {
     pub memory: u64,
     /// Reboot policy.
     pub on_reboot: OnReboot,
+    /// Virtual block devices, in the order the guest sees them (vda, vdb...).
+    pub disks: Vec<DiskConfig>,
+}
+
+/// One virtual block device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskConfig {
+    /// The image file.
+    pub path: PathBuf,
+    /// Whether the guest may only read it.
+    pub readonly: bool,
+    /// A name for the device (also the serial the guest reads).
+    pub id: String,
+}
+
+/// A `--disk` argument that does not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid --disk '{given}': {why} (expected path=FILE[,readonly=on|off][,id=NAME])")]
+pub struct DiskError {
+    given: String,
+    why: String,
+}
+
+/// Parses `path=FILE[,readonly=on][,id=NAME]`; `index` names an unnamed disk (`disk0`...).
+pub fn parse_disk(text: &str, index: usize) -> Result<DiskConfig, DiskError> {
+    let err = |why: String| DiskError {
+        given: text.to_string(),
+        why,
+    };
+    let (mut path, mut readonly, mut id) = (None, false, None);
+    for part in text.split(',') {
+        let (key, value) = part
+            .split_once('=')
+            .ok_or_else(|| err(format!("'{part}' is not key=value")))?;
+        match key {
+            "path" if !value.is_empty() => path = Some(PathBuf::from(value)),
+            "readonly" => {
+                readonly = match value {
+                    "on" | "true" | "yes" => true,
+                    "off" | "false" | "no" => false,
+                    _ => return Err(err(format!("readonly must be on or off, not '{value}'"))),
+                }
+            }
+            "id" if !value.is_empty() && value.len() <= 20 && value.is_ascii() => {
+                id = Some(value.to_string())
+            }
+            "id" => return Err(err("id must be 1 to 20 ASCII characters".into())),
+            "path" => return Err(err("path is empty".into())),
+            other => return Err(err(format!("unknown key '{other}'"))),
+        }
+    }
+    Ok(DiskConfig {
+        path: path.ok_or_else(|| err("path= is missing".into()))?,
+        readonly,
+        id: id.unwrap_or_else(|| format!("disk{index}")),
+    })
 }
 
 /// A size argument that does not parse.
@@ -60,6 +116,27 @@ pub fn host_memory() -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn disks_parse() {
+        let d = parse_disk("path=/x.img,readonly=on,id=root", 0).unwrap();
+        assert_eq!(
+            (d.path.to_str().unwrap(), d.readonly, d.id.as_str()),
+            ("/x.img", true, "root")
+        );
+        assert_eq!(parse_disk("path=a", 3).unwrap().id, "disk3");
+        for bad in [
+            "",
+            "readonly=on",
+            "path=a,ro=on",
+            "path=a,readonly=maybe",
+            "path=",
+            "a.img",
+            "path=a,id=",
+        ] {
+            assert!(parse_disk(bad, 0).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn sizes_parse_with_suffixes() {

@@ -21,7 +21,7 @@ use crate::error::DomainError;
 use crate::kernel::{self, KernelKind};
 use crate::layout::{self, ACPI_START, CMDLINE_MAX, MIN_MEMORY};
 use crate::vcpu::VcpuRunner;
-use crate::{acpi, cpuid};
+use crate::{acpi, cpuid, virtio};
 
 /// How a domain ended when it ended cleanly.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,6 +74,9 @@ pub fn validate(cfg: &DomainConfig, hv: &Hypervisor) -> Result<KernelKind, Domai
         )));
     }
     let (_, kind) = kernel::probe(&cfg.kernel)?;
+    for disk in &cfg.disks {
+        virtio::open_disk(disk)?;
+    }
     if let Some(initrd) = &cfg.initrd {
         let size = initrd_size(initrd)?;
         if size >= cfg.memory {
@@ -104,7 +107,7 @@ fn initrd_size(path: &std::path::Path) -> Result<u64, DomainError> {
 }
 
 /// An interrupt line backed by an irqfd.
-struct IrqFd(EventFd);
+pub(crate) struct IrqFd(pub(crate) EventFd);
 
 impl InterruptLine for IrqFd {
     fn trigger(&self) -> std::io::Result<()> {
@@ -115,6 +118,7 @@ impl InterruptLine for IrqFd {
 /// One boot of a domain: a KVM VM with memory, devices and vCPUs, not yet running.
 struct Machine {
     runners: Vec<VcpuRunner>,
+    virtio: Vec<virtio::PlacedDevice>,
     _vm: hv::Vm,
     control: Arc<Control>,
     serial: Arc<Mutex<SerialConsole>>,
@@ -146,7 +150,9 @@ impl Machine {
             None => None,
             Some(path) => Some(load_initrd(path, &kernel, cfg.memory, &memory)?),
         };
-        let tables = acpi::build(ACPI_START, cfg.vcpus);
+        let devices = virtio::build_devices(&cfg.disks)?;
+        let slots: Vec<_> = (0..devices.len()).map(virtio::slot).collect();
+        let tables = acpi::build(ACPI_START, cfg.vcpus, &slots);
         memory.write(tables.base, &tables.bytes)?;
         let boot_state = boot::prepare(
             &memory,
@@ -180,7 +186,13 @@ impl Machine {
             I8042_PORT_LEN.into(),
         )
         .map_err(bus_err)?;
-        let (pio, mmio) = (Arc::new(pio), Arc::new(Bus::new()));
+        let virtio_devices = virtio::place(&vm, &memory, devices)?;
+        let mut mmio = Bus::new();
+        for d in &virtio_devices {
+            mmio.insert(d.transport.clone(), d.slot.base, virtio::WINDOW)
+                .map_err(bus_err)?;
+        }
+        let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
 
         let supported = hv.supported_cpuid()?;
         let mut runners = Vec::with_capacity(cfg.vcpus as usize);
@@ -203,6 +215,7 @@ impl Machine {
         }
         Ok(Machine {
             runners,
+            virtio: virtio_devices,
             _vm: vm,
             control,
             serial,
@@ -212,6 +225,8 @@ impl Machine {
     /// Runs the vCPUs until the machine stops; returns why.
     fn run(mut self) -> Result<StopReason, DomainError> {
         hv::install_kick_handler()?;
+        // Stopped (dropped) when this function returns, after the vCPUs.
+        let _io = virtio::IoThread::start(&self.virtio)?;
         let control = self.control.clone();
         let mut threads = Vec::new();
         for runner in self.runners.drain(..) {

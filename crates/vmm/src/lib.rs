@@ -17,8 +17,9 @@ pub mod error;
 pub mod kernel;
 pub mod layout;
 pub mod vcpu;
+pub mod virtio;
 
-pub use config::{parse_size, DomainConfig, OnReboot};
+pub use config::{parse_disk, parse_size, DiskConfig, DomainConfig, OnReboot};
 pub use console::{ConsoleInput, ConsoleSink};
 pub use domain::{run, validate, Outcome};
 pub use error::DomainError;

@@ -1,0 +1,426 @@
+//! virtio-blk: a virtual block device (VBD) on a host file.
+//!
+//! Requests are served synchronously on the domain's I/O thread. Every guest-supplied number
+//! (sector, lengths) is checked against the disk's size with overflow-safe arithmetic; data moves
+//! through a bounded bounce buffer, so a guest cannot make the VMM allocate without limit. A
+//! read-only VBD advertises `VIRTIO_BLK_F_RO` and also refuses writes itself with an I/O error,
+//! so the file's bytes stay identical whatever the guest's driver does. FLUSH reaches stable
+//! storage (`fdatasync`) before it completes.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+use super::{device_id, DescriptorChain, Processed, Queue, QueueError, VirtioDevice};
+
+/// Sector size of the virtio-blk protocol.
+pub const SECTOR_SIZE: u64 = 512;
+const MAX_BOUNCE: usize = 128 * 1024;
+const QUEUE_SIZE: u16 = 256;
+/// Largest number of data segments per request the device accepts (`seg_max`).
+const SEG_MAX: u32 = 126;
+
+const F_SEG_MAX: u64 = 1 << 2;
+const F_RO: u64 = 1 << 5;
+const F_FLUSH: u64 = 1 << 9;
+
+const T_IN: u32 = 0;
+const T_OUT: u32 = 1;
+const T_FLUSH: u32 = 4;
+const T_GET_ID: u32 = 8;
+
+const S_OK: u8 = 0;
+const S_IOERR: u8 = 1;
+const S_UNSUPP: u8 = 2;
+
+/// Per-VBD counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BlockStats {
+    /// Bytes read by the guest.
+    pub read_bytes: u64,
+    /// Bytes written by the guest.
+    pub write_bytes: u64,
+    /// Read requests.
+    pub read_ops: u64,
+    /// Write requests.
+    pub write_ops: u64,
+    /// Flush requests.
+    pub flush_ops: u64,
+    /// Requests answered with an error status.
+    pub errors: u64,
+}
+
+/// A block device backed by a host file.
+pub struct Block {
+    file: File,
+    capacity: u64,
+    readonly: bool,
+    id: [u8; 20],
+    bounce: Vec<u8>,
+    /// Counters.
+    pub stats: BlockStats,
+}
+
+impl Block {
+    /// A VBD on `file` (opened read-only or read-write by the caller to match `readonly`);
+    /// `id` is what the guest reads as its serial (truncated to 20 bytes).
+    pub fn new(file: File, readonly: bool, id: &str) -> std::io::Result<Self> {
+        let len = file.metadata()?.len();
+        let mut serial = [0u8; 20];
+        let n = id.len().min(20);
+        serial[..n].copy_from_slice(&id.as_bytes()[..n]);
+        Ok(Block {
+            file,
+            capacity: len / SECTOR_SIZE,
+            readonly,
+            id: serial,
+            bounce: Vec::new(),
+            stats: BlockStats::default(),
+        })
+    }
+
+    /// Serves one request; returns the status and the bytes written into the guest's buffers.
+    fn serve(
+        &mut self,
+        chain: &DescriptorChain,
+        mem: &dyn vring::GuestMemory,
+    ) -> Result<(u8, u64), QueueError> {
+        let mut header = [0u8; 16];
+        if chain.read_at(mem, 0, &mut header)? < header.len() {
+            return Ok((S_IOERR, 0));
+        }
+        let kind = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+        let sector = u64::from_le_bytes(header[8..16].try_into().unwrap_or_default());
+        // The last writable byte is the status; everything before it is data.
+        let data_in = chain.writable_len().saturating_sub(1);
+        let data_out = chain.readable_len().saturating_sub(16);
+        match kind {
+            T_IN => {
+                let Some(offset) = self.range(sector, data_in) else {
+                    return Ok((S_IOERR, 0));
+                };
+                let mut done = 0;
+                while done < data_in {
+                    let n = (data_in - done).min(MAX_BOUNCE as u64) as usize;
+                    self.bounce.resize(n, 0);
+                    if self
+                        .file
+                        .read_exact_at(&mut self.bounce, offset + done)
+                        .is_err()
+                    {
+                        return Ok((S_IOERR, done));
+                    }
+                    chain.write_at(mem, done, &self.bounce)?;
+                    done += n as u64;
+                }
+                self.stats.read_ops += 1;
+                self.stats.read_bytes += data_in;
+                Ok((S_OK, data_in))
+            }
+            T_OUT => {
+                if self.readonly {
+                    return Ok((S_IOERR, 0));
+                }
+                let Some(offset) = self.range(sector, data_out) else {
+                    return Ok((S_IOERR, 0));
+                };
+                let mut done = 0;
+                while done < data_out {
+                    let n = (data_out - done).min(MAX_BOUNCE as u64) as usize;
+                    self.bounce.resize(n, 0);
+                    chain.read_at(mem, 16 + done, &mut self.bounce)?;
+                    if self.file.write_all_at(&self.bounce, offset + done).is_err() {
+                        return Ok((S_IOERR, 0));
+                    }
+                    done += n as u64;
+                }
+                self.stats.write_ops += 1;
+                self.stats.write_bytes += data_out;
+                Ok((S_OK, 0))
+            }
+            T_FLUSH => {
+                self.stats.flush_ops += 1;
+                if self.readonly {
+                    return Ok((S_OK, 0));
+                }
+                match self.file.sync_data() {
+                    Ok(()) => Ok((S_OK, 0)),
+                    Err(_) => Ok((S_IOERR, 0)),
+                }
+            }
+            T_GET_ID => {
+                let n = data_in.min(20) as usize;
+                chain.write_at(mem, 0, &self.id[..n])?;
+                Ok((S_OK, n as u64))
+            }
+            _ => Ok((S_UNSUPP, 0)),
+        }
+    }
+
+    /// The byte offset of `len` bytes at `sector`, if they lie inside the disk.
+    fn range(&self, sector: u64, len: u64) -> Option<u64> {
+        let start = sector.checked_mul(SECTOR_SIZE)?;
+        let end = start.checked_add(len)?;
+        (end <= self.capacity * SECTOR_SIZE).then_some(start)
+    }
+}
+
+impl VirtioDevice for Block {
+    fn device_id(&self) -> u32 {
+        device_id::BLOCK
+    }
+    fn queue_max_sizes(&self) -> Vec<u16> {
+        vec![QUEUE_SIZE]
+    }
+    fn device_features(&self) -> u64 {
+        F_SEG_MAX | F_FLUSH | if self.readonly { F_RO } else { 0 }
+    }
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        // capacity (u64, sectors) at 0, size_max (u32) at 8, seg_max (u32) at 12.
+        let mut config = [0u8; 16];
+        config[..8].copy_from_slice(&self.capacity.to_le_bytes());
+        config[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
+        let start = offset as usize;
+        match config.get(start..start.saturating_add(data.len())) {
+            Some(bytes) if offset < 16 => data.copy_from_slice(bytes),
+            _ => data.fill(0),
+        }
+    }
+    fn process_queue(
+        &mut self,
+        _index: usize,
+        queue: &mut Queue,
+        mem: &dyn vring::GuestMemory,
+    ) -> Result<Processed, QueueError> {
+        let mut done = Processed::default();
+        while let Some(chain) = queue.pop(mem)? {
+            let (status, written) = self.serve(&chain, mem)?;
+            if status != S_OK {
+                self.stats.errors += 1;
+            }
+            let status_at = chain.writable_len().saturating_sub(1);
+            let wrote_status =
+                chain.writable_len() > 0 && chain.write_at(mem, status_at, &[status])? == 1;
+            let used = written + u64::from(wrote_status);
+            queue.add_used(mem, chain.head, u32::try_from(used).unwrap_or(u32::MAX))?;
+            done.completed += 1;
+        }
+        Ok(done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vring::mock::{MockBuffer, MockDriver};
+
+    /// The (addr, len) of each buffer of the chain at `head`, read back from the descriptor table.
+    fn buffers(driver: &MockDriver, head: u16) -> Vec<(u64, usize)> {
+        let mut out = Vec::new();
+        let mut i = head;
+        loop {
+            let d = driver.read(driver.desc_table() + 16 * u64::from(i), 16);
+            let addr = u64::from_le_bytes(d[0..8].try_into().unwrap());
+            let len = u32::from_le_bytes(d[8..12].try_into().unwrap()) as usize;
+            let flags = u16::from_le_bytes([d[12], d[13]]);
+            out.push((addr, len));
+            if flags & 1 == 0 {
+                return out;
+            }
+            i = u16::from_le_bytes([d[14], d[15]]);
+        }
+    }
+
+    fn header(kind: u32, sector: u64) -> Vec<u8> {
+        [&kind.to_le_bytes()[..], &[0; 4], &sector.to_le_bytes()].concat()
+    }
+
+    fn disk(readonly: bool) -> (tempfile_like::TempFile, Block) {
+        let tmp =
+            tempfile_like::TempFile::with_bytes(&(0..8192u32).map(|i| i as u8).collect::<Vec<_>>());
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(!readonly)
+            .open(&tmp.path)
+            .unwrap();
+        let block = Block::new(file, readonly, "disk-under-test-with-a-long-id").unwrap();
+        (tmp, block)
+    }
+
+    /// Runs one request; returns (status byte, used length, data the device wrote).
+    fn request(block: &mut Block, bufs: &[MockBuffer<'_>]) -> (u8, u32, Vec<u8>) {
+        let mut driver = MockDriver::new(16, 1 << 20);
+        let mut queue = driver.queue();
+        let head = driver.add_chain(bufs);
+        let done = block.process_queue(0, &mut queue, driver.mem()).unwrap();
+        assert_eq!(done.completed, 1);
+        let used = driver.used();
+        assert_eq!(used.len(), 1);
+        let bufs = buffers(&driver, head);
+        let (status_addr, status_len) = *bufs.last().unwrap();
+        let status = driver.read(status_addr + status_len as u64 - 1, 1)[0];
+        let data = if bufs.len() > 2 {
+            let (a, l) = bufs[bufs.len() - 2];
+            driver.read(a, l)
+        } else {
+            Vec::new()
+        };
+        (status, used[0].len, data)
+    }
+
+    #[test]
+    fn reads_writes_flushes_and_identifies() {
+        let (tmp, mut block) = disk(false);
+        let payload = vec![0xabu8; 512];
+        let (s, len, _) = request(
+            &mut block,
+            &[
+                MockBuffer::Readable(&header(T_OUT, 3)),
+                MockBuffer::Readable(&payload),
+                MockBuffer::Writable(1),
+            ],
+        );
+        assert_eq!((s, len), (S_OK, 1));
+        assert_eq!(&std::fs::read(&tmp.path).unwrap()[1536..2048], &payload[..]);
+        let (s, len, data) = request(
+            &mut block,
+            &[
+                MockBuffer::Readable(&header(T_IN, 3)),
+                MockBuffer::Writable(512),
+                MockBuffer::Writable(1),
+            ],
+        );
+        assert_eq!((s, len, data), (S_OK, 513, payload));
+        let (s, _, _) = request(
+            &mut block,
+            &[
+                MockBuffer::Readable(&header(T_FLUSH, 0)),
+                MockBuffer::Writable(1),
+            ],
+        );
+        assert_eq!(s, S_OK);
+        let (s, len, id) = request(
+            &mut block,
+            &[
+                MockBuffer::Readable(&header(T_GET_ID, 0)),
+                MockBuffer::Writable(20),
+                MockBuffer::Writable(1),
+            ],
+        );
+        assert_eq!((s, len), (S_OK, 21));
+        assert_eq!(&id, b"disk-under-test-with");
+        assert_eq!(block.stats.write_ops, 1);
+        assert_eq!(block.stats.read_bytes, 512);
+    }
+
+    #[test]
+    fn bad_requests_get_error_statuses() {
+        let (tmp, mut block) = disk(false);
+        let before = std::fs::read(&tmp.path).unwrap();
+        // Past the end, straddling the end, and a sector whose byte offset overflows.
+        for sector in [16, 15, u64::MAX / 2] {
+            let (s, _, _) = request(
+                &mut block,
+                &[
+                    MockBuffer::Readable(&header(T_IN, sector)),
+                    MockBuffer::Writable(1024),
+                    MockBuffer::Writable(1),
+                ],
+            );
+            assert_eq!(s, S_IOERR, "read at sector {sector}");
+            let (s, _, _) = request(
+                &mut block,
+                &[
+                    MockBuffer::Readable(&header(T_OUT, sector)),
+                    MockBuffer::Readable(&[1; 1024]),
+                    MockBuffer::Writable(1),
+                ],
+            );
+            assert_eq!(s, S_IOERR, "write at sector {sector}");
+        }
+        let (s, _, _) = request(
+            &mut block,
+            &[
+                MockBuffer::Readable(&header(99, 0)),
+                MockBuffer::Writable(1),
+            ],
+        );
+        assert_eq!(s, S_UNSUPP);
+        // A header shorter than 16 bytes.
+        let (s, _, _) = request(
+            &mut block,
+            &[MockBuffer::Readable(&[0; 8]), MockBuffer::Writable(1)],
+        );
+        assert_eq!(s, S_IOERR);
+        assert_eq!(std::fs::read(&tmp.path).unwrap(), before);
+        assert_eq!(block.stats.errors, 8);
+    }
+
+    #[test]
+    fn a_read_only_disk_refuses_writes_itself() {
+        let (tmp, mut block) = disk(true);
+        assert_ne!(block.device_features() & F_RO, 0);
+        let before = std::fs::read(&tmp.path).unwrap();
+        let (s, _, _) = request(
+            &mut block,
+            &[
+                MockBuffer::Readable(&header(T_OUT, 0)),
+                MockBuffer::Readable(&[0xff; 512]),
+                MockBuffer::Writable(1),
+            ],
+        );
+        assert_eq!(s, S_IOERR);
+        assert_eq!(std::fs::read(&tmp.path).unwrap(), before);
+        let (s, _, data) = request(
+            &mut block,
+            &[
+                MockBuffer::Readable(&header(T_IN, 0)),
+                MockBuffer::Writable(16),
+                MockBuffer::Writable(1),
+            ],
+        );
+        assert_eq!((s, &data[..]), (S_OK, &before[..16]));
+    }
+
+    #[test]
+    fn config_space_reports_capacity_and_ignores_odd_reads() {
+        let (_tmp, block) = disk(false);
+        let mut cap = [0u8; 8];
+        block.read_config(0, &mut cap);
+        assert_eq!(u64::from_le_bytes(cap), 16);
+        let mut far = [0xffu8; 4];
+        block.read_config(1 << 40, &mut far);
+        assert_eq!(far, [0; 4]);
+        let mut straddle = [0xffu8; 8];
+        block.read_config(12, &mut straddle);
+        assert_eq!(straddle, [0; 8]);
+    }
+
+    /// A temporary file removed on drop (std only).
+    mod tempfile_like {
+        use std::path::PathBuf;
+        use std::sync::atomic::{AtomicU32, Ordering};
+
+        pub struct TempFile {
+            pub path: PathBuf,
+        }
+
+        impl TempFile {
+            pub fn with_bytes(bytes: &[u8]) -> Self {
+                static N: AtomicU32 = AtomicU32::new(0);
+                let path = std::env::temp_dir().join(format!(
+                    "vessel-blk-{}-{}",
+                    std::process::id(),
+                    N.fetch_add(1, Ordering::SeqCst)
+                ));
+                std::fs::write(&path, bytes).unwrap();
+                TempFile { path }
+            }
+        }
+
+        impl Drop for TempFile {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.path);
+            }
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! Paravirtual devices: virtio 1.x over the virtio-mmio transport.
+//!
+//! A [`VirtioDevice`] is a device's own logic (block, entropy...). [`mmio::MmioTransport`]
+//! wraps one in the virtio-mmio register file, owns its queues, and is what the bus and the
+//! domain's I/O thread talk to.
+
+pub mod block;
+pub mod mmio;
+pub mod rng;
+
+use std::sync::Arc;
+
+pub use vring::{DescriptorChain, Queue, QueueError};
+
+/// Device type IDs (virtio 1.x, section 5).
+pub mod device_id {
+    /// Block device.
+    pub const BLOCK: u32 = 2;
+    /// Entropy source.
+    pub const RNG: u32 = 4;
+}
+
+/// Feature bits common to all devices.
+pub mod feature {
+    /// The device complies with virtio 1.x (modern).
+    pub const VERSION_1: u64 = 1 << 32;
+    /// used_event / avail_event notification suppression.
+    pub const RING_EVENT_IDX: u64 = 1 << 29;
+}
+
+/// Guest memory as devices see it: any `vring::GuestMemory`, shared between threads.
+#[derive(Clone)]
+pub struct Memory(pub Arc<dyn vring::GuestMemory + Send + Sync>);
+
+impl vring::GuestMemory for Memory {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), vring::MemoryError> {
+        self.0.read(addr, buf)
+    }
+    fn write(&self, addr: u64, data: &[u8]) -> Result<(), vring::MemoryError> {
+        self.0.write(addr, data)
+    }
+}
+
+/// What processing a queue did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Processed {
+    /// Requests completed (used entries added).
+    pub completed: u32,
+}
+
+/// A virtio device's own logic, independent of the transport.
+pub trait VirtioDevice: Send {
+    /// The virtio device type.
+    fn device_id(&self) -> u32;
+    /// The maximum size of each of the device's queues.
+    fn queue_max_sizes(&self) -> Vec<u16>;
+    /// Device feature bits (the transport adds VERSION_1 and RING_EVENT_IDX).
+    fn device_features(&self) -> u64;
+    /// Reads the device-specific configuration space.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes the device-specific configuration space (ignored by default).
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+    /// Serves the available requests of queue `index`. Errors from the queue (a hostile or
+    /// broken driver) are returned; the transport then marks the device as needing a reset.
+    fn process_queue(
+        &mut self,
+        index: usize,
+        queue: &mut Queue,
+        mem: &dyn vring::GuestMemory,
+    ) -> Result<Processed, QueueError>;
+    /// The driver reset the device.
+    fn reset(&mut self) {}
+}

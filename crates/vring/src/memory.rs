@@ -1,0 +1,112 @@
+//! Guest memory as the queue sees it, and little-endian accessors over it.
+
+/// Guest memory as the queue sees it. Implemented by the VMM over its guest RAM, and by the mock
+/// ([`crate::mock::MockMemory`]).
+///
+/// Implementations must check the whole range of every access (with overflow-safe arithmetic)
+/// and refuse it whole, touching nothing, when any byte of it is not guest memory. The queue
+/// never reaches guest memory any other way.
+pub trait GuestMemory {
+    /// Copies `buf.len()` bytes of guest memory starting at guest-physical `addr` into `buf`.
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemoryError>;
+
+    /// Copies `data` into guest memory starting at guest-physical `addr`.
+    fn write(&self, addr: u64, data: &[u8]) -> Result<(), MemoryError>;
+
+    /// Whether `[addr, addr + len)` lies wholly inside guest memory (an empty range: always).
+    ///
+    /// The queue uses this to refuse rings and buffers outside guest memory when it first sees
+    /// them, rather than failing half-way through a copy. The default probes the first and the
+    /// last byte with [`read`](Self::read), which is exact only for memory without holes:
+    /// implementations over memory with holes (such as RAM split around the 32-bit MMIO hole)
+    /// should override it. Even a wrong answer here is safe: every access still goes through
+    /// `read` / `write`, which check for themselves.
+    fn contains(&self, addr: u64, len: u64) -> bool {
+        if len == 0 {
+            return true;
+        }
+        let Some(last) = addr.checked_add(len - 1) else {
+            return false;
+        };
+        let mut byte = [0u8; 1];
+        self.read(addr, &mut byte).is_ok() && self.read(last, &mut byte).is_ok()
+    }
+}
+
+/// A guest memory access outside guest memory.
+#[derive(Debug, thiserror::Error, Clone, Copy, PartialEq, Eq)]
+#[error("guest memory access of {len} bytes at {addr:#x} is outside guest memory")]
+pub struct MemoryError {
+    /// Guest-physical address of the access.
+    pub addr: u64,
+    /// Length of the access in bytes.
+    pub len: u64,
+}
+
+impl MemoryError {
+    /// The error for an access of `len` bytes at `addr`.
+    pub fn new(addr: u64, len: usize) -> Self {
+        MemoryError {
+            addr,
+            len: u64::try_from(len).unwrap_or(u64::MAX),
+        }
+    }
+}
+
+/// Reads a little-endian `u16` at `addr`.
+pub(crate) fn read_u16(mem: &(impl GuestMemory + ?Sized), addr: u64) -> Result<u16, MemoryError> {
+    let mut b = [0u8; 2];
+    mem.read(addr, &mut b)?;
+    Ok(u16::from_le_bytes(b))
+}
+
+/// Writes a little-endian `u16` at `addr`.
+pub(crate) fn write_u16(
+    mem: &(impl GuestMemory + ?Sized),
+    addr: u64,
+    v: u16,
+) -> Result<(), MemoryError> {
+    mem.write(addr, &v.to_le_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mock::MockMemory;
+
+    /// Memory that implements only `read` and `write`, to exercise the default `contains`.
+    struct Plain(MockMemory);
+
+    impl GuestMemory for Plain {
+        fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
+            self.0.read(addr, buf)
+        }
+        fn write(&self, addr: u64, data: &[u8]) -> Result<(), MemoryError> {
+            self.0.write(addr, data)
+        }
+    }
+
+    #[test]
+    fn default_contains_probes_both_ends() {
+        let m = Plain(MockMemory::new(0x1000));
+        assert!(m.contains(0, 0x1000));
+        assert!(m.contains(0xfff, 1));
+        assert!(m.contains(u64::MAX, 0));
+        assert!(!m.contains(0xfff, 2));
+        assert!(!m.contains(0x1000, 1));
+        assert!(!m.contains(u64::MAX, 2));
+        assert!(!m.contains(1, u64::MAX));
+    }
+
+    #[test]
+    fn le_accessors() {
+        let m = MockMemory::new(0x10);
+        write_u16(&m, 4, 0xbeef).unwrap();
+        let mut raw = [0u8; 2];
+        m.read(4, &mut raw).unwrap();
+        assert_eq!(raw, [0xef, 0xbe]);
+        assert_eq!(read_u16(&m, 4), Ok(0xbeef));
+        assert_eq!(read_u16(&m, 0xf), Err(MemoryError { addr: 0xf, len: 2 }));
+        assert!(write_u16(&m, u64::MAX, 1).is_err());
+    }
+}
