@@ -8,6 +8,7 @@
 pub mod bus;
 pub mod i8042;
 pub mod power;
+pub mod rate_limit;
 pub mod serial;
 pub mod virtio;
 

@@ -11,6 +11,8 @@
 //!
 //! `ROUNDS` can be set with `VESSEL_BENCH_ROUNDS` (default 5).
 
+mod common;
+
 use std::time::Duration;
 
 use testbox::{Assets, HostBox, StepResult};
@@ -54,12 +56,7 @@ struct Boot {
 }
 
 fn field(step: &StepResult, key: &str) -> f64 {
-    let prefix = format!("{key}=");
-    step.output
-        .lines()
-        .find_map(|l| l.trim().strip_prefix(prefix.as_str()))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("step {}: no {key}= in output:\n{}", step.name, step.output))
+    common::figure(step, &format!("{key}="))
 }
 
 fn boot(step: &StepResult) -> Boot {
@@ -77,21 +74,8 @@ fn boot(step: &StepResult) -> Boot {
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
 fn main() {
-    let rounds: usize = std::env::var("VESSEL_BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
+    let rounds = common::rounds(5);
     let assets = Assets::locate().unwrap_or_else(|e| panic!("guest assets unavailable: {e}"));
     let dir = std::env::temp_dir().join(format!("vessel-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -126,7 +110,7 @@ fn main() {
             .collect()
     };
     let (v, q) = (collect("vessel"), collect("qemu"));
-    let med = |b: &[Boot], f: fn(&Boot) -> f64| median(b.iter().map(f).collect());
+    let med = |b: &[Boot], f: fn(&Boot) -> f64| common::median(b.iter().map(f).collect());
     println!("boot benchmark: {rounds} boots each, same guest, one box run (L1 seconds, KiB)");
     println!(
         "{:<28}{:>12}{:>12}{:>10}",
