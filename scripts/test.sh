@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # Vessel's whole test suite: formatting, lints, the fuzz targets' build, unit tests, the fast
-# tests on /dev/kvm with the
-# purpose-built guest, and the Linux-guest tests in the host box. Box tests run one at a time
+# tests on /dev/kvm with the purpose-built guest, and the Linux-guest tests in the host box. Box tests run one at a time
 # (--test-threads=1): each is a QEMU TCG machine that wants both cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -254,7 +254,7 @@ fn instruction_fetch_from_mmio_is_an_internal_error() {
     run.assert_code(1);
     assert_booted(&run, "fetchmmio");
     assert!(
-        run.stderr.contains("internal error at rip 0xd0000000"),
+        run.stderr.contains("internal error at rip 0xe0000000"),
         "{}",
         run.report()
     );
@@ -436,4 +436,52 @@ fn no_permission_on_dev_kvm_is_explained() {
     std::fs::create_dir(dir.path().join("dev")).unwrap();
     let run = run_command(cmd, TIMEOUT, None);
     run.assert_one_line_error(&["permission denied opening /dev/kvm"]);
+}
+
+#[test]
+fn more_vcpus_than_kvm_allows_are_refused() {
+    let run = refused(&["--kernel", "{kernel}", "--vcpus", "100000"]);
+    run.assert_one_line_error(&["--vcpus 100000 is more than this host's KVM allows"]);
+}
+
+/// Runs `vessel run ARGS` as root without the capabilities that bypass file permissions, so a
+/// mode-000 file is unreadable to it while /dev/kvm (root's, mode 0600) stays usable.
+fn run_without_dac_override(args: &[&str]) -> Finished {
+    require_kvm();
+    require_root();
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        "--inh-caps=-dac_override,-dac_read_search",
+        "--bounding-set=-dac_override,-dac_read_search",
+        common::VESSEL,
+        "run",
+    ])
+    .args(args);
+    run_command(cmd, TIMEOUT, None)
+}
+
+#[test]
+fn unreadable_kernel_is_refused() {
+    let dir = TempDir::new("unreadable-kernel");
+    let kernel = dir.path().join("vmlinux");
+    std::fs::copy(mini_kernel(), &kernel).unwrap();
+    std::fs::set_permissions(&kernel, std::os::unix::fs::PermissionsExt::from_mode(0o000)).unwrap();
+    let run = run_without_dac_override(&["--kernel", kernel.to_str().unwrap()]);
+    run.assert_one_line_error(&["cannot read kernel", "Permission denied"]);
+}
+
+#[test]
+fn unreadable_initrd_is_refused() {
+    let dir = TempDir::new("unreadable-initrd");
+    let initrd = dir.path().join("initrd");
+    std::fs::write(&initrd, b"not read").unwrap();
+    std::fs::set_permissions(&initrd, std::os::unix::fs::PermissionsExt::from_mode(0o000)).unwrap();
+    let kernel = mini_kernel();
+    let run = run_without_dac_override(&[
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--initrd",
+        initrd.to_str().unwrap(),
+    ]);
+    run.assert_one_line_error(&["cannot read initrd", "Permission denied"]);
 }

@@ -39,6 +39,9 @@ impl vring::GuestMemory for GuestRam {
             len: e.len,
         })
     }
+    fn contains(&self, addr: u64, len: u64) -> bool {
+        self.0.contains(addr, len)
+    }
 }
 
 /// Where a virtio device sits, for the ACPI tables.

@@ -39,6 +39,9 @@ impl vring::GuestMemory for Memory {
     fn write(&self, addr: u64, data: &[u8]) -> Result<(), vring::MemoryError> {
         self.0.write(addr, data)
     }
+    fn contains(&self, addr: u64, len: u64) -> bool {
+        self.0.contains(addr, len)
+    }
 }
 
 /// What processing a queue did.

@@ -335,8 +335,8 @@ scen_reboot:
     jmp halt_forever
 
 scen_fetchmmio:
-    PRINT "mini: jumping to unclaimed MMIO at 0xd0000000\n"
-    mov $0xd0000000, %eax
+    PRINT "mini: jumping to unclaimed MMIO at 0xe0000000\n"
+    mov $0xe0000000, %eax
     jmp *%rax
 
 scen_triplefault:
@@ -425,10 +425,10 @@ user_hello:
     USYS SYS_POWEROFF, $0
 
 user_mmio:
-    /* 0xd0000000 is in the 32-bit MMIO hole and no device claims it: Vessel drops writes and
+    /* 0xe0000000 is in the 32-bit MMIO hole and no device claims it: Vessel drops writes and
      * answers reads with all ones. AND all 32-bit reads together: all ones only if every one
      * was. */
-    mov $0xd0000000, %ebx
+    mov $0xe0000000, %ebx
     mov $-1, %r12d
     mov $8, %r13d
 1:  movl $0x12345678, (%rbx)
@@ -438,7 +438,7 @@ user_mmio:
     add $8, %rbx
     dec %r13d
     jnz 1b
-    mov $0xd0000000, %ebx
+    mov $0xe0000000, %ebx
     mov (%rbx), %r14                /* a 64-bit read */
     movzbl 3(%rbx), %r15d           /* a byte read */
     UPRINT "mini: mmio reads=8 read32=" 
