@@ -7,6 +7,8 @@
 
 pub mod bus;
 pub mod i8042;
+pub mod image;
+pub mod net_backend;
 pub mod power;
 pub mod rate_limit;
 pub mod serial;

@@ -10,6 +10,7 @@ mod error;
 mod kick;
 mod kvm;
 mod memory;
+pub mod tap;
 mod tty;
 mod vcpu;
 

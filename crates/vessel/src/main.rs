@@ -5,6 +5,7 @@
 //! codes; the machine itself lives in the `vmm` crate.
 #![forbid(unsafe_code)]
 
+mod image;
 mod run;
 
 use std::process::ExitCode;
@@ -27,6 +28,9 @@ enum Command {
     /// 1 when the configuration is bad, the host cannot run it, or the guest crashes.
     /// Press Ctrl-A then x to stop the domain from the console.
     Run(run::RunArgs),
+    /// Create, check and describe disk images: raw files and copy-on-write overlays on a
+    /// shared base image.
+    Image(image::ImageArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +44,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Run(args) => run::run(args),
+        Command::Image(args) => image::image(args),
     };
     match result {
         Ok(code) => code,

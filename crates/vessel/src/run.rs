@@ -43,6 +43,12 @@ pub struct RunArgs {
     /// A virtual block device: path=FILE[,readonly=on][,id=NAME]; repeat for more (vda, vdb...).
     #[arg(long = "disk", value_name = "SPEC")]
     disks: Vec<String>,
+    /// A virtual network interface (eth0, eth1... in order; repeat for more): tap=NAME[,mac=MAC]
+    /// for a host TAP interface (created if missing), or socket=PATH,peer=PATH[,mac=MAC] for a
+    /// point-to-point link to another domain whose VIF is socket=PEER,peer=PATH. Without mac=,
+    /// a stable locally administered address derived from tap=NAME or socket=PATH.
+    #[arg(long = "net", value_name = "SPEC")]
+    nets: Vec<String>,
     /// What a guest reboot does.
     #[arg(long, value_enum, default_value = "restart")]
     on_reboot: RebootPolicy,
@@ -59,8 +65,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .enumerate()
         .map(|(i, d)| vmm::parse_disk(d, i))
         .collect::<Result<Vec<_>, _>>()?;
+    let nets = args
+        .nets
+        .iter()
+        .map(|n| vmm::parse_net(n))
+        .collect::<Result<Vec<_>, _>>()?;
     let cfg = DomainConfig {
         disks,
+        nets,
         kernel: args.kernel,
         initrd: args.initrd,
         cmdline: args.cmdline,

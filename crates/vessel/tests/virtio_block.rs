@@ -152,3 +152,38 @@ fn data_the_guest_synced_survives_sigkill_of_the_vmm() {
     assert_ok(verify);
     assert!(verify.output.contains("blob: OK"), "{}", verify.output);
 }
+
+#[test]
+fn a_rate_limited_vbd_is_held_near_its_rate() {
+    // vda is limited to 1 MiB/s, vdb is not; the guest reads 4 MiB from each with O_DIRECT.
+    let guest = vessel(
+        &["path=/tmp/slow.img,bps=1M", "path=/tmp/fast.img"],
+        "for d in vda vdb; do echo T0$d=$(cat /proc/uptime); \
+         dd if=/dev/$d of=/dev/null bs=64k count=64 iflag=direct 2>/dev/null; \
+         echo T1$d=$(cat /proc/uptime); done",
+    );
+    let run = box_with_vessel()
+        .step(
+            "rate",
+            &format!("truncate -s 16M /tmp/slow.img /tmp/fast.img && {guest}"),
+        )
+        .run()
+        .unwrap_or_else(|e| panic!("host box failed: {e}"));
+    let step = run.step("rate");
+    assert_ok(step);
+    let at = |key: &str| -> f64 {
+        step.output
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(&format!("{key}=")))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {key}= in:\n{}", step.output))
+    };
+    let slow = at("T1vda") - at("T0vda");
+    let fast = at("T1vdb") - at("T0vdb");
+    // 4 MiB at 1 MiB/s with a 1 MiB burst: about 3 s.
+    assert!((2.5..12.0).contains(&slow), "limited read took {slow} s");
+    assert!(
+        fast < slow / 2.0,
+        "unlimited read took {fast} s vs {slow} s limited"
+    );
+}

@@ -29,6 +29,8 @@ pub struct DomainConfig {
     pub on_reboot: OnReboot,
     /// Virtual block devices, in the order the guest sees them (vda, vdb...).
     pub disks: Vec<DiskConfig>,
+    /// Virtual network interfaces, in the order the guest sees them (eth0, eth1...).
+    pub nets: Vec<NetConfig>,
 }
 
 /// One virtual block device.
@@ -40,11 +42,15 @@ pub struct DiskConfig {
     pub readonly: bool,
     /// A name for the device (also the serial the guest reads).
     pub id: String,
+    /// Data rate limit in bytes per second (0: none).
+    pub bytes_per_sec: u64,
+    /// Request rate limit in operations per second (0: none).
+    pub ops_per_sec: u64,
 }
 
 /// A `--disk` argument that does not parse.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid --disk '{given}': {why} (expected path=FILE[,readonly=on|off][,id=NAME])")]
+#[error("invalid --disk '{given}': {why} (expected path=FILE[,readonly=on|off][,id=NAME][,bps=RATE][,iops=N])")]
 pub struct DiskError {
     given: String,
     why: String,
@@ -57,6 +63,7 @@ pub fn parse_disk(text: &str, index: usize) -> Result<DiskConfig, DiskError> {
         why,
     };
     let (mut path, mut readonly, mut id) = (None, false, None);
+    let (mut bytes_per_sec, mut ops_per_sec) = (0, 0);
     for part in text.split(',') {
         let (key, value) = part
             .split_once('=')
@@ -74,6 +81,18 @@ pub fn parse_disk(text: &str, index: usize) -> Result<DiskConfig, DiskError> {
                 id = Some(value.to_string())
             }
             "id" => return Err(err("id must be 1 to 20 ASCII characters".into())),
+            "bps" => {
+                bytes_per_sec = parse_rate(value).ok_or_else(|| {
+                    err(format!(
+                    "bps must be bytes per second with an optional K, M or G suffix, not '{value}'"
+                ))
+                })?
+            }
+            "iops" => {
+                ops_per_sec = value
+                    .parse()
+                    .map_err(|_| err(format!("iops must be a whole number, not '{value}'")))?
+            }
             "path" => return Err(err("path is empty".into())),
             other => return Err(err(format!("unknown key '{other}'"))),
         }
@@ -82,6 +101,142 @@ pub fn parse_disk(text: &str, index: usize) -> Result<DiskConfig, DiskError> {
         path: path.ok_or_else(|| err("path= is missing".into()))?,
         readonly,
         id: id.unwrap_or_else(|| format!("disk{index}")),
+        bytes_per_sec,
+        ops_per_sec,
+    })
+}
+
+/// A byte rate: a number with an optional K, M or G (binary) suffix; no suffix means bytes.
+fn parse_rate(text: &str) -> Option<u64> {
+    let (digits, shift) = match text.char_indices().last()? {
+        (i, c) if c.eq_ignore_ascii_case(&'k') => (&text[..i], 10),
+        (i, c) if c.eq_ignore_ascii_case(&'m') => (&text[..i], 20),
+        (i, c) if c.eq_ignore_ascii_case(&'g') => (&text[..i], 30),
+        _ => (text, 0),
+    };
+    digits.parse::<u64>().ok()?.checked_mul(1 << shift)
+}
+
+/// The host side of a virtual network interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NetBackendConfig {
+    /// A host TAP interface, created if it does not exist.
+    Tap(String),
+    /// A Unix datagram socket bound at `path`, linked to the one bound at `peer` (both absolute).
+    Socket {
+        /// This end's socket path.
+        path: PathBuf,
+        /// The other end's socket path.
+        peer: PathBuf,
+    },
+}
+
+/// One virtual network interface (VIF).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetConfig {
+    /// Where its frames go.
+    pub backend: NetBackendConfig,
+    /// Its MAC address: given, or generated from the backend (see [`generated_mac`]).
+    pub mac: [u8; 6],
+}
+
+/// A `--net` argument that does not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid --net '{given}': {why} (expected tap=NAME[,mac=MAC] or socket=PATH,peer=PATH[,mac=MAC])")]
+pub struct NetError {
+    given: String,
+    why: String,
+}
+
+/// The stable MAC of a VIF without `mac=`: locally administered unicast, `02` followed by the
+/// first five bytes of the 64-bit FNV-1a hash of `key` (`tap=NAME`, or `socket=PATH` with the
+/// absolute path), so the same command line always gives the guest the same address.
+pub fn generated_mac(key: &str) -> [u8; 6] {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    let b = h.to_be_bytes();
+    [0x02, b[0], b[1], b[2], b[3], b[4]]
+}
+
+/// Parses a MAC address written `xx:xx:xx:xx:xx:xx`; it must be unicast and not all zeros.
+pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        let p = parts.next()?;
+        if p.len() != 2 {
+            return None;
+        }
+        *byte = u8::from_str_radix(p, 16).ok()?;
+    }
+    let unicast = mac[0] & 1 == 0 && mac != [0; 6];
+    (parts.next().is_none() && unicast).then_some(mac)
+}
+
+/// Parses `tap=NAME[,mac=MAC]` or `socket=PATH,peer=PATH[,mac=MAC]`.
+pub fn parse_net(text: &str) -> Result<NetConfig, NetError> {
+    let err = |why: String| NetError {
+        given: text.to_string(),
+        why,
+    };
+    let (mut tap, mut socket, mut peer, mut mac) = (None, None, None, None);
+    for part in text.split(',') {
+        let (key, value) = part
+            .split_once('=')
+            .ok_or_else(|| err(format!("'{part}' is not key=value")))?;
+        if value.is_empty() {
+            return Err(err(format!("{key} is empty")));
+        }
+        match key {
+            "tap" => {
+                let ok = value.len() <= 15
+                    && value
+                        .bytes()
+                        .all(|b| b.is_ascii_graphic() && b != b'/' && b != b':');
+                if !ok {
+                    return Err(err(
+                        "a TAP name is 1 to 15 printable characters without '/' or ':'".into(),
+                    ));
+                }
+                tap = Some(value.to_string());
+            }
+            "socket" | "peer" => {
+                let path =
+                    std::path::absolute(value).map_err(|e| err(format!("{key} path: {e}")))?;
+                if key == "socket" {
+                    socket = Some(path);
+                } else {
+                    peer = Some(path);
+                }
+            }
+            "mac" => {
+                mac = Some(parse_mac(value).ok_or_else(|| {
+                    err(format!(
+                        "'{value}' is not a unicast MAC like 02:00:00:00:00:01"
+                    ))
+                })?)
+            }
+            other => return Err(err(format!("unknown key '{other}'"))),
+        }
+    }
+    let backend = match (tap, socket, peer) {
+        (Some(name), None, None) => NetBackendConfig::Tap(name),
+        (None, Some(path), Some(peer)) if path != peer => NetBackendConfig::Socket { path, peer },
+        (None, Some(_), Some(_)) => return Err(err("socket and peer are the same path".into())),
+        (None, Some(_), None) => return Err(err("socket= needs peer=".into())),
+        (None, None, _) => return Err(err("tap= or socket= is missing".into())),
+        _ => return Err(err("give either tap= or socket=, not both".into())),
+    };
+    let key = match &backend {
+        NetBackendConfig::Tap(name) => format!("tap={name}"),
+        NetBackendConfig::Socket { path, .. } => format!("socket={}", path.display()),
+    };
+    Ok(NetConfig {
+        mac: mac.unwrap_or_else(|| generated_mac(&key)),
+        backend,
     })
 }
 
@@ -125,6 +280,15 @@ mod tests {
             ("/x.img", true, "root")
         );
         assert_eq!(parse_disk("path=a", 3).unwrap().id, "disk3");
+        let limited = parse_disk("path=a,bps=2M,iops=100", 0).unwrap();
+        assert_eq!((limited.bytes_per_sec, limited.ops_per_sec), (2 << 20, 100));
+        for bad in [
+            "path=a,bps=fast",
+            "path=a,iops=-1",
+            "path=a,bps=99999999999G",
+        ] {
+            assert!(parse_disk(bad, 0).is_err(), "{bad}");
+        }
         for bad in [
             "",
             "readonly=on",
@@ -135,6 +299,50 @@ mod tests {
             "path=a,id=",
         ] {
             assert!(parse_disk(bad, 0).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn nets_parse_with_given_or_stable_generated_macs() {
+        let n = parse_net("tap=tap0,mac=52:54:00:AB:cd:01").unwrap();
+        assert_eq!(n.backend, NetBackendConfig::Tap("tap0".into()));
+        assert_eq!(n.mac, [0x52, 0x54, 0, 0xab, 0xcd, 1]);
+        let a = parse_net("tap=tap0").unwrap();
+        assert_eq!(a.mac, parse_net("tap=tap0").unwrap().mac, "stable");
+        assert_ne!(a.mac, parse_net("tap=tap1").unwrap().mac);
+        assert_eq!(a.mac[0], 0x02, "locally administered unicast");
+        let s = parse_net("socket=/tmp/a.sock,peer=/tmp/b.sock").unwrap();
+        assert_eq!(
+            s.backend,
+            NetBackendConfig::Socket {
+                path: "/tmp/a.sock".into(),
+                peer: "/tmp/b.sock".into()
+            }
+        );
+        let b = parse_net("peer=/tmp/a.sock,socket=/tmp/b.sock").unwrap();
+        assert_ne!(s.mac, b.mac, "the two ends differ");
+        match parse_net("socket=rel.sock,peer=/p").unwrap().backend {
+            NetBackendConfig::Socket { path, .. } => assert!(path.is_absolute()),
+            other => panic!("{other:?}"),
+        }
+        for bad in [
+            "",
+            "tap=",
+            "tap=a/b",
+            "tap=waytoolongname16",
+            "tap=t,socket=/a,peer=/b",
+            "socket=/a",
+            "socket=/a,peer=/a",
+            "peer=/a",
+            "tap=t,mac=01:00:00:00:00:01",
+            "tap=t,mac=00:00:00:00:00:00",
+            "tap=t,mac=02:00:00:00:00",
+            "tap=t,mac=02:00:00:00:00:01:02",
+            "tap=t,mac=2:0:0:0:0:1",
+            "tap=t,speed=10",
+            "tap",
+        ] {
+            assert!(parse_net(bad).is_err(), "{bad}");
         }
     }
 

@@ -150,7 +150,8 @@ impl Machine {
             None => None,
             Some(path) => Some(load_initrd(path, &kernel, cfg.memory, &memory)?),
         };
-        let devices = virtio::build_devices(&cfg.disks)?;
+        let mut devices = virtio::build_devices(&cfg.disks)?;
+        devices.extend(crate::net::build_nets(&cfg.nets, devices.len())?);
         let slots: Vec<_> = (0..devices.len()).map(virtio::slot).collect();
         let tables = acpi::build(ACPI_START, cfg.vcpus, &slots);
         memory.write(tables.base, &tables.bytes)?;

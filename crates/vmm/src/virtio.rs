@@ -2,11 +2,11 @@
 //! notifications reach them (ioeventfds watched by one I/O thread per domain) and how their
 //! interrupts reach the guest (irqfds).
 
-use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+use devices::image::DiskBackend;
 use devices::virtio::block::Block;
 use devices::virtio::mmio::{MmioTransport, MMIO_SIZE, QUEUE_NOTIFY};
 use devices::virtio::rng::Rng;
@@ -63,33 +63,19 @@ pub struct PlacedDevice {
     pub notify: EventFd,
 }
 
-/// Opens a disk image as its configuration asks.
-pub fn open_disk(disk: &DiskConfig) -> Result<File, DomainError> {
-    OpenOptions::new()
-        .read(true)
-        .write(!disk.readonly)
-        .open(&disk.path)
-        .map_err(|e| {
-            DomainError::Config(format!(
-                "--disk {}: cannot open {}{}: {e}",
-                disk.id,
-                disk.path.display(),
-                if disk.readonly {
-                    " read-only"
-                } else {
-                    " read-write"
-                }
-            ))
-        })
+/// Opens a disk image as its configuration asks, in its own format (raw, or a copy-on-write
+/// overlay whose backing image is opened read-only), and locks it.
+pub fn open_disk(disk: &DiskConfig) -> Result<Box<dyn DiskBackend>, DomainError> {
+    devices::image::open(&disk.path, disk.readonly)
+        .map_err(|e| DomainError::Config(format!("--disk {}: {e}", disk.id)))
 }
 
 /// The devices a domain's configuration asks for, in slot order: disks first, then entropy.
 pub fn build_devices(disks: &[DiskConfig]) -> Result<Vec<Box<dyn VirtioDevice>>, DomainError> {
     let mut out: Vec<Box<dyn VirtioDevice>> = Vec::new();
     for disk in disks {
-        let file = open_disk(disk)?;
-        let block = Block::new(file, disk.readonly, &disk.id)
-            .map_err(DomainError::host("reading a disk image's size"))?;
+        let mut block = Block::with_backend(open_disk(disk)?, disk.readonly, &disk.id);
+        block.set_rate_limit(disk.bytes_per_sec, disk.ops_per_sec);
         out.push(Box::new(block));
     }
     out.push(Box::new(
@@ -161,12 +147,27 @@ impl IoThread {
                 .ctl(
                     ControlOperation::Add,
                     fd.as_raw_fd(),
-                    EpollEvent::new(EventSet::IN, i as u64),
+                    EpollEvent::new(EventSet::IN, (i as u64) << 1),
                 )
                 .map_err(DomainError::host("watching an eventfd"))?;
+            // A device's host side (a network backend): token with the low bit set.
+            let host_fd = d
+                .transport
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .host_fd();
+            if let Some(host_fd) = host_fd {
+                epoll
+                    .ctl(
+                        ControlOperation::Add,
+                        host_fd,
+                        EpollEvent::new(EventSet::IN, ((i as u64) << 1) | 1),
+                    )
+                    .map_err(DomainError::host("watching a device's host descriptor"))?;
+            }
             watched.push((fd, d.transport.clone()));
         }
-        let stop_token = watched.len() as u64;
+        let stop_token = u64::MAX;
         epoll
             .ctl(
                 ControlOperation::Add,
@@ -186,27 +187,76 @@ impl IoThread {
 }
 
 fn io_loop(epoll: Epoll, watched: Vec<(EventFd, Arc<Mutex<MmioTransport>>)>, stop_token: u64) {
-    let mut events = vec![EpollEvent::default(); watched.len() + 1];
+    /// Consecutive error reports after which a host descriptor is no longer watched.
+    const HOST_ERRORS_MAX: u32 = 64;
+    let mut events = vec![EpollEvent::default(); 2 * watched.len() + 1];
+    let mut host_errors = vec![0u32; watched.len()];
     loop {
-        let n = match epoll.wait(-1, &mut events) {
+        // Sleep until an event, or until the earliest rate-limited device may go again.
+        let timeout = next_wake(&watched).map_or(-1, |at| {
+            let ms = at
+                .saturating_duration_since(std::time::Instant::now())
+                .as_millis();
+            i32::try_from(ms + 1).unwrap_or(i32::MAX)
+        });
+        let n = match epoll.wait(timeout, &mut events) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(_) => return,
         };
+        if n == 0 {
+            let now = std::time::Instant::now();
+            for (_, transport) in &watched {
+                let mut transport = transport.lock().unwrap_or_else(|e| e.into_inner());
+                if transport.wake_at().is_some_and(|at| at <= now) {
+                    transport.notified();
+                }
+            }
+            continue;
+        }
         for event in &events[..n] {
             let token = event.data();
             if token == stop_token {
                 return;
             }
-            if let Some((fd, transport)) = watched.get(token as usize) {
+            let Some((fd, transport)) = watched.get((token >> 1) as usize) else {
+                continue;
+            };
+            let mut transport = transport.lock().unwrap_or_else(|e| e.into_inner());
+            if token & 1 == 0 {
                 let _ = fd.read();
-                transport
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .notified();
+                transport.notified();
+                continue;
+            }
+            transport.host_ready();
+            // A host descriptor that stays in error or hung up (a deleted TAP) would report
+            // forever: after a run of such reports, stop watching it; the device's link is dead
+            // from then on. A one-off error (a socket's pending ECONNRESET, cleared by the read
+            // above) only starts the count.
+            let slot = &mut host_errors[(token >> 1) as usize];
+            if event
+                .event_set()
+                .intersects(EventSet::ERROR | EventSet::HANG_UP)
+            {
+                *slot += 1;
+                if *slot >= HOST_ERRORS_MAX {
+                    if let Some(host_fd) = transport.host_fd() {
+                        let _ = epoll.ctl(ControlOperation::Delete, host_fd, EpollEvent::default());
+                    }
+                }
+            } else {
+                *slot = 0;
             }
         }
     }
+}
+
+/// The earliest time a rate-limited device asked to be served again.
+fn next_wake(watched: &[(EventFd, Arc<Mutex<MmioTransport>>)]) -> Option<std::time::Instant> {
+    watched
+        .iter()
+        .filter_map(|(_, t)| t.lock().unwrap_or_else(|e| e.into_inner()).wake_at())
+        .min()
 }
 
 impl Drop for IoThread {

@@ -1,4 +1,5 @@
-//! virtio-blk: a virtual block device (VBD) on a host file.
+//! virtio-blk: a virtual block device (VBD) on a disk image (raw or a copy-on-write overlay,
+//! behind [`DiskBackend`]).
 //!
 //! Requests are served synchronously on the domain's I/O thread. Every guest-supplied number
 //! (sector, lengths) is checked against the disk's size with overflow-safe arithmetic; data moves
@@ -8,7 +9,11 @@
 //! storage (`fdatasync`) before it completes.
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::time::Instant;
+
+use crate::image::{DiskBackend, Raw};
+
+use crate::rate_limit::RateLimiter;
 
 use super::{device_id, DescriptorChain, Processed, Queue, QueueError, VirtioDevice};
 
@@ -47,15 +52,21 @@ pub struct BlockStats {
     pub flush_ops: u64,
     /// Requests answered with an error status.
     pub errors: u64,
+    /// Times a request had to wait for the rate limit.
+    pub throttled: u64,
 }
 
-/// A block device backed by a host file.
+/// A block device backed by a disk image.
 pub struct Block {
-    file: File,
+    disk: Box<dyn DiskBackend>,
     capacity: u64,
     readonly: bool,
     id: [u8; 20],
     bounce: Vec<u8>,
+    limiter: RateLimiter,
+    /// A request popped but held back by the rate limit, served first next time.
+    held: Option<DescriptorChain>,
+    wake_at: Option<Instant>,
     /// Counters.
     pub stats: BlockStats,
 }
@@ -64,18 +75,36 @@ impl Block {
     /// A VBD on `file` (opened read-only or read-write by the caller to match `readonly`);
     /// `id` is what the guest reads as its serial (truncated to 20 bytes).
     pub fn new(file: File, readonly: bool, id: &str) -> std::io::Result<Self> {
-        let len = file.metadata()?.len();
+        Ok(Block::with_backend(
+            Box::new(Raw::new(file, readonly)?),
+            readonly,
+            id,
+        ))
+    }
+
+    /// A VBD on any disk image (see [`crate::image::open`]); a read-only VBD never writes it.
+    pub fn with_backend(disk: Box<dyn DiskBackend>, readonly: bool, id: &str) -> Self {
+        let len = disk.len();
         let mut serial = [0u8; 20];
         let n = id.len().min(20);
         serial[..n].copy_from_slice(&id.as_bytes()[..n]);
-        Ok(Block {
-            file,
+        Block {
+            disk,
             capacity: len / SECTOR_SIZE,
             readonly,
             id: serial,
             bounce: Vec::new(),
+            limiter: RateLimiter::default(),
+            held: None,
+            wake_at: None,
             stats: BlockStats::default(),
-        })
+        }
+    }
+
+    /// Limits the device to `bytes_per_sec` of data and `ops_per_sec` requests (0: no limit).
+    /// Requests over the limit wait in the ring; the guest sees them complete later.
+    pub fn set_rate_limit(&mut self, bytes_per_sec: u64, ops_per_sec: u64) {
+        self.limiter = RateLimiter::new(bytes_per_sec, ops_per_sec);
     }
 
     /// Serves one request; returns the status and the bytes written into the guest's buffers.
@@ -102,11 +131,7 @@ impl Block {
                 while done < data_in {
                     let n = (data_in - done).min(MAX_BOUNCE as u64) as usize;
                     self.bounce.resize(n, 0);
-                    if self
-                        .file
-                        .read_exact_at(&mut self.bounce, offset + done)
-                        .is_err()
-                    {
+                    if self.disk.read_at(&mut self.bounce, offset + done).is_err() {
                         return Ok((S_IOERR, done));
                     }
                     chain.write_at(mem, done, &self.bounce)?;
@@ -128,7 +153,7 @@ impl Block {
                     let n = (data_out - done).min(MAX_BOUNCE as u64) as usize;
                     self.bounce.resize(n, 0);
                     chain.read_at(mem, 16 + done, &mut self.bounce)?;
-                    if self.file.write_all_at(&self.bounce, offset + done).is_err() {
+                    if self.disk.write_at(&self.bounce, offset + done).is_err() {
                         return Ok((S_IOERR, 0));
                     }
                     done += n as u64;
@@ -142,7 +167,7 @@ impl Block {
                 if self.readonly {
                     return Ok((S_OK, 0));
                 }
-                match self.file.sync_data() {
+                match self.disk.flush() {
                     Ok(()) => Ok((S_OK, 0)),
                     Err(_) => Ok((S_IOERR, 0)),
                 }
@@ -185,6 +210,13 @@ impl VirtioDevice for Block {
             _ => data.fill(0),
         }
     }
+    fn wake_at(&self) -> Option<Instant> {
+        self.wake_at
+    }
+    fn reset(&mut self) {
+        self.held = None;
+        self.wake_at = None;
+    }
     fn process_queue(
         &mut self,
         _index: usize,
@@ -192,7 +224,29 @@ impl VirtioDevice for Block {
         mem: &dyn vring::GuestMemory,
     ) -> Result<Processed, QueueError> {
         let mut done = Processed::default();
-        while let Some(chain) = queue.pop(mem)? {
+        loop {
+            let chain = match self.held.take() {
+                Some(chain) => chain,
+                None => match queue.pop(mem)? {
+                    Some(chain) => chain,
+                    None => break,
+                },
+            };
+            if self.limiter.is_limited() {
+                // The data a request moves: what it carries after the header, or asks for
+                // before the status byte.
+                let bytes = chain.readable_len().saturating_sub(16)
+                    + chain.writable_len().saturating_sub(1);
+                let now = Instant::now();
+                if let Err(wait) = self.limiter.admit(bytes, now) {
+                    self.held = Some(chain);
+                    self.wake_at = Some(now + wait);
+                    self.stats.throttled += 1;
+                    done.throttled = true;
+                    break;
+                }
+            }
+            self.wake_at = None;
             let (status, written) = self.serve(&chain, mem)?;
             if status != S_OK {
                 self.stats.errors += 1;
@@ -356,6 +410,35 @@ mod tests {
     }
 
     #[test]
+    fn a_rate_limited_disk_holds_requests_back_until_their_time() {
+        let (_tmp, mut block) = disk(false);
+        block.set_rate_limit(0, 1);
+        let mut driver = MockDriver::new(16, 1 << 20);
+        let mut queue = driver.queue();
+        for _ in 0..3 {
+            driver.add_chain(&[
+                MockBuffer::Readable(&header(T_IN, 0)),
+                MockBuffer::Writable(512),
+                MockBuffer::Writable(1),
+            ]);
+        }
+        let done = block.process_queue(0, &mut queue, driver.mem()).unwrap();
+        assert_eq!((done.completed, done.throttled), (1, true));
+        let wake = block
+            .wake_at()
+            .expect("a throttled device names its wake time");
+        assert!(wake > Instant::now() + std::time::Duration::from_millis(500));
+        // Kicks before then complete nothing more; the held request is not lost.
+        let again = block.process_queue(0, &mut queue, driver.mem()).unwrap();
+        assert_eq!((again.completed, again.throttled), (0, true));
+        assert_eq!(driver.used().len(), 1);
+        assert_eq!(block.stats.throttled, 2);
+        // A reset drops what was held.
+        block.reset();
+        assert!(block.wake_at().is_none());
+    }
+
+    #[test]
     fn a_read_only_disk_refuses_writes_itself() {
         let (tmp, mut block) = disk(true);
         assert_ne!(block.device_features() & F_RO, 0);
@@ -393,6 +476,51 @@ mod tests {
         let mut straddle = [0xffu8; 8];
         block.read_config(12, &mut straddle);
         assert_eq!(straddle, [0; 8]);
+    }
+
+    #[test]
+    fn a_vbd_on_an_overlay_writes_the_overlay_and_never_the_base() {
+        let base = tempfile_like::TempFile::with_bytes(&[0x11; 128 * 1024]);
+        let overlay = base.path.with_extension("cow");
+        crate::image::cow::create(&overlay, Some(&base.path), None).unwrap();
+        let _cleanup = tempfile_like::TempFile {
+            path: overlay.clone(),
+        };
+        let disk = crate::image::open(&overlay, false).unwrap();
+        let mut block = Block::with_backend(disk, false, "cow");
+        let mut cap = [0u8; 8];
+        block.read_config(0, &mut cap);
+        assert_eq!(u64::from_le_bytes(cap), 256);
+        let (s, _, _) = request(
+            &mut block,
+            &[
+                MockBuffer::Readable(&header(T_OUT, 1)),
+                MockBuffer::Readable(&[0x22; 512]),
+                MockBuffer::Writable(1),
+            ],
+        );
+        assert_eq!(s, S_OK);
+        let (s, _, data) = request(
+            &mut block,
+            &[
+                MockBuffer::Readable(&header(T_IN, 0)),
+                MockBuffer::Writable(1536),
+                MockBuffer::Writable(1),
+            ],
+        );
+        assert_eq!(s, S_OK);
+        assert_eq!(&data[..512], &[0x11; 512]);
+        assert_eq!(&data[512..1024], &[0x22; 512]);
+        assert_eq!(&data[1024..], &[0x11; 512]);
+        let (s, _, _) = request(
+            &mut block,
+            &[
+                MockBuffer::Readable(&header(T_FLUSH, 0)),
+                MockBuffer::Writable(1),
+            ],
+        );
+        assert_eq!(s, S_OK);
+        assert_eq!(std::fs::read(&base.path).unwrap(), vec![0x11; 128 * 1024]);
     }
 
     /// A temporary file removed on drop (std only).

@@ -143,11 +143,39 @@ impl MmioTransport {
 
     /// The guest kicked the device: serve every ready queue and interrupt if the driver wants it.
     pub fn notified(&mut self) {
+        self.serve(u64::MAX);
+    }
+
+    /// The device's host descriptor ([`VirtioDevice::host_fd`]) is readable: let the device take
+    /// in what it has, then serve the queues it names, as a kick would.
+    pub fn host_ready(&mut self) {
+        let queues = self.device.host_ready();
+        if queues != 0 {
+            self.serve(queues);
+        }
+    }
+
+    /// When the device, held back by a rate limit, wants [`MmioTransport::notified`] again.
+    pub fn wake_at(&self) -> Option<std::time::Instant> {
+        self.device.wake_at()
+    }
+
+    /// The device's host descriptor, if it has one for the I/O thread to watch.
+    pub fn host_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.device.host_fd()
+    }
+
+    /// Serves the ready queues whose bit is set in `queues`, if the driver is up, and interrupts
+    /// if the driver wants it.
+    fn serve(&mut self, queues: u64) {
         if self.status & status::DRIVER_OK == 0 || self.status & status::DEVICE_NEEDS_RESET != 0 {
             return;
         }
         let mut interrupt = 0;
         for index in 0..self.queues.len() {
+            if index >= 64 || queues & (1 << index) == 0 {
+                continue;
+            }
             let queue = &mut self.queues[index];
             if !queue.ready() || queue.is_broken() {
                 continue;
@@ -238,7 +266,9 @@ impl MmioTransport {
 
 /// Serves queue `index` until it is empty with notifications re-armed (so a buffer made
 /// available meanwhile is not left waiting for a kick the driver will not send); returns whether
-/// the driver wants an interrupt for what was completed.
+/// the driver wants an interrupt for what was completed. A pass that completes nothing ends it:
+/// a device may leave buffers available on purpose (a network receive queue with no frames to
+/// put in them), and those must not keep it looping.
 fn serve_queue(
     device: &mut dyn VirtioDevice,
     index: usize,
@@ -247,8 +277,10 @@ fn serve_queue(
 ) -> Result<bool, vring::QueueError> {
     let mut completed = 0;
     loop {
-        completed += device.process_queue(index, queue, mem)?.completed;
-        if !queue.enable_notification(mem)? {
+        let done = device.process_queue(index, queue, mem)?;
+        completed += done.completed;
+        // A throttled device is served again at its wake time, not by spinning here.
+        if done.throttled || !queue.enable_notification(mem)? || done.completed == 0 {
             break;
         }
     }

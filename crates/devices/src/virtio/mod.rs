@@ -6,14 +6,18 @@
 
 pub mod block;
 pub mod mmio;
+pub mod net;
 pub mod rng;
 
+use std::os::fd::RawFd;
 use std::sync::Arc;
 
 pub use vring::{DescriptorChain, Queue, QueueError};
 
 /// Device type IDs (virtio 1.x, section 5).
 pub mod device_id {
+    /// Network card.
+    pub const NET: u32 = 1;
     /// Block device.
     pub const BLOCK: u32 = 2;
     /// Entropy source.
@@ -49,6 +53,9 @@ impl vring::GuestMemory for Memory {
 pub struct Processed {
     /// Requests completed (used entries added).
     pub completed: u32,
+    /// The device stopped early because a rate limit holds it back; it asks to be served
+    /// again at [`VirtioDevice::wake_at`].
+    pub throttled: bool,
 }
 
 /// A virtio device's own logic, independent of the transport.
@@ -73,4 +80,19 @@ pub trait VirtioDevice: Send {
     ) -> Result<Processed, QueueError>;
     /// The driver reset the device.
     fn reset(&mut self) {}
+    /// When a throttled device wants to be served again (see [`Processed::throttled`]).
+    fn wake_at(&self) -> Option<std::time::Instant> {
+        None
+    }
+    /// A host descriptor the I/O thread should watch for this device (a network backend),
+    /// if any; when it polls readable the I/O thread calls [`VirtioDevice::host_ready`].
+    fn host_fd(&self) -> Option<RawFd> {
+        None
+    }
+    /// The host descriptor is readable: take in what it has (bounded), whatever the driver's
+    /// state. Returns a bit mask of the queues that now have work, which the transport serves
+    /// as if the guest had kicked them.
+    fn host_ready(&mut self) -> u64 {
+        0
+    }
 }

@@ -1,0 +1,242 @@
+//! Where a virtual network interface's frames go: the host side of a VIF.
+//!
+//! A [`NetBackend`] moves whole Ethernet frames (no virtio header) without ever blocking the
+//! domain's I/O thread: `send` either queues a frame or fails (the device drops it and counts
+//! it, as a NIC with a full or dead link would), `recv` returns `None` when nothing is waiting,
+//! and [`NetBackend::raw_fd`] polls readable when `recv` has something.
+//!
+//! Two kinds exist:
+//!
+//! - [`TapBackend`]: a host TAP interface (the file comes from `hv::tap::open_tap`, since
+//!   opening one needs an ioctl and this crate has no `unsafe`);
+//! - [`SocketBackend`]: a Unix datagram socket bound to a path, exchanging one datagram per
+//!   frame with a peer socket at another path. Two `vessel run` processes pointing at each
+//!   other's paths form a point-to-point Ethernet link between their guests.
+//!
+//! The third kind, a port of the in-process virtual switch (control-plane issue), implements
+//! this same trait: `send` hands the frame to the switch, `recv` takes one from the port's
+//! bounded inbox, and `raw_fd` is an eventfd the switch signals when the inbox fills.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+
+/// The host side of a virtual network interface. See the module documentation.
+pub trait NetBackend: Send {
+    /// Sends one Ethernet frame. Never blocks: when the backend cannot take it now (full, or
+    /// no peer), an error; the caller drops the frame.
+    fn send(&mut self, frame: &[u8]) -> io::Result<()>;
+    /// Receives one frame into `buf` without blocking; `Ok(None)` when none is waiting. A
+    /// frame longer than `buf` is truncated to `buf.len()` bytes (pass one byte more than the
+    /// largest frame accepted, to recognise oversized frames).
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>>;
+    /// A descriptor that polls readable whenever `recv` has a frame.
+    fn raw_fd(&self) -> RawFd;
+    /// What this backend is, for messages ("tap tap0").
+    fn describe(&self) -> String;
+}
+
+fn nonblocking<T>(r: io::Result<T>) -> io::Result<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// A host TAP interface (`IFF_TAP | IFF_NO_PI`, opened non-blocking).
+pub struct TapBackend {
+    file: File,
+    name: String,
+}
+
+impl TapBackend {
+    /// Wraps an open, non-blocking TAP `file` whose interface is called `name`.
+    pub fn new(file: File, name: String) -> Self {
+        TapBackend { file, name }
+    }
+}
+
+impl NetBackend for TapBackend {
+    fn send(&mut self, frame: &[u8]) -> io::Result<()> {
+        let n = self.file.write(frame)?;
+        if n != frame.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "short write to a TAP",
+            ));
+        }
+        Ok(())
+    }
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        nonblocking(self.file.read(buf))
+    }
+    fn raw_fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+    fn describe(&self) -> String {
+        format!("tap {}", self.name)
+    }
+}
+
+/// One end of a point-to-point link over Unix datagram sockets: bound at `path`, sending to and
+/// accepting frames only from the socket bound at `peer`. The peer need not exist yet (frames
+/// sent meanwhile are dropped, like on an unplugged cable). The socket file is removed on drop.
+///
+/// The socket connects to the peer on the first send that finds it. Once both ends are
+/// connected to each other, the kernel bounds a link by the sender's buffer (about a hundred
+/// full-size frames) instead of the receiver's short datagram queue (`net.unix.max_dgram_qlen`,
+/// 10 by default), so TCP over the link is not starved by drops. When the peer goes away the
+/// kernel disconnects this end (the send fails with `ECONNREFUSED`), and the next send connects
+/// to whatever socket is then bound at the peer's path (a restarted peer).
+pub struct SocketBackend {
+    socket: UnixDatagram,
+    path: PathBuf,
+    peer: PathBuf,
+    connected: bool,
+}
+
+impl SocketBackend {
+    /// Binds `path` (replacing a stale socket file left there, never any other kind of file)
+    /// and links to `peer`. Give both as absolute paths: the peer is recognised by the path it
+    /// bound.
+    pub fn bind(path: &Path, peer: &Path) -> io::Result<Self> {
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            if meta.file_type().is_socket() {
+                std::fs::remove_file(path)?;
+            }
+        }
+        let socket = UnixDatagram::bind(path)?;
+        socket.set_nonblocking(true)?;
+        Ok(SocketBackend {
+            socket,
+            path: path.to_path_buf(),
+            peer: peer.to_path_buf(),
+            connected: false,
+        })
+    }
+}
+
+impl NetBackend for SocketBackend {
+    fn send(&mut self, frame: &[u8]) -> io::Result<()> {
+        if !self.connected {
+            self.connected = self.socket.connect(&self.peer).is_ok();
+        }
+        let sent = if self.connected {
+            self.socket.send(frame)
+        } else {
+            self.socket.send_to(frame, &self.peer)
+        };
+        if let Err(e) = &sent {
+            if matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionRefused | io::ErrorKind::NotConnected
+            ) {
+                // The peer is gone and the kernel disconnected us: reconnect on the next send.
+                self.connected = false;
+            }
+        }
+        sent.map(|_| ())
+    }
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        loop {
+            let Some((n, from)) = nonblocking(self.socket.recv_from(buf))? else {
+                return Ok(None);
+            };
+            // Anyone who can reach the path could send; only the peer's frames are taken.
+            if from.as_pathname() == Some(self.peer.as_path()) {
+                return Ok(Some(n));
+            }
+        }
+    }
+    fn raw_fd(&self) -> RawFd {
+        self.socket.as_raw_fd()
+    }
+    fn describe(&self) -> String {
+        format!("socket {} <-> {}", self.path.display(), self.peer.display())
+    }
+}
+
+impl Drop for SocketBackend {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("vessel-net-{}-{name}", std::process::id()))
+    }
+
+    #[test]
+    fn two_sockets_form_a_link_and_strangers_are_ignored() {
+        let (pa, pb, ps) = (tmp("a"), tmp("b"), tmp("s"));
+        let mut a = SocketBackend::bind(&pa, &pb).unwrap();
+        // The peer does not exist yet: the frame is refused, not queued.
+        assert!(a.send(b"early").is_err());
+        let mut b = SocketBackend::bind(&pb, &pa).unwrap();
+        let mut buf = [0u8; 64];
+        assert_eq!(b.recv(&mut buf).unwrap(), None);
+        a.send(b"frame-one").unwrap();
+        assert_eq!(b.recv(&mut buf).unwrap(), Some(9));
+        assert_eq!(&buf[..9], b"frame-one");
+        b.send(b"back").unwrap();
+        assert_eq!(a.recv(&mut buf).unwrap(), Some(4));
+        // Both ends are now connected to each other: a burst beyond the receiver's datagram
+        // queue (net.unix.max_dgram_qlen, 10 by default) still gets through.
+        for i in 0..50u8 {
+            a.send(&[i; 1514]).unwrap();
+        }
+        for i in 0..50u8 {
+            assert_eq!(
+                b.recv(&mut buf).unwrap(),
+                Some(64),
+                "truncated to the buffer"
+            );
+            assert_eq!(buf[0], i);
+        }
+        let stranger = UnixDatagram::bind(&ps).unwrap();
+        let _ = stranger.send_to(b"injected", &pb);
+        assert_eq!(b.recv(&mut buf).unwrap(), None);
+        // The peer restarts: the first send notices, the next reaches the new peer.
+        drop(a);
+        assert!(!pa.exists(), "the socket file goes away on drop");
+        let _stale = UnixDatagram::bind(&pa).unwrap();
+        assert!(b.send(b"to-the-stale-one").is_ok() || b.send(b"again").is_ok());
+        drop(_stale);
+        // A stale socket file is replaced.
+        let mut a = SocketBackend::bind(&pa, &pb).unwrap();
+        assert!(a.describe().contains("<->"));
+        let mut delivered = false;
+        for _ in 0..3 {
+            if b.send(b"hello-again").is_ok() {
+                delivered = true;
+                break;
+            }
+        }
+        assert!(delivered);
+        let mut got = None;
+        while let Some(n) = a.recv(&mut buf).unwrap() {
+            got = Some(buf[..n].to_vec());
+        }
+        assert_eq!(got.as_deref(), Some(&b"hello-again"[..]));
+        drop(stranger);
+        let _ = std::fs::remove_file(&ps);
+    }
+
+    #[test]
+    fn a_regular_file_is_never_replaced() {
+        let p = tmp("regular");
+        std::fs::write(&p, b"keep me").unwrap();
+        assert!(SocketBackend::bind(&p, &tmp("nobody")).is_err());
+        assert_eq!(std::fs::read(&p).unwrap(), b"keep me");
+        std::fs::remove_file(&p).unwrap();
+    }
+}

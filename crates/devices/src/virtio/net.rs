@@ -1,0 +1,617 @@
+//! virtio-net: a virtual network interface (VIF) whose frames go to a [`NetBackend`].
+//!
+//! Queues: receive (0) and transmit (1). Features: `VIRTIO_NET_F_MAC` (the MAC is in the
+//! configuration space) and `VIRTIO_NET_F_STATUS` (the link is always up); no offloads, so the
+//! guest sends and expects complete frames with valid checksums. Every buffer starts with the
+//! 12-byte `virtio_net_hdr_v1`; without offloads the device ignores it on transmit and writes
+//! one with only `num_buffers = 1` on receive.
+//!
+//! Memory stays bounded whatever the guest and the backend do:
+//!
+//! - transmit: a frame longer than [`MAX_FRAME`] or a chain too short for the header is dropped
+//!   and counted; a frame the backend cannot take now is dropped and counted;
+//! - receive: frames the backend has while the guest has posted no receive buffers wait in a
+//!   queue of at most [`MAX_PENDING`] frames (and [`MAX_PENDING_BYTES`]); beyond that they are
+//!   dropped and counted. The backend is always drained, so a guest that stops reading costs
+//!   neither memory nor a busy I/O thread.
+
+use std::collections::VecDeque;
+use std::os::fd::RawFd;
+
+use super::{device_id, Processed, Queue, QueueError, VirtioDevice};
+use crate::net_backend::NetBackend;
+
+/// Receive queue index.
+pub const RX: usize = 0;
+/// Transmit queue index.
+pub const TX: usize = 1;
+/// Size of `virtio_net_hdr_v1` (with `VERSION_1`, `num_buffers` is always present).
+pub const HEADER_LEN: usize = 12;
+/// Largest frame moved in either direction (a 64 KiB IP packet with Ethernet and VLAN headers).
+pub const MAX_FRAME: usize = 65550;
+/// Most frames waiting for receive buffers.
+pub const MAX_PENDING: usize = 256;
+/// Most bytes waiting for receive buffers.
+pub const MAX_PENDING_BYTES: usize = 1 << 20;
+/// Most frames taken from the backend per readiness event (then epoll reports it again), so a
+/// flooding peer cannot hold the I/O thread.
+const DRAIN_BURST: usize = 1024;
+const QUEUE_SIZE: u16 = 256;
+
+const F_MAC: u64 = 1 << 5;
+const F_STATUS: u64 = 1 << 16;
+const LINK_UP: u16 = 1;
+
+/// Per-VIF counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetStats {
+    /// Frames delivered to the guest.
+    pub rx_frames: u64,
+    /// Bytes delivered to the guest (frames only, no headers).
+    pub rx_bytes: u64,
+    /// Frames dropped on the way in: the guest had no buffers and the pending queue was full.
+    pub rx_dropped: u64,
+    /// Frames dropped on the way in: too long for the guest's buffer or for [`MAX_FRAME`].
+    pub rx_errors: u64,
+    /// Frames sent by the guest and taken by the backend.
+    pub tx_frames: u64,
+    /// Bytes of those frames.
+    pub tx_bytes: u64,
+    /// Frames the backend could not take (full, no peer, error).
+    pub tx_dropped: u64,
+    /// Transmit chains dropped as malformed: shorter than the header, or a frame over
+    /// [`MAX_FRAME`].
+    pub tx_errors: u64,
+}
+
+/// A virtio network device.
+pub struct Net {
+    backend: Box<dyn NetBackend>,
+    mac: [u8; 6],
+    pending: VecDeque<Vec<u8>>,
+    pending_bytes: usize,
+    /// Scratch for one frame (plus one byte, to recognise oversized ones).
+    buf: Vec<u8>,
+    /// Counters.
+    pub stats: NetStats,
+}
+
+impl Net {
+    /// A VIF with address `mac` on `backend`.
+    pub fn new(backend: Box<dyn NetBackend>, mac: [u8; 6]) -> Self {
+        Net {
+            backend,
+            mac,
+            pending: VecDeque::new(),
+            pending_bytes: 0,
+            buf: vec![0; MAX_FRAME + 1],
+            stats: NetStats::default(),
+        }
+    }
+
+    /// The VIF's MAC address.
+    pub fn mac(&self) -> [u8; 6] {
+        self.mac
+    }
+
+    /// Frames waiting for receive buffers.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Takes up to `limit` frames from the backend into the pending queue; frames beyond its
+    /// bounds are dropped. Returns the number of frames taken from the backend.
+    fn take_from_backend(&mut self, limit: usize) -> usize {
+        let mut taken = 0;
+        while taken < limit {
+            let n = match self.backend.recv(&mut self.buf) {
+                Ok(Some(n)) => n,
+                // Nothing waiting; a backend error is the host's problem, retried next event.
+                Ok(None) | Err(_) => break,
+            };
+            taken += 1;
+            if n > MAX_FRAME {
+                self.stats.rx_errors += 1;
+            } else if self.pending.len() >= MAX_PENDING
+                || self.pending_bytes + n > MAX_PENDING_BYTES
+            {
+                self.stats.rx_dropped += 1;
+            } else {
+                self.pending.push_back(self.buf[..n].to_vec());
+                self.pending_bytes += n;
+            }
+        }
+        taken
+    }
+
+    /// Moves frames into the guest's receive buffers while both exist.
+    fn receive(
+        &mut self,
+        queue: &mut Queue,
+        mem: &dyn vring::GuestMemory,
+    ) -> Result<Processed, QueueError> {
+        let mut done = Processed::default();
+        // Frames taken from the backend in this call, bounded so that a backend that never
+        // runs dry (a flood of frames too big to deliver) cannot hold the I/O thread.
+        let mut budget = DRAIN_BURST;
+        loop {
+            while let Some(frame) = self.pending.front() {
+                let Some(chain) = queue.pop(mem)? else {
+                    return Ok(done);
+                };
+                let len = frame.len();
+                let fits = chain.writable_len() >= (HEADER_LEN + len) as u64;
+                let used = if fits {
+                    let mut header = [0u8; HEADER_LEN];
+                    header[10] = 1; // num_buffers = 1 (le16)
+                    chain.write_at(mem, 0, &header)?;
+                    chain.write_at(mem, HEADER_LEN as u64, frame)?;
+                    self.stats.rx_frames += 1;
+                    self.stats.rx_bytes += len as u64;
+                    HEADER_LEN + len
+                } else {
+                    // Returned empty: the driver recycles the buffer and counts an error.
+                    self.stats.rx_errors += 1;
+                    0
+                };
+                queue.add_used(mem, chain.head, used as u32)?;
+                done.completed += 1;
+                self.pending_bytes -= len;
+                self.pending.pop_front();
+            }
+            // The guest may have more buffers: fetch as many frames as the queue holds.
+            let taken = self.take_from_backend(MAX_PENDING.min(budget));
+            if taken == 0 {
+                return Ok(done);
+            }
+            budget -= taken;
+        }
+    }
+
+    /// Sends every frame the guest queued for transmission.
+    fn transmit(
+        &mut self,
+        queue: &mut Queue,
+        mem: &dyn vring::GuestMemory,
+    ) -> Result<Processed, QueueError> {
+        let mut done = Processed::default();
+        while let Some(chain) = queue.pop(mem)? {
+            let total = chain.readable_len();
+            if total < HEADER_LEN as u64 || total - HEADER_LEN as u64 > MAX_FRAME as u64 {
+                self.stats.tx_errors += 1;
+            } else {
+                let len = (total - HEADER_LEN as u64) as usize;
+                let frame = &mut self.buf[..len];
+                let got = chain.read_at(mem, HEADER_LEN as u64, frame)?;
+                match self.backend.send(&frame[..got]) {
+                    Ok(()) => {
+                        self.stats.tx_frames += 1;
+                        self.stats.tx_bytes += got as u64;
+                    }
+                    Err(_) => self.stats.tx_dropped += 1,
+                }
+            }
+            queue.add_used(mem, chain.head, 0)?;
+            done.completed += 1;
+        }
+        Ok(done)
+    }
+}
+
+impl VirtioDevice for Net {
+    fn device_id(&self) -> u32 {
+        device_id::NET
+    }
+    fn queue_max_sizes(&self) -> Vec<u16> {
+        vec![QUEUE_SIZE, QUEUE_SIZE]
+    }
+    fn device_features(&self) -> u64 {
+        F_MAC | F_STATUS
+    }
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        // mac[6] at 0, status (le16) at 6.
+        let mut config = [0u8; 8];
+        config[..6].copy_from_slice(&self.mac);
+        config[6..8].copy_from_slice(&LINK_UP.to_le_bytes());
+        let bytes = usize::try_from(offset)
+            .ok()
+            .and_then(|start| config.get(start..start.checked_add(data.len())?));
+        match bytes {
+            Some(bytes) => data.copy_from_slice(bytes),
+            None => data.fill(0),
+        }
+    }
+    fn process_queue(
+        &mut self,
+        index: usize,
+        queue: &mut Queue,
+        mem: &dyn vring::GuestMemory,
+    ) -> Result<Processed, QueueError> {
+        match index {
+            RX => self.receive(queue, mem),
+            TX => self.transmit(queue, mem),
+            _ => Ok(Processed::default()),
+        }
+    }
+    fn host_fd(&self) -> Option<RawFd> {
+        Some(self.backend.raw_fd())
+    }
+    fn host_ready(&mut self) -> u64 {
+        // Always drain, even when the driver is not up: a readable descriptor left unread would
+        // keep the I/O thread spinning.
+        self.take_from_backend(DRAIN_BURST);
+        if self.pending.is_empty() {
+            0
+        } else {
+            1 << RX
+        }
+    }
+    fn reset(&mut self) {
+        self.pending.clear();
+        self.pending_bytes = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io;
+    use std::sync::{Arc, Mutex};
+    use vring::mock::{MockBuffer, MockDriver, RawDescriptor};
+
+    /// A backend whose frames are in memory: what the device sent, what the host has for it.
+    #[derive(Default)]
+    struct Wire {
+        sent: Vec<Vec<u8>>,
+        inbox: VecDeque<Vec<u8>>,
+        refuse: bool,
+    }
+
+    struct MockBackend(Arc<Mutex<Wire>>);
+
+    impl NetBackend for MockBackend {
+        fn send(&mut self, frame: &[u8]) -> io::Result<()> {
+            let mut w = self.0.lock().unwrap();
+            if w.refuse {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            w.sent.push(frame.to_vec());
+            Ok(())
+        }
+        fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+            let Some(f) = self.0.lock().unwrap().inbox.pop_front() else {
+                return Ok(None);
+            };
+            let n = f.len().min(buf.len());
+            buf[..n].copy_from_slice(&f[..n]);
+            Ok(Some(n))
+        }
+        fn raw_fd(&self) -> RawFd {
+            -1
+        }
+        fn describe(&self) -> String {
+            "mock".into()
+        }
+    }
+
+    const MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
+
+    fn new_net() -> (Arc<Mutex<Wire>>, Net) {
+        let wire = Arc::new(Mutex::new(Wire::default()));
+        let net = Net::new(Box::new(MockBackend(wire.clone())), MAC);
+        (wire, net)
+    }
+
+    fn frame(len: usize, seed: u8) -> Vec<u8> {
+        (0..len).map(|i| (i as u8).wrapping_add(seed)).collect()
+    }
+
+    /// The first buffer's address of the chain at `head`.
+    fn first_buffer(driver: &MockDriver, head: u16) -> u64 {
+        let d = driver.read(driver.desc_table() + 16 * u64::from(head), 8);
+        u64::from_le_bytes(d.try_into().unwrap())
+    }
+
+    #[test]
+    fn transmitted_frames_reach_the_backend_without_the_header() {
+        let (wire, mut net) = new_net();
+        let mut driver = MockDriver::new(16, 1 << 20);
+        let mut q = driver.queue();
+        let f1 = frame(60, 1);
+        let f2 = frame(1514, 2);
+        // Header and frame in one buffer, and split across three.
+        let one = [&[0u8; HEADER_LEN][..], &f1].concat();
+        driver.add_chain(&[MockBuffer::Readable(&one)]);
+        driver.add_chain(&[
+            MockBuffer::Readable(&[0; HEADER_LEN]),
+            MockBuffer::Readable(&f2[..100]),
+            MockBuffer::Readable(&f2[100..]),
+        ]);
+        let done = net.process_queue(TX, &mut q, driver.mem()).unwrap();
+        assert_eq!(done.completed, 2);
+        assert_eq!(wire.lock().unwrap().sent, vec![f1, f2]);
+        assert_eq!(driver.used().len(), 2);
+        assert_eq!((net.stats.tx_frames, net.stats.tx_bytes), (2, 1574));
+    }
+
+    #[test]
+    fn oversized_short_and_refused_frames_are_dropped_and_counted() {
+        let (wire, mut net) = new_net();
+        let mut driver = MockDriver::new(16, 1 << 20);
+        let mut q = driver.queue();
+        let big = vec![0u8; HEADER_LEN + MAX_FRAME + 1];
+        driver.add_chain(&[MockBuffer::Readable(&big)]);
+        driver.add_chain(&[MockBuffer::Readable(&[0; 5])]);
+        driver.add_chain(&[MockBuffer::Writable(64)]);
+        let done = net.process_queue(TX, &mut q, driver.mem()).unwrap();
+        assert_eq!(done.completed, 3, "every chain is returned to the guest");
+        assert_eq!(net.stats.tx_errors, 3);
+        wire.lock().unwrap().refuse = true;
+        let ok = [&[0u8; HEADER_LEN][..], &frame(60, 0)].concat();
+        driver.add_chain(&[MockBuffer::Readable(&ok)]);
+        net.process_queue(TX, &mut q, driver.mem()).unwrap();
+        assert_eq!(net.stats.tx_dropped, 1);
+        assert!(wire.lock().unwrap().sent.is_empty());
+        assert_eq!(driver.used().len(), 4);
+    }
+
+    #[test]
+    fn received_frames_land_in_guest_buffers_after_a_header() {
+        let (wire, mut net) = new_net();
+        let mut driver = MockDriver::new(16, 1 << 20);
+        let mut q = driver.queue();
+        let f = frame(98, 7);
+        wire.lock().unwrap().inbox.push_back(f.clone());
+        assert_eq!(net.host_ready(), 1 << RX);
+        let head = driver.add_chain(&[MockBuffer::Writable(1526)]);
+        let done = net.process_queue(RX, &mut q, driver.mem()).unwrap();
+        assert_eq!(done.completed, 1);
+        let used = driver.used();
+        assert_eq!(used[0].len as usize, HEADER_LEN + 98);
+        let got = driver.read(first_buffer(&driver, head), HEADER_LEN + 98);
+        let mut header = [0u8; HEADER_LEN];
+        header[10] = 1;
+        assert_eq!(&got[..HEADER_LEN], &header, "num_buffers = 1, nothing else");
+        assert_eq!(&got[HEADER_LEN..], &f[..]);
+        // With buffers already posted, a frame goes straight through.
+        driver.add_chain(&[MockBuffer::Writable(1526)]);
+        wire.lock().unwrap().inbox.push_back(frame(60, 0));
+        net.process_queue(RX, &mut q, driver.mem()).unwrap();
+        assert_eq!(driver.used().len(), 1);
+        assert_eq!((net.stats.rx_frames, net.stats.rx_bytes), (2, 158));
+        assert_eq!(net.pending(), 0);
+    }
+
+    #[test]
+    fn a_guest_that_stops_reading_costs_bounded_memory_and_counts_drops() {
+        let (wire, mut net) = new_net();
+        let extra = 100;
+        for i in 0..MAX_PENDING + extra {
+            wire.lock().unwrap().inbox.push_back(frame(60, i as u8));
+        }
+        // The backend is drained completely; what does not fit is dropped.
+        assert_eq!(net.host_ready(), 1 << RX);
+        assert!(wire.lock().unwrap().inbox.is_empty());
+        assert_eq!(net.pending(), MAX_PENDING);
+        assert_eq!(net.stats.rx_dropped, extra as u64);
+        // The byte bound holds too: large frames stop at MAX_PENDING_BYTES.
+        let (wire2, mut net2) = new_net();
+        for _ in 0..64 {
+            wire2.lock().unwrap().inbox.push_back(vec![0; MAX_FRAME]);
+        }
+        net2.host_ready();
+        assert!(net2.pending_bytes <= MAX_PENDING_BYTES);
+        assert_eq!(net2.pending() as u64 + net2.stats.rx_dropped, 64);
+        // Once the guest posts buffers, the oldest pending frames arrive in order.
+        let mut driver = MockDriver::new(256, 1 << 20);
+        let mut q = driver.queue();
+        let mut heads = Vec::new();
+        for _ in 0..8 {
+            heads.push(driver.add_chain(&[MockBuffer::Writable(1526)]));
+        }
+        assert_eq!(
+            net.process_queue(RX, &mut q, driver.mem())
+                .unwrap()
+                .completed,
+            8
+        );
+        for (i, head) in heads.into_iter().enumerate() {
+            let got = driver.read(first_buffer(&driver, head) + HEADER_LEN as u64, 60);
+            assert_eq!(got, frame(60, i as u8));
+        }
+        assert_eq!(net.pending(), MAX_PENDING - 8);
+        // A reset forgets them.
+        net.reset();
+        assert_eq!(net.pending(), 0);
+        // A backend that never runs dry of undeliverable frames does not hold the device.
+        for _ in 0..3 * DRAIN_BURST {
+            wire.lock().unwrap().inbox.push_back(vec![0; MAX_FRAME + 1]);
+        }
+        driver.add_chain(&[MockBuffer::Writable(1526)]);
+        net.process_queue(RX, &mut q, driver.mem()).unwrap();
+        assert_eq!(wire.lock().unwrap().inbox.len(), 2 * DRAIN_BURST);
+    }
+
+    #[test]
+    fn hostile_receive_and_transmit_chains_do_not_panic() {
+        let (wire, mut net) = new_net();
+        let mut driver = MockDriver::new(16, 1 << 16);
+        let mut q = driver.queue();
+        // Receive buffers that are read-only or too small: returned empty, counted.
+        wire.lock()
+            .unwrap()
+            .inbox
+            .extend([frame(60, 0), frame(1514, 0), vec![0; MAX_FRAME + 1]]);
+        driver.add_chain(&[MockBuffer::Readable(&[0; 64])]);
+        driver.add_chain(&[MockBuffer::Writable(100)]);
+        net.process_queue(RX, &mut q, driver.mem()).unwrap();
+        let used = driver.used();
+        assert_eq!(used.iter().map(|u| u.len).collect::<Vec<_>>(), [0, 0]);
+        assert_eq!(
+            net.stats.rx_errors, 3,
+            "two frames too big for their buffers, one oversized"
+        );
+        // A transmit descriptor pointing outside guest memory breaks the queue, not the VMM.
+        let mut tq = driver.queue();
+        let head = driver.add_chain(&[MockBuffer::Readable(&[0; 32])]);
+        driver.write_descriptor(
+            head,
+            RawDescriptor {
+                addr: u64::MAX - 4,
+                len: 64,
+                flags: 0,
+                next: 0,
+            },
+        );
+        assert!(net.process_queue(TX, &mut tq, driver.mem()).is_err());
+        // An unknown queue index is ignored.
+        assert_eq!(
+            net.process_queue(7, &mut tq, driver.mem()).unwrap(),
+            Processed::default()
+        );
+    }
+
+    /// Guest memory that is the mock driver's own, shared with a transport.
+    struct DriverMemory(Arc<Mutex<MockDriver>>);
+    impl vring::GuestMemory for DriverMemory {
+        fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), vring::MemoryError> {
+            self.0.lock().unwrap().mem().read(addr, buf)
+        }
+        fn write(&self, addr: u64, data: &[u8]) -> Result<(), vring::MemoryError> {
+            self.0.lock().unwrap().mem().write(addr, data)
+        }
+    }
+
+    #[derive(Default)]
+    struct Counter(std::sync::atomic::AtomicUsize);
+    impl crate::InterruptLine for Counter {
+        fn trigger(&self) -> io::Result<()> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    /// Brings up the receive queue only, as a driver would.
+    fn bring_up_rx(
+        t: &mut crate::virtio::mmio::MmioTransport,
+        driver: &Arc<Mutex<MockDriver>>,
+        features: u64,
+    ) {
+        use crate::bus::BusDevice;
+        use crate::virtio::mmio::status;
+        let mut w = |offset: u64, v: u32| t.write(offset, &v.to_le_bytes());
+        w(0x70, status::ACKNOWLEDGE | status::DRIVER);
+        w(0x24, 0);
+        w(0x20, features as u32);
+        w(0x24, 1);
+        w(0x20, (features >> 32) as u32);
+        w(
+            0x70,
+            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
+        );
+        let (desc, avail, used, size) = {
+            let d = driver.lock().unwrap();
+            (d.desc_table(), d.avail_ring(), d.used_ring(), d.size())
+        };
+        w(0x30, RX as u32);
+        w(0x38, u32::from(size));
+        for (reg, addr) in [(0x80, desc), (0x90, avail), (0xa0, used)] {
+            w(reg, addr as u32);
+            w(reg + 4, (addr >> 32) as u32);
+        }
+        w(0x44, 1);
+        w(
+            0x70,
+            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK,
+        );
+    }
+
+    #[test]
+    fn the_transport_drains_the_host_side_and_interrupts_only_when_live() {
+        use crate::bus::BusDevice;
+        use crate::virtio::mmio::{MmioTransport, QUEUE_NOTIFY};
+        use crate::virtio::{feature, Memory};
+        let w = |t: &mut MmioTransport, offset: u64, v: u32| t.write(offset, &v.to_le_bytes());
+        let irqs = |c: &Counter| c.0.load(std::sync::atomic::Ordering::SeqCst);
+
+        let (wire, net) = new_net();
+        let driver = Arc::new(Mutex::new(MockDriver::new(16, 1 << 20)));
+        let irq = Arc::new(Counter::default());
+        let mem = Memory(Arc::new(DriverMemory(driver.clone())));
+        let mut t = MmioTransport::new(Box::new(net), mem, irq.clone());
+        assert!(t.host_fd().is_some());
+        // Frames before the driver is up are taken in (the descriptor must not stay readable)
+        // but not delivered, and raise nothing.
+        wire.lock().unwrap().inbox.push_back(frame(60, 1));
+        t.host_ready();
+        assert!(wire.lock().unwrap().inbox.is_empty());
+        assert_eq!(irqs(&irq), 0);
+        bring_up_rx(&mut t, &driver, feature::VERSION_1);
+        // One buffer, two frames: the first goes in and interrupts, the second waits.
+        driver
+            .lock()
+            .unwrap()
+            .add_chain(&[MockBuffer::Writable(1526)]);
+        wire.lock().unwrap().inbox.push_back(frame(70, 2));
+        t.host_ready();
+        assert_eq!(irqs(&irq), 1);
+        assert_eq!(
+            driver.lock().unwrap().used()[0].len as usize,
+            HEADER_LEN + 60
+        );
+        // Buffers posted with nothing to put in them stay available, and a kick returns (it
+        // used to spin: the buffers it leaves are "available" forever).
+        let (wire2, net2) = new_net();
+        let driver2 = Arc::new(Mutex::new(MockDriver::new(16, 1 << 20)));
+        let mem2 = Memory(Arc::new(DriverMemory(driver2.clone())));
+        let mut t2 = MmioTransport::new(Box::new(net2), mem2, Arc::new(Counter::default()));
+        bring_up_rx(
+            &mut t2,
+            &driver2,
+            feature::VERSION_1 | feature::RING_EVENT_IDX,
+        );
+        driver2
+            .lock()
+            .unwrap()
+            .add_chain(&[MockBuffer::Writable(1526)]);
+        w(&mut t2, QUEUE_NOTIFY, RX as u32);
+        assert!(driver2.lock().unwrap().used().is_empty());
+        wire2.lock().unwrap().inbox.push_back(frame(60, 3));
+        t2.host_ready();
+        assert_eq!(driver2.lock().unwrap().used().len(), 1);
+        // A new buffer and a kick deliver the waiting frame.
+        driver
+            .lock()
+            .unwrap()
+            .add_chain(&[MockBuffer::Writable(1526)]);
+        w(&mut t, QUEUE_NOTIFY, RX as u32);
+        assert_eq!(irqs(&irq), 2);
+        assert_eq!(
+            driver.lock().unwrap().used()[0].len as usize,
+            HEADER_LEN + 70
+        );
+        // Nothing waiting: no interrupt.
+        t.host_ready();
+        assert_eq!(irqs(&irq), 2);
+    }
+
+    #[test]
+    fn config_space_holds_the_mac_and_link_up() {
+        let (_wire, net) = new_net();
+        assert_eq!(net.device_features() & (F_MAC | F_STATUS), F_MAC | F_STATUS);
+        let mut mac = [0u8; 6];
+        net.read_config(0, &mut mac);
+        assert_eq!(mac, MAC);
+        let mut status = [0u8; 2];
+        net.read_config(6, &mut status);
+        assert_eq!(u16::from_le_bytes(status), LINK_UP);
+        let mut b = [0u8; 1];
+        net.read_config(3, &mut b);
+        assert_eq!(b[0], MAC[3]);
+        for (offset, len) in [(7, 4), (8, 1), (u64::MAX, 2), (1 << 40, 4)] {
+            let mut out = vec![0xffu8; len];
+            net.read_config(offset, &mut out);
+            assert!(out.iter().all(|&x| x == 0), "{offset} {len}");
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! Copy-on-write disk images with real Linux guests in the host box: one base image with a file
+//! system, two overlays made by `vessel image create`, two domains each booting from its own
+//! overlay and writing its own data; the base's bytes never change (sha256 in L1 before and
+//! after) and `vessel image check` passes on both overlays.
+//!
+//! Everything runs inside L1 (on its tmpfs), including `vessel image`.
+
+use std::time::Duration;
+
+use testbox::{Assets, HostBox, StepResult};
+
+const VESSEL: &str = env!("CARGO_BIN_EXE_vessel");
+
+fn box_with_vessel() -> HostBox {
+    let assets = Assets::locate().unwrap_or_else(|e| panic!("guest assets unavailable: {e}"));
+    HostBox::new(&assets)
+        .binary(VESSEL, "/bin/vessel")
+        .timeout(Duration::from_secs(900))
+}
+
+/// `vessel run` with `disks` (each a --disk value) and a guest command (no double quotes).
+fn vessel(disks: &[&str], guest: &str) -> String {
+    let disks: String = disks.iter().map(|d| format!(" --disk {d}")).collect();
+    format!(
+        "vessel run --kernel /assets/bzImage --initrd /assets/initramfs.cpio.gz --memory 256M{disks} \
+         --cmdline 'console=ttyS0 quiet vcmd=\"{guest}\"' </dev/null"
+    )
+}
+
+fn assert_guest_ok(step: &StepResult) {
+    assert_eq!(
+        step.exit_code, 0,
+        "step {} failed:\n{}",
+        step.name, step.output
+    );
+    assert!(
+        step.output.contains("VESSEL-CMD-EXIT rc=0"),
+        "step {}:\n{}",
+        step.name,
+        step.output
+    );
+}
+
+/// A domain on its overlay: the base's files are there and intact; it writes its own file and
+/// blob, drops its caches and reads them back from the disk.
+fn domain(overlay: &str, name: &str) -> String {
+    vessel(
+        &[&format!("path={overlay},id={name}")],
+        &format!(
+            "set -e; mkdir -p /mnt; mount /dev/vda /mnt; cd /mnt; cat base.txt; sha256sum -c base.sum; \
+             test ! -e other.txt; echo I-am-{name} > mine.txt; \
+             dd if=/dev/urandom of=own.blob bs=1k count=1024 2>/dev/null; sha256sum own.blob > own.sum; \
+             cd /; sync; echo 3 > /proc/sys/vm/drop_caches; cd /mnt; \
+             echo MINE=$(cat mine.txt); sha256sum -c own.sum; cd /; umount /mnt; echo DOMAIN-{name}-DONE"
+        ),
+    )
+}
+
+#[test]
+fn two_domains_boot_from_overlays_on_one_base_that_never_changes() {
+    let make_base = vessel(
+        &["path=/tmp/base.img,id=base"],
+        "set -e; mkdir -p /mnt; mke2fs -q /dev/vda; mount /dev/vda /mnt; cd /mnt; \
+         echo shared-base-content > base.txt; \
+         dd if=/dev/urandom of=base.blob bs=1k count=2048 2>/dev/null; \
+         sha256sum base.txt base.blob > base.sum; cd /; sync; umount /mnt; echo BASE-MADE",
+    );
+    // Both overlays, read-only at once in one domain: each sees its own data and the base.
+    let reverify = vessel(
+        &["path=/tmp/a.cow,readonly=on", "path=/tmp/b.cow,readonly=on"],
+        "set -e; mkdir -p /a /b; mount -o ro /dev/vda /a; mount -o ro /dev/vdb /b; \
+         echo RO=$(cat /sys/block/vda/ro)$(cat /sys/block/vdb/ro); \
+         echo A=$(cat /a/mine.txt) B=$(cat /b/mine.txt); \
+         cd /a; sha256sum -c base.sum; sha256sum -c own.sum; cd /b; sha256sum -c base.sum; sha256sum -c own.sum; \
+         cmp -s /a/own.blob /b/own.blob && echo SAME-BLOBS || echo DIFFERENT-BLOBS; \
+         cd /; umount /a; umount /b",
+    );
+    let run = box_with_vessel()
+        .step(
+            "base",
+            &format!(
+                "vessel image create --size 64M /tmp/base.img && {make_base} && \
+                 sha256sum /tmp/base.img > /tmp/base.sha && cat /tmp/base.sha"
+            ),
+        )
+        .step(
+            "create",
+            "set -e; vessel image create --backing /tmp/base.img /tmp/a.cow; \
+             vessel image create --backing /tmp/base.img /tmp/b.cow; vessel image info /tmp/a.cow; \
+             if vessel image create --backing /tmp/base.img /tmp/a.cow; then echo REPLACED; fi",
+        )
+        .step(
+            "domains",
+            &format!(
+                "({a}) >/tmp/a.log 2>&1 & pa=$!; ({b}) >/tmp/b.log 2>&1 & pb=$!; i=0; \
+                 while [ $i -lt 600 ] && ! grep -q VESSEL-GUEST-INIT /tmp/a.log; do sleep 0.2; i=$((i+1)); done; \
+                 {rw} >/tmp/rw.log 2>&1; echo BASE-RW=$?; cat /tmp/rw.log; \
+                 wait $pa; ra=$?; wait $pb; rb=$?; \
+                 echo '=== A'; cat /tmp/a.log; echo '=== B'; cat /tmp/b.log; echo RA=$ra RB=$rb; \
+                 [ $ra = 0 ] && [ $rb = 0 ]",
+                a = domain("/tmp/a.cow", "A"),
+                b = domain("/tmp/b.cow", "B"),
+                rw = vessel(&["path=/tmp/base.img"], "true"),
+            ),
+        )
+        .step("reverify", &reverify)
+        .step(
+            "check",
+            "set -e; sha256sum -c /tmp/base.sha && echo BASE-UNCHANGED; \
+             vessel image check /tmp/a.cow; vessel image check /tmp/b.cow; \
+             du -k /tmp/base.img /tmp/a.cow /tmp/b.cow",
+        )
+        .step(
+            "corrupt",
+            "cp /tmp/a.cow /tmp/bad.cow; printf Z | dd of=/tmp/bad.cow bs=1 seek=30 conv=notrunc 2>/dev/null; \
+             vessel image check /tmp/bad.cow; echo CHECK=$?; \
+             vessel run --kernel /assets/bzImage --cmdline 'console=ttyS0 panic=-1' --on-reboot exit --disk path=/tmp/bad.cow </dev/null; echo RUN=$?; \
+             mv /tmp/base.img /tmp/base.moved; vessel image check /tmp/b.cow; echo MISSING=$?; \
+             vessel run --kernel /assets/bzImage --cmdline 'console=ttyS0 panic=-1' --on-reboot exit --disk path=/tmp/b.cow </dev/null; echo RUN2=$?",
+        )
+        .run()
+        .unwrap_or_else(|e| panic!("host box failed: {e}"));
+
+    for name in ["base", "create", "domains", "reverify", "check", "corrupt"] {
+        let s = run.step(name);
+        eprintln!(
+            "--- {name}: {:.1}s, exit {}\n{}",
+            s.seconds, s.exit_code, s.output
+        );
+    }
+    let base = run.step("base");
+    assert_guest_ok(base);
+    assert!(base.output.contains("BASE-MADE"), "{}", base.output);
+
+    let create = run.step("create");
+    assert_eq!(create.exit_code, 0, "{}", create.output);
+    assert!(
+        create.output.contains("virtual size: 67108864 bytes")
+            && create.output.contains("clusters allocated: 0 of 1024")
+            && create.output.contains("backing file: /tmp/base.img"),
+        "{}",
+        create.output
+    );
+    assert!(
+        !create.output.contains("REPLACED"),
+        "an existing overlay was replaced:\n{}",
+        create.output
+    );
+
+    // Two domains at once, each on its own overlay of the one base (shared, read-only); the
+    // base cannot be opened read-write meanwhile.
+    let both = run.step("domains");
+    assert_eq!(both.exit_code, 0, "{}", both.output);
+    assert!(both.output.contains("RA=0 RB=0"), "{}", both.output);
+    assert!(
+        both.output.contains("BASE-RW=1") && both.output.contains("in use by another process"),
+        "{}",
+        both.output
+    );
+    for name in ["A", "B"] {
+        let out = both
+            .output
+            .split(&format!("=== {name}\n"))
+            .nth(1)
+            .unwrap_or_else(|| panic!("no log of domain {name}:\n{}", both.output));
+        let out = out.split("=== ").next().unwrap_or_default();
+        assert!(out.contains("VESSEL-CMD-EXIT rc=0"), "{out}");
+        assert!(out.contains("shared-base-content"), "{out}");
+        assert!(
+            out.contains("base.blob: OK") && out.contains("base.txt: OK"),
+            "{out}"
+        );
+        assert!(out.contains(&format!("MINE=I-am-{name}")), "{out}");
+        assert!(out.contains("own.blob: OK"), "{out}");
+        assert!(out.contains(&format!("DOMAIN-{name}-DONE")), "{out}");
+    }
+
+    let re = run.step("reverify");
+    assert_guest_ok(re);
+    let out = &re.output;
+    assert!(out.contains("RO=11"), "{out}");
+    assert!(out.contains("A=I-am-A B=I-am-B"), "{out}");
+    assert_eq!(out.matches("own.blob: OK").count(), 2, "{out}");
+    assert_eq!(out.matches("base.blob: OK").count(), 2, "{out}");
+    assert!(out.contains("DIFFERENT-BLOBS"), "{out}");
+
+    let check = run.step("check");
+    assert_eq!(check.exit_code, 0, "{}", check.output);
+    assert!(check.output.contains("BASE-UNCHANGED"), "{}", check.output);
+    assert_eq!(
+        check.output.matches("no errors found").count(),
+        2,
+        "{}",
+        check.output
+    );
+
+    let bad = run.step("corrupt");
+    let out = &bad.output;
+    assert!(out.contains("CHECK=1") && out.contains("RUN=1"), "{out}");
+    assert!(
+        out.contains("/tmp/bad.cow") && out.contains("checksum"),
+        "{out}"
+    );
+    assert!(out.contains("MISSING=1") && out.contains("RUN2=1"), "{out}");
+    assert!(out.contains("missing"), "{out}");
+}
+
+/// The flush ordering end to end: what the guest flushed (fsync of the block device, a virtio
+/// FLUSH) survives SIGKILL of the VMM, which runs no cleanup, so the allocation bits on disk
+/// are the ones the FLUSH wrote; the overlay checks clean and the base is untouched.
+#[test]
+fn data_the_guest_flushed_to_an_overlay_survives_sigkill_of_the_vmm() {
+    let writer = vessel(
+        &["path=/tmp/dur.cow"],
+        "set -e; mkdir -p /mnt; mke2fs -q /dev/vda; mount /dev/vda /mnt; \
+         dd if=/dev/urandom of=/mnt/blob bs=1k count=2048 2>/dev/null; cd /mnt; sha256sum blob > sum; \
+         cd /; sync; sync /dev/vda; echo SYNCED-NOW; sleep 600",
+    );
+    let kill = format!(
+        "set -e; vessel image create --size 32M /tmp/base.img; sha256sum /tmp/base.img > /tmp/base.sha; \
+         vessel image create --backing /tmp/base.img /tmp/dur.cow; \
+         ({writer}) >/tmp/w.log 2>&1 & pid=$!; i=0; \
+         while [ $i -lt 240 ] && ! grep -q SYNCED-NOW /tmp/w.log; do sleep 0.5; i=$((i+1)); done; \
+         grep -q SYNCED-NOW /tmp/w.log || {{ cat /tmp/w.log; echo NEVER-SYNCED; exit 1; }}; \
+         kill -9 $(pidof vessel); wait $pid || true; echo KILLED; \
+         vessel image check /tmp/dur.cow"
+    );
+    let verify = vessel(
+        &["path=/tmp/dur.cow"],
+        "set -e; mkdir -p /mnt; mount /dev/vda /mnt; cd /mnt; sha256sum -c sum; echo VERIFIED",
+    );
+    let run = box_with_vessel()
+        .step("write-and-kill", &kill)
+        .step("verify", &verify)
+        .step("base", "sha256sum -c /tmp/base.sha && echo BASE-UNCHANGED")
+        .run()
+        .unwrap_or_else(|e| panic!("host box failed: {e}"));
+    for name in ["write-and-kill", "verify", "base"] {
+        let s = run.step(name);
+        eprintln!(
+            "--- {name}: {:.1}s, exit {}\n{}",
+            s.seconds, s.exit_code, s.output
+        );
+    }
+    let step = run.step("write-and-kill");
+    assert_eq!(step.exit_code, 0, "{}", step.output);
+    assert!(
+        step.output.contains("KILLED") && step.output.contains("no errors found"),
+        "{}",
+        step.output
+    );
+    let verify = run.step("verify");
+    assert_guest_ok(verify);
+    assert!(verify.output.contains("blob: OK"), "{}", verify.output);
+    assert!(
+        run.step("base").output.contains("BASE-UNCHANGED"),
+        "{}",
+        run.step("base").output
+    );
+}
