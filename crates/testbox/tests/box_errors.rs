@@ -64,3 +64,31 @@ fn step_results_and_timeout() {
         other => panic!("expected a timeout error, got {other:?}"),
     }
 }
+
+#[test]
+fn an_l1_soft_lockup_stops_the_box_at_once_and_is_retried_once() {
+    let assets = assets();
+    let started = std::time::Instant::now();
+    // The step prints what the L1 kernel prints on a soft lockup, then would wait far longer.
+    let run = HostBox::new(&assets)
+        .cpus(1)
+        .memory_mib(512)
+        .timeout(Duration::from_secs(300))
+        .step(
+            "lockup",
+            "echo 'watchdog: BUG: soft lockup - CPU#0 stuck for 23s!'; sleep 250",
+        )
+        .run();
+    match run {
+        Err(BoxError::Run { reason, .. }) => {
+            assert!(reason.contains("soft lockup"), "{reason}");
+        }
+        other => panic!("expected a lockup error, got {other:?}"),
+    }
+    // Two short boxes, not two timeouts.
+    assert!(
+        started.elapsed() < Duration::from_secs(120),
+        "{:?}",
+        started.elapsed()
+    );
+}
