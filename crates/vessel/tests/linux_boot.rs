@@ -7,9 +7,10 @@
 
 use std::time::Duration;
 
-use testbox::{Assets, BoxRun, HostBox, StepResult};
+mod boxed;
 
-const VESSEL: &str = env!("CARGO_BIN_EXE_vessel");
+use boxed::{box_with_vessel, VESSEL};
+use testbox::{Assets, BoxRun, StepResult};
 
 /// The guest command: the guest's view of its CPUs, memory and clocks, as `KEY=value` lines.
 /// It holds no quotes: the kernel command line cannot escape them inside `vcmd="..."`.
@@ -17,13 +18,6 @@ const PROBE: &str = "echo NPROC=$(nproc); echo CPUINFO=$(grep -c ^processor /pro
     grep MemTotal /proc/meminfo; echo UP1=$(cat /proc/uptime); sleep 2; \
     echo UP2=$(cat /proc/uptime); echo WALL=$(date +%s); \
     echo CLOCKSOURCE=$(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)";
-
-fn box_with_vessel() -> HostBox {
-    let assets = Assets::locate().unwrap_or_else(|e| panic!("guest assets unavailable: {e}"));
-    HostBox::new(&assets)
-        .binary(VESSEL, "/bin/vessel")
-        .timeout(Duration::from_secs(600))
-}
 
 /// A step that boots the guest with `flags` and the probe command, then prints L1's wall clock.
 fn probe_step(kernel: &str, vcpus: u32, memory_mib: u32) -> String {
@@ -102,7 +96,7 @@ fn assert_guest_view(run: &BoxRun, name: &str, vcpus: u32, memory_mib: u32) {
 
 #[test]
 fn linux_boots_as_bzimage_and_pvh_with_one_and_two_vcpus() {
-    let run = box_with_vessel()
+    let run = box_with_vessel(600)
         .step("bzimage-1cpu", &probe_step("bzImage", 1, 256))
         .step("bzimage-2cpu", &probe_step("bzImage", 2, 384))
         .step("pvh-1cpu", &probe_step("vmlinux", 1, 256))
@@ -131,7 +125,7 @@ fn guest_reboot_restarts_or_exits_as_asked() {
            [ $n -ge 2 ] && break; sleep 1; i=$((i+1)); done; \
          alive=no; kill -0 $pid 2>/dev/null && alive=yes; kill $pid; cat /tmp/restart.log; \
          echo BOOTS=$n; echo ALIVE=$alive";
-    let run = box_with_vessel()
+    let run = box_with_vessel(600)
         .step("reboot-default", &reboot(""))
         .step("reboot-acpi", &reboot("reboot=acpi"))
         .step("reboot-kbd", &reboot("reboot=kbd"))

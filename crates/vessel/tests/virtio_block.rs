@@ -4,42 +4,9 @@
 //!
 //! Disk images are made inside L1 (on its tmpfs); L1 checks their bytes from outside the guest.
 
-use std::time::Duration;
+mod boxed;
 
-use testbox::{Assets, HostBox, StepResult};
-
-const VESSEL: &str = env!("CARGO_BIN_EXE_vessel");
-
-fn box_with_vessel() -> HostBox {
-    let assets = Assets::locate().unwrap_or_else(|e| panic!("guest assets unavailable: {e}"));
-    HostBox::new(&assets)
-        .binary(VESSEL, "/bin/vessel")
-        .timeout(Duration::from_secs(600))
-}
-
-/// `vessel run` with `disks` (each a --disk value) and a guest command (no double quotes).
-fn vessel(disks: &[&str], guest: &str) -> String {
-    let disks: String = disks.iter().map(|d| format!(" --disk {d}")).collect();
-    format!(
-        "vessel run --kernel /assets/bzImage --initrd /assets/initramfs.cpio.gz --memory 256M{disks} \
-         --cmdline 'console=ttyS0 quiet vcmd=\"{guest}\"' </dev/null"
-    )
-}
-
-fn assert_ok(step: &StepResult) {
-    assert_eq!(
-        step.exit_code, 0,
-        "step {} failed:\n{}",
-        step.name, step.output
-    );
-    assert!(
-        step.output.contains("VESSEL-CMD-EXIT rc=0"),
-        "step {}:\n{}",
-        step.name,
-        step.output
-    );
-}
-
+use boxed::{assert_guest_ok as assert_ok, box_with_vessel, vessel_with_disks as vessel};
 #[test]
 fn a_file_system_on_a_vbd_survives_power_off_and_a_new_boot() {
     let make = vessel(
@@ -54,7 +21,7 @@ fn a_file_system_on_a_vbd_survives_power_off_and_a_new_boot() {
         &["path=/tmp/disk.img"],
         "set -e; mkdir -p /mnt; mount /dev/vda /mnt; cat /mnt/greeting; cd /mnt; sha256sum -c sum; echo VERIFIED",
     );
-    let run = box_with_vessel()
+    let run = box_with_vessel(600)
         .step("make", &format!("truncate -s 64M /tmp/disk.img && {make}"))
         .step("verify", &verify)
         .run()
@@ -88,7 +55,7 @@ fn a_read_only_vbd_refuses_writes_and_its_file_stays_identical() {
          echo IOERRS=$(dmesg | grep -c I/O.error.*vda); \
          echo READ=$(head -c 1048576 /dev/vda | wc -c)",
     );
-    let run = box_with_vessel()
+    let run = box_with_vessel(600)
         .step(
             "readonly",
             &format!(
@@ -140,7 +107,7 @@ fn data_the_guest_synced_survives_sigkill_of_the_vmm() {
         &["path=/tmp/dur.img"],
         "set -e; mkdir -p /mnt; mount /dev/vda /mnt; cd /mnt; sha256sum -c sum; echo VERIFIED",
     );
-    let run = box_with_vessel()
+    let run = box_with_vessel(600)
         .step("write-and-kill", &kill)
         .step("verify", &verify)
         .run()
@@ -162,7 +129,7 @@ fn a_rate_limited_vbd_is_held_near_its_rate() {
          dd if=/dev/$d of=/dev/null bs=64k count=64 iflag=direct 2>/dev/null; \
          echo T1$d=$(cat /proc/uptime); done",
     );
-    let run = box_with_vessel()
+    let run = box_with_vessel(600)
         .step(
             "rate",
             &format!("truncate -s 16M /tmp/slow.img /tmp/fast.img && {guest}"),

@@ -5,41 +5,9 @@
 //!
 //! Everything runs inside L1 (on its tmpfs), including `vessel image`.
 
-use std::time::Duration;
+mod boxed;
 
-use testbox::{Assets, HostBox, StepResult};
-
-const VESSEL: &str = env!("CARGO_BIN_EXE_vessel");
-
-fn box_with_vessel() -> HostBox {
-    let assets = Assets::locate().unwrap_or_else(|e| panic!("guest assets unavailable: {e}"));
-    HostBox::new(&assets)
-        .binary(VESSEL, "/bin/vessel")
-        .timeout(Duration::from_secs(900))
-}
-
-/// `vessel run` with `disks` (each a --disk value) and a guest command (no double quotes).
-fn vessel(disks: &[&str], guest: &str) -> String {
-    let disks: String = disks.iter().map(|d| format!(" --disk {d}")).collect();
-    format!(
-        "vessel run --kernel /assets/bzImage --initrd /assets/initramfs.cpio.gz --memory 256M{disks} \
-         --cmdline 'console=ttyS0 quiet vcmd=\"{guest}\"' </dev/null"
-    )
-}
-
-fn assert_guest_ok(step: &StepResult) {
-    assert_eq!(
-        step.exit_code, 0,
-        "step {} failed:\n{}",
-        step.name, step.output
-    );
-    assert!(
-        step.output.contains("VESSEL-CMD-EXIT rc=0"),
-        "step {}:\n{}",
-        step.name,
-        step.output
-    );
-}
+use boxed::{assert_guest_ok, box_with_vessel, vessel_with_disks as vessel};
 
 /// A domain on its overlay: the base's files are there and intact; it writes its own file and
 /// blob, drops its caches and reads them back from the disk.
@@ -75,7 +43,7 @@ fn two_domains_boot_from_overlays_on_one_base_that_never_changes() {
          cmp -s /a/own.blob /b/own.blob && echo SAME-BLOBS || echo DIFFERENT-BLOBS; \
          cd /; umount /a; umount /b",
     );
-    let run = box_with_vessel()
+    let run = box_with_vessel(900)
         .step(
             "base",
             &format!(
@@ -229,7 +197,7 @@ fn data_the_guest_flushed_to_an_overlay_survives_sigkill_of_the_vmm() {
         &["path=/tmp/dur.cow"],
         "set -e; mkdir -p /mnt; mount /dev/vda /mnt; cd /mnt; sha256sum -c sum; echo VERIFIED",
     );
-    let run = box_with_vessel()
+    let run = box_with_vessel(900)
         .step("write-and-kill", &kill)
         .step("verify", &verify)
         .step("base", "sha256sum -c /tmp/base.sha && echo BASE-UNCHANGED")

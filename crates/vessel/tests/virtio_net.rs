@@ -8,18 +8,10 @@
 //!
 //! Only private addresses inside the box are used; nothing leaves it.
 
-use std::time::Duration;
+mod boxed;
 
-use testbox::{Assets, HostBox, StepResult};
-
-const VESSEL: &str = env!("CARGO_BIN_EXE_vessel");
-
-fn box_with_vessel() -> HostBox {
-    let assets = Assets::locate().unwrap_or_else(|e| panic!("guest assets unavailable: {e}"));
-    HostBox::new(&assets)
-        .binary(VESSEL, "/bin/vessel")
-        .timeout(Duration::from_secs(900))
-}
+use boxed::{box_with_vessel, VESSEL};
+use testbox::StepResult;
 
 /// `vessel run` with a `--net` value and a guest command (no quotes of either kind), bounded in
 /// time by L1's `timeout`.
@@ -85,7 +77,7 @@ fn two_guests_ping_and_move_data_over_a_socket_link() {
          echo '--- A'; cat /tmp/a.log; echo '--- B'; cat /tmp/b.log; \
          echo RC-A=$ra RC-B=$rb; ls /tmp/*.sock 2>/dev/null; [ $ra = 0 ] && [ $rb = 0 ]"
     );
-    let run = box_with_vessel()
+    let run = box_with_vessel(900)
         .step("guest-to-guest", &script)
         .run()
         .unwrap_or_else(|e| panic!("host box failed: {e}"));
@@ -143,7 +135,7 @@ fn a_guest_pings_the_host_over_a_tap() {
          wait $pg; rg=$?; cat /tmp/g.log; \
          [ -e /sys/class/net/vtap0 ] && echo TAP-STILL-THERE; exit $rg"
     );
-    let run = box_with_vessel()
+    let run = box_with_vessel(900)
         .step("tap", &script)
         .run()
         .unwrap_or_else(|e| panic!("host box failed: {e}"));

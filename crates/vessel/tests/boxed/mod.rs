@@ -1,0 +1,44 @@
+//! Shared by the box tests: a host box with this build's `vessel` packed at `/bin/vessel`, the
+//! shell command of a `vessel run` on the guest assets, and the usual assertion on a step.
+// Each test binary uses its own subset of these.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use testbox::{Assets, HostBox, StepResult};
+
+/// The `vessel` binary of this build.
+pub const VESSEL: &str = env!("CARGO_BIN_EXE_vessel");
+
+/// A host box with `vessel` packed in, allowed `timeout_secs` of wall time.
+pub fn box_with_vessel(timeout_secs: u64) -> HostBox {
+    let assets = Assets::locate().unwrap_or_else(|e| panic!("guest assets unavailable: {e}"));
+    HostBox::new(&assets)
+        .binary(VESSEL, "/bin/vessel")
+        .timeout(Duration::from_secs(timeout_secs))
+}
+
+/// `vessel run` of the bzImage and initramfs with 256 MiB, `disks` (each a `--disk` value) and a
+/// guest command. The command may hold no quotes: the kernel command line cannot escape them.
+pub fn vessel_with_disks(disks: &[&str], guest: &str) -> String {
+    let disks: String = disks.iter().map(|d| format!(" --disk {d}")).collect();
+    format!(
+        "vessel run --kernel /assets/bzImage --initrd /assets/initramfs.cpio.gz --memory 256M{disks} \
+         --cmdline 'console=ttyS0 quiet vcmd=\"{guest}\"' </dev/null"
+    )
+}
+
+/// The step exited 0 and the guest's command reported success.
+pub fn assert_guest_ok(step: &StepResult) {
+    assert_eq!(
+        step.exit_code, 0,
+        "step {} failed:\n{}",
+        step.name, step.output
+    );
+    assert!(
+        step.output.contains("VESSEL-CMD-EXIT rc=0"),
+        "step {}:\n{}",
+        step.name,
+        step.output
+    );
+}
