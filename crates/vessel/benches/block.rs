@@ -67,17 +67,12 @@ fn main() {
          -drive id=d0,file=/tmp/disk.img,format=raw,if=none -device virtio-blk-device,drive=d0 \
          -append \"{cmdline}\" </dev/null"
     );
-    let mut bx = HostBox::new(&assets)
+    let bx = HostBox::new(&assets)
         .with_qemu()
         .binary(VESSEL, "/bin/vessel")
         .file(&extra, "/bench/extra.cpio.gz")
         .timeout(Duration::from_secs(1800));
-    for i in 0..rounds {
-        bx = bx
-            .step(&format!("vessel-{i}"), &vessel)
-            .step(&format!("qemu-{i}"), &qemu);
-    }
-    let run = bx.run().unwrap_or_else(|e| panic!("host box failed: {e}"));
+    let run = common::alternate(bx, rounds, &vessel, &qemu);
     let _ = std::fs::remove_dir_all(&dir);
 
     println!("block benchmark: {rounds} boots each, same guest and image kind, one box run");

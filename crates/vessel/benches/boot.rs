@@ -91,17 +91,12 @@ fn main() {
          -cpu host -m {MEMORY_MIB} -smp 1 -nographic -no-reboot -kernel /assets/vmlinux \
          -initrd /assets/initramfs.cpio.gz -append '{CMDLINE}'"
     );
-    let mut bx = HostBox::new(&assets)
+    let bx = HostBox::new(&assets)
         .with_qemu()
         .binary(VESSEL, "/bin/vessel")
         .file(&sample, "/bench/sample.sh")
         .timeout(Duration::from_secs(1800));
-    for i in 0..rounds {
-        bx = bx
-            .step(&format!("vessel-{i}"), &vessel)
-            .step(&format!("qemu-{i}"), &qemu);
-    }
-    let run = bx.run().unwrap_or_else(|e| panic!("host box failed: {e}"));
+    let run = common::alternate(bx, rounds, &vessel, &qemu);
     let _ = std::fs::remove_dir_all(&dir);
 
     let collect = |prefix: &str| -> Vec<Boot> {

@@ -100,16 +100,11 @@ fn main() {
         ),
         &qemu("/tmp/a.sock", "/tmp/b.sock", "02:00:00:00:00:0a", &sender()),
     );
-    let mut bx = HostBox::new(&assets)
+    let bx = HostBox::new(&assets)
         .with_qemu()
         .binary(VESSEL, "/bin/vessel")
         .timeout(Duration::from_secs(2400));
-    for i in 0..rounds {
-        bx = bx
-            .step(&format!("vessel-{i}"), &vessel_pair)
-            .step(&format!("qemu-{i}"), &qemu_pair);
-    }
-    let run = bx.run().unwrap_or_else(|e| panic!("host box failed: {e}"));
+    let run = common::alternate(bx, rounds, &vessel_pair, &qemu_pair);
     let figures = |vmm: &str| -> Vec<f64> {
         (0..rounds)
             .map(|i| throughput(run.step(&format!("{vmm}-{i}"))))

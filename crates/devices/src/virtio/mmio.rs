@@ -317,29 +317,9 @@ impl BusDevice for MmioTransport {
 mod tests {
     use super::*;
     use crate::virtio::rng::Rng;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use crate::virtio::test_support::{Counter, DriverMemory};
     use std::sync::Mutex;
     use vring::mock::{MockBuffer, MockDriver};
-
-    /// Guest memory that is the mock driver's own, shared with the transport.
-    struct DriverMemory(Arc<Mutex<MockDriver>>);
-    impl vring::GuestMemory for DriverMemory {
-        fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), vring::MemoryError> {
-            self.0.lock().unwrap().mem().read(addr, buf)
-        }
-        fn write(&self, addr: u64, data: &[u8]) -> Result<(), vring::MemoryError> {
-            self.0.lock().unwrap().mem().write(addr, data)
-        }
-    }
-
-    #[derive(Default)]
-    struct Counter(AtomicUsize);
-    impl InterruptLine for Counter {
-        fn trigger(&self) -> std::io::Result<()> {
-            self.0.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        }
-    }
 
     fn w(t: &mut MmioTransport, offset: u64, v: u32) {
         t.write(offset, &v.to_le_bytes());
@@ -405,7 +385,7 @@ mod tests {
             assert_eq!(used[0].len, 32);
             assert_eq!(d.avail_event(), round, "the device re-armed notifications");
         }
-        assert!(irq.0.load(Ordering::SeqCst) >= 1);
+        assert!(irq.count() >= 1);
         assert_eq!(r(&mut t, 0x60) & INT_USED_BUFFER, INT_USED_BUFFER);
         w(&mut t, 0x64, INT_USED_BUFFER);
         assert_eq!(r(&mut t, 0x60), 0);
@@ -436,10 +416,10 @@ mod tests {
         w(&mut t, QUEUE_NOTIFY, 0);
         assert_ne!(r(&mut t, 0x70) & status::DEVICE_NEEDS_RESET, 0);
         assert_ne!(r(&mut t, 0x60) & INT_CONFIG_CHANGE, 0);
-        assert_eq!(irq.0.load(Ordering::SeqCst), 1);
+        assert_eq!(irq.count(), 1);
         // Further kicks are ignored until the driver resets the device.
         w(&mut t, QUEUE_NOTIFY, 0);
-        assert_eq!(irq.0.load(Ordering::SeqCst), 1);
+        assert_eq!(irq.count(), 1);
     }
 
     #[test]

@@ -8,6 +8,8 @@ pub mod block;
 pub mod mmio;
 pub mod net;
 pub mod rng;
+#[cfg(test)]
+mod test_support;
 
 use std::os::fd::RawFd;
 use std::sync::Arc;

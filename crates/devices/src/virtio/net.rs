@@ -471,25 +471,7 @@ mod tests {
         );
     }
 
-    /// Guest memory that is the mock driver's own, shared with a transport.
-    struct DriverMemory(Arc<Mutex<MockDriver>>);
-    impl vring::GuestMemory for DriverMemory {
-        fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), vring::MemoryError> {
-            self.0.lock().unwrap().mem().read(addr, buf)
-        }
-        fn write(&self, addr: u64, data: &[u8]) -> Result<(), vring::MemoryError> {
-            self.0.lock().unwrap().mem().write(addr, data)
-        }
-    }
-
-    #[derive(Default)]
-    struct Counter(std::sync::atomic::AtomicUsize);
-    impl crate::InterruptLine for Counter {
-        fn trigger(&self) -> io::Result<()> {
-            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            Ok(())
-        }
-    }
+    use crate::virtio::test_support::{Counter, DriverMemory};
 
     /// Brings up the receive queue only, as a driver would.
     fn bring_up_rx(
@@ -532,7 +514,7 @@ mod tests {
         use crate::virtio::mmio::{MmioTransport, QUEUE_NOTIFY};
         use crate::virtio::{feature, Memory};
         let w = |t: &mut MmioTransport, offset: u64, v: u32| t.write(offset, &v.to_le_bytes());
-        let irqs = |c: &Counter| c.0.load(std::sync::atomic::Ordering::SeqCst);
+        let irqs = |c: &Counter| c.count();
 
         let (wire, net) = new_net();
         let driver = Arc::new(Mutex::new(MockDriver::new(16, 1 << 20)));

@@ -30,3 +30,19 @@ pub fn rounds(default: usize) -> usize {
         .filter(|&n| n > 0)
         .unwrap_or(default)
 }
+
+/// Runs `rounds` of the `vessel` step then the `qemu` step (named `vessel-N`, `qemu-N`) in one
+/// box, alternating so that drift in the box affects both alike.
+pub fn alternate(
+    mut bx: testbox::HostBox,
+    rounds: usize,
+    vessel: &str,
+    qemu: &str,
+) -> testbox::BoxRun {
+    for i in 0..rounds {
+        bx = bx
+            .step(&format!("vessel-{i}"), vessel)
+            .step(&format!("qemu-{i}"), qemu);
+    }
+    bx.run().unwrap_or_else(|e| panic!("host box failed: {e}"))
+}
