@@ -50,7 +50,7 @@ fn assert_step_ok(step: &StepResult) {
 
 #[test]
 fn two_guests_ping_and_move_data_over_a_socket_link() {
-    const BYTES: u32 = 4 << 20;
+    const BYTES: u32 = 1 << 20;
     // B listens; A pings it, then sends random data. Each prints its SHA-256.
     let b = vessel(
         "socket=/tmp/b.sock,peer=/tmp/a.sock",
