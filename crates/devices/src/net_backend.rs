@@ -37,6 +37,9 @@ pub trait NetBackend: Send {
     fn raw_fd(&self) -> RawFd;
     /// What this backend is, for messages ("tap tap0").
     fn describe(&self) -> String;
+    /// Clears a pending error on the descriptor (a socket's `ECONNRESET` when its peer went
+    /// away), which would otherwise keep it polling in error while the device is not reading.
+    fn clear_error(&mut self) {}
 }
 
 fn nonblocking<T>(r: io::Result<T>) -> io::Result<Option<T>> {
@@ -158,6 +161,9 @@ impl NetBackend for SocketBackend {
     }
     fn describe(&self) -> String {
         format!("socket {} <-> {}", self.path.display(), self.peer.display())
+    }
+    fn clear_error(&mut self) {
+        let _ = self.socket.take_error();
     }
 }
 

@@ -50,7 +50,7 @@ fn assert_step_ok(step: &StepResult) {
 
 #[test]
 fn two_guests_ping_and_move_data_over_a_socket_link() {
-    const BYTES: u32 = 1 << 20;
+    const BYTES: u32 = 4 << 20;
     // B listens; A pings it, then sends random data. Each prints its SHA-256.
     let b = vessel(
         "socket=/tmp/b.sock,peer=/tmp/a.sock",
@@ -187,4 +187,98 @@ fn a_bad_net_argument_is_one_line_and_exit_status_1() {
             "{arg}: {stderr}"
         );
     }
+}
+
+/// A guest that stops reading (its interface goes down: the receive buffers it posted are
+/// filled once and never refilled) while its peer floods it: the reader's VMM stays within a
+/// small memory bound, the sender's transmit queue keeps moving (no netdev watchdog), and once
+/// the reader comes back TCP between them works again.
+#[test]
+fn a_guest_that_stops_reading_costs_bounded_memory_and_its_peer_recovers() {
+    const FLOOD_PING_BYTES: u64 = 60_000;
+    let b = vessel(
+        "socket=/tmp/b.sock,peer=/tmp/a.sock",
+        &format!(
+            "{}; echo B-UP; timeout 300 nc -l -p 5001; ip link set eth0 down; echo B-DOWN; \
+             sleep 25; ip link set eth0 up; echo B-UP-AGAIN; timeout 300 nc -l -p 5002 > /tmp/rx; \
+             echo RXSUM=$(sha256sum < /tmp/rx | cut -c1-64)",
+            up_and_reach("10.0.0.2", "10.0.0.1", 240)
+        ),
+    );
+    let a = vessel(
+        "socket=/tmp/a.sock,peer=/tmp/b.sock",
+        &format!(
+            "{}; i=0; until echo go | nc 10.0.0.2 5001; do i=$((i+1)); \
+             if [ $i -ge 60 ]; then echo NO-GO; exit 1; fi; sleep 1; done; sleep 3; \
+             for i in 1 2 3 4; do ping -q -s {FLOOD_PING_BYTES} -i 0.01 -w 15 10.0.0.2 > /tmp/p$i & done; \
+             wait; cat /tmp/p1 /tmp/p2 /tmp/p3 /tmp/p4 | grep transmitted | \
+             while read n rest; do echo FLOODED=$n; done; \
+             head -c 262144 /dev/urandom > /tmp/tx; echo TXSUM=$(sha256sum < /tmp/tx | cut -c1-64); \
+             i=0; until nc 10.0.0.2 5002 < /tmp/tx; do i=$((i+1)); \
+             if [ $i -ge 120 ]; then echo NO-CONNECT; exit 1; fi; sleep 1; done; \
+             echo WATCHDOG=$(dmesg | grep -c NETDEV.WATCHDOG)",
+            up_and_reach("10.0.0.1", "10.0.0.2", 240)
+        ),
+    );
+    // L1 samples B's VMM resident memory, tagged with whether B's interface is down yet.
+    let script = format!(
+        "({b}) >/tmp/b.log 2>&1 & pb=$!; ({a}) >/tmp/a.log 2>&1 & pa=$!; \
+         while [ -z \"$vb\" ]; do for p in $(pidof vessel); do \
+         grep -q b.sock /proc/$p/cmdline && vb=$p; done; sleep 0.2; done; \
+         while [ -e /proc/$vb ]; do \
+         echo RSS $(grep -c B-DOWN /tmp/b.log) $(grep -c B-UP-AGAIN /tmp/b.log) \
+         $(awk '/VmRSS/ {{print $2}}' /proc/$vb/status) >> /tmp/rss; sleep 0.5; done & \
+         wait $pa; ra=$?; wait $pb; rb=$?; \
+         echo '--- A'; cat /tmp/a.log; echo '--- B'; cat /tmp/b.log; cat /tmp/rss; \
+         echo RC-A=$ra RC-B=$rb; [ $ra = 0 ] && [ $rb = 0 ]"
+    );
+    let run = box_with_vessel(900)
+        .step("stops-reading", &script)
+        .run()
+        .unwrap_or_else(|e| panic!("host box failed: {e}"));
+    let step = run.step("stops-reading");
+    eprintln!("stops-reading step: {:.1} s", step.seconds);
+    let out = &step.output;
+    assert_step_ok(step);
+    let flooded: u64 = value(out, "FLOODED=")
+        .iter()
+        .map(|n| n.parse::<u64>().unwrap())
+        .sum();
+    assert!(
+        flooded * FLOOD_PING_BYTES > 32 << 20,
+        "A sent more than 32 MiB at the stopped reader ({flooded} pings):\n{out}"
+    );
+    // Resident memory (KiB) before B stopped reading, and at most while it was stopped.
+    let samples: Vec<(u32, u32, u64)> = value(out, "RSS ")
+        .iter()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            Some((
+                f.first()?.parse().ok()?,
+                f.get(1)?.parse().ok()?,
+                f.get(2)?.parse().ok()?,
+            ))
+        })
+        .collect();
+    let before = samples.iter().rev().find(|s| s.0 == 0).map(|s| s.2);
+    let during = samples
+        .iter()
+        .filter(|s| s.0 == 1 && s.1 == 0)
+        .map(|s| s.2)
+        .max();
+    let (Some(before), Some(during)) = (before, during) else {
+        panic!("no RSS samples before and during the stop:\n{out}");
+    };
+    assert!(
+        during < before + 8 * 1024,
+        "the stopped reader's VMM grew from {before} KiB to {during} KiB:\n{out}"
+    );
+    assert_eq!(
+        value(out, "WATCHDOG="),
+        ["0"],
+        "A's transmit queue never timed out:\n{out}"
+    );
+    let (tx, rx) = (value(out, "TXSUM="), value(out, "RXSUM="));
+    assert_eq!(tx.len(), 1, "{out}");
+    assert_eq!(tx, rx, "TCP works again after the stop:\n{out}");
 }

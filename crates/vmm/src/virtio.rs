@@ -10,7 +10,7 @@ use devices::image::DiskBackend;
 use devices::virtio::block::Block;
 use devices::virtio::mmio::{MmioTransport, MMIO_SIZE, QUEUE_NOTIFY};
 use devices::virtio::rng::Rng;
-use devices::virtio::{Memory, VirtioDevice};
+use devices::virtio::{HostInterest, Memory, VirtioDevice};
 use hv::{ControlOperation, Epoll, EpollEvent, EventFd, EventSet, GuestMemory};
 
 use crate::config::DiskConfig;
@@ -150,22 +150,27 @@ impl IoThread {
                     EpollEvent::new(EventSet::IN, (i as u64) << 1),
                 )
                 .map_err(DomainError::host("watching an eventfd"))?;
-            // A device's host side (a network backend): token with the low bit set.
-            let host_fd = d
-                .transport
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .host_fd();
+            // A device's host side (a network backend): token with the low bit set, watched
+            // for what the device asks.
+            let (host_fd, interest) = {
+                let t = d.transport.lock().unwrap_or_else(|e| e.into_inner());
+                (t.host_fd(), t.host_interest())
+            };
             if let Some(host_fd) = host_fd {
                 epoll
                     .ctl(
                         ControlOperation::Add,
                         host_fd,
-                        EpollEvent::new(EventSet::IN, ((i as u64) << 1) | 1),
+                        EpollEvent::new(event_set(interest), host_token(i)),
                     )
                     .map_err(DomainError::host("watching a device's host descriptor"))?;
             }
-            watched.push((fd, d.transport.clone()));
+            watched.push(Watched {
+                notify: fd,
+                transport: d.transport.clone(),
+                host: host_fd.map(|fd| (fd, interest)),
+                host_errors: 0,
+            });
         }
         let stop_token = u64::MAX;
         epoll
@@ -186,14 +191,81 @@ impl IoThread {
     }
 }
 
-fn io_loop(epoll: Epoll, watched: Vec<(EventFd, Arc<Mutex<MmioTransport>>)>, stop_token: u64) {
+/// One device as the I/O thread sees it.
+struct Watched {
+    notify: EventFd,
+    transport: Arc<Mutex<MmioTransport>>,
+    /// The device's host descriptor and what it is registered for.
+    host: Option<(std::os::fd::RawFd, HostInterest)>,
+    /// Consecutive error or hang-up reports on the host descriptor.
+    host_errors: u32,
+}
+
+fn host_token(index: usize) -> u64 {
+    ((index as u64) << 1) | 1
+}
+
+fn event_set(interest: HostInterest) -> EventSet {
+    let mut set = EventSet::empty();
+    if interest.readable {
+        set |= EventSet::IN;
+    }
+    if interest.writable {
+        set |= EventSet::OUT;
+    }
+    set
+}
+
+impl Watched {
+    fn transport(&self) -> std::sync::MutexGuard<'_, MmioTransport> {
+        self.transport.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Re-registers the host descriptor if what the device wants to hear about changed.
+    fn update_interest(&mut self, epoll: &Epoll, index: usize) {
+        let Some((fd, registered)) = self.host else {
+            return;
+        };
+        let wanted = self.transport().host_interest();
+        if wanted != registered {
+            let event = EpollEvent::new(event_set(wanted), host_token(index));
+            if epoll.ctl(ControlOperation::Modify, fd, event).is_ok() {
+                self.host = Some((fd, wanted));
+            }
+        }
+    }
+}
+
+fn io_loop(epoll: Epoll, mut watched: Vec<Watched>, stop_token: u64) {
     /// Consecutive error reports after which a host descriptor is no longer watched.
     const HOST_ERRORS_MAX: u32 = 64;
     let mut events = vec![EpollEvent::default(); 2 * watched.len() + 1];
-    let mut host_errors = vec![0u32; watched.len()];
+    // VESSEL_DEBUG_IO=SECONDS: every device's state on stderr that often (diagnostics).
+    let dump_every = std::env::var("VESSEL_DEBUG_IO")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .filter(|&s| s > 0)
+        .map(std::time::Duration::from_secs);
+    let mut next_dump = dump_every.map(|every| std::time::Instant::now() + every);
     loop {
-        // Sleep until an event, or until the earliest rate-limited device may go again.
-        let timeout = next_wake(&watched).map_or(-1, |at| {
+        if let (Some(at), Some(every)) = (next_dump, dump_every) {
+            if std::time::Instant::now() >= at {
+                for (i, w) in watched.iter().enumerate() {
+                    eprintln!(
+                        "vessel: io: dev{i}: {} host={:?}",
+                        w.transport().describe(),
+                        w.host
+                    );
+                }
+                next_dump = Some(at + every);
+            }
+        }
+        // Sleep until an event, or until the earliest held-back device may go again.
+        let wake = match (next_wake(&watched), next_dump) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let timeout = wake.map_or(-1, |at| {
             let ms = at
                 .saturating_duration_since(std::time::Instant::now())
                 .as_millis();
@@ -204,59 +276,64 @@ fn io_loop(epoll: Epoll, watched: Vec<(EventFd, Arc<Mutex<MmioTransport>>)>, sto
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(_) => return,
         };
-        if n == 0 {
-            let now = std::time::Instant::now();
-            for (_, transport) in &watched {
-                let mut transport = transport.lock().unwrap_or_else(|e| e.into_inner());
-                if transport.wake_at().is_some_and(|at| at <= now) {
-                    transport.notified();
-                }
-            }
-            continue;
-        }
         for event in &events[..n] {
             let token = event.data();
             if token == stop_token {
                 return;
             }
-            let Some((fd, transport)) = watched.get((token >> 1) as usize) else {
+            let index = (token >> 1) as usize;
+            let Some(w) = watched.get_mut(index) else {
                 continue;
             };
-            let mut transport = transport.lock().unwrap_or_else(|e| e.into_inner());
             if token & 1 == 0 {
-                let _ = fd.read();
-                transport.notified();
+                let _ = w.notify.read();
+                w.transport().notified();
+                w.update_interest(&epoll, index);
                 continue;
             }
-            transport.host_ready();
+            let set = event.event_set();
+            w.transport().host_ready(HostInterest {
+                readable: set.contains(EventSet::IN),
+                writable: set.contains(EventSet::OUT),
+            });
+            w.update_interest(&epoll, index);
             // A host descriptor that stays in error or hung up (a deleted TAP) would report
             // forever: after a run of such reports, stop watching it; the device's link is dead
             // from then on. A one-off error (a socket's pending ECONNRESET, cleared by the read
             // above) only starts the count.
-            let slot = &mut host_errors[(token >> 1) as usize];
-            if event
-                .event_set()
-                .intersects(EventSet::ERROR | EventSet::HANG_UP)
-            {
-                *slot += 1;
-                if *slot >= HOST_ERRORS_MAX {
-                    if let Some(host_fd) = transport.host_fd() {
-                        let _ = epoll.ctl(ControlOperation::Delete, host_fd, EpollEvent::default());
+            if set.intersects(EventSet::ERROR | EventSet::HANG_UP) {
+                w.host_errors += 1;
+                if w.host_errors >= HOST_ERRORS_MAX {
+                    if let Some((fd, _)) = w.host.take() {
+                        let _ = epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
                     }
                 }
             } else {
-                *slot = 0;
+                w.host_errors = 0;
+            }
+        }
+        // Devices whose hold-back time has come (checked after events too: a busy descriptor
+        // must not postpone another device's deadline forever).
+        let now = std::time::Instant::now();
+        for (index, w) in watched.iter_mut().enumerate() {
+            let due = {
+                let mut transport = w.transport();
+                let due = transport.wake_at().is_some_and(|at| at <= now);
+                if due {
+                    transport.notified();
+                }
+                due
+            };
+            if due {
+                w.update_interest(&epoll, index);
             }
         }
     }
 }
 
-/// The earliest time a rate-limited device asked to be served again.
-fn next_wake(watched: &[(EventFd, Arc<Mutex<MmioTransport>>)]) -> Option<std::time::Instant> {
-    watched
-        .iter()
-        .filter_map(|(_, t)| t.lock().unwrap_or_else(|e| e.into_inner()).wake_at())
-        .min()
+/// The earliest time a held-back device asked to be served again.
+fn next_wake(watched: &[Watched]) -> Option<std::time::Instant> {
+    watched.iter().filter_map(|w| w.transport().wake_at()).min()
 }
 
 impl Drop for IoThread {

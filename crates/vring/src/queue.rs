@@ -387,6 +387,29 @@ impl Queue {
         Ok(())
     }
 
+    /// The queue's indices as the device and the driver see them, for diagnostics: the
+    /// device's next avail and used indices, the driver's published avail index, and both
+    /// suppression fields (read from guest memory; `None` where unreadable).
+    pub fn describe(&self, mem: &(impl GuestMemory + ?Sized)) -> String {
+        let read = |addr: Result<u64, MemoryError>| addr.ok().and_then(|a| read_u16(mem, a).ok());
+        format!(
+            "ready={} broken={} event_idx={} next_avail={} avail.idx={:?} next_used={} signalled={} used_event={:?} avail_event={:?} popped={} used={} irqs={} suppressed={}",
+            self.ready,
+            self.broken,
+            self.event_idx,
+            self.next_avail,
+            read(at(self.avail_ring, 2)),
+            self.next_used,
+            self.signalled_used,
+            read(self.used_event_addr()),
+            read(self.avail_event_addr()),
+            self.stats.popped,
+            self.stats.used,
+            self.stats.notifications,
+            self.stats.suppressed,
+        )
+    }
+
     fn check_usable(&self, mem: &(impl GuestMemory + ?Sized)) -> Result<(), QueueError> {
         if self.broken {
             Err(QueueError::Broken)

@@ -190,6 +190,26 @@ impl Block {
 }
 
 impl VirtioDevice for Block {
+    fn label(&self) -> String {
+        let end = self
+            .id
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(self.id.len());
+        String::from_utf8_lossy(&self.id[..end]).into_owned()
+    }
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        let s = &self.stats;
+        vec![
+            ("read_bytes", s.read_bytes),
+            ("write_bytes", s.write_bytes),
+            ("read_ops", s.read_ops),
+            ("write_ops", s.write_ops),
+            ("flush_ops", s.flush_ops),
+            ("errors", s.errors),
+            ("throttled", s.throttled),
+        ]
+    }
     fn device_id(&self) -> u32 {
         device_id::BLOCK
     }

@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use super::{feature, Memory, Queue, VirtioDevice};
+use super::{feature, HostInterest, Memory, Queue, VirtioDevice};
 use crate::bus::BusDevice;
 use crate::InterruptLine;
 
@@ -146,18 +146,52 @@ impl MmioTransport {
         self.serve(u64::MAX);
     }
 
-    /// The device's host descriptor ([`VirtioDevice::host_fd`]) is readable: let the device take
-    /// in what it has, then serve the queues it names, as a kick would.
-    pub fn host_ready(&mut self) {
-        let queues = self.device.host_ready();
+    /// The device's host descriptor ([`VirtioDevice::host_fd`]) is `ready` as the device asked:
+    /// let the device take in what it has, then serve the queues it names, as a kick would.
+    pub fn host_ready(&mut self, ready: HostInterest) {
+        let queues = self.device.host_ready(ready);
         if queues != 0 {
             self.serve(queues);
         }
     }
 
-    /// When the device, held back by a rate limit, wants [`MmioTransport::notified`] again.
+    /// The transport's state, every queue's indices and the device's counters, one line, for
+    /// diagnostics.
+    pub fn describe(&self) -> String {
+        let mut out = format!(
+            "{} status={:#x} isr={:#x} interest={:?}",
+            self.device.label(),
+            self.status,
+            self.interrupt_status,
+            self.device.host_interest()
+        );
+        for (i, q) in self.queues.iter().enumerate() {
+            out.push_str(&format!(" | q{i}: {}", q.describe(self.mem.0.as_ref())));
+        }
+        for (name, value) in self.device.counters() {
+            out.push_str(&format!(" {name}={value}"));
+        }
+        out
+    }
+
+    /// What the device wants to hear about its host descriptor now.
+    pub fn host_interest(&self) -> HostInterest {
+        self.device.host_interest()
+    }
+
+    /// When the device, held back (by a rate limit, or a backend with no room), wants
+    /// [`MmioTransport::notified`] again. Never while the driver is down: nothing would be
+    /// served, and the I/O thread would wake for nothing.
     pub fn wake_at(&self) -> Option<std::time::Instant> {
-        self.device.wake_at()
+        if self.live() {
+            self.device.wake_at()
+        } else {
+            None
+        }
+    }
+
+    fn live(&self) -> bool {
+        self.status & status::DRIVER_OK != 0 && self.status & status::DEVICE_NEEDS_RESET == 0
     }
 
     /// The device's host descriptor, if it has one for the I/O thread to watch.
@@ -168,7 +202,7 @@ impl MmioTransport {
     /// Serves the ready queues whose bit is set in `queues`, if the driver is up, and interrupts
     /// if the driver wants it.
     fn serve(&mut self, queues: u64) {
-        if self.status & status::DRIVER_OK == 0 || self.status & status::DEVICE_NEEDS_RESET != 0 {
+        if !self.live() {
             return;
         }
         let mut interrupt = 0;

@@ -60,6 +60,15 @@ pub struct Processed {
     pub throttled: bool,
 }
 
+/// Which readiness of its host descriptor a device wants to hear about now.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HostInterest {
+    /// The device has room for what the descriptor has to give.
+    pub readable: bool,
+    /// The device holds something the descriptor refused, to retry when it has room.
+    pub writable: bool,
+}
+
 /// A virtio device's own logic, independent of the transport.
 pub trait VirtioDevice: Send {
     /// The virtio device type.
@@ -82,19 +91,33 @@ pub trait VirtioDevice: Send {
     ) -> Result<Processed, QueueError>;
     /// The driver reset the device.
     fn reset(&mut self) {}
+    /// A short name for accounting: the disk's id, the VIF's MAC, "rng".
+    fn label(&self) -> String;
+    /// The device's counters, by name (bytes and operations in each direction, drops), for
+    /// accounting.
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
     /// When a throttled device wants to be served again (see [`Processed::throttled`]).
     fn wake_at(&self) -> Option<std::time::Instant> {
         None
     }
     /// A host descriptor the I/O thread should watch for this device (a network backend),
-    /// if any; when it polls readable the I/O thread calls [`VirtioDevice::host_ready`].
+    /// if any; when it polls as [`VirtioDevice::host_interest`] asks, the I/O thread calls
+    /// [`VirtioDevice::host_ready`].
     fn host_fd(&self) -> Option<RawFd> {
         None
     }
-    /// The host descriptor is readable: take in what it has (bounded), whatever the driver's
-    /// state. Returns a bit mask of the queues that now have work, which the transport serves
-    /// as if the guest had kicked them.
-    fn host_ready(&mut self) -> u64 {
+    /// What the device wants to hear about its host descriptor now. The I/O thread asks after
+    /// every event it hands the device, so a device that cannot take more simply stops asking
+    /// for readability (and the backlog stays in the host: back-pressure, not drops).
+    fn host_interest(&self) -> HostInterest {
+        HostInterest::default()
+    }
+    /// The host descriptor is `ready` as asked: take in what it has (bounded), whatever the
+    /// driver's state, or note that it has room again. Returns a bit mask of the queues that
+    /// now have work, which the transport serves as if the guest had kicked them.
+    fn host_ready(&mut self, _ready: HostInterest) -> u64 {
         0
     }
 }

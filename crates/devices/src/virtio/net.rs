@@ -6,19 +6,26 @@
 //! 12-byte `virtio_net_hdr_v1`; without offloads the device ignores it on transmit and writes
 //! one with only `num_buffers = 1` on receive.
 //!
-//! Memory stays bounded whatever the guest and the backend do:
+//! Flow control: congestion is pushed back to where it comes from instead of becoming drops,
+//! and memory stays bounded whatever the guest and the backend do.
 //!
-//! - transmit: a frame longer than [`MAX_FRAME`] or a chain too short for the header is dropped
-//!   and counted; a frame the backend cannot take now is dropped and counted;
-//! - receive: frames the backend has while the guest has posted no receive buffers wait in a
-//!   queue of at most [`MAX_PENDING`] frames (and [`MAX_PENDING_BYTES`]); beyond that they are
-//!   dropped and counted. The backend is always drained, so a guest that stops reading costs
-//!   neither memory nor a busy I/O thread.
+//! - Receive: frames the guest has no buffers for wait in a queue of at most [`MAX_PENDING`]
+//!   frames (and [`MAX_PENDING_BYTES`]). When it is full the device stops reading the backend
+//!   ([`VirtioDevice::host_interest`]), so the backlog stays in the host (a socket's bounded
+//!   buffer, a TAP's queue, which drops and counts there) until the guest posts buffers.
+//! - Transmit: a frame the backend refuses for lack of room (`WouldBlock`) is held with the
+//!   transmit queue stopped, and sent when the backend polls writable. A backend that stays full
+//!   for [`TX_HOLD_MAX`] is a dead link: the held frame, and every frame refused from then until
+//!   a send succeeds, are dropped and counted, so the guest's transmit queue keeps moving.
+//! - A frame longer than [`MAX_FRAME`], or a transmit chain too short for the header, is dropped
+//!   and counted.
 
 use std::collections::VecDeque;
+use std::io;
 use std::os::fd::RawFd;
+use std::time::{Duration, Instant};
 
-use super::{device_id, Processed, Queue, QueueError, VirtioDevice};
+use super::{device_id, HostInterest, Processed, Queue, QueueError, VirtioDevice};
 use crate::net_backend::NetBackend;
 
 /// Receive queue index.
@@ -33,6 +40,8 @@ pub const MAX_FRAME: usize = 65550;
 pub const MAX_PENDING: usize = 256;
 /// Most bytes waiting for receive buffers.
 pub const MAX_PENDING_BYTES: usize = 1 << 20;
+/// Longest a refused transmit frame is held before the link counts as dead.
+pub const TX_HOLD_MAX: Duration = Duration::from_millis(250);
 /// Most frames taken from the backend per readiness event (then epoll reports it again), so a
 /// flooding peer cannot hold the I/O thread.
 const DRAIN_BURST: usize = 1024;
@@ -49,19 +58,37 @@ pub struct NetStats {
     pub rx_frames: u64,
     /// Bytes delivered to the guest (frames only, no headers).
     pub rx_bytes: u64,
-    /// Frames dropped on the way in: the guest had no buffers and the pending queue was full.
-    pub rx_dropped: u64,
     /// Frames dropped on the way in: too long for the guest's buffer or for [`MAX_FRAME`].
     pub rx_errors: u64,
     /// Frames sent by the guest and taken by the backend.
     pub tx_frames: u64,
     /// Bytes of those frames.
     pub tx_bytes: u64,
-    /// Frames the backend could not take (full, no peer, error).
+    /// Frames the backend could not take (no peer, an error, or full for longer than
+    /// [`TX_HOLD_MAX`]).
     pub tx_dropped: u64,
     /// Transmit chains dropped as malformed: shorter than the header, or a frame over
     /// [`MAX_FRAME`].
     pub tx_errors: u64,
+    /// Times the backend refused a frame for lack of room and transmission paused.
+    pub tx_stalls: u64,
+}
+
+/// A transmit frame the backend refused for lack of room: its bytes are in `Net::tx_buf`.
+#[derive(Clone, Copy, Debug)]
+struct HeldFrame {
+    head: u16,
+    len: usize,
+    since: Instant,
+}
+
+/// What became of one send.
+enum Sent {
+    Yes,
+    /// No room now: hold the frame.
+    Busy,
+    /// Dropped (counted).
+    Dropped,
 }
 
 /// A virtio network device.
@@ -70,8 +97,14 @@ pub struct Net {
     mac: [u8; 6],
     pending: VecDeque<Vec<u8>>,
     pending_bytes: usize,
-    /// Scratch for one frame (plus one byte, to recognise oversized ones).
-    buf: Vec<u8>,
+    /// Scratch for one received frame (plus one byte, to recognise oversized ones).
+    rx_buf: Vec<u8>,
+    /// The frame being sent, kept while it is held.
+    tx_buf: Vec<u8>,
+    held: Option<HeldFrame>,
+    /// The backend stayed full past [`TX_HOLD_MAX`]: refused frames are dropped, not held,
+    /// until one goes through.
+    link_dead: bool,
     /// Counters.
     pub stats: NetStats,
 }
@@ -84,7 +117,10 @@ impl Net {
             mac,
             pending: VecDeque::new(),
             pending_bytes: 0,
-            buf: vec![0; MAX_FRAME + 1],
+            rx_buf: vec![0; MAX_FRAME + 1],
+            tx_buf: vec![0; MAX_FRAME],
+            held: None,
+            link_dead: false,
             stats: NetStats::default(),
         }
     }
@@ -99,12 +135,17 @@ impl Net {
         self.pending.len()
     }
 
-    /// Takes up to `limit` frames from the backend into the pending queue; frames beyond its
-    /// bounds are dropped. Returns the number of frames taken from the backend.
+    /// Whether a frame of any size still fits in the pending queue.
+    fn has_room(&self) -> bool {
+        self.pending.len() < MAX_PENDING && self.pending_bytes + MAX_FRAME <= MAX_PENDING_BYTES
+    }
+
+    /// Takes up to `limit` frames from the backend into the pending queue, while it has room.
+    /// Returns the number of frames taken from the backend.
     fn take_from_backend(&mut self, limit: usize) -> usize {
         let mut taken = 0;
-        while taken < limit {
-            let n = match self.backend.recv(&mut self.buf) {
+        while taken < limit && self.has_room() {
+            let n = match self.backend.recv(&mut self.rx_buf) {
                 Ok(Some(n)) => n,
                 // Nothing waiting; a backend error is the host's problem, retried next event.
                 Ok(None) | Err(_) => break,
@@ -112,12 +153,8 @@ impl Net {
             taken += 1;
             if n > MAX_FRAME {
                 self.stats.rx_errors += 1;
-            } else if self.pending.len() >= MAX_PENDING
-                || self.pending_bytes + n > MAX_PENDING_BYTES
-            {
-                self.stats.rx_dropped += 1;
             } else {
-                self.pending.push_back(self.buf[..n].to_vec());
+                self.pending.push_back(self.rx_buf[..n].to_vec());
                 self.pending_bytes += n;
             }
         }
@@ -168,27 +205,62 @@ impl Net {
         }
     }
 
-    /// Sends every frame the guest queued for transmission.
+    /// Offers the frame in `tx_buf[..len]` to the backend.
+    fn send(&mut self, len: usize) -> Sent {
+        match self.backend.send(&self.tx_buf[..len]) {
+            Ok(()) => {
+                self.stats.tx_frames += 1;
+                self.stats.tx_bytes += len as u64;
+                self.link_dead = false;
+                Sent::Yes
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && !self.link_dead => Sent::Busy,
+            Err(_) => {
+                self.stats.tx_dropped += 1;
+                Sent::Dropped
+            }
+        }
+    }
+
+    /// Sends every frame the guest queued for transmission, until the backend has no room.
     fn transmit(
         &mut self,
         queue: &mut Queue,
         mem: &dyn vring::GuestMemory,
     ) -> Result<Processed, QueueError> {
         let mut done = Processed::default();
+        if let Some(held) = self.held {
+            match self.send(held.len) {
+                Sent::Busy if held.since.elapsed() < TX_HOLD_MAX => {
+                    done.throttled = true;
+                    return Ok(done);
+                }
+                Sent::Busy => {
+                    self.stats.tx_dropped += 1;
+                    self.link_dead = true;
+                }
+                Sent::Yes | Sent::Dropped => {}
+            }
+            self.held = None;
+            queue.add_used(mem, held.head, 0)?;
+            done.completed += 1;
+        }
         while let Some(chain) = queue.pop(mem)? {
             let total = chain.readable_len();
             if total < HEADER_LEN as u64 || total - HEADER_LEN as u64 > MAX_FRAME as u64 {
                 self.stats.tx_errors += 1;
             } else {
                 let len = (total - HEADER_LEN as u64) as usize;
-                let frame = &mut self.buf[..len];
-                let got = chain.read_at(mem, HEADER_LEN as u64, frame)?;
-                match self.backend.send(&frame[..got]) {
-                    Ok(()) => {
-                        self.stats.tx_frames += 1;
-                        self.stats.tx_bytes += got as u64;
-                    }
-                    Err(_) => self.stats.tx_dropped += 1,
+                let got = chain.read_at(mem, HEADER_LEN as u64, &mut self.tx_buf[..len])?;
+                if let Sent::Busy = self.send(got) {
+                    self.stats.tx_stalls += 1;
+                    self.held = Some(HeldFrame {
+                        head: chain.head,
+                        len: got,
+                        since: Instant::now(),
+                    });
+                    done.throttled = true;
+                    return Ok(done);
                 }
             }
             queue.add_used(mem, chain.head, 0)?;
@@ -199,6 +271,28 @@ impl Net {
 }
 
 impl VirtioDevice for Net {
+    fn label(&self) -> String {
+        let m = self.mac;
+        format!(
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        let s = &self.stats;
+        vec![
+            ("rx_frames", s.rx_frames),
+            ("rx_bytes", s.rx_bytes),
+            ("rx_errors", s.rx_errors),
+            ("tx_frames", s.tx_frames),
+            ("tx_bytes", s.tx_bytes),
+            ("tx_dropped", s.tx_dropped),
+            ("tx_errors", s.tx_errors),
+            ("tx_stalls", s.tx_stalls),
+            ("rx_pending", self.pending.len() as u64),
+            ("tx_held", u64::from(self.held.is_some())),
+        ]
+    }
     fn device_id(&self) -> u32 {
         device_id::NET
     }
@@ -236,19 +330,37 @@ impl VirtioDevice for Net {
     fn host_fd(&self) -> Option<RawFd> {
         Some(self.backend.raw_fd())
     }
-    fn host_ready(&mut self) -> u64 {
-        // Always drain, even when the driver is not up: a readable descriptor left unread would
-        // keep the I/O thread spinning.
-        self.take_from_backend(DRAIN_BURST);
-        if self.pending.is_empty() {
-            0
-        } else {
-            1 << RX
+    fn host_interest(&self) -> HostInterest {
+        HostInterest {
+            readable: self.has_room(),
+            writable: self.held.is_some(),
         }
+    }
+    fn host_ready(&mut self, ready: HostInterest) -> u64 {
+        // Read even when the driver is not up (the frames wait, bounded): with room left, a
+        // readable descriptor left unread would keep the I/O thread spinning.
+        if ready.readable {
+            self.take_from_backend(DRAIN_BURST);
+        } else if !ready.writable {
+            // Woken for an error alone (reported whatever was asked): clear it.
+            self.backend.clear_error();
+        }
+        let rx = if self.pending.is_empty() { 0 } else { 1 << RX };
+        let tx = if ready.writable && self.held.is_some() {
+            1 << TX
+        } else {
+            0
+        };
+        rx | tx
+    }
+    fn wake_at(&self) -> Option<Instant> {
+        self.held.map(|h| h.since + TX_HOLD_MAX)
     }
     fn reset(&mut self) {
         self.pending.clear();
         self.pending_bytes = 0;
+        self.held = None;
+        self.link_dead = false;
     }
 }
 
@@ -264,7 +376,8 @@ mod tests {
     struct Wire {
         sent: Vec<Vec<u8>>,
         inbox: VecDeque<Vec<u8>>,
-        refuse: bool,
+        /// Sends fail with this error.
+        refuse: Option<io::ErrorKind>,
     }
 
     struct MockBackend(Arc<Mutex<Wire>>);
@@ -272,8 +385,8 @@ mod tests {
     impl NetBackend for MockBackend {
         fn send(&mut self, frame: &[u8]) -> io::Result<()> {
             let mut w = self.0.lock().unwrap();
-            if w.refuse {
-                return Err(io::ErrorKind::WouldBlock.into());
+            if let Some(kind) = w.refuse {
+                return Err(kind.into());
             }
             w.sent.push(frame.to_vec());
             Ok(())
@@ -295,6 +408,14 @@ mod tests {
     }
 
     const MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
+    const READABLE: HostInterest = HostInterest {
+        readable: true,
+        writable: false,
+    };
+    const WRITABLE: HostInterest = HostInterest {
+        readable: false,
+        writable: true,
+    };
 
     fn new_net() -> (Arc<Mutex<Wire>>, Net) {
         let wire = Arc::new(Mutex::new(Wire::default()));
@@ -335,7 +456,7 @@ mod tests {
     }
 
     #[test]
-    fn oversized_short_and_refused_frames_are_dropped_and_counted() {
+    fn oversized_short_and_undeliverable_frames_are_dropped_and_counted() {
         let (wire, mut net) = new_net();
         let mut driver = MockDriver::new(16, 1 << 20);
         let mut q = driver.queue();
@@ -346,13 +467,76 @@ mod tests {
         let done = net.process_queue(TX, &mut q, driver.mem()).unwrap();
         assert_eq!(done.completed, 3, "every chain is returned to the guest");
         assert_eq!(net.stats.tx_errors, 3);
-        wire.lock().unwrap().refuse = true;
+        // No peer (an unplugged cable): dropped at once, not held.
+        wire.lock().unwrap().refuse = Some(io::ErrorKind::ConnectionRefused);
         let ok = [&[0u8; HEADER_LEN][..], &frame(60, 0)].concat();
         driver.add_chain(&[MockBuffer::Readable(&ok)]);
-        net.process_queue(TX, &mut q, driver.mem()).unwrap();
+        let done = net.process_queue(TX, &mut q, driver.mem()).unwrap();
+        assert!(!done.throttled);
         assert_eq!(net.stats.tx_dropped, 1);
         assert!(wire.lock().unwrap().sent.is_empty());
         assert_eq!(driver.used().len(), 4);
+        assert!(!net.host_interest().writable);
+    }
+
+    #[test]
+    fn a_full_backend_pauses_transmission_and_a_dead_one_drops() {
+        let (wire, mut net) = new_net();
+        let mut driver = MockDriver::new(16, 1 << 20);
+        let mut q = driver.queue();
+        let frames: Vec<Vec<u8>> = (0..4).map(|i| frame(60 + i, i as u8)).collect();
+        let chain = |f: &[u8]| [&[0u8; HEADER_LEN][..], f].concat();
+        wire.lock().unwrap().refuse = Some(io::ErrorKind::WouldBlock);
+        for f in &frames[..2] {
+            driver.add_chain(&[MockBuffer::Readable(&chain(f))]);
+        }
+        // The first frame is held; the second stays in the ring; the guest gets nothing back.
+        let done = net.process_queue(TX, &mut q, driver.mem()).unwrap();
+        assert_eq!((done.completed, done.throttled), (0, true));
+        assert!(driver.used().is_empty());
+        assert!(net.host_interest().writable, "waits for room");
+        assert!(net.wake_at().is_some(), "and for its deadline");
+        assert_eq!(net.stats.tx_stalls, 1);
+        // A kick while still full changes nothing.
+        let done = net.process_queue(TX, &mut q, driver.mem()).unwrap();
+        assert_eq!((done.completed, done.throttled), (0, true));
+        // Room again: both go, in order, and nothing was dropped.
+        wire.lock().unwrap().refuse = None;
+        assert_eq!(net.host_ready(WRITABLE), 1 << TX);
+        let done = net.process_queue(TX, &mut q, driver.mem()).unwrap();
+        assert_eq!((done.completed, done.throttled), (2, false));
+        assert_eq!(wire.lock().unwrap().sent, frames[..2].to_vec());
+        assert_eq!((net.stats.tx_frames, net.stats.tx_dropped), (2, 0));
+        assert!(!net.host_interest().writable);
+        assert!(net.wake_at().is_none());
+        // Full for longer than TX_HOLD_MAX: the held frame and the ones after it are dropped,
+        // so the guest's queue keeps moving...
+        wire.lock().unwrap().refuse = Some(io::ErrorKind::WouldBlock);
+        driver.add_chain(&[MockBuffer::Readable(&chain(&frames[2]))]);
+        assert!(
+            net.process_queue(TX, &mut q, driver.mem())
+                .unwrap()
+                .throttled
+        );
+        std::thread::sleep(TX_HOLD_MAX + Duration::from_millis(20));
+        driver.add_chain(&[MockBuffer::Readable(&chain(&frames[3]))]);
+        let done = net.process_queue(TX, &mut q, driver.mem()).unwrap();
+        assert_eq!((done.completed, done.throttled), (2, false));
+        assert_eq!(net.stats.tx_dropped, 2);
+        // ...until a send succeeds, which makes a full backend worth waiting for again.
+        wire.lock().unwrap().refuse = None;
+        driver.add_chain(&[MockBuffer::Readable(&chain(&frames[0]))]);
+        net.process_queue(TX, &mut q, driver.mem()).unwrap();
+        wire.lock().unwrap().refuse = Some(io::ErrorKind::WouldBlock);
+        driver.add_chain(&[MockBuffer::Readable(&chain(&frames[1]))]);
+        assert!(
+            net.process_queue(TX, &mut q, driver.mem())
+                .unwrap()
+                .throttled
+        );
+        // A reset forgets the held frame.
+        net.reset();
+        assert!(!net.host_interest().writable);
     }
 
     #[test]
@@ -362,7 +546,7 @@ mod tests {
         let mut q = driver.queue();
         let f = frame(98, 7);
         wire.lock().unwrap().inbox.push_back(f.clone());
-        assert_eq!(net.host_ready(), 1 << RX);
+        assert_eq!(net.host_ready(READABLE), 1 << RX);
         let head = driver.add_chain(&[MockBuffer::Writable(1526)]);
         let done = net.process_queue(RX, &mut q, driver.mem()).unwrap();
         assert_eq!(done.completed, 1);
@@ -383,25 +567,30 @@ mod tests {
     }
 
     #[test]
-    fn a_guest_that_stops_reading_costs_bounded_memory_and_counts_drops() {
+    fn a_guest_that_stops_reading_costs_bounded_memory_and_stops_the_backend() {
         let (wire, mut net) = new_net();
         let extra = 100;
         for i in 0..MAX_PENDING + extra {
             wire.lock().unwrap().inbox.push_back(frame(60, i as u8));
         }
-        // The backend is drained completely; what does not fit is dropped.
-        assert_eq!(net.host_ready(), 1 << RX);
-        assert!(wire.lock().unwrap().inbox.is_empty());
+        // The backend is read until the pending queue is full; the rest stays in the host,
+        // and the device stops asking to read.
+        assert!(net.host_interest().readable);
+        assert_eq!(net.host_ready(READABLE), 1 << RX);
+        assert_eq!(wire.lock().unwrap().inbox.len(), extra);
         assert_eq!(net.pending(), MAX_PENDING);
-        assert_eq!(net.stats.rx_dropped, extra as u64);
+        assert!(!net.host_interest().readable);
+        assert_eq!(net.host_ready(READABLE), 1 << RX);
+        assert_eq!(wire.lock().unwrap().inbox.len(), extra, "nothing more read");
         // The byte bound holds too: large frames stop at MAX_PENDING_BYTES.
         let (wire2, mut net2) = new_net();
         for _ in 0..64 {
             wire2.lock().unwrap().inbox.push_back(vec![0; MAX_FRAME]);
         }
-        net2.host_ready();
+        net2.host_ready(READABLE);
         assert!(net2.pending_bytes <= MAX_PENDING_BYTES);
-        assert_eq!(net2.pending() as u64 + net2.stats.rx_dropped, 64);
+        assert_eq!(net2.pending() + wire2.lock().unwrap().inbox.len(), 64);
+        assert!(!net2.host_interest().readable);
         // Once the guest posts buffers, the oldest pending frames arrive in order.
         let mut driver = MockDriver::new(256, 1 << 20);
         let mut q = driver.queue();
@@ -419,17 +608,24 @@ mod tests {
             let got = driver.read(first_buffer(&driver, head) + HEADER_LEN as u64, 60);
             assert_eq!(got, frame(60, i as u8));
         }
+        // Room again: the device asks to read, and refills the queue in order.
         assert_eq!(net.pending(), MAX_PENDING - 8);
+        assert!(net.host_interest().readable);
+        net.host_ready(READABLE);
+        assert_eq!(net.pending(), MAX_PENDING);
+        assert_eq!(wire.lock().unwrap().inbox.len(), extra - 8);
         // A reset forgets them.
         net.reset();
         assert_eq!(net.pending(), 0);
         // A backend that never runs dry of undeliverable frames does not hold the device.
+        wire.lock().unwrap().inbox.clear();
         for _ in 0..3 * DRAIN_BURST {
             wire.lock().unwrap().inbox.push_back(vec![0; MAX_FRAME + 1]);
         }
         driver.add_chain(&[MockBuffer::Writable(1526)]);
         net.process_queue(RX, &mut q, driver.mem()).unwrap();
         assert_eq!(wire.lock().unwrap().inbox.len(), 2 * DRAIN_BURST);
+        assert_eq!(net.stats.rx_errors, DRAIN_BURST as u64);
     }
 
     #[test]
@@ -525,7 +721,7 @@ mod tests {
         // Frames before the driver is up are taken in (the descriptor must not stay readable)
         // but not delivered, and raise nothing.
         wire.lock().unwrap().inbox.push_back(frame(60, 1));
-        t.host_ready();
+        t.host_ready(READABLE);
         assert!(wire.lock().unwrap().inbox.is_empty());
         assert_eq!(irqs(&irq), 0);
         bring_up_rx(&mut t, &driver, feature::VERSION_1);
@@ -535,7 +731,7 @@ mod tests {
             .unwrap()
             .add_chain(&[MockBuffer::Writable(1526)]);
         wire.lock().unwrap().inbox.push_back(frame(70, 2));
-        t.host_ready();
+        t.host_ready(READABLE);
         assert_eq!(irqs(&irq), 1);
         assert_eq!(
             driver.lock().unwrap().used()[0].len as usize,
@@ -559,7 +755,7 @@ mod tests {
         w(&mut t2, QUEUE_NOTIFY, RX as u32);
         assert!(driver2.lock().unwrap().used().is_empty());
         wire2.lock().unwrap().inbox.push_back(frame(60, 3));
-        t2.host_ready();
+        t2.host_ready(READABLE);
         assert_eq!(driver2.lock().unwrap().used().len(), 1);
         // A new buffer and a kick deliver the waiting frame.
         driver
@@ -573,7 +769,7 @@ mod tests {
             HEADER_LEN + 70
         );
         // Nothing waiting: no interrupt.
-        t.host_ready();
+        t.host_ready(READABLE);
         assert_eq!(irqs(&irq), 2);
     }
 

@@ -27,6 +27,9 @@ impl Rng {
 }
 
 impl VirtioDevice for Rng {
+    fn label(&self) -> String {
+        "rng".into()
+    }
     fn device_id(&self) -> u32 {
         device_id::RNG
     }
