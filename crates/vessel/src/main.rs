@@ -5,9 +5,14 @@
 //! codes; the machine itself lives in the `vmm` crate.
 #![forbid(unsafe_code)]
 
+mod client;
+mod daemon;
+mod def;
+mod http;
 mod image;
 mod run;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -16,6 +21,9 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "vessel", version, about)]
 struct Cli {
+    /// The daemon's API socket (for the verbs that talk to `vessel daemon`).
+    #[arg(long, global = true, env = "VESSEL_SOCKET", default_value = daemon::DEFAULT_SOCKET)]
+    socket: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
@@ -31,6 +39,18 @@ enum Command {
     /// Create, check and describe disk images: raw files and copy-on-write overlays on a
     /// shared base image.
     Image(image::ImageArgs),
+    /// Run domain 0: the daemon that hosts domains and serves the API on a Unix socket.
+    Daemon(daemon::DaemonArgs),
+    /// Define a domain on the daemon and start it (a JSON file, or `vessel run`'s flags).
+    Create(client::CreateArgs),
+    /// List the daemon's domains.
+    List,
+    /// Attach to a domain's serial console (Ctrl-] detaches).
+    Console(client::ConsoleArgs),
+    /// Live CPU, memory and I/O of every domain.
+    Top(client::TopArgs),
+    #[command(flatten)]
+    Domain(client::DomainVerb),
 }
 
 fn main() -> ExitCode {
@@ -42,9 +62,16 @@ fn main() -> ExitCode {
             return ExitCode::from(u8::from(e.use_stderr()));
         }
     };
+    let socket = cli.socket;
     let result = match cli.command {
         Command::Run(args) => run::run(args),
         Command::Image(args) => image::image(args),
+        Command::Daemon(args) => daemon::daemon(args),
+        Command::Create(args) => client::create(&socket, args),
+        Command::List => client::list(&socket),
+        Command::Console(args) => client::console(&socket, args),
+        Command::Top(args) => client::top(&socket, args),
+        Command::Domain(verb) => client::domain_verb(&socket, verb),
     };
     match result {
         Ok(code) => code,

@@ -129,6 +129,8 @@ pub enum NetBackendConfig {
         /// The other end's socket path.
         peer: PathBuf,
     },
+    /// A port on the daemon's virtual switch of this name (only under `vessel daemon`).
+    Switch(String),
 }
 
 /// One virtual network interface (VIF).
@@ -138,11 +140,14 @@ pub struct NetConfig {
     pub backend: NetBackendConfig,
     /// Its MAC address: given, or generated from the backend (see [`generated_mac`]).
     pub mac: [u8; 6],
+    /// Whether the MAC was generated rather than given (the daemon regenerates switch ports'
+    /// MACs from the domain's name, so two domains never share one).
+    pub mac_generated: bool,
 }
 
 /// A `--net` argument that does not parse.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid --net '{given}': {why} (expected tap=NAME[,mac=MAC] or socket=PATH,peer=PATH[,mac=MAC])")]
+#[error("invalid --net '{given}': {why} (expected tap=NAME[,mac=MAC], socket=PATH,peer=PATH[,mac=MAC] or switch=NAME[,mac=MAC])")]
 pub struct NetError {
     given: String,
     why: String,
@@ -183,6 +188,7 @@ pub fn parse_net(text: &str) -> Result<NetConfig, NetError> {
         why,
     };
     let (mut tap, mut socket, mut peer, mut mac) = (None, None, None, None);
+    let mut switch = None;
     for part in text.split(',') {
         let (key, value) = part
             .split_once('=')
@@ -203,6 +209,12 @@ pub fn parse_net(text: &str) -> Result<NetConfig, NetError> {
                 }
                 tap = Some(value.to_string());
             }
+            "switch" => {
+                if !(value.len() <= 15 && value.bytes().all(|b| b.is_ascii_alphanumeric())) {
+                    return Err(err("a switch name is 1 to 15 letters and digits".into()));
+                }
+                switch = Some(value.to_string());
+            }
             "socket" | "peer" => {
                 let path =
                     std::path::absolute(value).map_err(|e| err(format!("{key} path: {e}")))?;
@@ -222,21 +234,36 @@ pub fn parse_net(text: &str) -> Result<NetConfig, NetError> {
             other => return Err(err(format!("unknown key '{other}'"))),
         }
     }
-    let backend = match (tap, socket, peer) {
-        (Some(name), None, None) => NetBackendConfig::Tap(name),
-        (None, Some(path), Some(peer)) if path != peer => NetBackendConfig::Socket { path, peer },
-        (None, Some(_), Some(_)) => return Err(err("socket and peer are the same path".into())),
-        (None, Some(_), None) => return Err(err("socket= needs peer=".into())),
-        (None, None, _) => return Err(err("tap= or socket= is missing".into())),
-        _ => return Err(err("give either tap= or socket=, not both".into())),
+    let backend = match (tap, socket, peer, switch) {
+        (None, None, None, Some(name)) => NetBackendConfig::Switch(name),
+        (_, _, _, Some(_)) => return Err(err("give one of tap=, socket= or switch=".into())),
+        (tap, socket, peer, None) => backend_of(tap, socket, peer).map_err(err)?,
     };
     let key = match &backend {
         NetBackendConfig::Tap(name) => format!("tap={name}"),
         NetBackendConfig::Socket { path, .. } => format!("socket={}", path.display()),
+        NetBackendConfig::Switch(name) => format!("switch={name}"),
     };
     Ok(NetConfig {
         mac: mac.unwrap_or_else(|| generated_mac(&key)),
+        mac_generated: mac.is_none(),
         backend,
+    })
+}
+
+fn backend_of(
+    tap: Option<String>,
+    socket: Option<PathBuf>,
+    peer: Option<PathBuf>,
+) -> Result<NetBackendConfig, String> {
+    let err = |why: &str| Err(why.to_string());
+    Ok(match (tap, socket, peer) {
+        (Some(name), None, None) => NetBackendConfig::Tap(name),
+        (None, Some(path), Some(peer)) if path != peer => NetBackendConfig::Socket { path, peer },
+        (None, Some(_), Some(_)) => return err("socket and peer are the same path"),
+        (None, Some(_), None) => return err("socket= needs peer="),
+        (None, None, _) => return err("tap=, socket= or switch= is missing"),
+        _ => return err("give either tap= or socket=, not both"),
     })
 }
 

@@ -40,6 +40,28 @@ impl ConsoleInput {
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
+    /// Delivers `bytes` to the guest's UART, waiting while its receive FIFO is full; gives up
+    /// (returns `false`) as soon as no UART is attached (the domain stopped).
+    pub fn send_if_attached(&self, mut bytes: &[u8]) -> bool {
+        while !bytes.is_empty() {
+            let taken = {
+                let slot = self.current.lock().unwrap_or_else(|e| e.into_inner());
+                match slot.as_ref() {
+                    Some(uart) => uart
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .receive(bytes),
+                    None => return false,
+                }
+            };
+            bytes = &bytes[taken..];
+            if taken == 0 {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        true
+    }
+
     /// Delivers `bytes` to the guest's UART, waiting while its receive FIFO is full (so typed
     /// or pasted input is not lost). Returns once everything was accepted.
     pub fn send(&self, mut bytes: &[u8]) {
@@ -59,5 +81,86 @@ impl ConsoleInput {
                 std::thread::sleep(Duration::from_millis(5));
             }
         }
+    }
+}
+
+/// Console output of a domain run by the daemon: the last [`ConsoleLog::CAPACITY`] bytes are
+/// kept (so output that arrived while nobody was attached is shown on attach), and attached
+/// readers get new output as it comes. A reader that falls behind loses output rather than
+/// slowing the guest's UART.
+#[derive(Clone, Default)]
+pub struct ConsoleLog {
+    inner: Arc<Mutex<LogInner>>,
+}
+
+#[derive(Default)]
+struct LogInner {
+    ring: std::collections::VecDeque<u8>,
+    readers: Vec<std::sync::mpsc::SyncSender<Vec<u8>>>,
+}
+
+impl ConsoleLog {
+    /// Bytes of recent output kept.
+    pub const CAPACITY: usize = 64 * 1024;
+
+    /// A sink for the domain's UART that writes here.
+    pub fn sink(&self) -> ConsoleSink {
+        Arc::new(Mutex::new(self.clone()))
+    }
+
+    /// The kept output, and a receiver of everything written from now on.
+    pub fn attach(&self) -> (Vec<u8>, std::sync::mpsc::Receiver<Vec<u8>>) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let (tx, rx) = std::sync::mpsc::sync_channel(1024);
+        inner.readers.push(tx);
+        (inner.ring.iter().copied().collect(), rx)
+    }
+
+    /// The kept output.
+    pub fn recent(&self) -> Vec<u8> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.ring.iter().copied().collect()
+    }
+}
+
+impl Write for ConsoleLog {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.ring.extend(buf);
+        let excess = inner.ring.len().saturating_sub(Self::CAPACITY);
+        inner.ring.drain(..excess);
+        // Detached readers (their receiver dropped) are forgotten; full ones miss this write.
+        inner.readers.retain(|r| {
+            !matches!(
+                r.try_send(buf.to_vec()),
+                Err(std::sync::mpsc::TrySendError::Disconnected(_))
+            )
+        });
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_keeps_the_newest_bytes_and_feeds_attached_readers() {
+        let log = ConsoleLog::default();
+        let mut w = log.clone();
+        w.write_all(&vec![b'a'; ConsoleLog::CAPACITY]).unwrap();
+        w.write_all(b"tail").unwrap();
+        let (kept, rx) = log.attach();
+        assert_eq!(kept.len(), ConsoleLog::CAPACITY);
+        assert!(kept.ends_with(b"aatail"));
+        w.write_all(b"live").unwrap();
+        assert_eq!(rx.recv().unwrap(), b"live");
+        drop(rx);
+        w.write_all(b"after").unwrap();
+        assert!(log.inner.lock().unwrap().readers.is_empty());
+        assert!(log.recent().ends_with(b"after"));
     }
 }

@@ -1,7 +1,9 @@
-//! How a running machine stops: the first stop reason wins, everyone else is told to stop.
+//! How a running machine stops and pauses: the first stop reason wins and everyone else is told
+//! to stop; a pause request parks every vCPU thread until it is lifted.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use devices::{PowerEvent, PowerSink};
 
@@ -14,22 +16,45 @@ pub enum StopReason {
     Reset,
     /// The guest or the VMM failed; the message says how.
     Crash(String),
+    /// The control plane destroyed the domain.
+    Destroyed,
+}
+
+/// What the thread that waits for a machine is told.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MachineEvent {
+    /// The machine stopped.
+    Stopped(StopReason),
+    /// A pause was asked for (`true`) or lifted (`false`).
+    PauseWanted(bool),
+}
+
+#[derive(Default)]
+struct State {
+    reason: Option<StopReason>,
+    pause_wanted: bool,
+    /// vCPU threads parked by a pause.
+    parked: u32,
 }
 
 /// Shared by the vCPU threads, the devices and the thread that waits for the machine.
 #[derive(Default)]
 pub struct Control {
-    reason: Mutex<Option<StopReason>>,
+    state: Mutex<State>,
     changed: Condvar,
     stopping: AtomicBool,
 }
 
 impl Control {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Records `reason` unless another reason came first, and asks every vCPU to stop.
     pub fn stop(&self, reason: StopReason) {
-        let mut slot = self.reason.lock().unwrap_or_else(|e| e.into_inner());
-        if slot.is_none() {
-            *slot = Some(reason);
+        let mut state = self.lock();
+        if state.reason.is_none() {
+            state.reason = Some(reason);
         }
         self.stopping.store(true, Ordering::SeqCst);
         self.changed.notify_all();
@@ -42,12 +67,72 @@ impl Control {
 
     /// Blocks until a stop reason is recorded, and returns it.
     pub fn wait(&self) -> StopReason {
-        let mut slot = self.reason.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.lock();
         loop {
-            if let Some(r) = slot.clone() {
+            if let Some(r) = state.reason.clone() {
                 return r;
             }
-            slot = self.changed.wait(slot).unwrap_or_else(|e| e.into_inner());
+            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Blocks until the machine stops or the wanted pause state differs from `paused`.
+    pub fn wait_event(&self, paused: bool) -> MachineEvent {
+        let mut state = self.lock();
+        loop {
+            if let Some(r) = state.reason.clone() {
+                return MachineEvent::Stopped(r);
+            }
+            if state.pause_wanted != paused {
+                return MachineEvent::PauseWanted(state.pause_wanted);
+            }
+            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Asks for the vCPUs to be parked (`true`) or to run again (`false`). The thread waiting
+    /// for the machine kicks them out of the guest.
+    pub fn want_pause(&self, on: bool) {
+        self.lock().pause_wanted = on;
+        self.changed.notify_all();
+    }
+
+    /// Called by a vCPU thread between guest entries: parks it while a pause is wanted.
+    pub fn park_if_paused(&self) {
+        let mut state = self.lock();
+        if !state.pause_wanted || state.reason.is_some() {
+            return;
+        }
+        state.parked += 1;
+        self.changed.notify_all();
+        while state.pause_wanted && state.reason.is_none() {
+            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+        state.parked -= 1;
+        self.changed.notify_all();
+    }
+
+    /// Waits (at most `timeout`) until `count` vCPU threads are parked, calling `nudge`
+    /// (which kicks them out of the guest) every millisecond meanwhile. Returns whether they
+    /// all parked.
+    pub fn wait_parked(&self, count: u32, timeout: Duration, nudge: impl Fn()) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            {
+                let state = self.lock();
+                if state.parked >= count {
+                    return true;
+                }
+                if state.reason.is_some() || Instant::now() >= deadline {
+                    return false;
+                }
+            }
+            nudge();
+            let state = self.lock();
+            let _ = self
+                .changed
+                .wait_timeout(state, Duration::from_millis(1))
+                .unwrap_or_else(|e| e.into_inner());
         }
     }
 }
@@ -75,5 +160,36 @@ mod tests {
         c.stop(StopReason::Crash("late".into()));
         assert_eq!(t.join().unwrap(), StopReason::PowerOff);
         assert!(c.stopping());
+    }
+
+    #[test]
+    fn a_pause_parks_vcpus_until_lifted_or_stopped() {
+        let c = Arc::new(Control::default());
+        c.want_pause(true);
+        assert_eq!(c.wait_event(false), MachineEvent::PauseWanted(true));
+        let vcpus: Vec<_> = (0..2)
+            .map(|_| {
+                let c = c.clone();
+                std::thread::spawn(move || c.park_if_paused())
+            })
+            .collect();
+        assert!(c.wait_parked(2, Duration::from_secs(5), || {}));
+        assert!(vcpus.iter().all(|t| !t.is_finished()));
+        c.want_pause(false);
+        for t in vcpus {
+            t.join().unwrap();
+        }
+        // A stop releases parked vCPUs too.
+        c.want_pause(true);
+        let c2 = c.clone();
+        let t = std::thread::spawn(move || c2.park_if_paused());
+        assert!(c.wait_parked(1, Duration::from_secs(5), || {}));
+        c.stop(StopReason::Destroyed);
+        t.join().unwrap();
+        assert_eq!(
+            c.wait_event(true),
+            MachineEvent::Stopped(StopReason::Destroyed)
+        );
+        assert!(!c.wait_parked(1, Duration::from_secs(5), || {}));
     }
 }

@@ -16,10 +16,12 @@ use hv::{EventFd, GuestMemory, Hypervisor, KvmFlavour};
 use crate::boot::{self, Initrd};
 use crate::config::{host_memory, DomainConfig, OnReboot};
 use crate::console::{ConsoleInput, ConsoleSink, SinkWriter};
-use crate::control::{Control, StopReason};
+use crate::control::{Control, MachineEvent, StopReason};
 use crate::error::DomainError;
 use crate::kernel::{self, KernelKind};
 use crate::layout::{self, ACPI_START, CMDLINE_MAX, MIN_MEMORY};
+use crate::net::PortProvider;
+use crate::stats::{MachineCounters, VcpuCounters};
 use crate::vcpu::VcpuRunner;
 use crate::{acpi, cpuid, virtio};
 
@@ -115,20 +117,46 @@ impl InterruptLine for IrqFd {
     }
 }
 
+/// What the control plane sees of a running machine, and how it acts on it.
+#[derive(Clone)]
+pub struct MachineView {
+    /// Stops and pauses it.
+    pub control: Arc<Control>,
+    /// Its vCPUs' counters.
+    pub counters: MachineCounters,
+    /// Its virtio devices, in slot order.
+    pub devices: Vec<Arc<Mutex<devices::virtio::mmio::MmioTransport>>>,
+    /// Its RAM.
+    pub memory: Arc<GuestMemory>,
+    /// Its console UART.
+    pub serial: Arc<Mutex<SerialConsole>>,
+}
+
+impl MachineView {
+    /// Bytes of guest RAM resident on the host.
+    pub fn resident_bytes(&self) -> u64 {
+        let starts: Vec<usize> = self.memory.regions().map(|(_, _, p)| p as usize).collect();
+        crate::stats::resident_bytes(&starts)
+    }
+}
+
 /// One boot of a domain: a KVM VM with memory, devices and vCPUs, not yet running.
-struct Machine {
+pub(crate) struct Machine {
     runners: Vec<VcpuRunner>,
     virtio: Vec<virtio::PlacedDevice>,
     _vm: hv::Vm,
     control: Arc<Control>,
     serial: Arc<Mutex<SerialConsole>>,
+    counters: MachineCounters,
+    memory: Arc<GuestMemory>,
 }
 
 impl Machine {
-    fn build(
+    pub(crate) fn build(
         hv: &Hypervisor,
         cfg: &DomainConfig,
         sink: &ConsoleSink,
+        ports: Option<&PortProvider>,
     ) -> Result<Machine, DomainError> {
         let mut vm = hv.create_vm()?;
         let memory = Arc::new(
@@ -151,7 +179,7 @@ impl Machine {
             Some(path) => Some(load_initrd(path, &kernel, cfg.memory, &memory)?),
         };
         let mut devices = virtio::build_devices(&cfg.disks)?;
-        devices.extend(crate::net::build_nets(&cfg.nets, devices.len())?);
+        devices.extend(crate::net::build_nets(&cfg.nets, devices.len(), ports)?);
         let slots: Vec<_> = (0..devices.len()).map(virtio::slot).collect();
         let tables = acpi::build(ACPI_START, cfg.vcpus, &slots);
         memory.write(tables.base, &tables.bytes)?;
@@ -196,6 +224,8 @@ impl Machine {
         let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
 
         let supported = hv.supported_cpuid()?;
+        let counters: MachineCounters =
+            Arc::new((0..cfg.vcpus).map(|_| VcpuCounters::default()).collect());
         let mut runners = Vec::with_capacity(cfg.vcpus as usize);
         for id in 0..cfg.vcpus {
             let vcpu = vm.create_vcpu(id)?;
@@ -212,6 +242,7 @@ impl Machine {
                 mmio: mmio.clone(),
                 control: control.clone(),
                 flavour: hv.flavour(),
+                counters: counters.clone(),
             });
         }
         Ok(Machine {
@@ -220,11 +251,26 @@ impl Machine {
             _vm: vm,
             control,
             serial,
+            counters,
+            memory,
         })
     }
 
-    /// Runs the vCPUs until the machine stops; returns why.
-    fn run(mut self) -> Result<StopReason, DomainError> {
+    /// The control plane's view of this machine.
+    pub(crate) fn view(&self) -> MachineView {
+        MachineView {
+            control: self.control.clone(),
+            counters: self.counters.clone(),
+            devices: self.virtio.iter().map(|d| d.transport.clone()).collect(),
+            memory: self.memory.clone(),
+            serial: self.serial.clone(),
+        }
+    }
+
+    /// Runs the vCPUs until the machine stops; returns why. Pause requests (through
+    /// [`Control::want_pause`]) park every vCPU; `paused` hears when they all have, and when
+    /// they run again.
+    pub(crate) fn run(mut self, paused: &dyn Fn(bool)) -> Result<StopReason, DomainError> {
         hv::install_kick_handler()?;
         // Stopped (dropped) when this function returns, after the vCPUs.
         let _io = virtio::IoThread::start(&self.virtio)?;
@@ -245,7 +291,28 @@ impl Machine {
                 .map_err(|_| DomainError::Crashed("a vCPU thread died at start".into()))?;
             threads.push((handle, kick));
         }
-        let reason = control.wait();
+        let count = threads.len() as u32;
+        let mut is_paused = false;
+        let reason = loop {
+            match control.wait_event(is_paused) {
+                MachineEvent::Stopped(reason) => break reason,
+                MachineEvent::PauseWanted(true) => {
+                    let kick_all = || threads.iter().for_each(|(_, kick)| kick.kick());
+                    if control.wait_parked(count, Duration::from_secs(10), kick_all) {
+                        is_paused = true;
+                        paused(true);
+                    } else if !control.stopping() {
+                        control.stop(StopReason::Crash(
+                            "a vCPU did not leave the guest within 10 s of a pause".into(),
+                        ));
+                    }
+                }
+                MachineEvent::PauseWanted(false) => {
+                    is_paused = false;
+                    paused(false);
+                }
+            }
+        };
         // Kick every vCPU out of KVM_RUN until its thread has left its loop.
         for (handle, kick) in threads {
             while !handle.is_finished() {
@@ -310,15 +377,16 @@ pub fn run(
     let hv = Hypervisor::open()?;
     validate(cfg, &hv)?;
     loop {
-        let machine = Machine::build(&hv, cfg, &sink)?;
+        let machine = Machine::build(&hv, cfg, &sink, None)?;
         input.attach(machine.serial.clone());
-        let reason = machine.run();
+        let reason = machine.run(&|_| {});
         input.detach();
         match reason? {
             StopReason::PowerOff => return Ok(Outcome::PoweredOff),
             StopReason::Reset if cfg.on_reboot == OnReboot::Exit => return Ok(Outcome::Rebooted),
             StopReason::Reset => eprintln!("vessel: guest rebooted; starting it again"),
             StopReason::Crash(msg) => return Err(DomainError::Crashed(msg)),
+            StopReason::Destroyed => return Ok(Outcome::PoweredOff),
         }
     }
 }

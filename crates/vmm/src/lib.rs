@@ -14,16 +14,19 @@ pub mod control;
 pub mod cpuid;
 pub mod domain;
 pub mod error;
+pub mod instance;
 pub mod kernel;
 pub mod layout;
 pub mod net;
+pub mod stats;
 pub mod vcpu;
 pub mod virtio;
 
 pub use config::{parse_disk, parse_size, DiskConfig, DomainConfig, OnReboot};
 pub use config::{parse_net, NetBackendConfig, NetConfig};
-pub use console::{ConsoleInput, ConsoleSink};
+pub use console::{ConsoleInput, ConsoleLog, ConsoleSink};
 /// Disk image formats (raw, copy-on-write overlays), for `vessel image`.
 pub use devices::image;
 pub use domain::{run, validate, Outcome};
 pub use error::DomainError;
+pub use instance::{Instance, RunState, Status};

@@ -9,9 +9,26 @@ use crate::config::{NetBackendConfig, NetConfig};
 use crate::error::DomainError;
 use crate::virtio::VIRTIO_MAX_DEVICES;
 
-/// Opens the host side of `net`.
-pub fn open_backend(net: &NetConfig) -> Result<Box<dyn NetBackend>, DomainError> {
+/// Opens a port on the daemon's virtual switch `switch` for VIF number `index` with address
+/// `mac`; `Err` is a message for the user.
+pub type PortProvider = std::sync::Arc<
+    dyn Fn(&str, usize, [u8; 6]) -> Result<Box<dyn NetBackend>, String> + Send + Sync,
+>;
+
+/// Opens the host side of `net`, VIF number `index`; switch ports come from `ports`.
+pub fn open_backend(
+    net: &NetConfig,
+    index: usize,
+    ports: Option<&PortProvider>,
+) -> Result<Box<dyn NetBackend>, DomainError> {
     match &net.backend {
+        NetBackendConfig::Switch(name) => match ports {
+            Some(open) => open(name, index, net.mac)
+                .map_err(|e| DomainError::Config(format!("--net switch={name}: {e}"))),
+            None => Err(DomainError::Config(format!(
+                "--net switch={name}: switch ports exist only in domains run by `vessel daemon`"
+            ))),
+        },
         NetBackendConfig::Tap(name) => {
             let (file, actual) = hv::tap::open_tap(name).map_err(|e| {
                 DomainError::Config(format!(
@@ -40,6 +57,7 @@ pub fn open_backend(net: &NetConfig) -> Result<Box<dyn NetBackend>, DomainError>
 pub fn build_nets(
     nets: &[NetConfig],
     already: usize,
+    ports: Option<&PortProvider>,
 ) -> Result<Vec<Box<dyn VirtioDevice>>, DomainError> {
     if already + nets.len() > VIRTIO_MAX_DEVICES {
         return Err(DomainError::Config(format!(
@@ -47,6 +65,10 @@ pub fn build_nets(
         )));
     }
     nets.iter()
-        .map(|net| Ok(Box::new(Net::new(open_backend(net)?, net.mac)) as Box<dyn VirtioDevice>))
+        .enumerate()
+        .map(|(index, net)| {
+            let backend = open_backend(net, index, ports)?;
+            Ok(Box::new(Net::new(backend, net.mac)) as Box<dyn VirtioDevice>)
+        })
         .collect()
 }

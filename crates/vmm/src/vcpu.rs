@@ -7,6 +7,7 @@ use devices::bus::Bus;
 use hv::{KvmFlavour, Vcpu, VcpuExit};
 
 use crate::control::{Control, StopReason};
+use crate::stats::ExitReason;
 
 /// Everything one vCPU thread needs.
 pub struct VcpuRunner {
@@ -20,31 +21,57 @@ pub struct VcpuRunner {
     pub control: Arc<Control>,
     /// The host's KVM flavour, to explain emulation failures on `kvm_pvm`.
     pub flavour: KvmFlavour,
+    /// Where this vCPU's exits are counted.
+    pub counters: crate::stats::MachineCounters,
 }
 
 impl VcpuRunner {
     /// Runs until the machine stops. Never panics on anything the guest does.
     pub fn run(mut self) {
+        let counters = self.counters.clone();
+        let id = self.vcpu.id();
+        let count = |reason| {
+            if let Some(c) = counters.get(id as usize) {
+                c.exit(reason);
+            }
+        };
+        if let Some(c) = counters.get(id as usize) {
+            c.set_current_thread();
+        }
         while !self.control.stopping() {
-            let id = self.vcpu.id();
+            self.control.park_if_paused();
+            if self.control.stopping() {
+                break;
+            }
             let fatal = match self.vcpu.run() {
                 Ok(VcpuExit::IoIn { port, data }) => {
+                    count(ExitReason::IoIn);
                     self.pio.read(u64::from(port), data);
                     None
                 }
                 Ok(VcpuExit::IoOut { port, data }) => {
+                    count(ExitReason::IoOut);
                     self.pio.write(u64::from(port), data);
                     None
                 }
                 Ok(VcpuExit::MmioRead { addr, data }) => {
+                    count(ExitReason::MmioRead);
                     self.mmio.read(addr, data);
                     None
                 }
                 Ok(VcpuExit::MmioWrite { addr, data }) => {
+                    count(ExitReason::MmioWrite);
                     self.mmio.write(addr, data);
                     None
                 }
-                Ok(VcpuExit::Interrupted) | Ok(VcpuExit::Hlt) => None,
+                Ok(VcpuExit::Hlt) => {
+                    count(ExitReason::Hlt);
+                    None
+                }
+                Ok(VcpuExit::Interrupted) => {
+                    count(ExitReason::Interrupted);
+                    None
+                }
                 Ok(VcpuExit::SystemShutdown) => {
                     self.control.stop(StopReason::PowerOff);
                     None
@@ -76,8 +103,12 @@ impl VcpuRunner {
                 Err(e) => Some(format!("vCPU {id}: {e}")),
             };
             if let Some(msg) = fatal {
+                count(ExitReason::Other);
                 self.control.stop(StopReason::Crash(msg));
             }
+        }
+        if let Some(c) = counters.get(id as usize) {
+            c.finish();
         }
     }
 }

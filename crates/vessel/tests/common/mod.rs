@@ -1,5 +1,7 @@
 //! Shared helpers for the direct-KVM tests: building the `mini` test guest, running `vessel`
 //! (or a wrapper around it) with a hard timeout, and small host checks.
+// Each test binary uses its own subset of these.
+#![allow(dead_code)]
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

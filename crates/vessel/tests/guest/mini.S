@@ -40,6 +40,10 @@
  *   mmio         from CPL3, write and read an unclaimed MMIO address (reads must be all ones)
  *   fetchmmio    jump to an unclaimed MMIO address at CPL0: KVM cannot fetch instructions from
  *                MMIO and stops the vCPU with an internal error (emulation failure)
+ *   tick         forever: print "mini: tick N" about every TICK_TSC TSC ticks, spinning at
+ *                CPL3 in between (a guest that runs until the VMM stops it)
+ *   fattick      write every page from FAT_START to FAT_END (so that much guest RAM is
+ *                resident on the host), print "mini: touched", then tick (needs 64M)
  * Anything unexpected (an unknown scenario, an exception) prints "mini: PANIC: ..." and
  * triple-faults on purpose, so a broken run ends at once with vessel exiting 1.
  *
@@ -114,6 +118,9 @@
 #define SYS_UART_KICK    5           /* write one '+' to the UART (raises its THRE interrupt) */
 
 #define HELLO_N          10000000    /* hello: sum 0..HELLO_N-1 at CPL3 */
+#define TICK_TSC         200000000   /* tick: TSC ticks between ticks (~0.1 s at 2 GHz) */
+#define FAT_START        0x1000000   /* fattick: 16 MiB... */
+#define FAT_END          0x3000000   /* ...to 48 MiB */
 #define IRQ_ROUNDS       5           /* irq: interrupts awaited at CPL0, then again at CPL3 */
 
 /* ---- Macros ------------------------------------------------------------------------------- */
@@ -312,7 +319,7 @@ bsp64:
     jnz 4f
     add $16, %r12
     jmp 2b
-3:  PRINT "mini: PANIC: unknown scenario (want hello, irq, smp, reboot, triplefault, mmio or fetchmmio)\n"
+3:  PRINT "mini: PANIC: unknown scenario (want hello, irq, smp, reboot, triplefault, mmio, fetchmmio, tick or fattick)\n"
     jmp die
 4:  jmp *8(%r12)
 
@@ -338,6 +345,16 @@ scen_fetchmmio:
     PRINT "mini: jumping to unclaimed MMIO at 0xe0000000\n"
     mov $0xe0000000, %eax
     jmp *%rax
+
+scen_tick:
+    PRINT "mini: ticking\n"
+    lea user_tick(%rip), %rdi
+    jmp enter_user
+
+scen_fattick:
+    PRINT "mini: touching memory\n"
+    lea user_fattick(%rip), %rdi
+    jmp enter_user
 
 scen_triplefault:
     PRINT "mini: loading an empty IDT and executing ud2\n"
@@ -423,6 +440,34 @@ user_hello:
     USYS SYS_PUT_DEC, %rbx
     UPRINT "\n"
     USYS SYS_POWEROFF, $0
+
+user_tick:
+    xor %ebx, %ebx                  /* ticks so far */
+1:  rdtsc
+    shl $32, %rdx
+    or %rax, %rdx
+    mov %rdx, %r15                  /* start of this period */
+2:  pause
+    rdtsc
+    shl $32, %rdx
+    or %rax, %rdx
+    sub %r15, %rdx
+    cmp $TICK_TSC, %rdx
+    jb 2b
+    inc %rbx
+    UPRINT "mini: tick "
+    USYS SYS_PUT_DEC, %rbx
+    UPRINT "\n"
+    jmp 1b
+
+user_fattick:
+    mov $FAT_START, %rbx
+1:  movq $0x5a5a5a5a, (%rbx)
+    add $4096, %rbx
+    cmp $FAT_END, %rbx
+    jb 1b
+    UPRINT "mini: touched\n"
+    jmp user_tick
 
 user_mmio:
     /* 0xe0000000 is in the 32-bit MMIO hole and no device claims it: Vessel drops writes and
@@ -782,6 +827,8 @@ s_reboot:      .asciz "reboot"
 s_triplefault: .asciz "triplefault"
 s_mmio:        .asciz "mmio"
 s_fetchmmio:   .asciz "fetchmmio"
+s_tick:        .asciz "tick"
+s_fattick:     .asciz "fattick"
 
     .balign 8
 /* The scenario table: (name, CPL0 entry) pairs, ending with a null name. */
@@ -793,6 +840,8 @@ scenarios:
     .quad s_triplefault, scen_triplefault
     .quad s_mmio, scen_mmio
     .quad s_fetchmmio, scen_fetchmmio
+    .quad s_tick, scen_tick
+    .quad s_fattick, scen_fattick
     .quad 0, 0
 
 /* ---- Data ----------------------------------------------------------------------------------- */

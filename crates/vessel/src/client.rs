@@ -1,0 +1,378 @@
+//! The CLI verbs that talk to `vessel daemon` through its API socket, with xl/virsh habits:
+//! `create`, `list`, `info`, `start`, `pause`, `unpause`, `shutdown`, `reboot`, `destroy`,
+//! `delete`, `console`, `top`.
+
+use std::io::{self, BufReader, IsTerminal, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use serde_json::Value;
+
+use crate::def::DomainDef;
+use crate::http;
+
+/// The console's detach key: Ctrl-] (as virsh).
+const DETACH: u8 = 0x1d;
+
+/// Connects to the daemon.
+fn connect(socket: &Path) -> anyhow::Result<UnixStream> {
+    UnixStream::connect(socket).with_context(|| {
+        format!(
+            "cannot reach the daemon at {} (is `vessel daemon` running? --socket or VESSEL_SOCKET choose another)",
+            socket.display()
+        )
+    })
+}
+
+/// One API call; a non-2xx answer becomes an error carrying the daemon's message.
+pub fn call(socket: &Path, method: &str, path: &str, body: Option<&[u8]>) -> anyhow::Result<Value> {
+    let mut stream = connect(socket)?;
+    let (status, body) = http::call(&mut stream, method, path, body)
+        .with_context(|| format!("talking to the daemon at {}", socket.display()))?;
+    let value: Value = serde_json::from_slice(&body)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
+    if !(200..300).contains(&status) {
+        let msg = value["error"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| value.to_string());
+        bail!("{msg} (HTTP {status})");
+    }
+    Ok(value)
+}
+
+/// `vessel create`: a definition file, or the flags of `vessel run` plus `--name`.
+#[derive(Args)]
+pub struct CreateArgs {
+    /// A JSON domain definition (docs/api.md); or give the flags below instead.
+    #[arg(value_name = "FILE", conflicts_with_all = ["name", "kernel"])]
+    file: Option<PathBuf>,
+    /// The domain's name.
+    #[arg(long, required_unless_present = "file")]
+    name: Option<String>,
+    /// Guest kernel: a bzImage or an ELF vmlinux with a PVH note.
+    #[arg(long, value_name = "PATH", required_unless_present = "file")]
+    kernel: Option<PathBuf>,
+    /// Initial ramdisk.
+    #[arg(long, value_name = "PATH")]
+    initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, default_value = "console=ttyS0")]
+    cmdline: String,
+    /// Number of virtual CPUs.
+    #[arg(long, default_value_t = 1)]
+    vcpus: u32,
+    /// Guest memory, with a K, M or G suffix (no suffix: MiB).
+    #[arg(long, default_value = "256M")]
+    memory: String,
+    /// A virtual block device, as for `vessel run`; repeat for more.
+    #[arg(long = "disk", value_name = "SPEC")]
+    disks: Vec<String>,
+    /// A virtual network interface, as for `vessel run`, or switch=vsw0 for the daemon's
+    /// virtual switch; repeat for more.
+    #[arg(long = "net", value_name = "SPEC")]
+    nets: Vec<String>,
+    /// What a guest reboot does: restart or exit.
+    #[arg(long, default_value = "restart")]
+    on_reboot: String,
+    /// Only define the domain; do not start it.
+    #[arg(long)]
+    no_start: bool,
+}
+
+/// `vessel console`.
+#[derive(Args)]
+pub struct ConsoleArgs {
+    /// The domain.
+    name: String,
+    /// Detach after this many seconds (for scripts; interactively, press Ctrl-]).
+    #[arg(long, value_name = "SECS")]
+    timeout: Option<u64>,
+}
+
+/// `vessel top`.
+#[derive(Args)]
+pub struct TopArgs {
+    /// Seconds between refreshes.
+    #[arg(long, short = 'd', default_value_t = 1.0)]
+    delay: f64,
+    /// Refresh this many times, then exit (batch mode, as `top -n`).
+    #[arg(long, short = 'n')]
+    iterations: Option<u32>,
+}
+
+/// The verbs on one domain.
+#[derive(Subcommand)]
+pub enum DomainVerb {
+    /// Show a domain's definition, state and counters as JSON.
+    Info { name: String },
+    /// Start a defined domain.
+    Start { name: String },
+    /// Pause a running domain (its vCPUs stop; its memory stays).
+    Pause { name: String },
+    /// Let a paused domain run again.
+    Unpause { name: String },
+    /// Ask the guest to power off (ACPI power button).
+    Shutdown {
+        name: String,
+        /// Wait this many seconds for the guest to power off.
+        #[arg(long, value_name = "SECS")]
+        wait: Option<u64>,
+    },
+    /// Reset a domain (a fresh boot; the guest is not asked).
+    Reboot { name: String },
+    /// Stop a domain at once and free its memory.
+    Destroy { name: String },
+    /// Forget a stopped domain's definition.
+    Delete { name: String },
+}
+
+pub fn create(socket: &Path, args: CreateArgs) -> anyhow::Result<ExitCode> {
+    let body = match &args.file {
+        Some(file) => {
+            let bytes =
+                std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+            // Checked here too, so a bad file is reported before anything is sent.
+            DomainDef::from_json(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            bytes
+        }
+        None => {
+            let def = DomainDef {
+                name: args.name.clone().unwrap_or_default(),
+                kernel: args.kernel.clone().unwrap_or_default(),
+                initrd: args.initrd,
+                cmdline: args.cmdline,
+                vcpus: args.vcpus,
+                memory: args.memory,
+                disk: args.disks,
+                net: args.nets,
+                on_reboot: args.on_reboot,
+            };
+            def.to_config().map_err(anyhow::Error::msg)?;
+            serde_json::to_vec(&def)?
+        }
+    };
+    let path = if args.no_start {
+        "/v1/domains?start=false"
+    } else {
+        "/v1/domains"
+    };
+    let v = call(socket, "POST", path, Some(&body))?;
+    println!(
+        "domain '{}' (id {}) is {}",
+        v["name"].as_str().unwrap_or("?"),
+        v["id"],
+        v["state"].as_str().unwrap_or("?")
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn domain_verb(socket: &Path, verb: DomainVerb) -> anyhow::Result<ExitCode> {
+    let (method, path, name) = match &verb {
+        DomainVerb::Info { name } => ("GET", String::new(), name),
+        DomainVerb::Start { name } => ("POST", "/start".into(), name),
+        DomainVerb::Pause { name } => ("POST", "/pause".into(), name),
+        DomainVerb::Unpause { name } => ("POST", "/unpause".into(), name),
+        DomainVerb::Shutdown { name, wait } => (
+            "POST",
+            wait.map_or("/shutdown".into(), |w| format!("/shutdown?wait={w}")),
+            name,
+        ),
+        DomainVerb::Reboot { name } => ("POST", "/reboot".into(), name),
+        DomainVerb::Destroy { name } => ("POST", "/destroy".into(), name),
+        DomainVerb::Delete { name } => ("DELETE", String::new(), name),
+    };
+    let v = call(socket, method, &format!("/v1/domains/{name}{path}"), None)?;
+    match verb {
+        DomainVerb::Info { .. } => println!("{}", serde_json::to_string_pretty(&v)?),
+        DomainVerb::Delete { name } => println!("domain '{name}' deleted"),
+        _ => println!("domain '{name}' is {}", v["state"].as_str().unwrap_or("?")),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cpu_seconds(v: &Value) -> f64 {
+    v["cpu_ns"].as_u64().unwrap_or(0) as f64 / 1e9
+}
+
+pub fn list(socket: &Path) -> anyhow::Result<ExitCode> {
+    let v = call(socket, "GET", "/v1/domains", None)?;
+    println!(
+        "{:>4}  {:<20} {:<9} {:>5} {:>8} {:>10}",
+        "ID", "NAME", "STATE", "VCPUS", "MEMORY", "CPU(s)"
+    );
+    for d in v.as_array().into_iter().flatten() {
+        println!(
+            "{:>4}  {:<20} {:<9} {:>5} {:>8} {:>10.1}",
+            d["id"].as_u64().unwrap_or(0),
+            d["name"].as_str().unwrap_or("?"),
+            d["state"].as_str().unwrap_or("?"),
+            d["vcpus"].as_u64().unwrap_or(0),
+            d["memory"].as_str().unwrap_or("?"),
+            cpu_seconds(d)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Sum of the I/O byte counters of a domain's devices: (block read+write, net rx+tx).
+fn io_bytes(info: &Value) -> (u64, u64) {
+    let mut block = 0;
+    let mut net = 0;
+    for d in info["devices"].as_array().into_iter().flatten() {
+        let c = &d["counters"];
+        let get = |k: &str| c[k].as_u64().unwrap_or(0);
+        match d["kind"].as_str() {
+            Some("block") => block += get("read_bytes") + get("write_bytes"),
+            Some("net") => net += get("rx_bytes") + get("tx_bytes"),
+            _ => {}
+        }
+    }
+    (block, net)
+}
+
+pub fn top(socket: &Path, args: TopArgs) -> anyhow::Result<ExitCode> {
+    let delay = Duration::from_secs_f64(args.delay.clamp(0.1, 3600.0));
+    let interactive = io::stdout().is_terminal() && args.iterations.is_none();
+    let mut last: std::collections::HashMap<String, (Instant, f64, u64, u64)> = Default::default();
+    let mut round = 0;
+    loop {
+        let list = call(socket, "GET", "/v1/domains", None)?;
+        let mut out = String::new();
+        if interactive {
+            out.push_str("\x1b[H\x1b[2J");
+        }
+        out.push_str(&format!(
+            "{:<20} {:<8} {:>6} {:>10} {:>12} {:>12}\n",
+            "NAME", "STATE", "CPU%", "MEM(MiB)", "BLK(KiB/s)", "NET(KiB/s)"
+        ));
+        for d in list.as_array().into_iter().flatten() {
+            let name = d["name"].as_str().unwrap_or("?").to_string();
+            let info =
+                call(socket, "GET", &format!("/v1/domains/{name}"), None).unwrap_or(Value::Null);
+            let now = Instant::now();
+            let cpu = cpu_seconds(&info);
+            let (blk, net) = io_bytes(&info);
+            let (cpu_pct, blk_rate, net_rate) = match last.get(&name) {
+                Some((t, c, b, n)) => {
+                    let dt = now.duration_since(*t).as_secs_f64().max(1e-3);
+                    (
+                        100.0 * (cpu - c).max(0.0) / dt,
+                        blk.saturating_sub(*b) as f64 / 1024.0 / dt,
+                        net.saturating_sub(*n) as f64 / 1024.0 / dt,
+                    )
+                }
+                None => (0.0, 0.0, 0.0),
+            };
+            last.insert(name.clone(), (now, cpu, blk, net));
+            let mem = info["memory_resident_bytes"].as_u64().unwrap_or(0) as f64 / (1 << 20) as f64;
+            out.push_str(&format!(
+                "{:<20} {:<8} {:>6.1} {:>10.1} {:>12.1} {:>12.1}\n",
+                name,
+                d["state"].as_str().unwrap_or("?"),
+                cpu_pct,
+                mem,
+                blk_rate,
+                net_rate
+            ));
+        }
+        print!("{out}");
+        io::stdout().flush()?;
+        round += 1;
+        if args.iterations.is_some_and(|n| round >= n) {
+            return Ok(ExitCode::SUCCESS);
+        }
+        std::thread::sleep(delay);
+    }
+}
+
+pub fn console(socket: &Path, args: ConsoleArgs) -> anyhow::Result<ExitCode> {
+    let mut stream = connect(socket)?;
+    let req = format!(
+        "GET /v1/domains/{}/console HTTP/1.1\r\nHost: vessel\r\nUpgrade: vessel-console\r\nConnection: Upgrade\r\n\r\n",
+        args.name
+    );
+    stream.write_all(req.as_bytes())?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let (status, length) = http::read_response_head(&mut reader)?;
+    if status != 101 {
+        let mut body = vec![0; length.unwrap_or(0)];
+        reader.read_exact(&mut body)?;
+        let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        bail!(
+            "{} (HTTP {status})",
+            v["error"]
+                .as_str()
+                .unwrap_or("the daemon refused the console")
+        );
+    }
+    let terminal = if io::stdin().is_terminal() {
+        Some(hv::RawTerminal::enable().context("cannot set the terminal to raw mode")?)
+    } else {
+        None
+    };
+    if terminal.is_some() {
+        eprint!(
+            "vessel: attached to '{}'; press Ctrl-] to detach\r\n",
+            args.name
+        );
+    }
+    let interactive = terminal.is_some();
+    let mut input = stream.try_clone()?;
+    let _ = std::thread::Builder::new()
+        .name("console-in".into())
+        .spawn(move || {
+            let mut stdin = io::stdin().lock();
+            let mut buf = [0u8; 256];
+            loop {
+                let n = match stdin.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                let bytes = &buf[..n];
+                if interactive {
+                    if let Some(at) = bytes.iter().position(|&b| b == DETACH) {
+                        let _ = input.write_all(&bytes[..at]);
+                        let _ = input.shutdown(std::net::Shutdown::Both);
+                        return;
+                    }
+                }
+                if input.write_all(bytes).is_err() {
+                    return;
+                }
+            }
+        });
+    if let Some(secs) = args.timeout {
+        let s = stream.try_clone()?;
+        let _ = std::thread::Builder::new()
+            .name("console-timer".into())
+            .spawn(move || {
+                std::thread::sleep(Duration::from_secs(secs));
+                let _ = s.shutdown(std::net::Shutdown::Both);
+            });
+    }
+    let mut stdout = io::stdout().lock();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if stdout
+            .write_all(&buf[..n])
+            .and_then(|_| stdout.flush())
+            .is_err()
+        {
+            break;
+        }
+    }
+    drop(terminal);
+    if interactive {
+        eprintln!("\r\nvessel: detached from '{}'", args.name);
+    }
+    Ok(ExitCode::SUCCESS)
+}

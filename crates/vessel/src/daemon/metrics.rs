@@ -1,0 +1,137 @@
+//! `GET /metrics`: every domain's counters in the Prometheus text format (version 0.0.4).
+//!
+//! Per domain: state, CPU time, memory resident; per vCPU: CPU time and exits by reason; per
+//! virtio device: each counter it keeps (bytes and operations in each direction, drops).
+
+use std::fmt::Write;
+
+use vmm::RunState;
+
+use super::Daemon;
+
+/// Escapes a label value (backslash, double quote, newline).
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The whole exposition.
+pub fn render(daemon: &Daemon) -> String {
+    let mut families: Vec<(&str, &str, &str, Vec<String>)> = vec![
+        (
+            "vessel_domain_up",
+            "gauge",
+            "1 if the domain is running or paused",
+            vec![],
+        ),
+        (
+            "vessel_domain_paused",
+            "gauge",
+            "1 if the domain is paused",
+            vec![],
+        ),
+        (
+            "vessel_domain_boots_total",
+            "counter",
+            "machines built for the domain (1 + reboots)",
+            vec![],
+        ),
+        (
+            "vessel_domain_memory_resident_bytes",
+            "gauge",
+            "guest RAM resident on the host",
+            vec![],
+        ),
+        (
+            "vessel_vcpu_cpu_seconds_total",
+            "counter",
+            "CPU time of a vCPU thread",
+            vec![],
+        ),
+        (
+            "vessel_vcpu_exits_total",
+            "counter",
+            "vCPU exits to the VMM by reason",
+            vec![],
+        ),
+        (
+            "vessel_device_counter_total",
+            "counter",
+            "a virtio device's counter",
+            vec![],
+        ),
+    ];
+    let rows = daemon.registry.each(|e| {
+        let name = label(&e.def.name);
+        let state = e.state();
+        let mut rows: Vec<(usize, String)> = vec![
+            (0, format!("{{domain=\"{name}\"}} {}", u8::from(state.is_active()))),
+            (1, format!("{{domain=\"{name}\"}} {}", u8::from(state == RunState::Paused))),
+            (2, format!("{{domain=\"{name}\"}} {}", e.status().map_or(0, |s| s.boots))),
+        ];
+        if let Some(m) = e.instance.as_ref().and_then(|i| i.machine()) {
+            rows.push((3, format!("{{domain=\"{name}\"}} {}", m.resident_bytes())));
+            for (i, c) in m.counters.iter().enumerate() {
+                let s = c.snapshot();
+                rows.push((
+                    4,
+                    format!("{{domain=\"{name}\",vcpu=\"{i}\"}} {:.9}", s.cpu_ns as f64 / 1e9),
+                ));
+                for (reason, n) in s.exits {
+                    rows.push((
+                        5,
+                        format!("{{domain=\"{name}\",vcpu=\"{i}\",reason=\"{reason}\"}} {n}"),
+                    ));
+                }
+            }
+            for (slot, t) in m.devices.iter().enumerate() {
+                let t = t.lock().unwrap_or_else(|e| e.into_inner());
+                let d = t.device();
+                let dev = label(&d.label());
+                for (counter, n) in d.counters() {
+                    rows.push((
+                        6,
+                        format!(
+                            "{{domain=\"{name}\",slot=\"{slot}\",device=\"{dev}\",counter=\"{counter}\"}} {n}"
+                        ),
+                    ));
+                }
+            }
+        }
+        rows
+    });
+    for (family, row) in rows.into_iter().flatten() {
+        families[family].3.push(row);
+    }
+    let mut out = String::new();
+    for (name, kind, help, rows) in families {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for row in rows {
+            let _ = writeln!(out, "{name}{row}");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP vessel_daemon_uptime_seconds time since the daemon started"
+    );
+    let _ = writeln!(out, "# TYPE vessel_daemon_uptime_seconds gauge");
+    let _ = writeln!(
+        out,
+        "vessel_daemon_uptime_seconds {:.3}",
+        daemon.started.elapsed().as_secs_f64()
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}

@@ -1,0 +1,216 @@
+//! `vessel daemon`: domain 0. One process hosts any number of domains, each with its own vCPU
+//! and I/O threads, and serves the HTTP/JSON API on a Unix socket (mode 0600).
+//!
+//! Each connection gets its own thread (at most [`MAX_CONNECTIONS`] at once; more are answered
+//! 503), reads requests with a timeout, and is answered by [`api::handle`]. A domain that
+//! crashes ends in its own `crashed` state; the daemon and the other domains go on.
+
+pub mod api;
+mod console;
+pub mod metrics;
+pub mod registry;
+
+use std::io::BufReader;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use vmm::Instance;
+
+use crate::http::{self, Response};
+use registry::Registry;
+
+/// Most connections served at once.
+pub const MAX_CONNECTIONS: usize = 64;
+/// How long a connection may sit idle between requests, or take to send one.
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The default API socket.
+pub const DEFAULT_SOCKET: &str = "/run/vessel.sock";
+
+#[derive(Args)]
+pub struct DaemonArgs {
+    /// Where domain definitions are kept.
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/vessel")]
+    state_dir: PathBuf,
+    /// The API's Unix socket (created with mode 0600).
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]
+    socket: PathBuf,
+}
+
+/// The daemon's shared state.
+pub struct Daemon {
+    /// Every domain.
+    pub registry: Registry,
+    /// When the daemon started.
+    pub started: Instant,
+}
+
+impl Daemon {
+    /// Starts domain `name`, or answers why not.
+    pub fn start(&self, name: &str) -> Result<(), Response> {
+        let claimed = self.registry.with(name, |e| {
+            if e.state().is_active() || e.starting {
+                None
+            } else {
+                e.starting = true;
+                Some((e.def.clone(), e.console.clone()))
+            }
+        });
+        let (def, console) = match claimed {
+            Ok(Some(v)) => v,
+            Ok(None) => {
+                return Err(Response::error(
+                    409,
+                    &format!("domain '{name}' is already running"),
+                ))
+            }
+            Err(e) => return Err(api::registry_error_response(e)),
+        };
+        let started = def
+            .to_config()
+            .map_err(|msg| Response::error(400, &msg))
+            .and_then(|cfg| {
+                let label = name.to_string();
+                let on_stop = Box::new(move |s: &vmm::Status| {
+                    eprintln!(
+                        "vessel daemon: domain '{label}' is {}: {}",
+                        s.state.name(),
+                        s.message.as_deref().unwrap_or("")
+                    );
+                });
+                Instance::start(cfg, console.sink(), None, on_stop).map_err(|e| {
+                    Response::error(
+                        api::start_error_status(&e),
+                        &format!("domain '{name}' cannot start: {e}"),
+                    )
+                })
+            });
+        let stored = self.registry.with(name, move |e| {
+            e.starting = false;
+            started.map(|instance| e.instance = Some(Arc::new(instance)))
+        });
+        stored.map_err(api::registry_error_response)?
+    }
+}
+
+/// Runs the daemon until it is killed.
+pub fn daemon(args: DaemonArgs) -> anyhow::Result<std::process::ExitCode> {
+    let (registry, warnings) = Registry::open(&args.state_dir).with_context(|| {
+        format!(
+            "cannot use the state directory {}",
+            args.state_dir.display()
+        )
+    })?;
+    for w in warnings {
+        eprintln!("vessel daemon: warning: {w}");
+    }
+    let listener = bind_private(&args.socket)?;
+    eprintln!(
+        "vessel daemon: serving the API on {} (state in {})",
+        args.socket.display(),
+        args.state_dir.display()
+    );
+    let daemon = Arc::new(Daemon {
+        registry,
+        started: Instant::now(),
+    });
+    let active = Arc::new(AtomicUsize::new(0));
+    for stream in listener.incoming() {
+        let Ok(mut stream) = stream else { continue };
+        if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+            active.fetch_sub(1, Ordering::SeqCst);
+            let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+            let _ = http::write_response(
+                &mut stream,
+                &Response::error(503, "too many connections"),
+                true,
+            );
+            continue;
+        }
+        let (daemon, active) = (daemon.clone(), active.clone());
+        let spawned = std::thread::Builder::new()
+            .name("api".into())
+            .spawn(move || {
+                serve_connection(&daemon, stream);
+                active.fetch_sub(1, Ordering::SeqCst);
+            });
+        if spawned.is_err() {
+            eprintln!("vessel daemon: warning: cannot start a connection thread");
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// Binds the API socket so that it is never reachable with wider permissions than 0600: it is
+/// bound inside a fresh private directory, restricted, then renamed into place (replacing a
+/// stale socket, never any other kind of file).
+fn bind_private(path: &Path) -> anyhow::Result<UnixListener> {
+    use std::os::unix::fs::FileTypeExt;
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        anyhow::ensure!(
+            meta.file_type().is_socket(),
+            "{} exists and is not a socket",
+            path.display()
+        );
+        if UnixStream::connect(path).is_ok() {
+            anyhow::bail!("another daemon is serving {}", path.display());
+        }
+    }
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let private = parent.join(format!(".vessel-bind-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .with_context(|| format!("cannot create {}", private.display()))?;
+    let staged = private.join("sock");
+    let bound = UnixListener::bind(&staged)
+        .and_then(|l| {
+            std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
+            std::fs::rename(&staged, path)?;
+            Ok(l)
+        })
+        .with_context(|| format!("cannot bind the API socket {}", path.display()));
+    let _ = std::fs::remove_dir_all(&private);
+    bound
+}
+
+/// Serves requests on one connection until the client closes it, errs, or idles too long.
+fn serve_connection(daemon: &Daemon, stream: UnixStream) {
+    let _ = stream.set_read_timeout(Some(READ_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(READ_TIMEOUT));
+    let Ok(writer) = stream.try_clone() else {
+        return;
+    };
+    let mut writer = writer;
+    let mut reader = BufReader::new(stream);
+    loop {
+        let req = match http::read_request(&mut reader) {
+            Ok(Some(req)) => req,
+            Ok(None) => return,
+            Err(e) => {
+                let _ =
+                    http::write_response(&mut writer, &Response::error(e.status, &e.message), true);
+                return;
+            }
+        };
+        if console::wants_upgrade(&req) {
+            console::serve(daemon, &req, reader, writer);
+            return;
+        }
+        let close = req.wants_close();
+        let resp = api::handle(daemon, &req);
+        if http::write_response(&mut writer, &resp, close).is_err() || close {
+            return;
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! A domain definition as the daemon stores it and the API takes it: `vessel run`'s flags as
+//! JSON (`kernel`, `initrd`, `cmdline`, `vcpus`, `memory`, `disk`, `net`, `on_reboot`) plus a
+//! `name`. `disk` and `net` hold the same strings as `--disk` and `--net`. Unknown fields are
+//! refused, so a typo never silently means a default.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use vmm::{DomainConfig, NetBackendConfig, OnReboot};
+
+/// A domain's definition.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainDef {
+    /// Its unique name: 1 to 32 of `A-Z a-z 0-9 _ . -`, not starting with `.` or `-`.
+    pub name: String,
+    /// Guest kernel: a bzImage or an ELF vmlinux with a PVH note.
+    pub kernel: PathBuf,
+    /// Initial ramdisk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[serde(default = "default_cmdline")]
+    pub cmdline: String,
+    /// Number of vCPUs.
+    #[serde(default = "default_vcpus")]
+    pub vcpus: u32,
+    /// Guest memory, as `--memory` takes it ("256M").
+    #[serde(default = "default_memory")]
+    pub memory: String,
+    /// Virtual block devices, as `--disk` takes them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disk: Vec<String>,
+    /// Virtual network interfaces, as `--net` takes them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub net: Vec<String>,
+    /// What a guest reboot does: "restart" or "exit" (stop the domain).
+    #[serde(default = "default_on_reboot")]
+    pub on_reboot: String,
+}
+
+fn default_cmdline() -> String {
+    "console=ttyS0".into()
+}
+fn default_vcpus() -> u32 {
+    1
+}
+fn default_memory() -> String {
+    "256M".into()
+}
+fn default_on_reboot() -> String {
+    "restart".into()
+}
+
+/// Whether `name` is a valid domain name.
+pub fn valid_name(name: &str) -> bool {
+    (1..=32).contains(&name.len())
+        && !name.starts_with(['.', '-'])
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+}
+
+impl DomainDef {
+    /// Parses a definition from JSON, with a message that says what is wrong.
+    pub fn from_json(bytes: &[u8]) -> Result<DomainDef, String> {
+        let def: DomainDef =
+            serde_json::from_slice(bytes).map_err(|e| format!("invalid domain definition: {e}"))?;
+        def.to_config()?;
+        Ok(def)
+    }
+
+    /// The VMM configuration this definition means; checks every field.
+    pub fn to_config(&self) -> Result<DomainConfig, String> {
+        if !valid_name(&self.name) {
+            return Err(format!(
+                "invalid domain name '{}': use 1 to 32 letters, digits, '_', '.' or '-', not starting with '.' or '-'",
+                self.name
+            ));
+        }
+        let memory = vmm::parse_size(&self.memory).map_err(|e| format!("memory: {e}"))?;
+        let disks = self
+            .disk
+            .iter()
+            .enumerate()
+            .map(|(i, d)| vmm::parse_disk(d, i).map_err(|e| e.to_string()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut nets = self
+            .net
+            .iter()
+            .map(|n| vmm::parse_net(n).map_err(|e| e.to_string()))
+            .collect::<Result<Vec<_>, _>>()?;
+        for (index, net) in nets.iter_mut().enumerate() {
+            if let NetBackendConfig::Switch(switch) = &net.backend {
+                if net.mac_generated {
+                    // Stable per domain and VIF: two domains never share a generated address.
+                    net.mac = vmm::config::generated_mac(&format!(
+                        "switch={switch}/{}/{index}",
+                        self.name
+                    ));
+                }
+            }
+        }
+        let on_reboot = match self.on_reboot.as_str() {
+            "restart" => OnReboot::Restart,
+            "exit" => OnReboot::Exit,
+            other => {
+                return Err(format!(
+                    "on_reboot must be \"restart\" or \"exit\", not \"{other}\""
+                ))
+            }
+        };
+        if self.vcpus == 0 {
+            return Err("vcpus must be at least 1".into());
+        }
+        Ok(DomainConfig {
+            kernel: self.kernel.clone(),
+            initrd: self.initrd.clone(),
+            cmdline: self.cmdline.clone(),
+            vcpus: self.vcpus,
+            memory,
+            on_reboot,
+            disks,
+            nets,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_minimal_definition_takes_the_run_defaults() {
+        let def = DomainDef::from_json(br#"{"name":"web-1","kernel":"/k"}"#).unwrap();
+        let cfg = def.to_config().unwrap();
+        assert_eq!((cfg.vcpus, cfg.memory), (1, 256 << 20));
+        assert_eq!(cfg.cmdline, "console=ttyS0");
+        assert_eq!(cfg.on_reboot, OnReboot::Restart);
+        let again: DomainDef = serde_json::from_slice(&serde_json::to_vec(&def).unwrap()).unwrap();
+        assert_eq!(again, def);
+    }
+
+    #[test]
+    fn switch_ports_get_per_domain_macs() {
+        let a = DomainDef::from_json(br#"{"name":"a","kernel":"/k","net":["switch=vsw0"]}"#)
+            .unwrap()
+            .to_config()
+            .unwrap();
+        let b = DomainDef::from_json(br#"{"name":"b","kernel":"/k","net":["switch=vsw0"]}"#)
+            .unwrap()
+            .to_config()
+            .unwrap();
+        assert_ne!(a.nets[0].mac, b.nets[0].mac);
+        let given = DomainDef::from_json(
+            br#"{"name":"c","kernel":"/k","net":["switch=vsw0,mac=02:00:00:00:00:09"]}"#,
+        )
+        .unwrap()
+        .to_config()
+        .unwrap();
+        assert_eq!(given.nets[0].mac, [2, 0, 0, 0, 0, 9]);
+    }
+
+    #[test]
+    fn bad_definitions_say_what_is_wrong() {
+        for (json, says) in [
+            (r#"{"name":"a"}"#, "missing field `kernel`"),
+            (
+                r#"{"name":"a","kernel":"/k","colour":"red"}"#,
+                "unknown field `colour`",
+            ),
+            (
+                r#"{"name":"a","kernel":"/k","vcpus":"two"}"#,
+                "invalid type",
+            ),
+            (r#"{"name":"","kernel":"/k"}"#, "invalid domain name"),
+            (r#"{"name":"-x","kernel":"/k"}"#, "invalid domain name"),
+            (r#"{"name":"a/b","kernel":"/k"}"#, "invalid domain name"),
+            (r#"{"name":"a","kernel":"/k","memory":"lots"}"#, "memory"),
+            (
+                r#"{"name":"a","kernel":"/k","disk":["file=x"]}"#,
+                "invalid --disk",
+            ),
+            (
+                r#"{"name":"a","kernel":"/k","net":["bridge=x"]}"#,
+                "invalid --net",
+            ),
+            (
+                r#"{"name":"a","kernel":"/k","on_reboot":"later"}"#,
+                "on_reboot",
+            ),
+            (r#"{"name":"a","kernel":"/k","vcpus":0}"#, "at least 1"),
+            (r#"[1,2]"#, "invalid domain definition"),
+            (r#"{"name":"a","#, "invalid domain definition"),
+        ] {
+            let err = DomainDef::from_json(json.as_bytes()).unwrap_err();
+            assert!(err.contains(says), "{json}: {err}");
+        }
+    }
+}

@@ -1,0 +1,344 @@
+//! A domain run by the control plane: it boots in its own supervisor thread and is paused,
+//! resumed, reset and destroyed from other threads, which also read its state and counters.
+//!
+//! The supervisor thread builds a machine, runs it, and on a guest reboot builds a fresh one
+//! (unless the policy says stop). Whatever the guest does — triple fault, KVM internal error,
+//! a device marked broken — ends in this domain's state ([`RunState::Crashed`] with a message),
+//! never in the process: even a panic in its threads is caught and reported.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use hv::Hypervisor;
+
+use crate::config::{DomainConfig, OnReboot};
+use crate::console::{ConsoleInput, ConsoleSink};
+use crate::control::StopReason;
+use crate::domain::{validate, Machine, MachineView};
+use crate::error::DomainError;
+use crate::net::PortProvider;
+
+/// Where a domain is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunState {
+    /// Its vCPUs run.
+    Running,
+    /// Its vCPUs are parked; its devices still take host input (bounded).
+    Paused,
+    /// It stopped: powered off, destroyed, or rebooted under [`OnReboot::Exit`].
+    Shutoff,
+    /// It failed; [`Status::message`] says how.
+    Crashed,
+}
+
+impl RunState {
+    /// The state's name in the API.
+    pub fn name(self) -> &'static str {
+        match self {
+            RunState::Running => "running",
+            RunState::Paused => "paused",
+            RunState::Shutoff => "shutoff",
+            RunState::Crashed => "crashed",
+        }
+    }
+
+    /// Whether the domain has a machine (running or paused).
+    pub fn is_active(self) -> bool {
+        matches!(self, RunState::Running | RunState::Paused)
+    }
+}
+
+/// A snapshot of a domain's state.
+#[derive(Clone, Debug)]
+pub struct Status {
+    /// Its state.
+    pub state: RunState,
+    /// Machines built so far (1 + guest reboots).
+    pub boots: u32,
+    /// Why it stopped or crashed, once it has.
+    pub message: Option<String>,
+    /// When the current machine started.
+    pub since: Instant,
+}
+
+struct Inner {
+    status: Status,
+    machine: Option<MachineView>,
+}
+
+struct Shared {
+    inner: Mutex<Inner>,
+    changed: Condvar,
+    input: ConsoleInput,
+    /// The control plane asked for a reset: boot again whatever the reboot policy.
+    reset_wanted: AtomicBool,
+    /// The control plane asked for the domain to stop for good (checked under `inner`'s lock
+    /// before a machine is published, so a destroy between two boots is never missed).
+    destroy_wanted: AtomicBool,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set(&self, update: impl FnOnce(&mut Inner)) {
+        update(&mut self.lock());
+        self.changed.notify_all();
+    }
+}
+
+/// A domain run by the control plane. Dropping it destroys the domain.
+pub struct Instance {
+    shared: Arc<Shared>,
+    supervisor: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Longest wait for the vCPUs to park on a pause, or to leave on a destroy.
+const TRANSITION_TIMEOUT: Duration = Duration::from_secs(15);
+
+impl Instance {
+    /// Validates `cfg`, builds its first machine and starts it. Errors in the configuration or
+    /// in building the machine are returned here; later failures show in [`Instance::status`].
+    /// Console output goes to `sink`; switch ports come from `ports`; `on_stop` hears the final
+    /// state once the domain stops for good.
+    pub fn start(
+        cfg: DomainConfig,
+        sink: ConsoleSink,
+        ports: Option<PortProvider>,
+        on_stop: Box<dyn FnOnce(&Status) + Send>,
+    ) -> Result<Instance, DomainError> {
+        let hv = Hypervisor::open()?;
+        validate(&cfg, &hv)?;
+        hv::install_kick_handler()?;
+        let first = Machine::build(&hv, &cfg, &sink, ports.as_ref())?;
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(Inner {
+                status: Status {
+                    state: RunState::Running,
+                    boots: 1,
+                    message: None,
+                    since: Instant::now(),
+                },
+                machine: Some(first.view()),
+            }),
+            changed: Condvar::new(),
+            input: ConsoleInput::default(),
+            reset_wanted: AtomicBool::new(false),
+            destroy_wanted: AtomicBool::new(false),
+        });
+        let s = shared.clone();
+        let supervisor = std::thread::Builder::new()
+            .name("domain".into())
+            .spawn(move || {
+                let s2 = s.clone();
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+                    supervise(&s2, hv, cfg, sink, ports, first)
+                }));
+                let (state, message) = match result {
+                    Ok(end) => end,
+                    Err(_) => (
+                        RunState::Crashed,
+                        "internal error: the domain's supervisor panicked".to_string(),
+                    ),
+                };
+                s.set(|i| {
+                    i.machine = None;
+                    i.status.state = state;
+                    i.status.message = Some(message);
+                });
+                on_stop(&s.lock().status);
+            })
+            .map_err(DomainError::host("starting the domain's thread"))?;
+        Ok(Instance {
+            shared,
+            supervisor: Mutex::new(Some(supervisor)),
+        })
+    }
+
+    /// The domain's state now.
+    pub fn status(&self) -> Status {
+        self.shared.lock().status.clone()
+    }
+
+    /// The running machine, if any (for counters and the console UART).
+    pub fn machine(&self) -> Option<MachineView> {
+        self.shared.lock().machine.clone()
+    }
+
+    /// Feeds the guest's console.
+    pub fn console_input(&self) -> &ConsoleInput {
+        &self.shared.input
+    }
+
+    /// Parks every vCPU. Only a running domain can be paused.
+    pub fn pause(&self) -> Result<(), String> {
+        self.transition(RunState::Running, RunState::Paused, true)
+    }
+
+    /// Lets a paused domain run again.
+    pub fn unpause(&self) -> Result<(), String> {
+        self.transition(RunState::Paused, RunState::Running, false)
+    }
+
+    fn transition(&self, from: RunState, to: RunState, pause: bool) -> Result<(), String> {
+        let mut inner = self.shared.lock();
+        if inner.status.state != from {
+            return Err(format!(
+                "the domain is {}, not {}",
+                inner.status.state.name(),
+                from.name()
+            ));
+        }
+        let Some(machine) = inner.machine.clone() else {
+            return Err("the domain has no machine".into());
+        };
+        machine.control.want_pause(pause);
+        let deadline = Instant::now() + TRANSITION_TIMEOUT;
+        while inner.status.state == from {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(format!("the domain did not become {} in time", to.name()));
+            }
+            inner = self
+                .shared
+                .changed
+                .wait_timeout(inner, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        if inner.status.state == to {
+            Ok(())
+        } else {
+            Err(format!("the domain is {} now", inner.status.state.name()))
+        }
+    }
+
+    /// Resets the domain: a fresh machine boots, whatever the reboot policy (a hard reset, as a
+    /// reset button; the guest is not asked).
+    pub fn reset(&self) -> Result<(), String> {
+        let inner = self.shared.lock();
+        let Some(machine) = inner
+            .machine
+            .as_ref()
+            .filter(|_| inner.status.state.is_active())
+        else {
+            return Err(format!("the domain is {}", inner.status.state.name()));
+        };
+        self.shared.reset_wanted.store(true, Ordering::SeqCst);
+        machine.control.want_pause(false);
+        machine.control.stop(StopReason::Reset);
+        Ok(())
+    }
+
+    /// Presses the domain's ACPI power button: a guest that handles it powers off cleanly.
+    pub fn press_power_button(&self) -> Result<(), String> {
+        Err("this domain has no ACPI power button yet".into())
+    }
+
+    /// Stops the domain at once (its vCPUs leave the guest, its memory is freed) and waits for
+    /// it. Destroying a stopped domain does nothing.
+    pub fn destroy(&self) {
+        {
+            let inner = self.shared.lock();
+            self.shared.destroy_wanted.store(true, Ordering::SeqCst);
+            if let Some(machine) = &inner.machine {
+                machine.control.stop(StopReason::Destroyed);
+            }
+        }
+        let handle = self
+            .supervisor
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
+    }
+
+    /// Waits (at most `timeout`) until the domain has stopped; returns whether it has.
+    pub fn wait_stopped(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut inner = self.shared.lock();
+        while inner.status.state.is_active() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            inner = self
+                .shared
+                .changed
+                .wait_timeout(inner, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        true
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        self.destroy();
+    }
+}
+
+/// The supervisor: runs machines until the domain stops for good; returns its final state.
+fn supervise(
+    shared: &Arc<Shared>,
+    hv: Hypervisor,
+    cfg: DomainConfig,
+    sink: ConsoleSink,
+    ports: Option<PortProvider>,
+    first: Machine,
+) -> (RunState, String) {
+    let mut next = Some(first);
+    loop {
+        let machine = match next.take() {
+            Some(m) => m,
+            None => match Machine::build(&hv, &cfg, &sink, ports.as_ref()) {
+                Ok(m) => m,
+                Err(e) => return (RunState::Crashed, format!("rebuilding after a reboot: {e}")),
+            },
+        };
+        let view = machine.view();
+        {
+            let mut inner = shared.lock();
+            if shared.destroy_wanted.load(Ordering::SeqCst) {
+                return (RunState::Shutoff, "destroyed".into());
+            }
+            if inner.machine.is_none() {
+                inner.status.boots += 1;
+            }
+            inner.machine = Some(view.clone());
+            inner.status.state = RunState::Running;
+            inner.status.since = Instant::now();
+        }
+        shared.changed.notify_all();
+        shared.input.attach(view.serial.clone());
+        let reason = machine.run(&|paused| {
+            shared.set(|i| {
+                if i.status.state.is_active() {
+                    i.status.state = if paused {
+                        RunState::Paused
+                    } else {
+                        RunState::Running
+                    };
+                }
+            })
+        });
+        shared.input.detach();
+        let reset_wanted = shared.reset_wanted.swap(false, Ordering::SeqCst);
+        match reason {
+            Ok(StopReason::Reset) if reset_wanted || cfg.on_reboot == OnReboot::Restart => {
+                shared.set(|i| i.machine = None);
+            }
+            Ok(StopReason::Reset) => return (RunState::Shutoff, "the guest rebooted".into()),
+            Ok(StopReason::PowerOff) => return (RunState::Shutoff, "the guest powered off".into()),
+            Ok(StopReason::Destroyed) => return (RunState::Shutoff, "destroyed".into()),
+            Ok(StopReason::Crash(msg)) => return (RunState::Crashed, msg),
+            Err(e) => return (RunState::Crashed, e.to_string()),
+        }
+    }
+}
