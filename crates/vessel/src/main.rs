@@ -10,6 +10,7 @@ mod daemon;
 mod def;
 mod http;
 mod image;
+mod netcli;
 mod run;
 
 use std::path::PathBuf;
@@ -49,6 +50,9 @@ enum Command {
     Console(client::ConsoleArgs),
     /// Live CPU, memory and I/O of every domain.
     Top(client::TopArgs),
+    /// The daemon's virtual switch: ports, firewall rules, default policy.
+    #[command(subcommand)]
+    Net(netcli::NetCommand),
     #[command(flatten)]
     Domain(client::DomainVerb),
 }
@@ -71,6 +75,7 @@ fn main() -> ExitCode {
         Command::List => client::list(&socket),
         Command::Console(args) => client::console(&socket, args),
         Command::Top(args) => client::top(&socket, args),
+        Command::Net(command) => netcli::net(&socket, command),
         Command::Domain(verb) => client::domain_verb(&socket, verb),
     };
     match result {

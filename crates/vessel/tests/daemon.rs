@@ -533,3 +533,93 @@ fn the_cli_verbs_talk_to_the_daemon() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is `vessel daemon` running?"));
 }
+
+#[test]
+fn switch_ports_follow_domains_and_rules_are_managed_through_the_api() {
+    require_kvm();
+    let d = TestDaemon::start(&tmpdir("switch"));
+    let def = json!({
+        "name": "s1",
+        "kernel": mini_kernel(),
+        "cmdline": "tick",
+        "memory": "16M",
+        "net": ["switch=vsw0", "switch=vsw0,mac=02:00:00:00:00:42"],
+    })
+    .to_string();
+    d.ok("POST", "/v1/domains", Some(&def));
+    let ports = d.ok("GET", "/v1/net/ports", None);
+    let names: Vec<&str> = ports
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["s1-eth0", "s1-eth1"], "{ports}");
+    assert_eq!(ports[0]["domain"], "s1");
+    // A VIF on another switch is refused with the reason, and nothing is left behind.
+    let bad = json!({"name": "s2", "kernel": mini_kernel(), "cmdline": "tick", "memory": "16M", "net": ["switch=other"]});
+    let (status, v) = d.call("POST", "/v1/domains", Some(&bad.to_string()));
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("no switch named 'other'"),
+        "{v}"
+    );
+    // Rules: add, insert first, list in order with counters, delete.
+    let r1 = d.ok(
+        "POST",
+        "/v1/net/rules",
+        Some(r#"{"pattern":{"src_domain":"s1","proto":"icmp"},"action":"drop"}"#),
+    );
+    let r2 = d.ok(
+        "POST",
+        "/v1/net/rules?position=0",
+        Some(r#"{"pattern":{"proto":"tcp","dport":5001},"action":{"rate_limit":{"bytes_per_sec":1000000,"burst":65536}}}"#),
+    );
+    let rules = d.ok("GET", "/v1/net/rules", None);
+    assert_eq!(rules[0]["id"], r2["id"], "{rules}");
+    assert_eq!(rules[1]["id"], r1["id"], "{rules}");
+    assert_eq!(rules[1]["counters"]["frames"], 0);
+    for (body, says) in [
+        (r#"{"pattern":{"dport":80},"action":"drop"}"#, "need"),
+        (
+            r#"{"pattern":{"src_ip":"10.0.0.1/8"},"action":"drop"}"#,
+            "did you mean 10.0.0.0/8",
+        ),
+        (r#"{"pattern":{},"action":"reject"}"#, "bad rule"),
+        (r#"{"pattern":{"colour":"red"},"action":"drop"}"#, "colour"),
+        ("not json", "bad rule"),
+    ] {
+        let (status, v) = d.call("POST", "/v1/net/rules", Some(body));
+        assert_eq!(status, 400, "{body}: {v}");
+        assert!(v["error"].as_str().unwrap().contains(says), "{body}: {v}");
+    }
+    let (status, _) = d.call(
+        "POST",
+        "/v1/net/rules?position=9",
+        Some(r#"{"action":"drop"}"#),
+    );
+    assert_eq!(status, 400, "a position past the end");
+    d.ok("DELETE", &format!("/v1/net/rules/{}", r1["id"]), None);
+    let (status, _) = d.call("DELETE", &format!("/v1/net/rules/{}", r1["id"]), None);
+    assert_eq!(status, 404, "deleting a deleted rule");
+    let (status, _) = d.call("DELETE", "/v1/net/rules/abc", None);
+    assert_eq!(status, 400);
+    assert_eq!(d.ok("GET", "/v1/net/policy", None)["default"], "accept");
+    assert_eq!(
+        d.ok("PUT", "/v1/net/policy", Some(r#"{"default":"drop"}"#))["default"],
+        "drop"
+    );
+    let (status, _) = d.call("PUT", "/v1/net/policy", Some(r#"{"default":"maybe"}"#));
+    assert_eq!(status, 400);
+    // The domain's ports leave the switch with its machine.
+    d.ok("POST", "/v1/domains/s1/destroy", None);
+    assert_eq!(d.ok("GET", "/v1/net/ports", None), json!([]));
+    d.ok("POST", "/v1/domains/s1/start", None);
+    assert_eq!(
+        d.ok("GET", "/v1/net/ports", None).as_array().unwrap().len(),
+        2
+    );
+}

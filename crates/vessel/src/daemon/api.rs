@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use vmm::{DomainError, Instance};
 
+use super::net;
 use super::registry::RegistryError;
 use super::Daemon;
 use crate::def::DomainDef;
@@ -59,6 +60,12 @@ pub const ROUTES: &[Route] = &[
     route("POST", "/v1/domains/{name}/reboot", reboot_domain),
     route("POST", "/v1/domains/{name}/destroy", destroy_domain),
     route("GET", "/v1/domains/{name}/console", console_without_upgrade),
+    route("GET", "/v1/net/ports", net::list_ports),
+    route("GET", "/v1/net/rules", net::list_rules),
+    route("POST", "/v1/net/rules", net::add_rule),
+    route("DELETE", "/v1/net/rules/{id}", net::delete_rule),
+    route("GET", "/v1/net/policy", net::get_policy),
+    route("PUT", "/v1/net/policy", net::set_policy),
     route("GET", "/metrics", metrics),
 ];
 

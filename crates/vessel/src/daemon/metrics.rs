@@ -113,6 +113,7 @@ pub fn render(daemon: &Daemon) -> String {
             let _ = writeln!(out, "{name}{row}");
         }
     }
+    switch_families(daemon, &mut out);
     let _ = writeln!(
         out,
         "# HELP vessel_daemon_uptime_seconds time since the daemon started"
@@ -124,6 +125,46 @@ pub fn render(daemon: &Daemon) -> String {
         daemon.started.elapsed().as_secs_f64()
     );
     out
+}
+
+/// The virtual switch's per-port and per-rule counters.
+fn switch_families(daemon: &Daemon, out: &mut String) {
+    let _ = writeln!(
+        out,
+        "# HELP vessel_switch_port_counter_total a switch port's counter"
+    );
+    let _ = writeln!(out, "# TYPE vessel_switch_port_counter_total counter");
+    for p in daemon.switch.ports() {
+        let labels = format!(
+            "port=\"{}\",domain=\"{}\"",
+            label(&p.name),
+            label(p.domain.as_deref().unwrap_or(""))
+        );
+        if let serde_json::Value::Object(counters) = serde_json::json!(p.counters) {
+            for (k, v) in counters {
+                let _ = writeln!(
+                    out,
+                    "vessel_switch_port_counter_total{{{labels},counter=\"{k}\"}} {v}"
+                );
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP vessel_switch_rule_counter_total a switch rule's counter"
+    );
+    let _ = writeln!(out, "# TYPE vessel_switch_rule_counter_total counter");
+    for r in daemon.switch.rules() {
+        if let serde_json::Value::Object(counters) = serde_json::json!(r.counters) {
+            for (k, v) in counters {
+                let _ = writeln!(
+                    out,
+                    "vessel_switch_rule_counter_total{{rule=\"{}\",counter=\"{k}\"}} {v}",
+                    r.id
+                );
+            }
+        }
+    }
 }
 
 #[cfg(test)]

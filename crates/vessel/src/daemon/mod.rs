@@ -8,6 +8,7 @@
 pub mod api;
 mod console;
 pub mod metrics;
+pub mod net;
 pub mod registry;
 
 use std::io::BufReader;
@@ -41,12 +42,17 @@ pub struct DaemonArgs {
     /// The API's Unix socket (created with mode 0600).
     #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]
     socket: PathBuf,
+    /// Connect the virtual switch to this host TAP interface (created if missing).
+    #[arg(long, value_name = "TAP")]
+    uplink: Option<String>,
 }
 
 /// The daemon's shared state.
 pub struct Daemon {
     /// Every domain.
     pub registry: Registry,
+    /// The virtual switch between the domains' VIFs.
+    pub switch: Arc<vswitch::SwitchHandle>,
     /// When the daemon started.
     pub started: Instant,
 }
@@ -84,7 +90,8 @@ impl Daemon {
                         s.message.as_deref().unwrap_or("")
                     );
                 });
-                Instance::start(cfg, console.sink(), None, on_stop).map_err(|e| {
+                let ports = net::port_provider(&self.switch, name);
+                Instance::start(cfg, console.sink(), Some(ports), on_stop).map_err(|e| {
                     Response::error(
                         api::start_error_status(&e),
                         &format!("domain '{name}' cannot start: {e}"),
@@ -110,6 +117,14 @@ pub fn daemon(args: DaemonArgs) -> anyhow::Result<std::process::ExitCode> {
     for w in warnings {
         eprintln!("vessel daemon: warning: {w}");
     }
+    let switch = Arc::new(vswitch::Switch::start().context("cannot start the virtual switch")?);
+    if let Some(tap) = &args.uplink {
+        let (file, name) = hv::tap::open_tap(tap)
+            .with_context(|| format!("cannot open the uplink TAP interface {tap}"))?;
+        switch
+            .set_uplink(file, &name)
+            .with_context(|| format!("cannot attach {name} to the switch"))?;
+    }
     let listener = bind_private(&args.socket)?;
     eprintln!(
         "vessel daemon: serving the API on {} (state in {})",
@@ -118,6 +133,7 @@ pub fn daemon(args: DaemonArgs) -> anyhow::Result<std::process::ExitCode> {
     );
     let daemon = Arc::new(Daemon {
         registry,
+        switch,
         started: Instant::now(),
     });
     let active = Arc::new(AtomicUsize::new(0));

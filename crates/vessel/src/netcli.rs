@@ -1,0 +1,212 @@
+//! `vessel net ...`: the daemon's virtual switch from the command line: its ports, its rules
+//! and its default policy.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use serde_json::{json, Map, Value};
+
+use crate::client::call;
+
+#[derive(Subcommand)]
+pub enum NetCommand {
+    /// The switch's ports (one per VIF, and the uplink) with their learned MACs and counters.
+    Ports,
+    /// The switch's firewall rules.
+    #[command(subcommand)]
+    Rule(RuleCommand),
+    /// Show the default policy, or set it (accept or drop).
+    Policy { policy: Option<String> },
+}
+
+#[derive(Subcommand)]
+pub enum RuleCommand {
+    /// Add a rule: a JSON rule (docs/api.md), or the flags below.
+    Add(Box<RuleArgs>),
+    /// Delete rule ID.
+    Del { id: u64 },
+    /// List the rules in evaluation order with their counters.
+    List,
+}
+
+#[derive(Args)]
+pub struct RuleArgs {
+    /// A whole rule as JSON, e.g. '{"pattern":{"proto":"icmp"},"action":"drop"}'.
+    #[arg(value_name = "JSON", conflicts_with_all = ["action"])]
+    json: Option<String>,
+    /// Insert at this position (0 is first); default: append.
+    #[arg(long)]
+    position: Option<usize>,
+    /// accept, drop, or rate-limit=BYTES_PER_SEC[:BURST].
+    #[arg(long, required_unless_present = "json")]
+    action: Option<String>,
+    /// Frames entering from this switch port.
+    #[arg(long)]
+    in_port: Option<String>,
+    /// Frames leaving through this switch port.
+    #[arg(long)]
+    out_port: Option<String>,
+    /// Frames from this domain.
+    #[arg(long)]
+    src_domain: Option<String>,
+    /// Frames to this domain.
+    #[arg(long)]
+    dst_domain: Option<String>,
+    /// Source MAC.
+    #[arg(long)]
+    src_mac: Option<String>,
+    /// Destination MAC.
+    #[arg(long)]
+    dst_mac: Option<String>,
+    /// ipv4, arp, ipv6 or a number.
+    #[arg(long)]
+    ethertype: Option<String>,
+    /// Source IP prefix (CIDR).
+    #[arg(long)]
+    src_ip: Option<String>,
+    /// Destination IP prefix (CIDR).
+    #[arg(long)]
+    dst_ip: Option<String>,
+    /// icmp, tcp, udp, icmpv6 or a number.
+    #[arg(long)]
+    proto: Option<String>,
+    /// TCP/UDP source port or range (first-last).
+    #[arg(long)]
+    sport: Option<String>,
+    /// TCP/UDP destination port or range (first-last).
+    #[arg(long)]
+    dport: Option<String>,
+}
+
+/// A number, or the string as given (the daemon validates either).
+fn number_or_text(s: &str) -> Value {
+    s.parse::<u64>().map_or_else(|_| json!(s), |n| json!(n))
+}
+
+fn rule_json(args: &RuleArgs) -> anyhow::Result<String> {
+    if let Some(json) = &args.json {
+        return Ok(json.clone());
+    }
+    let mut pattern = Map::new();
+    let text_fields = [
+        ("in_port", &args.in_port),
+        ("out_port", &args.out_port),
+        ("src_domain", &args.src_domain),
+        ("dst_domain", &args.dst_domain),
+        ("src_mac", &args.src_mac),
+        ("dst_mac", &args.dst_mac),
+        ("src_ip", &args.src_ip),
+        ("dst_ip", &args.dst_ip),
+    ];
+    for (key, value) in text_fields {
+        if let Some(v) = value {
+            pattern.insert(key.into(), json!(v));
+        }
+    }
+    for (key, value) in [
+        ("ethertype", &args.ethertype),
+        ("proto", &args.proto),
+        ("sport", &args.sport),
+        ("dport", &args.dport),
+    ] {
+        if let Some(v) = value {
+            pattern.insert(key.into(), number_or_text(v));
+        }
+    }
+    let action = match args.action.as_deref().unwrap_or("") {
+        "accept" => json!("accept"),
+        "drop" => json!("drop"),
+        other => {
+            let Some(spec) = other.strip_prefix("rate-limit=") else {
+                anyhow::bail!("--action must be accept, drop or rate-limit=BYTES_PER_SEC[:BURST], not '{other}'");
+            };
+            let (rate, burst) = spec.split_once(':').unwrap_or((spec, ""));
+            let rate = vmm::parse_size(rate)
+                .ok()
+                .filter(|_| !rate.chars().all(|c| c.is_ascii_digit()))
+                .or_else(|| rate.parse().ok())
+                .ok_or_else(|| anyhow::anyhow!("bad rate '{rate}' in --action"))?;
+            let burst = if burst.is_empty() {
+                (rate / 10).max(64 * 1024)
+            } else {
+                burst
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("bad burst '{burst}' in --action"))?
+            };
+            json!({ "rate_limit": { "bytes_per_sec": rate, "burst": burst } })
+        }
+    };
+    Ok(json!({ "pattern": pattern, "action": action }).to_string())
+}
+
+pub fn net(socket: &Path, command: NetCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        NetCommand::Ports => {
+            let ports = call(socket, "GET", "/v1/net/ports", None)?;
+            println!(
+                "{:<20} {:<16} {:>10} {:>12} {:>10} {:>12} {:>8}  MACS",
+                "PORT", "DOMAIN", "RX-FRAMES", "RX-BYTES", "TX-FRAMES", "TX-BYTES", "DROPS"
+            );
+            for p in ports.as_array().into_iter().flatten() {
+                let c = &p["counters"];
+                let n = |k: &str| c[k].as_u64().unwrap_or(0);
+                let macs: Vec<&str> = p["macs"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                println!(
+                    "{:<20} {:<16} {:>10} {:>12} {:>10} {:>12} {:>8}  {}",
+                    p["name"].as_str().unwrap_or("?"),
+                    p["domain"].as_str().unwrap_or("(uplink)"),
+                    n("rx_frames"),
+                    n("rx_bytes"),
+                    n("tx_frames"),
+                    n("tx_bytes"),
+                    n("tx_dropped") + n("rx_errors") + n("rx_filtered"),
+                    macs.join(",")
+                );
+            }
+        }
+        NetCommand::Rule(RuleCommand::List) => {
+            let rules = call(socket, "GET", "/v1/net/rules", None)?;
+            println!(
+                "{:>4} {:>10} {:>12} {:>10}  RULE",
+                "ID", "FRAMES", "BYTES", "DROPPED"
+            );
+            for r in rules.as_array().into_iter().flatten() {
+                let c = &r["counters"];
+                println!(
+                    "{:>4} {:>10} {:>12} {:>10}  {}",
+                    r["id"], c["frames"], c["bytes"], c["dropped"], r["rule"]
+                );
+            }
+        }
+        NetCommand::Rule(RuleCommand::Add(args)) => {
+            let body = rule_json(&args)?;
+            let path = match args.position {
+                Some(p) => format!("/v1/net/rules?position={p}"),
+                None => "/v1/net/rules".into(),
+            };
+            let v = call(socket, "POST", &path, Some(body.as_bytes()))?;
+            println!("rule {} added", v["id"]);
+        }
+        NetCommand::Rule(RuleCommand::Del { id }) => {
+            call(socket, "DELETE", &format!("/v1/net/rules/{id}"), None)?;
+            println!("rule {id} deleted");
+        }
+        NetCommand::Policy { policy } => {
+            let v = match policy {
+                None => call(socket, "GET", "/v1/net/policy", None)?,
+                Some(p) => {
+                    let body = json!({ "default": p }).to_string();
+                    call(socket, "PUT", "/v1/net/policy", Some(body.as_bytes()))?
+                }
+            };
+            println!("default policy: {}", v["default"].as_str().unwrap_or("?"));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
