@@ -42,6 +42,20 @@ impl vring::GuestMemory for GuestRam {
     fn contains(&self, addr: u64, len: u64) -> bool {
         self.0.contains(addr, len)
     }
+    fn read_u16(&self, addr: u64) -> Result<u16, vring::MemoryError> {
+        self.0.read_u16(addr).map_err(|e| vring::MemoryError {
+            addr: e.addr,
+            len: e.len,
+        })
+    }
+    fn write_u16(&self, addr: u64, value: u16) -> Result<(), vring::MemoryError> {
+        self.0
+            .write_u16(addr, value)
+            .map_err(|e| vring::MemoryError {
+                addr: e.addr,
+                len: e.len,
+            })
+    }
 }
 
 /// Where a virtio device sits, for the ACPI tables.

@@ -13,6 +13,23 @@ pub trait GuestMemory {
     /// Copies `data` into guest memory starting at guest-physical `addr`.
     fn write(&self, addr: u64, data: &[u8]) -> Result<(), MemoryError>;
 
+    /// Reads the little-endian `u16` at `addr` (a ring index or a notification field). The
+    /// driver writes these while the device reads them, so implementations over memory a guest
+    /// CPU shares must read an aligned one in a single access: a value seen half old and half
+    /// new (as a byte-wise copy can) looks like an index that jumped. The default goes through
+    /// [`read`](Self::read), which is enough for memory nobody writes concurrently (the mock).
+    fn read_u16(&self, addr: u64) -> Result<u16, MemoryError> {
+        let mut b = [0u8; 2];
+        self.read(addr, &mut b)?;
+        Ok(u16::from_le_bytes(b))
+    }
+
+    /// Writes the little-endian `u16` at `addr` (the used index, `avail_event`), in a single
+    /// access when aligned, for the same reason as [`read_u16`](Self::read_u16).
+    fn write_u16(&self, addr: u64, value: u16) -> Result<(), MemoryError> {
+        self.write(addr, &value.to_le_bytes())
+    }
+
     /// Whether `[addr, addr + len)` lies wholly inside guest memory (an empty range: always).
     ///
     /// The queue uses this to refuse rings and buffers outside guest memory when it first sees
@@ -53,20 +70,18 @@ impl MemoryError {
     }
 }
 
-/// Reads a little-endian `u16` at `addr`.
+/// Reads a little-endian `u16` at `addr`, whole (see [`GuestMemory::read_u16`]).
 pub(crate) fn read_u16(mem: &(impl GuestMemory + ?Sized), addr: u64) -> Result<u16, MemoryError> {
-    let mut b = [0u8; 2];
-    mem.read(addr, &mut b)?;
-    Ok(u16::from_le_bytes(b))
+    mem.read_u16(addr)
 }
 
-/// Writes a little-endian `u16` at `addr`.
+/// Writes a little-endian `u16` at `addr`, whole (see [`GuestMemory::write_u16`]).
 pub(crate) fn write_u16(
     mem: &(impl GuestMemory + ?Sized),
     addr: u64,
     v: u16,
 ) -> Result<(), MemoryError> {
-    mem.write(addr, &v.to_le_bytes())
+    mem.write_u16(addr, v)
 }
 
 #[cfg(test)]

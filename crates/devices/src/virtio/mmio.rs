@@ -55,6 +55,8 @@ pub struct MmioTransport {
     status: u32,
     interrupt_status: u32,
     config_generation: u32,
+    /// Why the device last needed a reset (a hostile or broken ring), for diagnostics.
+    failure: Option<String>,
 }
 
 impl MmioTransport {
@@ -77,6 +79,7 @@ impl MmioTransport {
             status: 0,
             interrupt_status: 0,
             config_generation: 0,
+            failure: None,
         }
     }
 
@@ -96,6 +99,11 @@ impl MmioTransport {
     /// The device-side status register (for tests and accounting).
     pub fn status(&self) -> u32 {
         self.status
+    }
+
+    /// Why the device last needed a reset, if it did.
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.as_deref()
     }
 
     /// The device, for accounting.
@@ -159,11 +167,12 @@ impl MmioTransport {
     /// diagnostics.
     pub fn describe(&self) -> String {
         let mut out = format!(
-            "{} status={:#x} isr={:#x} interest={:?}",
+            "{} status={:#x} isr={:#x} interest={:?} failure={:?}",
             self.device.label(),
             self.status,
             self.interrupt_status,
-            self.device.host_interest()
+            self.device.host_interest(),
+            self.failure
         );
         for (i, q) in self.queues.iter().enumerate() {
             out.push_str(&format!(" | q{i}: {}", q.describe(self.mem.0.as_ref())));
@@ -217,8 +226,9 @@ impl MmioTransport {
             match serve_queue(self.device.as_mut(), index, queue, self.mem.0.as_ref()) {
                 Ok(true) => interrupt |= INT_USED_BUFFER,
                 Ok(false) => {}
-                Err(_) => {
+                Err(e) => {
                     // A driver that corrupts its ring gets its device stopped, not the VMM.
+                    self.failure = Some(format!("queue {index}: {e}"));
                     self.status |= status::DEVICE_NEEDS_RESET;
                     interrupt |= INT_CONFIG_CHANGE;
                 }

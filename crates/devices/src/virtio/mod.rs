@@ -48,6 +48,12 @@ impl vring::GuestMemory for Memory {
     fn contains(&self, addr: u64, len: u64) -> bool {
         self.0.contains(addr, len)
     }
+    fn read_u16(&self, addr: u64) -> Result<u16, vring::MemoryError> {
+        self.0.read_u16(addr)
+    }
+    fn write_u16(&self, addr: u64, value: u16) -> Result<(), vring::MemoryError> {
+        self.0.write_u16(addr, value)
+    }
 }
 
 /// What processing a queue did.
