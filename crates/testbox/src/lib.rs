@@ -792,12 +792,16 @@ impl HostBox {
     ///
     /// A run whose L1 wedges is tried once more, with a warning on stderr: under load, TCG's
     /// emulated SVM occasionally wedges L1's KVM, either with a soft lockup report (then the
-    /// run is stopped at once) or silently until the timeout. A second failure is an error like
-    /// any other, so a hang of the code under test still fails its test.
+    /// run is stopped at once) or silently until the timeout, or resets L1 outright (QEMU,
+    /// run with `-no-reboot`, exits 0 without a panic or `@@BOX-DONE`: nothing L1 user space
+    /// can cause). A second failure is an error like any other, so a hang of the code under
+    /// test still fails its test.
     pub fn run(self) -> Result<BoxRun, BoxError> {
         match self.run_once() {
             Err(BoxError::Run { reason, .. })
-                if reason.contains(L1_LOCKUP) || reason.starts_with("timed out") =>
+                if reason.contains(L1_LOCKUP)
+                    || reason.starts_with("timed out")
+                    || reason.starts_with("QEMU exited (exit status: 0)") =>
             {
                 eprintln!("testbox: warning: {reason}; running the box once more");
                 self.run_once()
