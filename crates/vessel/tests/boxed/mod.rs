@@ -42,3 +42,48 @@ pub fn assert_guest_ok(step: &StepResult) {
         step.output
     );
 }
+
+/// The guest tools of `tests/guest/`: `udpflood` compiled statically with gcc into `dir`, and
+/// the `agent` script (`vscript=agent vip=ADDR`) with its `session`, packed as a second initramfs archive
+/// (returned) to append to the guest's own:
+/// `cat /assets/initramfs.cpio.gz /tools.cpio.gz > /tmp/initrd` in L1.
+pub fn guest_tools(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::process::Command;
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guest");
+    let root = dir.join("tools-root");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    let tools = ["udpflood"];
+    for tool in tools.iter() {
+        let out = Command::new("gcc")
+            .args(["-O2", "-static", "-o"])
+            .arg(root.join("bin").join(tool))
+            .arg(src.join(format!("{tool}.c")))
+            .output()
+            .expect("gcc is needed to build the guest tools");
+        assert!(
+            out.status.success(),
+            "building {tool} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    std::fs::create_dir_all(root.join("scripts")).unwrap();
+    std::fs::copy(src.join("agent.sh"), root.join("scripts/agent")).unwrap();
+    std::fs::copy(src.join("session.sh"), root.join("scripts/session")).unwrap();
+    std::fs::set_permissions(
+        root.join("scripts/session"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let archive = dir.join("tools.cpio.gz");
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cd {} && ls bin/* scripts/* | cpio -o -H newc 2>/dev/null | gzip -1 > {}",
+            root.display(),
+            archive.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(status.success(), "packing the guest tools failed");
+    archive
+}
