@@ -92,6 +92,10 @@ pub struct ConsoleArgs {
     /// Detach after this many seconds (for scripts; interactively, press Ctrl-]).
     #[arg(long, value_name = "SECS")]
     timeout: Option<u64>,
+    /// Detach as soon as the output (kept or live) contains TEXT (for scripts); with
+    /// --timeout, exit 1 if it has not appeared by then.
+    #[arg(long, value_name = "TEXT")]
+    until: Option<String>,
 }
 
 /// `vessel top`.
@@ -357,6 +361,9 @@ pub fn console(socket: &Path, args: ConsoleArgs) -> anyhow::Result<ExitCode> {
     }
     let mut stdout = io::stdout().lock();
     let mut buf = [0u8; 4096];
+    // The tail of what was seen, long enough to find `until` across two reads.
+    let mut seen: Vec<u8> = Vec::new();
+    let mut found = false;
     loop {
         let n = match reader.read(&mut buf) {
             Ok(0) | Err(_) => break,
@@ -369,10 +376,26 @@ pub fn console(socket: &Path, args: ConsoleArgs) -> anyhow::Result<ExitCode> {
         {
             break;
         }
+        if let Some(text) = args.until.as_deref().filter(|t| !t.is_empty()) {
+            seen.extend_from_slice(&buf[..n]);
+            if seen.windows(text.len()).any(|w| w == text.as_bytes()) {
+                found = true;
+                let _ = stream.shutdown(std::net::Shutdown::Both);
+                break;
+            }
+            let cut = seen.len().saturating_sub(text.len() - 1);
+            seen.drain(..cut);
+        }
     }
     drop(terminal);
     if interactive {
         eprintln!("\r\nvessel: detached from '{}'", args.name);
+    }
+    if args.until.is_some() && !found {
+        bail!(
+            "the console of '{}' did not show the text before it closed",
+            args.name
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

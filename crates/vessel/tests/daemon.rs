@@ -514,6 +514,26 @@ fn the_cli_verbs_talk_to_the_daemon() {
         out.contains("mini: boot") && out.contains("mini: tick 1\n"),
         "{out}"
     );
+    let (code, out, _) = vessel(&[
+        "console",
+        "c1",
+        "--until",
+        "mini: tick 4",
+        "--timeout",
+        "20",
+    ]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("mini: tick 4"), "{out}");
+    let (code, _, err) = vessel(&[
+        "console",
+        "c1",
+        "--until",
+        "never printed",
+        "--timeout",
+        "1",
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("did not show"), "{err}");
     let (code, out, _) = vessel(&["top", "-n", "2", "-d", "0.3"]);
     assert_eq!(code, Some(0));
     assert!(

@@ -1,0 +1,100 @@
+# L1 side of crates/vessel/tests/daemon_linux.rs: four Linux domains under one `vessel daemon`,
+# driven only through its API (the vessel CLI is its client), their VIFs on the daemon's switch,
+# whose uplink TAP gives L1 a way in to start commands in the guests (tests/guest/agent.sh).
+# Prints KEY=VALUE lines the test checks; never decides pass or fail itself.
+set -u
+cat /assets/initramfs.cpio.gz /tools.cpio.gz > /tmp/initrd
+export VESSEL_SOCKET=/tmp/api.sock
+vessel daemon --state-dir /tmp/state --socket $VESSEL_SOCKET --uplink vtap0 2>/tmp/daemon.log &
+daemon=$!
+# The step ends only when nothing holds its output: stop the daemon however the script ends.
+trap 'kill $daemon 2>/dev/null' EXIT
+i=0; while [ ! -S $VESSEL_SOCKET ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
+ip addr add 10.0.1.254/24 dev vtap0 && ip link set vtap0 up && echo UPLINK=up
+echo DAEMON_RSS_START=$(awk '/VmRSS/ {print $2}' /proc/$daemon/status)
+
+n=1
+for d in a b c d; do
+    cat > /tmp/$d.json <<JSON
+{"name": "$d", "kernel": "/assets/bzImage", "initrd": "/tmp/initrd", "memory": "160M",
+ "cmdline": "console=ttyS0 quiet panic=-1 reboot=t vscript=agent vip=10.0.1.$n",
+ "net": ["switch=vsw0"]}
+JSON
+    vessel create /tmp/$d.json && echo CREATED=$d
+    n=$((n+1))
+done
+vessel list | sed 's/^/LIST /'
+
+# Every guest answers L1 (through the uplink) before anything else.
+for n in 1 2 3 4; do
+    i=0; until ping -c 1 -W 1 10.0.1.$n >/dev/null 2>&1; do
+        i=$((i+1)); [ $i -ge 300 ] && break; sleep 1; done
+    [ $i -lt 300 ] && echo REACHABLE=$n
+done
+
+# on GUEST_N COMMANDS: runs COMMANDS (one line) in guest N's shell and prints their output.
+on() { g=$1; shift; echo "$*" | timeout 120 nc 10.0.1.$g 7000; }
+
+# All pairs through the switch.
+for s in 1 2 3 4; do for t in 1 2 3 4; do
+    [ $s = $t ] && continue
+    on $s "ping -c 1 -W 3 10.0.1.$t >/dev/null 2>&1 && echo PAIR=$s-$t || echo NOPAIR=$s-$t"
+done; done
+
+# A drop rule on ICMP from a to b; every other pair still talks.
+drop=$(vessel net rule add --src-domain a --dst-domain b --proto icmp --action drop | cut -d' ' -f2)
+echo RULE=drop-$drop
+for s in 1 2 3 4; do for t in 1 2 3 4; do
+    [ $s = $t ] && continue
+    on $s "ping -c 1 -W 3 10.0.1.$t >/dev/null 2>&1 && echo DROPPAIR=$s-$t || echo DROPNOPAIR=$s-$t"
+done; done
+vessel net rule list | sed 's/^/RULES /'
+vessel net rule del $drop && echo RULE=deleted
+
+# A rate limit of 200 KB/s on TCP to port 5001: 1 MiB from c to d takes about 5 s.
+rate=$(vessel net rule add --proto tcp --dport 5001 --action rate-limit=200000:32768 | cut -d' ' -f2)
+echo RULE=rate-$rate
+on 4 "nc -l -p 5001 > /tmp/rx 2>/dev/null </dev/null & sleep 1; echo LISTENING"
+on 3 "head -c 1048576 /dev/zero > /tmp/tx; s=\$(cut -d' ' -f1 /proc/uptime); nc 10.0.1.4 5001 < /tmp/tx; e=\$(cut -d' ' -f1 /proc/uptime); echo RATE_SECONDS=\$s,\$e"
+on 4 "sleep 1; echo RATE_RX=\$(wc -c < /tmp/rx)"
+vessel net rule del $rate && echo RULE=deleted
+
+# Fairness: b sends TCP to d alone, then while a floods c with UDP.
+on 4 "nc -l -p 6001 > /dev/null 2>&1 </dev/null & nc -l -p 6002 > /dev/null 2>&1 </dev/null & sleep 1; echo LISTENING"
+on 2 "s=\$(cut -d' ' -f1 /proc/uptime); head -c 4194304 /dev/zero | nc 10.0.1.4 6001; e=\$(cut -d' ' -f1 /proc/uptime); echo ALONE_SECONDS=\$s,\$e"
+( on 1 "udpflood 10.0.1.3 9 40 1400" > /tmp/flood.out ) &
+sleep 5
+vessel net ports | sed 's/^/PORTS_BEFORE /'; echo L1_BEFORE=$(cut -d' ' -f1 /proc/uptime)
+on 2 "s=\$(cut -d' ' -f1 /proc/uptime); head -c 4194304 /dev/zero | nc 10.0.1.4 6002; e=\$(cut -d' ' -f1 /proc/uptime); echo FLOODED_SECONDS=\$s,\$e"
+vessel net ports | sed 's/^/PORTS_AFTER /'; echo L1_AFTER=$(cut -d' ' -f1 /proc/uptime)
+wait
+cat /tmp/flood.out
+vessel net ports | sed 's/^/PORTS /'
+
+# Pause: the guest's own counter stops while paused and goes on after.
+on 2 "(i=0; while true; do i=\$((i+1)); echo \$i > /tmp/count; sleep 0.2; done) </dev/null >/dev/null 2>&1 & echo COUNTING"
+sleep 3
+c0=$(on 2 "cat /tmp/count")
+vessel pause b && echo PAUSED=b
+on 1 "ping -c 1 -W 2 10.0.1.2 >/dev/null 2>&1 && echo PAUSED_PING=answered || echo PAUSED_PING=silent"
+sleep 6
+vessel unpause b && echo UNPAUSED=b
+c1=$(on 2 "cat /tmp/count"); sleep 3; c2=$(on 2 "cat /tmp/count")
+echo COUNTS=$c0,$c1,$c2
+vessel info b | grep -E '"state"|"cpu_ns"' | sed 's/^/INFO_B /'
+
+# Crash: c triple-faults (reboot=t after a panic); the others keep running.
+on 3 "echo c > /proc/sysrq-trigger" >/dev/null 2>&1 &
+i=0; until vessel info c | grep -q '"state": "crashed"'; do i=$((i+1)); [ $i -ge 120 ] && break; sleep 1; done
+vessel info c | grep -E '"state"|"message"' | sed 's/^/INFO_C /'
+on 1 "ping -c 1 -W 3 10.0.1.4 >/dev/null 2>&1 && echo AFTER_CRASH=1-4"
+
+# Destroy frees memory.
+echo DAEMON_RSS_BEFORE_DESTROY=$(awk '/VmRSS/ {print $2}' /proc/$daemon/status)
+vessel destroy d && echo DESTROYED=d
+echo DAEMON_RSS_AFTER_DESTROY=$(awk '/VmRSS/ {print $2}' /proc/$daemon/status)
+vessel list | sed 's/^/LIST2 /'
+curl_metrics=$(vessel info a | grep -c vcpu_stats)
+echo INFO_A_HAS_STATS=$curl_metrics
+kill $daemon
+echo DAEMON_LOG; cat /tmp/daemon.log
