@@ -1,4 +1,6 @@
 //! Helpers shared by the benchmarks: reading figures out of box step output, medians, rounds.
+// Each benchmark uses its own subset of these.
+#![allow(dead_code)]
 
 use testbox::StepResult;
 

@@ -1,0 +1,218 @@
+//! Domain 0 benchmark, in one host box, against QEMU on the same guest:
+//!
+//! - **start**: from the API call (`vessel create` to a running `vessel daemon`) to the guest's
+//!   `/init` marker on its console, for 1 domain and for 4 created at once; QEMU has no daemon,
+//!   so its figure is from spawning `qemu-system-x86_64 -M microvm` to the same marker.
+//! - **switch**: guest-to-guest TCP (16 MiB through `nc`, timed by the sender's own clock)
+//!   between two domains on the daemon's virtual switch, against two QEMU guests on TAP devices
+//!   joined by a Linux bridge in the same L1.
+//!
+//! Run with `cargo bench -p vessel --bench daemon`. Not a test: it prints what it measured.
+//! `VESSEL_BENCH_ROUNDS` rounds (default 2), alternating Vessel and QEMU; figures are medians.
+
+mod common;
+
+use std::time::Duration;
+
+use testbox::{Assets, HostBox};
+
+const VESSEL: &str = env!("CARGO_BIN_EXE_vessel");
+const MIB: u32 = 16;
+const MARKER: &str = "VESSEL-GUEST-INIT";
+
+/// L1 shell: seconds since L1 booted.
+const NOW: &str = "$(cut -d' ' -f1 /proc/uptime)";
+
+/// Starts the daemon (with the uplink TAP `vtap0` when `uplink`) and waits for its socket.
+fn daemon(uplink: bool) -> String {
+    let uplink = if uplink { " --uplink vtap0" } else { "" };
+    format!(
+        "export VESSEL_SOCKET=/tmp/api.sock; rm -rf /tmp/state; \
+         vessel daemon --state-dir /tmp/state --socket /tmp/api.sock{uplink} 2>/tmp/daemon.log & \
+         DPID=$!; i=0; while [ ! -S /tmp/api.sock ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done"
+    )
+}
+
+fn definition(name: &str, cmdline: &str, net: bool) -> String {
+    let net = if net {
+        r#", "net": ["switch=vsw0"]"#
+    } else {
+        ""
+    };
+    format!(
+        r#"{{"name": "{name}", "kernel": "/assets/vmlinux", "initrd": "/assets/initramfs.cpio.gz", "memory": "256M", "cmdline": "{cmdline}"{net}}}"#
+    )
+}
+
+/// Vessel: create `n` domains at once through the API, wait for each one's marker.
+fn vessel_start(n: usize) -> String {
+    let mut s = daemon(false);
+    for i in 0..n {
+        let def = definition(
+            &format!("d{i}"),
+            "console=ttyS0 quiet vcmd=\\\"sleep 600\\\"",
+            false,
+        );
+        s.push_str(&format!("; echo '{def}' > /tmp/d{i}.json"));
+    }
+    s.push_str(&format!("; T0={NOW}"));
+    for i in 0..n {
+        s.push_str(&format!("; vessel create /tmp/d{i}.json >/dev/null &"));
+    }
+    for i in 0..n {
+        // The create may still be on its way: a console of an unknown domain fails at once.
+        s.push_str(&format!(
+            "; until vessel console d{i} --until {MARKER} --timeout 300 >/dev/null 2>&1; \
+             do sleep 0.02; done; echo UP{i}={NOW}"
+        ));
+    }
+    s.push_str("; echo T0=$T0; kill $DPID; wait; true");
+    s
+}
+
+/// QEMU: spawn `n` microvm guests at once, wait for each one's marker in its output.
+fn qemu_start(n: usize) -> String {
+    let mut s = format!("T0={NOW}");
+    for i in 0..n {
+        s.push_str(&format!(
+            "; timeout 600 qemu-system-x86_64 -enable-kvm -M microvm -cpu host -m 256 -smp 1 \
+             -nographic -no-reboot -kernel /assets/vmlinux -initrd /assets/initramfs.cpio.gz \
+             -append 'console=ttyS0 quiet vcmd=\"sleep 600\"' </dev/null >/tmp/q{i}.log 2>&1 &"
+        ));
+    }
+    for i in 0..n {
+        s.push_str(&format!(
+            "; until grep -q {MARKER} /tmp/q{i}.log; do sleep 0.02; done; echo UP{i}={NOW}"
+        ));
+    }
+    s.push_str("; echo T0=$T0; pkill qemu-system; wait; true");
+    s
+}
+
+/// Seconds from T0 to the last UPi of a start step.
+fn start_seconds(step: &testbox::StepResult, n: usize) -> f64 {
+    let t0 = common::figure(step, "T0=");
+    (0..n)
+        .map(|i| common::figure(step, &format!("UP{i}=")) - t0)
+        .fold(0.0, f64::max)
+}
+
+/// Guest commands: address eth0, wait for the peer, then receive or send 16 MiB.
+fn receiver() -> String {
+    "ip addr add 10.0.0.2/24 dev eth0; ip link set eth0 up; \
+     timeout 300 nc -l -p 5000 > /dev/null; echo RXDONE"
+        .to_string()
+}
+
+fn sender() -> String {
+    format!(
+        "ip addr add 10.0.0.1/24 dev eth0; ip link set eth0 up; i=0; \
+         until ping -c 1 -W 1 10.0.0.2 >/dev/null 2>&1; do i=$((i+1)); \
+         if [ $i -ge 240 ]; then echo UNREACHABLE; exit 1; fi; sleep 1; done; sleep 2; \
+         echo TX0=$(cat /proc/uptime); \
+         dd if=/dev/zero bs=64k count={} 2>/dev/null | nc 10.0.0.2 5000 || echo SEND-FAILED; \
+         echo TX1=$(cat /proc/uptime); sleep 1",
+        MIB * 16
+    )
+}
+
+fn vessel_switch() -> String {
+    let b = definition(
+        "rx",
+        &format!("console=ttyS0 quiet vcmd=\\\"{}\\\"", receiver()),
+        true,
+    );
+    let a = definition(
+        "tx",
+        &format!("console=ttyS0 quiet vcmd=\\\"{}\\\"", sender()),
+        true,
+    );
+    format!(
+        "{}; echo '{b}' > /tmp/rx.json; echo '{a}' > /tmp/tx.json; \
+         vessel create /tmp/rx.json >/dev/null; vessel create /tmp/tx.json >/dev/null; \
+         vessel console tx --until TX1= --timeout 600 | grep -E 'TX0=|TX1=|FAILED|UNREACHABLE'; \
+         kill $DPID; wait; true",
+        daemon(false)
+    )
+}
+
+fn qemu_guest(tap: &str, mac: &str, guest: &str, log: &str) -> String {
+    format!(
+        "timeout 600 qemu-system-x86_64 -enable-kvm -M microvm -cpu host -m 256 -smp 1 \
+         -nographic -no-reboot -kernel /assets/vmlinux -initrd /assets/initramfs.cpio.gz \
+         -netdev tap,id=n0,ifname={tap},script=no,downscript=no \
+         -device virtio-net-device,netdev=n0,mac={mac} \
+         -append 'console=ttyS0 quiet vcmd=\"{guest}\"' </dev/null >{log} 2>&1"
+    )
+}
+
+fn qemu_bridge() -> String {
+    format!(
+        "ip link add br0 type bridge 2>/dev/null || brctl addbr br0; ip link set br0 up; \
+         ip tuntap add qtap0 mode tap; ip tuntap add qtap1 mode tap; \
+         for t in qtap0 qtap1; do ip link set $t master br0 2>/dev/null || brctl addif br0 $t; ip link set $t up; done; \
+         ({}) & ({}) & wait; grep -hE 'TX0=|TX1=|FAILED|UNREACHABLE' /tmp/qtx.log; \
+         ip link del qtap0; ip link del qtap1; ip link del br0 2>/dev/null || brctl delbr br0; true",
+        qemu_guest("qtap1", "02:00:00:00:00:0b", &receiver(), "/tmp/qrx.log"),
+        qemu_guest("qtap0", "02:00:00:00:00:0a", &sender(), "/tmp/qtx.log"),
+    )
+}
+
+fn throughput(step: &testbox::StepResult) -> f64 {
+    assert!(
+        !step.output.contains("FAILED") && !step.output.contains("UNREACHABLE"),
+        "step {}:\n{}",
+        step.name,
+        step.output
+    );
+    f64::from(MIB) / (common::figure(step, "TX1=") - common::figure(step, "TX0="))
+}
+
+fn main() {
+    let rounds = common::rounds(2);
+    let assets = Assets::locate().unwrap_or_else(|e| panic!("guest assets unavailable: {e}"));
+    let mut bx = HostBox::new(&assets)
+        .with_qemu()
+        .binary(VESSEL, "/bin/vessel")
+        .memory_mib(2048)
+        .timeout(Duration::from_secs(3000));
+    let cases: [(&str, String, String); 3] = [
+        ("start1", vessel_start(1), qemu_start(1)),
+        ("start4", vessel_start(4), qemu_start(4)),
+        ("switch", vessel_switch(), qemu_bridge()),
+    ];
+    for round in 0..rounds {
+        for (name, v, q) in &cases {
+            bx = bx
+                .step(&format!("{name}-vessel-{round}"), v)
+                .step(&format!("{name}-qemu-{round}"), q);
+        }
+    }
+    let run = bx.run().unwrap_or_else(|e| panic!("host box failed: {e}"));
+    let median_of = |name: &str, vmm: &str, f: &dyn Fn(&testbox::StepResult) -> f64| {
+        common::median(
+            (0..rounds)
+                .map(|r| f(run.step(&format!("{name}-{vmm}-{r}"))))
+                .collect(),
+        )
+    };
+    println!("domain 0 benchmark, {rounds} rounds, one box run, medians");
+    println!("{:<44}{:>10}{:>10}{:>8}", "", "vessel", "qemu", "ratio");
+    for (name, label, n) in [
+        ("start1", "API create to /init, 1 domain (s)", 1),
+        ("start4", "API create to /init, 4 at once (s)", 4),
+    ] {
+        let f = |s: &testbox::StepResult| start_seconds(s, n);
+        let (v, q) = (median_of(name, "vessel", &f), median_of(name, "qemu", &f));
+        println!("{label:<44}{v:>10.2}{q:>10.2}{:>8.2}", v / q);
+    }
+    let (v, q) = (
+        median_of("switch", "vessel", &throughput),
+        median_of("switch", "qemu", &throughput),
+    );
+    println!(
+        "{:<44}{v:>10.1}{q:>10.1}{:>8.2}",
+        "guest-to-guest TCP via switch/bridge (MiB/s)",
+        v / q
+    );
+}
