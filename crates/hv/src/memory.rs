@@ -213,7 +213,8 @@ mod tests {
             let mem = mem.clone();
             std::thread::spawn(move || {
                 for i in 0..2_000_000u32 {
-                    mem.write_u16(0x10, if i % 2 == 0 { 0x88ff } else { 0x8900 }).unwrap();
+                    mem.write_u16(0x10, if i % 2 == 0 { 0x88ff } else { 0x8900 })
+                        .unwrap();
                 }
             })
         };
