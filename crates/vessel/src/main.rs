@@ -35,7 +35,9 @@ enum Command {
     ///
     /// Exit status: 0 when the guest powers off, 2 when it reboots under --on-reboot exit,
     /// 1 when the configuration is bad, the host cannot run it, or the guest crashes.
-    /// Press Ctrl-A then x to stop the domain from the console.
+    /// Press Ctrl-A then x to stop the domain from the console. SIGTERM or SIGINT presses the
+    /// guest's ACPI power button; a second one, or --shutdown-timeout without a power-off,
+    /// stops the domain (exit status 1).
     Run(run::RunArgs),
     /// Create, check and describe disk images: raw files and copy-on-write overlays on a
     /// shared base image.

@@ -2,7 +2,8 @@
 //! purpose-built `mini` guest directly on /dev/kvm (fast; Linux guests through the daemon are
 //! covered by the box tests).
 //!
-//! Covered: the socket's mode; create, list, info, pause, unpause, destroy, delete; a paused
+//! Covered: the socket's mode; create, list, info, pause, unpause, shutdown (the ACPI power
+//! button), destroy, delete; a paused
 //! guest makes no progress and resumes; a triple-faulting domain ends crashed while the others
 //! keep running; destroy frees guest memory (the daemon's RSS drops); definitions survive a
 //! daemon restart; the console keeps output for a later attach; metrics; and every kind of bad
@@ -642,4 +643,40 @@ fn switch_ports_follow_domains_and_rules_are_managed_through_the_api() {
         d.ok("GET", "/v1/net/ports", None).as_array().unwrap().len(),
         2
     );
+}
+
+#[test]
+fn shutdown_presses_the_acpi_power_button() {
+    require_kvm();
+    let d = TestDaemon::start(&tmpdir("shutdown"));
+    d.ok("POST", "/v1/domains", Some(&mini("b", "button", "16M")));
+    d.ok("POST", "/v1/domains", Some(&mini("t", "tick", "16M")));
+    wait_for(
+        "the guest to wait for its button",
+        Duration::from_secs(10),
+        || d.console("b").contains("waiting for the power button"),
+    );
+    // A guest that handles the button powers off.
+    let info = d.ok("POST", "/v1/domains/b/shutdown?wait=10", None);
+    assert_eq!(info["state"], "shutoff", "{info}");
+    assert!(
+        d.console("b").contains("mini: power button pressed"),
+        "{}",
+        d.console("b")
+    );
+    // One that ignores it keeps running, and the waiting call says so.
+    wait_for("ticks", Duration::from_secs(10), || {
+        last_tick(&d.console("t")) >= 1
+    });
+    let (status, v) = d.call("POST", "/v1/domains/t/shutdown?wait=1", None);
+    assert_eq!(status, 409, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("did not power off"),
+        "{v}"
+    );
+    assert_eq!(d.state("t"), "running");
+    d.ok("POST", "/v1/domains/t/destroy", None);
+    // A stopped domain has no button to press.
+    let (status, _) = d.call("POST", "/v1/domains/b/shutdown", None);
+    assert_eq!(status, 409, "shutting down a stopped domain");
 }

@@ -19,6 +19,9 @@
 //! - `reboot`: the i8042 reset line, with `--on-reboot exit` (exit status 2) and with the
 //!   default `restart` policy (the guest boots again).
 //! - `triplefault`: a CPU shutdown ends `vessel run` with status 1 and a message, not a hang.
+//! - `button`: SIGTERM or SIGINT presses the ACPI power button (GSI 3, through an irqfd and the
+//!   IOAPIC); the guest powers off and Vessel exits 0. With a guest that ignores the button
+//!   (`tick`), `--shutdown-timeout` or a second SIGTERM stops the domain with status 1.
 //! - `mmio`: unclaimed MMIO from CPL3 reads as all ones and writes are dropped.
 //! - `fetchmmio`: executing from unclaimed MMIO at CPL0 is a KVM internal error, which ends the
 //!   run with status 1 and a message naming it.
@@ -36,7 +39,10 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{mini_kernel, require_kvm, require_root, run_command, vessel_run, Finished, TempDir};
+use common::{
+    mini_kernel, require_kvm, require_root, run_command, run_command_reacting, send_signal,
+    vessel_run, Finished, TempDir,
+};
 
 /// Generous: every scenario finishes in well under a second on the development machines.
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -231,6 +237,102 @@ fn triple_fault_ends_the_run_with_an_error() {
     assert!(run.stdout.contains("executing ud2"), "{}", run.report());
     assert!(run.stderr.contains("triple-faulted"), "{}", run.report());
     assert_eq!(run.stderr.lines().count(), 1, "{}", run.report());
+}
+
+/// Boots the mini guest with `scenario` and `args` and signals Vessel as its console goes:
+/// `signals[0]` once the console contains `ready`, each later one once the guest has printed
+/// two more ticks (so it reacts to the guest, not to a clock).
+fn mini_signalled(scenario: &str, args: &[&str], ready: &str, signals: &[&str]) -> Finished {
+    require_kvm();
+    let kernel = mini_kernel();
+    let mut cmd = Command::new(common::VESSEL);
+    cmd.args([
+        "run",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--cmdline",
+        scenario,
+    ])
+    .args(args);
+    let ticks = |out: &str| out.matches("mini: tick").count();
+    let mut sent = 0;
+    let mut ticks_at_last = 0;
+    let run = run_command_reacting(cmd, TIMEOUT, &mut |out, pid| {
+        let due = match sent {
+            0 => out.contains(ready),
+            n if n < signals.len() => ticks(out) >= ticks_at_last + 2,
+            _ => false,
+        };
+        if due {
+            send_signal(pid, signals[sent]);
+            sent += 1;
+            ticks_at_last = ticks(out);
+        }
+        false
+    });
+    eprintln!(
+        "kvm_direct: mini '{scenario}' {args:?} signalled {signals:?}: {:.3} s",
+        run.elapsed.as_secs_f64()
+    );
+    assert_eq!(
+        sent,
+        signals.len(),
+        "not every signal was sent:\n{}",
+        run.report()
+    );
+    run
+}
+
+#[test]
+fn sigterm_or_sigint_press_the_power_button_and_the_guest_powers_off() {
+    for signal in ["TERM", "INT"] {
+        let run = mini_signalled("button", &[], "waiting for the power button", &[signal]);
+        run.assert_code(0);
+        assert!(
+            run.stdout.contains("mini: power button pressed"),
+            "{}",
+            run.report()
+        );
+        assert!(
+            run.stderr
+                .contains(&format!("SIG{signal}: pressed the guest's power button")),
+            "{}",
+            run.report()
+        );
+    }
+}
+
+#[test]
+fn a_guest_that_ignores_the_power_button_is_stopped_after_the_shutdown_timeout() {
+    // The tick guest never unmasks the button's line.
+    let run = mini_signalled(
+        "tick",
+        &["--shutdown-timeout", "1"],
+        "mini: tick 1",
+        &["TERM"],
+    );
+    run.assert_code(1);
+    let last = run.stderr.lines().last().unwrap_or("");
+    assert!(
+        last.contains("did not power off within 1 s of the power button"),
+        "{}",
+        run.report()
+    );
+    assert!(run.elapsed >= Duration::from_secs(1), "{}", run.report());
+}
+
+#[test]
+fn a_second_sigterm_stops_the_domain_at_once() {
+    // Default timeout (30 s): the second signal, not the timeout, ends the run.
+    let run = mini_signalled("tick", &[], "mini: tick 1", &["TERM", "TERM"]);
+    run.assert_code(1);
+    let last = run.stderr.lines().last().unwrap_or("");
+    assert!(
+        last.contains("SIGTERM again: stopped the domain"),
+        "{}",
+        run.report()
+    );
+    assert!(run.elapsed < Duration::from_secs(25), "{}", run.report());
 }
 
 #[test]

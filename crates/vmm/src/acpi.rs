@@ -3,14 +3,15 @@
 //! Why ACPI: it is how an unmodified kernel learns about several CPUs (MADT), how it powers off
 //! (the FADT's sleep registers plus `\_S5`) and reboots (the FADT reset register), and how it
 //! finds devices it cannot probe (the DSDT). Hardware-reduced mode means no legacy PM blocks,
-//! SCI or PM timer: the guest gets just the registers Vessel emulates in `devices::power`.
+//! SCI or PM timer: the guest gets just the registers Vessel emulates in `devices::power`, and
+//! its power button is a control-method one behind a Generic Event Device (see [`power_button`]).
 
 use devices::power::{
     PM_PORT_BASE, RESET, RESET_VALUE, S5_SLEEP_TYPE, SLEEP_CONTROL, SLEEP_STATUS,
 };
 use devices::serial::{COM1_IRQ, COM1_PORT_BASE, COM1_PORT_LEN};
 
-use crate::layout::{IOAPIC_ADDR, LAPIC_ADDR};
+use crate::layout::{IOAPIC_ADDR, LAPIC_ADDR, POWER_BUTTON_GSI};
 use crate::virtio::{VirtioSlot, WINDOW};
 
 const OEM_ID: &[u8; 6] = b"VESSEL";
@@ -60,7 +61,7 @@ fn io_port_gas(port: u64) -> [u8; 12] {
 fn fadt(dsdt_addr: u64) -> Vec<u8> {
     const HW_REDUCED_ACPI: u32 = 1 << 20;
     const RESET_REG_SUP: u32 = 1 << 10;
-    const PWR_BUTTON: u32 = 1 << 4; // no fixed power button
+    const PWR_BUTTON: u32 = 1 << 4; // no fixed power button (the DSDT has a PNP0C0C device)
     const SLP_BUTTON: u32 = 1 << 5; // no fixed sleep button
     const VGA_NOT_PRESENT: u16 = 1 << 2;
     const MSI_NOT_SUPPORTED: u16 = 1 << 3;
@@ -136,6 +137,7 @@ fn dsdt(virtio: &[VirtioSlot]) -> Vec<u8> {
         .concat(),
     );
     let mut devices = com1;
+    devices.extend(power_button(POWER_BUTTON_GSI));
     // virtio-mmio devices: Linux's virtio_mmio driver binds ACPI ID LNRO0005.
     for (i, slot) in virtio.iter().enumerate() {
         let name = [b'V', b'R', b'0' + (i / 10) as u8, b'0' + (i % 10) as u8];
@@ -157,6 +159,58 @@ fn dsdt(virtio: &[VirtioSlot]) -> Vec<u8> {
     }
     body.extend(aml::scope(b"\\_SB_", &devices));
     sdt(b"DSDT", 6, b"VSSLDSDT", &body)
+}
+
+/// The power button of a hardware-reduced machine: a Generic Event Device (`ACPI0013`) whose
+/// interrupt is the button's line, and whose `_EVT` method, run by the guest's GED driver when
+/// that interrupt fires, notifies the power button device (`PNP0C0C`) with 0x80 ("the button was
+/// pressed"). The guest's button driver turns that into a KEY_POWER press.
+///
+/// ```text
+/// Device (GED0) {
+///     Name (_HID, "ACPI0013")
+///     Name (_UID, Zero)
+///     Name (_CRS, ResourceTemplate () {
+///         Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive) { gsi }
+///     })
+///     Method (_EVT, 1, NotSerialized) {
+///         If (LEqual (Arg0, gsi)) { Notify (\_SB.PWRB, 0x80) }
+///     }
+/// }
+/// Device (PWRB) {
+///     Name (_HID, EisaId ("PNP0C0C"))
+///     Name (_UID, Zero)
+/// }
+/// ```
+fn power_button(gsi: u32) -> Vec<u8> {
+    /// Notify value for a button: "the button was pressed" (ACPI 6.5, 5.6.6).
+    const BUTTON_PRESSED: u64 = 0x80;
+    let ged = aml::device(
+        b"GED0",
+        &[
+            aml::name(b"_HID", &aml::string("ACPI0013")),
+            aml::name(b"_UID", &aml::zero()),
+            aml::name(b"_CRS", &aml::resource_template(&[aml::extended_irq(gsi)])),
+            aml::method(
+                b"_EVT",
+                1,
+                &aml::if_then(
+                    &aml::lequal(&aml::arg(0), &aml::integer(gsi.into())),
+                    &aml::notify(&aml::path("\\_SB_.PWRB"), &aml::integer(BUTTON_PRESSED)),
+                ),
+            ),
+        ]
+        .concat(),
+    );
+    let button = aml::device(
+        b"PWRB",
+        &[
+            aml::name(b"_HID", &aml::eisa_id(b"PNP0C0C")),
+            aml::name(b"_UID", &aml::zero()),
+        ]
+        .concat(),
+    );
+    [ged, button].concat()
 }
 
 /// Builds the tables for `vcpus` CPUs and the given virtio devices, to be placed at `base`
@@ -303,7 +357,9 @@ mod aml {
         .concat()
     }
 
-    /// An extended interrupt descriptor: one GSI, consumer, edge-triggered, active high.
+    /// An Extended Interrupt descriptor (large item 0x09, 6 data bytes) for one GSI: flags 0x03
+    /// = resource consumer, edge-triggered, active high, exclusive, not wake capable; then the
+    /// table length (1) and the GSI.
     pub fn extended_irq(gsi: u32) -> Vec<u8> {
         [&[0x89, 0x06, 0x00, 0x03, 0x01][..], &gsi.to_le_bytes()].concat()
     }
@@ -317,9 +373,72 @@ mod aml {
     /// `ResourceTemplate () { ... }`: a buffer of descriptors and an end tag.
     pub fn resource_template(descriptors: &[Vec<u8>]) -> Vec<u8> {
         let mut data: Vec<u8> = descriptors.concat();
-        data.extend_from_slice(&[0x79, 0x00]);
+        data.extend_from_slice(&end_tag());
         let body = [super::aml::integer(data.len() as u64), data].concat();
         [vec![0x11], with_pkg_length(&body)].concat()
+    }
+
+    /// The End Tag small resource descriptor (type 0xF, length 1) that closes a resource
+    /// template; a zero checksum means "treat as correct".
+    pub fn end_tag() -> [u8; 2] {
+        [0x79, 0x00]
+    }
+
+    /// A name path: an optional `\` (the root) and dot-separated 4-character segments, e.g.
+    /// `\_SB_.PWRB`. One segment is a bare NameSeg, two take the DualNamePrefix, more the
+    /// MultiNamePrefix and a count.
+    pub fn path(p: &str) -> Vec<u8> {
+        let (mut out, rest) = match p.strip_prefix('\\') {
+            Some(rest) => (vec![b'\\'], rest),
+            None => (Vec::new(), p),
+        };
+        let segs: Vec<&str> = rest.split('.').filter(|s| !s.is_empty()).collect();
+        assert!(
+            segs.iter().all(|s| s.len() == 4 && s.is_ascii()),
+            "AML name segments are 4 characters: {p}"
+        );
+        match segs.len() {
+            0 => out.push(0x00), // NullName
+            1 => {}
+            2 => out.push(0x2e),                          // DualNamePrefix
+            n => out.extend_from_slice(&[0x2f, n as u8]), // MultiNamePrefix, SegCount
+        }
+        for s in segs {
+            out.extend_from_slice(s.as_bytes());
+        }
+        out
+    }
+
+    /// `Method (NAME, args, NotSerialized) { body }`: MethodOp, PkgLength, NameString and
+    /// MethodFlags (argument count in bits 0-2, not serialized, sync level 0).
+    pub fn method(name: &[u8; 4], args: u8, body: &[u8]) -> Vec<u8> {
+        assert!(args <= 7, "an AML method takes at most 7 arguments");
+        [
+            vec![0x14],
+            with_pkg_length(&[&name[..], &[args], body].concat()),
+        ]
+        .concat()
+    }
+
+    /// `If (predicate) { body }`: IfOp, PkgLength, the predicate and the body.
+    pub fn if_then(predicate: &[u8], body: &[u8]) -> Vec<u8> {
+        [vec![0xa0], with_pkg_length(&[predicate, body].concat())].concat()
+    }
+
+    /// `LEqual (a, b)`.
+    pub fn lequal(a: &[u8], b: &[u8]) -> Vec<u8> {
+        [&[0x93][..], a, b].concat()
+    }
+
+    /// `Notify (object, value)`: object is a name path (see [`path`]).
+    pub fn notify(object: &[u8], value: &[u8]) -> Vec<u8> {
+        [&[0x86][..], object, value].concat()
+    }
+
+    /// `ArgN`, the method's Nth argument (0 to 6).
+    pub fn arg(n: u8) -> Vec<u8> {
+        assert!(n <= 6, "AML has Arg0 to Arg6");
+        vec![0x68 + n]
     }
 
     #[cfg(test)]
@@ -336,6 +455,63 @@ mod aml {
             assert_eq!(
                 package(&[integer(5), zero()]),
                 vec![0x12, 0x05, 0x02, 0x0a, 0x05, 0x00]
+            );
+        }
+
+        #[test]
+        fn names_and_control_flow_match_the_spec() {
+            // NameString (ACPI 6.5, 20.2.2): RootChar `\`, then a NameSeg, DualNamePrefix (0x2e)
+            // and two NameSegs, or MultiNamePrefix (0x2f), a count and the NameSegs; `\` alone
+            // ends in NullName.
+            assert_eq!(path("PWRB"), b"PWRB");
+            assert_eq!(path("\\_SB_.PWRB"), b"\\\x2e_SB_PWRB");
+            assert_eq!(path("\\"), [0x5c, 0x00]);
+            assert_eq!(path("\\_SB_.PCI0.S08_"), b"\\\x2f\x03_SB_PCI0S08_");
+            // ArgObj: Arg0Op 0x68 to Arg6Op 0x6e.
+            assert_eq!(arg(0), [0x68]);
+            assert_eq!(arg(6), [0x6e]);
+            // LEqual (Arg0, 3): LEqualOp 0x93, then both operands (3 as BytePrefix 0x0a, 0x03).
+            assert_eq!(lequal(&arg(0), &integer(3)), [0x93, 0x68, 0x0a, 0x03]);
+            // Notify (PWRB, 0x80): NotifyOp 0x86, the object, the value.
+            let notify_pwrb = notify(&path("PWRB"), &integer(0x80));
+            assert_eq!(notify_pwrb, [0x86, b'P', b'W', b'R', b'B', 0x0a, 0x80]);
+            // If (LEqual (Arg0, 3)) { Notify (PWRB, 0x80) }: IfOp 0xa0, PkgLength (1 + 4 + 7),
+            // predicate, body.
+            let if_ = if_then(&lequal(&arg(0), &integer(3)), &notify_pwrb);
+            assert_eq!(
+                if_,
+                [0xa0, 0x0c, 0x93, 0x68, 0x0a, 0x03, 0x86, b'P', b'W', b'R', b'B', 0x0a, 0x80]
+            );
+            // Method (_EVT, 1, NotSerialized) {}: MethodOp 0x14, PkgLength (1 + 4 + 1), NameSeg,
+            // MethodFlags (ArgCount 1 in bits 0-2, SerializeFlag 0, SyncLevel 0).
+            assert_eq!(
+                method(b"_EVT", 1, &[]),
+                [0x14, 0x06, b'_', b'E', b'V', b'T', 0x01]
+            );
+            assert_eq!(method(b"_EVT", 1, &if_)[1], 0x06 + 13);
+            assert_eq!(method(b"MTH7", 7, &[])[6], 0x07);
+        }
+
+        #[test]
+        fn resource_descriptors_match_the_spec() {
+            // Extended Interrupt Descriptor (ACPI 6.5, 6.4.3.6): large item name 0x09 (tag byte
+            // 0x89), length 6, flags (bit 0 consumer, bit 1 edge, bit 2 active low = 0, bit 3
+            // shared = 0, bit 4 wake = 0), table length 1, the interrupt number (DWord).
+            assert_eq!(
+                extended_irq(3),
+                [0x89, 0x06, 0x00, 0x03, 0x01, 0x03, 0x00, 0x00, 0x00]
+            );
+            assert_eq!(&extended_irq(0x1234_5678)[5..], [0x78, 0x56, 0x34, 0x12]);
+            // End Tag (6.4.2.9): small item name 0xF, length 1 (0x79), checksum 0.
+            assert_eq!(end_tag(), [0x79, 0x00]);
+            // ResourceTemplate () { Interrupt (...) { 3 } }: BufferOp 0x11, PkgLength 14,
+            // BufferSize 11 (BytePrefix), the descriptor, the end tag.
+            assert_eq!(
+                resource_template(&[extended_irq(3)]),
+                [
+                    0x11, 0x0e, 0x0a, 0x0b, 0x89, 0x06, 0x00, 0x03, 0x01, 0x03, 0x00, 0x00, 0x00,
+                    0x79, 0x00
+                ]
             );
         }
     }
@@ -381,5 +557,38 @@ mod tests {
         assert_eq!(checksum(dsdt), 0);
         assert!(dsdt.windows(4).any(|w| w == b"_S5_"));
         assert!(dsdt.windows(8).any(|w| w == b"LNRO0005"));
+        let button = power_button(POWER_BUTTON_GSI);
+        assert!(dsdt.windows(button.len()).any(|w| w == button));
+    }
+
+    #[test]
+    fn the_power_button_is_a_ged_and_a_pnp0c0c_device() {
+        // The AML of the ASL in `power_button`'s documentation for GSI 3, encoded by hand from
+        // the spec (and the same bytes as `iasl` makes of that ASL).
+        #[rustfmt::skip]
+        let expected: &[u8] = &[
+            // Device (GED0): ExtOpPrefix DeviceOp, PkgLength 73 (two bytes), NameSeg.
+            0x5b, 0x82, 0x49, 0x04, b'G', b'E', b'D', b'0',
+            // Name (_HID, "ACPI0013")
+            0x08, b'_', b'H', b'I', b'D', 0x0d, b'A', b'C', b'P', b'I', b'0', b'0', b'1', b'3', 0x00,
+            // Name (_UID, Zero)
+            0x08, b'_', b'U', b'I', b'D', 0x00,
+            // Name (_CRS, ResourceTemplate () { Interrupt (...) { 3 } })
+            0x08, b'_', b'C', b'R', b'S', 0x11, 0x0e, 0x0a, 0x0b,
+            0x89, 0x06, 0x00, 0x03, 0x01, 0x03, 0x00, 0x00, 0x00, 0x79, 0x00,
+            // Method (_EVT, 1, NotSerialized)
+            0x14, 0x19, b'_', b'E', b'V', b'T', 0x01,
+            // If (LEqual (Arg0, 3))
+            0xa0, 0x12, 0x93, 0x68, 0x0a, 0x03,
+            // Notify (\_SB.PWRB, 0x80)
+            0x86, 0x5c, 0x2e, b'_', b'S', b'B', b'_', b'P', b'W', b'R', b'B', 0x0a, 0x80,
+            // Device (PWRB), PkgLength 21
+            0x5b, 0x82, 0x15, b'P', b'W', b'R', b'B',
+            // Name (_HID, EisaId ("PNP0C0C"))
+            0x08, b'_', b'H', b'I', b'D', 0x0c, 0x41, 0xd0, 0x0c, 0x0c,
+            // Name (_UID, Zero)
+            0x08, b'_', b'U', b'I', b'D', 0x00,
+        ];
+        assert_eq!(power_button(3), expected);
     }
 }

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use devices::{PowerEvent, PowerSink};
+use devices::{InterruptLine, PowerEvent, PowerSink};
 
 /// Why a machine stopped.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -134,6 +134,32 @@ impl Control {
                 .wait_timeout(state, Duration::from_millis(1))
                 .unwrap_or_else(|e| e.into_inner());
         }
+    }
+}
+
+/// A machine's ACPI power button: pressing it pulses the interrupt line of the Generic Event
+/// Device (`layout::POWER_BUTTON_GSI`), whose `_EVT` method notifies the guest's power button
+/// device. What happens then is the guest's choice: one that handles the button powers off
+/// through ACPI S5 (a [`StopReason::PowerOff`]); one that does not, or has not yet loaded its
+/// driver, ignores it. Cheap to clone; usable from any thread.
+#[derive(Clone)]
+pub struct PowerButton(std::sync::Arc<dyn InterruptLine>);
+
+impl PowerButton {
+    /// The button on `line`.
+    pub fn new(line: std::sync::Arc<dyn InterruptLine>) -> PowerButton {
+        PowerButton(line)
+    }
+
+    /// Presses the button once (an edge on its line).
+    pub fn press(&self) -> std::io::Result<()> {
+        self.0.trigger()
+    }
+}
+
+impl std::fmt::Debug for PowerButton {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PowerButton")
     }
 }
 

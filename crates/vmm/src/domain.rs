@@ -16,11 +16,12 @@ use hv::{EventFd, GuestMemory, Hypervisor, KvmFlavour};
 use crate::boot::{self, Initrd};
 use crate::config::{host_memory, DomainConfig, OnReboot};
 use crate::console::{ConsoleInput, ConsoleSink, SinkWriter};
-use crate::control::{Control, MachineEvent, StopReason};
+use crate::control::{Control, MachineEvent, PowerButton, StopReason};
 use crate::error::DomainError;
 use crate::kernel::{self, KernelKind};
-use crate::layout::{self, ACPI_START, CMDLINE_MAX, MIN_MEMORY};
+use crate::layout::{self, ACPI_START, CMDLINE_MAX, MIN_MEMORY, POWER_BUTTON_GSI};
 use crate::net::PortProvider;
+use crate::run_handle::RunHandle;
 use crate::stats::{MachineCounters, VcpuCounters};
 use crate::vcpu::VcpuRunner;
 use crate::{acpi, cpuid, virtio};
@@ -32,6 +33,8 @@ pub enum Outcome {
     PoweredOff,
     /// The guest rebooted and the policy was [`OnReboot::Exit`].
     Rebooted,
+    /// It was stopped at once through [`RunHandle::destroy`].
+    Destroyed,
 }
 
 /// Checks a configuration against this host before anything is built.
@@ -130,6 +133,8 @@ pub struct MachineView {
     pub memory: Arc<GuestMemory>,
     /// Its console UART.
     pub serial: Arc<Mutex<SerialConsole>>,
+    /// Its ACPI power button.
+    pub power_button: PowerButton,
 }
 
 impl MachineView {
@@ -149,6 +154,7 @@ pub(crate) struct Machine {
     serial: Arc<Mutex<SerialConsole>>,
     counters: MachineCounters,
     memory: Arc<GuestMemory>,
+    power_button: PowerButton,
 }
 
 impl Machine {
@@ -199,6 +205,9 @@ impl Machine {
             Arc::new(IrqFd(com1_irq)),
             Box::new(SinkWriter(sink.clone())),
         )));
+        let button_irq = hv::new_eventfd().map_err(DomainError::host("creating an eventfd"))?;
+        vm.register_irqfd(&button_irq, POWER_BUTTON_GSI)?;
+        let power_button = PowerButton::new(Arc::new(IrqFd(button_irq)));
         let mut pio = Bus::new();
         let bus_err = |e: devices::bus::BusError| DomainError::Config(e.to_string());
         pio.insert(serial.clone(), COM1_PORT_BASE.into(), COM1_PORT_LEN.into())
@@ -253,6 +262,7 @@ impl Machine {
             serial,
             counters,
             memory,
+            power_button,
         })
     }
 
@@ -264,6 +274,7 @@ impl Machine {
             devices: self.virtio.iter().map(|d| d.transport.clone()).collect(),
             memory: self.memory.clone(),
             serial: self.serial.clone(),
+            power_button: self.power_button.clone(),
         }
     }
 
@@ -374,19 +385,34 @@ pub fn run(
     sink: ConsoleSink,
     input: &ConsoleInput,
 ) -> Result<Outcome, DomainError> {
+    run_with(cfg, sink, input, &RunHandle::default())
+}
+
+/// [`run`], with `handle` acting on the domain from other threads (its power button, a
+/// destroy), whichever machine it runs.
+pub fn run_with(
+    cfg: &DomainConfig,
+    sink: ConsoleSink,
+    input: &ConsoleInput,
+    handle: &RunHandle,
+) -> Result<Outcome, DomainError> {
     let hv = Hypervisor::open()?;
     validate(cfg, &hv)?;
     loop {
         let machine = Machine::build(&hv, cfg, &sink, None)?;
+        if !handle.attach(&machine.view()) {
+            return Ok(Outcome::Destroyed);
+        }
         input.attach(machine.serial.clone());
         let reason = machine.run(&|_| {});
         input.detach();
+        handle.detach();
         match reason? {
             StopReason::PowerOff => return Ok(Outcome::PoweredOff),
             StopReason::Reset if cfg.on_reboot == OnReboot::Exit => return Ok(Outcome::Rebooted),
             StopReason::Reset => eprintln!("vessel: guest rebooted; starting it again"),
             StopReason::Crash(msg) => return Err(DomainError::Crashed(msg)),
-            StopReason::Destroyed => return Ok(Outcome::PoweredOff),
+            StopReason::Destroyed => return Ok(Outcome::Destroyed),
         }
     }
 }

@@ -235,7 +235,14 @@ impl Instance {
 
     /// Presses the domain's ACPI power button: a guest that handles it powers off cleanly.
     pub fn press_power_button(&self) -> Result<(), String> {
-        Err("this domain has no ACPI power button yet".into())
+        let inner = self.shared.lock();
+        match inner.machine.as_ref() {
+            Some(machine) if inner.status.state.is_active() => machine
+                .power_button
+                .press()
+                .map_err(|e| format!("cannot press the power button: {e}")),
+            _ => Err(format!("the domain is {}", inner.status.state.name())),
+        }
     }
 
     /// Stops the domain at once (its vCPUs leave the guest, its memory is freed) and waits for

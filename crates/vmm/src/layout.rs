@@ -38,6 +38,12 @@ pub const MMIO_HOLE_START: u64 = 0xc000_0000;
 pub const HIGH_RAM_START: u64 = 0x1_0000_0000;
 /// The IOAPIC's registers.
 pub const IOAPIC_ADDR: u32 = 0xfec0_0000;
+/// Pins of the in-kernel IOAPIC (KVM's), i.e. GSIs 0 to 23.
+pub const IOAPIC_PINS: u32 = 24;
+/// The interrupt line of the ACPI power button's Generic Event Device. Lines in use: 3 the power
+/// button, 4 COM1, 5 to 23 the virtio devices. Line 3 is the ISA COM2 line, which Vessel does not
+/// emulate; taking it keeps all of the virtio devices' lines.
+pub const POWER_BUTTON_GSI: u32 = 3;
 /// The local APICs' registers.
 pub const LAPIC_ADDR: u32 = 0xfee0_0000;
 /// Smallest guest memory Vessel accepts.

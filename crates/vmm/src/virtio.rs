@@ -18,10 +18,15 @@ use crate::error::DomainError;
 
 /// First virtio-mmio window: in the 32-bit MMIO hole, below the IOAPIC.
 pub const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
-/// First interrupt line for virtio devices (4 is COM1).
+/// First interrupt line for virtio devices (3 is the power button, 4 COM1).
 pub const VIRTIO_FIRST_GSI: u32 = 5;
 /// The IOAPIC has 24 pins; virtio devices use 5..=23.
 pub const VIRTIO_MAX_DEVICES: usize = 19;
+const _: () = assert!(
+    VIRTIO_FIRST_GSI + VIRTIO_MAX_DEVICES as u32 <= crate::layout::IOAPIC_PINS
+        && crate::layout::POWER_BUTTON_GSI < VIRTIO_FIRST_GSI
+        && crate::layout::POWER_BUTTON_GSI != devices::serial::COM1_IRQ
+);
 
 /// Guest RAM as the virtqueues see it.
 pub struct GuestRam(pub Arc<GuestMemory>);

@@ -173,9 +173,21 @@ fn text(buf: &Mutex<Vec<u8>>) -> String {
 /// for its standard output so far; in the last two cases the child is killed. Never blocks
 /// longer than `timeout` plus the time it takes to reap a killed child.
 pub fn run_command(
-    mut cmd: Command,
+    cmd: Command,
     timeout: Duration,
     stop_when: Option<&dyn Fn(&str) -> bool>,
+) -> Finished {
+    run_command_reacting(cmd, timeout, &mut |out, _| {
+        stop_when.is_some_and(|f| f(out))
+    })
+}
+
+/// Like [`run_command`], but `react` sees the standard output so far and the child's pid every
+/// few milliseconds (it may signal the child); the child is killed when it returns `true`.
+pub fn run_command_reacting(
+    mut cmd: Command,
+    timeout: Duration,
+    react: &mut dyn FnMut(&str, u32) -> bool,
 ) -> Finished {
     let what = format!("{cmd:?}");
     let start = Instant::now();
@@ -192,7 +204,7 @@ pub fn run_command(
         if let Some(status) = child.try_wait().expect("waiting for a child") {
             break Some(status);
         }
-        let stop = stop_when.is_some_and(|f| f(&text(&out)));
+        let stop = react(&text(&out), child.id());
         timed_out = !stop && start.elapsed() >= timeout;
         if stop || timed_out {
             let _ = child.kill();
@@ -219,6 +231,15 @@ pub fn vessel_run(args: &[&str], timeout: Duration) -> Finished {
     let mut cmd = Command::new(VESSEL);
     cmd.arg("run").args(args);
     run_command(cmd, timeout, None)
+}
+
+/// Sends `signal` (a name such as `TERM`) to process `pid` with kill(1).
+pub fn send_signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args(["-s", signal, &pid.to_string()])
+        .status()
+        .expect("running kill");
+    assert!(status.success(), "kill -s {signal} {pid} failed");
 }
 
 /// A directory under the system temporary directory, world-readable, removed when dropped.

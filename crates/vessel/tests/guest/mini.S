@@ -44,6 +44,9 @@
  *                CPL3 in between (a guest that runs until the VMM stops it)
  *   fattick      write every page from FAT_START to FAT_END (so that much guest RAM is
  *                resident on the host), print "mini: touched", then tick (needs 64M)
+ *   button       route the ACPI power button's line (IOAPIC pin 3) to vector 0x41, print
+ *                "mini: waiting for the power button", wait in `hlt`, and power off when it
+ *                is pressed (as a guest that handles the button does)
  * Anything unexpected (an unknown scenario, an exception) prints "mini: PANIC: ..." and
  * triple-faults on purpose, so a broken run ends at once with vessel exiting 1.
  *
@@ -76,6 +79,7 @@
 #define IOAPIC_BASE      0xfec00000  /* IOREGSEL at +0, IOWIN at +0x10 */
 #define IOAPIC_REDTBL    0x10        /* entry n: low dword at 0x10+2n, high dword at 0x11+2n */
 #define UART_GSI         4           /* ISA IRQ 4 = IOAPIC pin 4 (identity mapping) */
+#define BUTTON_GSI       3           /* the power button's GED line (vmm::layout::POWER_BUTTON_GSI) */
 
 #define LAPIC_BASE       0xfee00000
 #define LAPIC_ID         0x20        /* APIC ID in bits 24-31 */
@@ -89,6 +93,7 @@
 #define ICR_STARTUP      0x00000600
 
 #define VEC_UART         0x40
+#define VEC_BUTTON       0x41
 #define VEC_SPURIOUS     0xff
 
 #define TRAMPOLINE       0x10000     /* AP real-mode start: CS:IP = 0x1000:0000 */
@@ -286,6 +291,7 @@ bsp64:
     GATE 13, gp_handler             /* #GP */
     GATE 14, pf_handler             /* #PF */
     GATE VEC_UART, irq_uart
+    GATE VEC_BUTTON, irq_button
     GATE VEC_SPURIOUS, irq_spurious
     lidt idtr(%rip)
 
@@ -319,7 +325,7 @@ bsp64:
     jnz 4f
     add $16, %r12
     jmp 2b
-3:  PRINT "mini: PANIC: unknown scenario (want hello, irq, smp, reboot, triplefault, mmio, fetchmmio, tick or fattick)\n"
+3:  PRINT "mini: PANIC: unknown scenario (want hello, irq, smp, reboot, triplefault, mmio, fetchmmio, tick, fattick or button)\n"
     jmp die
 4:  jmp *8(%r12)
 
@@ -397,6 +403,25 @@ scen_irq:
     PRINT "\nmini: irq cpl0 phase done\n"
     lea user_irq(%rip), %rdi
     jmp enter_user
+
+scen_button:
+    /* Local APIC on; IOAPIC pin 3 -> vector 0x41, fixed, physical destination APIC 0, edge,
+     * active high, unmasked (high dword first, as in scen_irq). */
+    mov $LAPIC_BASE, %ebx
+    movl $(0x100 | VEC_SPURIOUS), LAPIC_SVR(%rbx)
+    mov $IOAPIC_BASE, %ebx
+    movl $(IOAPIC_REDTBL + 2 * BUTTON_GSI + 1), (%rbx)
+    movl $0, 0x10(%rbx)
+    movl $(IOAPIC_REDTBL + 2 * BUTTON_GSI), (%rbx)
+    movl $VEC_BUTTON, 0x10(%rbx)
+    PRINT "mini: waiting for the power button\n"
+1:  sti
+    hlt
+    cli
+    cmpq $0, button_presses(%rip)
+    je 1b
+    PRINT "mini: power button pressed, powering off\n"
+    jmp power_off
 
 scen_smp:
     /* The local APIC must be enabled to send IPIs reliably. */
@@ -807,6 +832,15 @@ irq_uart:
     pop %rax
     iretq
 
+/* The power button's interrupt (IOAPIC pin 3): count it, EOI. */
+irq_button:
+    push %rax
+    incq button_presses(%rip)
+    mov $(LAPIC_BASE + LAPIC_EOI), %eax
+    movl $0, (%rax)
+    pop %rax
+    iretq
+
 /* The local APIC's spurious vector: no EOI. */
 irq_spurious:
     iretq
@@ -829,6 +863,7 @@ s_mmio:        .asciz "mmio"
 s_fetchmmio:   .asciz "fetchmmio"
 s_tick:        .asciz "tick"
 s_fattick:     .asciz "fattick"
+s_button:      .asciz "button"
 
     .balign 8
 /* The scenario table: (name, CPL0 entry) pairs, ending with a null name. */
@@ -842,6 +877,7 @@ scenarios:
     .quad s_fetchmmio, scen_fetchmmio
     .quad s_tick, scen_tick
     .quad s_fattick, scen_fattick
+    .quad s_button, scen_button
     .quad 0, 0
 
 /* ---- Data ----------------------------------------------------------------------------------- */
@@ -881,6 +917,7 @@ start_info:    .quad 0              /* physical address of hvm_start_info (from 
 cmdline:       .quad 0              /* physical address of the command line */
 irq_count:     .quad 0              /* UART interrupts taken */
 irq_from_user: .quad 0              /* ... of which interrupted CPL3 code */
+button_presses: .quad 0             /* power button interrupts taken */
 cpu_mask:      .quad 0              /* bit n: APIC ID n is up */
 cpus_online:   .long 1              /* the BSP, plus one per AP that checked in */
 

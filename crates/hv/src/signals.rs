@@ -1,0 +1,117 @@
+//! Termination signals taken synchronously: SIGTERM and SIGINT are blocked in every thread and
+//! one thread waits for them with `sigtimedwait`, so reacting to one is ordinary code (no
+//! async-signal-safety rules) and none can be lost between two waits.
+
+use std::io;
+use std::time::{Duration, Instant};
+
+/// A termination signal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TerminationSignal {
+    /// SIGTERM.
+    Term,
+    /// SIGINT.
+    Int,
+}
+
+impl std::fmt::Display for TerminationSignal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TerminationSignal::Term => "SIGTERM",
+            TerminationSignal::Int => "SIGINT",
+        })
+    }
+}
+
+/// SIGTERM and SIGINT, blocked so that [`TerminationSignals::wait`] takes them.
+pub struct TerminationSignals {
+    set: libc::sigset_t,
+}
+
+impl TerminationSignals {
+    /// Blocks SIGTERM and SIGINT in the calling thread. Threads inherit their creator's signal
+    /// mask, so call this before the process starts any thread: then no thread has them
+    /// unblocked, and each stays pending until [`TerminationSignals::wait`] takes it.
+    pub fn block() -> io::Result<TerminationSignals> {
+        // SAFETY: sigset_t is plain data; sigemptyset initialises it below.
+        let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `set` is a valid sigset_t; the signal numbers are valid.
+        unsafe {
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGTERM);
+            libc::sigaddset(&mut set, libc::SIGINT);
+        }
+        // SAFETY: `set` is initialised; a null old-set pointer is allowed.
+        let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        Ok(TerminationSignals { set })
+    }
+
+    /// Waits for the next termination signal, at most `timeout` (`None`: without limit).
+    /// Returns `None` when the time is up. Only meaningful in a thread that has them blocked.
+    pub fn wait(&self, timeout: Option<Duration>) -> io::Result<Option<TerminationSignal>> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            let rc = match deadline {
+                None => {
+                    // SAFETY: `self.set` is initialised; a null siginfo pointer is allowed.
+                    unsafe { libc::sigwaitinfo(&self.set, std::ptr::null_mut()) }
+                }
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let ts = libc::timespec {
+                        tv_sec: left.as_secs().min(i64::MAX as u64) as libc::time_t,
+                        tv_nsec: left.subsec_nanos().into(),
+                    };
+                    // SAFETY: `self.set` and `ts` are initialised; a null siginfo is allowed.
+                    unsafe { libc::sigtimedwait(&self.set, std::ptr::null_mut(), &ts) }
+                }
+            };
+            match rc {
+                libc::SIGTERM => return Ok(Some(TerminationSignal::Term)),
+                libc::SIGINT => return Ok(Some(TerminationSignal::Int)),
+                _ => {
+                    let err = io::Error::last_os_error();
+                    match err.raw_os_error() {
+                        Some(libc::EAGAIN) => return Ok(None),
+                        // Another signal's handler ran (e.g. a kick): wait again.
+                        Some(libc::EINTR) => continue,
+                        _ => return Err(err),
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_blocked_signal_waits_for_the_waiter() {
+        // Run in a fresh thread so the mask change stays there.
+        std::thread::spawn(|| {
+            let signals = TerminationSignals::block().unwrap();
+            assert_eq!(signals.wait(Some(Duration::from_millis(20))).unwrap(), None);
+            // SAFETY: directs SIGTERM at this very thread, which has it blocked: it stays
+            // pending instead of ending the process.
+            unsafe {
+                libc::pthread_kill(libc::pthread_self(), libc::SIGTERM);
+            }
+            assert_eq!(
+                signals.wait(Some(Duration::from_secs(5))).unwrap(),
+                Some(TerminationSignal::Term)
+            );
+            // SAFETY: as above.
+            unsafe {
+                libc::pthread_kill(libc::pthread_self(), libc::SIGINT);
+            }
+            assert_eq!(signals.wait(None).unwrap(), Some(TerminationSignal::Int));
+        })
+        .join()
+        .unwrap();
+    }
+}
