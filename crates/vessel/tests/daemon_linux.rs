@@ -65,7 +65,7 @@ fn four_domains_on_the_switch_through_the_api() {
     assert_eq!(values(out, "DROPNOPAIR="), ["1-2", "2-1"], "{out}");
     assert_eq!(values(out, "DROPPAIR=").len(), 10, "{out}");
     // The rate limit: 1 MiB at 200 KB/s.
-    assert_eq!(one(out, "RATE_RX="), "1048576", "{out}");
+    assert_eq!(one(out, "RATE_SECONDS_BYTES="), "1048576", "{out}");
     let rate = 1048576.0 / seconds(out, "RATE_SECONDS=");
     assert!(
         (0.35 * 200_000.0..=1.3 * 200_000.0).contains(&rate),
@@ -74,6 +74,8 @@ fn four_domains_on_the_switch_through_the_api() {
     // Fairness: the victim's fair share is what it would take alone, at most half of what the
     // switch moved while both were sending (the flood's rate is what the switch took in from
     // a's port over the victim's transfer, by the switch's own counters).
+    assert_eq!(one(out, "ALONE_SECONDS_BYTES="), "4194304", "{out}");
+    assert_eq!(one(out, "FLOODED_SECONDS_BYTES="), "4194304", "{out}");
     let alone = 4194304.0 / seconds(out, "ALONE_SECONDS=");
     let flooded = 4194304.0 / seconds(out, "FLOODED_SECONDS=");
     let a_rx = |key: &str| -> f64 {

@@ -54,21 +54,30 @@ vessel net rule del $drop && echo RULE=deleted
 # A rate limit of 200 KB/s on TCP to port 5001: 1 MiB from c to d takes about 5 s.
 rate=$(vessel net rule add --proto tcp --dport 5001 --action rate-limit=200000:32768 | cut -d' ' -f2)
 echo RULE=rate-$rate
-on 4 "nc -l -p 5001 > /tmp/rx 2>/dev/null </dev/null & sleep 1; echo LISTENING"
-on 3 "head -c 1048576 /dev/zero > /tmp/tx; s=\$(cut -d' ' -f1 /proc/uptime); nc 10.0.1.4 5001 < /tmp/tx; e=\$(cut -d' ' -f1 /proc/uptime); echo RATE_SECONDS=\$s,\$e"
-on 4 "sleep 1; echo RATE_RX=\$(wc -c < /tmp/rx)"
+# receive PORT KEY: guest d receives a transfer on PORT into /tmp/rxPORT (in the background)
+# and times it from its first byte to the end (the sender's nc is done as soon as its socket
+# buffer holds the data, so only the receiver knows).
+receive() { ( on 4 "nc -l -p $1 > /tmp/rx$1 & p=\$!; while [ ! -s /tmp/rx$1 ]; do sleep 0.05; done; s=\$(cut -d' ' -f1 /proc/uptime); wait \$p; e=\$(cut -d' ' -f1 /proc/uptime); echo $2=\$s,\$e; echo $2_BYTES=\$(wc -c < /tmp/rx$1); rm /tmp/rx$1" > /tmp/$2.out ) & rpid=$!; sleep 2; }
+receive 5001 RATE_SECONDS
+on 3 "head -c 1048576 /dev/zero > /tmp/tx; nc 10.0.1.4 5001 < /tmp/tx"
+wait $rpid
+cat /tmp/RATE_SECONDS.out
 vessel net rule del $rate && echo RULE=deleted
 
 # Fairness: b sends TCP to d alone, then while a floods c with UDP.
-on 4 "nc -l -p 6001 > /dev/null 2>&1 </dev/null & nc -l -p 6002 > /dev/null 2>&1 </dev/null & sleep 1; echo LISTENING"
-on 2 "s=\$(cut -d' ' -f1 /proc/uptime); head -c 4194304 /dev/zero | nc 10.0.1.4 6001; e=\$(cut -d' ' -f1 /proc/uptime); echo ALONE_SECONDS=\$s,\$e"
+receive 6001 ALONE_SECONDS
+on 2 "head -c 4194304 /dev/zero | nc 10.0.1.4 6001"
+wait $rpid; cat /tmp/ALONE_SECONDS.out
 ( on 1 "udpflood 10.0.1.3 9 40 1400" > /tmp/flood.out ) &
+fpid=$!
 sleep 5
+receive 6002 FLOODED_SECONDS
 vessel net ports | sed 's/^/PORTS_BEFORE /'; echo L1_BEFORE=$(cut -d' ' -f1 /proc/uptime)
-on 2 "s=\$(cut -d' ' -f1 /proc/uptime); head -c 4194304 /dev/zero | nc 10.0.1.4 6002; e=\$(cut -d' ' -f1 /proc/uptime); echo FLOODED_SECONDS=\$s,\$e"
+on 2 "head -c 4194304 /dev/zero | nc 10.0.1.4 6002"
+i=0; while [ ! -s /tmp/FLOODED_SECONDS.out ] && [ $i -lt 600 ]; do sleep 0.2; i=$((i+1)); done
 vessel net ports | sed 's/^/PORTS_AFTER /'; echo L1_AFTER=$(cut -d' ' -f1 /proc/uptime)
-wait
-cat /tmp/flood.out
+wait $rpid; cat /tmp/FLOODED_SECONDS.out
+wait $fpid; cat /tmp/flood.out
 vessel net ports | sed 's/^/PORTS /'
 
 # Pause: the guest's own counter stops while paused and goes on after.
