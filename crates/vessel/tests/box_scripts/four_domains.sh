@@ -57,7 +57,9 @@ echo RULE=rate-$rate
 # receive PORT KEY: guest d receives a transfer on PORT into /tmp/rxPORT (in the background)
 # and times it from its first byte to the end (the sender's nc is done as soon as its socket
 # buffer holds the data, so only the receiver knows).
-receive() { ( on 4 "nc -l -p $1 > /tmp/rx$1 & p=\$!; while [ ! -s /tmp/rx$1 ]; do sleep 0.05; done; s=\$(cut -d' ' -f1 /proc/uptime); wait \$p; e=\$(cut -d' ' -f1 /proc/uptime); echo $2=\$s,\$e; echo $2_BYTES=\$(wc -c < /tmp/rx$1); rm /tmp/rx$1" > /tmp/$2.out ) & rpid=$!; sleep 2; }
+# (nc's standard input is a FIFO held open: a listening busybox nc whose stdin ends closes the
+# connection early.)
+receive() { ( on 4 "mkfifo /tmp/in$1; nc -l -p $1 < /tmp/in$1 > /tmp/rx$1 & p=\$!; exec 3> /tmp/in$1; while [ ! -s /tmp/rx$1 ]; do sleep 0.05; done; s=\$(cut -d' ' -f1 /proc/uptime); wait \$p; e=\$(cut -d' ' -f1 /proc/uptime); echo $2=\$s,\$e; echo $2_BYTES=\$(wc -c < /tmp/rx$1); rm /tmp/rx$1" > /tmp/$2.out ) & rpid=$!; sleep 2; }
 receive 5001 RATE_SECONDS
 on 3 "head -c 1048576 /dev/zero > /tmp/tx; nc 10.0.1.4 5001 < /tmp/tx"
 wait $rpid
