@@ -61,21 +61,21 @@ echo RULE=rate-$rate
 # connection early.)
 receive() { ( on 4 "mkfifo /tmp/in$1; nc -l -p $1 < /tmp/in$1 > /tmp/rx$1 & p=\$!; exec 3> /tmp/in$1; while [ ! -s /tmp/rx$1 ]; do sleep 0.05; done; s=\$(cut -d' ' -f1 /proc/uptime); wait \$p; e=\$(cut -d' ' -f1 /proc/uptime); echo $2=\$s,\$e; echo $2_BYTES=\$(wc -c < /tmp/rx$1); rm /tmp/rx$1" > /tmp/$2.out ) & rpid=$!; sleep 2; }
 receive 5001 RATE_SECONDS
-on 3 "head -c 1048576 /dev/zero > /tmp/tx; nc 10.0.1.4 5001 < /tmp/tx"
+on 3 "head -c 1048576 /dev/zero > /tmp/tx; i=0; until nc 10.0.1.4 5001 < /tmp/tx; do i=\$((i+1)); [ \$i -ge 40 ] && break; sleep 0.5; done"
 wait $rpid
 cat /tmp/RATE_SECONDS.out
 vessel net rule del $rate && echo RULE=deleted
 
 # Fairness: b sends TCP to d alone, then while a floods c with UDP.
 receive 6001 ALONE_SECONDS
-on 2 "head -c 4194304 /dev/zero | nc 10.0.1.4 6001"
+on 2 "head -c 4194304 /dev/zero > /tmp/tx; i=0; until nc 10.0.1.4 6001 < /tmp/tx; do i=\$((i+1)); [ \$i -ge 40 ] && break; sleep 0.5; done"
 wait $rpid; cat /tmp/ALONE_SECONDS.out
 ( on 1 "udpflood 10.0.1.3 9 40 1400" > /tmp/flood.out ) &
 fpid=$!
 sleep 5
 receive 6002 FLOODED_SECONDS
 vessel net ports | sed 's/^/PORTS_BEFORE /'; echo L1_BEFORE=$(cut -d' ' -f1 /proc/uptime)
-on 2 "head -c 4194304 /dev/zero | nc 10.0.1.4 6002"
+on 2 "i=0; until nc 10.0.1.4 6002 < /tmp/tx; do i=\$((i+1)); [ \$i -ge 40 ] && break; sleep 0.5; done"
 i=0; while [ ! -s /tmp/FLOODED_SECONDS.out ] && [ $i -lt 600 ]; do sleep 0.2; i=$((i+1)); done
 vessel net ports | sed 's/^/PORTS_AFTER /'; echo L1_AFTER=$(cut -d' ' -f1 /proc/uptime)
 wait $rpid; cat /tmp/FLOODED_SECONDS.out
