@@ -33,7 +33,15 @@ for n in 1 2 3 4; do
 done
 
 # on GUEST_N COMMANDS: runs COMMANDS (one line) in guest N's shell and prints their output.
-on() { g=$1; shift; echo "$*" | timeout 120 nc 10.0.1.$g 7000; }
+# The agent listens again right after each session; a connection in between is refused and
+# retried (nc fails at once then, before anything ran).
+on() {
+    g=$1; shift; i=0
+    until echo "$*" | timeout 120 nc 10.0.1.$g 7000 2>/tmp/on.err; do
+        grep -q refused /tmp/on.err || break
+        i=$((i+1)); [ $i -ge 50 ] && break; sleep 0.2
+    done
+}
 
 # All pairs through the switch.
 for s in 1 2 3 4; do for t in 1 2 3 4; do
@@ -66,22 +74,6 @@ wait $rpid
 cat /tmp/RATE_SECONDS.out
 vessel net rule del $rate && echo RULE=deleted
 
-# Fairness: b sends TCP to d alone, then while a floods c with UDP.
-receive 6001 ALONE_SECONDS
-on 2 "head -c 4194304 /dev/zero > /tmp/tx; i=0; until nc 10.0.1.4 6001 < /tmp/tx; do i=\$((i+1)); [ \$i -ge 40 ] && break; sleep 0.5; done"
-wait $rpid; cat /tmp/ALONE_SECONDS.out
-( on 1 "udpflood 10.0.1.3 9 40 1400" > /tmp/flood.out ) &
-fpid=$!
-sleep 5
-receive 6002 FLOODED_SECONDS
-vessel net ports | sed 's/^/PORTS_BEFORE /'; echo L1_BEFORE=$(cut -d' ' -f1 /proc/uptime)
-on 2 "i=0; until nc 10.0.1.4 6002 < /tmp/tx; do i=\$((i+1)); [ \$i -ge 40 ] && break; sleep 0.5; done"
-i=0; while [ ! -s /tmp/FLOODED_SECONDS.out ] && [ $i -lt 600 ]; do sleep 0.2; i=$((i+1)); done
-vessel net ports | sed 's/^/PORTS_AFTER /'; echo L1_AFTER=$(cut -d' ' -f1 /proc/uptime)
-wait $rpid; cat /tmp/FLOODED_SECONDS.out
-wait $fpid; cat /tmp/flood.out
-vessel net ports | sed 's/^/PORTS /'
-
 # Pause: the guest's own counter stops while paused and goes on after.
 on 2 "(i=0; while true; do i=\$((i+1)); echo \$i > /tmp/count; sleep 0.2; done) </dev/null >/dev/null 2>&1 & echo COUNTING"
 sleep 3
@@ -96,6 +88,7 @@ vessel info b | grep -E '"state"|"cpu_ns"' | sed 's/^/INFO_B /'
 
 # Crash: c triple-faults (reboot=t after a panic); the others keep running.
 on 3 "echo c > /proc/sysrq-trigger" >/dev/null 2>&1 &
+crasher=$!
 i=0; until vessel info c | grep -q '"state": "crashed"'; do i=$((i+1)); [ $i -ge 120 ] && break; sleep 1; done
 vessel info c | grep -E '"state"|"message"' | sed 's/^/INFO_C /'
 on 1 "ping -c 1 -W 3 10.0.1.4 >/dev/null 2>&1 && echo AFTER_CRASH=1-4"
@@ -107,5 +100,5 @@ echo DAEMON_RSS_AFTER_DESTROY=$(awk '/VmRSS/ {print $2}' /proc/$daemon/status)
 vessel list | sed 's/^/LIST2 /'
 curl_metrics=$(vessel info a | grep -c vcpu_stats)
 echo INFO_A_HAS_STATS=$curl_metrics
-kill $daemon
+kill $daemon $crasher 2>/dev/null
 echo DAEMON_LOG; cat /tmp/daemon.log
