@@ -42,7 +42,19 @@ impl ConsoleInput {
 
     /// Delivers `bytes` to the guest's UART, waiting while its receive FIFO is full; gives up
     /// (returns `false`) as soon as no UART is attached (the domain stopped).
-    pub fn send_if_attached(&self, mut bytes: &[u8]) -> bool {
+    pub fn send_if_attached(&self, bytes: &[u8]) -> bool {
+        self.deliver(bytes, false)
+    }
+
+    /// Delivers `bytes` to the guest's UART, waiting while its receive FIFO is full (so typed
+    /// or pasted input is not lost), and while no UART is attached (a reboot in progress).
+    /// Returns once everything was accepted.
+    pub fn send(&self, bytes: &[u8]) {
+        self.deliver(bytes, true);
+    }
+
+    /// The delivery loop of both: `wait_detached` says whether a missing UART is waited for.
+    fn deliver(&self, mut bytes: &[u8], wait_detached: bool) -> bool {
         while !bytes.is_empty() {
             let taken = {
                 let slot = self.current.lock().unwrap_or_else(|e| e.into_inner());
@@ -51,6 +63,7 @@ impl ConsoleInput {
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .receive(bytes),
+                    None if wait_detached => 0,
                     None => return false,
                 }
             };
@@ -60,27 +73,6 @@ impl ConsoleInput {
             }
         }
         true
-    }
-
-    /// Delivers `bytes` to the guest's UART, waiting while its receive FIFO is full (so typed
-    /// or pasted input is not lost). Returns once everything was accepted.
-    pub fn send(&self, mut bytes: &[u8]) {
-        while !bytes.is_empty() {
-            let taken = {
-                let slot = self.current.lock().unwrap_or_else(|e| e.into_inner());
-                match slot.as_ref() {
-                    Some(uart) => uart
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .receive(bytes),
-                    None => 0,
-                }
-            };
-            bytes = &bytes[taken..];
-            if taken == 0 {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        }
     }
 }
 

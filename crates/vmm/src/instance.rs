@@ -184,7 +184,7 @@ impl Instance {
     }
 
     fn transition(&self, from: RunState, to: RunState, pause: bool) -> Result<(), String> {
-        let mut inner = self.shared.lock();
+        let inner = self.shared.lock();
         if inner.status.state != from {
             return Err(format!(
                 "the domain is {}, not {}",
@@ -196,18 +196,9 @@ impl Instance {
             return Err("the domain has no machine".into());
         };
         machine.control.want_pause(pause);
-        let deadline = Instant::now() + TRANSITION_TIMEOUT;
-        while inner.status.state == from {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(format!("the domain did not become {} in time", to.name()));
-            }
-            inner = self
-                .shared
-                .changed
-                .wait_timeout(inner, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+        let (inner, left_in_time) = self.wait_while(inner, TRANSITION_TIMEOUT, |s| s.state == from);
+        if !left_in_time {
+            return Err(format!("the domain did not become {} in time", to.name()));
         }
         if inner.status.state == to {
             Ok(())
@@ -267,12 +258,23 @@ impl Instance {
 
     /// Waits (at most `timeout`) until the domain has stopped; returns whether it has.
     pub fn wait_stopped(&self, timeout: Duration) -> bool {
+        let inner = self.shared.lock();
+        self.wait_while(inner, timeout, |s| s.state.is_active()).1
+    }
+
+    /// Waits (at most `timeout`) while `cond` holds of the status; returns the guard and
+    /// whether `cond` stopped holding in time.
+    fn wait_while<'a>(
+        &'a self,
+        mut inner: MutexGuard<'a, Inner>,
+        timeout: Duration,
+        cond: impl Fn(&Status) -> bool,
+    ) -> (MutexGuard<'a, Inner>, bool) {
         let deadline = Instant::now() + timeout;
-        let mut inner = self.shared.lock();
-        while inner.status.state.is_active() {
+        while cond(&inner.status) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return false;
+                return (inner, false);
             }
             inner = self
                 .shared
@@ -281,7 +283,7 @@ impl Instance {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
-        true
+        (inner, true)
     }
 }
 
