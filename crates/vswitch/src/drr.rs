@@ -62,24 +62,45 @@ impl Drr {
         self.ring.is_empty()
     }
 
-    /// The port whose head frame goes next, given each active port's head frame length, with
-    /// that length charged to its deficit. The port stays in the ring: the caller deactivates
-    /// it when it has no next frame.
-    pub fn next(&mut self, head_len: impl Fn(PortId) -> usize) -> Option<PortId> {
+    /// The port whose frame goes next, with that frame's length charged to its deficit.
+    /// `ready_len` gives the length of each active port's next frame, or `None` for a port that
+    /// may not send now (its frame waits for room at its destination): such a port is passed
+    /// over, keeping its place and its deficit. `None` when no active port may send. The port
+    /// stays in the ring: the caller deactivates it when it has no next frame.
+    pub fn next(&mut self, ready_len: impl Fn(PortId) -> Option<usize>) -> Option<PortId> {
+        // Ports passed over in a row: once every port has been, none may send.
+        let mut passed = 0;
         loop {
             let port = *self.ring.front()?;
+            let Some(len) = ready_len(port) else {
+                if passed >= self.ring.len() {
+                    return None;
+                }
+                passed += 1;
+                self.in_turn = false;
+                self.ring.rotate_left(1);
+                continue;
+            };
+            passed = 0;
             let deficit = self.deficit.entry(port).or_default();
             if !self.in_turn {
                 *deficit = deficit.saturating_add(self.quantum);
                 self.in_turn = true;
             }
-            let len = head_len(port);
             if *deficit >= len {
                 *deficit -= len;
                 return Some(port);
             }
             self.in_turn = false;
             self.ring.rotate_left(1);
+        }
+    }
+
+    /// Gives back the `len` bytes charged to `port` for a frame that did not go (it waits for
+    /// room at its destination), so that waiting costs the port nothing.
+    pub fn refund(&mut self, port: PortId, len: usize) {
+        if let Some(deficit) = self.deficit.get_mut(&port) {
+            *deficit = deficit.saturating_add(len);
         }
     }
 }
@@ -98,7 +119,7 @@ mod tests {
         let mut got = vec![0; sizes.len()];
         let mut served = 0;
         while served < total {
-            let p = drr.next(|p| sizes[p.0 as usize]).unwrap();
+            let p = drr.next(|p| Some(sizes[p.0 as usize])).unwrap();
             got[p.0 as usize] += sizes[p.0 as usize];
             served += sizes[p.0 as usize];
         }
@@ -144,7 +165,7 @@ mod tests {
             loop {
                 let p = match chosen.take() {
                     Some(p) => p,
-                    None => drr.next(|p| sizes[p.0 as usize]).unwrap(),
+                    None => drr.next(|p| Some(sizes[p.0 as usize])).unwrap(),
                 };
                 let len = sizes[p.0 as usize];
                 if len > room {
@@ -181,7 +202,9 @@ mod tests {
                 light_waiting = true;
                 waited = 0;
             }
-            let p = drr.next(|p| if p == flood { 1514 } else { 100 }).unwrap();
+            let p = drr
+                .next(|p| Some(if p == flood { 1514 } else { 100 }))
+                .unwrap();
             if p == light {
                 light_sent += 1;
                 light_waiting = false;
@@ -202,27 +225,54 @@ mod tests {
     fn deactivated_ports_leave_and_lose_credit() {
         let mut drr = Drr::new(1000);
         assert!(drr.is_idle());
-        assert_eq!(drr.next(|_| 1), None);
+        assert_eq!(drr.next(|_| Some(1)), None);
         drr.activate(PortId(7));
         drr.activate(PortId(7));
-        assert_eq!(drr.next(|_| 600), Some(PortId(7)));
+        assert_eq!(drr.next(|_| Some(600)), Some(PortId(7)));
         drr.deactivate(PortId(7));
         drr.deactivate(PortId(7));
         assert!(drr.is_idle());
         drr.activate(PortId(7));
         drr.activate(PortId(8));
         // Port 7 starts from zero again: a 1000-byte frame, then its turn is over.
-        assert_eq!(drr.next(|_| 1000), Some(PortId(7)));
-        assert_eq!(drr.next(|_| 1000), Some(PortId(8)));
-        assert_eq!(drr.next(|_| 1000), Some(PortId(7)));
+        assert_eq!(drr.next(|_| Some(1000)), Some(PortId(7)));
+        assert_eq!(drr.next(|_| Some(1000)), Some(PortId(8)));
+        assert_eq!(drr.next(|_| Some(1000)), Some(PortId(7)));
         // A frame larger than a quantum waits a few turns, without looping forever.
         assert_eq!(
-            drr.next(|p| if p.0 == 8 { 3500 } else { 1000 }),
+            drr.next(|p| Some(if p.0 == 8 { 3500 } else { 1000 })),
             Some(PortId(7))
         );
         let order: Vec<u64> = (0..4)
-            .map(|_| drr.next(|p| if p.0 == 8 { 3500 } else { 1000 }).unwrap().0)
+            .map(|_| {
+                drr.next(|p| Some(if p.0 == 8 { 3500 } else { 1000 }))
+                    .unwrap()
+                    .0
+            })
             .collect();
         assert!(order.contains(&8), "{order:?}");
+    }
+
+    #[test]
+    fn ports_that_may_not_send_are_passed_over_and_keep_their_credit() {
+        let mut drr = Drr::new(1000);
+        drr.activate(PortId(1));
+        drr.activate(PortId(2));
+        // Nobody may send: no answer, and no endless loop.
+        assert_eq!(drr.next(|_| None), None);
+        // Port 1 waits: port 2 goes, turn after turn.
+        for _ in 0..5 {
+            assert_eq!(drr.next(|p| (p.0 == 2).then_some(1000)), Some(PortId(2)));
+        }
+        // Port 1 is charged for a frame that then waits: the refund keeps its credit, so once
+        // it may send again it moves two 1000-byte frames in its next turn (1000 kept plus
+        // its new quantum).
+        assert_eq!(drr.next(|_| Some(600)), Some(PortId(1)));
+        drr.refund(PortId(1), 600);
+        assert_eq!(drr.next(|p| (p.0 == 2).then_some(600)), Some(PortId(2)));
+        let order: Vec<u64> = (0..3)
+            .map(|_| drr.next(|_| Some(1000)).unwrap().0)
+            .collect();
+        assert_eq!(order, [1, 1, 2]);
     }
 }

@@ -123,6 +123,13 @@ impl Forwarder {
         }
     }
 
+    /// Records that a frame found `port` with no room and waits for it.
+    pub fn waited(&mut self, port: PortId) {
+        if let Some(p) = self.ports.get_mut(&port) {
+            p.counters.tx_waits += 1;
+        }
+    }
+
     /// Records the outcome of sending a `len`-byte frame out of `port`.
     pub fn sent(&mut self, port: PortId, len: usize, delivered: bool) {
         if let Some(p) = self.ports.get_mut(&port) {

@@ -38,6 +38,8 @@ pub struct PortCounters {
     /// Frames for the port dropped because it had no room (its domain is not reading) or its
     /// peer is gone.
     pub tx_dropped: u64,
+    /// Frames that found the port with no room and waited for it (see `HOLD_MAX`).
+    pub tx_waits: u64,
 }
 
 /// A port, as listed by the API.

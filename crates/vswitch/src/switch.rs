@@ -5,9 +5,25 @@
 //! port polls readable and has no head, one frame is read into it and the port joins the
 //! deficit round robin ([`Drr`]). The thread then takes head frames in DRR order, at most
 //! [`BATCH`] per pass, hands each to the [`Forwarder`] (checks, learning, rules) and sends it
-//! to the chosen ports with non-blocking sends; a port with no room gets the frame dropped and
-//! counted (`tx_dropped`), so a domain that stops reading never holds the switch or other ports.
-//! After each frame its port's next frame, if any, becomes its head.
+//! to the chosen ports with non-blocking sends. After each frame its port's next frame, if any,
+//! becomes its head.
+//!
+//! # Congestion
+//!
+//! A unicast frame whose destination has no room *waits*: it stays with its ingress port, which
+//! reads nothing more (so the sender's own socket fills and its VIF is pushed back), keeps its
+//! place and credit in the round robin, and tries again when the destination polls writable.
+//! Every port with a frame for that destination then takes its turn in DRR order, so a flooder
+//! and a light sender share a congested destination fairly instead of the light sender's frames
+//! being dropped whenever the flooder has just filled it. A frame that waits longer than
+//! [`HOLD_MAX`] is dropped and counted (`tx_dropped`), and its destination counts as *stalled*:
+//! frames for it are dropped at once, without waiting, until one goes through. So a domain that
+//! stops reading holds each sender for at most [`HOLD_MAX`] once, and then no longer. A frame
+//! for several ports (broadcast, unknown destination) never waits: a port with no room gets its
+//! copy dropped and counted.
+//!
+//! The price is head-of-line blocking within one sender: while its frame waits for a congested
+//! destination, its frames for other destinations wait behind it (at most [`HOLD_MAX`]).
 //!
 //! All state sits in one mutex, taken by the thread for a pass (never while it waits) and by
 //! the handle's methods briefly; the handle is `Send + Sync` and can be shared in an `Arc`.
@@ -37,6 +53,8 @@ use crate::ruleset::RuleStatus;
 
 /// Most frames forwarded per pass before the thread looks at new events and lets the handle in.
 pub const BATCH: usize = 64;
+/// Longest a unicast frame waits for room at its destination before it is dropped.
+pub const HOLD_MAX: Duration = Duration::from_millis(100);
 /// Consecutive read errors after which a port's descriptor is no longer watched (a deleted TAP
 /// polls in error forever); the port stays, and frames for it are dropped and counted.
 const MAX_READ_ERRORS: u32 = 3;
@@ -85,6 +103,7 @@ impl Switch {
                 forwarder: Forwarder::new(config.mac_age),
                 links: HashMap::new(),
                 drr: Drr::new(config.quantum),
+                scratch: vec![0u8; MAX_FRAME + 1],
                 next_port: 1,
                 uplink: None,
                 shutdown: false,
@@ -131,15 +150,45 @@ struct PortLink {
     head: Option<Vec<u8>>,
     /// A buffer kept for the next head.
     spare: Vec<u8>,
+    /// This port's frame waiting for room at its destination; the port reads nothing more
+    /// until it has gone.
+    waiting: Option<Waiting>,
+    /// Ports whose frames wait for room here (writability is watched while there are any).
+    waiters: usize,
+    /// A frame waited here past [`HOLD_MAX`]: frames for this port are dropped without waiting
+    /// until a send succeeds.
+    stalled: bool,
+    /// What the descriptor is registered for in epoll.
+    interest: EventSet,
     read_errors: u32,
     /// Still registered in epoll.
     watched: bool,
+}
+
+/// A unicast frame taken from its ingress port and waiting for room at its destination.
+struct Waiting {
+    frame: Vec<u8>,
+    dst: PortId,
+    since: Instant,
+    /// The destination polled writable since the last try.
+    retry: bool,
+}
+
+/// What became of one send.
+enum Sent {
+    Yes,
+    /// No room now.
+    Full,
+    /// An error, or a short write.
+    Failed,
 }
 
 struct State {
     forwarder: Forwarder,
     links: HashMap<PortId, PortLink>,
     drr: Drr,
+    /// Room for one received frame (and a byte more, to recognise oversized ones).
+    scratch: Vec<u8>,
     next_port: u64,
     uplink: Option<PortId>,
     shutdown: bool,
@@ -158,6 +207,10 @@ impl PortLink {
             link,
             head: None,
             spare: Vec::new(),
+            waiting: None,
+            waiters: 0,
+            stalled: false,
+            interest: EventSet::IN,
             read_errors: 0,
             watched: true,
         }
@@ -196,24 +249,65 @@ impl PortLink {
         }
     }
 
-    /// Sends `frame` without blocking: whether it went.
-    fn send(&mut self, frame: &[u8]) -> bool {
-        match &mut self.link {
-            Link::Socket(s) => s.send(frame).is_ok(),
-            Link::Tap(f) => f.write(frame).is_ok_and(|n| n == frame.len()),
+    /// Sends `frame` without blocking.
+    fn send(&mut self, frame: &[u8]) -> Sent {
+        let written = match &mut self.link {
+            Link::Socket(s) => s.send(frame),
+            Link::Tap(f) => f.write(frame),
+        };
+        match written {
+            Ok(n) if n == frame.len() => Sent::Yes,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Sent::Full,
+            _ => Sent::Failed,
+        }
+    }
+
+    /// The length of the frame this port would send now, if it may: its head, or its waiting
+    /// frame once the destination has polled writable.
+    fn ready_len(&self) -> Option<usize> {
+        match &self.waiting {
+            Some(w) => w.retry.then_some(w.frame.len()),
+            None => self.head.as_ref().map(Vec::len),
+        }
+    }
+
+    /// Registers the descriptor for what the port needs now: readable unless its frame waits
+    /// (level-triggered: an unread socket would report forever), writable while others wait.
+    fn rearm(&mut self, port: PortId, epoll: &Epoll) {
+        if !self.watched {
+            return;
+        }
+        let mut wanted = EventSet::empty();
+        if self.waiting.is_none() {
+            wanted |= EventSet::IN;
+        }
+        if self.waiters > 0 {
+            wanted |= EventSet::OUT;
+        }
+        if wanted != self.interest
+            && epoll
+                .ctl(
+                    ControlOperation::Modify,
+                    self.raw_fd(),
+                    EpollEvent::new(wanted, port.0),
+                )
+                .is_ok()
+        {
+            self.interest = wanted;
         }
     }
 }
 
 impl State {
     /// Makes sure `port` has a head frame if one is waiting: whether it has one.
-    fn fill_head(&mut self, port: PortId, scratch: &mut [u8], epoll: &Epoll) -> bool {
+    fn fill_head(&mut self, port: PortId, epoll: &Epoll) -> bool {
         let Some(link) = self.links.get_mut(&port) else {
             return false;
         };
-        if link.head.is_some() {
+        if link.head.is_some() || link.waiting.is_some() {
             return true;
         }
+        let scratch = &mut self.scratch;
         match link.read(scratch) {
             Ok(Some(n)) => {
                 link.read_errors = 0;
@@ -243,39 +337,156 @@ impl State {
         }
     }
 
-    /// Forwards up to [`BATCH`] head frames in DRR order.
-    fn forward_batch(&mut self, scratch: &mut [u8], out: &mut Vec<PortId>, epoll: &Epoll) {
+    /// Forwards up to [`BATCH`] frames in DRR order: heads, and waiting frames whose
+    /// destination has room again.
+    fn forward_batch(&mut self, out: &mut Vec<PortId>, epoll: &Epoll) {
         let now = Instant::now();
         for _ in 0..BATCH {
             let links = &self.links;
-            let head_len = |p: PortId| {
-                links
-                    .get(&p)
-                    .and_then(|l| l.head.as_ref())
-                    .map_or(0, Vec::len)
-            };
-            let Some(port) = self.drr.next(head_len) else {
+            let Some(port) = self
+                .drr
+                .next(|p| links.get(&p).and_then(PortLink::ready_len))
+            else {
                 return;
             };
-            let Some(frame) = self.links.get_mut(&port).and_then(|l| l.head.take()) else {
+            let Some(link) = self.links.get_mut(&port) else {
                 self.drr.deactivate(port);
                 continue;
             };
-            self.forwarder.forward(port, &frame, now, out);
-            for dst in out.iter() {
-                let delivered = self
-                    .links
-                    .get_mut(dst)
-                    .is_some_and(|link| link.send(&frame));
-                self.forwarder.sent(*dst, frame.len(), delivered);
-            }
-            if let Some(link) = self.links.get_mut(&port) {
-                link.spare = frame;
-            }
-            if !self.fill_head(port, scratch, epoll) {
+            if let Some(waiting) = link.waiting.take() {
+                let (frame, dst, since) = (waiting.frame, waiting.dst, waiting.since);
+                self.unicast(port, frame, dst, since, now, epoll);
+            } else if let Some(frame) = link.head.take() {
+                self.forwarder.forward(port, &frame, now, out);
+                if let [dst] = out[..] {
+                    self.unicast(port, frame, dst, now, now, epoll);
+                } else {
+                    for dst in out.iter() {
+                        let sent = self.links.get_mut(dst).map(|link| link.send(&frame));
+                        self.count_send(*dst, frame.len(), sent);
+                    }
+                    self.done_with(port, frame, epoll);
+                }
+            } else {
                 self.drr.deactivate(port);
             }
         }
+    }
+
+    /// Sends `port`'s unicast `frame` (taken from it at `since`) to `dst`, or leaves it waiting
+    /// there for room (see the module's notes on congestion).
+    fn unicast(
+        &mut self,
+        port: PortId,
+        frame: Vec<u8>,
+        dst: PortId,
+        since: Instant,
+        now: Instant,
+        epoll: &Epoll,
+    ) {
+        let was_waiting = since != now;
+        let sent = self.links.get_mut(&dst).map(|link| link.send(&frame));
+        let stalled = self.links.get(&dst).is_some_and(|l| l.stalled);
+        if matches!(sent, Some(Sent::Full)) && !stalled && now < since + HOLD_MAX {
+            if !was_waiting {
+                self.forwarder.waited(dst);
+                if let Some(d) = self.links.get_mut(&dst) {
+                    d.waiters += 1;
+                    d.rearm(dst, epoll);
+                }
+            }
+            self.drr.refund(port, frame.len());
+            if let Some(link) = self.links.get_mut(&port) {
+                link.waiting = Some(Waiting {
+                    frame,
+                    dst,
+                    since,
+                    retry: false,
+                });
+                link.rearm(port, epoll);
+            }
+            return;
+        }
+        if was_waiting {
+            self.stop_waiting(dst, epoll);
+        }
+        self.count_send(dst, frame.len(), sent);
+        self.done_with(port, frame, epoll);
+    }
+
+    /// Counts a send to `dst` (`None`: the port is gone) and keeps its stalled flag.
+    fn count_send(&mut self, dst: PortId, len: usize, sent: Option<Sent>) {
+        let delivered = matches!(sent, Some(Sent::Yes));
+        if let Some(d) = self.links.get_mut(&dst) {
+            if delivered {
+                d.stalled = false;
+            }
+        }
+        self.forwarder.sent(dst, len, delivered);
+    }
+
+    /// One fewer frame waits for room at `dst`.
+    fn stop_waiting(&mut self, dst: PortId, epoll: &Epoll) {
+        if let Some(d) = self.links.get_mut(&dst) {
+            d.waiters = d.waiters.saturating_sub(1);
+            d.rearm(dst, epoll);
+        }
+    }
+
+    /// `port`'s frame has gone (or was dropped): its buffer is kept for the next head, which is
+    /// read now; a port with nothing more leaves the round robin.
+    fn done_with(&mut self, port: PortId, frame: Vec<u8>, epoll: &Epoll) {
+        if let Some(link) = self.links.get_mut(&port) {
+            link.spare = frame;
+            link.rearm(port, epoll);
+        }
+        if !self.fill_head(port, epoll) {
+            self.drr.deactivate(port);
+        }
+    }
+
+    /// `port` polled writable: the frames waiting for it may try again.
+    fn room_at(&mut self, port: PortId) {
+        for link in self.links.values_mut() {
+            if let Some(w) = link.waiting.as_mut().filter(|w| w.dst == port) {
+                w.retry = true;
+            }
+        }
+    }
+
+    /// Drops the frames that waited longer than [`HOLD_MAX`]; their destinations count as
+    /// stalled. Returns when the next waiting frame expires.
+    fn expire_waiting(&mut self, now: Instant, epoll: &Epoll) -> Option<Instant> {
+        let expired: Vec<PortId> = self
+            .links
+            .iter()
+            .filter(|(_, l)| {
+                l.waiting
+                    .as_ref()
+                    .is_some_and(|w| w.since + HOLD_MAX <= now)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for port in expired {
+            let Some(waiting) = self.links.get_mut(&port).and_then(|l| l.waiting.take()) else {
+                continue;
+            };
+            if let Some(d) = self.links.get_mut(&waiting.dst) {
+                d.stalled = true;
+            }
+            self.stop_waiting(waiting.dst, epoll);
+            self.forwarder.sent(waiting.dst, waiting.frame.len(), false);
+            self.done_with(port, waiting.frame, epoll);
+        }
+        self.links
+            .values()
+            .filter_map(|l| l.waiting.as_ref().map(|w| w.since + HOLD_MAX))
+            .min()
+    }
+
+    /// Whether some port has a frame it may send now.
+    fn has_ready(&self) -> bool {
+        !self.drr.is_idle() && self.links.values().any(|l| l.ready_len().is_some())
     }
 
     fn remove(&mut self, id: PortId, epoll: &Epoll) -> bool {
@@ -289,6 +500,11 @@ impl State {
                 EpollEvent::default(),
             );
         }
+        if let Some(waiting) = link.waiting {
+            self.stop_waiting(waiting.dst, epoll);
+        }
+        // Frames waiting for the removed port are dropped at once.
+        self.room_at(id);
         self.drr.deactivate(id);
         self.forwarder.remove_port(id);
         if self.uplink == Some(id) {
@@ -337,7 +553,6 @@ fn invalid(message: &str) -> io::Error {
 /// The switch thread.
 fn run(shared: &Shared) {
     let mut events = vec![EpollEvent::default(); 64];
-    let mut scratch = vec![0u8; MAX_FRAME + 1];
     let mut out = Vec::new();
     let mut wait_ms = IDLE_WAIT_MS;
     let mut next_expiry = Instant::now() + Duration::from_millis(IDLE_WAIT_MS as u64);
@@ -360,17 +575,31 @@ fn run(shared: &Shared) {
                     let _ = shared.wake.read();
                 }
                 token => {
-                    state.fill_head(PortId(token), &mut scratch, &shared.epoll);
+                    let set = event.event_set();
+                    if set.contains(EventSet::OUT) {
+                        state.room_at(PortId(token));
+                    }
+                    if !set.contains(EventSet::OUT) || set.contains(EventSet::IN) {
+                        state.fill_head(PortId(token), &shared.epoll);
+                    }
                 }
             }
         }
-        state.forward_batch(&mut scratch, &mut out, &shared.epoll);
+        state.forward_batch(&mut out, &shared.epoll);
         let now = Instant::now();
+        let next_hold_expiry = state.expire_waiting(now, &shared.epoll);
         if now >= next_expiry {
             state.forwarder.expire(now);
             next_expiry = now + Duration::from_millis(IDLE_WAIT_MS as u64);
         }
-        wait_ms = if state.drr.is_idle() { IDLE_WAIT_MS } else { 0 };
+        wait_ms = if state.has_ready() {
+            0
+        } else {
+            next_hold_expiry.map_or(IDLE_WAIT_MS, |at| {
+                let ms = at.saturating_duration_since(now).as_millis() + 1;
+                i32::try_from(ms).unwrap_or(IDLE_WAIT_MS).min(IDLE_WAIT_MS)
+            })
+        };
     }
 }
 

@@ -283,8 +283,82 @@ fn drr_keeps_a_victim_fed_against_a_flood_to_a_slow_destination() {
         delivered[1]
     );
     assert!(
-        status(&sw, pd).counters.tx_dropped > 0,
+        status(&sw, pd).counters.tx_waits > 0,
         "the destination was never congested"
+    );
+}
+
+#[test]
+fn a_light_sender_loses_nothing_to_a_flood_of_the_same_destination() {
+    let sw = Switch::start().unwrap();
+    let (_, flood) = plug(&sw, "flood0", "flood");
+    let (_, light) = plug(&sw, "light0", "light");
+    let (pd, dst) = plug(&sw, "dst0", "dst");
+    dst.send(&arp_from(D));
+    assert_eq!(flood.recv(), arp_from(D));
+    assert_eq!(light.recv(), arp_from(D));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let flooder = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let frame = udp_frame(D, A, 1, 4, 1514);
+            while !stop.load(Ordering::Relaxed) {
+                if flood.0.send(&frame).is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    // The light sender: one small frame every 2 ms, numbered in its last byte.
+    let light_thread = std::thread::spawn(move || {
+        let mut sent = 0u32;
+        std::thread::sleep(Duration::from_millis(20));
+        for i in 0..200u32 {
+            let mut frame = udp_frame(D, B, 1, 4, 200);
+            *frame.last_mut().unwrap() = i as u8;
+            light.send(&frame);
+            sent += 1;
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        sent
+    });
+    // The destination reads slowly, so the flood keeps it congested.
+    dst.0
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut buf = vec![0; 2048];
+    let mut light_got = 0u32;
+    let mut frames = 0u64;
+    let mut light_done = None;
+    while let Ok(n) = dst.0.recv(&mut buf) {
+        if buf[6..12] == B.0 && n == 200 {
+            light_got += 1;
+        }
+        frames += 1;
+        if frames.is_multiple_of(4) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if light_done.is_none() && light_thread.is_finished() {
+            light_done = Some(Instant::now());
+            stop.store(true, Ordering::Relaxed);
+        }
+        // After both senders stop, whatever still waits drains within a moment.
+        if light_done.is_some_and(|t| t.elapsed() > Duration::from_millis(500)) {
+            break;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    flooder.join().unwrap();
+    let light_sent = light_thread.join().unwrap();
+    let counters = status(&sw, pd).counters;
+    assert!(
+        counters.tx_waits > 0,
+        "the destination was never congested: {counters:?}"
+    );
+    assert_eq!(
+        light_got, light_sent,
+        "every light frame arrived ({counters:?})"
     );
 }
 
