@@ -798,12 +798,17 @@ impl HostBox {
     /// test still fails its test.
     pub fn run(self) -> Result<BoxRun, BoxError> {
         match self.run_once() {
-            Err(BoxError::Run { reason, .. })
+            Err(BoxError::Run { reason, console })
                 if reason.contains(L1_LOCKUP)
                     || reason.starts_with("timed out")
                     || reason.starts_with("QEMU exited (exit status: 0)") =>
             {
-                eprintln!("testbox: warning: {reason}; running the box once more");
+                let lines: Vec<&str> = console.lines().collect();
+                let tail = lines[lines.len().saturating_sub(15)..].join("\n  ");
+                eprintln!(
+                    "testbox: warning: {reason}; running the box once more. \
+                     The failed run's console ended with:\n  {tail}"
+                );
                 self.run_once()
             }
             other => other,
