@@ -43,6 +43,8 @@ pub struct Control {
     state: Mutex<State>,
     changed: Condvar,
     stopping: AtomicBool,
+    /// A copy of `State::pause_wanted` that vCPU threads read on every exit without the lock.
+    pause_wanted: AtomicBool,
 }
 
 impl Control {
@@ -93,12 +95,20 @@ impl Control {
     /// Asks for the vCPUs to be parked (`true`) or to run again (`false`). The thread waiting
     /// for the machine kicks them out of the guest.
     pub fn want_pause(&self, on: bool) {
-        self.lock().pause_wanted = on;
+        let mut state = self.lock();
+        state.pause_wanted = on;
+        self.pause_wanted.store(on, Ordering::SeqCst);
+        drop(state);
         self.changed.notify_all();
     }
 
     /// Called by a vCPU thread between guest entries: parks it while a pause is wanted.
     pub fn park_if_paused(&self) {
+        // The common case, no pause, costs one load. A pause asked for just after it is seen
+        // at the next exit: the waiting thread keeps kicking until every vCPU is parked.
+        if !self.pause_wanted.load(Ordering::SeqCst) {
+            return;
+        }
         let mut state = self.lock();
         if !state.pause_wanted || state.reason.is_some() {
             return;
