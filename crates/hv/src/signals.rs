@@ -1,6 +1,7 @@
 //! Termination signals taken synchronously: SIGTERM and SIGINT are blocked in every thread and
 //! one thread waits for them with `sigtimedwait`, so reacting to one is ordinary code (no
-//! async-signal-safety rules) and none can be lost between two waits.
+//! async-signal-safety rules) and none can be lost between two waits. Also SIGPIPE's default
+//! action, for command-line clients.
 
 use std::io;
 use std::time::{Duration, Instant};
@@ -84,6 +85,15 @@ impl TerminationSignals {
             }
         }
     }
+}
+
+/// Gives SIGPIPE its default action back (Rust's runtime ignores it), so that a command-line
+/// client whose output goes to a pipe that closes early (`| head`, `| grep -q`) ends quietly,
+/// as Unix tools do, instead of failing on its next write. Call it before starting threads,
+/// and never in a process that writes to sockets whose peers may go away.
+pub fn default_sigpipe() {
+    // SAFETY: sets the disposition of one signal to its default; no handler is involved.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
 }
 
 #[cfg(test)]

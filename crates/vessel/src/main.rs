@@ -69,6 +69,12 @@ fn main() -> ExitCode {
         }
     };
     let socket = cli.socket;
+    if !matches!(cli.command, Command::Run(_) | Command::Daemon(_)) {
+        // A client verb whose output goes to a pipe that closes early (`| grep -q`, `| head`)
+        // ends quietly instead of failing on the write. (Not `run` and `daemon`: they write
+        // to sockets whose peers may go away.)
+        hv::default_sigpipe();
+    }
     let result = match cli.command {
         Command::Run(args) => run::run(args),
         Command::Image(args) => image::image(args),

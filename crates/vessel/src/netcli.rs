@@ -145,8 +145,15 @@ pub fn net(socket: &Path, command: NetCommand) -> anyhow::Result<ExitCode> {
         NetCommand::Ports => {
             let ports = call(socket, "GET", "/v1/net/ports", None)?;
             println!(
-                "{:<20} {:<16} {:>10} {:>12} {:>10} {:>12} {:>8}  MACS",
-                "PORT", "DOMAIN", "RX-FRAMES", "RX-BYTES", "TX-FRAMES", "TX-BYTES", "DROPS"
+                "{:<20} {:<16} {:>10} {:>12} {:>10} {:>12} {:>8} {:>8}  MACS",
+                "PORT",
+                "DOMAIN",
+                "RX-FRAMES",
+                "RX-BYTES",
+                "TX-FRAMES",
+                "TX-BYTES",
+                "DROPS",
+                "WAITS"
             );
             for p in ports.as_array().into_iter().flatten() {
                 let c = &p["counters"];
@@ -158,7 +165,7 @@ pub fn net(socket: &Path, command: NetCommand) -> anyhow::Result<ExitCode> {
                     .filter_map(Value::as_str)
                     .collect();
                 println!(
-                    "{:<20} {:<16} {:>10} {:>12} {:>10} {:>12} {:>8}  {}",
+                    "{:<20} {:<16} {:>10} {:>12} {:>10} {:>12} {:>8} {:>8}  {}",
                     p["name"].as_str().unwrap_or("?"),
                     p["domain"].as_str().unwrap_or("(uplink)"),
                     n("rx_frames"),
@@ -166,6 +173,7 @@ pub fn net(socket: &Path, command: NetCommand) -> anyhow::Result<ExitCode> {
                     n("tx_frames"),
                     n("tx_bytes"),
                     n("tx_dropped") + n("rx_errors") + n("rx_filtered"),
+                    n("tx_waits"),
                     macs.join(",")
                 );
             }

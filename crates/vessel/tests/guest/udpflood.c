@@ -5,7 +5,10 @@
  * "udpflood sent=N bytes=B errors=E". Built statically with gcc at test time (never committed as
  * a binary) and appended to the guest initramfs as /bin/udpflood.
  *
- * usage: udpflood IP PORT SECONDS SIZE
+ * usage: udpflood IP PORT SECONDS SIZE [BYTES_PER_SEC]
+ *
+ * With BYTES_PER_SEC the sends are paced to that rate (a flood that saturates a slower path
+ * without burning a CPU on sends that the first queue drops).
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -25,8 +28,8 @@ static double now(void)
 
 int main(int argc, char **argv)
 {
-    if (argc != 5) {
-        fprintf(stderr, "usage: udpflood IP PORT SECONDS SIZE\n");
+    if (argc != 5 && argc != 6) {
+        fprintf(stderr, "usage: udpflood IP PORT SECONDS SIZE [BYTES_PER_SEC]\n");
         return 2;
     }
     struct sockaddr_in to = { .sin_family = AF_INET, .sin_port = htons(atoi(argv[2])) };
@@ -47,8 +50,14 @@ int main(int argc, char **argv)
     }
     char *buf = calloc(1, size);
     unsigned long long sent = 0, bytes = 0, errors = 0;
-    double end = now() + seconds;
+    double rate = argc == 6 ? atof(argv[5]) : 0;
+    double start = now();
+    double end = start + seconds;
     while (now() < end) {
+        if (rate > 0 && bytes > rate * (now() - start)) {
+            usleep(1000);
+            continue;
+        }
         for (int i = 0; i < 64; i++) {
             if (sendto(fd, buf, size, 0, (struct sockaddr *)&to, sizeof to) < 0) {
                 errors++;
