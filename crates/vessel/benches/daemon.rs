@@ -8,7 +8,8 @@
 //!   joined by a Linux bridge in the same L1.
 //!
 //! Run with `cargo bench -p vessel --bench daemon`. Not a test: it prints what it measured.
-//! `VESSEL_BENCH_ROUNDS` rounds (default 2), alternating Vessel and QEMU; figures are medians.
+//! `VESSEL_BENCH_ROUNDS` rounds (default 2), alternating Vessel and QEMU; figures are medians of
+//! the rounds that finished (a failed round is reported and left out).
 
 mod common;
 
@@ -90,11 +91,13 @@ fn qemu_start(n: usize) -> String {
 }
 
 /// Seconds from T0 to the last UPi of a start step.
-fn start_seconds(step: &testbox::StepResult, n: usize) -> f64 {
-    let t0 = common::figure(step, "T0=");
-    (0..n)
-        .map(|i| common::figure(step, &format!("UP{i}=")) - t0)
-        .fold(0.0, f64::max)
+fn start_seconds(step: &testbox::StepResult, n: usize) -> Result<f64, String> {
+    let t0 = common::try_figure(step, "T0=")?;
+    let mut last: f64 = 0.0;
+    for i in 0..n {
+        last = last.max(common::try_figure(step, &format!("UP{i}="))? - t0);
+    }
+    Ok(last)
 }
 
 /// Guest commands: address eth0, wait for the peer, then receive or send 16 MiB.
@@ -158,14 +161,11 @@ fn qemu_bridge() -> String {
     )
 }
 
-fn throughput(step: &testbox::StepResult) -> f64 {
-    assert!(
-        !step.output.contains("FAILED") && !step.output.contains("UNREACHABLE"),
-        "step {}:\n{}",
-        step.name,
-        step.output
-    );
-    f64::from(MIB) / (common::figure(step, "TX1=") - common::figure(step, "TX0="))
+fn throughput(step: &testbox::StepResult) -> Result<f64, String> {
+    if step.output.contains("FAILED") || step.output.contains("UNREACHABLE") {
+        return Err(format!("step {}: the transfer failed", step.name));
+    }
+    Ok(f64::from(MIB) / (common::try_figure(step, "TX1=")? - common::try_figure(step, "TX0=")?))
 }
 
 fn main() {
@@ -189,13 +189,13 @@ fn main() {
         }
     }
     let run = bx.run().unwrap_or_else(|e| panic!("host box failed: {e}"));
-    let median_of = |name: &str, vmm: &str, f: &dyn Fn(&testbox::StepResult) -> f64| {
-        common::median(
-            (0..rounds)
-                .map(|r| f(run.step(&format!("{name}-{vmm}-{r}"))))
-                .collect(),
-        )
-    };
+    let median_of =
+        |name: &str, vmm: &str, f: &dyn Fn(&testbox::StepResult) -> Result<f64, String>| {
+            common::median(common::successes(
+                (0..rounds).map(|r| f(run.step(&format!("{name}-{vmm}-{r}")))),
+                &format!("{name} {vmm}"),
+            ))
+        };
     println!("domain 0 benchmark, {rounds} rounds, one box run, medians");
     println!("{:<44}{:>10}{:>10}{:>8}", "", "vessel", "qemu", "ratio");
     for (name, label, n) in [

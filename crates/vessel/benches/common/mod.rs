@@ -6,11 +6,31 @@ use testbox::StepResult;
 
 /// The number after `prefix` on the first line of the step's output that starts with it.
 pub fn figure(step: &StepResult, prefix: &str) -> f64 {
+    try_figure(step, prefix).unwrap_or_else(|e| panic!("{e}:\n{}", step.output))
+}
+
+/// The number after `prefix` on the first line of the step's output that starts with it, or
+/// why there is none.
+pub fn try_figure(step: &StepResult, prefix: &str) -> Result<f64, String> {
     step.output
         .lines()
         .find_map(|l| l.trim().strip_prefix(prefix))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("step {}: no '{prefix}' figure:\n{}", step.name, step.output))
+        .ok_or_else(|| format!("step {}: no '{prefix}' figure", step.name))
+}
+
+/// The figures of the rounds that produced one; each failed round is reported on stderr with
+/// the reason. Panics if no round of `what` produced a figure.
+pub fn successes(rounds: impl Iterator<Item = Result<f64, String>>, what: &str) -> Vec<f64> {
+    let mut ok = Vec::new();
+    for r in rounds {
+        match r {
+            Ok(v) => ok.push(v),
+            Err(e) => eprintln!("bench: {what}: a round is left out: {e}"),
+        }
+    }
+    assert!(!ok.is_empty(), "bench: {what}: no round finished");
+    ok
 }
 
 /// The median (mean of the middle two for an even count).
