@@ -61,6 +61,22 @@ impl vring::GuestMemory for GuestRam {
                 len: e.len,
             })
     }
+    fn read_file(
+        &self,
+        segments: &[(u64, usize)],
+        file: &std::fs::File,
+        offset: u64,
+    ) -> std::io::Result<()> {
+        self.0.read_file_vectored(segments, file, offset)
+    }
+    fn write_file(
+        &self,
+        segments: &[(u64, usize)],
+        file: &std::fs::File,
+        offset: u64,
+    ) -> std::io::Result<()> {
+        self.0.write_file_vectored(segments, file, offset)
+    }
 }
 
 /// Where a virtio device sits, for the ACPI tables.

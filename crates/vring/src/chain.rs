@@ -81,6 +81,37 @@ impl DescriptorChain {
             mem.write(addr, src)
         })
     }
+
+    /// Where `len` bytes of the writable part from byte `offset` of it lie in guest memory, in
+    /// order, as (guest address, length) pieces: for a device that fills them in one host call
+    /// ([`GuestMemory::read_file`]). Covers less than `len` if the part ends first.
+    pub fn writable_segments(
+        &self,
+        offset: u64,
+        len: usize,
+    ) -> Result<Vec<(u64, usize)>, QueueError> {
+        let mut pieces = Vec::new();
+        copy_segments(self.writable(), offset, len, |addr, _, n| {
+            pieces.push((addr, n));
+            Ok(())
+        })?;
+        Ok(pieces)
+    }
+
+    /// Like [`writable_segments`](Self::writable_segments), for the readable part (what a
+    /// device sends to a host file with [`GuestMemory::write_file`]).
+    pub fn readable_segments(
+        &self,
+        offset: u64,
+        len: usize,
+    ) -> Result<Vec<(u64, usize)>, QueueError> {
+        let mut pieces = Vec::new();
+        copy_segments(self.readable(), offset, len, |addr, _, n| {
+            pieces.push((addr, n));
+            Ok(())
+        })?;
+        Ok(pieces)
+    }
 }
 
 fn sum_len<'a>(descs: impl Iterator<Item = &'a Descriptor>) -> u64 {

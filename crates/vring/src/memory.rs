@@ -30,6 +30,58 @@ pub trait GuestMemory {
         self.write(addr, &value.to_le_bytes())
     }
 
+    /// Fills the guest memory pieces `segments` (guest-physical address, length), in order,
+    /// with the bytes of `file` from `offset` on: all of them, or an error (`UnexpectedEof` if
+    /// the file ends first, `InvalidInput`, before anything is read, if a piece is not guest
+    /// memory). A disk read: implementations over host mappings read straight into guest memory
+    /// in one vectored call; the default reads each piece into a buffer and
+    /// [`write`](Self::write)s it.
+    fn read_file(
+        &self,
+        segments: &[(u64, usize)],
+        file: &std::fs::File,
+        offset: u64,
+    ) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        check_segments(self, segments)?;
+        let mut buf = vec![0u8; CHUNK];
+        let mut at = offset;
+        for &(addr, len) in segments {
+            for start in (0..len).step_by(CHUNK) {
+                let n = CHUNK.min(len - start);
+                file.read_exact_at(&mut buf[..n], at)?;
+                self.write(addr + start as u64, &buf[..n])
+                    .map_err(invalid)?;
+                at += n as u64;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the guest memory pieces `segments`, in order, to `file` from `offset` on (a disk
+    /// write); the counterpart of [`read_file`](Self::read_file), with the same errors.
+    fn write_file(
+        &self,
+        segments: &[(u64, usize)],
+        file: &std::fs::File,
+        offset: u64,
+    ) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        check_segments(self, segments)?;
+        let mut buf = vec![0u8; CHUNK];
+        let mut at = offset;
+        for &(addr, len) in segments {
+            for start in (0..len).step_by(CHUNK) {
+                let n = CHUNK.min(len - start);
+                self.read(addr + start as u64, &mut buf[..n])
+                    .map_err(invalid)?;
+                file.write_all_at(&buf[..n], at)?;
+                at += n as u64;
+            }
+        }
+        Ok(())
+    }
+
     /// Whether `[addr, addr + len)` lies wholly inside guest memory (an empty range: always).
     ///
     /// The queue uses this to refuse rings and buffers outside guest memory when it first sees
@@ -48,6 +100,27 @@ pub trait GuestMemory {
         let mut byte = [0u8; 1];
         self.read(addr, &mut byte).is_ok() && self.read(last, &mut byte).is_ok()
     }
+}
+
+/// The buffer size of the default [`GuestMemory::read_file`] and [`GuestMemory::write_file`].
+const CHUNK: usize = 64 * 1024;
+
+/// Refuses, as `InvalidInput`, a list of pieces one of which is not guest memory.
+fn check_segments(
+    mem: &(impl GuestMemory + ?Sized),
+    segments: &[(u64, usize)],
+) -> std::io::Result<()> {
+    match segments
+        .iter()
+        .find(|&&(addr, len)| !mem.contains(addr, len as u64))
+    {
+        Some(&(addr, len)) => Err(invalid(MemoryError::new(addr, len))),
+        None => Ok(()),
+    }
+}
+
+fn invalid(e: MemoryError) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidInput, e)
 }
 
 /// A guest memory access outside guest memory.

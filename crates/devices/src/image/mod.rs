@@ -33,6 +33,12 @@ pub trait DiskBackend: Send {
     fn write_at(&mut self, data: &[u8], offset: u64) -> io::Result<()>;
     /// Makes every completed write durable (reaching stable storage) before returning.
     fn flush(&mut self) -> io::Result<()>;
+    /// The file whose byte `n` is the disk's byte `n`, if there is one (a raw image): the
+    /// device then moves data between it and guest memory directly, without a copy through a
+    /// buffer of its own. `None` (the default) for formats that map blocks elsewhere.
+    fn direct_file(&self) -> Option<&std::fs::File> {
+        None
+    }
 }
 
 /// An image's on-disk format.

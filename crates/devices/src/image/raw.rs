@@ -43,6 +43,9 @@ impl DiskBackend for Raw {
         check_range(offset, data.len(), self.len)?;
         self.file.write_all_at(data, offset)
     }
+    fn direct_file(&self) -> Option<&File> {
+        Some(&self.file)
+    }
     fn flush(&mut self) -> io::Result<()> {
         if self.readonly {
             return Ok(());

@@ -2,8 +2,11 @@
 //! behind [`DiskBackend`]).
 //!
 //! Requests are served synchronously on the domain's I/O thread. Every guest-supplied number
-//! (sector, lengths) is checked against the disk's size with overflow-safe arithmetic; data moves
-//! through a bounded bounce buffer, so a guest cannot make the VMM allocate without limit. A
+//! (sector, lengths) is checked against the disk's size with overflow-safe arithmetic. On a raw
+//! image, data moves between the file and the guest's buffers in one vectored call
+//! ([`DiskBackend::direct_file`]: `preadv`/`pwritev` on guest RAM, no copy in between); on an
+//! overlay, through a bounded bounce buffer. Either way a guest cannot make the VMM allocate
+//! without limit. A
 //! read-only VBD advertises `VIRTIO_BLK_F_RO` and also refuses writes itself with an I/O error,
 //! so the file's bytes stay identical whatever the guest's driver does. FLUSH reaches stable
 //! storage (`fdatasync`) before it completes.
@@ -127,15 +130,24 @@ impl Block {
                 let Some(offset) = self.range(sector, data_in) else {
                     return Ok((S_IOERR, 0));
                 };
-                let mut done = 0;
-                while done < data_in {
-                    let n = (data_in - done).min(MAX_BOUNCE as u64) as usize;
-                    self.bounce.resize(n, 0);
-                    if self.disk.read_at(&mut self.bounce, offset + done).is_err() {
-                        return Ok((S_IOERR, done));
+                if let Some(file) = self.disk.direct_file() {
+                    // Straight from the image into the guest's buffers, in one call.
+                    let len = usize::try_from(data_in).unwrap_or(usize::MAX);
+                    let pieces = chain.writable_segments(0, len)?;
+                    if mem.read_file(&pieces, file, offset).is_err() {
+                        return Ok((S_IOERR, 0));
                     }
-                    chain.write_at(mem, done, &self.bounce)?;
-                    done += n as u64;
+                } else {
+                    let mut done = 0;
+                    while done < data_in {
+                        let n = (data_in - done).min(MAX_BOUNCE as u64) as usize;
+                        self.bounce.resize(n, 0);
+                        if self.disk.read_at(&mut self.bounce, offset + done).is_err() {
+                            return Ok((S_IOERR, done));
+                        }
+                        chain.write_at(mem, done, &self.bounce)?;
+                        done += n as u64;
+                    }
                 }
                 self.stats.read_ops += 1;
                 self.stats.read_bytes += data_in;
@@ -148,15 +160,24 @@ impl Block {
                 let Some(offset) = self.range(sector, data_out) else {
                     return Ok((S_IOERR, 0));
                 };
-                let mut done = 0;
-                while done < data_out {
-                    let n = (data_out - done).min(MAX_BOUNCE as u64) as usize;
-                    self.bounce.resize(n, 0);
-                    chain.read_at(mem, 16 + done, &mut self.bounce)?;
-                    if self.disk.write_at(&self.bounce, offset + done).is_err() {
+                if let Some(file) = self.disk.direct_file() {
+                    // Straight from the guest's buffers into the image, in one call.
+                    let len = usize::try_from(data_out).unwrap_or(usize::MAX);
+                    let pieces = chain.readable_segments(16, len)?;
+                    if mem.write_file(&pieces, file, offset).is_err() {
                         return Ok((S_IOERR, 0));
                     }
-                    done += n as u64;
+                } else {
+                    let mut done = 0;
+                    while done < data_out {
+                        let n = (data_out - done).min(MAX_BOUNCE as u64) as usize;
+                        self.bounce.resize(n, 0);
+                        chain.read_at(mem, 16 + done, &mut self.bounce)?;
+                        if self.disk.write_at(&self.bounce, offset + done).is_err() {
+                            return Ok((S_IOERR, 0));
+                        }
+                        done += n as u64;
+                    }
                 }
                 self.stats.write_ops += 1;
                 self.stats.write_bytes += data_out;

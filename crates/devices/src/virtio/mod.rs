@@ -54,6 +54,22 @@ impl vring::GuestMemory for Memory {
     fn write_u16(&self, addr: u64, value: u16) -> Result<(), vring::MemoryError> {
         self.0.write_u16(addr, value)
     }
+    fn read_file(
+        &self,
+        segments: &[(u64, usize)],
+        file: &std::fs::File,
+        offset: u64,
+    ) -> std::io::Result<()> {
+        self.0.read_file(segments, file, offset)
+    }
+    fn write_file(
+        &self,
+        segments: &[(u64, usize)],
+        file: &std::fs::File,
+        offset: u64,
+    ) -> std::io::Result<()> {
+        self.0.write_file(segments, file, offset)
+    }
 }
 
 /// What processing a queue did.
