@@ -8,8 +8,9 @@
 //!   joined by a Linux bridge in the same L1.
 //!
 //! Run with `cargo bench -p vessel --bench daemon`. Not a test: it prints what it measured.
-//! `VESSEL_BENCH_ROUNDS` rounds (default 2), alternating Vessel and QEMU; figures are medians of
-//! the rounds that finished (a failed round is reported and left out).
+//! `VESSEL_BENCH_ROUNDS` rounds (default 2), alternating Vessel and QEMU, each step in a box of
+//! its own; figures are medians of the rounds that finished (a failed round is reported and left
+//! out).
 
 mod common;
 
@@ -63,8 +64,9 @@ fn vessel_start(n: usize) -> String {
     for i in 0..n {
         // The create may still be on its way: a console of an unknown domain fails at once.
         s.push_str(&format!(
-            "; until vessel console d{i} --until {MARKER} --timeout 300 >/dev/null 2>&1; \
-             do sleep 0.02; done; echo UP{i}={NOW}"
+            "; w=0; until vessel console d{i} --until {MARKER} --timeout 120 >/dev/null 2>&1; \
+             do w=$((w+1)); [ $w -ge 3000 ] && break; sleep 0.02; done; \
+             [ $w -lt 3000 ] && echo UP{i}={NOW}"
         ));
     }
     s.push_str("; echo T0=$T0; kill $DPID; wait; true");
@@ -83,7 +85,8 @@ fn qemu_start(n: usize) -> String {
     }
     for i in 0..n {
         s.push_str(&format!(
-            "; until grep -q {MARKER} /tmp/q{i}.log; do sleep 0.02; done; echo UP{i}={NOW}"
+            "; w=0; until grep -q {MARKER} /tmp/q{i}.log; do w=$((w+1)); \
+             [ $w -ge 6000 ] && break; sleep 0.02; done; [ $w -lt 6000 ] && echo UP{i}={NOW}"
         ));
     }
     s.push_str("; echo T0=$T0; pkill qemu-system; wait; true");
@@ -103,7 +106,7 @@ fn start_seconds(step: &testbox::StepResult, n: usize) -> Result<f64, String> {
 /// Guest commands: address eth0, wait for the peer, then receive or send 16 MiB.
 fn receiver() -> String {
     "ip addr add 10.0.0.2/24 dev eth0; ip link set eth0 up; \
-     timeout 300 nc -l -p 5000 > /dev/null; echo RXDONE"
+     timeout 120 nc -l -p 5000 > /dev/null; echo RXDONE"
         .to_string()
 }
 
@@ -133,7 +136,7 @@ fn vessel_switch() -> String {
     format!(
         "{}; echo '{b}' > /tmp/rx.json; echo '{a}' > /tmp/tx.json; \
          vessel create /tmp/rx.json >/dev/null; vessel create /tmp/tx.json >/dev/null; \
-         vessel console tx --until TX1= --timeout 600 | grep -E 'TX0=|TX1=|FAILED|UNREACHABLE'; \
+         vessel console tx --until TX1= --timeout 200 | grep -E 'TX0=|TX1=|FAILED|UNREACHABLE'; \
          kill $DPID; wait; true",
         daemon(false)
     )
@@ -141,7 +144,7 @@ fn vessel_switch() -> String {
 
 fn qemu_guest(tap: &str, mac: &str, guest: &str, log: &str) -> String {
     format!(
-        "timeout 600 qemu-system-x86_64 -enable-kvm -M microvm -cpu host -m 256 -smp 1 \
+        "timeout 200 qemu-system-x86_64 -enable-kvm -M microvm -cpu host -m 256 -smp 1 \
          -nographic -no-reboot -kernel /assets/vmlinux -initrd /assets/initramfs.cpio.gz \
          -netdev tap,id=n0,ifname={tap},script=no,downscript=no \
          -device virtio-net-device,netdev=n0,mac={mac} \
@@ -149,13 +152,16 @@ fn qemu_guest(tap: &str, mac: &str, guest: &str, log: &str) -> String {
     )
 }
 
+/// Two QEMU guests on TAP devices (QEMU creates them; L1's busybox `ip` cannot) joined by a
+/// Linux bridge.
 fn qemu_bridge() -> String {
     format!(
         "ip link add br0 type bridge 2>/dev/null || brctl addbr br0; ip link set br0 up; \
-         ip tuntap add qtap0 mode tap; ip tuntap add qtap1 mode tap; \
-         for t in qtap0 qtap1; do ip link set $t master br0 2>/dev/null || brctl addif br0 $t; ip link set $t up; done; \
-         ({}) & ({}) & wait; grep -hE 'TX0=|TX1=|FAILED|UNREACHABLE' /tmp/qtx.log; \
-         ip link del qtap0; ip link del qtap1; ip link del br0 2>/dev/null || brctl delbr br0; true",
+         ({}) & ({}) & \
+         for t in qtap0 qtap1; do i=0; while [ ! -e /sys/class/net/$t ] && [ $i -lt 300 ]; do \
+         sleep 0.1; i=$((i+1)); done; brctl addif br0 $t; ip link set $t up; done; \
+         wait; grep -hE 'TX0=|TX1=|FAILED|UNREACHABLE' /tmp/qtx.log; \
+         ip link set br0 down; brctl delbr br0 2>/dev/null || ip link del br0; true",
         qemu_guest("qtap1", "02:00:00:00:00:0b", &receiver(), "/tmp/qrx.log"),
         qemu_guest("qtap0", "02:00:00:00:00:0a", &sender(), "/tmp/qtx.log"),
     )
@@ -171,32 +177,32 @@ fn throughput(step: &testbox::StepResult) -> Result<f64, String> {
 fn main() {
     let rounds = common::rounds(2);
     let assets = Assets::locate().unwrap_or_else(|e| panic!("guest assets unavailable: {e}"));
-    let mut bx = HostBox::new(&assets)
+    let bx = HostBox::new(&assets)
         .with_qemu()
         .binary(VESSEL, "/bin/vessel")
         .memory_mib(2048)
-        .timeout(Duration::from_secs(3000));
+        .timeout(Duration::from_secs(900));
     let cases: [(&str, String, String); 3] = [
         ("start1", vessel_start(1), qemu_start(1)),
         ("start4", vessel_start(4), qemu_start(4)),
         ("switch", vessel_switch(), qemu_bridge()),
     ];
+    let mut steps = Vec::new();
     for round in 0..rounds {
         for (name, v, q) in &cases {
-            bx = bx
-                .step(&format!("{name}-vessel-{round}"), v)
-                .step(&format!("{name}-qemu-{round}"), q);
+            steps.push((format!("{name}-vessel-{round}"), v.clone()));
+            steps.push((format!("{name}-qemu-{round}"), q.clone()));
         }
     }
-    let run = bx.run().unwrap_or_else(|e| panic!("host box failed: {e}"));
+    let run = common::each_in_own_box(&bx, &steps);
     let median_of =
         |name: &str, vmm: &str, f: &dyn Fn(&testbox::StepResult) -> Result<f64, String>| {
             common::median(common::successes(
-                (0..rounds).map(|r| f(run.step(&format!("{name}-{vmm}-{r}")))),
+                (0..rounds).map(|r| run.get(&format!("{name}-{vmm}-{r}")).and_then(f)),
                 &format!("{name} {vmm}"),
             ))
         };
-    println!("domain 0 benchmark, {rounds} rounds, one box run, medians");
+    println!("domain 0 benchmark, {rounds} rounds, each step in a box of its own, medians");
     println!("{:<44}{:>10}{:>10}{:>8}", "", "vessel", "qemu", "ratio");
     for (name, label, n) in [
         ("start1", "API create to /init, 1 domain (s)", 1),

@@ -16,7 +16,15 @@ pub fn try_figure(step: &StepResult, prefix: &str) -> Result<f64, String> {
         .lines()
         .find_map(|l| l.trim().strip_prefix(prefix))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .ok_or_else(|| format!("step {}: no '{prefix}' figure", step.name))
+        .ok_or_else(|| {
+            let lines: Vec<&str> = step.output.lines().collect();
+            format!(
+                "step {} (exit {}): no '{prefix}' figure; its output ended with: {}",
+                step.name,
+                step.exit_code,
+                lines[lines.len().saturating_sub(6)..].join(" | ")
+            )
+        })
 }
 
 /// The figures of the rounds that produced one; each failed round is reported on stderr with
@@ -67,4 +75,47 @@ pub fn alternate(
             .step(&format!("qemu-{i}"), qemu);
     }
     bx.run().unwrap_or_else(|e| panic!("host box failed: {e}"))
+}
+
+/// Step results by name, each from a box of its own (see [`each_in_own_box`]).
+pub struct Steps(Vec<(String, Result<StepResult, String>)>);
+
+impl Steps {
+    /// The result of step `name`, or why it has none.
+    pub fn get(&self, name: &str) -> Result<&StepResult, String> {
+        match self.0.iter().find(|(n, _)| n == name) {
+            Some((_, Ok(step))) => Ok(step),
+            Some((_, Err(e))) => Err(e.clone()),
+            None => Err(format!("no step {name}")),
+        }
+    }
+}
+
+/// Runs every `(name, script)` step in a box of its own, a clone of `bx` (which has no steps).
+/// L1 boots again for each step, so when L1 dies under TCG (it does now and then, under
+/// QEMU's guests as under Vessel's, after the box's own retry) only that step is lost; the
+/// failure is reported on stderr and kept as the step's result.
+pub fn each_in_own_box(bx: &testbox::HostBox, steps: &[(String, String)]) -> Steps {
+    Steps(
+        steps
+            .iter()
+            .map(|(name, script)| {
+                let result = match bx.clone().step(name, script).run() {
+                    Ok(run) => run
+                        .steps
+                        .into_iter()
+                        .find(|s| &s.name == name)
+                        .ok_or_else(|| format!("step {name} did not run")),
+                    Err(e) => Err(format!(
+                        "the box of step {name} failed: {}",
+                        e.to_string().lines().next().unwrap_or_default()
+                    )),
+                };
+                if let Err(e) = &result {
+                    eprintln!("bench: {e}");
+                }
+                (name.clone(), result)
+            })
+            .collect(),
+    )
 }
