@@ -74,7 +74,7 @@ wait $rpid
 cat /tmp/RATE_SECONDS.out
 vessel net rule del $rate && echo RULE=deleted
 
-# Fairness at a congested destination: c sends 4 MiB to d alone, then again while a flood of
+# Fairness at a congested destination: c sends 2 MiB to d alone, then again while a flood of
 # UDP (to a port nobody listens on, paced at 8 MB/s: more than d takes in under TCG, so its
 # switch port stays full, without the flooder burning one of L1's two CPUs on sends L1's TAP
 # queue would drop) through the uplink; d times both
@@ -82,7 +82,7 @@ vessel net rule del $rate && echo RULE=deleted
 # not a guest: under TCG a guest that transmits flat out triple-faults now and then, under
 # QEMU as under Vessel; the uplink is a switch port like any other.)
 now() { cut -d' ' -f1 /proc/uptime; }
-on 3 "head -c 4194304 /dev/zero > /tmp/tx4 && echo TX4=ready"
+on 3 "head -c 2097152 /dev/zero > /tmp/tx4 && echo TX4=ready"
 receive 5002 SOLO_SECONDS
 on 3 "i=0; until nc 10.0.1.4 5002 < /tmp/tx4; do i=\$((i+1)); [ \$i -ge 40 ] && break; sleep 0.5; done"
 wait $rpid
