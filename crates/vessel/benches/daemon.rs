@@ -59,7 +59,7 @@ fn vessel_start(n: usize) -> String {
     }
     s.push_str(&format!("; T0={NOW}"));
     for i in 0..n {
-        s.push_str(&format!("; vessel create /tmp/d{i}.json >/dev/null &"));
+        s.push_str(&format!("; vessel create /tmp/d{i}.json >/dev/null & true"));
     }
     for i in 0..n {
         // The create may still be on its way: a console of an unknown domain fails at once.
@@ -80,7 +80,7 @@ fn qemu_start(n: usize) -> String {
         s.push_str(&format!(
             "; timeout 600 qemu-system-x86_64 -enable-kvm -M microvm -cpu host -m 256 -smp 1 \
              -nographic -no-reboot -kernel /assets/vmlinux -initrd /assets/initramfs.cpio.gz \
-             -append 'console=ttyS0 quiet vcmd=\"sleep 600\"' </dev/null >/tmp/q{i}.log 2>&1 &"
+             -append 'console=ttyS0 quiet vcmd=\"sleep 600\"' </dev/null >/tmp/q{i}.log 2>&1 & true"
         ));
     }
     for i in 0..n {
