@@ -109,6 +109,9 @@ const QEMU_FIRMWARE: &[(&str, bool)] = &[
 const QEMU_MODULE_DIR: &str = "/usr/lib/x86_64-linux-gnu/qemu";
 /// Modules L1 must load: `kvm-amd` pulls in `kvm` and `irqbypass` through modules.dep.
 const L1_REQUIRED_MODULES: &[&str] = &["kvm-amd"];
+/// Boots of one box run before an L1 that wedged, locked up or reset counts as a failure.
+const ATTEMPTS: u32 = 3;
+
 /// Modules L1 loads if the kernel has them, for network tests (`bridge` pulls in `stp`, `llc`).
 const L1_OPTIONAL_MODULES: &[&str] = &["tun", "bridge"];
 
@@ -790,28 +793,37 @@ impl HostBox {
     /// be prepared or did not reach `@@BOX-DONE` (timeout, QEMU failure, no `/dev/kvm` in L1);
     /// failing steps are not errors: look at [`StepResult::exit_code`].
     ///
-    /// A run whose L1 wedges is tried once more, with a warning on stderr: under load, TCG's
-    /// emulated SVM occasionally wedges L1's KVM, either with a soft lockup report (then the
+    /// A run whose L1 fails is tried again, with a warning on stderr: under load, TCG's
+    /// emulated SVM now and then wedges L1's KVM, either with a soft lockup report (then the
     /// run is stopped at once) or silently until the timeout, or resets L1 outright (QEMU,
-    /// run with `-no-reboot`, exits 0 without a panic or `@@BOX-DONE`: nothing L1 user space
-    /// can cause). A second failure is an error like any other, so a hang of the code under
-    /// test still fails its test.
+    /// run with `-no-reboot`, exits 0 without `@@BOX-DONE`; one such reset was caught on the
+    /// console as an L1 kernel stack overflow in its exception entry: nothing L1 user space can
+    /// cause). A reset or a lockup is retried up to three boots in all; a timeout once only,
+    /// since it may be the code under test hanging. A failure after that is an error like any
+    /// other.
     pub fn run(self) -> Result<BoxRun, BoxError> {
-        match self.run_once() {
-            Err(BoxError::Run { reason, console })
-                if reason.contains(L1_LOCKUP)
-                    || reason.starts_with("timed out")
-                    || reason.starts_with("QEMU exited (exit status: 0)") =>
-            {
-                let lines: Vec<&str> = console.lines().collect();
-                let tail = lines[lines.len().saturating_sub(15)..].join("\n  ");
-                eprintln!(
-                    "testbox: warning: {reason}; running the box once more. \
-                     The failed run's console ended with:\n  {tail}"
-                );
-                self.run_once()
+        let mut attempt = 1;
+        loop {
+            match self.run_once() {
+                // A timeout may be the code under test hanging: retried once only. A reset
+                // or a lockup report is L1's kernel failing: retried up to ATTEMPTS boots.
+                Err(BoxError::Run { reason, console })
+                    if (reason.starts_with("timed out") && attempt < 2)
+                        || (attempt < ATTEMPTS
+                            && (reason.contains(L1_LOCKUP)
+                                || reason.starts_with("QEMU exited (exit status: 0)"))) =>
+                {
+                    let lines: Vec<&str> = console.lines().collect();
+                    let tail = lines[lines.len().saturating_sub(15)..].join("\n  ");
+                    eprintln!(
+                        "testbox: warning: {reason}; running the box again (attempt {} of \
+                         {ATTEMPTS}). The failed run's console ended with:\n  {tail}",
+                        attempt + 1
+                    );
+                    attempt += 1;
+                }
+                other => return other,
             }
-            other => other,
         }
     }
 
