@@ -129,8 +129,18 @@ pub fn each_in_own_box(bx: &testbox::HostBox, steps: &[(String, String)]) -> Ste
                         e.to_string().lines().next().unwrap_or_default()
                     )),
                 };
-                if let Err(e) = &result {
-                    eprintln!("bench: {e}");
+                // Reported as each step ends, so a run cut short keeps what it measured.
+                match &result {
+                    Ok(step) => {
+                        let lines: Vec<&str> = step.output.lines().collect();
+                        eprintln!(
+                            "bench: step {name} done (exit {}, {:.1} s): {}",
+                            step.exit_code,
+                            step.seconds,
+                            lines[lines.len().saturating_sub(8)..].join(" | ")
+                        );
+                    }
+                    Err(e) => eprintln!("bench: {e}"),
                 }
                 (name.clone(), result)
             })
