@@ -38,7 +38,7 @@ fn four_domains_on_the_switch_through_the_api() {
         env!("CARGO_MANIFEST_DIR"),
         "/tests/box_scripts/four_domains.sh"
     );
-    let run = box_with_vessel(1800)
+    let run = box_with_vessel(600)
         .memory_mib(2048)
         .file(&tools, "/tools.cpio.gz")
         .file(dir.join("tools-root/bin/udpflood"), "/udpflood")
