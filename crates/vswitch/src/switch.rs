@@ -53,11 +53,6 @@ use crate::ruleset::RuleStatus;
 
 /// Most frames forwarded per pass before the thread looks at new events and lets the handle in.
 pub const BATCH: usize = 64;
-/// The send buffer of the switch's end of a domain port (Linux doubles it): room for a
-/// largest frame, or about 35 full-size Ethernet frames. Small on purpose: a backlog for a busy
-/// domain then builds up here, where deficit round robin chooses what goes next, rather than
-/// in a first-come queue between the switch and the domain.
-pub const PORT_SEND_BUFFER: usize = 40 * 1024;
 /// Longest a unicast frame waits for room at its destination before it is dropped.
 pub const HOLD_MAX: Duration = Duration::from_millis(100);
 /// Consecutive read errors after which a port's descriptor is no longer watched (a deleted TAP
@@ -618,7 +613,6 @@ impl SwitchHandle {
     pub fn add_port(&self, name: &str, domain: &str) -> io::Result<(PortId, SwitchPortBackend)> {
         let (switch_end, domain_end) = UnixDatagram::pair()?;
         switch_end.set_nonblocking(true)?;
-        hv::set_send_buffer(&switch_end, PORT_SEND_BUFFER)?;
         let backend = SwitchPortBackend::new(domain_end, name)?;
         let id = self.lock().add(
             name,

@@ -36,9 +36,8 @@ pub const TX: usize = 1;
 pub const HEADER_LEN: usize = 12;
 /// Largest frame moved in either direction (a 64 KiB IP packet with Ethernet and VLAN headers).
 pub const MAX_FRAME: usize = 65550;
-/// Most frames waiting for receive buffers. Few: beyond them the backlog stays in the backend
-/// (a switch port, where it is scheduled fairly between senders; a socket; a TAP queue).
-pub const MAX_PENDING: usize = 64;
+/// Most frames waiting for receive buffers.
+pub const MAX_PENDING: usize = 256;
 /// Most bytes waiting for receive buffers.
 pub const MAX_PENDING_BYTES: usize = 1 << 20;
 /// Longest a refused transmit frame is held before the link counts as dead.
