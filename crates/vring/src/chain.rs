@@ -90,12 +90,7 @@ impl DescriptorChain {
         offset: u64,
         len: usize,
     ) -> Result<Vec<(u64, usize)>, QueueError> {
-        let mut pieces = Vec::new();
-        copy_segments(self.writable(), offset, len, |addr, _, n| {
-            pieces.push((addr, n));
-            Ok(())
-        })?;
-        Ok(pieces)
+        pieces(self.writable(), offset, len)
     }
 
     /// Like [`writable_segments`](Self::writable_segments), for the readable part (what a
@@ -105,13 +100,22 @@ impl DescriptorChain {
         offset: u64,
         len: usize,
     ) -> Result<Vec<(u64, usize)>, QueueError> {
-        let mut pieces = Vec::new();
-        copy_segments(self.readable(), offset, len, |addr, _, n| {
-            pieces.push((addr, n));
-            Ok(())
-        })?;
-        Ok(pieces)
+        pieces(self.readable(), offset, len)
     }
+}
+
+/// The (guest address, length) pieces of `[offset, offset + len)` of the buffers `descs`.
+fn pieces<'a>(
+    descs: impl Iterator<Item = &'a Descriptor>,
+    offset: u64,
+    len: usize,
+) -> Result<Vec<(u64, usize)>, QueueError> {
+    let mut pieces = Vec::new();
+    copy_segments(descs, offset, len, |addr, _, n| {
+        pieces.push((addr, n));
+        Ok(())
+    })?;
+    Ok(pieces)
 }
 
 fn sum_len<'a>(descs: impl Iterator<Item = &'a Descriptor>) -> u64 {

@@ -43,19 +43,10 @@ pub trait GuestMemory {
         offset: u64,
     ) -> std::io::Result<()> {
         use std::os::unix::fs::FileExt;
-        check_segments(self, segments)?;
-        let mut buf = vec![0u8; CHUNK];
-        let mut at = offset;
-        for &(addr, len) in segments {
-            for start in (0..len).step_by(CHUNK) {
-                let n = CHUNK.min(len - start);
-                file.read_exact_at(&mut buf[..n], at)?;
-                self.write(addr + start as u64, &buf[..n])
-                    .map_err(invalid)?;
-                at += n as u64;
-            }
-        }
-        Ok(())
+        in_chunks(self, segments, offset, |addr, at, buf| {
+            file.read_exact_at(buf, at)?;
+            self.write(addr, buf).map_err(invalid)
+        })
     }
 
     /// Writes the guest memory pieces `segments`, in order, to `file` from `offset` on (a disk
@@ -67,19 +58,10 @@ pub trait GuestMemory {
         offset: u64,
     ) -> std::io::Result<()> {
         use std::os::unix::fs::FileExt;
-        check_segments(self, segments)?;
-        let mut buf = vec![0u8; CHUNK];
-        let mut at = offset;
-        for &(addr, len) in segments {
-            for start in (0..len).step_by(CHUNK) {
-                let n = CHUNK.min(len - start);
-                self.read(addr + start as u64, &mut buf[..n])
-                    .map_err(invalid)?;
-                file.write_all_at(&buf[..n], at)?;
-                at += n as u64;
-            }
-        }
-        Ok(())
+        in_chunks(self, segments, offset, |addr, at, buf| {
+            self.read(addr, buf).map_err(invalid)?;
+            file.write_all_at(buf, at)
+        })
     }
 
     /// Whether `[addr, addr + len)` lies wholly inside guest memory (an empty range: always).
@@ -104,6 +86,28 @@ pub trait GuestMemory {
 
 /// The buffer size of the default [`GuestMemory::read_file`] and [`GuestMemory::write_file`].
 const CHUNK: usize = 64 * 1024;
+
+/// The defaults of [`GuestMemory::read_file`] and [`GuestMemory::write_file`]: after checking
+/// every piece, calls `op(guest address, file offset, buffer)` for each chunk of at most
+/// [`CHUNK`] bytes of the pieces, in order, the file offset running on from `offset`.
+fn in_chunks(
+    mem: &(impl GuestMemory + ?Sized),
+    segments: &[(u64, usize)],
+    offset: u64,
+    mut op: impl FnMut(u64, u64, &mut [u8]) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    check_segments(mem, segments)?;
+    let mut buf = vec![0u8; CHUNK];
+    let mut at = offset;
+    for &(addr, len) in segments {
+        for start in (0..len).step_by(CHUNK) {
+            let n = CHUNK.min(len - start);
+            op(addr + start as u64, at, &mut buf[..n])?;
+            at += n as u64;
+        }
+    }
+    Ok(())
+}
 
 /// Refuses, as `InvalidInput`, a list of pieces one of which is not guest memory.
 fn check_segments(
