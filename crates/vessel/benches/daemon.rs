@@ -3,7 +3,7 @@
 //! - **start**: from the API call (`vessel create` to a running `vessel daemon`) to the guest's
 //!   `/init` marker on its console, for 1 domain and for 4 created at once; QEMU has no daemon,
 //!   so its figure is from spawning `qemu-system-x86_64 -M microvm` to the same marker.
-//! - **switch**: guest-to-guest TCP (16 MiB through `nc`, timed by the sender's own clock)
+//! - **switch**: guest-to-guest TCP (4 MiB through `nc`, timed by the sender's own clock)
 //!   between two domains on the daemon's virtual switch, against two QEMU guests on TAP devices
 //!   joined by a Linux bridge in the same L1.
 //!
@@ -19,11 +19,16 @@ use std::time::Duration;
 use testbox::{Assets, HostBox};
 
 const VESSEL: &str = env!("CARGO_BIN_EXE_vessel");
-const MIB: u32 = 16;
+const MIB: u32 = 4;
 const MARKER: &str = "VESSEL-GUEST-INIT";
 
 /// L1 shell: seconds since L1 booted.
 const NOW: &str = "$(cut -d' ' -f1 /proc/uptime)";
+
+/// L1 shell: the start steps give up on a guest 120 s after T0 (by L1's clock: a loop count
+/// would depend on how slowly L1 runs the loop).
+const DEADLINE: &str = "DL=$(( $(cut -d. -f1 /proc/uptime) + 120 ))";
+const GIVE_UP: &str = "[ $(cut -d. -f1 /proc/uptime) -ge $DL ]";
 
 /// Starts the daemon (with the uplink TAP `vtap0` when `uplink`) and waits for its socket.
 fn daemon(uplink: bool) -> String {
@@ -57,16 +62,15 @@ fn vessel_start(n: usize) -> String {
         );
         s.push_str(&format!("; echo '{def}' > /tmp/d{i}.json"));
     }
-    s.push_str(&format!("; T0={NOW}"));
+    s.push_str(&format!("; T0={NOW}; {DEADLINE}"));
     for i in 0..n {
         s.push_str(&format!("; vessel create /tmp/d{i}.json >/dev/null & true"));
     }
     for i in 0..n {
         // The create may still be on its way: a console of an unknown domain fails at once.
         s.push_str(&format!(
-            "; w=0; until vessel console d{i} --until {MARKER} --timeout 120 >/dev/null 2>&1; \
-             do w=$((w+1)); [ $w -ge 3000 ] && break; sleep 0.02; done; \
-             [ $w -lt 3000 ] && echo UP{i}={NOW}"
+            "; until vessel console d{i} --until {MARKER} --timeout 120 >/dev/null 2>&1 \
+             && echo UP{i}={NOW}; do {GIVE_UP} && break; sleep 0.02; done"
         ));
     }
     s.push_str("; echo T0=$T0; kill $DPID; wait; true");
@@ -75,7 +79,7 @@ fn vessel_start(n: usize) -> String {
 
 /// QEMU: spawn `n` microvm guests at once, wait for each one's marker in its output.
 fn qemu_start(n: usize) -> String {
-    let mut s = format!("T0={NOW}");
+    let mut s = format!("T0={NOW}; {DEADLINE}");
     for i in 0..n {
         s.push_str(&format!(
             "; timeout 600 qemu-system-x86_64 -enable-kvm -M microvm -cpu host -m 256 -smp 1 \
@@ -85,8 +89,8 @@ fn qemu_start(n: usize) -> String {
     }
     for i in 0..n {
         s.push_str(&format!(
-            "; w=0; until grep -q {MARKER} /tmp/q{i}.log; do w=$((w+1)); \
-             [ $w -ge 6000 ] && break; sleep 0.02; done; [ $w -lt 6000 ] && echo UP{i}={NOW}"
+            "; until grep -q {MARKER} /tmp/q{i}.log && echo UP{i}={NOW}; do {GIVE_UP} && break; \
+             sleep 0.02; done"
         ));
     }
     s.push_str("; echo T0=$T0; pkill qemu-system; wait; true");
@@ -103,7 +107,7 @@ fn start_seconds(step: &testbox::StepResult, n: usize) -> Result<f64, String> {
     Ok(last)
 }
 
-/// Guest commands: address eth0, wait for the peer, then receive or send 16 MiB.
+/// Guest commands: address eth0, wait for the peer, then receive or send `MIB` MiB.
 fn receiver() -> String {
     "ip addr add 10.0.0.2/24 dev eth0; ip link set eth0 up; \
      timeout 120 nc -l -p 5000 > /dev/null; echo RXDONE"

@@ -145,7 +145,7 @@ pub fn net(socket: &Path, command: NetCommand) -> anyhow::Result<ExitCode> {
         NetCommand::Ports => {
             let ports = call(socket, "GET", "/v1/net/ports", None)?;
             println!(
-                "{:<20} {:<16} {:>10} {:>12} {:>10} {:>12} {:>8} {:>8}  MACS",
+                "{:<20} {:<16} {:>10} {:>12} {:>10} {:>12} {:>8} {:>8} {:>10}  MACS",
                 "PORT",
                 "DOMAIN",
                 "RX-FRAMES",
@@ -153,7 +153,8 @@ pub fn net(socket: &Path, command: NetCommand) -> anyhow::Result<ExitCode> {
                 "TX-FRAMES",
                 "TX-BYTES",
                 "DROPS",
-                "WAITS"
+                "WAITS",
+                "RATE"
             );
             for p in ports.as_array().into_iter().flatten() {
                 let c = &p["counters"];
@@ -164,8 +165,11 @@ pub fn net(socket: &Path, command: NetCommand) -> anyhow::Result<ExitCode> {
                     .flatten()
                     .filter_map(Value::as_str)
                     .collect();
+                let rate = p["rate_bytes_per_sec"]
+                    .as_u64()
+                    .map_or_else(|| "-".to_string(), |r| r.to_string());
                 println!(
-                    "{:<20} {:<16} {:>10} {:>12} {:>10} {:>12} {:>8} {:>8}  {}",
+                    "{:<20} {:<16} {:>10} {:>12} {:>10} {:>12} {:>8} {:>8} {:>10}  {}",
                     p["name"].as_str().unwrap_or("?"),
                     p["domain"].as_str().unwrap_or("(uplink)"),
                     n("rx_frames"),
@@ -174,6 +178,7 @@ pub fn net(socket: &Path, command: NetCommand) -> anyhow::Result<ExitCode> {
                     n("tx_bytes"),
                     n("tx_dropped") + n("rx_errors") + n("rx_filtered"),
                     n("tx_waits"),
+                    rate,
                     macs.join(",")
                 );
             }

@@ -143,11 +143,14 @@ pub struct NetConfig {
     /// Whether the MAC was generated rather than given (the daemon regenerates switch ports'
     /// MACs from the domain's name, so two domains never share one).
     pub mac_generated: bool,
+    /// A switch port's rate in bytes per second (`bps=`, 0 or absent for none): the switch
+    /// sends the VIF at most this much, like a link of that speed.
+    pub rate: Option<u64>,
 }
 
 /// A `--net` argument that does not parse.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid --net '{given}': {why} (expected tap=NAME[,mac=MAC], socket=PATH,peer=PATH[,mac=MAC] or switch=NAME[,mac=MAC])")]
+#[error("invalid --net '{given}': {why} (expected tap=NAME[,mac=MAC], socket=PATH,peer=PATH[,mac=MAC] or switch=NAME[,mac=MAC][,bps=RATE])")]
 pub struct NetError {
     given: String,
     why: String,
@@ -188,7 +191,7 @@ pub fn parse_net(text: &str) -> Result<NetConfig, NetError> {
         why,
     };
     let (mut tap, mut socket, mut peer, mut mac) = (None, None, None, None);
-    let mut switch = None;
+    let (mut switch, mut rate) = (None, None);
     for part in text.split(',') {
         let (key, value) = part
             .split_once('=')
@@ -231,8 +234,19 @@ pub fn parse_net(text: &str) -> Result<NetConfig, NetError> {
                     ))
                 })?)
             }
+            "bps" => {
+                let bps = parse_rate(value).ok_or_else(|| {
+                    err(format!(
+                        "bps must be bytes per second with an optional K, M or G suffix, not '{value}'"
+                    ))
+                })?;
+                rate = (bps > 0).then_some(bps);
+            }
             other => return Err(err(format!("unknown key '{other}'"))),
         }
+    }
+    if rate.is_some() && switch.is_none() {
+        return Err(err("bps= applies to switch ports only".into()));
     }
     let backend = match (tap, socket, peer, switch) {
         (None, None, None, Some(name)) => NetBackendConfig::Switch(name),
@@ -247,6 +261,7 @@ pub fn parse_net(text: &str) -> Result<NetConfig, NetError> {
     Ok(NetConfig {
         mac: mac.unwrap_or_else(|| generated_mac(&key)),
         mac_generated: mac.is_none(),
+        rate,
         backend,
     })
 }
@@ -367,10 +382,32 @@ mod tests {
             "tap=t,mac=02:00:00:00:00:01:02",
             "tap=t,mac=2:0:0:0:0:1",
             "tap=t,speed=10",
+            "tap=t,bps=1M",
+            "switch=vsw0,bps=-5",
+            "switch=vsw0,bps=1.5M",
+            "switch=vsw0,bps=M",
+            "switch=vsw0,bps=1T",
             "tap",
         ] {
             assert!(parse_net(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn switch_ports_take_a_rate() {
+        let n = parse_net("switch=vsw0,bps=2M").unwrap();
+        assert_eq!(n.backend, NetBackendConfig::Switch("vsw0".into()));
+        assert_eq!(n.rate, Some(2 << 20));
+        assert_eq!(
+            parse_net("switch=vsw0,bps=1000000").unwrap().rate,
+            Some(1_000_000)
+        );
+        assert_eq!(
+            parse_net("switch=vsw0,bps=0").unwrap().rate,
+            None,
+            "0: no rate"
+        );
+        assert_eq!(parse_net("switch=vsw0").unwrap().rate, None);
     }
 
     #[test]

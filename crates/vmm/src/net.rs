@@ -9,10 +9,11 @@ use crate::config::{NetBackendConfig, NetConfig};
 use crate::error::DomainError;
 use crate::virtio::VIRTIO_MAX_DEVICES;
 
-/// Opens a port on the daemon's virtual switch `switch` for VIF number `index` with address
-/// `mac`; `Err` is a message for the user.
+/// Opens a port on the daemon's virtual switch for VIF number `index` of `net` (a
+/// `switch=` VIF: the switch's name, the address, the port's rate); `Err` is a message for
+/// the user.
 pub type PortProvider = std::sync::Arc<
-    dyn Fn(&str, usize, [u8; 6]) -> Result<Box<dyn NetBackend>, String> + Send + Sync,
+    dyn Fn(&str, usize, &NetConfig) -> Result<Box<dyn NetBackend>, String> + Send + Sync,
 >;
 
 /// Opens the host side of `net`, VIF number `index`; switch ports come from `ports`.
@@ -23,7 +24,7 @@ pub fn open_backend(
 ) -> Result<Box<dyn NetBackend>, DomainError> {
     match &net.backend {
         NetBackendConfig::Switch(name) => match ports {
-            Some(open) => open(name, index, net.mac)
+            Some(open) => open(name, index, net)
                 .map_err(|e| DomainError::Config(format!("--net switch={name}: {e}"))),
             None => Err(DomainError::Config(format!(
                 "--net switch={name}: switch ports exist only in domains run by `vessel daemon`"

@@ -25,6 +25,8 @@ pub struct Drr {
     deficit: HashMap<PortId, usize>,
     /// The front port has been given its quantum for the current turn.
     in_turn: bool,
+    /// Frames the front port has sent in the current turn (charged and not refunded).
+    sent_in_turn: usize,
 }
 
 impl Drr {
@@ -35,6 +37,7 @@ impl Drr {
             ring: VecDeque::new(),
             deficit: HashMap::new(),
             in_turn: false,
+            sent_in_turn: 0,
         }
     }
 
@@ -86,9 +89,11 @@ impl Drr {
             if !self.in_turn {
                 *deficit = deficit.saturating_add(self.quantum);
                 self.in_turn = true;
+                self.sent_in_turn = 0;
             }
             if *deficit >= len {
                 *deficit -= len;
+                self.sent_in_turn += 1;
                 return Some(port);
             }
             self.in_turn = false;
@@ -96,11 +101,29 @@ impl Drr {
         }
     }
 
-    /// Gives back the `len` bytes charged to `port` for a frame that did not go (it waits for
-    /// room at its destination), so that waiting costs the port nothing.
+    /// Gives back the `len` bytes charged to `port` by the last [`Drr::next`] for a frame that
+    /// did not go (it waits for room at its destination), so that waiting costs nothing. It also
+    /// ends the port's turn, and waiting earns nothing either (a port held back for long does
+    /// not come back with a burst for other destinations): a port that sent frames in this turn
+    /// goes to the back, keeping at most a quantum of credit; a port that sent nothing keeps its
+    /// place at the front and gives back the quantum of the turn it could not use.
     pub fn refund(&mut self, port: PortId, len: usize) {
-        if let Some(deficit) = self.deficit.get_mut(&port) {
-            *deficit = deficit.saturating_add(len);
+        let Some(deficit) = self.deficit.get_mut(&port) else {
+            return;
+        };
+        *deficit = deficit.saturating_add(len);
+        if self.ring.front() != Some(&port) || !self.in_turn {
+            return;
+        }
+        self.in_turn = false;
+        self.sent_in_turn = self.sent_in_turn.saturating_sub(1);
+        if self.sent_in_turn > 0 {
+            // What the turn left unused is kept up to one quantum, as when a turn ends on a
+            // frame too large for it: a port held back turn after turn piles up nothing.
+            *deficit = (*deficit).min(self.quantum);
+            self.ring.rotate_left(1);
+        } else {
+            *deficit = deficit.saturating_sub(self.quantum);
         }
     }
 }
@@ -264,15 +287,53 @@ mod tests {
         for _ in 0..5 {
             assert_eq!(drr.next(|p| (p.0 == 2).then_some(1000)), Some(PortId(2)));
         }
-        // Port 1 is charged for a frame that then waits: the refund keeps its credit, so once
-        // it may send again it moves two 1000-byte frames in its next turn (1000 kept plus
-        // its new quantum).
+        // Port 1 is charged for a frame that then waits: the refund gives back the charge and
+        // the turn's quantum, so it neither pays nor earns for waiting: once it may send again,
+        // the two alternate frame for frame.
         assert_eq!(drr.next(|_| Some(600)), Some(PortId(1)));
         drr.refund(PortId(1), 600);
         assert_eq!(drr.next(|p| (p.0 == 2).then_some(600)), Some(PortId(2)));
-        let order: Vec<u64> = (0..3)
+        let order: Vec<u64> = (0..4)
             .map(|_| drr.next(|_| Some(1000)).unwrap().0)
             .collect();
-        assert_eq!(order, [1, 1, 2]);
+        assert_eq!(order, [1, 2, 1, 2]);
+    }
+
+    #[test]
+    fn ports_sharing_a_destination_with_room_for_one_frame_at_a_time_alternate() {
+        // Two backlogged ports wait for one destination that has room for one frame each time
+        // it polls writable (or its rate allows one more). Each time, every port tries in DRR
+        // order, the first one's frame goes and the rest wait again: the port that just sent
+        // must not be first again next time, and the turns spent waiting must not pile up
+        // credit.
+        let mut drr = Drr::new(DEFAULT_QUANTUM);
+        drr.activate(PortId(0));
+        drr.activate(PortId(1));
+        let mut sent = [0usize; 2];
+        for _room in 0..1000 {
+            // Both frames may try; after one goes, there is no room for the next try.
+            let mut room = true;
+            let mut tried = [false; 2];
+            while let Some(p) = drr.next(|p| (!tried[p.0 as usize]).then_some(1514)) {
+                if room {
+                    room = false;
+                    sent[p.0 as usize] += 1;
+                } else {
+                    tried[p.0 as usize] = true;
+                    drr.refund(p, 1514);
+                }
+            }
+        }
+        assert!(
+            sent[0].abs_diff(sent[1]) <= 2,
+            "one frame per room should alternate: {sent:?}"
+        );
+        // Waiting earned no credit: neither port could now send a burst to another
+        // destination.
+        assert!(
+            drr.deficit.values().all(|d| *d <= DEFAULT_QUANTUM),
+            "deficits grew while waiting: {:?}",
+            drr.deficit
+        );
     }
 }

@@ -46,6 +46,11 @@ impl Forwarder {
         self.ports.get(&id)
     }
 
+    /// The port `id`, to change.
+    pub fn port_mut(&mut self, id: PortId) -> Option<&mut PortInfo> {
+        self.ports.get_mut(&id)
+    }
+
     /// The port called `name`.
     pub fn port_named(&self, name: &str) -> Option<PortId> {
         self.ports
@@ -64,6 +69,7 @@ impl Forwarder {
                 domain: p.domain.clone(),
                 uplink: p.domain.is_none(),
                 macs: self.macs.macs_on(*id, now),
+                rate_bytes_per_sec: p.rate,
                 counters: p.counters,
             })
             .collect()

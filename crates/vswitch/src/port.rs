@@ -35,10 +35,10 @@ pub struct PortCounters {
     pub tx_frames: u64,
     /// Bytes of those frames.
     pub tx_bytes: u64,
-    /// Frames for the port dropped because it had no room (its domain is not reading) or its
-    /// peer is gone.
+    /// Frames for the port dropped because it had no room (its domain is not reading), its rate
+    /// allowed no more, or its peer is gone.
     pub tx_dropped: u64,
-    /// Frames that found the port with no room and waited for it (see `HOLD_MAX`).
+    /// Frames that found the port with no room (or over its rate) and waited (see `HOLD_MAX`).
     pub tx_waits: u64,
 }
 
@@ -56,6 +56,10 @@ pub struct PortStatus {
     pub uplink: bool,
     /// Addresses currently learned on the port, sorted.
     pub macs: Vec<MacAddr>,
+    /// The port's rate, if it has one: the switch sends it at most this many bytes per second
+    /// (frames wait for it as for room, senders sharing it in DRR order).
+    #[serde(default)]
+    pub rate_bytes_per_sec: Option<u64>,
     /// Traffic counters.
     pub counters: PortCounters,
 }
@@ -67,6 +71,8 @@ pub struct PortInfo {
     pub name: String,
     /// Owning domain; `None` for the uplink.
     pub domain: Option<String>,
+    /// The port's rate in bytes per second, if it has one.
+    pub rate: Option<u64>,
     /// Counters.
     pub counters: PortCounters,
 }
@@ -77,6 +83,7 @@ impl PortInfo {
         PortInfo {
             name: name.to_string(),
             domain: domain.map(str::to_string),
+            rate: None,
             counters: PortCounters::default(),
         }
     }

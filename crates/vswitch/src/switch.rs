@@ -22,6 +22,15 @@
 //! for several ports (broadcast, unknown destination) never waits: a port with no room gets its
 //! copy dropped and counted.
 //!
+//! # Rates
+//!
+//! A port may have a rate ([`SwitchHandle::set_port_rate`]): the switch sends it at most that
+//! many bytes per second, like a link of that speed. A unicast frame over the rate waits as for
+//! room, and tries again when the port's token bucket holds enough (a timer, not epoll), so the
+//! senders to a rated port share its rate in DRR order. A copy of a frame for several ports
+//! (which never waits) goes unless the port still owes the rate for an earlier copy, and is
+//! charged in full: broadcasts such as ARP get through a congested port, and the rate holds.
+//!
 //! The price is head-of-line blocking within one sender: while its frame waits for a congested
 //! destination, its frames for other destinations wait behind it (at most [`HOLD_MAX`]).
 //!
@@ -50,6 +59,7 @@ use crate::learning::DEFAULT_AGE;
 use crate::port::{PortId, PortInfo, PortStatus};
 use crate::rule::{Policy, Rule, RuleError, RuleId};
 use crate::ruleset::RuleStatus;
+use crate::token_bucket::TokenBucket;
 
 /// Most frames forwarded per pass before the thread looks at new events and lets the handle in.
 pub const BATCH: usize = 64;
@@ -58,6 +68,9 @@ pub const HOLD_MAX: Duration = Duration::from_millis(100);
 /// Consecutive read errors after which a port's descriptor is no longer watched (a deleted TAP
 /// polls in error forever); the port stays, and frames for it are dropped and counted.
 const MAX_READ_ERRORS: u32 = 3;
+/// A rated port's bucket holds this long at its rate (or one largest frame, if more), so the
+/// thread's millisecond timer never leaves tokens unused.
+const RATE_BURST: Duration = Duration::from_millis(20);
 /// Longest wait when idle: how often aged addresses are dropped.
 const IDLE_WAIT_MS: i32 = 1000;
 const WAKE_TOKEN: u64 = u64::MAX;
@@ -153,8 +166,13 @@ struct PortLink {
     /// This port's frame waiting for room at its destination; the port reads nothing more
     /// until it has gone.
     waiting: Option<Waiting>,
-    /// Ports whose frames wait for room here (writability is watched while there are any).
+    /// Ports whose frames wait for room here (writability is watched while there are any and
+    /// the socket is `full`).
     waiters: usize,
+    /// The last send found no room in the descriptor (until it polls writable).
+    full: bool,
+    /// The port's rate, if it has one.
+    rate: Option<TokenBucket>,
     /// A frame waited here past [`HOLD_MAX`]: frames for this port are dropped without waiting
     /// until a send succeeds.
     stalled: bool,
@@ -177,7 +195,7 @@ struct Waiting {
 /// What became of one send.
 enum Sent {
     Yes,
-    /// No room now.
+    /// No room now, or over the port's rate.
     Full,
     /// An error, or a short write.
     Failed,
@@ -209,6 +227,8 @@ impl PortLink {
             spare: Vec::new(),
             waiting: None,
             waiters: 0,
+            full: false,
+            rate: None,
             stalled: false,
             interest: EventSet::IN,
             read_errors: 0,
@@ -249,15 +269,36 @@ impl PortLink {
         }
     }
 
-    /// Sends `frame` without blocking.
-    fn send(&mut self, frame: &[u8]) -> Sent {
+    /// Sends `frame` without blocking, if the port's rate allows it at `now`. A `copy` (of a
+    /// frame for several ports, which never waits) is charged to the rate even beyond what it
+    /// allows, unless the rate is already owed (so broadcasts such as ARP get through a
+    /// congested port, and the rate still holds over time).
+    fn send(&mut self, frame: &[u8], now: Instant, copy: bool) -> Sent {
+        if let Some(rate) = &mut self.rate {
+            let allowed = if copy {
+                !rate.owes(now)
+            } else {
+                rate.holds(frame.len(), now)
+            };
+            if !allowed {
+                return Sent::Full;
+            }
+        }
         let written = match &mut self.link {
             Link::Socket(s) => s.send(frame),
             Link::Tap(f) => f.write(frame),
         };
         match written {
-            Ok(n) if n == frame.len() => Sent::Yes,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Sent::Full,
+            Ok(n) if n == frame.len() => {
+                if let Some(rate) = &mut self.rate {
+                    rate.charge(frame.len(), now);
+                }
+                Sent::Yes
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.full = true;
+                Sent::Full
+            }
             _ => Sent::Failed,
         }
     }
@@ -281,7 +322,7 @@ impl PortLink {
         if self.waiting.is_none() {
             wanted |= EventSet::IN;
         }
-        if self.waiters > 0 {
+        if self.waiters > 0 && self.full {
             wanted |= EventSet::OUT;
         }
         if wanted != self.interest
@@ -362,7 +403,10 @@ impl State {
                     self.unicast(port, frame, dst, now, now, epoll);
                 } else {
                     for dst in out.iter() {
-                        let sent = self.links.get_mut(dst).map(|link| link.send(&frame));
+                        let sent = self
+                            .links
+                            .get_mut(dst)
+                            .map(|link| link.send(&frame, now, true));
                         self.count_send(*dst, frame.len(), sent);
                     }
                     self.done_with(port, frame, epoll);
@@ -385,15 +429,20 @@ impl State {
         epoll: &Epoll,
     ) {
         let was_waiting = since != now;
-        let sent = self.links.get_mut(&dst).map(|link| link.send(&frame));
+        let sent = self
+            .links
+            .get_mut(&dst)
+            .map(|link| link.send(&frame, now, false));
         let stalled = self.links.get(&dst).is_some_and(|l| l.stalled);
         if matches!(sent, Some(Sent::Full)) && !stalled && now < since + HOLD_MAX {
             if !was_waiting {
                 self.forwarder.waited(dst);
                 if let Some(d) = self.links.get_mut(&dst) {
                     d.waiters += 1;
-                    d.rearm(dst, epoll);
                 }
+            }
+            if let Some(d) = self.links.get_mut(&dst) {
+                d.rearm(dst, epoll);
             }
             self.drr.refund(port, frame.len());
             if let Some(link) = self.links.get_mut(&port) {
@@ -445,8 +494,12 @@ impl State {
         }
     }
 
-    /// `port` polled writable: the frames waiting for it may try again.
+    /// `port` polled writable (or its rate allows a waiting frame): the frames waiting for it
+    /// may try again.
     fn room_at(&mut self, port: PortId) {
+        if let Some(link) = self.links.get_mut(&port) {
+            link.full = false;
+        }
         for link in self.links.values_mut() {
             if let Some(w) = link.waiting.as_mut().filter(|w| w.dst == port) {
                 w.retry = true;
@@ -482,6 +535,56 @@ impl State {
             .values()
             .filter_map(|l| l.waiting.as_ref().map(|w| w.since + HOLD_MAX))
             .min()
+    }
+
+    /// Lets frames waiting only for their destination's rate try again once its bucket holds
+    /// the smallest of them. Returns when the next rated destination will.
+    fn rates_allow(&mut self, now: Instant) -> Option<Instant> {
+        let mut smallest: HashMap<PortId, usize> = HashMap::new();
+        for w in self.links.values().filter_map(|l| l.waiting.as_ref()) {
+            if !w.retry {
+                let len = smallest.entry(w.dst).or_insert(usize::MAX);
+                *len = (*len).min(w.frame.len());
+            }
+        }
+        let mut next: Option<Instant> = None;
+        for (dst, len) in smallest {
+            let Some(d) = self.links.get_mut(&dst).filter(|d| !d.full) else {
+                continue;
+            };
+            let Some(rate) = &mut d.rate else {
+                continue;
+            };
+            let wait = rate.time_until(len, now);
+            if wait.is_zero() {
+                self.room_at(dst);
+            } else {
+                next = Some(next.map_or(now + wait, |n| n.min(now + wait)));
+            }
+        }
+        next
+    }
+
+    /// Gives `port` a rate of `bytes_per_sec` (positive), or none.
+    fn set_rate(&mut self, port: PortId, bytes_per_sec: Option<u64>) -> io::Result<()> {
+        if bytes_per_sec == Some(0) {
+            return Err(invalid("a port's rate must be positive (bytes per second)"));
+        }
+        let (Some(link), Some(info)) = (self.links.get_mut(&port), self.forwarder.port_mut(port))
+        else {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("the switch has no port {port}"),
+            ));
+        };
+        link.rate = bytes_per_sec.map(|rate| {
+            let burst = (u128::from(rate) * RATE_BURST.as_nanos() / 1_000_000_000) as u64;
+            TokenBucket::new(rate, burst.max(MAX_FRAME as u64), Instant::now())
+        });
+        info.rate = bytes_per_sec;
+        // Frames waiting for the old rate try the new one.
+        self.room_at(port);
+        Ok(())
     }
 
     /// Whether some port has a frame it may send now.
@@ -588,6 +691,7 @@ fn run(shared: &Shared) {
         state.forward_batch(&mut out, &shared.epoll);
         let now = Instant::now();
         let next_hold_expiry = state.expire_waiting(now, &shared.epoll);
+        let next_rate_room = state.rates_allow(now);
         if now >= next_expiry {
             state.forwarder.expire(now);
             next_expiry = now + Duration::from_millis(IDLE_WAIT_MS as u64);
@@ -595,7 +699,11 @@ fn run(shared: &Shared) {
         wait_ms = if state.has_ready() {
             0
         } else {
-            next_hold_expiry.map_or(IDLE_WAIT_MS, |at| {
+            let next = match (next_hold_expiry, next_rate_room) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            next.map_or(IDLE_WAIT_MS, |at| {
                 let ms = at.saturating_duration_since(now).as_millis() + 1;
                 i32::try_from(ms).unwrap_or(IDLE_WAIT_MS).min(IDLE_WAIT_MS)
             })
@@ -621,6 +729,17 @@ impl SwitchHandle {
             &self.shared.epoll,
         )?;
         Ok((id, backend))
+    }
+
+    /// Gives port `id` a rate (bytes per second, positive), or takes it away with `None`: the
+    /// switch then sends the port at most that many bytes per second, and the frames of every
+    /// sender to it wait their turn (see the module's notes on rates).
+    pub fn set_port_rate(&self, id: PortId, bytes_per_sec: Option<u64>) -> io::Result<()> {
+        let mut state = self.lock();
+        state.set_rate(id, bytes_per_sec)?;
+        drop(state);
+        let _ = self.shared.wake.write(1);
+        Ok(())
     }
 
     /// Removes a port (a domain port or the uplink): its socket closes and the addresses

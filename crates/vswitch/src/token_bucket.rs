@@ -1,6 +1,8 @@
-//! The token bucket behind `rate_limit` rules: `bytes_per_sec` tokens flow in, at most `burst`
-//! are kept, and a frame passes when the bucket holds at least its length in tokens (which it
-//! then spends). The caller passes the time, so tests drive it with a clock of their own.
+//! The token bucket behind `rate_limit` rules and port rates: `bytes_per_sec` tokens flow in,
+//! at most `burst` are kept, and a frame passes when the bucket holds at least its length in
+//! tokens (which it then spends). A frame may also be [charged](TokenBucket::charge) whatever
+//! the bucket holds, leaving a debt that the next tokens pay first. The caller passes the time,
+//! so tests drive it with a clock of their own.
 //!
 //! Tokens are counted in nanobytes (bytes times 10^9) in a `u128`, so refilling is exact integer
 //! arithmetic at any rate and never overflows.
@@ -17,6 +19,8 @@ pub struct TokenBucket {
     capacity: u128,
     /// Tokens in nanobytes.
     tokens: u128,
+    /// Nanobytes charged beyond the tokens there were (then `tokens` is zero).
+    debt: u128,
     last: Instant,
 }
 
@@ -29,6 +33,7 @@ impl TokenBucket {
             bytes_per_sec,
             capacity,
             tokens: capacity,
+            debt: 0,
             last: now,
         }
     }
@@ -40,19 +45,57 @@ impl TokenBucket {
         let added = elapsed
             .as_nanos()
             .saturating_mul(u128::from(self.bytes_per_sec));
-        self.tokens = self.tokens.saturating_add(added).min(self.capacity);
+        let paid = added.min(self.debt);
+        self.debt -= paid;
+        self.tokens = self.tokens.saturating_add(added - paid).min(self.capacity);
     }
 
     /// Takes `bytes` tokens at `now` if the bucket holds that many: whether the frame passes.
     pub fn take(&mut self, bytes: usize, now: Instant) -> bool {
-        self.refill(now);
-        let cost = bytes as u128 * NANOS_PER_SEC;
-        if self.tokens >= cost {
-            self.tokens -= cost;
+        if self.holds(bytes, now) {
+            self.tokens -= bytes as u128 * NANOS_PER_SEC;
             true
         } else {
             false
         }
+    }
+
+    /// Whether the bucket holds `bytes` tokens at `now` (taking none).
+    pub fn holds(&mut self, bytes: usize, now: Instant) -> bool {
+        self.refill(now);
+        self.tokens >= bytes as u128 * NANOS_PER_SEC
+    }
+
+    /// Whether earlier charges are still being paid for at `now`.
+    pub fn owes(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        self.debt > 0
+    }
+
+    /// Charges `bytes` at `now` if the bucket is not in debt, spending what it holds and owing
+    /// the rest: whether the frame passes. (For frames that may not wait: they pass unless an
+    /// earlier one is still being paid for, and the rate holds over time.)
+    pub fn charge(&mut self, bytes: usize, now: Instant) -> bool {
+        self.refill(now);
+        if self.debt > 0 {
+            return false;
+        }
+        let cost = bytes as u128 * NANOS_PER_SEC;
+        let spent = cost.min(self.tokens);
+        self.tokens -= spent;
+        self.debt = cost - spent;
+        true
+    }
+
+    /// How long after `now` the bucket will hold `bytes` tokens (zero if it does now; never
+    /// longer than it takes to fill the whole bucket).
+    pub fn time_until(&mut self, bytes: usize, now: Instant) -> Duration {
+        self.refill(now);
+        let cost = (bytes as u128 * NANOS_PER_SEC).min(self.capacity);
+        let missing = cost.saturating_sub(self.tokens) + self.debt;
+        // Nanobytes over bytes per second is nanoseconds; round up so the tokens are there.
+        let nanos = missing.div_ceil(u128::from(self.bytes_per_sec.max(1)));
+        Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
     }
 }
 
@@ -104,5 +147,28 @@ mod tests {
         assert!(b.take(usize::MAX, t0 + Duration::from_secs(1 << 40)));
         let mut slow = TokenBucket::new(1, 1, t0);
         assert!(!slow.take(2, t0 + Duration::from_secs(1 << 40)));
+    }
+
+    #[test]
+    fn time_until_says_when_the_tokens_are_there() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(1000, 2000, t0);
+        assert_eq!(b.time_until(2000, t0), Duration::ZERO);
+        assert!(b.take(2000, t0));
+        assert!(!b.holds(500, t0));
+        assert_eq!(b.time_until(500, t0), Duration::from_millis(500));
+        let later = t0 + b.time_until(500, t0);
+        assert!(b.holds(500, later) && !b.holds(501, later));
+        // A charge beyond the tokens leaves a debt, paid before anything passes again.
+        assert!(b.take(500, later));
+        assert!(b.charge(300, later), "no debt: it passes");
+        assert!(b.owes(later) && !b.charge(1, later), "in debt");
+        assert_eq!(b.time_until(100, later), Duration::from_millis(400));
+        assert!(!b.holds(1, later + Duration::from_millis(300)));
+        assert!(b.holds(100, later + Duration::from_millis(400)));
+        // More than the bucket can hold: when it is full.
+        let mut empty = TokenBucket::new(1000, 2000, t0);
+        assert!(empty.take(2000, t0));
+        assert_eq!(empty.time_until(5000, t0), Duration::from_secs(2));
     }
 }

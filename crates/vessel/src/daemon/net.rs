@@ -55,7 +55,7 @@ impl Drop for OwnedPort {
 pub fn port_provider(switch: &Arc<SwitchHandle>, domain: &str) -> vmm::net::PortProvider {
     let switch = switch.clone();
     let domain = domain.to_string();
-    Arc::new(move |name: &str, index: usize, _mac: [u8; 6]| {
+    Arc::new(move |name: &str, index: usize, net: &vmm::NetConfig| {
         if name != SWITCH_NAME {
             return Err(format!(
                 "no switch named '{name}': the daemon's switch is {SWITCH_NAME}"
@@ -65,6 +65,12 @@ pub fn port_provider(switch: &Arc<SwitchHandle>, domain: &str) -> vmm::net::Port
         let (id, backend) = switch
             .add_port(&port, &domain)
             .map_err(|e| format!("cannot add port {port}: {e}"))?;
+        if let Some(rate) = net.rate {
+            if let Err(e) = switch.set_port_rate(id, Some(rate)) {
+                let _ = switch.remove_port(id);
+                return Err(format!("cannot give port {port} its rate: {e}"));
+            }
+        }
         Ok(Box::new(OwnedPort {
             backend,
             id,

@@ -13,12 +13,15 @@ i=0; while [ ! -S $VESSEL_SOCKET ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); 
 ip addr add 10.0.1.254/24 dev vtap0 && ip link set vtap0 up && echo UPLINK=up
 echo DAEMON_RSS_START=$(awk '/VmRSS/ {print $2}' /proc/$daemon/status)
 
+# d's port has a rate of 1 MB/s, like a slow link: the flood phase below needs the switch, not
+# L1's CPUs, to be the bottleneck.
 n=1
 for d in a b c d; do
+    bps=; [ $d = d ] && bps=,bps=1000000
     cat > /tmp/$d.json <<JSON
 {"name": "$d", "kernel": "/assets/bzImage", "initrd": "/tmp/initrd", "memory": "160M",
  "cmdline": "console=ttyS0 quiet panic=-1 reboot=t vscript=agent vip=10.0.1.$n",
- "net": ["switch=vsw0"]}
+ "net": ["switch=vsw0$bps"]}
 JSON
     vessel create /tmp/$d.json && echo CREATED=$d
     n=$((n+1))
@@ -74,13 +77,13 @@ wait $rpid
 cat /tmp/RATE_SECONDS.out
 vessel net rule del $rate && echo RULE=deleted
 
-# Fairness at a congested destination: c sends 2 MiB to d alone, then again while a flood of
-# UDP (to a port nobody listens on, paced at 8 MB/s: more than d takes in under TCG, so its
-# switch port stays full, without the flooder burning one of L1's two CPUs on sends L1's TAP
-# queue would drop) through the uplink; d times both
-# transfers, L1's clock tells whether the second ended within the flood. (The flooder is L1,
-# not a guest: under TCG a guest that transmits flat out triple-faults now and then, under
-# QEMU as under Vessel; the uplink is a switch port like any other.)
+# Fairness at a congested destination: c sends 2 MiB to d alone (at d's port rate, 1 MB/s),
+# then again while a flood of UDP (to a port nobody listens on, paced at 4 MB/s: four times
+# d's rate, so the flood always has a frame waiting for d, without the flooder burning one of
+# L1's two CPUs) comes through the uplink; d times both transfers, L1's clock tells whether the
+# second ended within the flood. (The flooder is L1, not a guest: under TCG a guest that
+# transmits flat out triple-faults now and then, under QEMU as under Vessel; the uplink is a
+# switch port like any other.)
 now() { cut -d' ' -f1 /proc/uptime; }
 on 3 "head -c 2097152 /dev/zero > /tmp/tx4 && echo TX4=ready"
 receive 5002 SOLO_SECONDS
@@ -89,7 +92,7 @@ wait $rpid
 cat /tmp/SOLO_SECONDS.out
 receive 5003 FLOOD_SECONDS
 vessel net ports | sed 's/^/PORTS0 /'
-( /udpflood 10.0.1.4 9 20 1400 8000000; echo FLOOD_END_L1=$(now) ) > /tmp/flood.out 2>&1 &
+( /udpflood 10.0.1.4 9 15 1400 4000000; echo FLOOD_END_L1=$(now) ) > /tmp/flood.out 2>&1 &
 flooder=$!
 sleep 3
 on 3 "i=0; until nc 10.0.1.4 5003 < /tmp/tx4; do i=\$((i+1)); [ \$i -ge 40 ] && break; sleep 0.5; done"

@@ -363,6 +363,85 @@ fn a_light_sender_loses_nothing_to_a_flood_of_the_same_destination() {
 }
 
 #[test]
+fn a_rated_port_gets_its_rate_and_its_senders_share_it_fairly() {
+    let sw = Switch::start().unwrap();
+    let (_, flood) = plug(&sw, "flood0", "flood");
+    let (_, victim) = plug(&sw, "victim0", "victim");
+    let (pd, dst) = plug(&sw, "dst0", "dst");
+    dst.send(&arp_from(D));
+    assert_eq!(flood.recv(), arp_from(D));
+    assert_eq!(victim.recv(), arp_from(D));
+    let rate = 2_000_000u64;
+    sw.set_port_rate(pd, Some(rate)).unwrap();
+    assert_eq!(status(&sw, pd).rate_bytes_per_sec, Some(rate));
+
+    // Both senders always have a frame for the destination, which reads as fast as it can:
+    // only the rate holds them back.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = |vif: Vif, src: MacAddr| {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let frame = udp_frame(D, src, 1, 4, 1514);
+            while !stop.load(Ordering::Relaxed) && vif.0.send(&frame).is_ok() {}
+        })
+    };
+    let threads = [sender(flood, A), sender(victim, B)];
+    let mut delivered = [0u64; 2];
+    let mut buf = vec![0; 2048];
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(800) {
+        let n = dst.0.recv(&mut buf).unwrap();
+        let from = if buf[6..12] == A.0 { 0 } else { 1 };
+        delivered[from] += n as u64;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    // Unblock the senders: take the port's rate away and drain.
+    sw.set_port_rate(pd, None).unwrap();
+    dst.0
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    while dst.0.recv(&mut buf).is_ok() {}
+    for t in threads {
+        t.join().unwrap();
+    }
+    let total = delivered[0] + delivered[1];
+    // The bucket starts full (one largest frame) and the thread wakes on a millisecond timer.
+    let ceiling = MAX_FRAME as f64 + rate as f64 * elapsed + 2.0 * 1514.0;
+    assert!(
+        total as f64 <= ceiling,
+        "{total} bytes in {elapsed:.3} s, over {ceiling}"
+    );
+    assert!(
+        total as f64 >= 0.7 * rate as f64 * elapsed,
+        "{total} bytes in {elapsed:.3} s: well under the rate"
+    );
+    assert!(
+        delivered[1] * 10 >= total / 2 * 8 && delivered[0] * 10 >= total / 2 * 8,
+        "the two senders should share the rate: {delivered:?}"
+    );
+    assert_eq!(status(&sw, pd).rate_bytes_per_sec, None);
+}
+
+#[test]
+fn port_rates_are_checked() {
+    let sw = Switch::start().unwrap();
+    let (pa, _a) = plug(&sw, "a0", "a");
+    let kind = |r: io::Result<()>| r.unwrap_err().kind();
+    assert_eq!(
+        kind(sw.set_port_rate(pa, Some(0))),
+        io::ErrorKind::InvalidInput
+    );
+    assert_eq!(
+        kind(sw.set_port_rate(PortId(99), Some(1000))),
+        io::ErrorKind::NotFound
+    );
+    sw.set_port_rate(pa, Some(1000)).unwrap();
+    sw.remove_port(pa).unwrap();
+    assert_eq!(kind(sw.set_port_rate(pa, None)), io::ErrorKind::NotFound);
+}
+
+#[test]
 fn a_port_that_stops_reading_gets_counted_drops_and_blocks_nobody() {
     let sw = Switch::start().unwrap();
     let (_, a) = plug(&sw, "a0", "a");
