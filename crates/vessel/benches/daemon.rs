@@ -5,7 +5,8 @@
 //!   so its figure is from spawning `qemu-system-x86_64 -M microvm` to the same marker.
 //! - **switch**: guest-to-guest TCP (4 MiB through `nc`, timed by the sender's own clock)
 //!   between two domains on the daemon's virtual switch, against two QEMU guests on TAP devices
-//!   joined by a Linux bridge in the same L1.
+//!   joined by a Linux bridge in the same L1; and again with QEMU's checksum offload and TSO
+//!   turned off (Vessel's virtio-net has none yet), so both move the same frames.
 //!
 //! Run with `cargo bench -p vessel --bench daemon`. Not a test: it prints what it measured.
 //! `VESSEL_BENCH_ROUNDS` rounds (default 2), alternating Vessel and QEMU, each step in a box of
@@ -84,7 +85,8 @@ fn qemu_start(n: usize) -> String {
         s.push_str(&format!(
             "; timeout 600 qemu-system-x86_64 -enable-kvm -M microvm -cpu host -m 256 -smp 1 \
              -nographic -no-reboot -kernel /assets/vmlinux -initrd /assets/initramfs.cpio.gz \
-             -append 'console=ttyS0 quiet vcmd=\"sleep 600\"' </dev/null >/tmp/q{i}.log 2>&1 & true"
+             -append 'console=ttyS0 quiet vcmd=\"sleep 600\"' </dev/null >/tmp/q{i}.log 2>&1 & \
+             Q=\"$Q $!\""
         ));
     }
     for i in 0..n {
@@ -93,7 +95,8 @@ fn qemu_start(n: usize) -> String {
              sleep 0.02; done"
         ));
     }
-    s.push_str("; echo T0=$T0; pkill qemu-system; wait; true");
+    // (L1's busybox has no pkill.)
+    s.push_str("; echo T0=$T0; kill $Q; wait; true");
     s
 }
 
@@ -118,10 +121,10 @@ fn sender() -> String {
     format!(
         "ip addr add 10.0.0.1/24 dev eth0; ip link set eth0 up; i=0; \
          until ping -c 1 -W 1 10.0.0.2 >/dev/null 2>&1; do i=$((i+1)); \
-         if [ $i -ge 240 ]; then echo UNREACHABLE; exit 1; fi; sleep 1; done; sleep 2; \
+         if [ $i -ge 240 ]; then echo UNREACHABLE; echo TXEND; exit 1; fi; sleep 1; done; sleep 2; \
          echo TX0=$(cat /proc/uptime); \
          dd if=/dev/zero bs=64k count={} 2>/dev/null | nc 10.0.0.2 5000 || echo SEND-FAILED; \
-         echo TX1=$(cat /proc/uptime); sleep 1",
+         echo TX1=$(cat /proc/uptime); echo TXEND; sleep 1",
         MIB * 16
     )
 }
@@ -140,25 +143,32 @@ fn vessel_switch() -> String {
     format!(
         "{}; echo '{b}' > /tmp/rx.json; echo '{a}' > /tmp/tx.json; \
          vessel create /tmp/rx.json >/dev/null; vessel create /tmp/tx.json >/dev/null; \
-         vessel console tx --until TX1= --timeout 200 | grep -E 'TX0=|TX1=|FAILED|UNREACHABLE'; \
+         vessel console tx --until TXEND --timeout 200 | grep -E 'TX0=|TX1=|FAILED|UNREACHABLE'; \
          kill $DPID; wait; true",
         daemon(false)
     )
 }
 
-fn qemu_guest(tap: &str, mac: &str, guest: &str, log: &str) -> String {
+/// A QEMU guest on TAP `tap`; `offloads: false` turns off checksum offload and TSO (which need
+/// it) both ways, so the guest sends and receives frames of at most its MTU, like Vessel's.
+fn qemu_guest(tap: &str, mac: &str, guest: &str, log: &str, offloads: bool) -> String {
+    let off = if offloads {
+        ""
+    } else {
+        ",csum=off,guest_csum=off"
+    };
     format!(
         "timeout 200 qemu-system-x86_64 -enable-kvm -M microvm -cpu host -m 256 -smp 1 \
          -nographic -no-reboot -kernel /assets/vmlinux -initrd /assets/initramfs.cpio.gz \
          -netdev tap,id=n0,ifname={tap},script=no,downscript=no \
-         -device virtio-net-device,netdev=n0,mac={mac} \
+         -device virtio-net-device,netdev=n0,mac={mac}{off} \
          -append 'console=ttyS0 quiet vcmd=\"{guest}\"' </dev/null >{log} 2>&1"
     )
 }
 
 /// Two QEMU guests on TAP devices (QEMU creates them; L1's busybox `ip` cannot) joined by a
 /// Linux bridge.
-fn qemu_bridge() -> String {
+fn qemu_bridge(offloads: bool) -> String {
     format!(
         "ip link add br0 type bridge 2>/dev/null || brctl addbr br0; ip link set br0 up; \
          ({}) & ({}) & \
@@ -166,8 +176,20 @@ fn qemu_bridge() -> String {
          sleep 0.1; i=$((i+1)); done; brctl addif br0 $t; ip link set $t up; done; \
          wait; grep -hE 'TX0=|TX1=|FAILED|UNREACHABLE' /tmp/qtx.log; \
          ip link set br0 down; brctl delbr br0 2>/dev/null || ip link del br0; true",
-        qemu_guest("qtap1", "02:00:00:00:00:0b", &receiver(), "/tmp/qrx.log"),
-        qemu_guest("qtap0", "02:00:00:00:00:0a", &sender(), "/tmp/qtx.log"),
+        qemu_guest(
+            "qtap1",
+            "02:00:00:00:00:0b",
+            &receiver(),
+            "/tmp/qrx.log",
+            offloads
+        ),
+        qemu_guest(
+            "qtap0",
+            "02:00:00:00:00:0a",
+            &sender(),
+            "/tmp/qtx.log",
+            offloads
+        ),
     )
 }
 
@@ -189,7 +211,7 @@ fn main() {
     let cases: [(&str, String, String); 3] = [
         ("start1", vessel_start(1), qemu_start(1)),
         ("start4", vessel_start(4), qemu_start(4)),
-        ("switch", vessel_switch(), qemu_bridge()),
+        ("switch", vessel_switch(), qemu_bridge(true)),
     ];
     let mut steps = Vec::new();
     for round in 0..rounds {
@@ -197,6 +219,8 @@ fn main() {
             steps.push((format!("{name}-vessel-{round}"), v.clone()));
             steps.push((format!("{name}-qemu-{round}"), q.clone()));
         }
+        // Vessel's virtio-net has no offloads yet: QEMU without them too, for the same frames.
+        steps.push((format!("plain-qemu-{round}"), qemu_bridge(false)));
     }
     let run = common::each_in_own_box(&bx, &steps);
     let median_of =
@@ -224,5 +248,11 @@ fn main() {
         "{:<44}{v:>10.1}{q:>10.1}{:>8.2}",
         "guest-to-guest TCP via switch/bridge (MiB/s)",
         v / q
+    );
+    let plain = median_of("plain", "qemu", &throughput);
+    println!(
+        "{:<44}{v:>10.1}{plain:>10.1}{:>8.2}",
+        "  the same, QEMU without offloads (MiB/s)",
+        v / plain
     );
 }

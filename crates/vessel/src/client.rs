@@ -72,8 +72,9 @@ pub struct CreateArgs {
     /// A virtual block device, as for `vessel run`; repeat for more.
     #[arg(long = "disk", value_name = "SPEC")]
     disks: Vec<String>,
-    /// A virtual network interface, as for `vessel run`, or switch=vsw0 for the daemon's
-    /// virtual switch; repeat for more.
+    /// A virtual network interface, as for `vessel run`, or switch=vsw0[,mac=MAC][,bps=RATE]
+    /// for a port of the daemon's virtual switch (bps: the most bytes per second the switch
+    /// sends it, with an optional K, M or G suffix); repeat for more.
     #[arg(long = "net", value_name = "SPEC")]
     nets: Vec<String>,
     /// What a guest reboot does: restart or exit.

@@ -99,8 +99,11 @@ impl Steps {
 /// failure is reported on stderr and kept as the step's result.
 ///
 /// With `VESSEL_BENCH_DRY_RUN=DIR`, nothing runs: each step's script is written to
-/// `DIR/NAME.sh` (to check them with `sh -n`) and every step fails.
+/// `DIR/NAME.sh` (to check them with `sh -n`) and every step fails. With
+/// `VESSEL_BENCH_ONLY=TEXT`, only the steps whose names contain `TEXT` run (the others fail as
+/// skipped), to look into one step (with `VESSEL_BOX_VERBOSE=1`).
 pub fn each_in_own_box(bx: &testbox::HostBox, steps: &[(String, String)]) -> Steps {
+    let only = std::env::var("VESSEL_BENCH_ONLY").unwrap_or_default();
     if let Some(dir) = std::env::var_os("VESSEL_BENCH_DRY_RUN") {
         let dir = std::path::PathBuf::from(dir);
         for (name, script) in steps {
@@ -118,6 +121,9 @@ pub fn each_in_own_box(bx: &testbox::HostBox, steps: &[(String, String)]) -> Ste
         steps
             .iter()
             .map(|(name, script)| {
+                if !name.contains(&only) {
+                    return (name.clone(), Err(format!("step {name} skipped")));
+                }
                 let result = match bx.clone().step(name, script).run() {
                     Ok(run) => run
                         .steps
