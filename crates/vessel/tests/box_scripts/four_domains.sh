@@ -70,7 +70,7 @@ echo RULE=rate-$rate
 # buffer holds the data, so only the receiver knows).
 # (nc's standard input is a FIFO held open: a listening busybox nc whose stdin ends closes the
 # connection early.)
-receive() { ( on 4 "mkfifo /tmp/in$1; nc -l -p $1 < /tmp/in$1 > /tmp/rx$1 & p=\$!; exec 3> /tmp/in$1; while [ ! -s /tmp/rx$1 ]; do sleep 0.05; done; s=\$(cut -d' ' -f1 /proc/uptime); wait \$p; e=\$(cut -d' ' -f1 /proc/uptime); echo $2=\$s,\$e; echo $2_BYTES=\$(wc -c < /tmp/rx$1); rm /tmp/rx$1" > /tmp/$2.out ) & rpid=$!; sleep 2; }
+receive() { ( on 4 "mkfifo /tmp/in$1; nc -l -p $1 < /tmp/in$1 > /tmp/rx$1 & p=\$!; exec 3> /tmp/in$1; while [ ! -s /tmp/rx$1 ]; do sleep 0.05; done; s=\$(cut -d' ' -f1 /proc/uptime); set -- \$(grep '^Udp: [0-9]' /proc/net/snmp); u=\$3; wait \$p; e=\$(cut -d' ' -f1 /proc/uptime); set -- \$(grep '^Udp: [0-9]' /proc/net/snmp); echo $2_NOPORTS=\$((\$3-u)); echo $2=\$s,\$e; echo $2_BYTES=\$(wc -c < /tmp/rx$1); rm /tmp/rx$1" > /tmp/$2.out ) & rpid=$!; sleep 2; }
 receive 5001 RATE_SECONDS
 on 3 "head -c 1048576 /dev/zero > /tmp/tx; i=0; until nc 10.0.1.4 5001 < /tmp/tx; do i=\$((i+1)); [ \$i -ge 40 ] && break; sleep 0.5; done"
 wait $rpid
@@ -80,11 +80,13 @@ vessel net rule del $rate && echo RULE=deleted
 # Fairness at a congested destination: c sends 2 MiB to d alone (at d's port rate, 1 MB/s),
 # then again while a flood of UDP (to a port nobody listens on, paced at 4 MB/s: four times
 # d's rate, so the flood always has a frame waiting for d, without the flooder burning one of
-# L1's two CPUs) comes through the uplink; d times both transfers, L1's clock tells whether the
-# second ended within the flood. (The flooder is L1, not a guest: under TCG a guest that
-# transmits flat out triple-faults now and then, under QEMU as under Vessel; the uplink is a
-# switch port like any other.)
-now() { cut -d' ' -f1 /proc/uptime; }
+# L1's two CPUs) comes through the uplink; d times both transfers and counts the flood's
+# datagrams that arrived during each (UDP NoPorts). (The flooder is L1, not a guest: under TCG a
+# guest that transmits flat out triple-faults now and then, under QEMU as under Vessel; the
+# uplink is a switch port like any other.) The victim's command reaches c before the flood
+# starts: during the flood, L1's own packets to the guests queue behind it in the uplink
+# (head-of-line blocking within one sender, see vswitch), so an agent session started then
+# may wait for the flood to end.
 on 3 "head -c 2097152 /dev/zero > /tmp/tx4 && echo TX4=ready"
 receive 5002 SOLO_SECONDS
 on 3 "i=0; until nc 10.0.1.4 5002 < /tmp/tx4; do i=\$((i+1)); [ \$i -ge 40 ] && break; sleep 0.5; done"
@@ -92,12 +94,13 @@ wait $rpid
 cat /tmp/SOLO_SECONDS.out
 receive 5003 FLOOD_SECONDS
 vessel net ports | sed 's/^/PORTS0 /'
-( /udpflood 10.0.1.4 9 15 1400 4000000; echo FLOOD_END_L1=$(now) ) > /tmp/flood.out 2>&1 &
+on 3 "sleep 3; i=0; until nc 10.0.1.4 5003 < /tmp/tx4; do i=\$((i+1)); [ \$i -ge 40 ] && break; sleep 0.5; done" &
+victim=$!
+sleep 1.5
+/udpflood 10.0.1.4 9 15 1400 4000000 > /tmp/flood.out 2>&1 &
 flooder=$!
-sleep 3
-on 3 "i=0; until nc 10.0.1.4 5003 < /tmp/tx4; do i=\$((i+1)); [ \$i -ge 40 ] && break; sleep 0.5; done"
+wait $victim
 wait $rpid
-echo VICTIM_END_L1=$(now)
 cat /tmp/FLOOD_SECONDS.out
 wait $flooder
 cat /tmp/flood.out
