@@ -62,6 +62,9 @@
 //! - `VESSEL_ASSETS`: the guest assets directory (default `<workspace>/.cache/assets`).
 //! - `VESSEL_BOX_VERBOSE=1`: echo the box console to stderr while it runs.
 //! - `VESSEL_BOX_KEEP=1`: keep the box's temporary directory (its path is printed on stderr).
+//!
+//! A run that is retried (see [`HostBox::run`]) is also recorded, with its console's tail, in
+//! `<workspace>/target/testbox-retries.log`.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
@@ -193,6 +196,18 @@ fn tail_lines(text: &str, n: usize) -> String {
     let mut out = format!("[... {} earlier lines omitted ...]\n", lines.len() - n);
     out.push_str(&lines[lines.len() - n..].join("\n"));
     out
+}
+
+/// Appends a retried run's reason and the last 60 lines of its console to
+/// `<workspace>/target/testbox-retries.log`: a test that passes on the retry shows none of its
+/// stderr, and a hang that a retry hides is still worth finding.
+fn record_retry(reason: &str, console: &str) {
+    let lines: Vec<&str> = console.lines().collect();
+    let tail = lines[lines.len().saturating_sub(60)..].join("\n");
+    let path = workspace_root().join("target").join("testbox-retries.log");
+    if let Ok(mut log) = fs::OpenOptions::new().create(true).append(true).open(path) {
+        let _ = writeln!(log, "==== retried: {reason}\n{tail}");
+    }
 }
 
 /// The root of the Cargo workspace (the directory holding `scripts/` and `.cache/`), derived
@@ -820,6 +835,7 @@ impl HostBox {
                          {ATTEMPTS}). The failed run's console ended with:\n  {tail}",
                         attempt + 1
                     );
+                    record_retry(&reason, &console);
                     attempt += 1;
                 }
                 other => return other,
