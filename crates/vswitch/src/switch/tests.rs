@@ -52,6 +52,19 @@ fn status(switch: &SwitchHandle, id: PortId) -> PortStatus {
     switch.ports().into_iter().find(|p| p.id == id).unwrap()
 }
 
+/// A switch with ports `flood0`, `<second>0` and `dst0`, where both senders have learned
+/// where `D` (`dst0`'s address) is: the switch, the two senders, the destination's id and end.
+fn three_ports(second: &str) -> (SwitchHandle, Vif, Vif, PortId, Vif) {
+    let sw = Switch::start().unwrap();
+    let (_, flood) = plug(&sw, "flood0", "flood");
+    let (_, other) = plug(&sw, &format!("{second}0"), second);
+    let (pd, dst) = plug(&sw, "dst0", "dst");
+    dst.send(&arp_from(D));
+    assert_eq!(flood.recv(), arp_from(D));
+    assert_eq!(other.recv(), arp_from(D));
+    (sw, flood, other, pd, dst)
+}
+
 fn wait_until(mut done: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + WAIT;
     while Instant::now() < deadline {
@@ -227,13 +240,7 @@ fn rate_limit_rule_caps_throughput_near_its_rate() {
 
 #[test]
 fn drr_keeps_a_victim_fed_against_a_flood_to_a_slow_destination() {
-    let sw = Switch::start().unwrap();
-    let (_, flood) = plug(&sw, "flood0", "flood");
-    let (_, victim) = plug(&sw, "victim0", "victim");
-    let (pd, dst) = plug(&sw, "dst0", "dst");
-    dst.send(&arp_from(D));
-    assert_eq!(flood.recv(), arp_from(D));
-    assert_eq!(victim.recv(), arp_from(D));
+    let (sw, flood, victim, pd, dst) = three_ports("victim");
 
     let stop = Arc::new(AtomicBool::new(false));
     let sender = |vif: Vif, src: MacAddr| {
@@ -290,13 +297,7 @@ fn drr_keeps_a_victim_fed_against_a_flood_to_a_slow_destination() {
 
 #[test]
 fn a_light_sender_loses_nothing_to_a_flood_of_the_same_destination() {
-    let sw = Switch::start().unwrap();
-    let (_, flood) = plug(&sw, "flood0", "flood");
-    let (_, light) = plug(&sw, "light0", "light");
-    let (pd, dst) = plug(&sw, "dst0", "dst");
-    dst.send(&arp_from(D));
-    assert_eq!(flood.recv(), arp_from(D));
-    assert_eq!(light.recv(), arp_from(D));
+    let (sw, flood, light, pd, dst) = three_ports("light");
 
     let stop = Arc::new(AtomicBool::new(false));
     let flooder = {
@@ -364,13 +365,7 @@ fn a_light_sender_loses_nothing_to_a_flood_of_the_same_destination() {
 
 #[test]
 fn a_rated_port_gets_its_rate_and_its_senders_share_it_fairly() {
-    let sw = Switch::start().unwrap();
-    let (_, flood) = plug(&sw, "flood0", "flood");
-    let (_, victim) = plug(&sw, "victim0", "victim");
-    let (pd, dst) = plug(&sw, "dst0", "dst");
-    dst.send(&arp_from(D));
-    assert_eq!(flood.recv(), arp_from(D));
-    assert_eq!(victim.recv(), arp_from(D));
+    let (sw, flood, victim, pd, dst) = three_ports("victim");
     let rate = 2_000_000u64;
     sw.set_port_rate(pd, Some(rate)).unwrap();
     assert_eq!(status(&sw, pd).rate_bytes_per_sec, Some(rate));
