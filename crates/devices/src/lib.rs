@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bus;
+pub mod host_file;
 pub mod i8042;
 pub mod image;
 pub mod net_backend;
