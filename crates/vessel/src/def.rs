@@ -70,6 +70,19 @@ impl DomainDef {
         Ok(def)
     }
 
+    /// Records the format of every disk given without `format=`, found from the file's first
+    /// bytes: once, when the domain is defined, so that no later boot, restart or daemon
+    /// restart guesses a format from bytes its guest may have written.
+    pub fn pin_disk_formats(&mut self) -> Result<(), String> {
+        let mut disks = self.to_config()?.disks;
+        for i in vmm::pin_disk_formats(&mut disks).map_err(|e| e.to_string())? {
+            if let (Some(text), Some(format)) = (self.disk.get_mut(i), disks[i].format) {
+                *text = vmm::config::disk_with_format(text, format);
+            }
+        }
+        Ok(())
+    }
+
     /// The VMM configuration this definition means; checks every field.
     pub fn to_config(&self) -> Result<DomainConfig, String> {
         if !valid_name(&self.name) {

@@ -41,7 +41,9 @@ pub struct RunArgs {
     /// Guest memory, with a K, M or G suffix (no suffix: MiB).
     #[arg(long, default_value = "256M", value_parser = parse_memory)]
     memory: u64,
-    /// A virtual block device: path=FILE[,readonly=on][,id=NAME]; repeat for more (vda, vdb...).
+    /// A virtual block device: path=FILE[,format=raw|qcow2][,readonly=on][,id=NAME][,bps=RATE]
+    /// [,iops=N]; repeat for more (vda, vdb...). Without format=, the file's format is found
+    /// once, now, and kept across reboots.
     #[arg(long = "disk", value_name = "SPEC")]
     disks: Vec<String>,
     /// A virtual network interface (eth0, eth1... in order; repeat for more): tap=NAME[,mac=MAC]
@@ -64,12 +66,14 @@ fn parse_memory(s: &str) -> Result<u64, String> {
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let disks = args
+    let mut disks = args
         .disks
         .iter()
         .enumerate()
         .map(|(i, d)| vmm::parse_disk(d, i))
         .collect::<Result<Vec<_>, _>>()?;
+    // Once, before the first boot: a reboot reopens each disk in the format found now.
+    vmm::pin_disk_formats(&mut disks)?;
     let nets = args
         .nets
         .iter()

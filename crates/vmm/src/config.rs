@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use devices::image::{self, Format};
+
 /// What to do when the guest reboots.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum OnReboot {
@@ -36,8 +38,11 @@ pub struct DomainConfig {
 /// One virtual block device.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DiskConfig {
-    /// The image file.
+    /// The image file (a regular file or a block device).
     pub path: PathBuf,
+    /// Its format (`format=`): given, or found once by [`pin_disk_formats`] before the
+    /// domain first boots, and from then on never guessed again.
+    pub format: Option<Format>,
     /// Whether the guest may only read it.
     pub readonly: bool,
     /// A name for the device (also the serial the guest reads).
@@ -50,19 +55,20 @@ pub struct DiskConfig {
 
 /// A `--disk` argument that does not parse.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid --disk '{given}': {why} (expected path=FILE[,readonly=on|off][,id=NAME][,bps=RATE][,iops=N])")]
+#[error("invalid --disk '{given}': {why} (expected path=FILE[,format=raw|qcow2][,readonly=on|off][,id=NAME][,bps=RATE][,iops=N])")]
 pub struct DiskError {
     given: String,
     why: String,
 }
 
-/// Parses `path=FILE[,readonly=on][,id=NAME]`; `index` names an unnamed disk (`disk0`...).
+/// Parses `path=FILE[,format=raw|qcow2][,readonly=on][,id=NAME][,bps=RATE][,iops=N]`; `index`
+/// names an unnamed disk (`disk0`...).
 pub fn parse_disk(text: &str, index: usize) -> Result<DiskConfig, DiskError> {
     let err = |why: String| DiskError {
         given: text.to_string(),
         why,
     };
-    let (mut path, mut readonly, mut id) = (None, false, None);
+    let (mut path, mut readonly, mut id, mut format) = (None, false, None, None);
     let (mut bytes_per_sec, mut ops_per_sec) = (0, 0);
     for part in text.split(',') {
         let (key, value) = part
@@ -70,6 +76,17 @@ pub fn parse_disk(text: &str, index: usize) -> Result<DiskConfig, DiskError> {
             .ok_or_else(|| err(format!("'{part}' is not key=value")))?;
         match key {
             "path" if !value.is_empty() => path = Some(PathBuf::from(value)),
+            "format" => {
+                format = match Format::from_name(value) {
+                    Some(f) if Format::DISK_FORMATS.contains(&f) => Some(f),
+                    Some(_) => {
+                        return Err(err(format!(
+                        "format {value} is retired: convert the image with `vessel image convert`"
+                    )))
+                    }
+                    None => return Err(err(format!("format must be raw or qcow2, not '{value}'"))),
+                }
+            }
             "readonly" => {
                 readonly = match value {
                     "on" | "true" | "yes" => true,
@@ -99,6 +116,7 @@ pub fn parse_disk(text: &str, index: usize) -> Result<DiskConfig, DiskError> {
     }
     Ok(DiskConfig {
         path: path.ok_or_else(|| err("path= is missing".into()))?,
+        format,
         readonly,
         id: id.unwrap_or_else(|| format!("disk{index}")),
         bytes_per_sec,
@@ -115,6 +133,41 @@ fn parse_rate(text: &str) -> Option<u64> {
         _ => (text, 0),
     };
     digits.parse::<u64>().ok()?.checked_mul(1 << shift)
+}
+
+/// A disk whose format cannot be found.
+#[derive(Debug, thiserror::Error)]
+#[error("--disk {id}: {source}")]
+pub struct FormatError {
+    /// The disk's id.
+    pub id: String,
+    /// Why.
+    #[source]
+    pub source: image::ImageError,
+}
+
+/// Finds the format of every disk that has none from the file's first bytes: once, for files
+/// the user just named (`vessel run`, `vessel create`), so the domain's definition records
+/// it and later boots never guess from bytes the guest may since have written. Returns the
+/// disks it pinned, by index.
+pub fn pin_disk_formats(disks: &mut [DiskConfig]) -> Result<Vec<usize>, FormatError> {
+    let mut pinned = Vec::new();
+    for (i, disk) in disks.iter_mut().enumerate() {
+        if disk.format.is_some() {
+            continue;
+        }
+        disk.format = Some(image::probe_disk(&disk.path).map_err(|source| FormatError {
+            id: disk.id.clone(),
+            source,
+        })?);
+        pinned.push(i);
+    }
+    Ok(pinned)
+}
+
+/// `text` (a `--disk` argument without `format=`) with `format=` added.
+pub fn disk_with_format(text: &str, format: Format) -> String {
+    format!("{text},format={format}")
 }
 
 /// The host side of a virtual network interface.
@@ -322,12 +375,26 @@ mod tests {
             ("/x.img", true, "root")
         );
         assert_eq!(parse_disk("path=a", 3).unwrap().id, "disk3");
+        assert_eq!(parse_disk("path=a", 0).unwrap().format, None);
+        assert_eq!(
+            parse_disk("path=a,format=qcow2", 0).unwrap().format,
+            Some(Format::Qcow2)
+        );
+        assert_eq!(
+            parse_disk(&disk_with_format("path=a", Format::Raw), 0)
+                .unwrap()
+                .format,
+            Some(Format::Raw)
+        );
         let limited = parse_disk("path=a,bps=2M,iops=100", 0).unwrap();
         assert_eq!((limited.bytes_per_sec, limited.ops_per_sec), (2 << 20, 100));
         for bad in [
             "path=a,bps=fast",
             "path=a,iops=-1",
             "path=a,bps=99999999999G",
+            "path=a,format=vslcow",
+            "path=a,format=vmdk",
+            "path=a,format=",
         ] {
             assert!(parse_disk(bad, 0).is_err(), "{bad}");
         }

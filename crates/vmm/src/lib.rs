@@ -23,11 +23,11 @@ pub mod stats;
 pub mod vcpu;
 pub mod virtio;
 
-pub use config::{parse_disk, parse_size, DiskConfig, DomainConfig, OnReboot};
+pub use config::{parse_disk, parse_size, pin_disk_formats, DiskConfig, DomainConfig, OnReboot};
 pub use config::{parse_net, NetBackendConfig, NetConfig};
 pub use console::{ConsoleInput, ConsoleLog, ConsoleSink};
 pub use control::PowerButton;
-/// Disk image formats (raw, copy-on-write overlays), for `vessel image`.
+/// Disk image formats (raw, qcow2), for `vessel image`.
 pub use devices::image;
 pub use domain::{run, run_with, validate, Outcome};
 pub use error::DomainError;

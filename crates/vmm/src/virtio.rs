@@ -98,10 +98,19 @@ pub struct PlacedDevice {
     pub notify: EventFd,
 }
 
-/// Opens a disk image as its configuration asks, in its own format (raw, or a copy-on-write
-/// overlay whose backing image is opened read-only), and locks it.
+/// Opens a disk image as its configuration asks, in the format the configuration records (a
+/// qcow2 image's backing chain read-only, in the formats it records), and locks it. A disk
+/// without a recorded format is refused: the format is never guessed at boot.
 pub fn open_disk(disk: &DiskConfig) -> Result<Box<dyn DiskBackend>, DomainError> {
-    devices::image::open(&disk.path, disk.readonly)
+    let format = disk.format.ok_or_else(|| {
+        DomainError::Config(format!(
+            "--disk {}: no format recorded for {} (a definition made by an older Vessel?): \
+             give format=raw or format=qcow2",
+            disk.id,
+            disk.path.display()
+        ))
+    })?;
+    devices::image::open(&disk.path, format, disk.readonly)
         .map_err(|e| DomainError::Config(format!("--disk {}: {e}", disk.id)))
 }
 

@@ -1,13 +1,21 @@
-//! Disk images behind virtual block devices: raw files and Vessel's copy-on-write overlays.
+//! Disk images behind virtual block devices: raw files or block devices, and qcow2 images.
 //!
 //! A [`DiskBackend`] is what a VBD reads and writes: a byte-addressed disk of fixed size.
-//! [`raw::Raw`] is a plain file; [`cow::Cow`] is an overlay in the `VSLCOW01` format
-//! (`docs/formats.md`) whose unwritten clusters read from a backing image that is opened
-//! read-only and never written, so many domains can boot from one base. [`open`] detects the
-//! format by its magic. Everything read from an image file is hostile: header fields are
-//! validated with checked arithmetic before use, and an invalid file is an error naming it.
+//! [`raw::Raw`] is a plain file or a block device; [`qcow2::Qcow2`] is a qcow2 image (through
+//! the `imago` crate) whose unwritten clusters read from a backing chain opened read-only.
+//!
+//! The format of a disk is never guessed from bytes a guest can write: [`open`] takes the
+//! format from its caller, and [`probe`] exists only for files a user names once (`vessel
+//! run`, `vessel create`, `vessel image`), whose format is then recorded and never probed again.
+//! A qcow2 image's backing files are opened in the format the image records. Everything read
+//! from an image file is hostile: it is validated with checked arithmetic before use, and an
+//! invalid file is an error naming it. Vessel's own overlay format of earlier versions
+//! (`VSLCOW01`, [`cow`]) is retired: only `vessel image convert` still reads it.
 
+pub mod convert;
 pub mod cow;
+pub mod qcow2;
+pub mod qcow2_check;
 pub mod raw;
 
 use std::fs::{File, OpenOptions, TryLockError};
@@ -15,8 +23,10 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-pub use cow::Cow;
+pub use qcow2::Qcow2;
 pub use raw::Raw;
+
+use crate::host_file::{self, Accept, Access};
 
 /// A disk as a VBD sees it. Every access must lie inside `0..len()`; one that does not is
 /// refused with `InvalidInput` and changes nothing.
@@ -26,6 +36,11 @@ pub trait DiskBackend: Send {
     /// Whether the disk has no bytes.
     fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+    /// The logical block size the guest should use: 512 but for block devices with larger
+    /// logical blocks.
+    fn block_size(&self) -> u32 {
+        512
     }
     /// Fills `buf` with the disk's bytes at `offset`.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
@@ -44,18 +59,42 @@ pub trait DiskBackend: Send {
 /// An image's on-disk format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
-    /// A plain file: byte `n` of the disk is byte `n` of the file.
+    /// A plain file or block device: byte `n` of the disk is byte `n` of the file.
     Raw,
-    /// A Vessel copy-on-write overlay (`VSLCOW01`).
-    Cow,
+    /// qcow2 (version 2 or 3).
+    Qcow2,
+    /// Vessel's retired copy-on-write overlay (`VSLCOW01`): no longer a disk format; `vessel
+    /// image convert` reads it.
+    VesselCow,
+}
+
+impl Format {
+    /// The formats a disk may be opened in, by the names `format=` takes.
+    pub const DISK_FORMATS: [Format; 2] = [Format::Raw, Format::Qcow2];
+
+    /// The format called `name` (`raw`, `qcow2`, or `vslcow` for the retired overlay).
+    pub fn from_name(name: &str) -> Option<Format> {
+        match name {
+            "raw" => Some(Format::Raw),
+            "qcow2" => Some(Format::Qcow2),
+            "vslcow" => Some(Format::VesselCow),
+            _ => None,
+        }
+    }
+
+    /// Its name, as `format=` and qcow2's backing-format extension write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Raw => "raw",
+            Format::Qcow2 => "qcow2",
+            Format::VesselCow => "vslcow",
+        }
+    }
 }
 
 impl std::fmt::Display for Format {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Format::Raw => "raw",
-            Format::Cow => "vessel-cow (VSLCOW01)",
-        })
+        f.write_str(self.name())
     }
 }
 
@@ -72,7 +111,7 @@ pub enum ImageError {
         /// The host's error.
         source: io::Error,
     },
-    /// The file is not a valid image (bad header, bitmap, backing...).
+    /// The file is not a valid image (bad header, tables, backing...).
     #[error("{}: {why}", path.display())]
     Invalid {
         /// The image.
@@ -102,18 +141,30 @@ impl ImageError {
     }
 }
 
-/// Backing chains longer than this are refused (this also ends loops).
+/// The error for a disk in the retired `VSLCOW01` format.
+pub(crate) fn retired(path: &Path) -> ImageError {
+    ImageError::invalid(
+        path,
+        "is in Vessel's retired VSLCOW01 overlay format, which disks no longer use: \
+         convert it with `vessel image convert --format qcow2 FILE NEW.qcow2`",
+    )
+}
+
+/// Backing chains longer than this are refused (this also ends loops). `vessel image check`
+/// and domains open chains with the same code, so they agree on it.
 pub const MAX_CHAIN: usize = 8;
 
-/// Opens `path` read-only or read-write and locks it: shared when read-only, exclusive when
-/// read-write, so no process writes an image another one is using (a base under overlays
-/// included).
+/// Opens `path` (a regular file or a block device, without blocking on anything else)
+/// read-only or read-write and locks it: shared when read-only, exclusive when read-write, so
+/// no process writes an image another one is using (a base under overlays included).
 pub(crate) fn open_locked(path: &Path, readonly: bool) -> Result<File, ImageError> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(!readonly)
-        .open(path)
-        .map_err(ImageError::io(
+    let access = if readonly {
+        Access::ReadOnly
+    } else {
+        Access::ReadWrite
+    };
+    let file =
+        host_file::open(path, access, Accept::RegularOrBlockDevice).map_err(ImageError::io(
             path,
             if readonly {
                 "cannot open read-only"
@@ -135,7 +186,14 @@ pub(crate) fn open_locked(path: &Path, readonly: bool) -> Result<File, ImageErro
     }
 }
 
-/// The format of an open file: COW if it starts with the `VSLCOW01` magic, else raw.
+/// Opens `path` read-only, locked shared, for `vessel image check` and `info`: an image a
+/// domain is writing is refused ("in use"), as its tables may be half written back.
+pub fn open_for_inspection(path: &Path) -> Result<File, ImageError> {
+    open_locked(path, true)
+}
+
+/// The format of an open file, from its first bytes: qcow2 or the retired overlay by their
+/// magic, anything else raw. Only for files a user names (see the module's doc).
 pub fn probe_file(file: &File, path: &Path) -> Result<Format, ImageError> {
     let mut magic = [0u8; 8];
     let mut got = 0;
@@ -147,46 +205,47 @@ pub fn probe_file(file: &File, path: &Path) -> Result<Format, ImageError> {
             Err(e) => return Err(ImageError::io(path, "cannot read")(e)),
         }
     }
-    Ok(if got == magic.len() && &magic == cow::MAGIC {
-        Format::Cow
+    Ok(if got >= 4 && magic[..4] == qcow2::MAGIC[..] {
+        Format::Qcow2
+    } else if got == magic.len() && &magic == cow::MAGIC {
+        Format::VesselCow
     } else {
         Format::Raw
     })
 }
 
-/// The format of the image at `path`.
+/// The format of the image at `path` (a regular file or a block device), from its first bytes.
 pub fn probe(path: &Path) -> Result<Format, ImageError> {
-    let file = File::open(path).map_err(ImageError::io(path, "cannot open"))?;
+    let file = host_file::open(path, Access::ReadOnly, Accept::RegularOrBlockDevice)
+        .map_err(ImageError::io(path, "cannot open"))?;
     probe_file(&file, path)
 }
 
-/// Opens the image at `path` in its own format (detected by magic), read-only or read-write.
-/// An overlay's backing images are always opened read-only.
-pub fn open(path: &Path, readonly: bool) -> Result<Box<dyn DiskBackend>, ImageError> {
-    open_chain(path, readonly, 0)
+/// The format of the disk image at `path`, from its first bytes: raw or qcow2, or an error for
+/// the retired overlay format. Only for files a user names (see the module's doc).
+pub fn probe_disk(path: &Path) -> Result<Format, ImageError> {
+    match probe(path)? {
+        Format::VesselCow => Err(retired(path)),
+        format => Ok(format),
+    }
 }
 
-pub(crate) fn open_chain(
+/// Opens the image at `path` in `format`, read-only or read-write, and locks it. A qcow2
+/// image's backing chain is opened read-only, in the formats it records.
+pub fn open(
     path: &Path,
+    format: Format,
     readonly: bool,
-    depth: usize,
 ) -> Result<Box<dyn DiskBackend>, ImageError> {
-    if depth > MAX_CHAIN {
-        return Err(ImageError::invalid(
-            path,
-            format!("backing chain deeper than {MAX_CHAIN} images (a loop?)"),
-        ));
-    }
-    let file = open_locked(path, readonly)?;
-    match probe_file(&file, path)? {
-        Format::Raw => Ok(Box::new(
-            Raw::new(file, readonly).map_err(ImageError::io(path, "cannot read its size"))?,
-        )),
-        Format::Cow => Ok(Box::new(Cow::from_file(file, path, readonly, depth)?)),
+    match format {
+        Format::Raw => Ok(Box::new(Raw::open(path, readonly)?)),
+        Format::Qcow2 => Ok(Box::new(Qcow2::open(path, readonly)?)),
+        Format::VesselCow => Err(retired(path)),
     }
 }
 
-/// Creates a raw image of `size` bytes (a sparse file); refuses to replace an existing file.
+/// Creates a raw image of `size` bytes (a sparse file), refusing to replace an existing file;
+/// the file and its directory are synced before this returns.
 pub fn create_raw(path: &Path, size: u64) -> Result<(), ImageError> {
     if size == 0 || !size.is_multiple_of(512) {
         return Err(ImageError::invalid(
@@ -199,11 +258,27 @@ pub fn create_raw(path: &Path, size: u64) -> Result<(), ImageError> {
         .create_new(true)
         .open(path)
         .map_err(ImageError::io(path, "cannot create"))?;
-    if let Err(e) = file.set_len(size).and_then(|()| file.sync_all()) {
+    let made = file
+        .set_len(size)
+        .and_then(|()| file.sync_all())
+        .map_err(ImageError::io(path, "cannot size"))
+        .and_then(|()| sync_parent_dir(path));
+    if let Err(e) = made {
         let _ = std::fs::remove_file(path);
-        return Err(ImageError::io(path, "cannot size")(e));
+        return Err(e);
     }
     Ok(())
+}
+
+/// Makes the directory entry of the new file `path` durable.
+pub(crate) fn sync_parent_dir(path: &Path) -> Result<(), ImageError> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(ImageError::io(dir, "cannot sync the directory"))
 }
 
 /// Checks that `len` bytes at `offset` lie inside a disk of `size` bytes.

@@ -1,11 +1,12 @@
-//! virtio-blk: a virtual block device (VBD) on a disk image (raw or a copy-on-write overlay,
-//! behind [`DiskBackend`]).
+//! virtio-blk: a virtual block device (VBD) on a disk image (raw file or block device, or
+//! qcow2, behind [`DiskBackend`]).
 //!
 //! Requests are served synchronously on the domain's I/O thread. Every guest-supplied number
 //! (sector, lengths) is checked against the disk's size with overflow-safe arithmetic. On a raw
 //! image, data moves between the file and the guest's buffers in one vectored call
-//! ([`DiskBackend::direct_file`]: `preadv`/`pwritev` on guest RAM, no copy in between); on an
-//! overlay, through a bounded bounce buffer. Either way a guest cannot make the VMM allocate
+//! ([`DiskBackend::direct_file`]: `preadv`/`pwritev` on guest RAM, no copy in between); on
+//! qcow2, through a bounded bounce buffer. A disk whose logical blocks are larger than 512
+//! bytes (a block device) tells the guest so (`VIRTIO_BLK_F_BLK_SIZE`). Either way a guest cannot make the VMM allocate
 //! without limit. A
 //! read-only VBD advertises `VIRTIO_BLK_F_RO` and also refuses writes itself with an I/O error,
 //! so the file's bytes stay identical whatever the guest's driver does. FLUSH reaches stable
@@ -29,6 +30,7 @@ const SEG_MAX: u32 = 126;
 
 const F_SEG_MAX: u64 = 1 << 2;
 const F_RO: u64 = 1 << 5;
+const F_BLK_SIZE: u64 = 1 << 6;
 const F_FLUSH: u64 = 1 << 9;
 
 const T_IN: u32 = 0;
@@ -63,6 +65,7 @@ pub struct BlockStats {
 pub struct Block {
     disk: Box<dyn DiskBackend>,
     capacity: u64,
+    block_size: u32,
     readonly: bool,
     id: [u8; 20],
     bounce: Vec<u8>,
@@ -91,9 +94,11 @@ impl Block {
         let mut serial = [0u8; 20];
         let n = id.len().min(20);
         serial[..n].copy_from_slice(&id.as_bytes()[..n]);
+        let block_size = disk.block_size();
         Block {
             disk,
             capacity: len / SECTOR_SIZE,
+            block_size,
             readonly,
             id: serial,
             bounce: Vec::new(),
@@ -238,16 +243,23 @@ impl VirtioDevice for Block {
         vec![QUEUE_SIZE]
     }
     fn device_features(&self) -> u64 {
-        F_SEG_MAX | F_FLUSH | if self.readonly { F_RO } else { 0 }
+        let blk_size = if self.block_size > SECTOR_SIZE as u32 {
+            F_BLK_SIZE
+        } else {
+            0
+        };
+        F_SEG_MAX | F_FLUSH | blk_size | if self.readonly { F_RO } else { 0 }
     }
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        // capacity (u64, sectors) at 0, size_max (u32) at 8, seg_max (u32) at 12.
-        let mut config = [0u8; 16];
+        // capacity (u64, sectors) at 0, size_max (u32) at 8, seg_max (u32) at 12, geometry
+        // (4 bytes) at 16, blk_size (u32) at 20.
+        let mut config = [0u8; 24];
         config[..8].copy_from_slice(&self.capacity.to_le_bytes());
         config[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
+        config[20..24].copy_from_slice(&self.block_size.to_le_bytes());
         let start = offset as usize;
         match config.get(start..start.saturating_add(data.len())) {
-            Some(bytes) if offset < 16 => data.copy_from_slice(bytes),
+            Some(bytes) if offset < 24 => data.copy_from_slice(bytes),
             _ => data.fill(0),
         }
     }
@@ -514,20 +526,25 @@ mod tests {
         let mut far = [0xffu8; 4];
         block.read_config(1 << 40, &mut far);
         assert_eq!(far, [0; 4]);
+        let mut blk_size = [0u8; 4];
+        block.read_config(20, &mut blk_size);
+        assert_eq!(u32::from_le_bytes(blk_size), 512);
+        assert_eq!(block.device_features() & F_BLK_SIZE, 0, "512: not offered");
         let mut straddle = [0xffu8; 8];
-        block.read_config(12, &mut straddle);
+        block.read_config(20, &mut straddle);
         assert_eq!(straddle, [0; 8]);
     }
 
     #[test]
-    fn a_vbd_on_an_overlay_writes_the_overlay_and_never_the_base() {
+    fn a_vbd_on_a_qcow2_overlay_writes_the_overlay_and_never_the_base() {
+        use crate::image::Format;
         let base = tempfile_like::TempFile::with_bytes(&[0x11; 128 * 1024]);
-        let overlay = base.path.with_extension("cow");
-        crate::image::cow::create(&overlay, Some(&base.path), None).unwrap();
+        let overlay = base.path.with_extension("qcow2");
+        crate::image::qcow2::create(&overlay, None, Some((&base.path, Format::Raw))).unwrap();
         let _cleanup = tempfile_like::TempFile {
             path: overlay.clone(),
         };
-        let disk = crate::image::open(&overlay, false).unwrap();
+        let disk = crate::image::open(&overlay, Format::Qcow2, false).unwrap();
         let mut block = Block::with_backend(disk, false, "cow");
         let mut cap = [0u8; 8];
         block.read_config(0, &mut cap);

@@ -166,10 +166,13 @@ fn summary(e: &super::registry::Entry) -> Value {
 }
 
 fn create_domain(daemon: &Daemon, _: &Params, req: &Request) -> Response {
-    let def = match DomainDef::from_json(&req.body) {
+    let mut def = match DomainDef::from_json(&req.body) {
         Ok(def) => def,
         Err(msg) => return Response::error(400, &msg),
     };
+    if let Err(msg) = def.pin_disk_formats() {
+        return Response::error(400, &msg);
+    }
     let start = match req.query_param("start") {
         None | Some("true") => true,
         Some("false") => false,
