@@ -20,6 +20,9 @@
 #   vcmd="..."      run this shell command (sh -c), then print `VESSEL-CMD-EXIT rc=N`
 #   vscript=NAME    run /scripts/NAME (if present) instead, same exit line
 #   vinteractive=1  with neither of the above, open an interactive shell on the console
+#   vroot=DEV       once the modules are loaded, mount DEV (a disk holding a copy of this
+#                   initramfs' tree) and switch_root into it: its /init (this script) then runs
+#                   from the disk, as a distribution's root file system would
 # It prints `VESSEL-GUEST-INIT` once the modules are loaded, and powers off at the end.
 # The ACPI power button works as on a distribution: the kernel's button driver reports KEY_POWER
 # on an input device, busybox acpid (started before VESSEL-GUEST-INIT, pid in /run/acpid.pid)
@@ -319,6 +322,17 @@ while read -r m; do
     insmod "$m" 2>/tmp/insmod.err || echo "init: insmod $name failed: $(cat /tmp/insmod.err)"
 done < /etc/modules.order
 rm -f /tmp/insmod.err
+
+# vroot=DEV: this same tree on a disk becomes the root file system (once: from the disk, `/` is
+# no longer the initramfs and this is skipped).
+if [ -n "${vroot:-}" ] && [ "$(awk '$2 == "/" { print $3; exit }' /proc/mounts)" = rootfs ]; then
+    mkdir -p /newroot
+    if mount "$vroot" /newroot; then
+        umount /tmp /run /dev/pts 2>/dev/null
+        exec switch_root /newroot /init
+    fi
+    echo "init: cannot mount vroot=$vroot"
+fi
 
 # An orderly power-off, as busybox init does it when `poweroff` (SIGUSR2) or `halt` (SIGUSR1)
 # asks: stop every process, unmount the disks (or make them read-only), power off.

@@ -154,3 +154,39 @@ fn a_rate_limited_vbd_is_held_near_its_rate() {
         "unlimited read took {fast} s vs {slow} s limited"
     );
 }
+
+/// A block device is a disk too: a loop device in L1 with 4 KiB logical blocks, holding the
+/// guest's own root file system (the tree of its initramfs: Debian's busybox and kernel
+/// modules), given as `--disk path=/dev/loopN`. The guest sees the device's size and block
+/// size, switches its root to it and boots from it, and what it writes there is on the device.
+#[test]
+fn a_guest_boots_its_root_file_system_from_a_loop_device() {
+    let assets = testbox::Assets::locate().unwrap_or_else(|e| panic!("guest assets: {e}"));
+    let loop_ko = assets.modules.join("kernel/drivers/block/loop.ko");
+    let guest = "echo ROOT=$(grep ^/dev/vda /proc/mounts); echo SECTORS=$(cat /sys/block/vda/size); \
+                 echo LBS=$(cat /sys/block/vda/queue/logical_block_size); \
+                 echo written-from-its-root > /from-guest.txt; sync";
+    let script = format!(
+        "set -e; [ -e /dev/loop-control ] || insmod /loop.ko; truncate -s 64M /tmp/root.img; \
+         dev=$(util-losetup --find --show --sector-size 4096 /tmp/root.img); echo DEV=$dev; \
+         mke2fs -q -b 4096 $dev; mkdir -p /mnt; mount $dev /mnt; \
+         (cd /mnt && zcat /assets/initramfs.cpio.gz | cpio -id 2>/dev/null); umount /mnt; \
+         vessel run --kernel /assets/bzImage --initrd /assets/initramfs.cpio.gz --memory 256M \
+           --disk path=$dev --cmdline 'console=ttyS0 quiet vroot=/dev/vda vcmd=\"{guest}\"' </dev/null; \
+         mount $dev /mnt; echo ON-DEVICE=$(cat /mnt/from-guest.txt); umount /mnt; util-losetup -d $dev"
+    );
+    let run = box_with_vessel(600)
+        .binary("/usr/sbin/losetup", "/bin/util-losetup")
+        .file(&loop_ko, "/loop.ko")
+        .step("loop", &script)
+        .run()
+        .unwrap_or_else(|e| panic!("host box failed: {e}"));
+    let step = run.step("loop");
+    eprintln!("--- loop: {:.1}s\n{}", step.seconds, step.output);
+    assert_ok(step);
+    let out = &step.output;
+    assert!(out.contains("ROOT=/dev/vda / ext"), "root not on the disk:\n{out}");
+    assert!(out.contains("SECTORS=131072"), "64 MiB in 512-byte sectors:\n{out}");
+    assert!(out.contains("LBS=4096"), "the device's logical block size:\n{out}");
+    assert!(out.contains("ON-DEVICE=written-from-its-root"), "{out}");
+}
