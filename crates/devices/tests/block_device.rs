@@ -28,7 +28,12 @@ impl Loop {
             .set_len(size)
             .unwrap();
         let out = Command::new("losetup")
-            .args(["--find", "--show", "--sector-size", &sector_size.to_string()])
+            .args([
+                "--find",
+                "--show",
+                "--sector-size",
+                &sector_size.to_string(),
+            ])
             .arg(&backing)
             .output()
             .unwrap_or_else(|e| panic!("cannot run losetup ({e}): this test needs util-linux"));
@@ -61,14 +66,21 @@ fn a_loop_device_is_a_raw_disk_of_its_size_and_block_size() {
     let mut back = vec![0; 8192];
     disk.read_at(&mut back, 1 << 20).unwrap();
     assert_eq!(back, vec![0x5a; 8192]);
-    assert!(disk.read_at(&mut [0; 512], 8 << 20).is_err(), "past the end");
+    assert!(
+        disk.read_at(&mut [0; 512], 8 << 20).is_err(),
+        "past the end"
+    );
     // The guest is told both.
     let block = Block::with_backend(disk, false, "loop");
     let mut config = [0u8; 24];
     block.read_config(0, &mut config);
     assert_eq!(u64::from_le_bytes(config[..8].try_into().unwrap()), 16384);
     assert_eq!(u32::from_le_bytes(config[20..24].try_into().unwrap()), 4096);
-    assert_ne!(block.device_features() & (1 << 6), 0, "VIRTIO_BLK_F_BLK_SIZE");
+    assert_ne!(
+        block.device_features() & (1 << 6),
+        0,
+        "VIRTIO_BLK_F_BLK_SIZE"
+    );
     drop(block);
     // The device was locked while in use, and the data is on the device itself.
     let file_bytes = std::fs::read(&dev.backing).unwrap();
@@ -110,6 +122,9 @@ fn fifos_directories_and_character_devices_are_refused_at_once() {
         let err = image::probe_disk(path).unwrap_err();
         assert!(err.to_string().contains(kind), "{err}");
     }
-    assert!(started.elapsed() < Duration::from_secs(2), "an open blocked");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "an open blocked"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -39,8 +39,8 @@ enum Command {
     /// guest's ACPI power button; a second one, or --shutdown-timeout without a power-off,
     /// stops the domain (exit status 1).
     Run(run::RunArgs),
-    /// Create, check and describe disk images: raw files and copy-on-write overlays on a
-    /// shared base image.
+    /// Create, check, describe and convert disk images: raw files or block devices, and qcow2
+    /// (copy-on-write overlays on a shared base image among them).
     Image(image::ImageArgs),
     /// Run domain 0: the daemon that hosts domains and serves the API on a Unix socket.
     Daemon(daemon::DaemonArgs),

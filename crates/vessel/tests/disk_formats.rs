@@ -76,7 +76,11 @@ fn reboots_keep_a_raw_disk_raw(kind: &str) {
         run.report()
     );
     // The header is on the disk, and the file is still what it was named: raw.
-    assert_ne!(image::probe(&disk).unwrap(), Format::Raw, "the header was not written");
+    assert_ne!(
+        image::probe(&disk).unwrap(),
+        Format::Raw,
+        "the header was not written"
+    );
     drop(held);
 }
 
@@ -97,7 +101,11 @@ fn disk_formats_and_files_that_are_no_disks_are_refused_with_one_line() {
     let kernel = mini_kernel();
     let k = kernel.to_str().unwrap();
     let fifo = dir.path().join("disk.fifo");
-    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
     let old = dir.path().join("old.cow");
     let h = cow::Header::new(1 << 20, None, 0).unwrap();
     let mut bytes = h.encode().to_vec();
@@ -116,11 +124,23 @@ fn disk_formats_and_files_that_are_no_disks_are_refused_with_one_line() {
         .unwrap();
     for (disk, needles) in [
         (format!("path={}", fifo.display()), vec!["is a FIFO"]),
-        (format!("path={}", dir.path().display()), vec!["is a directory"]),
+        (
+            format!("path={}", dir.path().display()),
+            vec!["is a directory"],
+        ),
         ("path=/dev/zero".to_string(), vec!["character device"]),
-        (format!("path={}", old.display()), vec!["retired", "vessel image convert"]),
-        (format!("path={},format=vslcow", old.display()), vec!["retired"]),
-        (format!("path={},format=vmdk", old.display()), vec!["raw or qcow2"]),
+        (
+            format!("path={}", old.display()),
+            vec!["retired", "vessel image convert"],
+        ),
+        (
+            format!("path={},format=vslcow", old.display()),
+            vec!["retired"],
+        ),
+        (
+            format!("path={},format=vmdk", old.display()),
+            vec!["raw or qcow2"],
+        ),
         (
             format!("path={},format=qcow2", damaged.display()),
             vec!["damaged.qcow2", "magic"],

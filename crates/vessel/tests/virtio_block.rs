@@ -163,7 +163,8 @@ fn a_rate_limited_vbd_is_held_near_its_rate() {
 fn a_guest_boots_its_root_file_system_from_a_loop_device() {
     let assets = testbox::Assets::locate().unwrap_or_else(|e| panic!("guest assets: {e}"));
     let loop_ko = assets.modules.join("kernel/drivers/block/loop.ko");
-    let guest = "echo ROOT=$(grep ^/dev/vda /proc/mounts); echo SECTORS=$(cat /sys/block/vda/size); \
+    let guest =
+        "echo ROOT=$(grep ^/dev/vda /proc/mounts); echo SECTORS=$(cat /sys/block/vda/size); \
                  echo LBS=$(cat /sys/block/vda/queue/logical_block_size); \
                  echo written-from-its-root > /from-guest.txt; sync";
     let script = format!(
@@ -185,8 +186,17 @@ fn a_guest_boots_its_root_file_system_from_a_loop_device() {
     eprintln!("--- loop: {:.1}s\n{}", step.seconds, step.output);
     assert_ok(step);
     let out = &step.output;
-    assert!(out.contains("ROOT=/dev/vda / ext"), "root not on the disk:\n{out}");
-    assert!(out.contains("SECTORS=131072"), "64 MiB in 512-byte sectors:\n{out}");
-    assert!(out.contains("LBS=4096"), "the device's logical block size:\n{out}");
+    assert!(
+        out.contains("ROOT=/dev/vda / ext"),
+        "root not on the disk:\n{out}"
+    );
+    assert!(
+        out.contains("SECTORS=131072"),
+        "64 MiB in 512-byte sectors:\n{out}"
+    );
+    assert!(
+        out.contains("LBS=4096"),
+        "the device's logical block size:\n{out}"
+    );
     assert!(out.contains("ON-DEVICE=written-from-its-root"), "{out}");
 }

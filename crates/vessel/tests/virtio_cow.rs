@@ -122,7 +122,15 @@ fn two_domains_boot_from_qcow2_overlays_on_one_base_that_never_changes() {
         .unwrap_or_else(|e| panic!("host box failed: {e}"));
     show(
         &run,
-        &["base", "create", "domains", "reverify", "check", "converted", "corrupt"],
+        &[
+            "base",
+            "create",
+            "domains",
+            "reverify",
+            "check",
+            "converted",
+            "corrupt",
+        ],
     );
     let base = run.step("base");
     assert_guest_ok(base);
@@ -141,7 +149,10 @@ fn two_domains_boot_from_qcow2_overlays_on_one_base_that_never_changes() {
         create.output
     );
     assert_eq!(
-        create.output.matches("backing /tmp/base.img (format raw)").count(),
+        create
+            .output
+            .matches("backing /tmp/base.img (format raw)")
+            .count(),
         2,
         "the format given and the format found are recorded:\n{}",
         create.output
@@ -199,19 +210,27 @@ fn two_domains_boot_from_qcow2_overlays_on_one_base_that_never_changes() {
         check.output
     );
     assert_eq!(
-        check.output.matches("No errors were found on the image.").count(),
+        check
+            .output
+            .matches("No errors were found on the image.")
+            .count(),
         2,
         "qemu-img check:\n{}",
         check.output
     );
     assert!(
-        check.output.contains("backing file format: raw") && check.output.contains("QEMU-CONVERTED"),
+        check.output.contains("backing file format: raw")
+            && check.output.contains("QEMU-CONVERTED"),
         "{}",
         check.output
     );
     let converted = run.step("converted");
     assert_guest_ok(converted);
-    assert!(converted.output.contains("CONVERTED=I-am-A"), "{}", converted.output);
+    assert!(
+        converted.output.contains("CONVERTED=I-am-A"),
+        "{}",
+        converted.output
+    );
     assert!(
         converted.output.contains("own.blob: OK") && converted.output.contains("base.blob: OK"),
         "{}",
@@ -221,7 +240,10 @@ fn two_domains_boot_from_qcow2_overlays_on_one_base_that_never_changes() {
     let bad = run.step("corrupt");
     let out = &bad.output;
     assert!(out.contains("CHECK=1") && out.contains("RUN=1"), "{out}");
-    assert!(out.contains("/tmp/bad.qcow2") && out.contains("magic"), "{out}");
+    assert!(
+        out.contains("/tmp/bad.qcow2") && out.contains("magic"),
+        "{out}"
+    );
     assert!(out.contains("MISSING=1") && out.contains("RUN2=1"), "{out}");
     assert!(out.contains("/tmp/base.img"), "{out}");
 }
@@ -250,7 +272,10 @@ fn images_qemu_img_made_boot_under_vessel_with_their_data() {
         .binary(QEMU_IMG, "/bin/qemu-img")
         .step(
             "base",
-            &format!("vessel image create --size 64M /tmp/base.img && {}", make_base()),
+            &format!(
+                "vessel image create --size 64M /tmp/base.img && {}",
+                make_base()
+            ),
         )
         .step(
             "q1",
@@ -280,7 +305,8 @@ fn images_qemu_img_made_boot_under_vessel_with_their_data() {
     let q1 = run.step("q1");
     assert_guest_ok(q1);
     assert!(
-        q1.output.contains("backing file: /tmp/base.img (format raw, /tmp/base.img present)")
+        q1.output
+            .contains("backing file: /tmp/base.img (format raw, /tmp/base.img present)")
             && q1.output.contains("base.blob: OK")
             && q1.output.contains("Q1-WRITTEN")
             && q1.output.contains("No errors were found"),
