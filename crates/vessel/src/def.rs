@@ -175,6 +175,54 @@ mod tests {
     }
 
     #[test]
+    fn disk_formats_are_found_once_and_recorded() {
+        let dir = std::env::temp_dir().join(format!("vessel-def-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let raw = dir.join("a.img");
+        std::fs::write(&raw, vec![0u8; 4096]).unwrap();
+        let q = dir.join("b.qcow2");
+        devices::image::qcow2::create(&q, Some(1 << 20), None).unwrap();
+        let json = format!(
+            r#"{{"name":"d","kernel":"/k","disk":["path={},id=root","path={}","path={},format=raw"]}}"#,
+            raw.display(),
+            q.display(),
+            q.display()
+        );
+        let mut def = DomainDef::from_json(json.as_bytes()).unwrap();
+        def.pin_disk_formats().unwrap();
+        assert_eq!(
+            def.disk,
+            [
+                format!("path={},id=root,format=raw", raw.display()),
+                format!("path={},format=qcow2", q.display()),
+                format!("path={},format=raw", q.display()),
+            ]
+        );
+        let formats: Vec<_> = def
+            .to_config()
+            .unwrap()
+            .disks
+            .iter()
+            .map(|d| d.format)
+            .collect();
+        assert!(formats.iter().all(Option::is_some), "{formats:?}");
+        let mut missing = DomainDef::from_json(
+            format!(
+                r#"{{"name":"e","kernel":"/k","disk":["path={}/nope"]}}"#,
+                dir.display()
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let err = missing.pin_disk_formats().unwrap_err();
+        assert!(
+            err.contains("--disk disk0") && err.contains("nope"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn bad_definitions_say_what_is_wrong() {
         for (json, says) in [
             (r#"{"name":"a"}"#, "missing field `kernel`"),
