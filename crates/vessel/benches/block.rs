@@ -5,9 +5,10 @@
 //! `iobench` (benches/iobench.c) is compiled statically here and appended to the guest initramfs
 //! as a second archive. In the guest, with O_DIRECT on /dev/vda: sequential write and read of
 //! 128 MiB in 1 MiB requests (MB/s) and 4 KiB random reads for 5 s (IOPS, one request in
-//! flight). The image is a fresh sparse 256 MiB raw file on L1's tmpfs for every boot, so both
-//! VMMs see the same storage. Boots alternate Vessel, QEMU; `VESSEL_BENCH_ROUNDS` rounds
-//! (default 2); the figures are medians.
+//! flight). The image is a fresh 256 MiB image on L1's tmpfs for every boot, so both VMMs see
+//! the same storage: a sparse raw file, then (in a second box run) an empty qcow2 image made by
+//! `vessel image create` (`VESSEL_BENCH_FORMATS`, default `raw,qcow2`). Boots alternate Vessel,
+//! QEMU; `VESSEL_BENCH_ROUNDS` rounds (default 2); the figures are medians.
 
 mod common;
 
@@ -49,33 +50,53 @@ fn build_iobench(dir: &Path) -> std::path::PathBuf {
 
 fn main() {
     let rounds = common::rounds(2);
+    let formats = std::env::var("VESSEL_BENCH_FORMATS").unwrap_or_else(|_| "raw,qcow2".into());
     let assets = Assets::locate().unwrap_or_else(|e| panic!("guest assets unavailable: {e}"));
     let dir = std::env::temp_dir().join(format!("vessel-blkbench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let extra = build_iobench(&dir);
+    for format in formats.split(',') {
+        bench(&assets, &extra, rounds, format);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
 
-    let prepare = "truncate -s 0 /tmp/disk.img; truncate -s 256M /tmp/disk.img; \
-                   cat /assets/initramfs.cpio.gz /bench/extra.cpio.gz > /tmp/initrd";
+/// One box run: `rounds` boots of each VMM on a fresh image in `format`.
+fn bench(assets: &Assets, extra: &Path, rounds: usize, format: &str) {
+    let (image, make) = match format {
+        "raw" => (
+            "/tmp/disk.img",
+            "truncate -s 0 /tmp/disk.img; truncate -s 256M /tmp/disk.img",
+        ),
+        "qcow2" => (
+            "/tmp/disk.qcow2",
+            "rm -f /tmp/disk.qcow2; vessel image create --format qcow2 --size 256M /tmp/disk.qcow2 >/dev/null",
+        ),
+        other => panic!("VESSEL_BENCH_FORMATS: unknown format {other}"),
+    };
+    let prepare =
+        format!("{make}; cat /assets/initramfs.cpio.gz /bench/extra.cpio.gz > /tmp/initrd");
     let cmdline = format!("console=ttyS0 quiet vcmd=\\\"{GUEST}\\\"");
     let vessel = format!(
         "{prepare}; vessel run --kernel /assets/vmlinux --initrd /tmp/initrd --memory 256M \
-         --disk path=/tmp/disk.img --cmdline \"{cmdline}\" </dev/null"
+         --disk path={image},format={format} --cmdline \"{cmdline}\" </dev/null"
     );
     let qemu = format!(
         "{prepare}; qemu-system-x86_64 -enable-kvm -M microvm -cpu host -m 256 -smp 1 \
          -nographic -no-reboot -kernel /assets/vmlinux -initrd /tmp/initrd \
-         -drive id=d0,file=/tmp/disk.img,format=raw,if=none -device virtio-blk-device,drive=d0 \
+         -drive id=d0,file={image},format={format},if=none -device virtio-blk-device,drive=d0 \
          -append \"{cmdline}\" </dev/null"
     );
-    let bx = HostBox::new(&assets)
+    let bx = HostBox::new(assets)
         .with_qemu()
         .binary(VESSEL, "/bin/vessel")
-        .file(&extra, "/bench/extra.cpio.gz")
+        .file(extra, "/bench/extra.cpio.gz")
         .timeout(Duration::from_secs(1800));
     let run = common::alternate(bx, rounds, &vessel, &qemu);
-    let _ = std::fs::remove_dir_all(&dir);
 
-    println!("block benchmark: {rounds} boots each, same guest and image kind, one box run");
+    println!(
+        "block benchmark, {format} image: {rounds} boots each, same guest and image kind, one box run"
+    );
     println!(
         "{:<34}{:>10}{:>10}{:>8}",
         "median", "vessel", "qemu", "ratio"

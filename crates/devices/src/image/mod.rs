@@ -48,12 +48,44 @@ pub trait DiskBackend: Send {
     fn write_at(&mut self, data: &[u8], offset: u64) -> io::Result<()>;
     /// Makes every completed write durable (reaching stable storage) before returning.
     fn flush(&mut self) -> io::Result<()>;
-    /// The file whose byte `n` is the disk's byte `n`, if there is one (a raw image): the
-    /// device then moves data between it and guest memory directly, without a copy through a
-    /// buffer of its own. `None` (the default) for formats that map blocks elsewhere.
-    fn direct_file(&self) -> Option<&std::fs::File> {
-        None
+    /// Where the disk's bytes from `offset` are stored, for at most `len` bytes (`write`: for
+    /// writing them in place), so a device can move them between a file and guest memory
+    /// without a copy of its own. The extent returned is 1 to `len` bytes long (for `len` > 0).
+    /// The default says only the format can reach them.
+    fn extent(&self, offset: u64, len: u64, write: bool) -> io::Result<Extent<'_>> {
+        let _ = write;
+        check_range(
+            offset,
+            usize::try_from(len).unwrap_or(usize::MAX),
+            self.len(),
+        )?;
+        Ok(Extent::Format { len })
     }
+}
+
+/// A stretch of a disk as it is stored ([`DiskBackend::extent`]).
+#[derive(Debug)]
+pub enum Extent<'a> {
+    /// The disk's `len` bytes are bytes `offset..offset + len` of `file` (for a write: and
+    /// may be written there in place).
+    File {
+        /// The file holding them.
+        file: &'a File,
+        /// Where in the file.
+        offset: u64,
+        /// How many bytes.
+        len: u64,
+    },
+    /// The `len` bytes read as zeros (never returned for a write).
+    Zero {
+        /// How many bytes.
+        len: u64,
+    },
+    /// Only the format can read or write the `len` bytes: use `read_at` and `write_at`.
+    Format {
+        /// How many bytes.
+        len: u64,
+    },
 }
 
 /// An image's on-disk format.

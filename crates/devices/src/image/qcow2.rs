@@ -19,10 +19,10 @@ use std::path::{Path, PathBuf};
 use imago::file::File as ImagoFile;
 use imago::qcow2::Qcow2 as ImagoQcow2;
 use imago::raw::Raw as ImagoRaw;
-use imago::{FormatAccess, FormatCreateBuilder, StorageOpenOptions};
+use imago::{FormatAccess, FormatCreateBuilder, Mapping, StorageOpenOptions};
 
 use super::{
-    check_range, open_locked, sync_parent_dir, DiskBackend, Format, ImageError, MAX_CHAIN,
+    check_range, open_locked, sync_parent_dir, DiskBackend, Extent, Format, ImageError, MAX_CHAIN,
 };
 
 /// The first four bytes of every qcow2 image.
@@ -36,18 +36,29 @@ pub struct Qcow2 {
     image: Layer,
     len: u64,
     readonly: bool,
+    /// A descriptor of each file of the chain, by the name its imago storage carries: where
+    /// [`DiskBackend::extent`] points a device for clusters stored plainly.
+    files: Vec<(PathBuf, File)>,
 }
 
 impl Qcow2 {
     /// Opens the qcow2 image at `path`, read-only or read-write, and its backing chain
     /// (read-only, each in the format its overlay records).
     pub fn open(path: &Path, readonly: bool) -> Result<Qcow2, ImageError> {
-        let image = open_layer(path, Format::Qcow2, !readonly, 0)?;
+        let mut files = Vec::new();
+        let image = open_layer(path, Format::Qcow2, !readonly, 0, &mut files)?;
         Ok(Qcow2 {
             len: image.size(),
             image,
             readonly,
+            files,
         })
+    }
+
+    /// Our descriptor of the file behind one of the chain's imago storage objects.
+    fn file_of(&self, storage: &ImagoFile) -> Option<&File> {
+        let name = imago::Storage::get_filename(storage)?;
+        self.files.iter().find(|(p, _)| *p == name).map(|(_, f)| f)
     }
 }
 
@@ -91,8 +102,18 @@ pub fn backing_format(image: &Path, recorded: Option<&str>) -> Result<Format, Im
     }
 }
 
-/// Hands the locked, checked descriptor `file` of `path` to imago.
-fn storage(file: File, path: &Path, writable: bool) -> Result<ImagoFile, ImageError> {
+/// Hands the locked, checked descriptor `file` of `path` to imago, keeping a duplicate in
+/// `files`.
+fn storage(
+    file: File,
+    path: &Path,
+    writable: bool,
+    files: &mut Vec<(PathBuf, File)>,
+) -> Result<ImagoFile, ImageError> {
+    let dup = file
+        .try_clone()
+        .map_err(ImageError::io(path, "cannot duplicate"))?;
+    files.push((path.to_path_buf(), dup));
     ImagoFile::from_open_file(
         file,
         StorageOpenOptions::new().write(writable).filename(path),
@@ -106,6 +127,7 @@ fn open_layer(
     format: Format,
     writable: bool,
     depth: usize,
+    files: &mut Vec<(PathBuf, File)>,
 ) -> Result<Layer, ImageError> {
     if depth > MAX_CHAIN {
         return Err(ImageError::invalid(
@@ -117,8 +139,8 @@ fn open_layer(
     match format {
         Format::Raw => {
             let file = open_locked(path, !writable)?;
-            let raw =
-                ImagoRaw::open_image(storage(file, path, writable)?, writable).map_err(invalid)?;
+            let raw = ImagoRaw::open_image(storage(file, path, writable, files)?, writable)
+                .map_err(invalid)?;
             Ok(FormatAccess::new(raw))
         }
         Format::Qcow2 => {
@@ -127,9 +149,11 @@ fn open_layer(
             // features): the same `vessel image check` applies.
             super::qcow2_check::parse_header(&file)
                 .map_err(|why| ImageError::invalid(path, why))?;
-            let mut qcow2 =
-                ImagoQcow2::<ImagoFile>::open_image(storage(file, path, writable)?, writable)
-                    .map_err(invalid)?;
+            let mut qcow2 = ImagoQcow2::<ImagoFile>::open_image(
+                storage(file, path, writable, files)?,
+                writable,
+            )
+            .map_err(invalid)?;
             if qcow2.requires_external_data_file() {
                 return Err(ImageError::invalid(
                     path,
@@ -143,8 +167,8 @@ fn open_layer(
                     let format =
                         backing_format(path, qcow2.implicit_backing_format().map(String::as_str))?;
                     let backing_path = resolve_backing(path, stored);
-                    let layer =
-                        open_layer(&backing_path, format, false, depth + 1).map_err(|e| {
+                    let layer = open_layer(&backing_path, format, false, depth + 1, files)
+                        .map_err(|e| {
                             ImageError::invalid(path, format!("its backing image is unusable: {e}"))
                         })?;
                     Some(layer)
@@ -160,7 +184,7 @@ fn open_layer(
 /// Opens the backing chain below a qcow2 image without opening the image itself, and returns
 /// the backing's size: `vessel image check` validates a chain exactly as a domain opens it.
 pub fn check_backing(image: &Path, backing: &Backing) -> Result<u64, ImageError> {
-    let layer = open_layer(&backing.path, backing.format, false, 1)
+    let layer = open_layer(&backing.path, backing.format, false, 1, &mut Vec::new())
         .map_err(|e| ImageError::invalid(image, format!("its backing image is unusable: {e}")))?;
     Ok(layer.size())
 }
@@ -182,6 +206,39 @@ impl DiskBackend for Qcow2 {
         }
         check_range(offset, data.len(), self.len)?;
         self.image.write(data, offset)
+    }
+    fn extent(&self, offset: u64, len: u64, write: bool) -> io::Result<Extent<'_>> {
+        if write && self.readonly {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "read-only disk",
+            ));
+        }
+        check_range(offset, usize::try_from(len).unwrap_or(usize::MAX), self.len)?;
+        let (mapping, n) = self.image.get_mapping(offset, len)?;
+        let n = n.min(len);
+        if n == 0 {
+            return Ok(Extent::Format { len });
+        }
+        Ok(match mapping {
+            // A cluster stored plainly; for a write, one this image owns alone (refcount 1),
+            // which imago says may be written in place.
+            Mapping::Raw {
+                storage,
+                offset,
+                writable,
+                ..
+            } if writable || !write => match self.file_of(storage) {
+                Some(file) => Extent::File {
+                    file,
+                    offset,
+                    len: n,
+                },
+                None => Extent::Format { len: n },
+            },
+            Mapping::Zero { .. } if !write => Extent::Zero { len: n },
+            _ => Extent::Format { len: n },
+        })
     }
     fn flush(&mut self) -> io::Result<()> {
         if self.readonly {
@@ -227,7 +284,7 @@ pub fn create(
         Some((base, format)) => {
             let abs = std::fs::canonicalize(base)
                 .map_err(ImageError::io(base, "cannot find the backing image"))?;
-            let len = open_layer(&abs, format, false, 1)?.size();
+            let len = open_layer(&abs, format, false, 1, &mut Vec::new())?.size();
             let name = abs.to_str().map(str::to_string).ok_or_else(|| {
                 ImageError::invalid(&abs, "a backing path must be valid UTF-8 to be stored")
             })?;

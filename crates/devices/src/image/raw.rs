@@ -10,7 +10,7 @@ use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::Path;
 
-use super::{check_range, open_locked, DiskBackend, ImageError};
+use super::{check_range, open_locked, DiskBackend, Extent, ImageError};
 
 /// A raw image.
 pub struct Raw {
@@ -87,8 +87,19 @@ impl DiskBackend for Raw {
         check_range(offset, data.len(), self.len)?;
         self.file.write_all_at(data, offset)
     }
-    fn direct_file(&self) -> Option<&File> {
-        Some(&self.file)
+    fn extent(&self, offset: u64, len: u64, write: bool) -> io::Result<Extent<'_>> {
+        if write && self.readonly {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "read-only disk",
+            ));
+        }
+        check_range(offset, usize::try_from(len).unwrap_or(usize::MAX), self.len)?;
+        Ok(Extent::File {
+            file: &self.file,
+            offset,
+            len,
+        })
     }
     fn flush(&mut self) -> io::Result<()> {
         if self.readonly {

@@ -3,9 +3,10 @@
 //!
 //! Requests are served synchronously on the domain's I/O thread. Every guest-supplied number
 //! (sector, lengths) is checked against the disk's size with overflow-safe arithmetic. On a raw
-//! image, data moves between the file and the guest's buffers in one vectored call
-//! ([`DiskBackend::direct_file`]: `preadv`/`pwritev` on guest RAM, no copy in between); on
-//! qcow2, through a bounded bounce buffer. A disk whose logical blocks are larger than 512
+//! image, and on the clusters of a qcow2 image that are stored plainly, data moves between the
+//! file and the guest's buffers in one vectored call per stretch ([`DiskBackend::extent`]:
+//! `preadv`/`pwritev` on guest RAM, no copy in between); what only the format can produce
+//! (copy on write, compressed clusters) goes through a bounded bounce buffer. A disk whose logical blocks are larger than 512
 //! bytes (a block device) tells the guest so (`VIRTIO_BLK_F_BLK_SIZE`). Either way a guest cannot make the VMM allocate
 //! without limit. A
 //! read-only VBD advertises `VIRTIO_BLK_F_RO` and also refuses writes itself with an I/O error,
@@ -15,7 +16,7 @@
 use std::fs::File;
 use std::time::Instant;
 
-use crate::image::{DiskBackend, Raw};
+use crate::image::{DiskBackend, Extent, Raw};
 
 use crate::rate_limit::RateLimiter;
 
@@ -135,24 +136,40 @@ impl Block {
                 let Some(offset) = self.range(sector, data_in) else {
                     return Ok((S_IOERR, 0));
                 };
-                if let Some(file) = self.disk.direct_file() {
-                    // Straight from the image into the guest's buffers, in one call.
-                    let len = usize::try_from(data_in).unwrap_or(usize::MAX);
-                    let pieces = chain.writable_segments(0, len)?;
-                    if mem.read_file(&pieces, file, offset).is_err() {
-                        return Ok((S_IOERR, 0));
-                    }
-                } else {
-                    let mut done = 0;
-                    while done < data_in {
-                        let n = (data_in - done).min(MAX_BOUNCE as u64) as usize;
-                        self.bounce.resize(n, 0);
-                        if self.disk.read_at(&mut self.bounce, offset + done).is_err() {
-                            return Ok((S_IOERR, done));
+                let mut done = 0;
+                while done < data_in {
+                    let (pos, want) = (offset + done, data_in - done);
+                    let Ok(extent) = self.disk.extent(pos, want, false) else {
+                        return Ok((S_IOERR, done));
+                    };
+                    let n = match extent {
+                        // Straight from the image into the guest's buffers, in one call.
+                        Extent::File { file, offset, len } if (1..=want).contains(&len) => {
+                            let pieces = chain.writable_segments(done, len as usize)?;
+                            if mem.read_file(&pieces, file, offset).is_err() {
+                                return Ok((S_IOERR, done));
+                            }
+                            len
                         }
-                        chain.write_at(mem, done, &self.bounce)?;
-                        done += n as u64;
-                    }
+                        Extent::Zero { len } if (1..=want).contains(&len) => {
+                            let n = len.min(MAX_BOUNCE as u64) as usize;
+                            self.bounce.clear();
+                            self.bounce.resize(n, 0);
+                            chain.write_at(mem, done, &self.bounce)?;
+                            n as u64
+                        }
+                        Extent::Format { len } if (1..=want).contains(&len) => {
+                            let n = len.min(MAX_BOUNCE as u64) as usize;
+                            self.bounce.resize(n, 0);
+                            if self.disk.read_at(&mut self.bounce, pos).is_err() {
+                                return Ok((S_IOERR, done));
+                            }
+                            chain.write_at(mem, done, &self.bounce)?;
+                            n as u64
+                        }
+                        _ => return Ok((S_IOERR, done)),
+                    };
+                    done += n;
                 }
                 self.stats.read_ops += 1;
                 self.stats.read_bytes += data_in;
@@ -165,24 +182,33 @@ impl Block {
                 let Some(offset) = self.range(sector, data_out) else {
                     return Ok((S_IOERR, 0));
                 };
-                if let Some(file) = self.disk.direct_file() {
-                    // Straight from the guest's buffers into the image, in one call.
-                    let len = usize::try_from(data_out).unwrap_or(usize::MAX);
-                    let pieces = chain.readable_segments(16, len)?;
-                    if mem.write_file(&pieces, file, offset).is_err() {
+                let mut done = 0;
+                while done < data_out {
+                    let (pos, want) = (offset + done, data_out - done);
+                    let Ok(extent) = self.disk.extent(pos, want, true) else {
                         return Ok((S_IOERR, 0));
-                    }
-                } else {
-                    let mut done = 0;
-                    while done < data_out {
-                        let n = (data_out - done).min(MAX_BOUNCE as u64) as usize;
-                        self.bounce.resize(n, 0);
-                        chain.read_at(mem, 16 + done, &mut self.bounce)?;
-                        if self.disk.write_at(&self.bounce, offset + done).is_err() {
-                            return Ok((S_IOERR, 0));
+                    };
+                    let n = match extent {
+                        // Straight from the guest's buffers into the image, in one call.
+                        Extent::File { file, offset, len } if (1..=want).contains(&len) => {
+                            let pieces = chain.readable_segments(16 + done, len as usize)?;
+                            if mem.write_file(&pieces, file, offset).is_err() {
+                                return Ok((S_IOERR, 0));
+                            }
+                            len
                         }
-                        done += n as u64;
-                    }
+                        Extent::Format { len } if (1..=want).contains(&len) => {
+                            let n = len.min(MAX_BOUNCE as u64) as usize;
+                            self.bounce.resize(n, 0);
+                            chain.read_at(mem, 16 + done, &mut self.bounce)?;
+                            if self.disk.write_at(&self.bounce, pos).is_err() {
+                                return Ok((S_IOERR, 0));
+                            }
+                            n as u64
+                        }
+                        _ => return Ok((S_IOERR, 0)),
+                    };
+                    done += n;
                 }
                 self.stats.write_ops += 1;
                 self.stats.write_bytes += data_out;
@@ -579,6 +605,59 @@ mod tests {
         );
         assert_eq!(s, S_OK);
         assert_eq!(std::fs::read(&base.path).unwrap(), vec![0x11; 128 * 1024]);
+    }
+
+    #[test]
+    fn qcow2_requests_mix_backing_copied_in_place_and_zero_clusters() {
+        use crate::image::{qcow2, qcow2_check, Format};
+        const K: usize = 1024;
+        let base = tempfile_like::TempFile::with_bytes(&[0x33; 128 * K]);
+        let path = base.path.with_extension("mix.qcow2");
+        qcow2::create(&path, Some(512 * 1024), Some((&base.path, Format::Raw))).unwrap();
+        let _cleanup = tempfile_like::TempFile { path: path.clone() };
+        let disk = crate::image::open(&path, Format::Qcow2, false).unwrap();
+        let mut block = Block::with_backend(disk, false, "mix");
+        // The first write into cluster 1 copies it from the base (the format's path); the
+        // second goes in place (straight from guest memory into the image).
+        for (sector, fill) in [(144u64, 0xa1u8), (152, 0xb2)] {
+            let (s, _, _) = request(
+                &mut block,
+                &[
+                    MockBuffer::Readable(&header(T_OUT, sector)),
+                    MockBuffer::Readable(&[fill; 4 * K]),
+                    MockBuffer::Writable(1),
+                ],
+            );
+            assert_eq!(s, S_OK);
+        }
+        // One read over the base's cluster 0, the image's cluster 1 and zero clusters 2-3.
+        let (s, _, data) = request(
+            &mut block,
+            &[
+                MockBuffer::Readable(&header(T_IN, 0)),
+                MockBuffer::Writable(256 * 1024),
+                MockBuffer::Writable(1),
+            ],
+        );
+        assert_eq!(s, S_OK);
+        let mut want = vec![0x33u8; 128 * K];
+        want[72 * K..76 * K].fill(0xa1);
+        want[76 * K..80 * K].fill(0xb2);
+        want.resize(256 * K, 0);
+        assert!(data == want, "the read differs from what was written");
+        let (s, _, _) = request(
+            &mut block,
+            &[
+                MockBuffer::Readable(&header(T_FLUSH, 0)),
+                MockBuffer::Writable(1),
+            ],
+        );
+        assert_eq!(s, S_OK);
+        drop(block);
+        let report = qcow2_check::check(&std::fs::File::open(&path).unwrap()).unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        assert_eq!(report.allocated, 1);
+        assert_eq!(std::fs::read(&base.path).unwrap(), vec![0x33; 128 * K]);
     }
 
     /// A temporary file removed on drop (std only).
