@@ -22,7 +22,8 @@ use imago::raw::Raw as ImagoRaw;
 use imago::{FormatAccess, FormatCreateBuilder, Mapping, StorageOpenOptions};
 
 use super::{
-    check_range, open_locked, sync_parent_dir, DiskBackend, Extent, Format, ImageError, MAX_CHAIN,
+    check_range, open_locked, qcow2_check, sync_parent_dir, DiskBackend, Extent, Format,
+    ImageError, MAX_CHAIN,
 };
 
 /// The first four bytes of every qcow2 image.
@@ -145,10 +146,7 @@ fn open_layer(
         }
         Format::Qcow2 => {
             let file = open_locked(path, !writable)?;
-            // Vessel's own validation first (tables inside the file, no unsupported
-            // features): the same `vessel image check` applies.
-            super::qcow2_check::parse_header(&file)
-                .map_err(|why| ImageError::invalid(path, why))?;
+            validate(&file, path, writable)?;
             let mut qcow2 = ImagoQcow2::<ImagoFile>::open_image(
                 storage(file, path, writable, files)?,
                 writable,
@@ -178,6 +176,33 @@ fn open_layer(
             Ok(FormatAccess::new(qcow2))
         }
         Format::VesselCow => Err(super::retired(path)),
+    }
+}
+
+/// Vessel's own validation of a qcow2 image before imago sees it, the checks of `vessel image
+/// check`: the header always (tables inside the file, no unsupported feature); for an image
+/// opened read-write, every table and refcount too. imago allocates clusters by its refcounts
+/// and trusts them: on an image whose refcounts do not cover what is in use, it would hand out
+/// clusters in use (the header among them) or, as fuzzing found, recurse until its thread's
+/// stack overflows. So an image with corrupt tables or refcounts is only ever read.
+fn validate(file: &File, path: &Path, writable: bool) -> Result<(), ImageError> {
+    if !writable {
+        return qcow2_check::parse_header(file)
+            .map(drop)
+            .map_err(|why| ImageError::invalid(path, why));
+    }
+    let report = qcow2_check::check(file).map_err(|why| ImageError::invalid(path, why))?;
+    match report.problems.first() {
+        None => Ok(()),
+        Some(first) => Err(ImageError::invalid(
+            path,
+            format!(
+                "its tables or refcounts are inconsistent, so it is not opened for writing \
+                 ({} problem(s), the first: {first}; `vessel image check` lists them, \
+                 `qemu-img check -r all` repairs them)",
+                report.problems.len()
+            ),
+        )),
     }
 }
 
@@ -486,6 +511,32 @@ mod tests {
             base_rw.to_string().contains("in use"),
             "a base under overlays opened read-write: {base_rw}"
         );
+    }
+
+    #[test]
+    fn an_image_whose_refcounts_miss_its_metadata_is_only_read() {
+        // Found by fuzzing: with no refcount blocks at all, imago's allocator recursed until its
+        // stack overflowed on the first write (and would have handed out cluster 0).
+        use std::os::unix::fs::FileExt;
+        let dir = TempDir::new();
+        let path = dir.join("norefs.qcow2");
+        create(&path, Some(1 << 20), None).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let mut rt = [0u8; 8];
+        f.read_exact_at(&mut rt, 48).unwrap();
+        f.write_all_at(&[0; 8], u64::from_be_bytes(rt)).unwrap();
+        drop(f);
+        let err = Qcow2::open(&path, false).err().unwrap().to_string();
+        assert!(
+            err.contains("not opened for writing") && err.contains("refcount"),
+            "{err}"
+        );
+        let ro = Qcow2::open(&path, true).unwrap();
+        assert_eq!(read(&ro, 0, 512), vec![0; 512]);
     }
 
     #[test]
