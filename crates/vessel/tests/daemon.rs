@@ -67,12 +67,24 @@ impl TestDaemon {
 
     /// Sends raw bytes and returns the status and body of the answer.
     fn raw(&self, request: &[u8]) -> (u16, String) {
+        self.raw_within(request, Duration::from_secs(30))
+    }
+
+    /// [`TestDaemon::raw`], failing the test if the whole answer has not come within `limit`.
+    fn raw_within(&self, request: &[u8], limit: Duration) -> (u16, String) {
+        let started = Instant::now();
         let mut s = UnixStream::connect(&self.socket).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.set_read_timeout(Some(limit)).unwrap();
         s.write_all(request).unwrap();
         let mut out = Vec::new();
-        let _ = s.read_to_end(&mut out);
+        let read = s.read_to_end(&mut out);
         let text = String::from_utf8_lossy(&out).into_owned();
+        assert!(
+            read.is_ok(),
+            "no whole answer within {limit:?} (after {:?}) to {:?}: {read:?}, got {text:?}",
+            started.elapsed(),
+            String::from_utf8_lossy(&request[..request.len().min(200)])
+        );
         let status = text
             .split(' ')
             .nth(1)
@@ -87,12 +99,23 @@ impl TestDaemon {
 
     /// One API call with a JSON (or raw) body.
     fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+        self.call_within(method, path, body, Duration::from_secs(30))
+    }
+
+    /// [`TestDaemon::call`], failing the test if the answer has not come within `limit`.
+    fn call_within(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        limit: Duration,
+    ) -> (u16, Value) {
         let body = body.unwrap_or("");
         let req = format!(
             "{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
-        let (status, body) = self.raw(req.as_bytes());
+        let (status, body) = self.raw_within(req.as_bytes(), limit);
         let value = serde_json::from_str(&body).unwrap_or(Value::String(body));
         (status, value)
     }
@@ -679,4 +702,86 @@ fn shutdown_presses_the_acpi_power_button() {
     // A stopped domain has no button to press.
     let (status, _) = d.call("POST", "/v1/domains/b/shutdown", None);
     assert_eq!(status, 409, "shutting down a stopped domain");
+}
+
+/// Makes a FIFO at `path` (nothing ever writes to it).
+fn mkfifo(path: &Path) {
+    let made = Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .expect("running mkfifo");
+    assert!(made.success(), "mkfifo {} failed", path.display());
+}
+
+/// A kernel or initrd that is a FIFO is refused at once with 400, as often as it is asked for
+/// (more often than the daemon has connection slots), and leaves the domain shut off: it can be
+/// deleted, and started again once its definition names a real kernel.
+#[test]
+fn a_fifo_kernel_or_initrd_is_refused_at_once_and_wedges_nothing() {
+    require_kvm();
+    let dir = tmpdir("fifo");
+    let d = TestDaemon::start(&dir);
+    let fifo = dir.join("fifo");
+    mkfifo(&fifo);
+    let quick = Duration::from_secs(10);
+    let with_fifo_kernel = json!({"name": "f", "kernel": fifo, "cmdline": "tick", "memory": "16M"});
+    let (status, v) = d.call_within(
+        "POST",
+        "/v1/domains",
+        Some(&with_fifo_kernel.to_string()),
+        quick,
+    );
+    assert_eq!(status, 400, "{v}");
+    let msg = v["error"].as_str().unwrap();
+    assert!(
+        msg.contains("cannot read kernel") && msg.contains("is a FIFO"),
+        "{v}"
+    );
+    assert_eq!(
+        d.call("GET", "/v1/domains/f", None).0,
+        404,
+        "the failed create left nothing"
+    );
+
+    // Defined only, then started: refused every time, never stuck "starting".
+    d.ok(
+        "POST",
+        "/v1/domains?start=false",
+        Some(&with_fifo_kernel.to_string()),
+    );
+    for attempt in 0..70 {
+        let (status, v) = d.call_within("POST", "/v1/domains/f/start", None, quick);
+        assert_eq!(status, 400, "start attempt {attempt}: {v}");
+        assert!(v["error"].as_str().unwrap().contains("is a FIFO"), "{v}");
+    }
+    assert_eq!(d.state("f"), "shutoff");
+    let (status, v) = d.call_within("POST", "/v1/domains/f/destroy", None, quick);
+    assert_eq!(status, 409, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("shutoff"), "{v}");
+    d.ok("DELETE", "/v1/domains/f", None);
+    // The name is free again, and a real kernel starts.
+    assert_eq!(
+        d.ok("POST", "/v1/domains", Some(&mini("f", "tick", "16M")))["state"],
+        "running"
+    );
+
+    // An initrd that is a FIFO.
+    let with_fifo_initrd = json!({"name": "g", "kernel": mini_kernel(), "initrd": fifo, "cmdline": "tick", "memory": "16M"});
+    let (status, v) = d.call_within(
+        "POST",
+        "/v1/domains",
+        Some(&with_fifo_initrd.to_string()),
+        quick,
+    );
+    assert_eq!(status, 400, "{v}");
+    let msg = v["error"].as_str().unwrap();
+    assert!(
+        msg.contains("cannot read initrd") && msg.contains("is a FIFO"),
+        "{v}"
+    );
+    assert_eq!(
+        d.ok("POST", "/v1/domains", Some(&mini("g", "tick", "16M")))["state"],
+        "running"
+    );
+    assert_eq!(d.ok("GET", "/v1/version", None)["api"], "v1");
 }

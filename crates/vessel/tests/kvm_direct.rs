@@ -26,7 +26,8 @@
 //! - `fetchmmio`: executing from unclaimed MMIO at CPL0 is a KVM internal error, which ends the
 //!   run with status 1 and a message naming it.
 //! - `vessel run` refusing bad input with one line on stderr and status 1: missing, directory,
-//!   non-kernel and non-PVH kernel files, `--vcpus 0`, too little or too much `--memory`, an
+//!   FIFO, non-kernel and non-PVH kernel files, a FIFO initrd (at once: a FIFO with no writer
+//!   must not hang the open), `--vcpus 0`, too little or too much `--memory`, an
 //!   unparsable size, an initrd that is missing or does not fit, no `/dev/kvm`, and no
 //!   permission to open it (these last two unshare a mount namespace and switch to an
 //!   unprivileged user, so they need root).
@@ -412,6 +413,35 @@ fn non_kernel_file_is_refused() {
     std::fs::write(&file, "vessel-test-host\n").unwrap();
     let run = refused(&["--kernel", file.to_str().unwrap()]);
     run.assert_one_line_error(&["is not a kernel", "bzImage", "ELF"]);
+}
+
+/// A FIFO at `dir/name` (with mkfifo(1)); nothing ever writes to it.
+fn fifo(dir: &TempDir, name: &str) -> std::path::PathBuf {
+    let path = dir.path().join(name);
+    let made = Command::new("mkfifo")
+        .arg(&path)
+        .status()
+        .expect("running mkfifo");
+    assert!(made.success(), "mkfifo {} failed", path.display());
+    path
+}
+
+#[test]
+fn fifo_kernel_is_refused_at_once() {
+    let dir = TempDir::new("fifo-kernel");
+    let kernel = fifo(&dir, "vmlinux");
+    let run = refused(&["--kernel", kernel.to_str().unwrap()]);
+    run.assert_one_line_error(&["cannot read kernel", "is a FIFO, not a regular file"]);
+    assert!(run.elapsed < Duration::from_secs(10), "{}", run.report());
+}
+
+#[test]
+fn fifo_initrd_is_refused_at_once() {
+    let dir = TempDir::new("fifo-initrd");
+    let initrd = fifo(&dir, "initrd");
+    let run = refused(&["--kernel", "{kernel}", "--initrd", initrd.to_str().unwrap()]);
+    run.assert_one_line_error(&["cannot read initrd", "is a FIFO, not a regular file"]);
+    assert!(run.elapsed < Duration::from_secs(10), "{}", run.report());
 }
 
 #[test]

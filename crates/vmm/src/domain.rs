@@ -7,6 +7,7 @@ use std::thread;
 use std::time::Duration;
 
 use devices::bus::Bus;
+use devices::host_file::{self, Accept, Access};
 use devices::i8042::{I8042, I8042_PORT_BASE, I8042_PORT_LEN};
 use devices::power::{PowerManagement, PM_PORT_BASE, PM_PORT_LEN};
 use devices::serial::{SerialConsole, COM1_IRQ, COM1_PORT_BASE, COM1_PORT_LEN};
@@ -97,18 +98,20 @@ pub fn validate(cfg: &DomainConfig, hv: &Hypervisor) -> Result<KernelKind, Domai
 }
 
 fn initrd_size(path: &std::path::Path) -> Result<u64, DomainError> {
-    let err = |e: std::io::Error| {
-        DomainError::Initrd(format!("cannot read initrd {}: {e}", path.display()))
-    };
-    let file = File::open(path).map_err(err)?;
-    let meta = file.metadata().map_err(err)?;
-    if !meta.is_file() {
-        return Err(DomainError::Initrd(format!(
-            "initrd {} is not a regular file",
-            path.display()
-        )));
-    }
-    Ok(meta.len())
+    let file = open_initrd(path)?;
+    file.metadata()
+        .map(|m| m.len())
+        .map_err(initrd_read_error(path))
+}
+
+/// Opens an initrd: non-blocking and regular files only, so a FIFO or a device named as the
+/// initrd is refused at once instead of hanging the caller.
+fn open_initrd(path: &std::path::Path) -> Result<File, DomainError> {
+    host_file::open(path, Access::ReadOnly, Accept::Regular).map_err(initrd_read_error(path))
+}
+
+fn initrd_read_error(path: &std::path::Path) -> impl Fn(std::io::Error) -> DomainError + '_ {
+    move |e| DomainError::Initrd(format!("cannot read initrd {}: {e}", path.display()))
 }
 
 /// An interrupt line backed by an irqfd.
@@ -356,11 +359,9 @@ fn load_initrd(
     memory_size: u64,
     memory: &GuestMemory,
 ) -> Result<Initrd, DomainError> {
-    let err = |e: std::io::Error| {
-        DomainError::Initrd(format!("cannot read initrd {}: {e}", path.display()))
-    };
-    let file = File::open(path).map_err(err)?;
-    let size = file.metadata().map_err(err)?.len();
+    let err = initrd_read_error(path);
+    let file = open_initrd(path)?;
+    let size = file.metadata().map_err(&err)?.len();
     let addr = kernel::place_initrd(kernel, layout::low_ram_end(memory_size), size).ok_or_else(|| {
         DomainError::Initrd(format!(
             "initrd {} ({} MiB) does not fit in guest memory ({} MiB) next to the kernel; give the guest more --memory",
