@@ -785,3 +785,44 @@ fn a_fifo_kernel_or_initrd_is_refused_at_once_and_wedges_nothing() {
     );
     assert_eq!(d.ok("GET", "/v1/version", None)["api"], "v1");
 }
+
+/// `--net socket=PATH` never replaces what is at PATH: a domain given the daemon's own API
+/// socket is refused with 400, and the API socket keeps answering.
+#[test]
+fn a_vif_socket_path_that_exists_is_refused_and_the_api_socket_survives() {
+    require_kvm();
+    let dir = tmpdir("vif-socket");
+    let d = TestDaemon::start(&dir);
+    let def = json!({
+        "name": "n",
+        "kernel": mini_kernel(),
+        "cmdline": "tick",
+        "memory": "16M",
+        "net": [format!("socket={},peer={}", d.socket.display(), dir.join("peer.sock").display())],
+    });
+    let (status, v) = d.call("POST", "/v1/domains", Some(&def.to_string()));
+    assert_eq!(status, 400, "{v}");
+    let msg = v["error"].as_str().unwrap();
+    assert!(
+        msg.contains("cannot bind the socket") && msg.contains("never replaces"),
+        "{v}"
+    );
+    assert_eq!(d.call("GET", "/v1/domains/n", None).0, 404);
+    // The API socket is still the daemon's: new connections reach it.
+    for _ in 0..3 {
+        assert_eq!(d.ok("GET", "/v1/version", None)["api"], "v1");
+    }
+    // A stale socket file (nobody bound to it) is refused too, and left where it is.
+    let stale = dir.join("stale.sock");
+    drop(std::os::unix::net::UnixDatagram::bind(&stale).unwrap());
+    let def = json!({
+        "name": "n",
+        "kernel": mini_kernel(),
+        "cmdline": "tick",
+        "memory": "16M",
+        "net": [format!("socket={},peer={}", stale.display(), dir.join("peer.sock").display())],
+    });
+    let (status, v) = d.call("POST", "/v1/domains", Some(&def.to_string()));
+    assert_eq!(status, 400, "{v}");
+    assert!(stale.exists(), "the stale socket was removed");
+}

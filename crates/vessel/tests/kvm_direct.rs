@@ -27,7 +27,7 @@
 //!   run with status 1 and a message naming it.
 //! - `vessel run` refusing bad input with one line on stderr and status 1: missing, directory,
 //!   FIFO, non-kernel and non-PVH kernel files, a FIFO initrd (at once: a FIFO with no writer
-//!   must not hang the open), `--vcpus 0`, too little or too much `--memory`, an
+//!   must not hang the open), a VIF socket path where something exists (left alone), `--vcpus 0`, too little or too much `--memory`, an
 //!   unparsable size, an initrd that is missing or does not fit, no `/dev/kvm`, and no
 //!   permission to open it (these last two unshare a mount namespace and switch to an
 //!   unprivileged user, so they need root).
@@ -442,6 +442,25 @@ fn fifo_initrd_is_refused_at_once() {
     let run = refused(&["--kernel", "{kernel}", "--initrd", initrd.to_str().unwrap()]);
     run.assert_one_line_error(&["cannot read initrd", "is a FIFO, not a regular file"]);
     assert!(run.elapsed < Duration::from_secs(10), "{}", run.report());
+}
+
+#[test]
+fn a_vif_socket_path_that_exists_is_refused_and_left_alone() {
+    let dir = TempDir::new("vif-socket");
+    let taken = dir.path().join("taken.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&taken).unwrap();
+    let net = format!(
+        "socket={},peer={}",
+        taken.display(),
+        dir.path().join("peer.sock").display()
+    );
+    let run = refused(&["--kernel", "{kernel}", "--cmdline", "tick", "--net", &net]);
+    run.assert_one_line_error(&["--net socket=", "cannot bind the socket", "never replaces"]);
+    assert!(
+        std::os::unix::net::UnixStream::connect(&taken).is_ok(),
+        "the other program's socket still answers"
+    );
+    drop(listener);
 }
 
 #[test]
