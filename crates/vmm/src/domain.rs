@@ -130,8 +130,10 @@ pub struct MachineView {
     pub control: Arc<Control>,
     /// Its vCPUs' counters.
     pub counters: MachineCounters,
-    /// Its virtio devices, in slot order.
-    pub devices: Vec<Arc<Mutex<devices::virtio::mmio::MmioTransport>>>,
+    /// Its virtio devices, in slot order: what they are and their counters (never their
+    /// transports, whose locks the I/O thread may hold for long, and whose host resources,
+    /// such as a VIF's socket file, must go with the machine).
+    pub devices: Vec<virtio::DeviceView>,
     /// Its RAM.
     pub memory: Arc<GuestMemory>,
     /// Its console UART.
@@ -274,7 +276,7 @@ impl Machine {
         MachineView {
             control: self.control.clone(),
             counters: self.counters.clone(),
-            devices: self.virtio.iter().map(|d| d.transport.clone()).collect(),
+            devices: self.virtio.iter().map(|d| d.view.clone()).collect(),
             memory: self.memory.clone(),
             serial: self.serial.clone(),
             power_button: self.power_button.clone(),

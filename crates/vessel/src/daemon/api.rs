@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use vmm::{DomainError, Instance};
 
 use super::net;
-use super::registry::RegistryError;
+use super::registry::{EntryView, RegistryError};
 use super::Daemon;
 use crate::def::DomainDef;
 use crate::http::{Request, Response};
@@ -141,12 +141,12 @@ fn version(_: &Daemon, _: &Params, _: &Request) -> Response {
 }
 
 fn list_domains(daemon: &Daemon, _: &Params, _: &Request) -> Response {
-    let list: Vec<Value> = daemon.registry.each(summary);
+    let list: Vec<Value> = daemon.registry.views().iter().map(summary).collect();
     Response::json(200, &Value::Array(list))
 }
 
 /// The `list` view of a domain.
-fn summary(e: &super::registry::Entry) -> Value {
+fn summary(e: &EntryView) -> Value {
     let status = e.status();
     let machine = e.instance.as_ref().and_then(|i| i.machine());
     let cpu_ns: u64 = machine
@@ -188,21 +188,21 @@ fn create_domain(daemon: &Daemon, _: &Params, req: &Request) -> Response {
             return resp;
         }
     }
-    match daemon.registry.with(&name, |e| info(e)) {
-        Ok(v) => Response::json(201, &v),
+    match daemon.registry.view(&name) {
+        Ok(e) => Response::json(201, &info(&e)),
         Err(e) => registry_error_response(e),
     }
 }
 
 fn get_domain(daemon: &Daemon, p: &Params, _: &Request) -> Response {
-    match daemon.registry.with(&p.name, |e| info(e)) {
-        Ok(v) => Response::json(200, &v),
+    match daemon.registry.view(&p.name) {
+        Ok(e) => Response::json(200, &info(&e)),
         Err(e) => registry_error_response(e),
     }
 }
 
 /// The `info` view of a domain: its definition, state and every counter.
-fn info(e: &super::registry::Entry) -> Value {
+fn info(e: &EntryView) -> Value {
     let mut v = summary(e);
     v["definition"] = serde_json::to_value(&e.def).unwrap_or(Value::Null);
     if let Some(machine) = e.instance.as_ref().and_then(|i| i.machine()) {
@@ -230,26 +230,26 @@ fn info(e: &super::registry::Entry) -> Value {
     v
 }
 
-/// Each virtio device's kind, label and counters.
+/// Each virtio device's kind, label and counters (read from the counters the device shares,
+/// never through its lock).
 pub fn device_stats(machine: &vmm::domain::MachineView) -> Vec<Value> {
     machine
         .devices
         .iter()
-        .map(|t| {
-            let t = t.lock().unwrap_or_else(|e| e.into_inner());
-            let d = t.device();
-            let kind = match d.device_id() {
+        .map(|d| {
+            let kind = match d.device_id {
                 1 => "net",
                 2 => "block",
                 4 => "rng",
                 _ => "other",
             };
             let counters: serde_json::Map<String, Value> = d
-                .counters()
+                .counters
+                .snapshot()
                 .into_iter()
                 .map(|(k, n)| (k.to_string(), json!(n)))
                 .collect();
-            json!({ "kind": kind, "label": d.label(), "counters": counters })
+            json!({ "kind": kind, "label": d.label, "counters": counters })
         })
         .collect()
 }
@@ -360,11 +360,11 @@ fn destroy_domain(daemon: &Daemon, p: &Params, _: &Request) -> Response {
 
 fn console_without_upgrade(daemon: &Daemon, p: &Params, _: &Request) -> Response {
     // Without `Upgrade: vessel-console`: the kept output, as text.
-    match daemon.registry.with(&p.name, |e| e.console.recent()) {
-        Ok(bytes) => Response::text(
+    match daemon.registry.with(&p.name, |e| e.console.clone()) {
+        Ok(log) => Response::text(
             200,
             "text/plain; charset=utf-8",
-            String::from_utf8_lossy(&bytes).into_owned(),
+            String::from_utf8_lossy(&log.recent()).into_owned(),
         ),
         Err(e) => registry_error_response(e),
     }

@@ -4,7 +4,9 @@
 //! Definitions live in `STATE_DIR/domains/NAME.json`, written atomically (a temporary file,
 //! then a rename), so a restarted daemon lists every domain that was defined and can start it
 //! again. Long operations (pause, destroy) run on a clone of the instance handle, never under
-//! the registry's lock, so one slow domain does not hold up the API for the others.
+//! the registry's lock, and readers take a copy of what they need ([`EntryView`]) under the
+//! lock and read counters after releasing it, so one slow domain does not hold up the API for
+//! the others.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -35,6 +37,38 @@ impl Entry {
     }
 
     /// Its run state name.
+    pub fn state(&self) -> RunState {
+        self.status().map_or(RunState::Shutoff, |s| s.state)
+    }
+
+    fn view(&self) -> EntryView {
+        EntryView {
+            id: self.id,
+            def: self.def.clone(),
+            instance: self.instance.clone(),
+        }
+    }
+}
+
+/// What a reader needs of a domain, copied under the registry's lock so that the slow part of
+/// an answer (counters, `/proc` reads) is done after the lock is released.
+#[derive(Clone)]
+pub struct EntryView {
+    /// Its id.
+    pub id: u32,
+    /// Its definition.
+    pub def: DomainDef,
+    /// Its current or last instance.
+    pub instance: Option<Arc<Instance>>,
+}
+
+impl EntryView {
+    /// Its state: that of its instance, or shut off if it never ran.
+    pub fn status(&self) -> Option<Status> {
+        self.instance.as_ref().map(|i| i.status())
+    }
+
+    /// Its run state.
     pub fn state(&self) -> RunState {
         self.status().map_or(RunState::Shutoff, |s| s.state)
     }
@@ -177,9 +211,14 @@ impl Registry {
             .ok_or_else(|| RegistryError::NotFound(name.into()))
     }
 
-    /// Runs `f` on every domain, in name order, under the lock.
-    pub fn each<T>(&self, mut f: impl FnMut(&Entry) -> T) -> Vec<T> {
-        self.lock().domains.values().map(&mut f).collect()
+    /// A copy of domain `name` for a reader (taken under the lock, used after it).
+    pub fn view(&self, name: &str) -> Result<EntryView, RegistryError> {
+        self.with(name, |e| e.view())
+    }
+
+    /// A copy of every domain, in name order, for a reader.
+    pub fn views(&self) -> Vec<EntryView> {
+        self.lock().domains.values().map(Entry::view).collect()
     }
 
     /// The instance of domain `name`, if it has one.
