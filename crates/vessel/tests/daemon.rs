@@ -11,7 +11,8 @@
 //! daemon): a FIFO kernel or initrd is refused at once and wedges nothing; a VIF socket path
 //! that exists (the API socket itself) is refused and left alone; the API answers within
 //! 100 ms while guests keep their devices' queues full (the `hammer` scenario); slow and
-//! silent clients are cut off by the request timeout, so they cannot hold the slots.
+//! silent clients are cut off by the request timeout, so they cannot hold the slots; a create
+//! racing starts of the same name always leaves the domain defined and running.
 
 mod common;
 
@@ -1058,4 +1059,84 @@ fn slow_and_silent_clients_cannot_hold_the_connection_slots() {
     }
     trickle.join().unwrap();
     assert_eq!(d.ok("GET", "/v1/version", None)["api"], "v1");
+}
+
+/// Issue 10: a create (which starts the domain) racing starts of the same name. Before the
+/// fix, a start could slip in between the create's definition and its own start; the create's
+/// start then failed with 409 and it undefined the domain the other request was starting, so
+/// both failed and the domain was gone. Now the create claims the start with the definition:
+/// in every round the create succeeds, the domain runs, and every racing start is refused
+/// (404 before the definition, 409 after).
+#[test]
+fn a_create_racing_starts_of_the_same_name_always_leaves_it_running() {
+    require_kvm();
+    let d = TestDaemon::start(&tmpdir("create-race"));
+    let post = |path: &str, body: &str| -> (u16, String) {
+        let req = format!(
+            "POST {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let mut s = UnixStream::connect(&d.socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.write_all(req.as_bytes()).unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        let status = out
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("POST {path}: no status in {out:?}"));
+        let error = out
+            .split_once("\r\n\r\n")
+            .map_or("", |(_, b)| b)
+            .trim()
+            .to_string();
+        (status, error)
+    };
+    let mut lost = Vec::new();
+    for round in 0..200 {
+        let name = format!("r{round}");
+        let created_done = std::sync::atomic::AtomicBool::new(false);
+        let (created, starts) = std::thread::scope(|scope| {
+            // Starters keep asking until the domain exists, then once more after the create.
+            let starters: Vec<_> = (0..6)
+                .map(|_| {
+                    let (name, done, post) = (&name, &created_done, &post);
+                    scope.spawn(move || loop {
+                        let last = done.load(std::sync::atomic::Ordering::SeqCst);
+                        let (status, error) = post(&format!("/v1/domains/{name}/start"), "");
+                        if status != 404 || last {
+                            return (status, error);
+                        }
+                    })
+                })
+                .collect();
+            let created = post("/v1/domains", &mini(&name, "button", "16M"));
+            created_done.store(true, std::sync::atomic::Ordering::SeqCst);
+            let starts: Vec<(u16, String)> =
+                starters.into_iter().map(|t| t.join().unwrap()).collect();
+            (created, starts)
+        });
+        let (status, info) = d.call("GET", &format!("/v1/domains/{name}"), None);
+        let started_by_a_start = starts.iter().any(|(s, _)| *s == 200);
+        if created.0 != 201 || status != 200 || info["state"] != "running" || started_by_a_start {
+            let start_statuses: Vec<u16> = starts.iter().map(|(s, _)| *s).collect();
+            lost.push(format!(
+                "{name}: create {} {}; starts {start_statuses:?}; then GET {status} {}",
+                created.0,
+                created.1.replace('\n', " "),
+                info["state"]
+            ));
+        }
+        if status == 200 {
+            let _ = d.call("POST", &format!("/v1/domains/{name}/destroy"), None);
+            let _ = d.call("DELETE", &format!("/v1/domains/{name}"), None);
+        }
+    }
+    assert!(
+        lost.is_empty(),
+        "{} of 200 rounds went wrong:\n{}",
+        lost.len(),
+        lost.join("\n")
+    );
 }

@@ -118,6 +118,10 @@ pub fn registry_error_response(e: RegistryError) -> Response {
         RegistryError::Exists(name) => {
             Response::error(409, &format!("a domain named '{name}' already exists"))
         }
+        RegistryError::Active(name) => Response::error(
+            409,
+            &format!("domain '{name}' is running: destroy it first"),
+        ),
         RegistryError::Storage(msg) => Response::error(500, &msg),
     }
 }
@@ -178,15 +182,8 @@ fn create_domain(daemon: &Daemon, _: &Params, req: &Request) -> Response {
         }
     };
     let name = def.name.clone();
-    if let Err(e) = daemon.registry.define(def) {
-        return registry_error_response(e);
-    }
-    if start {
-        if let Err(resp) = daemon.start(&name) {
-            // The call failed as a whole: the definition goes too.
-            let _ = daemon.registry.undefine(&name);
-            return resp;
-        }
+    if let Err(resp) = daemon.create(def, start) {
+        return resp;
     }
     match daemon.registry.view(&name) {
         Ok(e) => Response::json(201, &info(&e)),
@@ -255,18 +252,8 @@ pub fn device_stats(machine: &vmm::domain::MachineView) -> Vec<Value> {
 }
 
 fn delete_domain(daemon: &Daemon, p: &Params, _: &Request) -> Response {
-    match daemon
-        .registry
-        .with(&p.name, |e| e.state().is_active() || e.starting)
-    {
-        Ok(true) => Response::error(
-            409,
-            &format!("domain '{}' is running: destroy it first", p.name),
-        ),
-        Ok(false) => match daemon.registry.undefine(&p.name) {
-            Ok(()) => Response::json(200, &json!({ "deleted": p.name })),
-            Err(e) => registry_error_response(e),
-        },
+    match daemon.registry.undefine_stopped(&p.name) {
+        Ok(()) => Response::json(200, &json!({ "deleted": p.name })),
         Err(e) => registry_error_response(e),
     }
 }

@@ -27,6 +27,7 @@ use anyhow::Context;
 use clap::Args;
 use vmm::Instance;
 
+use crate::def::DomainDef;
 use crate::http::{self, Response};
 use registry::Registry;
 
@@ -76,46 +77,82 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    /// Defines domain `def` and, if `start`, starts it. The start is claimed together with
+    /// the definition, so no other request can start (or delete) the domain in between; if it
+    /// cannot start, the definition this call made goes too, and nothing else.
+    pub fn create(&self, def: DomainDef, start: bool) -> Result<(), Response> {
+        let name = def.name.clone();
+        self.registry
+            .define(def, start)
+            .map_err(api::registry_error_response)?;
+        if !start {
+            return Ok(());
+        }
+        match self.launch(&name) {
+            Ok(instance) => self.finish_start(&name, Ok(instance)),
+            Err(resp) => {
+                // Still claimed by this call: nobody else has started or deleted it.
+                let _ = self.registry.undefine_claimed(&name);
+                Err(resp)
+            }
+        }
+    }
+
     /// Starts domain `name`, or answers why not.
     pub fn start(&self, name: &str) -> Result<(), Response> {
         let claimed = self.registry.with(name, |e| {
             if e.state().is_active() || e.starting {
-                None
+                false
             } else {
                 e.starting = true;
-                Some((e.def.clone(), e.console.clone()))
+                true
             }
         });
-        let (def, console) = match claimed {
-            Ok(Some(v)) => v,
-            Ok(None) => {
+        match claimed {
+            Ok(true) => {}
+            Ok(false) => {
                 return Err(Response::error(
                     409,
                     &format!("domain '{name}' is already running"),
                 ))
             }
             Err(e) => return Err(api::registry_error_response(e)),
-        };
-        let started = def
-            .to_config()
-            .map_err(|msg| Response::error(400, &msg))
-            .and_then(|cfg| {
-                let label = name.to_string();
-                let on_stop = Box::new(move |s: &vmm::Status| {
-                    eprintln!(
-                        "vessel daemon: domain '{label}' is {}: {}",
-                        s.state.name(),
-                        s.message.as_deref().unwrap_or("")
-                    );
-                });
-                let ports = net::port_provider(&self.switch, name);
-                Instance::start(cfg, console.sink(), Some(ports), on_stop).map_err(|e| {
-                    Response::error(
-                        api::start_error_status(&e),
-                        &format!("domain '{name}' cannot start: {e}"),
-                    )
-                })
-            });
+        }
+        let started = self.launch(name);
+        self.finish_start(name, started)
+    }
+
+    /// Builds and starts an instance of domain `name`, whose start the caller has claimed
+    /// (its entry's `starting` flag); the claim is left for the caller to release.
+    fn launch(&self, name: &str) -> Result<Instance, Response> {
+        let (def, console) = self
+            .registry
+            .with(name, |e| (e.def.clone(), e.console.clone()))
+            .map_err(api::registry_error_response)?;
+        let cfg = def.to_config().map_err(|msg| Response::error(400, &msg))?;
+        let label = name.to_string();
+        let on_stop = Box::new(move |s: &vmm::Status| {
+            eprintln!(
+                "vessel daemon: domain '{label}' is {}: {}",
+                s.state.name(),
+                s.message.as_deref().unwrap_or("")
+            );
+        });
+        let ports = net::port_provider(&self.switch, name);
+        Instance::start(cfg, console.sink(), Some(ports), on_stop).map_err(|e| {
+            Response::error(
+                api::start_error_status(&e),
+                &format!("domain '{name}' cannot start: {e}"),
+            )
+        })
+    }
+
+    /// Releases the claim on domain `name`'s start, keeping the instance if it started.
+    fn finish_start(
+        &self,
+        name: &str,
+        started: Result<Instance, Response>,
+    ) -> Result<(), Response> {
         let stored = self.registry.with(name, move |e| {
             e.starting = false;
             started.map(|instance| e.instance = Some(Arc::new(instance)))

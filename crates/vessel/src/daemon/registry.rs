@@ -92,6 +92,8 @@ pub enum RegistryError {
     NotFound(String),
     /// The name is taken.
     Exists(String),
+    /// The domain is running, paused or starting.
+    Active(String),
     /// The state directory cannot be written.
     Storage(String),
 }
@@ -153,8 +155,10 @@ impl Registry {
         self.dir.join(format!("{name}.json"))
     }
 
-    /// Adds and persists a new definition; returns its id.
-    pub fn define(&self, def: DomainDef) -> Result<u32, RegistryError> {
+    /// Adds and persists a new definition; returns its id. With `claim_start`, the new entry
+    /// is marked as starting (see [`Entry::starting`]) in the same step, so no other request
+    /// can start or delete it before the caller does.
+    pub fn define(&self, def: DomainDef, claim_start: bool) -> Result<u32, RegistryError> {
         let mut inner = self.lock();
         if inner.domains.contains_key(&def.name) {
             return Err(RegistryError::Exists(def.name));
@@ -174,17 +178,45 @@ impl Registry {
                 def,
                 instance: None,
                 console: ConsoleLog::default(),
-                starting: false,
+                starting: claim_start,
             },
         );
         Ok(id)
     }
 
-    /// Forgets a definition and deletes its file.
-    pub fn undefine(&self, name: &str) -> Result<(), RegistryError> {
+    /// Forgets a stopped domain (shut off or crashed, not starting) and deletes its file.
+    pub fn undefine_stopped(&self, name: &str) -> Result<(), RegistryError> {
+        self.undefine_if(name, |e| {
+            if e.state().is_active() || e.starting {
+                Err(RegistryError::Active(name.into()))
+            } else {
+                Ok(())
+            }
+        })
+    }
+
+    /// Forgets a domain whose start the caller claimed and that did not start.
+    pub fn undefine_claimed(&self, name: &str) -> Result<(), RegistryError> {
+        self.undefine_if(name, |e| {
+            if e.starting && e.instance.is_none() {
+                Ok(())
+            } else {
+                Err(RegistryError::Active(name.into()))
+            }
+        })
+    }
+
+    /// Forgets a definition and deletes its file, if `allowed` says so (checked under the
+    /// same lock, so nothing changes in between).
+    fn undefine_if(
+        &self,
+        name: &str,
+        allowed: impl FnOnce(&Entry) -> Result<(), RegistryError>,
+    ) -> Result<(), RegistryError> {
         let mut inner = self.lock();
-        if !inner.domains.contains_key(name) {
-            return Err(RegistryError::NotFound(name.into()));
+        match inner.domains.get(name) {
+            None => return Err(RegistryError::NotFound(name.into())),
+            Some(e) => allowed(e)?,
         }
         let path = self.path_of(name);
         match std::fs::remove_file(&path) {
