@@ -12,7 +12,8 @@
 //! that exists (the API socket itself) is refused and left alone; the API answers within
 //! 100 ms while guests keep their devices' queues full (the `hammer` scenario); slow and
 //! silent clients are cut off by the request timeout, so they cannot hold the slots; a create
-//! racing starts of the same name always leaves the domain defined and running.
+//! racing starts of the same name always leaves the domain defined and running; definition
+//! files are private and a corrupt one is never written over.
 
 mod common;
 
@@ -1138,5 +1139,70 @@ fn a_create_racing_starts_of_the_same_name_always_leaves_it_running() {
         "{} of 200 rounds went wrong:\n{}",
         lost.len(),
         lost.join("\n")
+    );
+}
+
+/// Issue 10: the state directory the daemon creates is private (0700) and so are the
+/// definition files (0600); a definition file that does not load is kept as it is, listed
+/// nowhere, and creating its domain is refused (409, naming the file) instead of writing over
+/// it.
+#[test]
+fn definitions_are_private_and_a_corrupt_one_is_never_written_over() {
+    require_kvm();
+    let dir = tmpdir("state-files");
+    let state = dir.join("state");
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    {
+        let d = TestDaemon::start(&dir);
+        assert_eq!(mode(&state), 0o700, "the state directory the daemon made");
+        assert_eq!(mode(&state.join("domains")), 0o700);
+        d.ok(
+            "POST",
+            "/v1/domains?start=false",
+            Some(&mini("keep", "tick", "16M")),
+        );
+        assert_eq!(mode(&state.join("domains/keep.json")), 0o600);
+        let names: Vec<String> = std::fs::read_dir(state.join("domains"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["keep.json"], "no temporary file left behind");
+    }
+    // A definition cut short (as by a crash of an older daemon, or an editor).
+    let corrupt = state.join("domains/web.json");
+    let bytes = b"{\"name\": \"web\", \"kernel\": \"/bo";
+    std::fs::write(&corrupt, bytes).unwrap();
+    let d = TestDaemon::start(&dir);
+    let list = d.ok("GET", "/v1/domains", None);
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["keep"], "{list}");
+    let (status, v) = d.call("POST", "/v1/domains", Some(&mini("web", "tick", "16M")));
+    assert_eq!(status, 409, "{v}");
+    let msg = v["error"].as_str().unwrap();
+    assert!(
+        msg.contains(&corrupt.display().to_string()) && msg.contains("never written over"),
+        "{v}"
+    );
+    assert_eq!(
+        std::fs::read(&corrupt).unwrap(),
+        bytes,
+        "the file was written over"
+    );
+    assert!(
+        d.log().contains("web.json"),
+        "the daemon warned at start:\n{}",
+        d.log()
+    );
+    // Moved away, the name is free.
+    std::fs::rename(&corrupt, state.join("domains/web.json.broken")).unwrap();
+    d.ok(
+        "POST",
+        "/v1/domains?start=false",
+        Some(&mini("web", "tick", "16M")),
     );
 }

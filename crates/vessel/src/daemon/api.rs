@@ -122,6 +122,13 @@ pub fn registry_error_response(e: RegistryError) -> Response {
             409,
             &format!("domain '{name}' is running: destroy it first"),
         ),
+        RegistryError::Unloaded { file, why } => Response::error(
+            409,
+            &format!(
+                "{file} exists but the daemon did not load it ({why}); it is never written \
+                 over: move it away (or fix it and restart the daemon), then create the domain"
+            ),
+        ),
         RegistryError::Storage(msg) => Response::error(500, &msg),
     }
 }

@@ -14,6 +14,7 @@ mod deadline;
 pub mod metrics;
 pub mod net;
 pub mod registry;
+mod store;
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
