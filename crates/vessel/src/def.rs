@@ -70,7 +70,8 @@ impl DomainDef {
         Ok(def)
     }
 
-    /// The VMM configuration this definition means; checks every field.
+    /// The VMM configuration this definition means; checks every field and every value that
+    /// needs neither the host's files nor KVM ([`vmm::DomainConfig::check`]).
     pub fn to_config(&self) -> Result<DomainConfig, String> {
         if !valid_name(&self.name) {
             return Err(format!(
@@ -110,10 +111,7 @@ impl DomainDef {
                 ))
             }
         };
-        if self.vcpus == 0 {
-            return Err("vcpus must be at least 1".into());
-        }
-        Ok(DomainConfig {
+        let cfg = DomainConfig {
             kernel: self.kernel.clone(),
             initrd: self.initrd.clone(),
             cmdline: self.cmdline.clone(),
@@ -122,7 +120,18 @@ impl DomainDef {
             on_reboot,
             disks,
             nets,
-        })
+        };
+        // The same check `vessel run` makes of what needs neither host files nor KVM.
+        cfg.check().map_err(|e| e.to_string())?;
+        Ok(cfg)
+    }
+
+    /// What the daemon checks before it stores a definition: everything [`Self::to_config`]
+    /// checks, and the memory against the host's RAM. (Files and KVM's vCPU limit are checked
+    /// when the domain starts.)
+    pub fn check_to_store(&self) -> Result<(), String> {
+        let cfg = self.to_config()?;
+        vmm::config::check_host_memory(cfg.memory).map_err(|e| e.to_string())
     }
 }
 
@@ -162,6 +171,16 @@ mod tests {
     }
 
     #[test]
+    fn memory_beyond_the_host_is_refused_before_it_is_stored() {
+        let def = DomainDef::from_json(br#"{"name":"a","kernel":"/k","memory":"17179869183G"}"#)
+            .expect("well formed, and within every limit that does not depend on the host");
+        let err = def.check_to_store().unwrap_err();
+        assert!(err.contains("more than this host's"), "{err}");
+        let fine = DomainDef::from_json(br#"{"name":"a","kernel":"/k","memory":"16M"}"#).unwrap();
+        assert!(fine.check_to_store().is_ok());
+    }
+
+    #[test]
     fn bad_definitions_say_what_is_wrong() {
         for (json, says) in [
             (r#"{"name":"a"}"#, "missing field `kernel`"),
@@ -190,6 +209,19 @@ mod tests {
                 "on_reboot",
             ),
             (r#"{"name":"a","kernel":"/k","vcpus":0}"#, "at least 1"),
+            (
+                r#"{"name":"a","kernel":"/k","vcpus":4294967295}"#,
+                "more than a domain can have",
+            ),
+            (
+                r#"{"name":"a","kernel":"/k","vcpus":4294967296}"#,
+                "invalid value",
+            ),
+            (r#"{"name":"a","kernel":"/k","memory":"8M"}"#, "too small"),
+            (
+                r#"{"name":"a","kernel":"/k","memory":"17179869184G"}"#,
+                "invalid size",
+            ),
             (r#"[1,2]"#, "invalid domain definition"),
             (r#"{"name":"a","#, "invalid domain definition"),
         ] {

@@ -13,7 +13,8 @@
 //! 100 ms while guests keep their devices' queues full (the `hammer` scenario); slow and
 //! silent clients are cut off by the request timeout, so they cannot hold the slots; a create
 //! racing starts of the same name always leaves the domain defined and running; definition
-//! files are private and a corrupt one is never written over.
+//! files are private and a corrupt one is never written over; invalid values are refused when
+//! a definition is stored.
 
 mod common;
 
@@ -1205,4 +1206,92 @@ fn definitions_are_private_and_a_corrupt_one_is_never_written_over() {
         "/v1/domains?start=false",
         Some(&mini("web", "tick", "16M")),
     );
+}
+
+/// Issue 10: values a domain could never start with are refused with 400 when the definition
+/// is stored (`?start=false`), not at its first start, with the same checks as `vessel run`;
+/// nothing is stored.
+#[test]
+fn invalid_values_are_refused_when_the_definition_is_stored() {
+    require_kvm();
+    let dir = tmpdir("store-checks");
+    let d = TestDaemon::start(&dir);
+    let base = || json!({"name": "x", "kernel": mini_kernel(), "cmdline": "tick", "memory": "16M"});
+    let with = |key: &str, value: Value| {
+        let mut def = base();
+        def[key] = value;
+        def.to_string()
+    };
+    let disks =
+        |n: usize| Value::from((0..n).map(|i| format!("path=/img/{i}")).collect::<Vec<_>>());
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "16 EiB of memory",
+            with("memory", json!("17179869184G")),
+            "invalid size",
+        ),
+        (
+            "16 EiB less 1 GiB",
+            with("memory", json!("17179869183G")),
+            "more than this host's",
+        ),
+        (
+            "more memory than the host",
+            with("memory", json!("100000G")),
+            "more than this host's",
+        ),
+        (
+            "too little memory",
+            with("memory", json!("8M")),
+            "too small",
+        ),
+        (
+            "2^32 vCPUs",
+            with("vcpus", json!(4294967296u64)),
+            "invalid value",
+        ),
+        (
+            "2^32 - 1 vCPUs",
+            with("vcpus", json!(4294967295u64)),
+            "more than a domain can have",
+        ),
+        (
+            "5000 vCPUs",
+            with("vcpus", json!(5000)),
+            "more than a domain can have (255)",
+        ),
+        (
+            "a 1 MB command line",
+            with("cmdline", json!("x".repeat(1_000_000))),
+            "--cmdline is 1000000 bytes",
+        ),
+        (
+            "10,000 disks",
+            with("disk", disks(10_000)),
+            "too many devices",
+        ),
+        ("19 disks", with("disk", disks(19)), "room for 19"),
+    ];
+    for (what, body, says) in cases {
+        let (status, v) = d.call("POST", "/v1/domains?start=false", Some(&body));
+        assert_eq!(status, 400, "{what}: {v}");
+        let msg = v["error"].as_str().unwrap_or("");
+        assert!(msg.contains(says), "{what}: {msg}");
+        assert_eq!(
+            d.call("GET", "/v1/domains/x", None).0,
+            404,
+            "{what} was stored"
+        );
+    }
+    let stored: Vec<_> = std::fs::read_dir(dir.join("state/domains"))
+        .unwrap()
+        .collect();
+    assert!(stored.is_empty(), "files were written: {stored:?}");
+    // The limits themselves are fine: 18 disks (with the entropy device, 19 devices).
+    let v = d.ok(
+        "POST",
+        "/v1/domains?start=false",
+        Some(&with("disk", disks(18))),
+    );
+    assert_eq!(v["state"], "shutoff");
 }

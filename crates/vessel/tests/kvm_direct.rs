@@ -26,11 +26,12 @@
 //! - `fetchmmio`: executing from unclaimed MMIO at CPL0 is a KVM internal error, which ends the
 //!   run with status 1 and a message naming it.
 //! - `vessel run` refusing bad input with one line on stderr and status 1: missing, directory,
-//!   FIFO, non-kernel and non-PVH kernel files, a FIFO initrd (at once: a FIFO with no writer
-//!   must not hang the open), a VIF socket path where something exists (left alone), `--vcpus 0`, too little or too much `--memory`, an
-//!   unparsable size, an initrd that is missing or does not fit, no `/dev/kvm`, and no
-//!   permission to open it (these last two unshare a mount namespace and switch to an
-//!   unprivileged user, so they need root).
+//!   FIFO, non-kernel and non-PVH kernel files, a FIFO initrd (at once: a FIFO with no writer must
+//!   not hang the open), a VIF socket path where something exists (left alone), `--vcpus 0` or more
+//!   than 255, more virtio devices than a domain has room for, too little or too much `--memory`,
+//!   an unparsable size, an initrd that is missing or does not fit, no `/dev/kvm`, and no
+//!   permission to open it (these last two unshare a mount namespace and switch to an unprivileged
+//!   user, so they need root).
 //!
 //! Every child process has a hard timeout: a hang fails its test instead of blocking CI. If
 //! `/dev/kvm` is missing, the tests that need it fail saying so; none is skipped.
@@ -590,9 +591,23 @@ fn no_permission_on_dev_kvm_is_explained() {
 }
 
 #[test]
-fn more_vcpus_than_kvm_allows_are_refused() {
+fn more_vcpus_than_a_domain_can_have_are_refused() {
     let run = refused(&["--kernel", "{kernel}", "--vcpus", "100000"]);
-    run.assert_one_line_error(&["--vcpus 100000 is more than this host's KVM allows"]);
+    run.assert_one_line_error(&["--vcpus 100000 is more than a domain can have (255)"]);
+}
+
+#[test]
+fn more_devices_than_a_domain_has_room_for_are_refused() {
+    // 19 disks and the entropy device: 20 virtio devices. Refused before any file is opened.
+    let disks: Vec<String> = (0..19)
+        .map(|i| format!("path=/nonexistent/{i}.img"))
+        .collect();
+    let mut args = vec!["--kernel", "{kernel}"];
+    for d in &disks {
+        args.extend(["--disk", d.as_str()]);
+    }
+    let run = refused(&args);
+    run.assert_one_line_error(&["too many devices", "room for 19"]);
 }
 
 /// Runs `vessel run ARGS` as root without the capabilities that bypass file permissions, so a

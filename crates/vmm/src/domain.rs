@@ -15,12 +15,12 @@ use devices::InterruptLine;
 use hv::{EventFd, GuestMemory, Hypervisor, KvmFlavour};
 
 use crate::boot::{self, Initrd};
-use crate::config::{host_memory, DomainConfig, OnReboot};
+use crate::config::{check_host_memory, DomainConfig, OnReboot};
 use crate::console::{ConsoleInput, ConsoleSink, SinkWriter};
 use crate::control::{Control, MachineEvent, PowerButton, StopReason};
 use crate::error::DomainError;
 use crate::kernel::{self, KernelKind};
-use crate::layout::{self, ACPI_START, CMDLINE_MAX, MIN_MEMORY, POWER_BUTTON_GSI};
+use crate::layout::{self, ACPI_START, POWER_BUTTON_GSI};
 use crate::net::PortProvider;
 use crate::run_handle::RunHandle;
 use crate::stats::{MachineCounters, VcpuCounters};
@@ -38,47 +38,19 @@ pub enum Outcome {
     Destroyed,
 }
 
-/// Checks a configuration against this host before anything is built.
+/// Checks a configuration against this host before anything is built: first
+/// [`DomainConfig::check`] (what needs neither the host's files nor KVM), then KVM's vCPU
+/// limit, the host's RAM, the kernel, the disks and the initrd.
 pub fn validate(cfg: &DomainConfig, hv: &Hypervisor) -> Result<KernelKind, DomainError> {
+    cfg.check()?;
     let max = hv.max_vcpus();
-    if cfg.vcpus == 0 {
-        return Err(DomainError::Config("--vcpus must be at least 1".into()));
-    }
-    if cfg.vcpus as usize > max || cfg.vcpus > 255 {
+    if cfg.vcpus as usize > max {
         return Err(DomainError::Config(format!(
-            "--vcpus {} is more than this host's KVM allows ({})",
-            cfg.vcpus,
-            max.min(255)
+            "--vcpus {} is more than this host's KVM allows ({max})",
+            cfg.vcpus
         )));
     }
-    if cfg.memory < MIN_MEMORY {
-        return Err(DomainError::Config(format!(
-            "--memory {} MiB is too small: a domain needs at least {} MiB",
-            cfg.memory >> 20,
-            MIN_MEMORY >> 20
-        )));
-    }
-    if !cfg.memory.is_multiple_of(4096) {
-        return Err(DomainError::Config(
-            "--memory must be a multiple of 4 KiB".into(),
-        ));
-    }
-    if let Some(host) = host_memory() {
-        if cfg.memory > host {
-            return Err(DomainError::Config(format!(
-                "--memory {} MiB is more than this host's {} MiB of RAM",
-                cfg.memory >> 20,
-                host >> 20
-            )));
-        }
-    }
-    if cfg.cmdline.len() >= CMDLINE_MAX {
-        return Err(DomainError::Config(format!(
-            "--cmdline is {} bytes; the limit is {}",
-            cfg.cmdline.len(),
-            CMDLINE_MAX - 1
-        )));
-    }
+    check_host_memory(cfg.memory)?;
     let (_, kind) = kernel::probe(&cfg.kernel)?;
     for disk in &cfg.disks {
         virtio::open_disk(disk)?;

@@ -177,7 +177,12 @@ fn summary(e: &EntryView) -> Value {
 }
 
 fn create_domain(daemon: &Daemon, _: &Params, req: &Request) -> Response {
-    let def = match DomainDef::from_json(&req.body) {
+    // Everything that can be checked without the host's files or KVM is, before anything is
+    // stored: a definition that could never start is refused now, not at its first start.
+    let def = match DomainDef::from_json(&req.body).and_then(|def| {
+        def.check_to_store()?;
+        Ok(def)
+    }) {
         Ok(def) => def,
         Err(msg) => return Response::error(400, &msg),
     };
