@@ -14,7 +14,8 @@
 //! silent clients are cut off by the request timeout, so they cannot hold the slots; a create
 //! racing starts of the same name always leaves the domain defined and running; definition
 //! files are private and a corrupt one is never written over; invalid values are refused when
-//! a definition is stored.
+//! a definition is stored; `vessel create` resolves relative paths in its own working
+//! directory (every test daemon runs in `/`).
 
 mod common;
 
@@ -50,6 +51,8 @@ impl TestDaemon {
             .arg("--socket")
             .arg(&socket)
             .args(args)
+            // As under a service manager: relative paths must not depend on where it runs.
+            .current_dir("/")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(
@@ -1294,4 +1297,87 @@ fn invalid_values_are_refused_when_the_definition_is_stored() {
         Some(&with("disk", disks(18))),
     );
     assert_eq!(v["state"], "shutoff");
+}
+
+/// Issue 10: `vessel create` makes relative paths absolute against its own working directory
+/// (the kernel, the initrd, a disk's `path=`, given as flags or in a JSON file), keeping every
+/// other key of a disk string as given, so they work whatever the daemon's working directory
+/// (here `/`, as under a service manager).
+#[test]
+fn the_cli_resolves_relative_paths_in_its_own_working_directory() {
+    require_kvm();
+    let dir = tmpdir("relative");
+    let d = TestDaemon::start(&dir);
+    let client = dir.join("client");
+    std::fs::create_dir_all(&client).unwrap();
+    std::fs::copy(mini_kernel(), client.join("mini.elf")).unwrap();
+    std::fs::write(client.join("initrd.img"), b"not read by the mini guest").unwrap();
+    std::fs::write(client.join("disk.img"), vec![0u8; 1 << 20]).unwrap();
+    let vessel = |args: &[&str]| {
+        let out = Command::new(VESSEL)
+            .args(args)
+            .current_dir(&client)
+            .env("VESSEL_SOCKET", &d.socket)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    };
+    let (code, out) = vessel(&[
+        "create",
+        "--name",
+        "rel",
+        "--kernel",
+        "mini.elf",
+        "--initrd",
+        "./initrd.img",
+        "--disk",
+        "id=vda,path=disk.img,readonly=on",
+        "--cmdline",
+        "tick",
+        "--memory",
+        "16M",
+    ]);
+    assert_eq!(code, Some(0), "{out}\nlog:\n{}", d.log());
+    let def = &d.ok("GET", "/v1/domains/rel", None)["definition"];
+    assert_eq!(def["kernel"], json!(client.join("mini.elf")));
+    assert_eq!(def["initrd"], json!(client.join("initrd.img")));
+    assert_eq!(
+        def["disk"],
+        json!([format!(
+            "id=vda,path={},readonly=on",
+            client.join("disk.img").display()
+        )])
+    );
+    assert_eq!(d.state("rel"), "running");
+    // A JSON file (itself named relatively) with relative paths.
+    std::fs::write(
+        client.join("def.json"),
+        json!({
+            "name": "relfile",
+            "kernel": "mini.elf",
+            "disk": ["path=disk.img,readonly=on"],
+            "cmdline": "tick",
+            "memory": "16M",
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let (code, out) = vessel(&["create", "def.json"]);
+    assert_eq!(code, Some(0), "{out}\nlog:\n{}", d.log());
+    let def = &d.ok("GET", "/v1/domains/relfile", None)["definition"];
+    assert_eq!(def["kernel"], json!(client.join("mini.elf")));
+    assert_eq!(
+        def["disk"],
+        json!([format!(
+            "path={},readonly=on",
+            client.join("disk.img").display()
+        )])
+    );
+    assert_eq!(d.state("relfile"), "running");
 }
