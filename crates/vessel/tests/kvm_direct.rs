@@ -598,9 +598,15 @@ fn more_vcpus_than_a_domain_can_have_are_refused() {
 
 #[test]
 fn more_devices_than_a_domain_has_room_for_are_refused() {
-    // 19 disks and the entropy device: 20 virtio devices. Refused before any file is opened.
+    // 19 disks and the entropy device: 20 virtio devices (on real image files: a Vessel may
+    // look at them before it counts).
+    let dir = TempDir::new("devices");
     let disks: Vec<String> = (0..19)
-        .map(|i| format!("path=/nonexistent/{i}.img"))
+        .map(|i| {
+            let image = dir.path().join(format!("{i}.img"));
+            std::fs::write(&image, vec![0u8; 4096]).unwrap();
+            format!("path={},readonly=on", image.display())
+        })
         .collect();
     let mut args = vec!["--kernel", "{kernel}"];
     for d in &disks {
