@@ -92,6 +92,6 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(driver.used().len(), chains as usize);
     if readonly {
         // No write may succeed on a read-only disk.
-        assert_eq!(block.stats.write_ops, 0);
+        assert_eq!(block.stats().write_ops, 0);
     }
 });

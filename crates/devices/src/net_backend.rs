@@ -20,7 +20,7 @@
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 
@@ -88,7 +88,9 @@ impl NetBackend for TapBackend {
 
 /// One end of a point-to-point link over Unix datagram sockets: bound at `path`, sending to and
 /// accepting frames only from the socket bound at `peer`. The peer need not exist yet (frames
-/// sent meanwhile are dropped, like on an unplugged cable). The socket file is removed on drop.
+/// sent meanwhile are dropped, like on an unplugged cable). A path that exists is refused,
+/// whatever it is (a stale socket included): Vessel never unlinks a file it did not create.
+/// The socket file this end created is removed on drop, if it is still that file.
 ///
 /// The socket connects to the peer on the first send that finds it. Once both ends are
 /// connected to each other, the kernel bounds a link by the sender's buffer (about a hundred
@@ -99,25 +101,44 @@ impl NetBackend for TapBackend {
 pub struct SocketBackend {
     socket: UnixDatagram,
     path: PathBuf,
+    /// Device and inode of the socket file `bind` created, so that drop removes that file and
+    /// never one put at the same path since.
+    created: Option<(u64, u64)>,
     peer: PathBuf,
     connected: bool,
 }
 
+/// The (device, inode) of the socket at `path`, if a socket is there.
+fn socket_identity(path: &Path) -> Option<(u64, u64)> {
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    meta.file_type()
+        .is_socket()
+        .then(|| (meta.dev(), meta.ino()))
+}
+
 impl SocketBackend {
-    /// Binds `path` (replacing a stale socket file left there, never any other kind of file)
-    /// and links to `peer`. Give both as absolute paths: the peer is recognised by the path it
-    /// bound.
+    /// Binds a new socket at `path` and links to `peer`. Give both as absolute paths: the peer
+    /// is recognised by the path it bound. If anything exists at `path` (another program's
+    /// socket, a stale socket left by a killed Vessel, any other file) the bind is refused
+    /// with [`io::ErrorKind::AddrInUse`] and nothing is removed.
     pub fn bind(path: &Path, peer: &Path) -> io::Result<Self> {
-        if let Ok(meta) = std::fs::symlink_metadata(path) {
-            if meta.file_type().is_socket() {
-                std::fs::remove_file(path)?;
+        let socket = UnixDatagram::bind(path).map_err(|e| {
+            if e.kind() == io::ErrorKind::AddrInUse {
+                io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    "the path exists; Vessel never replaces a file it did not create \
+                     (if it is the stale socket of a Vessel that was killed, remove it)",
+                )
+            } else {
+                e
             }
-        }
-        let socket = UnixDatagram::bind(path)?;
+        })?;
+        let created = socket_identity(path);
         socket.set_nonblocking(true)?;
         Ok(SocketBackend {
             socket,
             path: path.to_path_buf(),
+            created,
             peer: peer.to_path_buf(),
             connected: false,
         })
@@ -169,7 +190,10 @@ impl NetBackend for SocketBackend {
 
 impl Drop for SocketBackend {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        // Only the file bind created: if something else was put at the path since, it stays.
+        if self.created.is_some() && socket_identity(&self.path) == self.created {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -217,7 +241,14 @@ mod tests {
         let _stale = UnixDatagram::bind(&pa).unwrap();
         assert!(b.send(b"to-the-stale-one").is_ok() || b.send(b"again").is_ok());
         drop(_stale);
-        // A stale socket file is replaced.
+        // A stale socket file is refused and left in place; once it is removed, the bind works.
+        let err = SocketBackend::bind(&pa, &pb)
+            .err()
+            .expect("a stale socket is refused");
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+        assert!(err.to_string().contains("never replaces"), "{err}");
+        assert!(pa.exists(), "the stale socket is not removed");
+        std::fs::remove_file(&pa).unwrap();
         let mut a = SocketBackend::bind(&pa, &pb).unwrap();
         assert!(a.describe().contains("<->"));
         let mut delivered = false;
@@ -243,6 +274,26 @@ mod tests {
         std::fs::write(&p, b"keep me").unwrap();
         assert!(SocketBackend::bind(&p, &tmp("nobody")).is_err());
         assert_eq!(std::fs::read(&p).unwrap(), b"keep me");
+        std::fs::remove_file(&p).unwrap();
+    }
+
+    #[test]
+    fn a_live_socket_is_never_replaced_and_drop_removes_only_its_own_file() {
+        // Another program's listening socket at the path: refused, and it keeps working.
+        let p = tmp("live");
+        let listener = std::os::unix::net::UnixListener::bind(&p).unwrap();
+        let err = SocketBackend::bind(&p, &tmp("nobody2")).err().unwrap();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+        assert!(std::os::unix::net::UnixStream::connect(&p).is_ok());
+        drop(listener);
+        std::fs::remove_file(&p).unwrap();
+        // Something put at the path after the bind (the file unlinked and replaced) is left
+        // alone when the backend goes.
+        let ours = SocketBackend::bind(&p, &tmp("nobody2")).unwrap();
+        std::fs::remove_file(&p).unwrap();
+        std::fs::write(&p, b"someone else's").unwrap();
+        drop(ours);
+        assert_eq!(std::fs::read(&p).unwrap(), b"someone else's");
         std::fs::remove_file(&p).unwrap();
     }
 }

@@ -48,7 +48,8 @@ pub fn call(socket: &Path, method: &str, path: &str, body: Option<&[u8]>) -> any
 /// `vessel create`: a definition file, or the flags of `vessel run` plus `--name`.
 #[derive(Args)]
 pub struct CreateArgs {
-    /// A JSON domain definition (docs/api.md); or give the flags below instead.
+    /// A JSON domain definition (docs/api.md); or give the flags below instead. Relative
+    /// paths, in the file or in the flags, are taken from the current directory.
     #[arg(value_name = "FILE", conflicts_with_all = ["name", "kernel"])]
     file: Option<PathBuf>,
     /// The domain's name.
@@ -137,13 +138,12 @@ pub enum DomainVerb {
 }
 
 pub fn create(socket: &Path, args: CreateArgs) -> anyhow::Result<ExitCode> {
-    let body = match &args.file {
+    let def = match &args.file {
         Some(file) => {
             let bytes =
                 std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
             // Checked here too, so a bad file is reported before anything is sent.
-            DomainDef::from_json(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-            bytes
+            DomainDef::from_json(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?
         }
         None => {
             let def = DomainDef {
@@ -158,9 +158,14 @@ pub fn create(socket: &Path, args: CreateArgs) -> anyhow::Result<ExitCode> {
                 on_reboot: args.on_reboot,
             };
             def.to_config().map_err(anyhow::Error::msg)?;
-            serde_json::to_vec(&def)?
+            def
         }
     };
+    // Relative paths mean what they mean here, not in the daemon's working directory.
+    let def = def
+        .with_absolute_paths()
+        .context("cannot make the definition's paths absolute")?;
+    let body = serde_json::to_vec(&def)?;
     let path = if args.no_start {
         "/v1/domains?start=false"
     } else {

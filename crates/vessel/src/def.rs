@@ -3,7 +3,7 @@
 //! `name`. `disk` and `net` hold the same strings as `--disk` and `--net`. Unknown fields are
 //! refused, so a typo never silently means a default.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use vmm::{DomainConfig, NetBackendConfig, OnReboot};
@@ -83,7 +83,8 @@ impl DomainDef {
         Ok(())
     }
 
-    /// The VMM configuration this definition means; checks every field.
+    /// The VMM configuration this definition means; checks every field and every value that
+    /// needs neither the host's files nor KVM ([`vmm::DomainConfig::check`]).
     pub fn to_config(&self) -> Result<DomainConfig, String> {
         if !valid_name(&self.name) {
             return Err(format!(
@@ -123,10 +124,7 @@ impl DomainDef {
                 ))
             }
         };
-        if self.vcpus == 0 {
-            return Err("vcpus must be at least 1".into());
-        }
-        Ok(DomainConfig {
+        let cfg = DomainConfig {
             kernel: self.kernel.clone(),
             initrd: self.initrd.clone(),
             cmdline: self.cmdline.clone(),
@@ -135,13 +133,115 @@ impl DomainDef {
             on_reboot,
             disks,
             nets,
-        })
+        };
+        // The same check `vessel run` makes of what needs neither host files nor KVM.
+        cfg.check().map_err(|e| e.to_string())?;
+        Ok(cfg)
     }
+
+    /// The same definition with every relative host path made absolute against the current
+    /// working directory: `kernel`, `initrd`, the `path=` of each disk and the `socket=` and
+    /// `peer=` of each VIF. Every other key of a disk or VIF string is kept as given, in its
+    /// place. The CLI sends definitions this way, so a relative path means what it means in
+    /// the user's shell, not in the daemon's working directory.
+    pub fn with_absolute_paths(mut self) -> std::io::Result<DomainDef> {
+        self.kernel = std::path::absolute(&self.kernel)?;
+        if let Some(initrd) = &self.initrd {
+            self.initrd = Some(std::path::absolute(initrd)?);
+        }
+        for disk in &mut self.disk {
+            *disk = absolute_values(disk, &["path"])?;
+        }
+        for net in &mut self.net {
+            *net = absolute_values(net, &["socket", "peer"])?;
+        }
+        Ok(self)
+    }
+
+    /// What the daemon checks before it stores a definition: everything [`Self::to_config`]
+    /// checks, and the memory against the host's RAM. (Files and KVM's vCPU limit are checked
+    /// when the domain starts.)
+    pub fn check_to_store(&self) -> Result<(), String> {
+        let cfg = self.to_config()?;
+        vmm::config::check_host_memory(cfg.memory).map_err(|e| e.to_string())
+    }
+}
+
+/// `spec` (`key=value,...`, as `--disk` and `--net` take it) with the values of `keys` made
+/// absolute; everything else, empty values and parts that are not `key=value` included, as
+/// given (the parser reports those).
+fn absolute_values(spec: &str, keys: &[&str]) -> std::io::Result<String> {
+    let parts = spec
+        .split(',')
+        .map(|part| match part.split_once('=') {
+            Some((key, value)) if keys.contains(&key) && !value.is_empty() => {
+                let path = std::path::absolute(Path::new(value))?;
+                Ok(format!("{key}={}", path.display()))
+            }
+            _ => Ok(part.to_string()),
+        })
+        .collect::<std::io::Result<Vec<String>>>()?;
+    Ok(parts.join(","))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relative_paths_are_made_absolute_and_everything_else_is_kept() {
+        // Built directly: `format=` is a key this version does not parse, and the rewrite
+        // must keep any key it does not know as it is.
+        let def = DomainDef {
+            name: "a".into(),
+            kernel: "k/vmlinux".into(),
+            initrd: Some("./initrd.img".into()),
+            cmdline: default_cmdline(),
+            vcpus: 1,
+            memory: default_memory(),
+            disk: vec![
+                "id=root,path=root.img,readonly=on,format=raw".into(),
+                "path=/abs.img".into(),
+            ],
+            net: vec![
+                "socket=a.sock,peer=../b.sock,mac=02:00:00:00:00:01".into(),
+                "switch=vsw0,bps=1M".into(),
+                "tap=tap0".into(),
+            ],
+            on_reboot: default_on_reboot(),
+        };
+        let cwd = std::env::current_dir().unwrap();
+        let abs = def.with_absolute_paths().unwrap();
+        assert_eq!(abs.kernel, cwd.join("k/vmlinux"));
+        assert_eq!(abs.initrd, Some(cwd.join("initrd.img")));
+        assert_eq!(
+            abs.disk,
+            [
+                format!(
+                    "id=root,path={},readonly=on,format=raw",
+                    cwd.join("root.img").display()
+                ),
+                "path=/abs.img".to_string(),
+            ]
+        );
+        assert_eq!(
+            abs.net,
+            [
+                format!(
+                    "socket={},peer={},mac=02:00:00:00:00:01",
+                    cwd.join("a.sock").display(),
+                    cwd.join("../b.sock").display()
+                ),
+                "switch=vsw0,bps=1M".to_string(),
+                "tap=tap0".to_string(),
+            ]
+        );
+        // Malformed parts are left for the parser to report.
+        assert_eq!(
+            absolute_values("path=,x,y=1", &["path"]).unwrap(),
+            "path=,x,y=1"
+        );
+    }
 
     #[test]
     fn a_minimal_definition_takes_the_run_defaults() {
@@ -223,6 +323,16 @@ mod tests {
     }
 
     #[test]
+    fn memory_beyond_the_host_is_refused_before_it_is_stored() {
+        let def = DomainDef::from_json(br#"{"name":"a","kernel":"/k","memory":"17179869183G"}"#)
+            .expect("well formed, and within every limit that does not depend on the host");
+        let err = def.check_to_store().unwrap_err();
+        assert!(err.contains("more than this host's"), "{err}");
+        let fine = DomainDef::from_json(br#"{"name":"a","kernel":"/k","memory":"16M"}"#).unwrap();
+        assert!(fine.check_to_store().is_ok());
+    }
+
+    #[test]
     fn bad_definitions_say_what_is_wrong() {
         for (json, says) in [
             (r#"{"name":"a"}"#, "missing field `kernel`"),
@@ -251,6 +361,19 @@ mod tests {
                 "on_reboot",
             ),
             (r#"{"name":"a","kernel":"/k","vcpus":0}"#, "at least 1"),
+            (
+                r#"{"name":"a","kernel":"/k","vcpus":4294967295}"#,
+                "more than a domain can have",
+            ),
+            (
+                r#"{"name":"a","kernel":"/k","vcpus":4294967296}"#,
+                "invalid value",
+            ),
+            (r#"{"name":"a","kernel":"/k","memory":"8M"}"#, "too small"),
+            (
+                r#"{"name":"a","kernel":"/k","memory":"17179869184G"}"#,
+                "invalid size",
+            ),
             (r#"[1,2]"#, "invalid domain definition"),
             (r#"{"name":"a","#, "invalid domain definition"),
         ] {

@@ -71,6 +71,19 @@ fn bad(status: u16, message: impl Into<String>) -> HttpError {
     }
 }
 
+/// The answer to a read that failed: 408 when the connection's time ran out (the caller gives
+/// its reader a deadline), 400 otherwise.
+fn read_failed(e: std::io::Error, what: &str) -> HttpError {
+    if matches!(
+        e.kind(),
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+    ) {
+        bad(408, "the request did not arrive whole in time")
+    } else {
+        bad(400, format!("{what}: {e}"))
+    }
+}
+
 /// Reads one line of the head (CRLF or LF), counting it against `budget`.
 fn read_line(r: &mut impl BufRead, budget: &mut usize) -> Result<Option<String>, HttpError> {
     let mut line = Vec::new();
@@ -78,7 +91,7 @@ fn read_line(r: &mut impl BufRead, budget: &mut usize) -> Result<Option<String>,
     let n = r
         .take(limit)
         .read_until(b'\n', &mut line)
-        .map_err(|e| bad(400, format!("reading the request: {e}")))?;
+        .map_err(|e| read_failed(e, "reading the request"))?;
     if n == 0 {
         return Ok(None);
     }
@@ -159,8 +172,10 @@ pub fn read_request(r: &mut impl BufRead) -> Result<Option<Request>, HttpError> 
         ));
     }
     req.body = vec![0; length];
-    r.read_exact(&mut req.body)
-        .map_err(|_| bad(400, "the body is shorter than its Content-Length"))?;
+    r.read_exact(&mut req.body).map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => bad(400, "the body is shorter than its Content-Length"),
+        _ => read_failed(e, "reading the body"),
+    })?;
     Ok(Some(req))
 }
 
@@ -212,6 +227,7 @@ pub fn reason(status: u16) -> &'static str {
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        408 => "Request Timeout",
         409 => "Conflict",
         411 => "Length Required",
         413 => "Payload Too Large",
@@ -376,6 +392,32 @@ mod tests {
                 err.message
             );
         }
+    }
+
+    /// A reader whose time ran out (a deadline, see `daemon::deadline`) gets 408, in the head
+    /// or in the body.
+    #[test]
+    fn a_request_that_runs_out_of_time_gets_408() {
+        struct Slow<'a>(&'a [u8]);
+        impl Read for Slow<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                if self.0.is_empty() {
+                    return Err(io::ErrorKind::TimedOut.into());
+                }
+                let n = buf.len().min(self.0.len()).min(3);
+                buf[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        for partial in [
+            &b"GET /v1/ver"[..],
+            b"POST / HTTP/1.1\r\nContent-Length: 9\r\n\r\n{}",
+        ] {
+            let err = read_request(&mut io::BufReader::new(Slow(partial))).unwrap_err();
+            assert_eq!(err.status, 408, "{}", err.message);
+        }
+        assert_eq!(reason(408), "Request Timeout");
     }
 
     #[test]

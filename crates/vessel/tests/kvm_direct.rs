@@ -26,10 +26,12 @@
 //! - `fetchmmio`: executing from unclaimed MMIO at CPL0 is a KVM internal error, which ends the
 //!   run with status 1 and a message naming it.
 //! - `vessel run` refusing bad input with one line on stderr and status 1: missing, directory,
-//!   non-kernel and non-PVH kernel files, `--vcpus 0`, too little or too much `--memory`, an
-//!   unparsable size, an initrd that is missing or does not fit, no `/dev/kvm`, and no
-//!   permission to open it (these last two unshare a mount namespace and switch to an
-//!   unprivileged user, so they need root).
+//!   FIFO, non-kernel and non-PVH kernel files, a FIFO initrd (at once: a FIFO with no writer must
+//!   not hang the open), a VIF socket path where something exists (left alone), `--vcpus 0` or more
+//!   than 255, more virtio devices than a domain has room for, too little or too much `--memory`,
+//!   an unparsable size, an initrd that is missing or does not fit, no `/dev/kvm`, and no
+//!   permission to open it (these last two unshare a mount namespace and switch to an unprivileged
+//!   user, so they need root).
 //!
 //! Every child process has a hard timeout: a hang fails its test instead of blocking CI. If
 //! `/dev/kvm` is missing, the tests that need it fail saying so; none is skipped.
@@ -414,6 +416,54 @@ fn non_kernel_file_is_refused() {
     run.assert_one_line_error(&["is not a kernel", "bzImage", "ELF"]);
 }
 
+/// A FIFO at `dir/name` (with mkfifo(1)); nothing ever writes to it.
+fn fifo(dir: &TempDir, name: &str) -> std::path::PathBuf {
+    let path = dir.path().join(name);
+    let made = Command::new("mkfifo")
+        .arg(&path)
+        .status()
+        .expect("running mkfifo");
+    assert!(made.success(), "mkfifo {} failed", path.display());
+    path
+}
+
+#[test]
+fn fifo_kernel_is_refused_at_once() {
+    let dir = TempDir::new("fifo-kernel");
+    let kernel = fifo(&dir, "vmlinux");
+    let run = refused(&["--kernel", kernel.to_str().unwrap()]);
+    run.assert_one_line_error(&["cannot read kernel", "is a FIFO, not a regular file"]);
+    assert!(run.elapsed < Duration::from_secs(10), "{}", run.report());
+}
+
+#[test]
+fn fifo_initrd_is_refused_at_once() {
+    let dir = TempDir::new("fifo-initrd");
+    let initrd = fifo(&dir, "initrd");
+    let run = refused(&["--kernel", "{kernel}", "--initrd", initrd.to_str().unwrap()]);
+    run.assert_one_line_error(&["cannot read initrd", "is a FIFO, not a regular file"]);
+    assert!(run.elapsed < Duration::from_secs(10), "{}", run.report());
+}
+
+#[test]
+fn a_vif_socket_path_that_exists_is_refused_and_left_alone() {
+    let dir = TempDir::new("vif-socket");
+    let taken = dir.path().join("taken.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&taken).unwrap();
+    let net = format!(
+        "socket={},peer={}",
+        taken.display(),
+        dir.path().join("peer.sock").display()
+    );
+    let run = refused(&["--kernel", "{kernel}", "--cmdline", "tick", "--net", &net]);
+    run.assert_one_line_error(&["--net socket=", "cannot bind the socket", "never replaces"]);
+    assert!(
+        std::os::unix::net::UnixStream::connect(&taken).is_ok(),
+        "the other program's socket still answers"
+    );
+    drop(listener);
+}
+
 #[test]
 fn elf_without_pvh_note_is_refused() {
     assert!(
@@ -541,9 +591,29 @@ fn no_permission_on_dev_kvm_is_explained() {
 }
 
 #[test]
-fn more_vcpus_than_kvm_allows_are_refused() {
+fn more_vcpus_than_a_domain_can_have_are_refused() {
     let run = refused(&["--kernel", "{kernel}", "--vcpus", "100000"]);
-    run.assert_one_line_error(&["--vcpus 100000 is more than this host's KVM allows"]);
+    run.assert_one_line_error(&["--vcpus 100000 is more than a domain can have (255)"]);
+}
+
+#[test]
+fn more_devices_than_a_domain_has_room_for_are_refused() {
+    // 19 disks and the entropy device: 20 virtio devices (on real image files: a Vessel may
+    // look at them before it counts).
+    let dir = TempDir::new("devices");
+    let disks: Vec<String> = (0..19)
+        .map(|i| {
+            let image = dir.path().join(format!("{i}.img"));
+            std::fs::write(&image, vec![0u8; 4096]).unwrap();
+            format!("path={},readonly=on", image.display())
+        })
+        .collect();
+    let mut args = vec!["--kernel", "{kernel}"];
+    for d in &disks {
+        args.extend(["--disk", d.as_str()]);
+    }
+    let run = refused(&args);
+    run.assert_one_line_error(&["too many devices", "room for 19"]);
 }
 
 /// Runs `vessel run ARGS` as root without the capabilities that bypass file permissions, so a

@@ -1,8 +1,17 @@
 //! A domain's configuration, as the user gives it, and its validation.
+//!
+//! [`DomainConfig::check`] is the one check of everything that needs neither the host's files
+//! nor KVM (vCPU count, memory size, command line, number of devices); `vessel run` and the
+//! daemon's start run it through [`crate::validate`], and the daemon also runs it when a
+//! definition is stored, with [`check_host_memory`].
 
 use std::path::PathBuf;
 
 use devices::image::{self, Format};
+
+use crate::error::DomainError;
+use crate::layout::{CMDLINE_MAX, MAX_VCPUS, MIN_MEMORY};
+use crate::virtio::VIRTIO_MAX_DEVICES;
 
 /// What to do when the guest reboots.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -33,6 +42,65 @@ pub struct DomainConfig {
     pub disks: Vec<DiskConfig>,
     /// Virtual network interfaces, in the order the guest sees them (eth0, eth1...).
     pub nets: Vec<NetConfig>,
+}
+
+impl DomainConfig {
+    /// Checks every setting that needs neither the host's files nor KVM: vCPUs from 1 to
+    /// [`MAX_VCPUS`], memory at least [`MIN_MEMORY`] and a multiple of 4 KiB, a command line
+    /// shorter than [`CMDLINE_MAX`], and no more virtio devices (disks, the entropy device,
+    /// network interfaces) than a domain has room for. Each failure names the setting.
+    pub fn check(&self) -> Result<(), DomainError> {
+        let bad = |msg: String| Err(DomainError::Config(msg));
+        if self.vcpus == 0 {
+            return bad("--vcpus must be at least 1".into());
+        }
+        if self.vcpus > MAX_VCPUS {
+            return bad(format!(
+                "--vcpus {} is more than a domain can have ({MAX_VCPUS})",
+                self.vcpus
+            ));
+        }
+        if self.memory < MIN_MEMORY {
+            return bad(format!(
+                "--memory {} MiB is too small: a domain needs at least {} MiB",
+                self.memory >> 20,
+                MIN_MEMORY >> 20
+            ));
+        }
+        if !self.memory.is_multiple_of(4096) {
+            return bad("--memory must be a multiple of 4 KiB".into());
+        }
+        if self.cmdline.len() >= CMDLINE_MAX {
+            return bad(format!(
+                "--cmdline is {} bytes; the limit is {}",
+                self.cmdline.len(),
+                CMDLINE_MAX - 1
+            ));
+        }
+        // The entropy device is always there.
+        let devices = self.disks.len() + 1 + self.nets.len();
+        if devices > VIRTIO_MAX_DEVICES {
+            return bad(format!(
+                "too many devices: {} --disk and {} --net with the entropy device make {devices} \
+                 virtio devices; a domain has room for {VIRTIO_MAX_DEVICES}",
+                self.disks.len(),
+                self.nets.len()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Checks `memory` bytes of guest RAM against the host's RAM (when it can be read).
+pub fn check_host_memory(memory: u64) -> Result<(), DomainError> {
+    match host_memory() {
+        Some(host) if memory > host => Err(DomainError::Config(format!(
+            "--memory {} MiB is more than this host's {} MiB of RAM",
+            memory >> 20,
+            host >> 20
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// One virtual block device.
@@ -475,6 +543,100 @@ mod tests {
             "0: no rate"
         );
         assert_eq!(parse_net("switch=vsw0").unwrap().rate, None);
+    }
+
+    fn config() -> DomainConfig {
+        DomainConfig {
+            kernel: "/k".into(),
+            initrd: None,
+            cmdline: "console=ttyS0".into(),
+            vcpus: 1,
+            memory: 256 << 20,
+            on_reboot: OnReboot::Restart,
+            disks: Vec::new(),
+            nets: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_check_refuses_each_absurd_value_and_names_it() {
+        assert!(config().check().is_ok());
+        let disk = parse_disk("path=/d", 0).unwrap();
+        let net = parse_net("switch=vsw0").unwrap();
+        let cases: Vec<(DomainConfig, &str)> = vec![
+            (
+                DomainConfig {
+                    vcpus: 0,
+                    ..config()
+                },
+                "--vcpus must be at least 1",
+            ),
+            (
+                DomainConfig {
+                    vcpus: 256,
+                    ..config()
+                },
+                "--vcpus 256 is more than a domain can have (255)",
+            ),
+            (
+                DomainConfig {
+                    vcpus: u32::MAX,
+                    ..config()
+                },
+                "--vcpus 4294967295",
+            ),
+            (
+                DomainConfig {
+                    memory: 1 << 20,
+                    ..config()
+                },
+                "--memory 1 MiB is too small",
+            ),
+            (
+                DomainConfig {
+                    memory: (256 << 20) + 1,
+                    ..config()
+                },
+                "multiple of 4 KiB",
+            ),
+            (
+                DomainConfig {
+                    cmdline: "x".repeat(CMDLINE_MAX),
+                    ..config()
+                },
+                "--cmdline is 2048 bytes; the limit is 2047",
+            ),
+            (
+                DomainConfig {
+                    disks: vec![disk.clone(); 19],
+                    ..config()
+                },
+                "too many devices: 19 --disk",
+            ),
+            (
+                DomainConfig {
+                    disks: vec![disk.clone(); 10],
+                    nets: vec![net.clone(); 9],
+                    ..config()
+                },
+                "make 20 virtio devices",
+            ),
+        ];
+        for (cfg, says) in cases {
+            let err = cfg.check().unwrap_err().to_string();
+            assert!(err.contains(says), "{err} (want {says:?})");
+        }
+        let most = DomainConfig {
+            vcpus: MAX_VCPUS,
+            cmdline: "x".repeat(CMDLINE_MAX - 1),
+            disks: vec![disk; 9],
+            nets: vec![net; 9],
+            ..config()
+        };
+        assert!(most.check().is_ok(), "the limits themselves are allowed");
+        let err = check_host_memory(!0xfff).unwrap_err().to_string();
+        assert!(err.contains("more than this host's"), "{err}");
+        assert!(check_host_memory(16 << 20).is_ok());
     }
 
     #[test]

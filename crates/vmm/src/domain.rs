@@ -7,6 +7,7 @@ use std::thread;
 use std::time::Duration;
 
 use devices::bus::Bus;
+use devices::host_file::{self, Accept, Access};
 use devices::i8042::{I8042, I8042_PORT_BASE, I8042_PORT_LEN};
 use devices::power::{PowerManagement, PM_PORT_BASE, PM_PORT_LEN};
 use devices::serial::{SerialConsole, COM1_IRQ, COM1_PORT_BASE, COM1_PORT_LEN};
@@ -14,12 +15,12 @@ use devices::InterruptLine;
 use hv::{EventFd, GuestMemory, Hypervisor, KvmFlavour};
 
 use crate::boot::{self, Initrd};
-use crate::config::{host_memory, DomainConfig, OnReboot};
+use crate::config::{check_host_memory, DomainConfig, OnReboot};
 use crate::console::{ConsoleInput, ConsoleSink, SinkWriter};
 use crate::control::{Control, MachineEvent, PowerButton, StopReason};
 use crate::error::DomainError;
 use crate::kernel::{self, KernelKind};
-use crate::layout::{self, ACPI_START, CMDLINE_MAX, MIN_MEMORY, POWER_BUTTON_GSI};
+use crate::layout::{self, ACPI_START, POWER_BUTTON_GSI};
 use crate::net::PortProvider;
 use crate::run_handle::RunHandle;
 use crate::stats::{MachineCounters, VcpuCounters};
@@ -37,47 +38,19 @@ pub enum Outcome {
     Destroyed,
 }
 
-/// Checks a configuration against this host before anything is built.
+/// Checks a configuration against this host before anything is built: first
+/// [`DomainConfig::check`] (what needs neither the host's files nor KVM), then KVM's vCPU
+/// limit, the host's RAM, the kernel, the disks and the initrd.
 pub fn validate(cfg: &DomainConfig, hv: &Hypervisor) -> Result<KernelKind, DomainError> {
+    cfg.check()?;
     let max = hv.max_vcpus();
-    if cfg.vcpus == 0 {
-        return Err(DomainError::Config("--vcpus must be at least 1".into()));
-    }
-    if cfg.vcpus as usize > max || cfg.vcpus > 255 {
+    if cfg.vcpus as usize > max {
         return Err(DomainError::Config(format!(
-            "--vcpus {} is more than this host's KVM allows ({})",
-            cfg.vcpus,
-            max.min(255)
+            "--vcpus {} is more than this host's KVM allows ({max})",
+            cfg.vcpus
         )));
     }
-    if cfg.memory < MIN_MEMORY {
-        return Err(DomainError::Config(format!(
-            "--memory {} MiB is too small: a domain needs at least {} MiB",
-            cfg.memory >> 20,
-            MIN_MEMORY >> 20
-        )));
-    }
-    if !cfg.memory.is_multiple_of(4096) {
-        return Err(DomainError::Config(
-            "--memory must be a multiple of 4 KiB".into(),
-        ));
-    }
-    if let Some(host) = host_memory() {
-        if cfg.memory > host {
-            return Err(DomainError::Config(format!(
-                "--memory {} MiB is more than this host's {} MiB of RAM",
-                cfg.memory >> 20,
-                host >> 20
-            )));
-        }
-    }
-    if cfg.cmdline.len() >= CMDLINE_MAX {
-        return Err(DomainError::Config(format!(
-            "--cmdline is {} bytes; the limit is {}",
-            cfg.cmdline.len(),
-            CMDLINE_MAX - 1
-        )));
-    }
+    check_host_memory(cfg.memory)?;
     let (_, kind) = kernel::probe(&cfg.kernel)?;
     for disk in &cfg.disks {
         virtio::open_disk(disk)?;
@@ -97,18 +70,20 @@ pub fn validate(cfg: &DomainConfig, hv: &Hypervisor) -> Result<KernelKind, Domai
 }
 
 fn initrd_size(path: &std::path::Path) -> Result<u64, DomainError> {
-    let err = |e: std::io::Error| {
-        DomainError::Initrd(format!("cannot read initrd {}: {e}", path.display()))
-    };
-    let file = File::open(path).map_err(err)?;
-    let meta = file.metadata().map_err(err)?;
-    if !meta.is_file() {
-        return Err(DomainError::Initrd(format!(
-            "initrd {} is not a regular file",
-            path.display()
-        )));
-    }
-    Ok(meta.len())
+    let file = open_initrd(path)?;
+    file.metadata()
+        .map(|m| m.len())
+        .map_err(initrd_read_error(path))
+}
+
+/// Opens an initrd: non-blocking and regular files only, so a FIFO or a device named as the
+/// initrd is refused at once instead of hanging the caller.
+fn open_initrd(path: &std::path::Path) -> Result<File, DomainError> {
+    host_file::open(path, Access::ReadOnly, Accept::Regular).map_err(initrd_read_error(path))
+}
+
+fn initrd_read_error(path: &std::path::Path) -> impl Fn(std::io::Error) -> DomainError + '_ {
+    move |e| DomainError::Initrd(format!("cannot read initrd {}: {e}", path.display()))
 }
 
 /// An interrupt line backed by an irqfd.
@@ -127,8 +102,10 @@ pub struct MachineView {
     pub control: Arc<Control>,
     /// Its vCPUs' counters.
     pub counters: MachineCounters,
-    /// Its virtio devices, in slot order.
-    pub devices: Vec<Arc<Mutex<devices::virtio::mmio::MmioTransport>>>,
+    /// Its virtio devices, in slot order: what they are and their counters (never their
+    /// transports, whose locks the I/O thread may hold for long, and whose host resources,
+    /// such as a VIF's socket file, must go with the machine).
+    pub devices: Vec<virtio::DeviceView>,
     /// Its RAM.
     pub memory: Arc<GuestMemory>,
     /// Its console UART.
@@ -271,7 +248,7 @@ impl Machine {
         MachineView {
             control: self.control.clone(),
             counters: self.counters.clone(),
-            devices: self.virtio.iter().map(|d| d.transport.clone()).collect(),
+            devices: self.virtio.iter().map(|d| d.view.clone()).collect(),
             memory: self.memory.clone(),
             serial: self.serial.clone(),
             power_button: self.power_button.clone(),
@@ -356,11 +333,9 @@ fn load_initrd(
     memory_size: u64,
     memory: &GuestMemory,
 ) -> Result<Initrd, DomainError> {
-    let err = |e: std::io::Error| {
-        DomainError::Initrd(format!("cannot read initrd {}: {e}", path.display()))
-    };
-    let file = File::open(path).map_err(err)?;
-    let size = file.metadata().map_err(err)?.len();
+    let err = initrd_read_error(path);
+    let file = open_initrd(path)?;
+    let size = file.metadata().map_err(&err)?.len();
     let addr = kernel::place_initrd(kernel, layout::low_ram_end(memory_size), size).ok_or_else(|| {
         DomainError::Initrd(format!(
             "initrd {} ({} MiB) does not fit in guest memory ({} MiB) next to the kernel; give the guest more --memory",

@@ -6,6 +6,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+use devices::host_file::{self, Accept, Access};
 use hv::GuestMemory;
 
 use crate::layout::KERNEL_START;
@@ -99,20 +100,16 @@ pub enum KernelKind {
     Elf,
 }
 
-/// Opens a kernel and tells which kind it is.
+/// Opens a kernel and tells which kind it is. Only a regular file is accepted.
 pub fn probe(path: &Path) -> Result<(File, KernelKind), KernelError> {
     let shown = path.display().to_string();
     let read_err = |source| KernelError::Read {
         path: shown.clone(),
         source,
     };
-    let file = File::open(path).map_err(read_err)?;
-    if file.metadata().map_err(read_err)?.is_dir() {
-        return Err(read_err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "is a directory",
-        )));
-    }
+    // Non-blocking and regular files only: a FIFO or a device named as the kernel is refused
+    // at once instead of hanging the caller (a daemon's API thread, say) in open or read.
+    let file = host_file::open(path, Access::ReadOnly, Accept::Regular).map_err(read_err)?;
     let mut head = [0u8; 0x210];
     let n = read_up_to(&file, &mut head, 0).map_err(read_err)?;
     if n >= 4 && head[..4] == *b"\x7fELF" {

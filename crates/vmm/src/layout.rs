@@ -48,6 +48,9 @@ pub const POWER_BUTTON_GSI: u32 = 3;
 pub const LAPIC_ADDR: u32 = 0xfee0_0000;
 /// Smallest guest memory Vessel accepts.
 pub const MIN_MEMORY: u64 = 16 << 20;
+/// Most vCPUs a domain can have: the MADT's local APIC entries and CPUID leaf 1 carry 8-bit
+/// APIC IDs (vCPU n has ID n), and 255 is the broadcast ID.
+pub const MAX_VCPUS: u32 = 255;
 
 /// The guest's RAM regions as `(start, size)` for `memory` bytes of RAM.
 pub fn ram_regions(memory: u64) -> Vec<(u64, u64)> {

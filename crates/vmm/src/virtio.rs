@@ -10,7 +10,7 @@ use devices::image::DiskBackend;
 use devices::virtio::block::Block;
 use devices::virtio::mmio::{MmioTransport, MMIO_SIZE, QUEUE_NOTIFY};
 use devices::virtio::rng::Rng;
-use devices::virtio::{HostInterest, Memory, VirtioDevice};
+use devices::virtio::{Counters, HostInterest, Memory, VirtioDevice};
 use hv::{ControlOperation, Epoll, EpollEvent, EventFd, EventSet, GuestMemory};
 
 use crate::config::DiskConfig;
@@ -96,6 +96,21 @@ pub struct PlacedDevice {
     pub transport: Arc<Mutex<MmioTransport>>,
     /// Signalled by KVM when the guest writes QueueNotify.
     pub notify: EventFd,
+    /// What the control plane sees of it.
+    pub view: DeviceView,
+}
+
+/// What the control plane sees of a device: what it is and its counters, taken when the device
+/// is placed, so that reading them never takes the transport's lock (which the I/O thread holds
+/// for as long as a guest keeps the device's queue full).
+#[derive(Clone)]
+pub struct DeviceView {
+    /// The virtio device type (`devices::virtio::device_id`).
+    pub device_id: u32,
+    /// Its label: the disk's id, the VIF's MAC, "rng".
+    pub label: String,
+    /// Its counters, shared with the device.
+    pub counters: Arc<Counters>,
 }
 
 /// Opens a disk image as its configuration asks, in the format the configuration records (a
@@ -156,12 +171,18 @@ pub fn place(
         vm.register_irqfd(&irq, slot.gsi)?;
         let notify = hv::new_eventfd().map_err(DomainError::host("creating an eventfd"))?;
         vm.register_mmio_ioeventfd(&notify, slot.base + QUEUE_NOTIFY)?;
+        let view = DeviceView {
+            device_id: device.device_id(),
+            label: device.label(),
+            counters: device.counters(),
+        };
         let transport =
             MmioTransport::new(device, mem.clone(), Arc::new(crate::domain::IrqFd(irq)));
         placed.push(PlacedDevice {
             slot,
             transport: Arc::new(Mutex::new(transport)),
             notify,
+            view,
         });
     }
     Ok(placed)

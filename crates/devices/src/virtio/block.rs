@@ -14,13 +14,14 @@
 //! storage (`fdatasync`) before it completes.
 
 use std::fs::File;
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::image::{DiskBackend, Extent, Raw};
 
 use crate::rate_limit::RateLimiter;
 
-use super::{device_id, DescriptorChain, Processed, Queue, QueueError, VirtioDevice};
+use super::{device_id, Counters, DescriptorChain, Processed, Queue, QueueError, VirtioDevice};
 
 /// Sector size of the virtio-blk protocol.
 pub const SECTOR_SIZE: u64 = 512;
@@ -43,7 +44,25 @@ const S_OK: u8 = 0;
 const S_IOERR: u8 = 1;
 const S_UNSUPP: u8 = 2;
 
-/// Per-VBD counters.
+/// The names of a VBD's counters, as the API and metrics show them; the indices below follow.
+const COUNTER_NAMES: &[&str] = &[
+    "read_bytes",
+    "write_bytes",
+    "read_ops",
+    "write_ops",
+    "flush_ops",
+    "errors",
+    "throttled",
+];
+const READ_BYTES: usize = 0;
+const WRITE_BYTES: usize = 1;
+const READ_OPS: usize = 2;
+const WRITE_OPS: usize = 3;
+const FLUSH_OPS: usize = 4;
+const ERRORS: usize = 5;
+const THROTTLED: usize = 6;
+
+/// Per-VBD counters, as a snapshot (see [`Block::stats`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BlockStats {
     /// Bytes read by the guest.
@@ -74,8 +93,8 @@ pub struct Block {
     /// A request popped but held back by the rate limit, served first next time.
     held: Option<DescriptorChain>,
     wake_at: Option<Instant>,
-    /// Counters.
-    pub stats: BlockStats,
+    /// Counters, shared with the control plane (see [`COUNTER_NAMES`]).
+    counters: Arc<Counters>,
 }
 
 impl Block {
@@ -106,7 +125,21 @@ impl Block {
             limiter: RateLimiter::default(),
             held: None,
             wake_at: None,
-            stats: BlockStats::default(),
+            counters: Counters::new(COUNTER_NAMES),
+        }
+    }
+
+    /// The counters now.
+    pub fn stats(&self) -> BlockStats {
+        let c = &self.counters;
+        BlockStats {
+            read_bytes: c.get(READ_BYTES),
+            write_bytes: c.get(WRITE_BYTES),
+            read_ops: c.get(READ_OPS),
+            write_ops: c.get(WRITE_OPS),
+            flush_ops: c.get(FLUSH_OPS),
+            errors: c.get(ERRORS),
+            throttled: c.get(THROTTLED),
         }
     }
 
@@ -171,8 +204,8 @@ impl Block {
                     };
                     done += n;
                 }
-                self.stats.read_ops += 1;
-                self.stats.read_bytes += data_in;
+                self.counters.add(READ_OPS, 1);
+                self.counters.add(READ_BYTES, data_in);
                 Ok((S_OK, data_in))
             }
             T_OUT => {
@@ -210,12 +243,12 @@ impl Block {
                     };
                     done += n;
                 }
-                self.stats.write_ops += 1;
-                self.stats.write_bytes += data_out;
+                self.counters.add(WRITE_OPS, 1);
+                self.counters.add(WRITE_BYTES, data_out);
                 Ok((S_OK, 0))
             }
             T_FLUSH => {
-                self.stats.flush_ops += 1;
+                self.counters.add(FLUSH_OPS, 1);
                 if self.readonly {
                     return Ok((S_OK, 0));
                 }
@@ -250,17 +283,8 @@ impl VirtioDevice for Block {
             .unwrap_or(self.id.len());
         String::from_utf8_lossy(&self.id[..end]).into_owned()
     }
-    fn counters(&self) -> Vec<(&'static str, u64)> {
-        let s = &self.stats;
-        vec![
-            ("read_bytes", s.read_bytes),
-            ("write_bytes", s.write_bytes),
-            ("read_ops", s.read_ops),
-            ("write_ops", s.write_ops),
-            ("flush_ops", s.flush_ops),
-            ("errors", s.errors),
-            ("throttled", s.throttled),
-        ]
+    fn counters(&self) -> Arc<Counters> {
+        self.counters.clone()
     }
     fn device_id(&self) -> u32 {
         device_id::BLOCK
@@ -320,7 +344,7 @@ impl VirtioDevice for Block {
                 if let Err(wait) = self.limiter.admit(bytes, now) {
                     self.held = Some(chain);
                     self.wake_at = Some(now + wait);
-                    self.stats.throttled += 1;
+                    self.counters.add(THROTTLED, 1);
                     done.throttled = true;
                     break;
                 }
@@ -328,7 +352,7 @@ impl VirtioDevice for Block {
             self.wake_at = None;
             let (status, written) = self.serve(&chain, mem)?;
             if status != S_OK {
-                self.stats.errors += 1;
+                self.counters.add(ERRORS, 1);
             }
             let status_at = chain.writable_len().saturating_sub(1);
             let wrote_status =
@@ -441,8 +465,23 @@ mod tests {
         );
         assert_eq!((s, len), (S_OK, 21));
         assert_eq!(&id, b"disk-under-test-with");
-        assert_eq!(block.stats.write_ops, 1);
-        assert_eq!(block.stats.read_bytes, 512);
+        assert_eq!(block.stats().write_ops, 1);
+        assert_eq!(block.stats().read_bytes, 512);
+        // The control plane's copy of the counters, read without the device: the same values
+        // under the names the API shows.
+        let shared = block.counters().snapshot();
+        assert_eq!(
+            shared,
+            vec![
+                ("read_bytes", 512),
+                ("write_bytes", 512),
+                ("read_ops", 1),
+                ("write_ops", 1),
+                ("flush_ops", 1),
+                ("errors", 0),
+                ("throttled", 0),
+            ]
+        );
     }
 
     #[test]
@@ -485,7 +524,7 @@ mod tests {
         );
         assert_eq!(s, S_IOERR);
         assert_eq!(std::fs::read(&tmp.path).unwrap(), before);
-        assert_eq!(block.stats.errors, 8);
+        assert_eq!(block.stats().errors, 8);
     }
 
     #[test]
@@ -511,7 +550,7 @@ mod tests {
         let again = block.process_queue(0, &mut queue, driver.mem()).unwrap();
         assert_eq!((again.completed, again.throttled), (0, true));
         assert_eq!(driver.used().len(), 1);
-        assert_eq!(block.stats.throttled, 2);
+        assert_eq!(block.stats().throttled, 2);
         // A reset drops what was held.
         block.reset();
         assert!(block.wake_at().is_none());

@@ -177,7 +177,7 @@ impl MmioTransport {
         for (i, q) in self.queues.iter().enumerate() {
             out.push_str(&format!(" | q{i}: {}", q.describe(self.mem.0.as_ref())));
         }
-        for (name, value) in self.device.counters() {
+        for (name, value) in self.device.counters().snapshot() {
             out.push_str(&format!(" {name}={value}"));
         }
         out

@@ -5,6 +5,7 @@
 //! domain's I/O thread talk to.
 
 pub mod block;
+pub mod counters;
 pub mod mmio;
 pub mod net;
 pub mod rng;
@@ -14,6 +15,7 @@ mod test_support;
 use std::os::fd::RawFd;
 use std::sync::Arc;
 
+pub use counters::Counters;
 pub use vring::{DescriptorChain, Queue, QueueError};
 
 /// Device type IDs (virtio 1.x, section 5).
@@ -113,12 +115,15 @@ pub trait VirtioDevice: Send {
     ) -> Result<Processed, QueueError>;
     /// The driver reset the device.
     fn reset(&mut self) {}
-    /// A short name for accounting: the disk's id, the VIF's MAC, "rng".
+    /// A short name for accounting: the disk's id, the VIF's MAC, "rng". Fixed for the
+    /// device's life: the control plane reads it once, when the device is placed.
     fn label(&self) -> String;
     /// The device's counters, by name (bytes and operations in each direction, drops), for
-    /// accounting.
-    fn counters(&self) -> Vec<(&'static str, u64)> {
-        Vec::new()
+    /// accounting: the same shared atomics every call, which the device bumps as it works.
+    /// The control plane takes them once, when the device is placed, and reads them without
+    /// the device's lock (see [`counters`]).
+    fn counters(&self) -> Arc<Counters> {
+        Counters::none()
     }
     /// When a throttled device wants to be served again (see [`Processed::throttled`]).
     fn wake_at(&self) -> Option<std::time::Instant> {

@@ -23,9 +23,10 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::RawFd;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{device_id, HostInterest, Processed, Queue, QueueError, VirtioDevice};
+use super::{device_id, Counters, HostInterest, Processed, Queue, QueueError, VirtioDevice};
 use crate::net_backend::NetBackend;
 
 /// Receive queue index.
@@ -51,7 +52,33 @@ const F_MAC: u64 = 1 << 5;
 const F_STATUS: u64 = 1 << 16;
 const LINK_UP: u16 = 1;
 
-/// Per-VIF counters.
+/// The names of a VIF's counters, as the API and metrics show them; the indices below follow.
+/// The last two are gauges: frames waiting for receive buffers, and whether a transmit frame
+/// is held.
+const COUNTER_NAMES: &[&str] = &[
+    "rx_frames",
+    "rx_bytes",
+    "rx_errors",
+    "tx_frames",
+    "tx_bytes",
+    "tx_dropped",
+    "tx_errors",
+    "tx_stalls",
+    "rx_pending",
+    "tx_held",
+];
+const RX_FRAMES: usize = 0;
+const RX_BYTES: usize = 1;
+const RX_ERRORS: usize = 2;
+const TX_FRAMES: usize = 3;
+const TX_BYTES: usize = 4;
+const TX_DROPPED: usize = 5;
+const TX_ERRORS: usize = 6;
+const TX_STALLS: usize = 7;
+const RX_PENDING: usize = 8;
+const TX_HELD: usize = 9;
+
+/// Per-VIF counters, as a snapshot (see [`Net::stats`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NetStats {
     /// Frames delivered to the guest.
@@ -105,8 +132,8 @@ pub struct Net {
     /// The backend stayed full past [`TX_HOLD_MAX`]: refused frames are dropped, not held,
     /// until one goes through.
     link_dead: bool,
-    /// Counters.
-    pub stats: NetStats,
+    /// Counters, shared with the control plane (see [`COUNTER_NAMES`]).
+    counters: Arc<Counters>,
 }
 
 impl Net {
@@ -121,8 +148,29 @@ impl Net {
             tx_buf: vec![0; MAX_FRAME],
             held: None,
             link_dead: false,
-            stats: NetStats::default(),
+            counters: Counters::new(COUNTER_NAMES),
         }
+    }
+
+    /// The counters now (without the gauges).
+    pub fn stats(&self) -> NetStats {
+        let c = &self.counters;
+        NetStats {
+            rx_frames: c.get(RX_FRAMES),
+            rx_bytes: c.get(RX_BYTES),
+            rx_errors: c.get(RX_ERRORS),
+            tx_frames: c.get(TX_FRAMES),
+            tx_bytes: c.get(TX_BYTES),
+            tx_dropped: c.get(TX_DROPPED),
+            tx_errors: c.get(TX_ERRORS),
+            tx_stalls: c.get(TX_STALLS),
+        }
+    }
+
+    /// Publishes the gauges (pending frames, a held frame) after they changed.
+    fn publish_gauges(&self) {
+        self.counters.set(RX_PENDING, self.pending.len() as u64);
+        self.counters.set(TX_HELD, u64::from(self.held.is_some()));
     }
 
     /// The VIF's MAC address.
@@ -152,11 +200,14 @@ impl Net {
             };
             taken += 1;
             if n > MAX_FRAME {
-                self.stats.rx_errors += 1;
+                self.counters.add(RX_ERRORS, 1);
             } else {
                 self.pending.push_back(self.rx_buf[..n].to_vec());
                 self.pending_bytes += n;
             }
+        }
+        if taken > 0 {
+            self.publish_gauges();
         }
         taken
     }
@@ -183,18 +234,19 @@ impl Net {
                     header[10] = 1; // num_buffers = 1 (le16)
                     chain.write_at(mem, 0, &header)?;
                     chain.write_at(mem, HEADER_LEN as u64, frame)?;
-                    self.stats.rx_frames += 1;
-                    self.stats.rx_bytes += len as u64;
+                    self.counters.add(RX_FRAMES, 1);
+                    self.counters.add(RX_BYTES, len as u64);
                     HEADER_LEN + len
                 } else {
                     // Returned empty: the driver recycles the buffer and counts an error.
-                    self.stats.rx_errors += 1;
+                    self.counters.add(RX_ERRORS, 1);
                     0
                 };
                 queue.add_used(mem, chain.head, used as u32)?;
                 done.completed += 1;
                 self.pending_bytes -= len;
                 self.pending.pop_front();
+                self.publish_gauges();
             }
             // The guest may have more buffers: fetch as many frames as the queue holds.
             let taken = self.take_from_backend(MAX_PENDING.min(budget));
@@ -209,14 +261,14 @@ impl Net {
     fn send(&mut self, len: usize) -> Sent {
         match self.backend.send(&self.tx_buf[..len]) {
             Ok(()) => {
-                self.stats.tx_frames += 1;
-                self.stats.tx_bytes += len as u64;
+                self.counters.add(TX_FRAMES, 1);
+                self.counters.add(TX_BYTES, len as u64);
                 self.link_dead = false;
                 Sent::Yes
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock && !self.link_dead => Sent::Busy,
             Err(_) => {
-                self.stats.tx_dropped += 1;
+                self.counters.add(TX_DROPPED, 1);
                 Sent::Dropped
             }
         }
@@ -236,29 +288,31 @@ impl Net {
                     return Ok(done);
                 }
                 Sent::Busy => {
-                    self.stats.tx_dropped += 1;
+                    self.counters.add(TX_DROPPED, 1);
                     self.link_dead = true;
                 }
                 Sent::Yes | Sent::Dropped => {}
             }
             self.held = None;
+            self.publish_gauges();
             queue.add_used(mem, held.head, 0)?;
             done.completed += 1;
         }
         while let Some(chain) = queue.pop(mem)? {
             let total = chain.readable_len();
             if total < HEADER_LEN as u64 || total - HEADER_LEN as u64 > MAX_FRAME as u64 {
-                self.stats.tx_errors += 1;
+                self.counters.add(TX_ERRORS, 1);
             } else {
                 let len = (total - HEADER_LEN as u64) as usize;
                 let got = chain.read_at(mem, HEADER_LEN as u64, &mut self.tx_buf[..len])?;
                 if let Sent::Busy = self.send(got) {
-                    self.stats.tx_stalls += 1;
+                    self.counters.add(TX_STALLS, 1);
                     self.held = Some(HeldFrame {
                         head: chain.head,
                         len: got,
                         since: Instant::now(),
                     });
+                    self.publish_gauges();
                     done.throttled = true;
                     return Ok(done);
                 }
@@ -278,20 +332,8 @@ impl VirtioDevice for Net {
             m[0], m[1], m[2], m[3], m[4], m[5]
         )
     }
-    fn counters(&self) -> Vec<(&'static str, u64)> {
-        let s = &self.stats;
-        vec![
-            ("rx_frames", s.rx_frames),
-            ("rx_bytes", s.rx_bytes),
-            ("rx_errors", s.rx_errors),
-            ("tx_frames", s.tx_frames),
-            ("tx_bytes", s.tx_bytes),
-            ("tx_dropped", s.tx_dropped),
-            ("tx_errors", s.tx_errors),
-            ("tx_stalls", s.tx_stalls),
-            ("rx_pending", self.pending.len() as u64),
-            ("tx_held", u64::from(self.held.is_some())),
-        ]
+    fn counters(&self) -> Arc<Counters> {
+        self.counters.clone()
     }
     fn device_id(&self) -> u32 {
         device_id::NET
@@ -361,6 +403,7 @@ impl VirtioDevice for Net {
         self.pending_bytes = 0;
         self.held = None;
         self.link_dead = false;
+        self.publish_gauges();
     }
 }
 
@@ -452,7 +495,7 @@ mod tests {
         assert_eq!(done.completed, 2);
         assert_eq!(wire.lock().unwrap().sent, vec![f1, f2]);
         assert_eq!(driver.used().len(), 2);
-        assert_eq!((net.stats.tx_frames, net.stats.tx_bytes), (2, 1574));
+        assert_eq!((net.stats().tx_frames, net.stats().tx_bytes), (2, 1574));
     }
 
     #[test]
@@ -466,14 +509,14 @@ mod tests {
         driver.add_chain(&[MockBuffer::Writable(64)]);
         let done = net.process_queue(TX, &mut q, driver.mem()).unwrap();
         assert_eq!(done.completed, 3, "every chain is returned to the guest");
-        assert_eq!(net.stats.tx_errors, 3);
+        assert_eq!(net.stats().tx_errors, 3);
         // No peer (an unplugged cable): dropped at once, not held.
         wire.lock().unwrap().refuse = Some(io::ErrorKind::ConnectionRefused);
         let ok = [&[0u8; HEADER_LEN][..], &frame(60, 0)].concat();
         driver.add_chain(&[MockBuffer::Readable(&ok)]);
         let done = net.process_queue(TX, &mut q, driver.mem()).unwrap();
         assert!(!done.throttled);
-        assert_eq!(net.stats.tx_dropped, 1);
+        assert_eq!(net.stats().tx_dropped, 1);
         assert!(wire.lock().unwrap().sent.is_empty());
         assert_eq!(driver.used().len(), 4);
         assert!(!net.host_interest().writable);
@@ -496,7 +539,7 @@ mod tests {
         assert!(driver.used().is_empty());
         assert!(net.host_interest().writable, "waits for room");
         assert!(net.wake_at().is_some(), "and for its deadline");
-        assert_eq!(net.stats.tx_stalls, 1);
+        assert_eq!(net.stats().tx_stalls, 1);
         // A kick while still full changes nothing.
         let done = net.process_queue(TX, &mut q, driver.mem()).unwrap();
         assert_eq!((done.completed, done.throttled), (0, true));
@@ -506,7 +549,7 @@ mod tests {
         let done = net.process_queue(TX, &mut q, driver.mem()).unwrap();
         assert_eq!((done.completed, done.throttled), (2, false));
         assert_eq!(wire.lock().unwrap().sent, frames[..2].to_vec());
-        assert_eq!((net.stats.tx_frames, net.stats.tx_dropped), (2, 0));
+        assert_eq!((net.stats().tx_frames, net.stats().tx_dropped), (2, 0));
         assert!(!net.host_interest().writable);
         assert!(net.wake_at().is_none());
         // Full for longer than TX_HOLD_MAX: the held frame and the ones after it are dropped,
@@ -522,7 +565,7 @@ mod tests {
         driver.add_chain(&[MockBuffer::Readable(&chain(&frames[3]))]);
         let done = net.process_queue(TX, &mut q, driver.mem()).unwrap();
         assert_eq!((done.completed, done.throttled), (2, false));
-        assert_eq!(net.stats.tx_dropped, 2);
+        assert_eq!(net.stats().tx_dropped, 2);
         // ...until a send succeeds, which makes a full backend worth waiting for again.
         wire.lock().unwrap().refuse = None;
         driver.add_chain(&[MockBuffer::Readable(&chain(&frames[0]))]);
@@ -537,6 +580,58 @@ mod tests {
         // A reset forgets the held frame.
         net.reset();
         assert!(!net.host_interest().writable);
+    }
+
+    /// The counters the control plane holds (taken once, read without the device) follow the
+    /// device, gauges included.
+    #[test]
+    fn the_shared_counters_follow_the_device_gauges_included() {
+        let (wire, mut net) = new_net();
+        let shared = net.counters();
+        let names: Vec<&str> = shared.snapshot().iter().map(|(n, _)| *n).collect();
+        // The names the API and metrics have always shown.
+        assert_eq!(
+            names,
+            [
+                "rx_frames",
+                "rx_bytes",
+                "rx_errors",
+                "tx_frames",
+                "tx_bytes",
+                "tx_dropped",
+                "tx_errors",
+                "tx_stalls",
+                "rx_pending",
+                "tx_held"
+            ]
+        );
+        let get = |name: &str| {
+            shared
+                .snapshot()
+                .into_iter()
+                .find(|(n, _)| *n == name)
+                .unwrap()
+                .1
+        };
+        wire.lock().unwrap().inbox.push_back(frame(60, 1));
+        net.host_ready(READABLE);
+        assert_eq!(get("rx_pending"), 1, "a frame waits for a buffer");
+        let mut driver = MockDriver::new(16, 1 << 20);
+        let mut rx = driver.queue();
+        driver.add_chain(&[MockBuffer::Writable(1526)]);
+        net.process_queue(RX, &mut rx, driver.mem()).unwrap();
+        assert_eq!(
+            (get("rx_pending"), get("rx_frames"), get("rx_bytes")),
+            (0, 1, 60)
+        );
+        let mut driver = MockDriver::new(16, 1 << 20);
+        let mut tx = driver.queue();
+        wire.lock().unwrap().refuse = Some(io::ErrorKind::WouldBlock);
+        driver.add_chain(&[MockBuffer::Readable(&[0; HEADER_LEN + 60])]);
+        net.process_queue(TX, &mut tx, driver.mem()).unwrap();
+        assert_eq!((get("tx_held"), get("tx_stalls")), (1, 1));
+        net.reset();
+        assert_eq!(get("tx_held"), 0);
     }
 
     #[test]
@@ -562,7 +657,7 @@ mod tests {
         wire.lock().unwrap().inbox.push_back(frame(60, 0));
         net.process_queue(RX, &mut q, driver.mem()).unwrap();
         assert_eq!(driver.used().len(), 1);
-        assert_eq!((net.stats.rx_frames, net.stats.rx_bytes), (2, 158));
+        assert_eq!((net.stats().rx_frames, net.stats().rx_bytes), (2, 158));
         assert_eq!(net.pending(), 0);
     }
 
@@ -625,7 +720,7 @@ mod tests {
         driver.add_chain(&[MockBuffer::Writable(1526)]);
         net.process_queue(RX, &mut q, driver.mem()).unwrap();
         assert_eq!(wire.lock().unwrap().inbox.len(), 2 * DRAIN_BURST);
-        assert_eq!(net.stats.rx_errors, DRAIN_BURST as u64);
+        assert_eq!(net.stats().rx_errors, DRAIN_BURST as u64);
     }
 
     #[test]
@@ -644,7 +739,8 @@ mod tests {
         let used = driver.used();
         assert_eq!(used.iter().map(|u| u.len).collect::<Vec<_>>(), [0, 0]);
         assert_eq!(
-            net.stats.rx_errors, 3,
+            net.stats().rx_errors,
+            3,
             "two frames too big for their buffers, one oversized"
         );
         // A transmit descriptor pointing outside guest memory breaks the queue, not the VMM.

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use vmm::{DomainError, Instance};
 
 use super::net;
-use super::registry::RegistryError;
+use super::registry::{EntryView, RegistryError};
 use super::Daemon;
 use crate::def::DomainDef;
 use crate::http::{Request, Response};
@@ -118,6 +118,17 @@ pub fn registry_error_response(e: RegistryError) -> Response {
         RegistryError::Exists(name) => {
             Response::error(409, &format!("a domain named '{name}' already exists"))
         }
+        RegistryError::Active(name) => Response::error(
+            409,
+            &format!("domain '{name}' is running: destroy it first"),
+        ),
+        RegistryError::Unloaded { file, why } => Response::error(
+            409,
+            &format!(
+                "{file} exists but the daemon did not load it ({why}); it is never written \
+                 over: move it away (or fix it and restart the daemon), then create the domain"
+            ),
+        ),
         RegistryError::Storage(msg) => Response::error(500, &msg),
     }
 }
@@ -141,12 +152,12 @@ fn version(_: &Daemon, _: &Params, _: &Request) -> Response {
 }
 
 fn list_domains(daemon: &Daemon, _: &Params, _: &Request) -> Response {
-    let list: Vec<Value> = daemon.registry.each(summary);
+    let list: Vec<Value> = daemon.registry.views().iter().map(summary).collect();
     Response::json(200, &Value::Array(list))
 }
 
 /// The `list` view of a domain.
-fn summary(e: &super::registry::Entry) -> Value {
+fn summary(e: &EntryView) -> Value {
     let status = e.status();
     let machine = e.instance.as_ref().and_then(|i| i.machine());
     let cpu_ns: u64 = machine
@@ -166,7 +177,12 @@ fn summary(e: &super::registry::Entry) -> Value {
 }
 
 fn create_domain(daemon: &Daemon, _: &Params, req: &Request) -> Response {
-    let mut def = match DomainDef::from_json(&req.body) {
+    // Everything that can be checked without the host's files or KVM is, before anything is
+    // stored: a definition that could never start is refused now, not at its first start.
+    let mut def = match DomainDef::from_json(&req.body).and_then(|def| {
+        def.check_to_store()?;
+        Ok(def)
+    }) {
         Ok(def) => def,
         Err(msg) => return Response::error(400, &msg),
     };
@@ -181,31 +197,24 @@ fn create_domain(daemon: &Daemon, _: &Params, req: &Request) -> Response {
         }
     };
     let name = def.name.clone();
-    if let Err(e) = daemon.registry.define(def) {
-        return registry_error_response(e);
+    if let Err(resp) = daemon.create(def, start) {
+        return resp;
     }
-    if start {
-        if let Err(resp) = daemon.start(&name) {
-            // The call failed as a whole: the definition goes too.
-            let _ = daemon.registry.undefine(&name);
-            return resp;
-        }
-    }
-    match daemon.registry.with(&name, |e| info(e)) {
-        Ok(v) => Response::json(201, &v),
+    match daemon.registry.view(&name) {
+        Ok(e) => Response::json(201, &info(&e)),
         Err(e) => registry_error_response(e),
     }
 }
 
 fn get_domain(daemon: &Daemon, p: &Params, _: &Request) -> Response {
-    match daemon.registry.with(&p.name, |e| info(e)) {
-        Ok(v) => Response::json(200, &v),
+    match daemon.registry.view(&p.name) {
+        Ok(e) => Response::json(200, &info(&e)),
         Err(e) => registry_error_response(e),
     }
 }
 
 /// The `info` view of a domain: its definition, state and every counter.
-fn info(e: &super::registry::Entry) -> Value {
+fn info(e: &EntryView) -> Value {
     let mut v = summary(e);
     v["definition"] = serde_json::to_value(&e.def).unwrap_or(Value::Null);
     if let Some(machine) = e.instance.as_ref().and_then(|i| i.machine()) {
@@ -233,43 +242,33 @@ fn info(e: &super::registry::Entry) -> Value {
     v
 }
 
-/// Each virtio device's kind, label and counters.
+/// Each virtio device's kind, label and counters (read from the counters the device shares,
+/// never through its lock).
 pub fn device_stats(machine: &vmm::domain::MachineView) -> Vec<Value> {
     machine
         .devices
         .iter()
-        .map(|t| {
-            let t = t.lock().unwrap_or_else(|e| e.into_inner());
-            let d = t.device();
-            let kind = match d.device_id() {
+        .map(|d| {
+            let kind = match d.device_id {
                 1 => "net",
                 2 => "block",
                 4 => "rng",
                 _ => "other",
             };
             let counters: serde_json::Map<String, Value> = d
-                .counters()
+                .counters
+                .snapshot()
                 .into_iter()
                 .map(|(k, n)| (k.to_string(), json!(n)))
                 .collect();
-            json!({ "kind": kind, "label": d.label(), "counters": counters })
+            json!({ "kind": kind, "label": d.label, "counters": counters })
         })
         .collect()
 }
 
 fn delete_domain(daemon: &Daemon, p: &Params, _: &Request) -> Response {
-    match daemon
-        .registry
-        .with(&p.name, |e| e.state().is_active() || e.starting)
-    {
-        Ok(true) => Response::error(
-            409,
-            &format!("domain '{}' is running: destroy it first", p.name),
-        ),
-        Ok(false) => match daemon.registry.undefine(&p.name) {
-            Ok(()) => Response::json(200, &json!({ "deleted": p.name })),
-            Err(e) => registry_error_response(e),
-        },
+    match daemon.registry.undefine_stopped(&p.name) {
+        Ok(()) => Response::json(200, &json!({ "deleted": p.name })),
         Err(e) => registry_error_response(e),
     }
 }
@@ -363,11 +362,11 @@ fn destroy_domain(daemon: &Daemon, p: &Params, _: &Request) -> Response {
 
 fn console_without_upgrade(daemon: &Daemon, p: &Params, _: &Request) -> Response {
     // Without `Upgrade: vessel-console`: the kept output, as text.
-    match daemon.registry.with(&p.name, |e| e.console.recent()) {
-        Ok(bytes) => Response::text(
+    match daemon.registry.with(&p.name, |e| e.console.clone()) {
+        Ok(log) => Response::text(
             200,
             "text/plain; charset=utf-8",
-            String::from_utf8_lossy(&bytes).into_owned(),
+            String::from_utf8_lossy(&log.recent()).into_owned(),
         ),
         Err(e) => registry_error_response(e),
     }

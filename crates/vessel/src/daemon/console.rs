@@ -4,11 +4,11 @@
 //! client detaches by closing its side (the CLI does so on its detach key).
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::deadline::DeadlineStream;
 use super::{api, Daemon};
 use crate::http::{self, Request};
 
@@ -24,12 +24,13 @@ pub fn wants_upgrade(req: &Request) -> bool {
         && matches!(api::find(&req.method, &req.path), Ok((r, _)) if r.pattern.ends_with("/console"))
 }
 
-/// Serves the console stream of the domain `req` names until the client goes away.
+/// Serves the console stream of the domain `req` names until the client goes away. The
+/// caller has lifted the connection's deadlines.
 pub fn serve(
     daemon: &Daemon,
     req: &Request,
-    mut reader: BufReader<UnixStream>,
-    mut writer: UnixStream,
+    mut reader: BufReader<DeadlineStream>,
+    mut writer: DeadlineStream,
 ) {
     let Ok((_, params)) = api::find(&req.method, &req.path) else {
         return;
@@ -50,8 +51,6 @@ pub fn serve(
     if writer.write_all(head.as_bytes()).is_err() || writer.write_all(&kept).is_err() {
         return;
     }
-    let _ = writer.set_write_timeout(None);
-    let _ = reader.get_ref().set_read_timeout(None);
     let done = Arc::new(AtomicBool::new(false));
     let output = {
         let done = done.clone();
@@ -97,7 +96,10 @@ pub fn serve(
         }
     }
     done.store(true, Ordering::SeqCst);
-    let _ = reader.get_ref().shutdown(std::net::Shutdown::Both);
+    let _ = reader
+        .get_ref()
+        .get_ref()
+        .shutdown(std::net::Shutdown::Both);
     if let Ok(t) = output {
         let _ = t.join();
     }

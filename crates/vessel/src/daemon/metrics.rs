@@ -63,7 +63,8 @@ pub fn render(daemon: &Daemon) -> String {
             vec![],
         ),
     ];
-    let rows = daemon.registry.each(|e| {
+    // A copy of the registry, taken under its lock; everything slow happens after.
+    let rows = daemon.registry.views().into_iter().map(|e| {
         let name = label(&e.def.name);
         let state = e.state();
         let mut rows: Vec<(usize, String)> = vec![
@@ -86,11 +87,9 @@ pub fn render(daemon: &Daemon) -> String {
                     ));
                 }
             }
-            for (slot, t) in m.devices.iter().enumerate() {
-                let t = t.lock().unwrap_or_else(|e| e.into_inner());
-                let d = t.device();
-                let dev = label(&d.label());
-                for (counter, n) in d.counters() {
+            for (slot, d) in m.devices.iter().enumerate() {
+                let dev = label(&d.label);
+                for (counter, n) in d.counters.snapshot() {
                     rows.push((
                         6,
                         format!(

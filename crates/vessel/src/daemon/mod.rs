@@ -2,16 +2,21 @@
 //! and I/O threads, and serves the HTTP/JSON API on a Unix socket (mode 0600).
 //!
 //! Each connection gets its own thread (at most [`MAX_CONNECTIONS`] at once; more are answered
-//! 503), reads requests with a timeout, and is answered by [`api::handle`]. A domain that
-//! crashes ends in its own `crashed` state; the daemon and the other domains go on.
+//! 503) and is answered by [`api::handle`]. A connection holds its slot only for bounded time:
+//! each request must arrive whole within the request timeout of its first byte, and a
+//! connection that sends nothing for as long is closed, so slow or silent clients cannot lock
+//! the others out. A domain that crashes ends in its own `crashed` state; the daemon and the
+//! other domains go on.
 
 pub mod api;
 mod console;
+mod deadline;
 pub mod metrics;
 pub mod net;
 pub mod registry;
+mod store;
 
-use std::io::BufReader;
+use std::io::{BufRead, BufReader};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -23,13 +28,16 @@ use anyhow::Context;
 use clap::Args;
 use vmm::Instance;
 
+use crate::def::DomainDef;
 use crate::http::{self, Response};
 use registry::Registry;
 
 /// Most connections served at once.
 pub const MAX_CONNECTIONS: usize = 64;
-/// How long a connection may sit idle between requests, or take to send one.
-const READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// The default request timeout: a request (head and body) must arrive whole within this time
+/// of its first byte, a connection may wait this long for its next request, and a response
+/// must be taken by the client within this time.
+const REQUEST_TIMEOUT_SECS: f64 = 10.0;
 
 /// The default API socket.
 pub const DEFAULT_SOCKET: &str = "/run/vessel.sock";
@@ -45,6 +53,18 @@ pub struct DaemonArgs {
     /// Connect the virtual switch to this host TAP interface (created if missing).
     #[arg(long, value_name = "TAP")]
     uplink: Option<String>,
+    /// Seconds a client has to send a whole request from its first byte, to send the first
+    /// byte of its next one, and to take a response (for tests; docs/api.md).
+    #[arg(long, value_name = "SECS", default_value_t = REQUEST_TIMEOUT_SECS,
+          value_parser = parse_timeout, hide = true)]
+    request_timeout: f64,
+}
+
+fn parse_timeout(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 3600.0 => Ok(v),
+        _ => Err(format!("'{s}' is not a number of seconds from 0 to 3600")),
+    }
 }
 
 /// The daemon's shared state.
@@ -58,46 +78,82 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    /// Defines domain `def` and, if `start`, starts it. The start is claimed together with
+    /// the definition, so no other request can start (or delete) the domain in between; if it
+    /// cannot start, the definition this call made goes too, and nothing else.
+    pub fn create(&self, def: DomainDef, start: bool) -> Result<(), Response> {
+        let name = def.name.clone();
+        self.registry
+            .define(def, start)
+            .map_err(api::registry_error_response)?;
+        if !start {
+            return Ok(());
+        }
+        match self.launch(&name) {
+            Ok(instance) => self.finish_start(&name, Ok(instance)),
+            Err(resp) => {
+                // Still claimed by this call: nobody else has started or deleted it.
+                let _ = self.registry.undefine_claimed(&name);
+                Err(resp)
+            }
+        }
+    }
+
     /// Starts domain `name`, or answers why not.
     pub fn start(&self, name: &str) -> Result<(), Response> {
         let claimed = self.registry.with(name, |e| {
             if e.state().is_active() || e.starting {
-                None
+                false
             } else {
                 e.starting = true;
-                Some((e.def.clone(), e.console.clone()))
+                true
             }
         });
-        let (def, console) = match claimed {
-            Ok(Some(v)) => v,
-            Ok(None) => {
+        match claimed {
+            Ok(true) => {}
+            Ok(false) => {
                 return Err(Response::error(
                     409,
                     &format!("domain '{name}' is already running"),
                 ))
             }
             Err(e) => return Err(api::registry_error_response(e)),
-        };
-        let started = def
-            .to_config()
-            .map_err(|msg| Response::error(400, &msg))
-            .and_then(|cfg| {
-                let label = name.to_string();
-                let on_stop = Box::new(move |s: &vmm::Status| {
-                    eprintln!(
-                        "vessel daemon: domain '{label}' is {}: {}",
-                        s.state.name(),
-                        s.message.as_deref().unwrap_or("")
-                    );
-                });
-                let ports = net::port_provider(&self.switch, name);
-                Instance::start(cfg, console.sink(), Some(ports), on_stop).map_err(|e| {
-                    Response::error(
-                        api::start_error_status(&e),
-                        &format!("domain '{name}' cannot start: {e}"),
-                    )
-                })
-            });
+        }
+        let started = self.launch(name);
+        self.finish_start(name, started)
+    }
+
+    /// Builds and starts an instance of domain `name`, whose start the caller has claimed
+    /// (its entry's `starting` flag); the claim is left for the caller to release.
+    fn launch(&self, name: &str) -> Result<Instance, Response> {
+        let (def, console) = self
+            .registry
+            .with(name, |e| (e.def.clone(), e.console.clone()))
+            .map_err(api::registry_error_response)?;
+        let cfg = def.to_config().map_err(|msg| Response::error(400, &msg))?;
+        let label = name.to_string();
+        let on_stop = Box::new(move |s: &vmm::Status| {
+            eprintln!(
+                "vessel daemon: domain '{label}' is {}: {}",
+                s.state.name(),
+                s.message.as_deref().unwrap_or("")
+            );
+        });
+        let ports = net::port_provider(&self.switch, name);
+        Instance::start(cfg, console.sink(), Some(ports), on_stop).map_err(|e| {
+            Response::error(
+                api::start_error_status(&e),
+                &format!("domain '{name}' cannot start: {e}"),
+            )
+        })
+    }
+
+    /// Releases the claim on domain `name`'s start, keeping the instance if it started.
+    fn finish_start(
+        &self,
+        name: &str,
+        started: Result<Instance, Response>,
+    ) -> Result<(), Response> {
         let stored = self.registry.with(name, move |e| {
             e.starting = false;
             started.map(|instance| e.instance = Some(Arc::new(instance)))
@@ -136,6 +192,7 @@ pub fn daemon(args: DaemonArgs) -> anyhow::Result<std::process::ExitCode> {
         switch,
         started: Instant::now(),
     });
+    let timeout = Duration::from_secs_f64(args.request_timeout);
     let active = Arc::new(AtomicUsize::new(0));
     for stream in listener.incoming() {
         let Ok(mut stream) = stream else { continue };
@@ -147,13 +204,24 @@ pub fn daemon(args: DaemonArgs) -> anyhow::Result<std::process::ExitCode> {
                 &Response::error(503, "too many connections"),
                 true,
             );
+            // Take what the client already sent (without waiting, and at most a request's
+            // head): a socket closed with unread bytes resets the connection, and the client
+            // might lose the answer.
+            if stream.set_nonblocking(true).is_ok() {
+                let mut sink = [0u8; 4096];
+                for _ in 0..http::MAX_HEAD / sink.len() {
+                    if !matches!(std::io::Read::read(&mut stream, &mut sink), Ok(n) if n > 0) {
+                        break;
+                    }
+                }
+            }
             continue;
         }
         let (daemon, active) = (daemon.clone(), active.clone());
         let spawned = std::thread::Builder::new()
             .name("api".into())
             .spawn(move || {
-                serve_connection(&daemon, stream);
+                serve_connection(&daemon, stream, timeout);
                 active.fetch_sub(1, Ordering::SeqCst);
             });
         if spawned.is_err() {
@@ -200,31 +268,56 @@ fn bind_private(path: &Path) -> anyhow::Result<UnixListener> {
     bound
 }
 
-/// Serves requests on one connection until the client closes it, errs, or idles too long.
-fn serve_connection(daemon: &Daemon, stream: UnixStream) {
-    let _ = stream.set_read_timeout(Some(READ_TIMEOUT));
-    let _ = stream.set_write_timeout(Some(READ_TIMEOUT));
+/// Serves requests on one connection until the client closes it, errs, or runs out of time:
+/// each request must arrive whole within `timeout` of its first byte (else 408 and the
+/// connection is closed), the connection may wait `timeout` for a request's first byte, and
+/// each response must be taken within `timeout`.
+fn serve_connection(daemon: &Daemon, stream: UnixStream, timeout: Duration) {
     let Ok(writer) = stream.try_clone() else {
         return;
     };
-    let mut writer = writer;
-    let mut reader = BufReader::new(stream);
+    let mut writer = deadline::DeadlineStream::new(writer);
+    let mut reader = BufReader::new(deadline::DeadlineStream::new(stream));
     loop {
+        // Idle until the next request's first byte (or one already buffered).
+        reader
+            .get_mut()
+            .set_deadline(Some(Instant::now() + timeout));
+        match reader.fill_buf() {
+            Ok([]) | Err(_) => return,
+            Ok(_) => {}
+        }
+        reader
+            .get_mut()
+            .set_deadline(Some(Instant::now() + timeout));
         let req = match http::read_request(&mut reader) {
             Ok(Some(req)) => req,
             Ok(None) => return,
             Err(e) => {
+                let message = if e.status == 408 {
+                    format!(
+                        "the request did not arrive whole within {} s of its first byte",
+                        timeout.as_secs_f64()
+                    )
+                } else {
+                    e.message
+                };
+                writer.set_deadline(Some(Instant::now() + timeout));
                 let _ =
-                    http::write_response(&mut writer, &Response::error(e.status, &e.message), true);
+                    http::write_response(&mut writer, &Response::error(e.status, &message), true);
                 return;
             }
         };
         if console::wants_upgrade(&req) {
+            // A console stream lives as long as the client stays attached.
+            reader.get_mut().set_deadline(None);
+            writer.set_deadline(None);
             console::serve(daemon, &req, reader, writer);
             return;
         }
         let close = req.wants_close();
         let resp = api::handle(daemon, &req);
+        writer.set_deadline(Some(Instant::now() + timeout));
         if http::write_response(&mut writer, &resp, close).is_err() || close {
             return;
         }

@@ -1,17 +1,24 @@
 //! The daemon's domains: their definitions (persisted in the state directory), their running
 //! instances and their console logs.
 //!
-//! Definitions live in `STATE_DIR/domains/NAME.json`, written atomically (a temporary file,
-//! then a rename), so a restarted daemon lists every domain that was defined and can start it
-//! again. Long operations (pause, destroy) run on a clone of the instance handle, never under
-//! the registry's lock, so one slow domain does not hold up the API for the others.
+//! Definitions live in `STATE_DIR/domains/NAME.json` ([`super::store`]: written durably,
+//! mode 0600), so a restarted daemon lists every domain that was defined and can start it
+//! again. A file there that the daemon could not load is never written over: creating its
+//! domain is refused (409) with the file's name, until someone moves it away.
+//!
+//! Nothing slow happens under the registry's lock: a definition's file is written or removed
+//! while its name is reserved (so no other request can take or see it half made), long
+//! operations (pause, destroy) run on a clone of the instance handle, and readers take a copy
+//! of what they need ([`EntryView`]) under the lock and read counters after releasing it, so
+//! one slow domain, or a slow disk, does not hold up the API for the others.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use vmm::{ConsoleLog, Instance, RunState, Status};
 
+use super::store::Store;
 use crate::def::DomainDef;
 
 /// One domain known to the daemon.
@@ -38,16 +45,62 @@ impl Entry {
     pub fn state(&self) -> RunState {
         self.status().map_or(RunState::Shutoff, |s| s.state)
     }
+
+    fn new(id: u32, def: DomainDef, starting: bool) -> Entry {
+        Entry {
+            id,
+            def,
+            instance: None,
+            console: ConsoleLog::default(),
+            starting,
+        }
+    }
+
+    fn view(&self) -> EntryView {
+        EntryView {
+            id: self.id,
+            def: self.def.clone(),
+            instance: self.instance.clone(),
+        }
+    }
+}
+
+/// What a reader needs of a domain, copied under the registry's lock so that the slow part of
+/// an answer (counters, `/proc` reads) is done after the lock is released.
+#[derive(Clone)]
+pub struct EntryView {
+    /// Its id.
+    pub id: u32,
+    /// Its definition.
+    pub def: DomainDef,
+    /// Its current or last instance.
+    pub instance: Option<Arc<Instance>>,
+}
+
+impl EntryView {
+    /// Its state: that of its instance, or shut off if it never ran.
+    pub fn status(&self) -> Option<Status> {
+        self.instance.as_ref().map(|i| i.status())
+    }
+
+    /// Its run state.
+    pub fn state(&self) -> RunState {
+        self.status().map_or(RunState::Shutoff, |s| s.state)
+    }
 }
 
 /// Every domain, by name.
 pub struct Registry {
-    dir: PathBuf,
+    store: Store,
     inner: Mutex<Inner>,
 }
 
 struct Inner {
     domains: BTreeMap<String, Entry>,
+    /// Names whose file is being written or removed: taken, but not (or no longer) listed.
+    reserved: BTreeSet<String>,
+    /// Definition files found at start that could not be loaded, by name: why.
+    unloaded: BTreeMap<String, String>,
     next_id: u32,
 }
 
@@ -58,54 +111,53 @@ pub enum RegistryError {
     NotFound(String),
     /// The name is taken.
     Exists(String),
+    /// The domain is running, paused or starting.
+    Active(String),
+    /// A file the daemon did not load is where the definition would go.
+    Unloaded {
+        /// The file.
+        file: String,
+        /// Why it was not loaded.
+        why: String,
+    },
     /// The state directory cannot be written.
     Storage(String),
 }
 
 impl Registry {
-    /// Opens the state directory `state_dir` (created if missing) and loads the definitions in
-    /// it. A definition file that no longer parses is reported and skipped, never deleted.
+    /// Opens the state directory `state_dir` (what is missing is created, mode 0700) and loads
+    /// the definitions in it. A definition file that does not load is reported, skipped and
+    /// kept: never deleted, and never written over.
     pub fn open(state_dir: &Path) -> std::io::Result<(Registry, Vec<String>)> {
-        let dir = state_dir.join("domains");
-        std::fs::create_dir_all(&dir)?;
-        let mut domains = BTreeMap::new();
+        let store = Store::open(state_dir)?;
+        let (defs, unloaded) = store.load()?;
         let mut warnings = Vec::new();
-        let mut next_id = 1;
-        let mut files: Vec<_> = std::fs::read_dir(&dir)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "json"))
-            .collect();
-        files.sort();
-        for path in files {
-            let parsed = std::fs::read(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|b| DomainDef::from_json(&b));
-            match parsed {
-                Ok(def) if path.file_stem().and_then(|s| s.to_str()) == Some(def.name.as_str()) => {
-                    domains.insert(
-                        def.name.clone(),
-                        Entry {
-                            id: next_id,
-                            def,
-                            instance: None,
-                            console: ConsoleLog::default(),
-                            starting: false,
-                        },
-                    );
-                    next_id += 1;
-                }
-                Ok(def) => warnings.push(format!(
-                    "{}: holds domain '{}', not the one its name says; skipped",
-                    path.display(),
-                    def.name
-                )),
-                Err(e) => warnings.push(format!("{}: {e}; skipped", path.display())),
-            }
+        let mut inner = Inner {
+            domains: BTreeMap::new(),
+            reserved: BTreeSet::new(),
+            unloaded: BTreeMap::new(),
+            next_id: 1,
+        };
+        for def in defs {
+            let id = inner.next_id;
+            inner.next_id += 1;
+            inner
+                .domains
+                .insert(def.name.clone(), Entry::new(id, def, false));
+        }
+        for u in unloaded {
+            warnings.push(format!(
+                "{}: {}; skipped (creating domain '{}' is refused until the file is moved away)",
+                u.file.display(),
+                u.why,
+                u.name
+            ));
+            inner.unloaded.insert(u.name, u.why);
         }
         Ok((
             Registry {
-                dir,
-                inner: Mutex::new(Inner { domains, next_id }),
+                store,
+                inner: Mutex::new(inner),
             },
             warnings,
         ))
@@ -115,55 +167,98 @@ impl Registry {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn path_of(&self, name: &str) -> PathBuf {
-        self.dir.join(format!("{name}.json"))
-    }
-
-    /// Adds and persists a new definition; returns its id.
-    pub fn define(&self, def: DomainDef) -> Result<u32, RegistryError> {
-        let mut inner = self.lock();
-        if inner.domains.contains_key(&def.name) {
-            return Err(RegistryError::Exists(def.name));
+    /// Adds and persists a new definition; returns its id. With `claim_start`, the new entry
+    /// is marked as starting (see [`Entry::starting`]) in the same step, so no other request
+    /// can start or delete it before the caller does. Refused if the name is taken, or if a
+    /// file the daemon did not load is where the definition would go.
+    pub fn define(&self, def: DomainDef, claim_start: bool) -> Result<u32, RegistryError> {
+        let name = def.name.clone();
+        {
+            let mut inner = self.lock();
+            if inner.domains.contains_key(&name) || inner.reserved.contains(&name) {
+                return Err(RegistryError::Exists(name));
+            }
+            if self.store.exists(&name) {
+                let why = inner
+                    .unloaded
+                    .get(&name)
+                    .cloned()
+                    .unwrap_or_else(|| "it appeared after the daemon started".to_string());
+                return Err(RegistryError::Unloaded {
+                    file: self.store.path_of(&name).display().to_string(),
+                    why,
+                });
+            }
+            inner.reserved.insert(name.clone());
         }
-        let bytes = serde_json::to_vec_pretty(&def).unwrap_or_default();
-        let path = self.path_of(&def.name);
-        let tmp = self.dir.join(format!(".{}.json.tmp", def.name));
-        std::fs::write(&tmp, bytes)
-            .and_then(|_| std::fs::rename(&tmp, &path))
-            .map_err(|e| RegistryError::Storage(format!("writing {}: {e}", path.display())))?;
+        // Not under the lock: the file is synced to disk, which may take a while.
+        let written = self.store.write(&def);
+        let mut inner = self.lock();
+        inner.reserved.remove(&name);
+        written.map_err(|e| {
+            RegistryError::Storage(format!(
+                "writing {}: {e}",
+                self.store.path_of(&name).display()
+            ))
+        })?;
+        inner.unloaded.remove(&name);
         let id = inner.next_id;
         inner.next_id += 1;
-        inner.domains.insert(
-            def.name.clone(),
-            Entry {
-                id,
-                def,
-                instance: None,
-                console: ConsoleLog::default(),
-                starting: false,
-            },
-        );
+        inner.domains.insert(name, Entry::new(id, def, claim_start));
         Ok(id)
     }
 
-    /// Forgets a definition and deletes its file.
-    pub fn undefine(&self, name: &str) -> Result<(), RegistryError> {
-        let mut inner = self.lock();
-        if !inner.domains.contains_key(name) {
-            return Err(RegistryError::NotFound(name.into()));
-        }
-        let path = self.path_of(name);
-        match std::fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(RegistryError::Storage(format!(
-                    "removing {}: {e}",
-                    path.display()
-                )))
+    /// Forgets a stopped domain (shut off or crashed, not starting) and deletes its file.
+    pub fn undefine_stopped(&self, name: &str) -> Result<(), RegistryError> {
+        self.undefine_if(name, |e| {
+            if e.state().is_active() || e.starting {
+                Err(RegistryError::Active(name.into()))
+            } else {
+                Ok(())
             }
+        })
+    }
+
+    /// Forgets a domain whose start the caller claimed and that did not start.
+    pub fn undefine_claimed(&self, name: &str) -> Result<(), RegistryError> {
+        self.undefine_if(name, |e| {
+            if e.starting && e.instance.is_none() {
+                Ok(())
+            } else {
+                Err(RegistryError::Active(name.into()))
+            }
+        })
+    }
+
+    /// Forgets a definition and deletes its file, if `allowed` says so (checked under the
+    /// same lock that takes the entry out, so nothing changes in between). The name stays
+    /// reserved while the file is removed; if that fails, the entry comes back.
+    fn undefine_if(
+        &self,
+        name: &str,
+        allowed: impl FnOnce(&Entry) -> Result<(), RegistryError>,
+    ) -> Result<(), RegistryError> {
+        let entry = {
+            let mut inner = self.lock();
+            match inner.domains.get(name) {
+                None => return Err(RegistryError::NotFound(name.into())),
+                Some(e) => allowed(e)?,
+            }
+            inner.reserved.insert(name.to_string());
+            inner.domains.remove(name)
+        };
+        let removed = self.store.remove(name);
+        let mut inner = self.lock();
+        inner.reserved.remove(name);
+        if let Err(e) = removed {
+            if let Some(entry) = entry {
+                inner.domains.insert(name.to_string(), entry);
+            }
+            return Err(RegistryError::Storage(format!(
+                "removing {}: {e}",
+                self.store.path_of(name).display()
+            )));
         }
-        inner.domains.remove(name);
         Ok(())
     }
 
@@ -177,13 +272,99 @@ impl Registry {
             .ok_or_else(|| RegistryError::NotFound(name.into()))
     }
 
-    /// Runs `f` on every domain, in name order, under the lock.
-    pub fn each<T>(&self, mut f: impl FnMut(&Entry) -> T) -> Vec<T> {
-        self.lock().domains.values().map(&mut f).collect()
+    /// A copy of domain `name` for a reader (taken under the lock, used after it).
+    pub fn view(&self, name: &str) -> Result<EntryView, RegistryError> {
+        self.with(name, |e| e.view())
+    }
+
+    /// A copy of every domain, in name order, for a reader.
+    pub fn views(&self) -> Vec<EntryView> {
+        self.lock().domains.values().map(Entry::view).collect()
     }
 
     /// The instance of domain `name`, if it has one.
     pub fn instance(&self, name: &str) -> Result<Option<Arc<Instance>>, RegistryError> {
         self.with(name, |e| e.instance.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(tag: &str) -> std::path::PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("vessel-registry-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn def(name: &str, kernel: &str) -> DomainDef {
+        DomainDef::from_json(format!(r#"{{"name":"{name}","kernel":"{kernel}"}}"#).as_bytes())
+            .unwrap()
+    }
+
+    #[test]
+    fn a_definition_file_that_did_not_load_is_never_written_over() {
+        let state = scratch("unloaded");
+        std::fs::create_dir_all(state.join("domains")).unwrap();
+        let corrupt = state.join("domains/web.json");
+        std::fs::write(&corrupt, b"{\"name\": \"web\", \"kern").unwrap();
+        let (registry, warnings) = Registry::open(&state).unwrap();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("web.json"), "{warnings:?}");
+        let err = registry.define(def("web", "/k"), false).unwrap_err();
+        match &err {
+            RegistryError::Unloaded { file, why } => {
+                assert!(file.ends_with("domains/web.json"), "{err:?}");
+                assert!(why.contains("invalid domain definition"), "{err:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            std::fs::read(&corrupt).unwrap(),
+            b"{\"name\": \"web\", \"kern"
+        );
+        assert!(registry.views().is_empty());
+        // Once the file is moved away, the name can be defined.
+        std::fs::rename(&corrupt, state.join("domains/web.json.saved")).unwrap();
+        registry.define(def("web", "/k"), false).unwrap();
+        // A file that appears after the start is not written over either.
+        std::fs::write(state.join("domains/late.json"), b"{}").unwrap();
+        assert!(matches!(
+            registry.define(def("late", "/k"), false),
+            Err(RegistryError::Unloaded { .. })
+        ));
+        std::fs::remove_dir_all(&state).unwrap();
+    }
+
+    #[test]
+    fn defined_domains_come_back_and_deleted_ones_do_not() {
+        let state = scratch("reload");
+        {
+            let (registry, _) = Registry::open(&state).unwrap();
+            registry.define(def("a", "/ka"), false).unwrap();
+            registry.define(def("b", "/kb"), true).unwrap();
+            assert!(matches!(
+                registry.define(def("a", "/other"), false),
+                Err(RegistryError::Exists(_))
+            ));
+            assert!(matches!(
+                registry.undefine_stopped("b"),
+                Err(RegistryError::Active(_))
+            ));
+            registry.undefine_claimed("b").unwrap();
+            registry.define(def("c", "/kc"), false).unwrap();
+            registry.undefine_stopped("c").unwrap();
+        }
+        let (registry, warnings) = Registry::open(&state).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let names: Vec<(String, std::path::PathBuf)> = registry
+            .views()
+            .into_iter()
+            .map(|v| (v.def.name, v.def.kernel))
+            .collect();
+        assert_eq!(names, [("a".to_string(), "/ka".into())]);
+        std::fs::remove_dir_all(&state).unwrap();
     }
 }

@@ -47,12 +47,21 @@
  *   button       route the ACPI power button's line (IOAPIC pin 3) to vector 0x41, print
  *                "mini: waiting for the power button", wait in `hlt`, and power off when it
  *                is pressed (as a guest that handles the button does)
+ *   hammer       keep virtio devices busy forever, all from CPL3: find every virtio-mmio
+ *                window (0xd0000000 + n*0x1000, while the magic reads "virt"), bring up each
+ *                block device's queue 0 with 1 MiB reads of sector 0 and each network
+ *                device's transmit queue 1 with 1514-byte frames (every avail entry naming
+ *                one request chain, HAMMER_QSIZE entries), print "mini: hammering N queues",
+ *                then keep every such ring full: whenever used.idx moves, avail.idx =
+ *                used.idx + size and a write to QueueNotify (no interrupts: the IOAPIC pins
+ *                stay masked). A guest that never lets its devices rest.
  * Anything unexpected (an unknown scenario, an exception) prints "mini: PANIC: ..." and
  * triple-faults on purpose, so a broken run ends at once with vessel exiting 1.
  *
  * Memory map of the guest (all identity-mapped):
  *   0x10000            AP real-mode trampoline (copied there by the BSP; SIPI vector 0x10)
  *   0x100000...        this image: code, data (GDT, TSS, IDT, page tables, stacks)
+ *   0x200000-0x9fffff  hammer: rings, requests and data buffers of the hammered queues
  *   0x0 - 4 GiB        identity-mapped with 2 MiB pages, user-accessible (U/S=1) so CPL3 code
  *                      can read kernel data and touch MMIO; the top GiB is mapped uncached
  */
@@ -127,6 +136,39 @@
 #define FAT_START        0x1000000   /* fattick: 16 MiB... */
 #define FAT_END          0x3000000   /* ...to 48 MiB */
 #define IRQ_ROUNDS       5           /* irq: interrupts awaited at CPL0, then again at CPL3 */
+
+/* virtio-mmio (virtio 1.x, 4.2.2), as Vessel places it (crates/vmm/src/virtio.rs). */
+#define VIRTIO_BASE      0xd0000000  /* window n at VIRTIO_BASE + n * 0x1000 */
+#define VIRTIO_SLOTS     19
+#define VIRTIO_MAGIC     0x74726976  /* "virt" */
+#define VIO_MAGIC        0x00
+#define VIO_DEVICE_ID    0x08
+#define VIO_DRV_FEAT     0x20
+#define VIO_DRV_FEAT_SEL 0x24
+#define VIO_QUEUE_SEL    0x30
+#define VIO_QUEUE_NUM    0x38
+#define VIO_QUEUE_READY  0x44
+#define VIO_QUEUE_NOTIFY 0x50
+#define VIO_STATUS       0x70
+#define VIO_QUEUE_DESC   0x80        /* low dword; high at +4 */
+#define VIO_QUEUE_AVAIL  0x90
+#define VIO_QUEUE_USED   0xa0
+#define VIRTIO_ID_NET    1
+#define VIRTIO_ID_BLOCK  2
+#define VRING_NEXT       1
+#define VRING_WRITE      2
+
+/* hammer: each hammered queue gets HAMMER_REGION bytes from HAMMER_RINGS: descriptors at +0,
+ * avail ring at +0x1000, used ring at +0x2000, request header (or frame) at +0x3000, status
+ * byte at +0x3100, data at +0x10000 (HAMMER_DATA). A whole ring of 1 MiB reads takes the
+ * device tens of milliseconds, so the guest refills it long before it drains, even when its
+ * vCPU thread waits for a CPU now and then: the device is never idle. */
+#define HAMMER_RINGS     0x200000
+#define HAMMER_REGION    0x200000
+#define HAMMER_MAX       4           /* queues hammered at most */
+#define HAMMER_QSIZE     256
+#define HAMMER_DATA      0x100000    /* bytes per block read: 1 MiB (the disk needs as much) */
+#define HAMMER_FRAME     1514        /* bytes per transmitted frame */
 
 /* ---- Macros ------------------------------------------------------------------------------- */
 
@@ -325,7 +367,7 @@ bsp64:
     jnz 4f
     add $16, %r12
     jmp 2b
-3:  PRINT "mini: PANIC: unknown scenario (want hello, irq, smp, reboot, triplefault, mmio, fetchmmio, tick, fattick or button)\n"
+3:  PRINT "mini: PANIC: unknown scenario (want hello, irq, smp, reboot, triplefault, mmio, fetchmmio, tick, fattick, button or hammer)\n"
     jmp die
 4:  jmp *8(%r12)
 
@@ -360,6 +402,11 @@ scen_tick:
 scen_fattick:
     PRINT "mini: touching memory\n"
     lea user_fattick(%rip), %rdi
+    jmp enter_user
+
+scen_hammer:
+    PRINT "mini: looking for virtio devices\n"
+    lea user_hammer(%rip), %rdi
     jmp enter_user
 
 scen_triplefault:
@@ -493,6 +540,124 @@ user_fattick:
     jb 1b
     UPRINT "mini: touched\n"
     jmp user_tick
+
+user_hammer:
+    xor %r12d, %r12d                /* window number */
+    xor %r13d, %r13d                /* queues set up */
+1:  cmp $VIRTIO_SLOTS, %r12d
+    jae 5f
+    cmp $HAMMER_MAX, %r13d
+    jae 5f
+    mov %r12d, %ebx
+    shl $12, %ebx
+    add $VIRTIO_BASE, %ebx          /* RBX: the window (32-bit op: zero-extended) */
+    mov VIO_MAGIC(%rbx), %eax
+    cmp $VIRTIO_MAGIC, %eax
+    jne 5f                          /* unclaimed MMIO reads all ones: no more devices */
+    mov %r13d, %r15d
+    shl $21, %r15d                  /* * HAMMER_REGION */
+    add $HAMMER_RINGS, %r15d        /* R15: this queue's memory */
+    mov VIO_DEVICE_ID(%rbx), %eax
+    cmp $VIRTIO_ID_BLOCK, %eax
+    je 2f
+    cmp $VIRTIO_ID_NET, %eax
+    je 3f
+    jmp 4f                          /* the entropy device: left alone */
+2:  /* Block, queue 0: header (16 bytes, type IN, sector 0, all zero already), data, status. */
+    xor %r14d, %r14d
+    lea 0x3000(%r15), %rax
+    mov %rax, 0(%r15)
+    movl $16, 8(%r15)
+    movw $VRING_NEXT, 12(%r15)
+    movw $1, 14(%r15)
+    lea HAMMER_DATA(%r15), %rax
+    mov %rax, 16(%r15)
+    movl $HAMMER_DATA, 24(%r15)
+    movw $(VRING_NEXT | VRING_WRITE), 28(%r15)
+    movw $2, 30(%r15)
+    lea 0x3100(%r15), %rax
+    mov %rax, 32(%r15)
+    movl $1, 40(%r15)
+    movw $VRING_WRITE, 44(%r15)
+    jmp 6f
+3:  /* Network, transmit queue 1: the 12-byte virtio-net header (zero) and one frame to
+     * 02:00:00:00:00:01 from 02:00:00:00:00:02, ethertype 0x88b5 (local experimental). */
+    mov $1, %r14d
+    movb $0x02, 0x300c(%r15)
+    movb $0x01, 0x3011(%r15)
+    movb $0x02, 0x3012(%r15)
+    movb $0x02, 0x3017(%r15)
+    movb $0x88, 0x3018(%r15)
+    movb $0xb5, 0x3019(%r15)
+    lea 0x3000(%r15), %rax
+    mov %rax, 0(%r15)
+    movl $(12 + HAMMER_FRAME), 8(%r15)
+    movw $0, 12(%r15)
+6:  call hammer_bring_up
+    lea hammer_queues(%rip), %rdi
+    mov %r13, %rax
+    shl $5, %rax
+    add %rax, %rdi
+    mov %rbx, 0(%rdi)               /* window */
+    mov %r15, 8(%rdi)               /* memory */
+    mov %r14, 16(%rdi)              /* queue index */
+    movq $0, 24(%rdi)               /* used.idx last seen */
+    inc %r13d
+4:  inc %r12d
+    jmp 1b
+5:  UPRINT "mini: hammering "
+    USYS SYS_PUT_DEC, %r13
+    UPRINT " queues\n"
+    test %r13d, %r13d
+    jnz hammer_loop
+    USYS SYS_POWEROFF, $0
+
+/* Forever: for each hammered queue whose used.idx moved, make the whole ring available again
+ * and notify. */
+hammer_loop:
+    lea hammer_queues(%rip), %rsi
+    mov %r13d, %ecx
+1:  mov 0(%rsi), %rbx
+    mov 8(%rsi), %r15
+    movzwl 0x2002(%r15), %eax       /* used.idx */
+    cmp 24(%rsi), %ax
+    je 2f
+    mov %ax, 24(%rsi)
+    add $HAMMER_QSIZE, %eax
+    mov %ax, 0x1002(%r15)           /* avail.idx = used.idx + size */
+    mov 16(%rsi), %edx
+    mov %edx, VIO_QUEUE_NOTIFY(%rbx)
+2:  add $32, %rsi
+    dec %ecx
+    jnz 1b
+    jmp hammer_loop
+
+/* Brings up queue R14 of the device at RBX with its rings in R15 (descriptor 0 heads the one
+ * request chain; every avail entry is 0 already), makes all HAMMER_QSIZE entries available
+ * and notifies. Every step is one 32-bit MMIO access from CPL3. */
+hammer_bring_up:
+    movl $0, VIO_STATUS(%rbx)       /* reset */
+    movl $3, VIO_STATUS(%rbx)       /* ACKNOWLEDGE | DRIVER */
+    movl $1, VIO_DRV_FEAT_SEL(%rbx)
+    movl $1, VIO_DRV_FEAT(%rbx)     /* VIRTIO_F_VERSION_1 (bit 32), nothing else */
+    movl $0, VIO_DRV_FEAT_SEL(%rbx)
+    movl $0, VIO_DRV_FEAT(%rbx)
+    movl $11, VIO_STATUS(%rbx)      /* | FEATURES_OK */
+    mov %r14d, VIO_QUEUE_SEL(%rbx)
+    movl $HAMMER_QSIZE, VIO_QUEUE_NUM(%rbx)
+    mov %r15d, VIO_QUEUE_DESC(%rbx)
+    movl $0, VIO_QUEUE_DESC+4(%rbx)
+    lea 0x1000(%r15), %eax
+    mov %eax, VIO_QUEUE_AVAIL(%rbx)
+    movl $0, VIO_QUEUE_AVAIL+4(%rbx)
+    lea 0x2000(%r15), %eax
+    mov %eax, VIO_QUEUE_USED(%rbx)
+    movl $0, VIO_QUEUE_USED+4(%rbx)
+    movl $1, VIO_QUEUE_READY(%rbx)
+    movl $15, VIO_STATUS(%rbx)      /* | DRIVER_OK */
+    movw $HAMMER_QSIZE, 0x1002(%r15)
+    mov %r14d, VIO_QUEUE_NOTIFY(%rbx)
+    ret
 
 user_mmio:
     /* 0xe0000000 is in the 32-bit MMIO hole and no device claims it: Vessel drops writes and
@@ -864,6 +1029,7 @@ s_fetchmmio:   .asciz "fetchmmio"
 s_tick:        .asciz "tick"
 s_fattick:     .asciz "fattick"
 s_button:      .asciz "button"
+s_hammer:      .asciz "hammer"
 
     .balign 8
 /* The scenario table: (name, CPL0 entry) pairs, ending with a null name. */
@@ -878,6 +1044,7 @@ scenarios:
     .quad s_tick, scen_tick
     .quad s_fattick, scen_fattick
     .quad s_button, scen_button
+    .quad s_hammer, scen_hammer
     .quad 0, 0
 
 /* ---- Data ----------------------------------------------------------------------------------- */
@@ -920,6 +1087,8 @@ irq_from_user: .quad 0              /* ... of which interrupted CPL3 code */
 button_presses: .quad 0             /* power button interrupts taken */
 cpu_mask:      .quad 0              /* bit n: APIC ID n is up */
 cpus_online:   .long 1              /* the BSP, plus one per AP that checked in */
+    .balign 8
+hammer_queues: .fill HAMMER_MAX * 32, 1, 0  /* hammer: (window, memory, queue, last used.idx) */
 
 /* Identity page tables for 0-4 GiB with 2 MiB pages. Every level has U/S=1 so CPL3 code can
  * reach everything (this guest does not protect itself from its own user code). The top GiB,
