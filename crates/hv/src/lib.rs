@@ -5,11 +5,14 @@
 //! so that no `kvm-bindings` type leaks into the rest of Vessel. It must never depend on any other
 //! Vessel crate: device models and policy live above it.
 
+pub mod channel;
 mod cpu;
 mod error;
 mod kick;
 mod kvm;
 mod memory;
+pub mod process;
+pub mod sandbox;
 mod signals;
 pub mod tap;
 mod tty;
