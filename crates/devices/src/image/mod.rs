@@ -269,10 +269,116 @@ pub fn open(
     format: Format,
     readonly: bool,
 ) -> Result<Box<dyn DiskBackend>, ImageError> {
+    open_with(&HostFiles, path, format, readonly)
+}
+
+/// [`open`], with the files of the image (and of its chain) coming from `files`.
+pub fn open_with(
+    files: &dyn Opener,
+    path: &Path,
+    format: Format,
+    readonly: bool,
+) -> Result<Box<dyn DiskBackend>, ImageError> {
     match format {
-        Format::Raw => Ok(Box::new(Raw::open(path, readonly)?)),
-        Format::Qcow2 => Ok(Box::new(Qcow2::open(path, readonly)?)),
+        Format::Raw => Ok(Box::new(Raw::open_with(files, path, readonly)?)),
+        Format::Qcow2 => Ok(Box::new(Qcow2::open_with(files, path, readonly)?)),
         Format::VesselCow => Err(retired(path)),
+    }
+}
+
+/// Where the files of a disk come from when it is opened: the host's file system ([`HostFiles`],
+/// with Vessel's checks and locks), or descriptors opened earlier by someone who did ([`Handed`]:
+/// a domain process never opens a host path).
+pub trait Opener {
+    /// The file at `path`, open read-only or read-write and locked accordingly.
+    fn open(&self, path: &Path, readonly: bool) -> Result<File, ImageError>;
+}
+
+/// Opens files on the host: non-blocking, regular files or block devices only, `flock`ed.
+pub struct HostFiles;
+
+impl Opener for HostFiles {
+    fn open(&self, path: &Path, readonly: bool) -> Result<File, ImageError> {
+        open_locked(path, readonly)
+    }
+}
+
+/// One file of a disk opened on the host, to hand to a domain process.
+#[derive(Debug)]
+pub struct HandedFile {
+    /// The path it was opened at (as the image, or the image naming it, gives it).
+    pub path: PathBuf,
+    /// Whether it was opened read-only.
+    pub readonly: bool,
+    /// The open, locked file.
+    pub file: File,
+}
+
+/// Opens files on the host like [`HostFiles`] and keeps a descriptor of each, so that opening
+/// a disk once records every file of its chain (to be handed over as [`Handed`]).
+#[derive(Default)]
+pub struct Recording {
+    opened: std::sync::Mutex<Vec<HandedFile>>,
+}
+
+impl Recording {
+    /// The files opened so far.
+    pub fn into_files(self) -> Vec<HandedFile> {
+        self.opened.into_inner().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Opener for Recording {
+    fn open(&self, path: &Path, readonly: bool) -> Result<File, ImageError> {
+        let file = open_locked(path, readonly)?;
+        let kept = file
+            .try_clone()
+            .map_err(ImageError::io(path, "cannot duplicate"))?;
+        self.opened
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(HandedFile {
+                path: path.to_path_buf(),
+                readonly,
+                file: kept,
+            });
+        Ok(file)
+    }
+}
+
+/// Files handed over already open: opening one is taking a duplicate of its descriptor (which
+/// shares its lock). A path that was not handed over, or not with that access, is refused.
+#[derive(Debug, Default)]
+pub struct Handed {
+    files: Vec<HandedFile>,
+}
+
+impl Handed {
+    /// Files to open from.
+    pub fn new(files: Vec<HandedFile>) -> Handed {
+        Handed { files }
+    }
+}
+
+impl Opener for Handed {
+    fn open(&self, path: &Path, readonly: bool) -> Result<File, ImageError> {
+        let found = self
+            .files
+            .iter()
+            .find(|f| f.path == path && f.readonly == readonly)
+            .ok_or_else(|| {
+                ImageError::invalid(
+                    path,
+                    format!(
+                        "was not handed to this domain (opened {})",
+                        if readonly { "read-only" } else { "read-write" }
+                    ),
+                )
+            })?;
+        found
+            .file
+            .try_clone()
+            .map_err(ImageError::io(path, "cannot duplicate"))
     }
 }
 

@@ -22,8 +22,8 @@ use imago::raw::Raw as ImagoRaw;
 use imago::{FormatAccess, FormatCreateBuilder, Mapping, StorageOpenOptions};
 
 use super::{
-    check_range, open_locked, qcow2_check, sync_parent_dir, DiskBackend, Extent, Format,
-    ImageError, MAX_CHAIN,
+    check_range, qcow2_check, sync_parent_dir, DiskBackend, Extent, Format, HostFiles, ImageError,
+    Opener, MAX_CHAIN,
 };
 
 /// The first four bytes of every qcow2 image.
@@ -46,8 +46,17 @@ impl Qcow2 {
     /// Opens the qcow2 image at `path`, read-only or read-write, and its backing chain
     /// (read-only, each in the format its overlay records).
     pub fn open(path: &Path, readonly: bool) -> Result<Qcow2, ImageError> {
+        Qcow2::open_with(&HostFiles, path, readonly)
+    }
+
+    /// [`Qcow2::open`], with the files of the chain coming from `opener`.
+    pub fn open_with(
+        opener: &dyn Opener,
+        path: &Path,
+        readonly: bool,
+    ) -> Result<Qcow2, ImageError> {
         let mut files = Vec::new();
-        let image = open_layer(path, Format::Qcow2, !readonly, 0, &mut files)?;
+        let image = open_layer(opener, path, Format::Qcow2, !readonly, 0, &mut files)?;
         Ok(Qcow2 {
             len: image.size(),
             image,
@@ -124,6 +133,7 @@ fn storage(
 
 /// Opens one layer of a chain and, below it, its backing layers (read-only).
 fn open_layer(
+    opener: &dyn Opener,
     path: &Path,
     format: Format,
     writable: bool,
@@ -139,13 +149,13 @@ fn open_layer(
     let invalid = |e: io::Error| ImageError::invalid(path, e.to_string());
     match format {
         Format::Raw => {
-            let file = open_locked(path, !writable)?;
+            let file = opener.open(path, !writable)?;
             let raw = ImagoRaw::open_image(storage(file, path, writable, files)?, writable)
                 .map_err(invalid)?;
             Ok(FormatAccess::new(raw))
         }
         Format::Qcow2 => {
-            let file = open_locked(path, !writable)?;
+            let file = opener.open(path, !writable)?;
             validate(&file, path, writable)?;
             let mut qcow2 = ImagoQcow2::<ImagoFile>::open_image(
                 storage(file, path, writable, files)?,
@@ -165,7 +175,7 @@ fn open_layer(
                     let format =
                         backing_format(path, qcow2.implicit_backing_format().map(String::as_str))?;
                     let backing_path = resolve_backing(path, stored);
-                    let layer = open_layer(&backing_path, format, false, depth + 1, files)
+                    let layer = open_layer(opener, &backing_path, format, false, depth + 1, files)
                         .map_err(|e| {
                             ImageError::invalid(path, format!("its backing image is unusable: {e}"))
                         })?;
@@ -209,8 +219,15 @@ fn validate(file: &File, path: &Path, writable: bool) -> Result<(), ImageError> 
 /// Opens the backing chain below a qcow2 image without opening the image itself, and returns
 /// the backing's size: `vessel image check` validates a chain exactly as a domain opens it.
 pub fn check_backing(image: &Path, backing: &Backing) -> Result<u64, ImageError> {
-    let layer = open_layer(&backing.path, backing.format, false, 1, &mut Vec::new())
-        .map_err(|e| ImageError::invalid(image, format!("its backing image is unusable: {e}")))?;
+    let layer = open_layer(
+        &HostFiles,
+        &backing.path,
+        backing.format,
+        false,
+        1,
+        &mut Vec::new(),
+    )
+    .map_err(|e| ImageError::invalid(image, format!("its backing image is unusable: {e}")))?;
     Ok(layer.size())
 }
 
@@ -309,7 +326,7 @@ pub fn create(
         Some((base, format)) => {
             let abs = std::fs::canonicalize(base)
                 .map_err(ImageError::io(base, "cannot find the backing image"))?;
-            let len = open_layer(&abs, format, false, 1, &mut Vec::new())?.size();
+            let len = open_layer(&HostFiles, &abs, format, false, 1, &mut Vec::new())?.size();
             let name = abs.to_str().map(str::to_string).ok_or_else(|| {
                 ImageError::invalid(&abs, "a backing path must be valid UTF-8 to be stored")
             })?;
@@ -537,6 +554,35 @@ mod tests {
         );
         let ro = Qcow2::open(&path, true).unwrap();
         assert_eq!(read(&ro, 0, 512), vec![0; 512]);
+    }
+
+    #[test]
+    fn a_chain_opened_once_on_the_host_reopens_from_its_handed_descriptors_alone() {
+        use super::super::{Handed, Recording};
+        let dir = TempDir::new();
+        let base = dir.join("base.img");
+        std::fs::write(&base, pattern(1 << 20, 9)).unwrap();
+        let top = dir.join("top.qcow2");
+        create(&top, None, Some((&base, Format::Raw))).unwrap();
+        let recording = Recording::default();
+        drop(image::open_with(&recording, &top, Format::Qcow2, false).unwrap());
+        let files = recording.into_files();
+        let opened: Vec<_> = files.iter().map(|f| (f.path.clone(), f.readonly)).collect();
+        assert_eq!(opened, vec![(top.clone(), false), (base.clone(), true)]);
+        // The paths are gone; the descriptors are all a domain process has.
+        std::fs::remove_file(&top).unwrap();
+        std::fs::remove_file(&base).unwrap();
+        let handed = Handed::new(files);
+        for _boot in 0..2 {
+            let mut d = image::open_with(&handed, &top, Format::Qcow2, false).unwrap();
+            assert_eq!(read(&*d, 512, 512), pattern(1 << 20, 9)[512..1024].to_vec());
+            d.write_at(&[4; 512], 0).unwrap();
+            assert_eq!(read(&*d, 0, 512), vec![4; 512]);
+        }
+        let err = image::open_with(&handed, &top, Format::Qcow2, true)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("not handed"), "{err}");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::Path;
 
-use super::{check_range, open_locked, DiskBackend, Extent, ImageError};
+use super::{check_range, DiskBackend, Extent, HostFiles, ImageError, Opener};
 
 /// A raw image.
 pub struct Raw {
@@ -24,7 +24,12 @@ impl Raw {
     /// Opens the raw image (regular file or block device) at `path` and locks it: shared when
     /// read-only, exclusive when read-write.
     pub fn open(path: &Path, readonly: bool) -> Result<Raw, ImageError> {
-        let file = open_locked(path, readonly)?;
+        Raw::open_with(&HostFiles, path, readonly)
+    }
+
+    /// [`Raw::open`], with the file coming from `files`.
+    pub fn open_with(files: &dyn Opener, path: &Path, readonly: bool) -> Result<Raw, ImageError> {
+        let file = files.open(path, readonly)?;
         Raw::new(file, readonly).map_err(ImageError::io(path, "cannot read its size"))
     }
 
