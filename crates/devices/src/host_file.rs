@@ -16,6 +16,8 @@ pub enum Accept {
     Regular,
     /// A regular file or a block device (disk images).
     RegularOrBlockDevice,
+    /// A character device (the host's random pool).
+    CharacterDevice,
 }
 
 /// How a file is opened.
@@ -58,11 +60,13 @@ pub fn open(path: &Path, access: Access, accept: Accept) -> io::Result<File> {
     let ok = match accept {
         Accept::Regular => file_type.is_file(),
         Accept::RegularOrBlockDevice => file_type.is_file() || file_type.is_block_device(),
+        Accept::CharacterDevice => file_type.is_char_device(),
     };
     if !ok {
         let wanted = match accept {
             Accept::Regular => "a regular file",
             Accept::RegularOrBlockDevice => "a regular file or a block device",
+            Accept::CharacterDevice => "a character device",
         };
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,

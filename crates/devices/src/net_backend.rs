@@ -122,7 +122,17 @@ impl SocketBackend {
     /// socket, a stale socket left by a killed Vessel, any other file) the bind is refused
     /// with [`io::ErrorKind::AddrInUse`] and nothing is removed.
     pub fn bind(path: &Path, peer: &Path) -> io::Result<Self> {
-        let socket = UnixDatagram::bind(path).map_err(|e| {
+        let socket = Self::bind_socket(path)?;
+        let created = socket_identity(path);
+        let mut backend = Self::on_bound(socket, path, peer)?;
+        backend.created = created;
+        Ok(backend)
+    }
+
+    /// Binds a new datagram socket at `path`, refusing (with [`io::ErrorKind::AddrInUse`],
+    /// removing nothing) if anything exists there.
+    pub fn bind_socket(path: &Path) -> io::Result<UnixDatagram> {
+        UnixDatagram::bind(path).map_err(|e| {
             if e.kind() == io::ErrorKind::AddrInUse {
                 io::Error::new(
                     io::ErrorKind::AddrInUse,
@@ -132,13 +142,17 @@ impl SocketBackend {
             } else {
                 e
             }
-        })?;
-        let created = socket_identity(path);
+        })
+    }
+
+    /// A link on `socket`, already bound at `path` by whoever owns the socket file (which this
+    /// backend never removes), to `peer`.
+    pub fn on_bound(socket: UnixDatagram, path: &Path, peer: &Path) -> io::Result<Self> {
         socket.set_nonblocking(true)?;
         Ok(SocketBackend {
             socket,
             path: path.to_path_buf(),
-            created,
+            created: None,
             peer: peer.to_path_buf(),
             connected: false,
         })
@@ -194,6 +208,46 @@ impl Drop for SocketBackend {
         if self.created.is_some() && socket_identity(&self.path) == self.created {
             let _ = std::fs::remove_file(&self.path);
         }
+    }
+}
+
+/// One end of a connected datagram socket pair whose other end belongs to someone who relays
+/// frames (the daemon's switch): a frame per datagram. The kernel's socket buffers are the
+/// queues both ways; a full buffer makes `send` fail with `WouldBlock` (the device holds the
+/// frame until the socket polls writable); `recv` never blocks. When the other end goes away,
+/// sends fail with `ECONNREFUSED` or `ENOTCONN`.
+#[derive(Debug)]
+pub struct PairBackend {
+    socket: UnixDatagram,
+    name: String,
+}
+
+impl PairBackend {
+    /// Wraps `socket` (set non-blocking here), known as `name` (a switch port's name).
+    pub fn new(socket: UnixDatagram, name: &str) -> io::Result<Self> {
+        socket.set_nonblocking(true)?;
+        Ok(PairBackend {
+            socket,
+            name: name.to_string(),
+        })
+    }
+}
+
+impl NetBackend for PairBackend {
+    fn send(&mut self, frame: &[u8]) -> io::Result<()> {
+        self.socket.send(frame).map(|_| ())
+    }
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        nonblocking(self.socket.recv(buf))
+    }
+    fn raw_fd(&self) -> RawFd {
+        self.socket.as_raw_fd()
+    }
+    fn describe(&self) -> String {
+        format!("switch port {}", self.name)
+    }
+    fn clear_error(&mut self) {
+        let _ = self.socket.take_error();
     }
 }
 

@@ -1,6 +1,7 @@
 //! Opening KVM, creating a VM, memory slots, the in-kernel irqchip and event channels.
 
 use std::io;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -34,11 +35,38 @@ pub struct Hypervisor {
 impl Hypervisor {
     /// Opens `/dev/kvm` and checks the API version and the capabilities Vessel relies on.
     pub fn open() -> Result<Self, HvError> {
-        let kvm = Kvm::new().map_err(|e| match e.errno() {
-            libc::ENOENT | libc::ENODEV | libc::ENXIO => HvError::NoKvm,
-            libc::EACCES | libc::EPERM => HvError::NoPermission,
-            n => HvError::Open(io::Error::from_raw_os_error(n)),
-        })?;
+        let (file, flavour) = Self::open_device()?;
+        Self::from_file(file, flavour)
+    }
+
+    /// Opens `/dev/kvm` (to hand to a domain process) and tells its flavour, which a confined
+    /// process cannot look up itself.
+    pub fn open_device() -> Result<(std::fs::File, KvmFlavour), HvError> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open("/dev/kvm")
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ENOENT | libc::ENODEV | libc::ENXIO) => HvError::NoKvm,
+                Some(libc::EACCES | libc::EPERM) => HvError::NoPermission,
+                _ => HvError::Open(e),
+            })?;
+        let flavour = if Path::new("/sys/module/kvm_pvm").exists() {
+            KvmFlavour::Pvm
+        } else {
+            KvmFlavour::Hardware
+        };
+        Ok((file, flavour))
+    }
+
+    /// KVM on an open `/dev/kvm` of the given flavour; checks the API version and the
+    /// capabilities Vessel relies on.
+    pub fn from_file(file: std::fs::File, flavour: KvmFlavour) -> Result<Self, HvError> {
+        use std::os::fd::{FromRawFd, IntoRawFd};
+        // SAFETY: `file` is an open descriptor of /dev/kvm that we own; ownership moves into
+        // `Kvm`, which closes it on drop.
+        let kvm = unsafe { Kvm::from_raw_fd(file.into_raw_fd()) };
         let version = kvm.get_api_version();
         if version != 12 {
             return Err(HvError::ApiVersion(version));
@@ -57,11 +85,6 @@ impl Hypervisor {
                 return Err(HvError::MissingCapability(name));
             }
         }
-        let flavour = if Path::new("/sys/module/kvm_pvm").exists() {
-            KvmFlavour::Pvm
-        } else {
-            KvmFlavour::Hardware
-        };
         Ok(Hypervisor { kvm, flavour })
     }
 

@@ -21,7 +21,7 @@ use crate::control::{Control, MachineEvent, PowerButton, StopReason};
 use crate::error::DomainError;
 use crate::kernel::{self, KernelKind};
 use crate::layout::{self, ACPI_START, POWER_BUTTON_GSI};
-use crate::net::PortProvider;
+use crate::resources::Resources;
 use crate::run_handle::RunHandle;
 use crate::stats::{MachineCounters, VcpuCounters};
 use crate::vcpu::VcpuRunner;
@@ -43,13 +43,7 @@ pub enum Outcome {
 /// limit, the host's RAM, the kernel, the disks and the initrd.
 pub fn validate(cfg: &DomainConfig, hv: &Hypervisor) -> Result<KernelKind, DomainError> {
     cfg.check()?;
-    let max = hv.max_vcpus();
-    if cfg.vcpus as usize > max {
-        return Err(DomainError::Config(format!(
-            "--vcpus {} is more than this host's KVM allows ({max})",
-            cfg.vcpus
-        )));
-    }
+    check_vcpus(cfg, hv)?;
     check_host_memory(cfg.memory)?;
     let (_, kind) = kernel::probe(&cfg.kernel)?;
     for disk in &cfg.disks {
@@ -69,6 +63,18 @@ pub fn validate(cfg: &DomainConfig, hv: &Hypervisor) -> Result<KernelKind, Domai
     Ok(kind)
 }
 
+/// Refuses more vCPUs than this host's KVM allows.
+pub(crate) fn check_vcpus(cfg: &DomainConfig, hv: &Hypervisor) -> Result<(), DomainError> {
+    let max = hv.max_vcpus();
+    if cfg.vcpus as usize > max {
+        return Err(DomainError::Config(format!(
+            "--vcpus {} is more than this host's KVM allows ({max})",
+            cfg.vcpus
+        )));
+    }
+    Ok(())
+}
+
 fn initrd_size(path: &std::path::Path) -> Result<u64, DomainError> {
     let file = open_initrd(path)?;
     file.metadata()
@@ -78,7 +84,7 @@ fn initrd_size(path: &std::path::Path) -> Result<u64, DomainError> {
 
 /// Opens an initrd: non-blocking and regular files only, so a FIFO or a device named as the
 /// initrd is refused at once instead of hanging the caller.
-fn open_initrd(path: &std::path::Path) -> Result<File, DomainError> {
+pub(crate) fn open_initrd(path: &std::path::Path) -> Result<File, DomainError> {
     host_file::open(path, Access::ReadOnly, Accept::Regular).map_err(initrd_read_error(path))
 }
 
@@ -138,8 +144,8 @@ impl Machine {
     pub(crate) fn build(
         hv: &Hypervisor,
         cfg: &DomainConfig,
+        res: &Resources,
         sink: &ConsoleSink,
-        ports: Option<&PortProvider>,
     ) -> Result<Machine, DomainError> {
         let mut vm = hv.create_vm()?;
         let memory = Arc::new(
@@ -148,7 +154,7 @@ impl Machine {
         );
         vm.map_memory(&memory)?;
 
-        let kernel = kernel::load(&cfg.kernel, &memory)?;
+        let kernel = kernel::load_file(&cfg.kernel, &res.kernel, &memory)?;
         if kernel.is_linux() && hv.flavour() == KvmFlavour::Pvm {
             return Err(DomainError::UnsupportedHost(
                 "this host's /dev/kvm is kvm_pvm, a nested shadow-paging KVM that emulates guest \
@@ -157,12 +163,14 @@ impl Machine {
                     .into(),
             ));
         }
-        let initrd = match &cfg.initrd {
-            None => None,
-            Some(path) => Some(load_initrd(path, &kernel, cfg.memory, &memory)?),
+        let initrd = match (&cfg.initrd, &res.initrd) {
+            (Some(path), Some(file)) => {
+                Some(load_initrd(path, file, &kernel, cfg.memory, &memory)?)
+            }
+            _ => None,
         };
-        let mut devices = virtio::build_devices(&cfg.disks)?;
-        devices.extend(crate::net::build_nets(&cfg.nets, devices.len(), ports)?);
+        let mut devices = virtio::build_devices(&cfg.disks, res)?;
+        devices.extend(crate::net::build_nets(&cfg.nets, devices.len(), res)?);
         let slots: Vec<_> = (0..devices.len()).map(virtio::slot).collect();
         let tables = acpi::build(ACPI_START, cfg.vcpus, &slots);
         memory.write(tables.base, &tables.bytes)?;
@@ -329,12 +337,12 @@ fn boot_msrs() -> Vec<(u32, u64)> {
 
 fn load_initrd(
     path: &std::path::Path,
+    file: &File,
     kernel: &kernel::LoadedKernel,
     memory_size: u64,
     memory: &GuestMemory,
 ) -> Result<Initrd, DomainError> {
     let err = initrd_read_error(path);
-    let file = open_initrd(path)?;
     let size = file.metadata().map_err(&err)?.len();
     let addr = kernel::place_initrd(kernel, layout::low_ram_end(memory_size), size).ok_or_else(|| {
         DomainError::Initrd(format!(
@@ -345,7 +353,7 @@ fn load_initrd(
         ))
     })?;
     memory
-        .load_from_file(addr, &file, 0, size)
+        .load_from_file(addr, file, 0, size)
         .map_err(|e| match e {
             hv::LoadError::Io(e) => err(e),
             hv::LoadError::Range(r) => DomainError::Initrd(r.to_string()),
@@ -373,8 +381,21 @@ pub fn run_with(
 ) -> Result<Outcome, DomainError> {
     let hv = Hypervisor::open()?;
     validate(cfg, &hv)?;
+    let res = Resources::open(cfg, None)?;
+    run_resources(cfg, &hv, &res, sink, input, handle)
+}
+
+/// Runs a domain on resources already opened (`hv` on their `/dev/kvm`).
+pub fn run_resources(
+    cfg: &DomainConfig,
+    hv: &Hypervisor,
+    res: &Resources,
+    sink: ConsoleSink,
+    input: &ConsoleInput,
+    handle: &RunHandle,
+) -> Result<Outcome, DomainError> {
     loop {
-        let machine = Machine::build(&hv, cfg, &sink, None)?;
+        let machine = Machine::build(hv, cfg, res, &sink)?;
         if !handle.attach(&machine.view()) {
             return Ok(Outcome::Destroyed);
         }

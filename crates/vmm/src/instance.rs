@@ -16,9 +16,9 @@ use hv::Hypervisor;
 use crate::config::{DomainConfig, OnReboot};
 use crate::console::{ConsoleInput, ConsoleSink};
 use crate::control::StopReason;
-use crate::domain::{validate, Machine, MachineView};
+use crate::domain::{check_vcpus, Machine, MachineView};
 use crate::error::DomainError;
-use crate::net::PortProvider;
+use crate::resources::Resources;
 
 /// Where a domain is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,20 +100,24 @@ pub struct Instance {
 const TRANSITION_TIMEOUT: Duration = Duration::from_secs(15);
 
 impl Instance {
-    /// Validates `cfg`, builds its first machine and starts it. Errors in the configuration or
-    /// in building the machine are returned here; later failures show in [`Instance::status`].
-    /// Console output goes to `sink`; switch ports come from `ports`; `on_stop` hears the final
-    /// state once the domain stops for good.
+    /// Builds the first machine of `cfg` on the host resources `res` (opened and checked by
+    /// whoever opened them) and starts it. Errors in building the machine are returned here;
+    /// later failures show in [`Instance::status`]. Console output goes to `sink`; `on_stop`
+    /// hears the final state once the domain stops for good.
     pub fn start(
         cfg: DomainConfig,
+        res: Resources,
         sink: ConsoleSink,
-        ports: Option<PortProvider>,
         on_stop: Box<dyn FnOnce(&Status) + Send>,
     ) -> Result<Instance, DomainError> {
-        let hv = Hypervisor::open()?;
-        validate(&cfg, &hv)?;
+        let kvm = res
+            .kvm
+            .try_clone()
+            .map_err(DomainError::host("duplicating /dev/kvm"))?;
+        let hv = Hypervisor::from_file(kvm, res.flavour)?;
+        check_vcpus(&cfg, &hv)?;
         hv::install_kick_handler()?;
-        let first = Machine::build(&hv, &cfg, &sink, ports.as_ref())?;
+        let first = Machine::build(&hv, &cfg, &res, &sink)?;
         let shared = Arc::new(Shared {
             inner: Mutex::new(Inner {
                 status: Status {
@@ -135,7 +139,7 @@ impl Instance {
             .spawn(move || {
                 let s2 = s.clone();
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
-                    supervise(&s2, hv, cfg, sink, ports, first)
+                    supervise(&s2, hv, cfg, res, sink, first)
                 }));
                 let (state, message) = match result {
                     Ok(end) => end,
@@ -298,15 +302,15 @@ fn supervise(
     shared: &Arc<Shared>,
     hv: Hypervisor,
     cfg: DomainConfig,
+    res: Resources,
     sink: ConsoleSink,
-    ports: Option<PortProvider>,
     first: Machine,
 ) -> (RunState, String) {
     let mut next = Some(first);
     loop {
         let machine = match next.take() {
             Some(m) => m,
-            None => match Machine::build(&hv, &cfg, &sink, ports.as_ref()) {
+            None => match Machine::build(&hv, &cfg, &res, &sink) {
                 Ok(m) => m,
                 Err(e) => return (RunState::Crashed, format!("rebuilding after a reboot: {e}")),
             },

@@ -110,13 +110,23 @@ pub fn probe(path: &Path) -> Result<(File, KernelKind), KernelError> {
     // Non-blocking and regular files only: a FIFO or a device named as the kernel is refused
     // at once instead of hanging the caller (a daemon's API thread, say) in open or read.
     let file = host_file::open(path, Access::ReadOnly, Accept::Regular).map_err(read_err)?;
+    let kind = kind_of(path, &file)?;
+    Ok((file, kind))
+}
+
+/// Which kind of kernel `file` (opened from `path`) holds.
+fn kind_of(path: &Path, file: &File) -> Result<KernelKind, KernelError> {
+    let shown = path.display().to_string();
     let mut head = [0u8; 0x210];
-    let n = read_up_to(&file, &mut head, 0).map_err(read_err)?;
+    let n = read_up_to(file, &mut head, 0).map_err(|source| KernelError::Read {
+        path: shown.clone(),
+        source,
+    })?;
     if n >= 4 && head[..4] == *b"\x7fELF" {
-        return Ok((file, KernelKind::Elf));
+        return Ok(KernelKind::Elf);
     }
     if n >= 0x206 && head[0x202..0x206] == *b"HdrS" && head[0x1fe..0x200] == [0x55, 0xaa] {
-        return Ok((file, KernelKind::BzImage));
+        return Ok(KernelKind::BzImage);
     }
     Err(KernelError::NotAKernel(shown))
 }
@@ -144,10 +154,15 @@ fn le64(b: &[u8], at: usize) -> u64 {
 
 /// Loads the kernel at `path` into `mem`.
 pub fn load(path: &Path, mem: &GuestMemory) -> Result<LoadedKernel, KernelError> {
-    let (file, kind) = probe(path)?;
-    match kind {
-        KernelKind::BzImage => load_bzimage(path, &file, mem),
-        KernelKind::Elf => load_elf(path, &file, mem),
+    let (file, _) = probe(path)?;
+    load_file(path, &file, mem)
+}
+
+/// Loads the kernel in `file` (opened from `path`, which names it in messages) into `mem`.
+pub fn load_file(path: &Path, file: &File, mem: &GuestMemory) -> Result<LoadedKernel, KernelError> {
+    match kind_of(path, file)? {
+        KernelKind::BzImage => load_bzimage(path, file, mem),
+        KernelKind::Elf => load_elf(path, file, mem),
     }
 }
 

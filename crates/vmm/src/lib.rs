@@ -18,6 +18,7 @@ pub mod instance;
 pub mod kernel;
 pub mod layout;
 pub mod net;
+pub mod resources;
 pub mod run_handle;
 pub mod stats;
 pub mod vcpu;
@@ -29,7 +30,7 @@ pub use console::{ConsoleInput, ConsoleLog, ConsoleSink};
 pub use control::PowerButton;
 /// Disk image formats (raw, qcow2), for `vessel image`.
 pub use devices::image;
-pub use domain::{run, run_with, validate, Outcome};
+pub use domain::{run, run_resources, run_with, validate, Outcome};
 pub use error::DomainError;
 pub use instance::{Instance, RunState, Status};
 pub use run_handle::RunHandle;

@@ -15,6 +15,7 @@ use hv::{ControlOperation, Epoll, EpollEvent, EventFd, EventSet, GuestMemory};
 
 use crate::config::DiskConfig;
 use crate::error::DomainError;
+use crate::resources::Resources;
 
 /// First virtio-mmio window: in the 32-bit MMIO hole, below the IOAPIC.
 pub const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
@@ -117,6 +118,14 @@ pub struct DeviceView {
 /// qcow2 image's backing chain read-only, in the formats it records), and locks it. A disk
 /// without a recorded format is refused: the format is never guessed at boot.
 pub fn open_disk(disk: &DiskConfig) -> Result<Box<dyn DiskBackend>, DomainError> {
+    open_disk_with(&devices::image::HostFiles, disk)
+}
+
+/// [`open_disk`], with the disk's files coming from `files`.
+pub fn open_disk_with(
+    files: &dyn devices::image::Opener,
+    disk: &DiskConfig,
+) -> Result<Box<dyn DiskBackend>, DomainError> {
     let format = disk.format.ok_or_else(|| {
         DomainError::Config(format!(
             "--disk {}: no format recorded for {} (a definition made by an older Vessel?): \
@@ -125,21 +134,28 @@ pub fn open_disk(disk: &DiskConfig) -> Result<Box<dyn DiskBackend>, DomainError>
             disk.path.display()
         ))
     })?;
-    devices::image::open(&disk.path, format, disk.readonly)
+    devices::image::open_with(files, &disk.path, format, disk.readonly)
         .map_err(|e| DomainError::Config(format!("--disk {}: {e}", disk.id)))
 }
 
-/// The devices a domain's configuration asks for, in slot order: disks first, then entropy.
-pub fn build_devices(disks: &[DiskConfig]) -> Result<Vec<Box<dyn VirtioDevice>>, DomainError> {
+/// The devices a domain's configuration asks for, in slot order: disks first, then entropy,
+/// on the host resources in `res`.
+pub fn build_devices(
+    disks: &[DiskConfig],
+    res: &Resources,
+) -> Result<Vec<Box<dyn VirtioDevice>>, DomainError> {
     let mut out: Vec<Box<dyn VirtioDevice>> = Vec::new();
-    for disk in disks {
-        let mut block = Block::with_backend(open_disk(disk)?, disk.readonly, &disk.id);
+    for (index, disk) in disks.iter().enumerate() {
+        let backend = open_disk_with(&res.disk_files(index)?, disk)?;
+        let mut block = Block::with_backend(backend, disk.readonly, &disk.id);
         block.set_rate_limit(disk.bytes_per_sec, disk.ops_per_sec);
         out.push(Box::new(block));
     }
-    out.push(Box::new(
-        Rng::new().map_err(DomainError::host("opening /dev/urandom"))?,
-    ));
+    let entropy = res
+        .entropy
+        .try_clone()
+        .map_err(DomainError::host("duplicating the entropy source"))?;
+    out.push(Box::new(Rng::new(entropy)));
     if out.len() > VIRTIO_MAX_DEVICES {
         return Err(DomainError::Config(format!(
             "too many devices: a domain has room for {VIRTIO_MAX_DEVICES} virtio devices"

@@ -379,7 +379,11 @@ mod tests {
         let driver = Arc::new(Mutex::new(MockDriver::new(8, 1 << 16)));
         let irq = Arc::new(Counter::default());
         let mem = Memory(Arc::new(DriverMemory(driver.clone())));
-        let mut t = MmioTransport::new(Box::new(Rng::new().unwrap()), mem, irq.clone());
+        let mut t = MmioTransport::new(
+            Box::new(Rng::new(std::fs::File::open("/dev/urandom").unwrap())),
+            mem,
+            irq.clone(),
+        );
         assert_eq!(r(&mut t, 0), MAGIC);
         assert_eq!(r(&mut t, 8), 4);
         w(&mut t, 0x70, status::ACKNOWLEDGE | status::DRIVER);

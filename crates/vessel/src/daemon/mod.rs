@@ -140,12 +140,16 @@ impl Daemon {
             );
         });
         let ports = net::port_provider(&self.switch, name);
-        Instance::start(cfg, console.sink(), Some(ports), on_stop).map_err(|e| {
+        let fail = |e: vmm::DomainError| {
             Response::error(
                 api::start_error_status(&e),
                 &format!("domain '{name}' cannot start: {e}"),
             )
-        })
+        };
+        let hv = hv::Hypervisor::open().map_err(|e| fail(e.into()))?;
+        vmm::validate(&cfg, &hv).map_err(fail)?;
+        let res = vmm::resources::Resources::open(&cfg, Some(&ports)).map_err(fail)?;
+        Instance::start(cfg, res, console.sink(), on_stop).map_err(fail)
     }
 
     /// Releases the claim on domain `name`'s start, keeping the instance if it started.

@@ -5,13 +5,11 @@
 //! as long as the machine that opened it: a rebooted guest's new machine opens it again, and a
 //! destroyed domain's port goes away with its machine.
 
-use std::io;
-use std::os::fd::RawFd;
 use std::sync::Arc;
 
-use devices::net_backend::NetBackend;
 use serde_json::json;
-use vswitch::{Policy, PortId, Rule, RuleError, RuleId, SwitchHandle, SwitchPortBackend};
+use vmm::resources::PortLease;
+use vswitch::{Policy, PortId, Rule, RuleError, RuleId, SwitchHandle};
 
 use super::api::Params;
 use super::Daemon;
@@ -20,38 +18,20 @@ use crate::http::{Request, Response};
 /// The name of the daemon's one switch.
 pub const SWITCH_NAME: &str = "vsw0";
 
-/// A switch port that leaves the switch when the VIF drops it.
-struct OwnedPort {
-    backend: SwitchPortBackend,
+/// Keeps a switch port on its switch while held: dropped, it removes the port.
+struct PortGuard {
     id: PortId,
     switch: Arc<SwitchHandle>,
 }
 
-impl NetBackend for OwnedPort {
-    fn send(&mut self, frame: &[u8]) -> io::Result<()> {
-        self.backend.send(frame)
-    }
-    fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
-        self.backend.recv(buf)
-    }
-    fn raw_fd(&self) -> RawFd {
-        self.backend.raw_fd()
-    }
-    fn describe(&self) -> String {
-        self.backend.describe()
-    }
-    fn clear_error(&mut self) {
-        self.backend.clear_error()
-    }
-}
-
-impl Drop for OwnedPort {
+impl Drop for PortGuard {
     fn drop(&mut self) {
         let _ = self.switch.remove_port(self.id);
     }
 }
 
-/// Opens switch ports for the VIFs of domain `domain`.
+/// Opens switch ports for the VIFs of domain `domain`: each a lease on the domain's end of
+/// the port's socket pair, the port leaving the switch when the lease goes.
 pub fn port_provider(switch: &Arc<SwitchHandle>, domain: &str) -> vmm::net::PortProvider {
     let switch = switch.clone();
     let domain = domain.to_string();
@@ -65,17 +45,20 @@ pub fn port_provider(switch: &Arc<SwitchHandle>, domain: &str) -> vmm::net::Port
         let (id, backend) = switch
             .add_port(&port, &domain)
             .map_err(|e| format!("cannot add port {port}: {e}"))?;
-        if let Some(rate) = net.rate {
-            if let Err(e) = switch.set_port_rate(id, Some(rate)) {
-                let _ = switch.remove_port(id);
-                return Err(format!("cannot give port {port} its rate: {e}"));
-            }
-        }
-        Ok(Box::new(OwnedPort {
-            backend,
+        let guard = PortGuard {
             id,
             switch: switch.clone(),
-        }) as Box<dyn NetBackend>)
+        };
+        if let Some(rate) = net.rate {
+            switch
+                .set_port_rate(id, Some(rate))
+                .map_err(|e| format!("cannot give port {port} its rate: {e}"))?;
+        }
+        Ok(PortLease {
+            socket: backend.into_socket(),
+            name: port,
+            release: Some(Box::new(guard)),
+        })
     })
 }
 
