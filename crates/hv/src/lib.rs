@@ -15,6 +15,7 @@ pub mod process;
 pub mod sandbox;
 mod signals;
 pub mod tap;
+pub mod thread;
 mod tty;
 mod vcpu;
 

@@ -123,8 +123,7 @@ pub struct MachineView {
 impl MachineView {
     /// Bytes of guest RAM resident on the host.
     pub fn resident_bytes(&self) -> u64 {
-        let starts: Vec<usize> = self.memory.regions().map(|(_, _, p)| p as usize).collect();
-        crate::stats::resident_bytes(&starts)
+        self.memory.resident_bytes()
     }
 }
 

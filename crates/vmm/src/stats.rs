@@ -1,5 +1,6 @@
-//! Per-domain accounting: exits by reason and CPU time per vCPU, guest memory resident on the
-//! host. Counters are atomics the vCPU threads bump; readers take a snapshot at any time.
+//! Per-domain accounting: exits by reason and CPU time per vCPU. Counters are atomics the vCPU
+//! threads bump; readers take a snapshot at any time. CPU time comes from each thread's CPU
+//! clock, not from `/proc` (a confined domain process has none).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -67,9 +68,8 @@ impl VcpuCounters {
 
     /// Records the calling thread as this vCPU's thread.
     pub fn set_current_thread(&self) {
-        if let Some(tid) = current_tid() {
-            self.tid.store(tid, Ordering::Relaxed);
-        }
+        self.tid
+            .store(u64::from(hv::thread::current_tid()), Ordering::Relaxed);
     }
 
     /// Called by the vCPU thread as it ends: keeps its CPU time.
@@ -117,46 +117,9 @@ impl VcpuSnapshot {
 /// The counters of every vCPU of one machine.
 pub type MachineCounters = Arc<Vec<VcpuCounters>>;
 
-/// The calling thread's kernel id, from `/proc/thread-self` (a link to `PID/task/TID`).
-fn current_tid() -> Option<u64> {
-    let link = std::fs::read_link("/proc/thread-self").ok()?;
-    link.file_name()?.to_str()?.parse().ok()
-}
-
-/// CPU time of thread `tid` of this process in nanoseconds (the first field of its schedstat),
-/// or 0 if the thread is gone.
+/// CPU time of thread `tid` of this process in nanoseconds, or 0 if the thread is gone.
 fn thread_cpu_ns(tid: u64) -> u64 {
-    std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat"))
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
-/// Bytes of the host mappings starting at `starts` that are resident, from `/proc/self/smaps`.
-pub fn resident_bytes(starts: &[usize]) -> u64 {
-    let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else {
-        return 0;
-    };
-    let mut total = 0;
-    let mut in_mapping = false;
-    for line in smaps.lines() {
-        // A mapping's header: "start-end perms offset dev inode [path]".
-        if let Some((range, _)) = line.split_once(' ') {
-            if let Some((start, _)) = range.split_once('-') {
-                if let Ok(start) = usize::from_str_radix(start, 16) {
-                    in_mapping = starts.contains(&start);
-                    continue;
-                }
-            }
-        }
-        if in_mapping {
-            if let Some(kb) = line.strip_prefix("Rss:") {
-                let kb: u64 = kb.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
-                total += kb * 1024;
-            }
-        }
-    }
-    total
+    hv::thread::thread_cpu_ns(tid as u32).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -182,16 +145,5 @@ mod tests {
         assert!(s.exits.contains(&("io_out", 2)));
         c.finish();
         assert!(c.snapshot().cpu_ns >= s.cpu_ns, "kept once the thread ends");
-    }
-
-    #[test]
-    fn resident_memory_of_a_mapping_is_read_from_smaps() {
-        let mem = hv::GuestMemory::new(&[(0, 8 << 20)]).unwrap();
-        let start = mem.regions().next().unwrap().2 as usize;
-        let before = resident_bytes(&[start]);
-        mem.write(0, &vec![1u8; 4 << 20]).unwrap();
-        let after = resident_bytes(&[start]);
-        assert!(after >= before + (4 << 20), "{before} -> {after}");
-        assert_eq!(resident_bytes(&[1]), 0);
     }
 }
