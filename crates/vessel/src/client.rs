@@ -12,7 +12,9 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use serde_json::Value;
 
-use crate::def::DomainDef;
+use vmm::DomainSpec;
+
+use crate::def::{spec_from_json, DomainDef};
 use crate::http;
 
 /// The console's detach key: Ctrl-] (as virsh).
@@ -47,41 +49,21 @@ pub fn call(socket: &Path, method: &str, path: &str, body: Option<&[u8]>) -> any
 
 /// `vessel create`: a definition file, or the flags of `vessel run` plus `--name`.
 #[derive(Args)]
+#[command(
+    override_usage = "vessel create [OPTIONS] --name <NAME> --kernel <PATH>\n       \
+                            vessel create [--no-start] FILE"
+)]
 pub struct CreateArgs {
     /// A JSON domain definition (docs/api.md); or give the flags below instead. Relative
     /// paths, in the file or in the flags, are taken from the current directory.
-    #[arg(value_name = "FILE", conflicts_with_all = ["name", "kernel"])]
+    #[arg(value_name = "FILE", conflicts_with_all = ["name", "DomainSpec"])]
     file: Option<PathBuf>,
     /// The domain's name.
     #[arg(long, required_unless_present = "file")]
     name: Option<String>,
-    /// Guest kernel: a bzImage or an ELF vmlinux with a PVH note.
-    #[arg(long, value_name = "PATH", required_unless_present = "file")]
-    kernel: Option<PathBuf>,
-    /// Initial ramdisk.
-    #[arg(long, value_name = "PATH")]
-    initrd: Option<PathBuf>,
-    /// Kernel command line.
-    #[arg(long, default_value = "console=ttyS0")]
-    cmdline: String,
-    /// Number of virtual CPUs.
-    #[arg(long, default_value_t = 1)]
-    vcpus: u32,
-    /// Guest memory, with a K, M or G suffix (no suffix: MiB).
-    #[arg(long, default_value = "256M")]
-    memory: String,
-    /// A virtual block device, as for `vessel run`; repeat for more.
-    #[arg(long = "disk", value_name = "SPEC")]
-    disks: Vec<String>,
-    /// A virtual network interface, as for `vessel run`, or switch=vsw0[,mac=MAC][,bps=RATE]
-    /// for a port of the daemon's virtual switch (bps: the most bytes per second the switch
-    /// sends it, with an optional K, M or G suffix); repeat for more.
-    #[arg(long = "net", value_name = "SPEC")]
-    nets: Vec<String>,
-    /// What a guest reboot does: restart or exit.
-    #[arg(long, default_value = "restart")]
-    on_reboot: String,
-    /// Only define the domain; do not start it.
+    #[command(flatten)]
+    spec: Option<DomainSpec>,
+    /// Only define the domain; do not start it now.
     #[arg(long)]
     no_start: bool,
 }
@@ -138,33 +120,30 @@ pub enum DomainVerb {
 }
 
 pub fn create(socket: &Path, args: CreateArgs) -> anyhow::Result<ExitCode> {
-    let def = match &args.file {
-        Some(file) => {
+    let (spec, from) = match (args.file, args.spec) {
+        (Some(file), _) => {
             let bytes =
-                std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-            // Checked here too, so a bad file is reported before anything is sent.
-            DomainDef::from_json(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let from = format!("{}: ", file.display());
+            let spec = spec_from_json(&bytes).map_err(|e| anyhow::anyhow!("{from}{e}"))?;
+            (spec, from)
         }
-        None => {
-            let def = DomainDef {
-                name: args.name.clone().unwrap_or_default(),
-                kernel: args.kernel.clone().unwrap_or_default(),
-                initrd: args.initrd,
-                cmdline: args.cmdline,
-                vcpus: args.vcpus,
-                memory: args.memory,
-                disk: args.disks,
-                net: args.nets,
-                on_reboot: args.on_reboot,
-            };
-            def.to_config().map_err(anyhow::Error::msg)?;
-            def
-        }
+        (None, Some(spec)) => (
+            DomainSpec {
+                name: args.name,
+                ..spec
+            },
+            String::new(),
+        ),
+        // Unreachable through clap: without FILE, --kernel is required.
+        (None, None) => bail!("give a definition FILE, or --name and --kernel"),
     };
     // Relative paths mean what they mean here, not in the daemon's working directory.
-    let def = def
+    let spec = spec
         .with_absolute_paths()
         .context("cannot make the definition's paths absolute")?;
+    // Checked here too, so a bad definition is reported before anything is sent.
+    let def = DomainDef::new(spec).map_err(|e| anyhow::anyhow!("{from}{e}"))?;
     let body = serde_json::to_vec(&def)?;
     let path = if args.no_start {
         "/v1/domains?start=false"

@@ -16,6 +16,7 @@ mod run;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
 
 /// Vessel: a virtual machine monitor on Linux KVM.
@@ -64,7 +65,25 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             // Usage errors exit 1 (2 means "the guest rebooted"); --help and --version exit 0.
-            let _ = e.print();
+            // A value that does not parse (a size, a --disk or --net string) is bad input like
+            // a value out of range: one line, as every other error.
+            match e.kind() {
+                ErrorKind::ValueValidation | ErrorKind::InvalidValue => {
+                    // Clap's message up to its tips, on one line (with the possible values of
+                    // an enum, if it lists them).
+                    let text = e.to_string();
+                    let message: Vec<&str> = text
+                        .lines()
+                        .take_while(|l| !l.trim().is_empty())
+                        .map(str::trim)
+                        .collect();
+                    let message = message.join(" ");
+                    eprintln!("vessel: error: {}", message.trim_start_matches("error: "));
+                }
+                _ => {
+                    let _ = e.print();
+                }
+            }
             return ExitCode::from(u8::from(e.use_stderr()));
         }
     };

@@ -1,14 +1,13 @@
 //! `vessel run`: one domain in the foreground.
 
 use std::io::{self, Read};
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, ValueEnum};
-use vmm::{ConsoleInput, DomainConfig, OnReboot, Outcome, RunHandle};
+use clap::Args;
+use vmm::{ConsoleInput, DomainSpec, Outcome, RunHandle};
 
 /// The console escape: Ctrl-A followed by `x` stops the domain.
 const ESCAPE: u8 = 0x01;
@@ -16,82 +15,24 @@ const ESCAPE: u8 = 0x01;
 /// The raw-mode terminal, if standard input is one; taken (restored) on the way out.
 type SharedTerminal = Arc<Mutex<Option<hv::RawTerminal>>>;
 
-#[derive(Clone, Copy, ValueEnum)]
-enum RebootPolicy {
-    /// Boot the guest again.
-    Restart,
-    /// Stop with exit status 2.
-    Exit,
-}
-
+/// `vessel run`: a domain's specification (the same flags as `vessel create`) and how long a
+/// shutdown may take.
 #[derive(Args)]
 pub struct RunArgs {
-    /// Guest kernel: a bzImage or an ELF vmlinux with a PVH note.
-    #[arg(long, value_name = "PATH")]
-    kernel: PathBuf,
-    /// Initial ramdisk.
-    #[arg(long, value_name = "PATH")]
-    initrd: Option<PathBuf>,
-    /// Kernel command line.
-    #[arg(long, default_value = "console=ttyS0")]
-    cmdline: String,
-    /// Number of virtual CPUs.
-    #[arg(long, default_value_t = 1)]
-    vcpus: u32,
-    /// Guest memory, with a K, M or G suffix (no suffix: MiB).
-    #[arg(long, default_value = "256M", value_parser = parse_memory)]
-    memory: u64,
-    /// A virtual block device: path=FILE[,format=raw|qcow2][,readonly=on][,id=NAME][,bps=RATE]
-    /// [,iops=N]; repeat for more (vda, vdb...). Without format=, the file's format is found
-    /// once, now, and kept across reboots.
-    #[arg(long = "disk", value_name = "SPEC")]
-    disks: Vec<String>,
-    /// A virtual network interface (eth0, eth1... in order; repeat for more): tap=NAME[,mac=MAC]
-    /// for a host TAP interface (created if missing), or socket=PATH,peer=PATH[,mac=MAC] for a
-    /// point-to-point link to another domain whose VIF is socket=PEER,peer=PATH. Without mac=,
-    /// a stable locally administered address derived from tap=NAME or socket=PATH.
-    #[arg(long = "net", value_name = "SPEC")]
-    nets: Vec<String>,
-    /// What a guest reboot does.
-    #[arg(long, value_enum, default_value = "restart")]
-    on_reboot: RebootPolicy,
+    #[command(flatten)]
+    spec: DomainSpec,
     /// Seconds the guest has to power off once SIGTERM or SIGINT has pressed its ACPI power
     /// button; then the domain is stopped at once (exit status 1). 0: no limit.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     shutdown_timeout: u64,
 }
 
-fn parse_memory(s: &str) -> Result<u64, String> {
-    vmm::parse_size(s).map_err(|e| e.to_string())
-}
-
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let mut disks = args
-        .disks
-        .iter()
-        .enumerate()
-        .map(|(i, d)| vmm::parse_disk(d, i))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut spec = args.spec;
+    // What needs neither files nor KVM first: a bad value is named before any file is read.
+    spec.validate()?;
     // Once, before the first boot: a reboot reopens each disk in the format found now.
-    vmm::pin_disk_formats(&mut disks)?;
-    let nets = args
-        .nets
-        .iter()
-        .map(|n| vmm::parse_net(n))
-        .collect::<Result<Vec<_>, _>>()?;
-    let cfg = DomainConfig {
-        disks,
-        nets,
-        kernel: args.kernel,
-        initrd: args.initrd,
-        cmdline: args.cmdline,
-        vcpus: args.vcpus,
-        memory: args.memory,
-        on_reboot: match args.on_reboot {
-            RebootPolicy::Restart => OnReboot::Restart,
-            RebootPolicy::Exit => OnReboot::Exit,
-        },
-    };
+    vmm::pin_disk_formats(&mut spec)?;
     // Before any thread starts, so that every thread inherits the blocked mask.
     let signals = hv::TerminationSignals::block().context("cannot block SIGTERM and SIGINT")?;
     let raw = hv::RawTerminal::enable().context("cannot set the terminal to raw mode")?;
@@ -101,7 +42,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let handle = RunHandle::default();
     let grace = (args.shutdown_timeout > 0).then(|| Duration::from_secs(args.shutdown_timeout));
     let why_destroyed = spawn_shutdown_on_signal(signals, handle.clone(), grace);
-    let outcome = vmm::run_with(&cfg, Arc::new(Mutex::new(io::stdout())), &input, &handle);
+    let outcome = vmm::run_with(&spec, Arc::new(Mutex::new(io::stdout())), &input, &handle);
     drop(terminal.lock().unwrap_or_else(|e| e.into_inner()).take());
     match outcome? {
         Outcome::PoweredOff => Ok(ExitCode::SUCCESS),

@@ -1237,8 +1237,8 @@ fn definitions_are_private_and_a_corrupt_one_is_never_written_over() {
 }
 
 /// Issue 10: values a domain could never start with are refused with 400 when the definition
-/// is stored (`?start=false`), not at its first start, with the same checks as `vessel run`;
-/// nothing is stored.
+/// is stored (`?start=false`), not at its first start, with the same checks as `vessel run`
+/// (`DomainSpec::validate`, and the host's RAM); nothing is stored.
 #[test]
 fn invalid_values_are_refused_when_the_definition_is_stored() {
     require_kvm();
@@ -1252,16 +1252,18 @@ fn invalid_values_are_refused_when_the_definition_is_stored() {
     };
     let disks =
         |n: usize| Value::from((0..n).map(|i| format!("path=/img/{i}")).collect::<Vec<_>>());
+    // One of each kind (every value's own check is a unit test of `vmm::DomainSpec`): a value
+    // the JSON cannot hold, values wrong whatever the host, and one wrong on this host.
     let cases: Vec<(&str, String, &str)> = vec![
         (
             "16 EiB of memory",
             with("memory", json!("17179869184G")),
-            "invalid size",
+            "memory: invalid size",
         ),
         (
             "16 EiB less 1 GiB",
             with("memory", json!("17179869183G")),
-            "more than this host's",
+            "more than a domain can have",
         ),
         (
             "more memory than the host",
@@ -1269,36 +1271,16 @@ fn invalid_values_are_refused_when_the_definition_is_stored() {
             "more than this host's",
         ),
         (
-            "too little memory",
-            with("memory", json!("8M")),
-            "too small",
-        ),
-        (
-            "2^32 vCPUs",
-            with("vcpus", json!(4294967296u64)),
-            "invalid value",
-        ),
-        (
-            "2^32 - 1 vCPUs",
-            with("vcpus", json!(4294967295u64)),
-            "more than a domain can have",
-        ),
-        (
             "5000 vCPUs",
             with("vcpus", json!(5000)),
             "more than a domain can have (255)",
         ),
-        (
-            "a 1 MB command line",
-            with("cmdline", json!("x".repeat(1_000_000))),
-            "--cmdline is 1000000 bytes",
-        ),
-        (
-            "10,000 disks",
-            with("disk", disks(10_000)),
-            "too many devices",
-        ),
         ("19 disks", with("disk", disks(19)), "room for 19"),
+        (
+            "one disk twice",
+            with("disk", json!(["path=/img/a", "path=/img/a"])),
+            "only read-only disks may share one",
+        ),
     ];
     for (what, body, says) in cases {
         let (status, v) = d.call("POST", "/v1/domains?start=false", Some(&body));
@@ -1380,16 +1362,13 @@ fn the_cli_resolves_relative_paths_in_its_own_working_directory() {
     let def = &d.ok("GET", "/v1/domains/rel", None)["definition"];
     assert_eq!(def["kernel"], json!(client.join("mini.elf")));
     assert_eq!(def["initrd"], json!(client.join("initrd.img")));
-    // Every other key as given, in its place (a daemon may record more after them, such as
-    // the disk's format).
-    let disk = def["disk"][0].as_str().unwrap();
-    let want = format!(
-        "id=vda,path={},readonly=on",
-        client.join("disk.img").display()
-    );
-    assert!(
-        disk == want || disk.starts_with(&format!("{want},")),
-        "{disk} (want {want})"
+    // Every other key as given, written canonically, with the format the daemon found.
+    assert_eq!(
+        def["disk"],
+        json!([format!(
+            "path={},format=raw,readonly=on,id=vda",
+            client.join("disk.img").display()
+        )])
     );
     assert_eq!(d.state("rel"), "running");
     // A JSON file (itself named relatively) with relative paths.
@@ -1409,11 +1388,12 @@ fn the_cli_resolves_relative_paths_in_its_own_working_directory() {
     assert_eq!(code, Some(0), "{out}\nlog:\n{}", d.log());
     let def = &d.ok("GET", "/v1/domains/relfile", None)["definition"];
     assert_eq!(def["kernel"], json!(client.join("mini.elf")));
-    let disk = def["disk"][0].as_str().unwrap();
-    let want = format!("path={},readonly=on", client.join("disk.img").display());
-    assert!(
-        disk == want || disk.starts_with(&format!("{want},")),
-        "{disk} (want {want})"
+    assert_eq!(
+        def["disk"],
+        json!([format!(
+            "path={},format=raw,readonly=on",
+            client.join("disk.img").display()
+        )])
     );
     assert_eq!(d.state("relfile"), "running");
 }

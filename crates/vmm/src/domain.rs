@@ -1,5 +1,7 @@
-//! A domain: validate its configuration, build a machine (memory, kernel, devices, vCPUs), run
-//! it until it stops, and boot it again when the guest reboots and the policy says so.
+//! A domain: check its specification against this host, build a machine (memory, kernel,
+//! devices, vCPUs), run it until it stops, and boot it again when the guest reboots and the
+//! policy says so. The host's side of a specification is here too: its RAM, and finding the
+//! format of disks named without one.
 
 use std::fs::File;
 use std::sync::{Arc, Mutex};
@@ -15,7 +17,6 @@ use devices::InterruptLine;
 use hv::{EventFd, GuestMemory, Hypervisor, KvmFlavour};
 
 use crate::boot::{self, Initrd};
-use crate::config::{check_host_memory, DomainConfig, OnReboot};
 use crate::console::{ConsoleInput, ConsoleSink, SinkWriter};
 use crate::control::{Control, MachineEvent, PowerButton, StopReason};
 use crate::error::DomainError;
@@ -23,6 +24,7 @@ use crate::kernel::{self, KernelKind};
 use crate::layout::{self, ACPI_START, POWER_BUTTON_GSI};
 use crate::resources::Resources;
 use crate::run_handle::RunHandle;
+use crate::spec::{DomainSpec, OnReboot};
 use crate::stats::{MachineCounters, VcpuCounters};
 use crate::vcpu::VcpuRunner;
 use crate::{acpi, cpuid, virtio};
@@ -38,16 +40,16 @@ pub enum Outcome {
     Destroyed,
 }
 
-/// Checks a configuration against this host before anything is built: first
-/// [`DomainConfig::check`] (what needs neither the host's files nor KVM), then KVM's vCPU
+/// Checks a specification against this host before anything is built: first
+/// [`DomainSpec::validate`] (what needs neither the host's files nor KVM), then KVM's vCPU
 /// limit, the host's RAM, the kernel, the disks and the initrd.
-pub fn validate(cfg: &DomainConfig, hv: &Hypervisor) -> Result<KernelKind, DomainError> {
-    cfg.check()?;
+pub fn validate(cfg: &DomainSpec, hv: &Hypervisor) -> Result<KernelKind, DomainError> {
+    cfg.validate()?;
     check_vcpus(cfg, hv)?;
     check_host_memory(cfg.memory)?;
     let (_, kind) = kernel::probe(&cfg.kernel)?;
-    for disk in &cfg.disks {
-        virtio::open_disk(disk)?;
+    for (index, disk) in cfg.disks.iter().enumerate() {
+        virtio::open_disk(disk, &disk.id_at(index))?;
     }
     if let Some(initrd) = &cfg.initrd {
         let size = initrd_size(initrd)?;
@@ -64,13 +66,52 @@ pub fn validate(cfg: &DomainConfig, hv: &Hypervisor) -> Result<KernelKind, Domai
 }
 
 /// Refuses more vCPUs than this host's KVM allows.
-pub(crate) fn check_vcpus(cfg: &DomainConfig, hv: &Hypervisor) -> Result<(), DomainError> {
+pub(crate) fn check_vcpus(cfg: &DomainSpec, hv: &Hypervisor) -> Result<(), DomainError> {
     let max = hv.max_vcpus();
     if cfg.vcpus as usize > max {
         return Err(DomainError::Config(format!(
             "--vcpus {} is more than this host's KVM allows ({max})",
             cfg.vcpus
         )));
+    }
+    Ok(())
+}
+
+/// Checks `memory` bytes of guest RAM against the host's RAM (when it can be read).
+pub fn check_host_memory(memory: u64) -> Result<(), DomainError> {
+    match host_memory() {
+        Some(host) if memory > host => Err(DomainError::Config(format!(
+            "--memory {} MiB is more than this host's {} MiB of RAM",
+            memory >> 20,
+            host >> 20
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// The host's physical memory in bytes (MemTotal), if it can be read.
+pub fn host_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+/// Finds the format of every disk that has none from the file's first bytes: once, for files
+/// the user just named (`vessel run` before its first boot, the daemon when it defines a
+/// domain), so the specification records it and later boots never guess from bytes the guest
+/// may since have written.
+pub fn pin_disk_formats(spec: &mut DomainSpec) -> Result<(), DomainError> {
+    for (index, disk) in spec.disks.iter_mut().enumerate() {
+        if disk.format.is_none() {
+            let found = devices::image::probe_disk(&disk.path).map_err(|source| {
+                DomainError::DiskFormat {
+                    id: disk.id_at(index),
+                    source,
+                }
+            })?;
+            disk.format = Some(found);
+        }
     }
     Ok(())
 }
@@ -142,7 +183,7 @@ pub(crate) struct Machine {
 impl Machine {
     pub(crate) fn build(
         hv: &Hypervisor,
-        cfg: &DomainConfig,
+        cfg: &DomainSpec,
         res: &Resources,
         sink: &ConsoleSink,
     ) -> Result<Machine, DomainError> {
@@ -169,7 +210,7 @@ impl Machine {
             _ => None,
         };
         let mut devices = virtio::build_devices(&cfg.disks, res)?;
-        devices.extend(crate::net::build_nets(&cfg.nets, devices.len(), res)?);
+        devices.extend(crate::net::build_nets(cfg, devices.len(), res)?);
         let slots: Vec<_> = (0..devices.len()).map(virtio::slot).collect();
         let tables = acpi::build(ACPI_START, cfg.vcpus, &slots);
         memory.write(tables.base, &tables.bytes)?;
@@ -363,7 +404,7 @@ fn load_initrd(
 /// Runs a domain in the calling thread until it powers off (or reboots with
 /// [`OnReboot::Exit`]). Guest console output goes to `sink`; `input` feeds its console.
 pub fn run(
-    cfg: &DomainConfig,
+    cfg: &DomainSpec,
     sink: ConsoleSink,
     input: &ConsoleInput,
 ) -> Result<Outcome, DomainError> {
@@ -373,7 +414,7 @@ pub fn run(
 /// [`run`], with `handle` acting on the domain from other threads (its power button, a
 /// destroy), whichever machine it runs.
 pub fn run_with(
-    cfg: &DomainConfig,
+    cfg: &DomainSpec,
     sink: ConsoleSink,
     input: &ConsoleInput,
     handle: &RunHandle,
@@ -386,7 +427,7 @@ pub fn run_with(
 
 /// Runs a domain on resources already opened (`hv` on their `/dev/kvm`).
 pub fn run_resources(
-    cfg: &DomainConfig,
+    cfg: &DomainSpec,
     hv: &Hypervisor,
     res: &Resources,
     sink: ConsoleSink,

@@ -3,13 +3,27 @@
 use std::io;
 
 use crate::kernel::KernelError;
+use crate::spec::SpecError;
 
 /// Why a domain could not be built or did not run to a clean stop.
 #[derive(Debug, thiserror::Error)]
 pub enum DomainError {
-    /// A configuration value is out of range; the message names the setting.
+    /// The specification is not valid, whatever the host ([`crate::DomainSpec::validate`]).
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// A configuration value does not suit this host, or a device cannot be had; the message
+    /// names the setting.
     #[error("{0}")]
     Config(String),
+    /// A disk's format cannot be found from its file.
+    #[error("--disk {id}: {source}")]
+    DiskFormat {
+        /// The disk's id.
+        id: String,
+        /// Why.
+        #[source]
+        source: devices::image::ImageError,
+    },
     /// The kernel could not be loaded.
     #[error(transparent)]
     Kernel(#[from] KernelError),

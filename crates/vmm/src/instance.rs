@@ -13,12 +13,12 @@ use std::time::{Duration, Instant};
 
 use hv::Hypervisor;
 
-use crate::config::{DomainConfig, OnReboot};
 use crate::console::{ConsoleInput, ConsoleSink};
 use crate::control::StopReason;
 use crate::domain::{check_vcpus, Machine, MachineView};
 use crate::error::DomainError;
 use crate::resources::Resources;
+use crate::spec::{DomainSpec, OnReboot};
 
 /// Where a domain is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,7 +105,7 @@ impl Instance {
     /// later failures show in [`Instance::status`]. Console output goes to `sink`; `on_stop`
     /// hears the final state once the domain stops for good.
     pub fn start(
-        cfg: DomainConfig,
+        cfg: DomainSpec,
         res: Resources,
         sink: ConsoleSink,
         on_stop: Box<dyn FnOnce(&Status) + Send>,
@@ -301,7 +301,7 @@ impl Drop for Instance {
 fn supervise(
     shared: &Arc<Shared>,
     hv: Hypervisor,
-    cfg: DomainConfig,
+    cfg: DomainSpec,
     res: Resources,
     sink: ConsoleSink,
     first: Machine,

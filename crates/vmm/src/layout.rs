@@ -48,6 +48,10 @@ pub const POWER_BUTTON_GSI: u32 = 3;
 pub const LAPIC_ADDR: u32 = 0xfee0_0000;
 /// Smallest guest memory Vessel accepts.
 pub const MIN_MEMORY: u64 = 16 << 20;
+/// Largest guest memory a domain can have whatever the host: RAM above the MMIO hole starts at
+/// [`HIGH_RAM_START`], and x86-64 guest-physical addresses have at most 52 bits (4 PiB). (A
+/// host's KVM usually allows fewer, and its RAM is checked too.)
+pub const MAX_MEMORY: u64 = (1 << 52) - (HIGH_RAM_START - MMIO_HOLE_START);
 /// Most vCPUs a domain can have: the MADT's local APIC entries and CPUID leaf 1 carry 8-bit
 /// APIC IDs (vCPU n has ID n), and 255 is the broadcast ID.
 pub const MAX_VCPUS: u32 = 255;
@@ -109,5 +113,8 @@ mod tests {
         assert_eq!(e[4], (4 << 30, 1 << 30, E820_RAM));
         let usable: u64 = e.iter().filter(|x| x.2 == E820_RAM).map(|x| x.1).sum();
         assert!(usable < 4 << 30 && usable > (4 << 30) - (1 << 20));
+        // The largest domain's RAM ends exactly at the 52-bit limit.
+        let (start, size) = *ram_regions(MAX_MEMORY).last().unwrap();
+        assert_eq!(start + size, 1 << 52);
     }
 }

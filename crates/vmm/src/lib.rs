@@ -8,7 +8,6 @@
 
 pub mod acpi;
 pub mod boot;
-pub mod config;
 pub mod console;
 pub mod control;
 pub mod cpuid;
@@ -20,17 +19,19 @@ pub mod layout;
 pub mod net;
 pub mod resources;
 pub mod run_handle;
+pub mod spec;
 pub mod stats;
 pub mod vcpu;
 pub mod virtio;
 
-pub use config::{parse_disk, parse_size, pin_disk_formats, DiskConfig, DomainConfig, OnReboot};
-pub use config::{parse_net, NetBackendConfig, NetConfig};
 pub use console::{ConsoleInput, ConsoleLog, ConsoleSink};
 pub use control::PowerButton;
 /// Disk image formats (raw, qcow2), for `vessel image`.
 pub use devices::image;
-pub use domain::{run, run_resources, run_with, validate, Outcome};
+pub use domain::{
+    check_host_memory, pin_disk_formats, run, run_resources, run_with, validate, Outcome,
+};
 pub use error::DomainError;
 pub use instance::{Instance, RunState, Status};
 pub use run_handle::RunHandle;
+pub use spec::{parse_size, DiskSpec, DomainSpec, NetBackendSpec, NetSpec, OnReboot, SpecError};

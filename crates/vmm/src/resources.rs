@@ -17,9 +17,9 @@ use devices::net_backend::{NetBackend, PairBackend, SocketBackend, TapBackend};
 use hv::KvmFlavour;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{DomainConfig, NetBackendConfig};
 use crate::error::DomainError;
 use crate::net::PortProvider;
+use crate::spec::{DomainSpec, NetBackendSpec, NetSpec};
 
 /// A switch port's descriptor, and what keeps the port on its switch while held.
 pub struct PortLease {
@@ -86,10 +86,7 @@ impl Resources {
     /// Opens everything `cfg` names, with Vessel's checks (regular files for the kernel and
     /// initrd, formats as recorded and chains as they say for disks); switch ports come from
     /// `ports`.
-    pub fn open(
-        cfg: &DomainConfig,
-        ports: Option<&PortProvider>,
-    ) -> Result<Resources, DomainError> {
+    pub fn open(cfg: &DomainSpec, ports: Option<&PortProvider>) -> Result<Resources, DomainError> {
         let (kvm, flavour) = hv::Hypervisor::open_device()?;
         let (kernel, _) = crate::kernel::probe(&cfg.kernel)?;
         let initrd = match &cfg.initrd {
@@ -97,9 +94,13 @@ impl Resources {
             Some(path) => Some(crate::domain::open_initrd(path)?),
         };
         let mut disks = Vec::with_capacity(cfg.disks.len());
-        for disk in &cfg.disks {
+        for (index, disk) in cfg.disks.iter().enumerate() {
             let recording = Recording::default();
-            drop(crate::virtio::open_disk_with(&recording, disk)?);
+            drop(crate::virtio::open_disk_with(
+                &recording,
+                disk,
+                &disk.id_at(index),
+            )?);
             disks.push(recording.into_files());
         }
         let mut nets = Vec::with_capacity(cfg.nets.len());
@@ -321,20 +322,20 @@ impl Drop for NetResource {
 
 /// Opens the host side of `net`, VIF number `index`; switch ports come from `ports`.
 fn open_net(
-    net: &crate::config::NetConfig,
+    net: &NetSpec,
     index: usize,
     ports: Option<&PortProvider>,
 ) -> Result<NetResource, DomainError> {
     match &net.backend {
-        NetBackendConfig::Switch(name) => match ports {
-            Some(open) => open(name, index, net)
+        NetBackendSpec::Switch { name, rate } => match ports {
+            Some(open) => open(name, index, *rate)
                 .map(NetResource::Port)
                 .map_err(|e| DomainError::Config(format!("--net switch={name}: {e}"))),
             None => Err(DomainError::Config(format!(
                 "--net switch={name}: switch ports exist only in domains run by `vessel daemon`"
             ))),
         },
-        NetBackendConfig::Tap(name) => {
+        NetBackendSpec::Tap(name) => {
             let (file, actual) = hv::tap::open_tap(name).map_err(|e| {
                 DomainError::Config(format!(
                     "--net tap={name}: cannot open the TAP interface: {e}{}",
@@ -347,7 +348,7 @@ fn open_net(
             })?;
             Ok(NetResource::Tap { file, name: actual })
         }
-        NetBackendConfig::Socket { path, peer } => {
+        NetBackendSpec::Socket { path, peer } => {
             let socket = SocketBackend::bind_socket(path).map_err(|e| {
                 DomainError::Config(format!(
                     "--net socket={}: cannot bind the socket: {e}",

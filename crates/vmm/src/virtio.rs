@@ -13,9 +13,9 @@ use devices::virtio::rng::Rng;
 use devices::virtio::{Counters, HostInterest, Memory, VirtioDevice};
 use hv::{ControlOperation, Epoll, EpollEvent, EventFd, EventSet, GuestMemory};
 
-use crate::config::DiskConfig;
 use crate::error::DomainError;
 use crate::resources::Resources;
+use crate::spec::DiskSpec;
 
 /// First virtio-mmio window: in the 32-bit MMIO hole, below the IOAPIC.
 pub const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
@@ -114,40 +114,41 @@ pub struct DeviceView {
     pub counters: Arc<Counters>,
 }
 
-/// Opens a disk image as its configuration asks, in the format the configuration records (a
+/// Opens disk `id` as its specification asks, in the format the specification records (a
 /// qcow2 image's backing chain read-only, in the formats it records), and locks it. A disk
 /// without a recorded format is refused: the format is never guessed at boot.
-pub fn open_disk(disk: &DiskConfig) -> Result<Box<dyn DiskBackend>, DomainError> {
-    open_disk_with(&devices::image::HostFiles, disk)
+pub fn open_disk(disk: &DiskSpec, id: &str) -> Result<Box<dyn DiskBackend>, DomainError> {
+    open_disk_with(&devices::image::HostFiles, disk, id)
 }
 
 /// [`open_disk`], with the disk's files coming from `files`.
 pub fn open_disk_with(
     files: &dyn devices::image::Opener,
-    disk: &DiskConfig,
+    disk: &DiskSpec,
+    id: &str,
 ) -> Result<Box<dyn DiskBackend>, DomainError> {
     let format = disk.format.ok_or_else(|| {
         DomainError::Config(format!(
-            "--disk {}: no format recorded for {} (a definition made by an older Vessel?): \
+            "--disk {id}: no format recorded for {} (a definition made by an older Vessel?): \
              give format=raw or format=qcow2",
-            disk.id,
             disk.path.display()
         ))
     })?;
     devices::image::open_with(files, &disk.path, format, disk.readonly)
-        .map_err(|e| DomainError::Config(format!("--disk {}: {e}", disk.id)))
+        .map_err(|e| DomainError::Config(format!("--disk {id}: {e}")))
 }
 
-/// The devices a domain's configuration asks for, in slot order: disks first, then entropy,
+/// The devices a domain's specification asks for, in slot order: disks first, then entropy,
 /// on the host resources in `res`.
 pub fn build_devices(
-    disks: &[DiskConfig],
+    disks: &[DiskSpec],
     res: &Resources,
 ) -> Result<Vec<Box<dyn VirtioDevice>>, DomainError> {
     let mut out: Vec<Box<dyn VirtioDevice>> = Vec::new();
     for (index, disk) in disks.iter().enumerate() {
-        let backend = open_disk_with(&res.disk_files(index)?, disk)?;
-        let mut block = Block::with_backend(backend, disk.readonly, &disk.id);
+        let id = disk.id_at(index);
+        let backend = open_disk_with(&res.disk_files(index)?, disk, &id)?;
+        let mut block = Block::with_backend(backend, disk.readonly, &id);
         block.set_rate_limit(disk.bytes_per_sec, disk.ops_per_sec);
         out.push(Box::new(block));
     }

@@ -136,7 +136,9 @@ pub fn registry_error_response(e: RegistryError) -> Response {
 /// The status for a domain that failed to start.
 pub fn start_error_status(e: &DomainError) -> u16 {
     match e {
-        DomainError::Config(_)
+        DomainError::Spec(_)
+        | DomainError::Config(_)
+        | DomainError::DiskFormat { .. }
         | DomainError::Kernel(_)
         | DomainError::Initrd(_)
         | DomainError::UnsupportedHost(_) => 400,
@@ -166,10 +168,10 @@ fn summary(e: &EntryView) -> Value {
         .unwrap_or(0);
     json!({
         "id": e.id,
-        "name": e.def.name,
+        "name": e.def.name(),
         "state": e.state().name(),
-        "vcpus": e.def.vcpus,
-        "memory": e.def.memory,
+        "vcpus": e.def.spec().vcpus,
+        "memory": vmm::spec::format_size(e.def.spec().memory),
         "cpu_ns": cpu_ns,
         "boots": status.as_ref().map_or(0, |s| s.boots),
         "message": status.and_then(|s| s.message),
@@ -196,7 +198,7 @@ fn create_domain(daemon: &Daemon, _: &Params, req: &Request) -> Response {
             return Response::error(400, &format!("start must be true or false, not '{other}'"))
         }
     };
-    let name = def.name.clone();
+    let name = def.name().to_string();
     if let Err(resp) = daemon.create(def, start) {
         return resp;
     }

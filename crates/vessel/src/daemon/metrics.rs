@@ -65,7 +65,7 @@ pub fn render(daemon: &Daemon) -> String {
     ];
     // A copy of the registry, taken under its lock; everything slow happens after.
     let rows = daemon.registry.views().into_iter().map(|e| {
-        let name = label(&e.def.name);
+        let name = label(e.def.name());
         let state = e.state();
         let mut rows: Vec<(usize, String)> = vec![
             (0, format!("{{domain=\"{name}\"}} {}", u8::from(state.is_active()))),

@@ -82,7 +82,7 @@ impl Daemon {
     /// the definition, so no other request can start (or delete) the domain in between; if it
     /// cannot start, the definition this call made goes too, and nothing else.
     pub fn create(&self, def: DomainDef, start: bool) -> Result<(), Response> {
-        let name = def.name.clone();
+        let name = def.name().to_string();
         self.registry
             .define(def, start)
             .map_err(api::registry_error_response)?;
@@ -130,7 +130,6 @@ impl Daemon {
             .registry
             .with(name, |e| (e.def.clone(), e.console.clone()))
             .map_err(api::registry_error_response)?;
-        let cfg = def.to_config().map_err(|msg| Response::error(400, &msg))?;
         let label = name.to_string();
         let on_stop = Box::new(move |s: &vmm::Status| {
             eprintln!(
@@ -146,6 +145,7 @@ impl Daemon {
                 &format!("domain '{name}' cannot start: {e}"),
             )
         };
+        let cfg = def.spec().clone();
         let hv = hv::Hypervisor::open().map_err(|e| fail(e.into()))?;
         vmm::validate(&cfg, &hv).map_err(fail)?;
         let res = vmm::resources::Resources::open(&cfg, Some(&ports)).map_err(fail)?;

@@ -35,7 +35,7 @@ impl Drop for PortGuard {
 pub fn port_provider(switch: &Arc<SwitchHandle>, domain: &str) -> vmm::net::PortProvider {
     let switch = switch.clone();
     let domain = domain.to_string();
-    Arc::new(move |name: &str, index: usize, net: &vmm::NetConfig| {
+    Arc::new(move |name: &str, index: usize, rate: Option<u64>| {
         if name != SWITCH_NAME {
             return Err(format!(
                 "no switch named '{name}': the daemon's switch is {SWITCH_NAME}"
@@ -49,7 +49,7 @@ pub fn port_provider(switch: &Arc<SwitchHandle>, domain: &str) -> vmm::net::Port
             id,
             switch: switch.clone(),
         };
-        if let Some(rate) = net.rate {
+        if let Some(rate) = rate {
             switch
                 .set_port_rate(id, Some(rate))
                 .map_err(|e| format!("cannot give port {port} its rate: {e}"))?;

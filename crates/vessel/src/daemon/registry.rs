@@ -143,7 +143,7 @@ impl Registry {
             inner.next_id += 1;
             inner
                 .domains
-                .insert(def.name.clone(), Entry::new(id, def, false));
+                .insert(def.name().to_string(), Entry::new(id, def, false));
         }
         for u in unloaded {
             warnings.push(format!(
@@ -172,7 +172,7 @@ impl Registry {
     /// can start or delete it before the caller does. Refused if the name is taken, or if a
     /// file the daemon did not load is where the definition would go.
     pub fn define(&self, def: DomainDef, claim_start: bool) -> Result<u32, RegistryError> {
-        let name = def.name.clone();
+        let name = def.name().to_string();
         {
             let mut inner = self.lock();
             if inner.domains.contains_key(&name) || inner.reserved.contains(&name) {
@@ -362,7 +362,7 @@ mod tests {
         let names: Vec<(String, std::path::PathBuf)> = registry
             .views()
             .into_iter()
-            .map(|v| (v.def.name, v.def.kernel))
+            .map(|v| (v.def.name().to_string(), v.def.spec().kernel.clone()))
             .collect();
         assert_eq!(names, [("a".to_string(), "/ka".into())]);
         std::fs::remove_dir_all(&state).unwrap();

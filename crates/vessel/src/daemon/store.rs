@@ -59,11 +59,14 @@ impl Store {
                 .map_err(|e| e.to_string())
                 .and_then(|b| DomainDef::from_json(&b));
             match parsed {
-                Ok(def) if def.name == name => defs.push(def),
+                Ok(def) if def.name() == name => defs.push(def),
                 Ok(def) => unloaded.push(Unloaded {
                     name,
                     file,
-                    why: format!("it holds domain '{}', not the one its name says", def.name),
+                    why: format!(
+                        "it holds domain '{}', not the one its name says",
+                        def.name()
+                    ),
                 }),
                 Err(why) => unloaded.push(Unloaded { name, file, why }),
             }
@@ -80,8 +83,8 @@ impl Store {
     /// written and synced, renamed into place, then the directory synced. The caller makes sure
     /// no file of that name is there (see [`Store::exists`]).
     pub fn write(&self, def: &DomainDef) -> io::Result<()> {
-        let path = self.path_of(&def.name);
-        let tmp = self.dir.join(format!(".{}.json.tmp", def.name));
+        let path = self.path_of(def.name());
+        let tmp = self.dir.join(format!(".{}.json.tmp", def.name()));
         // A temporary file left by a crash is this daemon's own: start afresh.
         match std::fs::remove_file(&tmp) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
@@ -169,6 +172,43 @@ mod tests {
         store.remove("web").unwrap();
         store.remove("web").unwrap();
         assert!(!store.exists("web"));
+        std::fs::remove_dir_all(&state).unwrap();
+    }
+
+    #[test]
+    fn definitions_written_by_the_previous_daemon_load() {
+        // As the daemon before the typed specification wrote them: every field, strings as
+        // given (keys in the user's order, `format=` appended).
+        let state = scratch();
+        let store = Store::open(&state).unwrap();
+        let old = br#"{
+  "name": "web",
+  "kernel": "/boot/vmlinux",
+  "cmdline": "console=ttyS0",
+  "vcpus": 2,
+  "memory": "256M",
+  "disk": [
+    "id=root,path=/img/root.qcow2,format=qcow2",
+    "path=/img/data.img,readonly=on,format=raw"
+  ],
+  "net": [
+    "switch=vsw0,bps=1M"
+  ],
+  "on_reboot": "restart"
+}
+"#;
+        std::fs::write(store.path_of("web"), old).unwrap();
+        let (defs, unloaded) = store.load().unwrap();
+        assert!(unloaded.is_empty(), "{unloaded:?}");
+        let spec = defs[0].spec();
+        assert_eq!((spec.vcpus, spec.memory), (2, 256 << 20));
+        assert_eq!(
+            serde_json::to_value(&defs[0]).unwrap()["disk"],
+            serde_json::json!([
+                "path=/img/root.qcow2,format=qcow2,id=root",
+                "path=/img/data.img,format=raw,readonly=on"
+            ])
+        );
         std::fs::remove_dir_all(&state).unwrap();
     }
 
