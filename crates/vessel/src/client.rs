@@ -56,11 +56,15 @@ pub fn call(socket: &Path, method: &str, path: &str, body: Option<&[u8]>) -> any
 pub struct CreateArgs {
     /// A JSON domain definition (docs/api.md); or give the flags below instead. Relative
     /// paths, in the file or in the flags, are taken from the current directory.
-    #[arg(value_name = "FILE", conflicts_with_all = ["name", "DomainSpec"])]
+    #[arg(value_name = "FILE", conflicts_with_all = ["name", "autostart", "DomainSpec"])]
     file: Option<PathBuf>,
     /// The domain's name.
     #[arg(long, required_unless_present = "file")]
     name: Option<String>,
+    /// Record that the daemon should start the domain when the daemon starts (kept in the
+    /// definition; not acted on yet).
+    #[arg(long)]
+    autostart: bool,
     #[command(flatten)]
     spec: Option<DomainSpec>,
     /// Only define the domain; do not start it now.
@@ -131,6 +135,7 @@ pub fn create(socket: &Path, args: CreateArgs) -> anyhow::Result<ExitCode> {
         (None, Some(spec)) => (
             DomainSpec {
                 name: args.name,
+                autostart: args.autostart,
                 ..spec
             },
             String::new(),

@@ -392,11 +392,28 @@ fn definitions_survive_a_daemon_restart() {
             Some(&mini("keep", "tick", "16M")),
         );
         assert_eq!(v["state"], "shutoff");
+        // `autostart` is stored and shown (what the daemon does with it is not tested here).
+        let mut later: Value = serde_json::from_str(&mini("later", "tick", "16M")).unwrap();
+        later["autostart"] = json!(true);
+        let v = d.ok("POST", "/v1/domains?start=false", Some(&later.to_string()));
+        assert_eq!(v["definition"]["autostart"], json!(true), "{v}");
     }
+    let stored: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("state/domains/later.json")).unwrap())
+            .unwrap();
+    assert_eq!(stored["autostart"], json!(true), "{stored}");
     let d = TestDaemon::start(&dir);
     let list = d.ok("GET", "/v1/domains", None);
     assert_eq!(list[0]["name"], "keep", "{list}");
     assert_eq!(list[0]["state"], "shutoff");
+    assert_eq!(
+        d.ok("GET", "/v1/domains/later", None)["definition"]["autostart"],
+        json!(true)
+    );
+    assert_eq!(
+        d.ok("GET", "/v1/domains/keep", None)["definition"]["autostart"],
+        json!(false)
+    );
     assert_eq!(
         d.ok("POST", "/v1/domains/keep/start", None)["state"],
         "running"
@@ -1357,6 +1374,7 @@ fn the_cli_resolves_relative_paths_in_its_own_working_directory() {
         "tick",
         "--memory",
         "16M",
+        "--autostart",
     ]);
     assert_eq!(code, Some(0), "{out}\nlog:\n{}", d.log());
     let def = &d.ok("GET", "/v1/domains/rel", None)["definition"];
@@ -1370,6 +1388,7 @@ fn the_cli_resolves_relative_paths_in_its_own_working_directory() {
             client.join("disk.img").display()
         )])
     );
+    assert_eq!(def["autostart"], json!(true), "--autostart is stored");
     assert_eq!(d.state("rel"), "running");
     // A JSON file (itself named relatively) with relative paths.
     std::fs::write(
@@ -1395,5 +1414,6 @@ fn the_cli_resolves_relative_paths_in_its_own_working_directory() {
             client.join("disk.img").display()
         )])
     );
+    assert_eq!(def["autostart"], json!(false), "the default");
     assert_eq!(d.state("relfile"), "running");
 }

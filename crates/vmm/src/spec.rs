@@ -31,8 +31,8 @@ pub const DEFAULT_CMDLINE: &str = "console=ttyS0";
 pub const DEFAULT_VCPUS: u32 = 1;
 /// Guest memory when none is given, as `--memory` takes it.
 pub const DEFAULT_MEMORY: &str = "256M";
-// The other defaults: `on_reboot` is `OnReboot::default()` (restart); no initrd, disks or
-// VIFs.
+// The other defaults: `on_reboot` is `OnReboot::default()` (restart), `autostart` false, no
+// initrd, disks or VIFs.
 
 /// Everything needed to define and boot one domain.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,6 +86,11 @@ pub struct DomainSpec {
     #[serde(default)]
     #[cfg_attr(feature = "clap", arg(long, value_enum, default_value_t))]
     pub on_reboot: OnReboot,
+    /// Whether the daemon should start the domain when the daemon starts. Recorded and shown;
+    /// the daemon does not act on it yet. (`vessel run` has no use for it.)
+    #[serde(default)]
+    #[cfg_attr(feature = "clap", arg(skip))]
+    pub autostart: bool,
 }
 
 fn default_cmdline() -> String {
@@ -501,6 +506,7 @@ impl DomainSpec {
             disks: Vec::new(),
             nets: Vec::new(),
             on_reboot: OnReboot::default(),
+            autostart: false,
         }
     }
 
@@ -871,7 +877,7 @@ mod tests {
         assert_eq!((spec.vcpus, spec.memory), (1, 256 << 20));
         assert_eq!(parse_size(DEFAULT_MEMORY), Ok(256 << 20));
         assert_eq!(spec.on_reboot, OnReboot::Restart);
-        assert!(spec.name.is_none() && spec.initrd.is_none());
+        assert!(!spec.autostart && spec.name.is_none() && spec.initrd.is_none());
         assert!(spec.disks.is_empty() && spec.nets.is_empty());
         assert_eq!(spec.validate(), Ok(()));
         // The JSON defaults are the same ones.
@@ -1279,7 +1285,7 @@ mod tests {
             "vcpus": 2, "memory": "65536K",
             "disk": ["id=vda,path=/d.img,readonly=on", "path=/e.img,format=raw"],
             "net": ["switch=vsw0,bps=1M", "tap=tap0,mac=02:00:00:00:00:01"],
-            "on_reboot": "exit"
+            "on_reboot": "exit", "autostart": true
         }"#;
         let spec: DomainSpec = serde_json::from_str(json).unwrap();
         assert_eq!(spec.name.as_deref(), Some("web-1"));
@@ -1292,7 +1298,7 @@ mod tests {
                 rate: Some(1 << 20)
             }
         );
-        assert_eq!(spec.on_reboot, OnReboot::Exit);
+        assert_eq!((spec.on_reboot, spec.autostart), (OnReboot::Exit, true));
         let written = serde_json::to_value(&spec).unwrap();
         assert_eq!(
             written,
@@ -1301,17 +1307,17 @@ mod tests {
                 "vcpus": 2, "memory": "64M",
                 "disk": ["path=/d.img,readonly=on,id=vda", "path=/e.img,format=raw"],
                 "net": ["switch=vsw0,bps=1M", "tap=tap0,mac=02:00:00:00:00:01"],
-                "on_reboot": "exit"
+                "on_reboot": "exit", "autostart": true
             })
         );
         let again: DomainSpec = serde_json::from_value(written).unwrap();
         assert_eq!(again, spec);
-        // Without a name, none is written.
+        // Without a name, none is written; autostart always is.
         let plain = serde_json::to_value(DomainSpec::new("/k")).unwrap();
         assert_eq!(
             plain,
             serde_json::json!({"kernel": "/k", "cmdline": "console=ttyS0", "vcpus": 1,
-                               "memory": "256M", "on_reboot": "restart"})
+                               "memory": "256M", "on_reboot": "restart", "autostart": false})
         );
         let mut odd = DomainSpec::new("/k");
         odd.memory = 4097;
@@ -1362,6 +1368,7 @@ mod tests {
                 r#"{"kernel":"/k","on_reboot":"later"}"#,
                 "on_reboot must be \"restart\" or \"exit\", not \"later\"",
             ),
+            (r#"{"kernel":"/k","autostart":"yes"}"#, "invalid type"),
             (r#"[1,2]"#, "invalid type"),
         ] {
             let err = serde_json::from_str::<DomainSpec>(json)

@@ -178,7 +178,7 @@ mod tests {
     #[test]
     fn definitions_written_by_the_previous_daemon_load() {
         // As the daemon before the typed specification wrote them: every field, strings as
-        // given (keys in the user's order, `format=` appended).
+        // given (keys in the user's order, `format=` appended), no `autostart`.
         let state = scratch();
         let store = Store::open(&state).unwrap();
         let old = br#"{
@@ -201,7 +201,10 @@ mod tests {
         let (defs, unloaded) = store.load().unwrap();
         assert!(unloaded.is_empty(), "{unloaded:?}");
         let spec = defs[0].spec();
-        assert_eq!((spec.vcpus, spec.memory), (2, 256 << 20));
+        assert_eq!(
+            (spec.vcpus, spec.memory, spec.autostart),
+            (2, 256 << 20, false)
+        );
         assert_eq!(
             serde_json::to_value(&defs[0]).unwrap()["disk"],
             serde_json::json!([
