@@ -47,7 +47,8 @@ pub fn call(socket: &Path, method: &str, path: &str, body: Option<&[u8]>) -> any
     Ok(value)
 }
 
-/// `vessel create`: a definition file, or the flags of `vessel run` plus `--name`.
+/// `vessel create`: a definition file, or the flags of `vessel run` (the same
+/// [`vmm::DomainSpec`]) plus `--name` and `--autostart`.
 #[derive(Args)]
 #[command(
     override_usage = "vessel create [OPTIONS] --name <NAME> --kernel <PATH>\n       \

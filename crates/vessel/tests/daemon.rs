@@ -15,7 +15,9 @@
 //! racing starts of the same name always leaves the domain defined and running; definition
 //! files are private and a corrupt one is never written over; invalid values are refused when
 //! a definition is stored; `vessel create` resolves relative paths in its own working
-//! directory (every test daemon runs in `/`).
+//! directory (every test daemon runs in `/`). The domain specification: definitions are kept
+//! and shown in canonical form, and `autostart` (`vessel create --autostart`, or the JSON) is
+//! stored and shown across a restart.
 
 mod common;
 
