@@ -102,8 +102,9 @@ impl Pidfd {
         }
     }
 
-    /// Sends `signal` to the process (through the pidfd, so never to a recycled pid).
-    pub fn kill(&self, signal: i32) -> io::Result<()> {
+    /// Kills the process (SIGKILL, through the pidfd, so never a recycled pid).
+    pub fn kill(&self) -> io::Result<()> {
+        let signal = libc::SIGKILL;
         // SAFETY: pidfd_send_signal with a null siginfo and no flags touches no memory of ours.
         let rc = unsafe {
             libc::syscall(
@@ -131,7 +132,7 @@ mod tests {
         let mut child = Command::new("sleep").arg("30").spawn().unwrap();
         let p = Pidfd::open(child.id()).unwrap();
         assert!(!p.wait_exit(Duration::from_millis(20)).unwrap());
-        p.kill(libc::SIGKILL).unwrap();
+        p.kill().unwrap();
         assert!(p.wait_exit(Duration::from_secs(5)).unwrap());
         let _ = child.wait();
     }

@@ -1,4 +1,5 @@
-//! Termination signals taken synchronously: SIGTERM and SIGINT are blocked in every thread and
+//! Termination signals taken synchronously: SIGTERM, SIGINT and SIGQUIT are blocked in every
+//! thread and
 //! one thread waits for them with `sigtimedwait`, so reacting to one is ordinary code (no
 //! async-signal-safety rules) and none can be lost between two waits. Also SIGPIPE's default
 //! action, for command-line clients.
@@ -13,6 +14,8 @@ pub enum TerminationSignal {
     Term,
     /// SIGINT.
     Int,
+    /// SIGQUIT.
+    Quit,
 }
 
 impl std::fmt::Display for TerminationSignal {
@@ -20,17 +23,18 @@ impl std::fmt::Display for TerminationSignal {
         f.write_str(match self {
             TerminationSignal::Term => "SIGTERM",
             TerminationSignal::Int => "SIGINT",
+            TerminationSignal::Quit => "SIGQUIT",
         })
     }
 }
 
-/// SIGTERM and SIGINT, blocked so that [`TerminationSignals::wait`] takes them.
+/// SIGTERM, SIGINT and SIGQUIT, blocked so that [`TerminationSignals::wait`] takes them.
 pub struct TerminationSignals {
     set: libc::sigset_t,
 }
 
 impl TerminationSignals {
-    /// Blocks SIGTERM and SIGINT in the calling thread. Threads inherit their creator's signal
+    /// Blocks SIGTERM, SIGINT and SIGQUIT in the calling thread. Threads inherit their creator's signal
     /// mask, so call this before the process starts any thread: then no thread has them
     /// unblocked, and each stays pending until [`TerminationSignals::wait`] takes it.
     pub fn block() -> io::Result<TerminationSignals> {
@@ -41,6 +45,7 @@ impl TerminationSignals {
             libc::sigemptyset(&mut set);
             libc::sigaddset(&mut set, libc::SIGTERM);
             libc::sigaddset(&mut set, libc::SIGINT);
+            libc::sigaddset(&mut set, libc::SIGQUIT);
         }
         // SAFETY: `set` is initialised; a null old-set pointer is allowed.
         let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
@@ -73,6 +78,7 @@ impl TerminationSignals {
             match rc {
                 libc::SIGTERM => return Ok(Some(TerminationSignal::Term)),
                 libc::SIGINT => return Ok(Some(TerminationSignal::Int)),
+                libc::SIGQUIT => return Ok(Some(TerminationSignal::Quit)),
                 _ => {
                     let err = io::Error::last_os_error();
                     match err.raw_os_error() {

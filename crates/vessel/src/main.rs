@@ -58,6 +58,9 @@ enum Command {
     Net(netcli::NetCommand),
     #[command(flatten)]
     Domain(client::DomainVerb),
+    /// A domain process (started by the daemon, which hands it its channel as descriptor 3).
+    #[command(name = "domain", hide = true)]
+    DomainProcess,
 }
 
 fn main() -> ExitCode {
@@ -104,6 +107,7 @@ fn main() -> ExitCode {
         Command::Top(args) => client::top(&socket, args),
         Command::Net(command) => netcli::net(&socket, command),
         Command::Domain(verb) => client::domain_verb(&socket, verb),
+        Command::DomainProcess => domain_process(),
     };
     match result {
         Ok(code) => code,
@@ -112,6 +116,15 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// `vessel domain`: serves the domain process on the channel the daemon handed over.
+fn domain_process() -> anyhow::Result<ExitCode> {
+    let fd = hv::process::take_channel_fd().ok_or_else(|| {
+        anyhow::anyhow!("the domain verb is for the daemon: no channel on descriptor 3")
+    })?;
+    let code = vmm::domain_process::serve(hv::channel::Listener::from_fd(fd));
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }
 
 /// The error and its causes on one line, skipping causes whose text the message already holds.

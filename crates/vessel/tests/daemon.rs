@@ -24,231 +24,13 @@ mod common;
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::daemon::{last_tick, mini, tmpdir, wait_for, TestDaemon, TIMING};
 use common::{mini_kernel, require_kvm, VESSEL};
 use serde_json::{json, Value};
-
-/// Held shared by every test daemon and exclusively by a test that measures response times, so
-/// that no other test of this binary runs guests (which spin at CPL3 and take whole CPUs) while
-/// it measures. A test holds at most one daemon at a time.
-static TIMING: RwLock<()> = RwLock::new(());
-
-/// A daemon on a private state directory and socket; killed on drop.
-struct TestDaemon {
-    child: Child,
-    dir: PathBuf,
-    socket: PathBuf,
-    /// Released after the daemon is killed.
-    _shared: Option<RwLockReadGuard<'static, ()>>,
-}
-
-impl TestDaemon {
-    fn start(dir: &Path) -> TestDaemon {
-        TestDaemon::start_with(dir, &[])
-    }
-
-    /// A daemon given the extra arguments `args`.
-    fn start_with(dir: &Path, args: &[&str]) -> TestDaemon {
-        let shared = TIMING.read().unwrap_or_else(|e| e.into_inner());
-        TestDaemon::spawn(dir, args, Some(shared))
-    }
-
-    /// A daemon for a test that holds [`TIMING`] exclusively.
-    fn start_alone(dir: &Path, _alone: &RwLockWriteGuard<'static, ()>) -> TestDaemon {
-        TestDaemon::spawn(dir, &[], None)
-    }
-
-    fn spawn(
-        dir: &Path,
-        args: &[&str],
-        shared: Option<RwLockReadGuard<'static, ()>>,
-    ) -> TestDaemon {
-        let socket = dir.join("api.sock");
-        let child = Command::new(VESSEL)
-            .arg("daemon")
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .arg("--socket")
-            .arg(&socket)
-            .args(args)
-            // As under a service manager: relative paths must not depend on where it runs.
-            .current_dir("/")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(
-                std::fs::File::create(dir.join("daemon.log")).unwrap(),
-            ))
-            .spawn()
-            .expect("spawning vessel daemon");
-        let d = TestDaemon {
-            child,
-            dir: dir.to_path_buf(),
-            socket,
-            _shared: shared,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while UnixStream::connect(&d.socket).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "the daemon did not serve its socket within 10 s; log:\n{}",
-                d.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        d
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
-    }
-
-    /// Sends raw bytes and returns the status and body of the answer.
-    fn raw(&self, request: &[u8]) -> (u16, String) {
-        self.raw_within(request, Duration::from_secs(30))
-    }
-
-    /// [`TestDaemon::raw`], failing the test if the whole answer has not come within `limit`.
-    fn raw_within(&self, request: &[u8], limit: Duration) -> (u16, String) {
-        let started = Instant::now();
-        let mut s = UnixStream::connect(&self.socket).unwrap();
-        s.set_read_timeout(Some(limit)).unwrap();
-        // A daemon with no slot free answers 503 and closes at once, maybe before the
-        // request is written: the answer is read all the same.
-        let _ = s.write_all(request);
-        let mut out = Vec::new();
-        let read = s.read_to_end(&mut out);
-        let text = String::from_utf8_lossy(&out).into_owned();
-        // A reset after the whole answer (the daemon closed with our bytes unread) is fine.
-        let timed_out = read.as_ref().is_err_and(|e| {
-            matches!(
-                e.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            )
-        });
-        assert!(
-            !timed_out && (read.is_ok() || text.contains("\r\n\r\n")),
-            "no whole answer within {limit:?} (after {:?}) to {:?}: {read:?}, got {text:?}",
-            started.elapsed(),
-            String::from_utf8_lossy(&request[..request.len().min(200)])
-        );
-        let status = text
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("no status in {text:?}"));
-        let body = text
-            .split_once("\r\n\r\n")
-            .map_or("", |(_, b)| b)
-            .to_string();
-        (status, body)
-    }
-
-    /// One API call with a JSON (or raw) body.
-    fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
-        self.call_within(method, path, body, Duration::from_secs(30))
-    }
-
-    /// [`TestDaemon::call`], failing the test if the answer has not come within `limit`.
-    fn call_within(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<&str>,
-        limit: Duration,
-    ) -> (u16, Value) {
-        let body = body.unwrap_or("");
-        let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        let (status, body) = self.raw_within(req.as_bytes(), limit);
-        let value = serde_json::from_str(&body).unwrap_or(Value::String(body));
-        (status, value)
-    }
-
-    fn ok(&self, method: &str, path: &str, body: Option<&str>) -> Value {
-        let (status, v) = self.call(method, path, body);
-        assert!(
-            (200..300).contains(&status),
-            "{method} {path}: {status} {v}\nlog:\n{}",
-            self.log()
-        );
-        v
-    }
-
-    fn state(&self, name: &str) -> String {
-        self.ok("GET", &format!("/v1/domains/{name}"), None)["state"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    }
-
-    fn console(&self, name: &str) -> String {
-        let (status, body) = self.raw(
-            format!("GET /v1/domains/{name}/console HTTP/1.1\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
-        );
-        assert_eq!(status, 200);
-        body
-    }
-
-    fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap()
-    }
-}
-
-impl Drop for TestDaemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn tmpdir(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("daemon-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn mini(name: &str, scenario: &str, memory: &str) -> String {
-    json!({
-        "name": name,
-        "kernel": mini_kernel(),
-        "cmdline": scenario,
-        "memory": memory,
-    })
-    .to_string()
-}
-
-/// The number of the last complete "mini: tick N" line in a console log.
-fn last_tick(console: &str) -> u64 {
-    let complete = console.rfind('\n').map_or("", |end| &console[..end]);
-    complete
-        .lines()
-        .rev()
-        .filter_map(|l| l.trim().strip_prefix("mini: tick "))
-        .find_map(|n| n.trim().parse().ok())
-        .unwrap_or(0)
-}
-
-fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 #[test]
 fn the_lifecycle_through_the_api() {
@@ -364,22 +146,42 @@ fn the_lifecycle_through_the_api() {
 fn destroy_frees_the_guest_memory() {
     require_kvm();
     let d = TestDaemon::start(&tmpdir("memory"));
-    let base = d.rss_kib();
-    d.ok("POST", "/v1/domains", Some(&mini("fat", "fattick", "64M")));
+    let daemon_base = d.rss_kib();
+    let v = d.ok("POST", "/v1/domains", Some(&mini("fat", "fattick", "64M")));
+    let pid = v["pid"].as_u64().expect("a running domain has a process") as u32;
     wait_for("the guest to touch 32 MiB", Duration::from_secs(20), || {
         d.console("fat").contains("mini: touched")
     });
-    let full = d.rss_kib();
+    // The guest's memory is its own process's, not the daemon's.
+    let full = rss_kib_of(pid).expect("the domain process");
     assert!(
-        full >= base + 30 * 1024,
-        "the daemon holds the guest's 32 MiB: {base} -> {full} KiB"
+        full >= 30 * 1024,
+        "the domain process holds the guest's 32 MiB: {full} KiB"
+    );
+    assert!(
+        d.rss_kib() < daemon_base + 16 * 1024,
+        "the daemon grew with the guest: {daemon_base} -> {} KiB",
+        d.rss_kib()
     );
     d.ok("POST", "/v1/domains/fat/destroy", None);
-    let freed = d.rss_kib();
-    assert!(
-        freed + 28 * 1024 <= full,
-        "destroy gave the memory back: {full} -> {freed} KiB"
-    );
+    wait_for("the domain process to end", Duration::from_secs(10), || {
+        rss_kib_of(pid).is_none()
+    });
+}
+
+/// Resident memory of process `pid` in KiB (`None` once it has ended).
+fn rss_kib_of(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    if status
+        .lines()
+        .any(|l| l.starts_with("State:") && l.contains("zombie"))
+    {
+        return None;
+    }
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 #[test]

@@ -108,6 +108,15 @@ impl ConsoleLog {
         (inner.ring.iter().copied().collect(), rx)
     }
 
+    /// Replaces the kept output with `bytes` (at most the last [`ConsoleLog::CAPACITY`]): what
+    /// a domain process kept, when a restarted daemon attaches to it.
+    pub fn replace(&self, bytes: &[u8]) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.ring.clear();
+        let start = bytes.len().saturating_sub(Self::CAPACITY);
+        inner.ring.extend(&bytes[start..]);
+    }
+
     /// The kept output.
     pub fn recent(&self) -> Vec<u8> {
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());

@@ -61,6 +61,8 @@ pub struct Status {
     pub message: Option<String>,
     /// When the current machine started.
     pub since: Instant,
+    /// Counts the changes of this status: a later report of it has a larger version.
+    pub version: u64,
 }
 
 struct Inner {
@@ -85,7 +87,10 @@ impl Shared {
     }
 
     fn set(&self, update: impl FnOnce(&mut Inner)) {
-        update(&mut self.lock());
+        let mut inner = self.lock();
+        update(&mut inner);
+        inner.status.version += 1;
+        drop(inner);
         self.changed.notify_all();
     }
 }
@@ -125,6 +130,7 @@ impl Instance {
                     boots: 1,
                     message: None,
                     since: Instant::now(),
+                    version: 0,
                 },
                 machine: Some(first.view()),
             }),
@@ -260,6 +266,16 @@ impl Instance {
         }
     }
 
+    /// Waits (at most `timeout`) until the domain's state, boot count or message differ from
+    /// `last`; returns the status then.
+    pub fn wait_status_change(&self, last: &Status, timeout: Duration) -> Status {
+        let inner = self.shared.lock();
+        let same = |s: &Status| {
+            s.state == last.state && s.boots == last.boots && s.message == last.message
+        };
+        self.wait_while(inner, timeout, same).0.status.clone()
+    }
+
     /// Waits (at most `timeout`) until the domain has stopped; returns whether it has.
     pub fn wait_stopped(&self, timeout: Duration) -> bool {
         let inner = self.shared.lock();
@@ -327,6 +343,7 @@ fn supervise(
             inner.machine = Some(view.clone());
             inner.status.state = RunState::Running;
             inner.status.since = Instant::now();
+            inner.status.version += 1;
         }
         shared.changed.notify_all();
         shared.input.attach(view.serial.clone());

@@ -12,6 +12,7 @@ pub mod console;
 pub mod control;
 pub mod cpuid;
 pub mod domain;
+pub mod domain_process;
 pub mod error;
 pub mod instance;
 pub mod kernel;
@@ -23,6 +24,7 @@ pub mod spec;
 pub mod stats;
 pub mod vcpu;
 pub mod virtio;
+pub mod wire;
 
 pub use console::{ConsoleInput, ConsoleLog, ConsoleSink};
 pub use control::PowerButton;

@@ -9,9 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use vmm::{DomainError, Instance};
+use vmm::DomainError;
 
 use super::net;
+use super::process::DomainProcess;
 use super::registry::{EntryView, RegistryError};
 use super::Daemon;
 use crate::def::DomainDef;
@@ -160,11 +161,15 @@ fn list_domains(daemon: &Daemon, _: &Params, _: &Request) -> Response {
 
 /// The `list` view of a domain.
 fn summary(e: &EntryView) -> Value {
+    summary_with(e, &e.instance.as_ref().and_then(|i| i.stats()))
+}
+
+/// The `list` view, with the counters already asked for.
+fn summary_with(e: &EntryView, stats: &Option<vmm::wire::MachineStats>) -> Value {
     let status = e.status();
-    let machine = e.instance.as_ref().and_then(|i| i.machine());
-    let cpu_ns: u64 = machine
+    let cpu_ns: u64 = stats
         .as_ref()
-        .map(|m| m.counters.iter().map(|c| c.snapshot().cpu_ns).sum())
+        .map(|m| m.vcpus.iter().map(|v| v.cpu_ns).sum())
         .unwrap_or(0);
     json!({
         "id": e.id,
@@ -217,25 +222,25 @@ fn get_domain(daemon: &Daemon, p: &Params, _: &Request) -> Response {
 
 /// The `info` view of a domain: its definition, state and every counter.
 fn info(e: &EntryView) -> Value {
-    let mut v = summary(e);
+    let stats = e.instance.as_ref().and_then(|i| i.stats());
+    let mut v = summary_with(e, &stats);
     v["definition"] = serde_json::to_value(&e.def).unwrap_or(Value::Null);
-    if let Some(machine) = e.instance.as_ref().and_then(|i| i.machine()) {
+    if let Some(process) = e.instance.as_ref().filter(|i| i.status().state.is_active()) {
+        v["pid"] = json!(process.pid());
+    }
+    if let Some(machine) = stats {
         let vcpus: Vec<Value> = machine
-            .counters
+            .vcpus
             .iter()
             .enumerate()
-            .map(|(i, c)| {
-                let s = c.snapshot();
-                let exits: serde_json::Map<String, Value> = s
-                    .exits
-                    .iter()
-                    .map(|(k, n)| (k.to_string(), json!(n)))
-                    .collect();
+            .map(|(i, s)| {
+                let exits: serde_json::Map<String, Value> =
+                    s.exits.iter().map(|(k, n)| (k.clone(), json!(n))).collect();
                 json!({ "vcpu": i, "cpu_ns": s.cpu_ns, "exits": exits })
             })
             .collect();
         v["vcpu_stats"] = Value::Array(vcpus);
-        v["memory_resident_bytes"] = json!(machine.resident_bytes());
+        v["memory_resident_bytes"] = json!(machine.resident_bytes);
         v["devices"] = Value::Array(device_stats(&machine));
         if let Some(status) = e.status() {
             v["uptime_s"] = json!(status.since.elapsed().as_secs_f64());
@@ -244,26 +249,18 @@ fn info(e: &EntryView) -> Value {
     v
 }
 
-/// Each virtio device's kind, label and counters (read from the counters the device shares,
-/// never through its lock).
-pub fn device_stats(machine: &vmm::domain::MachineView) -> Vec<Value> {
+/// Each virtio device's kind, label and counters, as its domain process reported them.
+pub fn device_stats(machine: &vmm::wire::MachineStats) -> Vec<Value> {
     machine
         .devices
         .iter()
         .map(|d| {
-            let kind = match d.device_id {
-                1 => "net",
-                2 => "block",
-                4 => "rng",
-                _ => "other",
-            };
             let counters: serde_json::Map<String, Value> = d
                 .counters
-                .snapshot()
-                .into_iter()
-                .map(|(k, n)| (k.to_string(), json!(n)))
+                .iter()
+                .map(|(k, n)| (k.clone(), json!(n)))
                 .collect();
-            json!({ "kind": kind, "label": d.label, "counters": counters })
+            json!({ "kind": d.kind, "label": d.label, "counters": counters })
         })
         .collect()
 }
@@ -283,7 +280,7 @@ fn start_domain(daemon: &Daemon, p: &Params, _: &Request) -> Response {
 }
 
 /// The running instance of domain `name`, or the answer when there is none.
-fn active_instance(daemon: &Daemon, name: &str) -> Result<Arc<Instance>, Response> {
+fn active_instance(daemon: &Daemon, name: &str) -> Result<Arc<DomainProcess>, Response> {
     let instance = daemon
         .registry
         .instance(name)

@@ -91,7 +91,7 @@ pub fn serve(
         };
         if let Ok(Some(instance)) = daemon.registry.instance(&name) {
             if instance.status().state.is_active() {
-                instance.console_input().send_if_attached(&buf[..n]);
+                instance.console_input(&buf[..n]);
             }
         }
     }

@@ -72,15 +72,14 @@ pub fn render(daemon: &Daemon) -> String {
             (1, format!("{{domain=\"{name}\"}} {}", u8::from(state == RunState::Paused))),
             (2, format!("{{domain=\"{name}\"}} {}", e.status().map_or(0, |s| s.boots))),
         ];
-        if let Some(m) = e.instance.as_ref().and_then(|i| i.machine()) {
-            rows.push((3, format!("{{domain=\"{name}\"}} {}", m.resident_bytes())));
-            for (i, c) in m.counters.iter().enumerate() {
-                let s = c.snapshot();
+        if let Some(m) = e.instance.as_ref().and_then(|i| i.stats()) {
+            rows.push((3, format!("{{domain=\"{name}\"}} {}", m.resident_bytes)));
+            for (i, v) in m.vcpus.iter().enumerate() {
                 rows.push((
                     4,
-                    format!("{{domain=\"{name}\",vcpu=\"{i}\"}} {:.9}", s.cpu_ns as f64 / 1e9),
+                    format!("{{domain=\"{name}\",vcpu=\"{i}\"}} {:.9}", v.cpu_ns as f64 / 1e9),
                 ));
-                for (reason, n) in s.exits {
+                for (reason, n) in &v.exits {
                     rows.push((
                         5,
                         format!("{{domain=\"{name}\",vcpu=\"{i}\",reason=\"{reason}\"}} {n}"),
@@ -89,7 +88,7 @@ pub fn render(daemon: &Daemon) -> String {
             }
             for (slot, d) in m.devices.iter().enumerate() {
                 let dev = label(&d.label);
-                for (counter, n) in d.counters.snapshot() {
+                for (counter, n) in &d.counters {
                     rows.push((
                         6,
                         format!(

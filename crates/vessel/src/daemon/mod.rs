@@ -13,6 +13,7 @@ mod console;
 mod deadline;
 pub mod metrics;
 pub mod net;
+pub mod process;
 pub mod registry;
 mod store;
 
@@ -26,10 +27,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
-use vmm::Instance;
+use vmm::wire::Confinement;
 
 use crate::def::DomainDef;
 use crate::http::{self, Response};
+use process::{DomainProcess, LaunchPlan};
 use registry::Registry;
 
 /// Most connections served at once.
@@ -53,6 +55,11 @@ pub struct DaemonArgs {
     /// Connect the virtual switch to this host TAP interface (created if missing).
     #[arg(long, value_name = "TAP")]
     uplink: Option<String>,
+    /// On SIGTERM or SIGINT, seconds the domains have to power off after their power buttons
+    /// are pressed; then those still running are stopped and the daemon exits 0. (SIGQUIT
+    /// makes the daemon exit at once and leaves the domains running, for an upgrade.)
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    shutdown_timeout: u64,
     /// Seconds a client has to send a whole request from its first byte, to send the first
     /// byte of its next one, and to take a response (for tests; docs/api.md).
     #[arg(long, value_name = "SECS", default_value_t = REQUEST_TIMEOUT_SECS,
@@ -71,6 +78,10 @@ fn parse_timeout(s: &str) -> Result<f64, String> {
 pub struct Daemon {
     /// Every domain.
     pub registry: Registry,
+    /// Where domain processes' channel sockets are (`STATE_DIR/run`).
+    pub run_dir: PathBuf,
+    /// Where domain processes' own messages go (`STATE_DIR/logs`).
+    pub log_dir: PathBuf,
     /// The virtual switch between the domains' VIFs.
     pub switch: Arc<vswitch::SwitchHandle>,
     /// When the daemon started.
@@ -123,21 +134,14 @@ impl Daemon {
         self.finish_start(name, started)
     }
 
-    /// Builds and starts an instance of domain `name`, whose start the caller has claimed
-    /// (its entry's `starting` flag); the claim is left for the caller to release.
-    fn launch(&self, name: &str) -> Result<Instance, Response> {
-        let (def, console) = self
+    /// Starts a domain process for domain `name`, whose start the caller has claimed (its
+    /// entry's `starting` flag); the claim is left for the caller to release. The daemon opens
+    /// every host file the domain needs, with its checks, and hands the descriptors over.
+    fn launch(&self, name: &str) -> Result<DomainProcess, Response> {
+        let (id, def, console) = self
             .registry
-            .with(name, |e| (e.def.clone(), e.console.clone()))
+            .with(name, |e| (e.id, e.def.clone(), e.console.clone()))
             .map_err(api::registry_error_response)?;
-        let label = name.to_string();
-        let on_stop = Box::new(move |s: &vmm::Status| {
-            eprintln!(
-                "vessel daemon: domain '{label}' is {}: {}",
-                s.state.name(),
-                s.message.as_deref().unwrap_or("")
-            );
-        });
         let ports = net::port_provider(&self.switch, name);
         let fail = |e: vmm::DomainError| {
             Response::error(
@@ -148,15 +152,27 @@ impl Daemon {
         let cfg = def.spec().clone();
         let hv = hv::Hypervisor::open().map_err(|e| fail(e.into()))?;
         vmm::validate(&cfg, &hv).map_err(fail)?;
-        let res = vmm::resources::Resources::open(&cfg, Some(&ports)).map_err(fail)?;
-        Instance::start(cfg, res, console.sink(), on_stop).map_err(fail)
+        let resources = vmm::resources::Resources::open(&cfg, Some(&ports)).map_err(fail)?;
+        DomainProcess::launch(LaunchPlan {
+            name,
+            spec: cfg,
+            resources,
+            socket: self.run_dir.join(format!("{name}.sock")),
+            log: self.log_dir.join(format!("{name}.log")),
+            confine: Some(Confinement {
+                uid: DOMAIN_ID_BASE + id,
+                gid: DOMAIN_ID_BASE + id,
+            }),
+            console,
+        })
+        .map_err(|why| Response::error(500, &format!("domain '{name}' cannot start: {why}")))
     }
 
     /// Releases the claim on domain `name`'s start, keeping the instance if it started.
     fn finish_start(
         &self,
         name: &str,
-        started: Result<Instance, Response>,
+        started: Result<DomainProcess, Response>,
     ) -> Result<(), Response> {
         let stored = self.registry.with(name, move |e| {
             e.starting = false;
@@ -166,8 +182,10 @@ impl Daemon {
     }
 }
 
-/// Runs the daemon until it is killed.
+/// Runs the daemon until a signal ends it (see [`DaemonArgs::shutdown_timeout`]).
 pub fn daemon(args: DaemonArgs) -> anyhow::Result<std::process::ExitCode> {
+    // Before any thread starts, so that every thread inherits the blocked mask.
+    let signals = hv::TerminationSignals::block().context("cannot block termination signals")?;
     let (registry, warnings) = Registry::open(&args.state_dir).with_context(|| {
         format!(
             "cannot use the state directory {}",
@@ -191,11 +209,22 @@ pub fn daemon(args: DaemonArgs) -> anyhow::Result<std::process::ExitCode> {
         args.socket.display(),
         args.state_dir.display()
     );
+    let run_dir = private_dir(&args.state_dir.join("run"))?;
+    let log_dir = private_dir(&args.state_dir.join("logs"))?;
     let daemon = Arc::new(Daemon {
         registry,
+        run_dir,
+        log_dir,
         switch,
         started: Instant::now(),
     });
+    daemon.reattach_and_autostart();
+    spawn_signal_thread(
+        signals,
+        daemon.clone(),
+        args.socket.clone(),
+        Duration::from_secs(args.shutdown_timeout),
+    );
     let timeout = Duration::from_secs_f64(args.request_timeout);
     let active = Arc::new(AtomicUsize::new(0));
     for stream in listener.incoming() {
@@ -233,6 +262,132 @@ pub fn daemon(args: DaemonArgs) -> anyhow::Result<std::process::ExitCode> {
         }
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+impl Daemon {
+    /// Finds the domain processes an earlier daemon left running (their channel sockets in
+    /// the run directory) and attaches to them; then starts the domains marked `autostart`
+    /// that are not running.
+    fn reattach_and_autostart(&self) {
+        for view in self.registry.views() {
+            let name = view.def.name().to_string();
+            let socket = self.run_dir.join(format!("{name}.sock"));
+            if !socket.exists() {
+                continue;
+            }
+            let console = match self.registry.with(&name, |e| e.console.clone()) {
+                Ok(c) => c,
+                Err(_) => continue,
+            };
+            match DomainProcess::attach(&name, &socket, console) {
+                Some(process) => {
+                    eprintln!(
+                        "vessel daemon: domain '{name}' runs (process {}): attached",
+                        process.pid()
+                    );
+                    let process = Arc::new(process);
+                    let _ = self.registry.with(&name, |e| e.instance = Some(process));
+                }
+                None => {
+                    // Nobody listens: the process ended while no daemon was there.
+                    let _ = std::fs::remove_file(&socket);
+                }
+            }
+        }
+        for view in self.registry.views() {
+            if view.def.spec().autostart && !view.state().is_active() {
+                let name = view.def.name().to_string();
+                match self.start(&name) {
+                    Ok(()) => eprintln!("vessel daemon: domain '{name}' started (autostart)"),
+                    Err(resp) => eprintln!(
+                        "vessel daemon: domain '{name}' (autostart) cannot start: {}",
+                        String::from_utf8_lossy(&resp.body).trim()
+                    ),
+                }
+            }
+        }
+    }
+
+    /// Shuts every running domain down: presses each power button, waits at most `grace`
+    /// for them to power off, then stops those still running.
+    fn shut_down_domains(&self, grace: Duration) {
+        let running: Vec<(String, Arc<DomainProcess>)> = self
+            .registry
+            .views()
+            .into_iter()
+            .filter_map(|v| {
+                let p = v.instance.clone()?;
+                p.status()
+                    .state
+                    .is_active()
+                    .then(|| (v.def.name().to_string(), p))
+            })
+            .collect();
+        for (name, p) in &running {
+            if let Err(e) = p.press_power_button() {
+                eprintln!("vessel daemon: domain '{name}': {e}");
+            }
+        }
+        let deadline = Instant::now() + grace;
+        for (name, p) in &running {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if !p.wait_stopped(left) {
+                eprintln!(
+                    "vessel daemon: domain '{name}' did not power off within {} s: stopping it",
+                    grace.as_secs()
+                );
+                p.destroy();
+            }
+            p.wait_gone(Duration::from_secs(10));
+        }
+    }
+}
+
+/// Takes the daemon's termination signals: SIGTERM or SIGINT shuts every domain down (power
+/// buttons, then at most `grace`) and exits 0; SIGQUIT exits at once, leaving the domains
+/// running for the next daemon to attach to.
+fn spawn_signal_thread(
+    signals: hv::TerminationSignals,
+    daemon: Arc<Daemon>,
+    socket: PathBuf,
+    grace: Duration,
+) {
+    let _ = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || loop {
+            match signals.wait(None) {
+                Ok(Some(hv::TerminationSignal::Quit)) => {
+                    eprintln!("vessel daemon: SIGQUIT: exiting; the domains keep running");
+                    let _ = std::fs::remove_file(&socket);
+                    std::process::exit(0);
+                }
+                Ok(Some(signal)) => {
+                    eprintln!("vessel daemon: {signal}: shutting the domains down");
+                    daemon.shut_down_domains(grace);
+                    let _ = std::fs::remove_file(&socket);
+                    eprintln!("vessel daemon: every domain is down; exiting");
+                    std::process::exit(0);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    eprintln!("vessel daemon: warning: signals are not taken: {e}");
+                    return;
+                }
+            }
+        });
+}
+
+/// The first uid (and gid) of domain processes: domain `id` runs as `DOMAIN_ID_BASE + id`.
+pub const DOMAIN_ID_BASE: u32 = 200_000;
+
+/// `dir`, created (mode 0700) if missing.
+fn private_dir(dir: &Path) -> anyhow::Result<PathBuf> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir.to_path_buf())
 }
 
 /// Binds the API socket so that it is never reachable with wider permissions than 0600: it is

@@ -16,7 +16,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use vmm::{ConsoleLog, Instance, RunState, Status};
+use vmm::{ConsoleLog, RunState, Status};
+
+use super::process::DomainProcess;
 
 use super::store::Store;
 use crate::def::DomainDef;
@@ -28,7 +30,7 @@ pub struct Entry {
     /// Its definition.
     pub def: DomainDef,
     /// Its current or last instance.
-    pub instance: Option<Arc<Instance>>,
+    pub instance: Option<Arc<DomainProcess>>,
     /// Its console output, kept across starts.
     pub console: ConsoleLog,
     /// A start is under way (set under the lock, so two starts cannot race).
@@ -74,7 +76,7 @@ pub struct EntryView {
     /// Its definition.
     pub def: DomainDef,
     /// Its current or last instance.
-    pub instance: Option<Arc<Instance>>,
+    pub instance: Option<Arc<DomainProcess>>,
 }
 
 impl EntryView {
@@ -283,7 +285,7 @@ impl Registry {
     }
 
     /// The instance of domain `name`, if it has one.
-    pub fn instance(&self, name: &str) -> Result<Option<Arc<Instance>>, RegistryError> {
+    pub fn instance(&self, name: &str) -> Result<Option<Arc<DomainProcess>>, RegistryError> {
         self.with(name, |e| e.instance.clone())
     }
 }

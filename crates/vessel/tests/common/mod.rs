@@ -3,6 +3,8 @@
 // Each test binary uses its own subset of these.
 #![allow(dead_code)]
 
+pub mod daemon;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -270,4 +272,35 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// Kills every domain process whose channel socket lies under `dir` (a test daemon's state
+/// directory): domain processes outlive their daemon by design, so a test that ends (or kills
+/// its daemon) ends them too. Returns how many there were.
+pub fn kill_domain_processes_under(dir: &Path) -> usize {
+    let mut killed = 0;
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let needle = format!("VESSEL_DOMAIN_CHANNEL={}", dir.display());
+    for entry in procs.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        let ours = environ
+            .split(|&b| b == 0)
+            .any(|v| v.starts_with(needle.as_bytes()));
+        if ours {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            killed += 1;
+        }
+    }
+    killed
 }

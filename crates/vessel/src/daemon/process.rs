@@ -1,0 +1,511 @@
+//! A domain process seen from the daemon: started (the same binary's hidden `domain` verb, with
+//! its channel listener as descriptor 3, its host resources handed over as descriptors), or
+//! found again after a daemon restart; then driven by calls over its channel ([`vmm::wire`]).
+//!
+//! One reader thread per domain takes what the process sends: replies (to the call waiting for
+//! them), state changes, console output (into the domain's console log). When the channel
+//! closes, the process has ended, or left us: a domain that was running is then `crashed`,
+//! with the process's exit status when it was our child.
+
+use std::collections::HashMap;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use hv::channel::{Channel, Listener};
+use vmm::resources::Resources;
+use vmm::wire::{self, Call, Confinement, MachineStats, Note, Request, StatusReport};
+use vmm::{ConsoleLog, RunState, Status};
+
+/// How long a call waits for its reply (a pause waits for every vCPU to park: 15 s at most).
+const CALL_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a counters call waits: an unresponsive domain must not hold up the API.
+const STATS_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a launch may take (building the machine, loading the kernel and initrd).
+const LAUNCH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Where a domain's state stands, as its process last said.
+struct Seen {
+    status: Status,
+    /// The channel closed: the process is gone (or no longer ours).
+    gone: bool,
+}
+
+struct Shared {
+    name: String,
+    seen: Mutex<Seen>,
+    changed: Condvar,
+    pending: Mutex<HashMap<u64, SyncSender<Note>>>,
+    console: ConsoleLog,
+    child: Mutex<Option<Child>>,
+    /// The host resources the daemon opened for the domain: held while its process runs (its
+    /// switch ports stay on the switch; its socket files are removed when they go).
+    resources: Mutex<Option<Resources>>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Seen> {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes `report` unless it is older than what is known; returns whether it was taken.
+    fn update(&self, report: &StatusReport) -> bool {
+        let mut seen = self.lock();
+        if report.version < seen.status.version {
+            return false;
+        }
+        let changed = report.state != seen.status.state.name() || report.boots != seen.status.boots;
+        seen.status = status_of(report);
+        drop(seen);
+        self.changed.notify_all();
+        changed
+    }
+}
+
+/// A running domain process.
+pub struct DomainProcess {
+    shared: Arc<Shared>,
+    writer: Mutex<Channel>,
+    next_id: AtomicU64,
+    pid: u32,
+}
+
+fn status_of(r: &StatusReport) -> Status {
+    let state = match r.state.as_str() {
+        "running" => RunState::Running,
+        "paused" => RunState::Paused,
+        "crashed" => RunState::Crashed,
+        _ => RunState::Shutoff,
+    };
+    let uptime = Duration::from_millis(r.uptime_ms);
+    Status {
+        state,
+        boots: r.boots,
+        message: r.message.clone(),
+        since: Instant::now()
+            .checked_sub(uptime)
+            .unwrap_or_else(Instant::now),
+        version: r.version,
+    }
+}
+
+/// The hidden verb that runs a domain process.
+pub const DOMAIN_VERB: &str = "domain";
+
+/// What [`DomainProcess::launch`] needs to know about the daemon's layout.
+pub struct LaunchPlan<'a> {
+    /// The domain's name.
+    pub name: &'a str,
+    /// Its specification.
+    pub spec: vmm::spec::DomainSpec,
+    /// Its resources, opened by the daemon.
+    pub resources: Resources,
+    /// Where its channel socket is bound (`STATE_DIR/run/NAME.sock`).
+    pub socket: PathBuf,
+    /// Where its process's own messages go (`STATE_DIR/logs/NAME.log`).
+    pub log: PathBuf,
+    /// Its confinement.
+    pub confine: Option<Confinement>,
+    /// Its console log.
+    pub console: ConsoleLog,
+}
+
+impl DomainProcess {
+    /// Starts a domain process and launches the domain in it; returns once its first machine
+    /// is built (or why it could not be).
+    pub fn launch(plan: LaunchPlan<'_>) -> Result<DomainProcess, String> {
+        let _ = std::fs::remove_file(&plan.socket);
+        let listener = Listener::bind(&plan.socket)
+            .map_err(|e| format!("cannot bind {}: {e}", plan.socket.display()))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&plan.log)
+            .map_err(|e| format!("cannot open {}: {e}", plan.log.display()))?;
+        let exe = std::env::current_exe().map_err(|e| format!("cannot find vessel: {e}"))?;
+        let mut cmd = Command::new(exe);
+        cmd.arg(DOMAIN_VERB)
+            .env("VESSEL_DOMAIN_CHANNEL", &plan.socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log));
+        let listener_fd = listener
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| e.to_string())?;
+        let child = hv::process::spawn_with_channel(cmd, listener_fd)
+            .map_err(|e| format!("cannot start the domain process: {e}"))?;
+        drop(listener);
+        let pid = child.id();
+        let fail = |child: Child, why: String| {
+            kill_child(child);
+            why
+        };
+        let channel = match Channel::connect(&plan.socket) {
+            Ok(c) => c,
+            Err(e) => return Err(fail(child, format!("cannot reach the domain process: {e}"))),
+        };
+        let (manifest, fds) = plan.resources.to_wire();
+        let launch = Call {
+            id: 0,
+            request: Request::Launch {
+                name: plan.name.to_string(),
+                spec: Box::new(plan.spec),
+                manifest,
+                confine: plan.confine,
+            },
+        };
+        if let Err(e) = channel.send(&wire::encode(&launch), &fds) {
+            return Err(fail(child, format!("cannot launch the domain: {e}")));
+        }
+        let hello = match await_hello(&channel, LAUNCH_TIMEOUT) {
+            Ok(h) => h,
+            Err(why) => return Err(fail(child, why)),
+        };
+        Ok(Self::connected(
+            plan.name,
+            pid,
+            channel,
+            hello,
+            plan.console,
+            Some(child),
+            Some(plan.resources),
+        ))
+    }
+
+    /// Attaches to the domain process listening at `socket` (one an earlier daemon started);
+    /// `None` if none answers there.
+    pub fn attach(name: &str, socket: &Path, console: ConsoleLog) -> Option<DomainProcess> {
+        let channel = Channel::connect(socket).ok()?;
+        let call = Call {
+            id: 0,
+            request: Request::Attach,
+        };
+        channel.send(&wire::encode(&call), &[]).ok()?;
+        let hello = await_hello(&channel, Duration::from_secs(10)).ok()?;
+        let pid = match &hello {
+            Note::Hello { pid, .. } => *pid,
+            _ => return None,
+        };
+        Some(Self::connected(
+            name, pid, channel, hello, console, None, None,
+        ))
+    }
+
+    fn connected(
+        name: &str,
+        pid: u32,
+        channel: Channel,
+        hello: Note,
+        console: ConsoleLog,
+        child: Option<Child>,
+        resources: Option<Resources>,
+    ) -> DomainProcess {
+        let status = match &hello {
+            Note::Hello { status, .. } => status_of(status),
+            _ => status_of(&StatusReport {
+                state: "running".into(),
+                boots: 1,
+                message: None,
+                uptime_ms: 0,
+                version: 0,
+            }),
+        };
+        let shared = Arc::new(Shared {
+            name: name.to_string(),
+            seen: Mutex::new(Seen {
+                status,
+                gone: false,
+            }),
+            changed: Condvar::new(),
+            pending: Mutex::new(HashMap::new()),
+            console,
+            child: Mutex::new(child),
+            resources: Mutex::new(resources),
+        });
+        let writer = channel.try_clone().unwrap_or_else(|_| {
+            // A socket that cannot be duplicated cannot be served: the reader sees it close.
+            channel.shutdown();
+            Channel::pair().map(|(a, _)| a).expect("a socket pair")
+        });
+        let s = shared.clone();
+        let _ = std::thread::Builder::new()
+            .name(format!("dom-{name}"))
+            .spawn(move || read_loop(&s, &channel));
+        DomainProcess {
+            shared,
+            writer: Mutex::new(writer),
+            next_id: AtomicU64::new(1),
+            pid,
+        }
+    }
+
+    /// The process's id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The domain's state as last reported.
+    pub fn status(&self) -> Status {
+        self.shared.lock().status.clone()
+    }
+
+    /// Sends a call and waits at most `timeout` for its reply.
+    fn call(&self, request: Request, timeout: Duration) -> Result<Note, String> {
+        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+        let (tx, rx) = sync_channel(1);
+        self.shared
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, tx);
+        let sent = self
+            .writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(&wire::encode(&Call { id, request }), &[]);
+        let answer = match sent {
+            Err(e) => Err(format!("the domain process is gone: {e}")),
+            Ok(()) => rx
+                .recv_timeout(timeout)
+                .map_err(|_| "the domain process did not answer".to_string()),
+        };
+        self.shared
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        answer
+    }
+
+    /// A call whose reply only says whether it worked.
+    fn act(&self, request: Request) -> Result<(), String> {
+        if !self.status().state.is_active() {
+            return Err(format!("the domain is {}", self.status().state.name()));
+        }
+        match self.call(request, CALL_TIMEOUT)? {
+            Note::Reply { error: None, .. } => Ok(()),
+            Note::Reply { error: Some(e), .. } => Err(e),
+            _ => Err("the domain process answered out of turn".into()),
+        }
+    }
+
+    /// Parks every vCPU. Only a running domain can be paused.
+    pub fn pause(&self) -> Result<(), String> {
+        self.act(Request::Pause)
+    }
+
+    /// Lets a paused domain run again.
+    pub fn unpause(&self) -> Result<(), String> {
+        self.act(Request::Unpause)
+    }
+
+    /// A hard reset.
+    pub fn reset(&self) -> Result<(), String> {
+        self.act(Request::Reset)
+    }
+
+    /// Presses the ACPI power button.
+    pub fn press_power_button(&self) -> Result<(), String> {
+        self.act(Request::PowerButton)
+    }
+
+    /// Stops the domain at once and waits (a little) for its process to end.
+    pub fn destroy(&self) {
+        if self.act(Request::Destroy).is_err() {
+            // Unresponsive: the process goes anyway.
+            if let Some(child) = self
+                .shared
+                .child
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_mut()
+            {
+                let _ = child.kill();
+            } else if let Ok(p) = hv::process::Pidfd::open(self.pid) {
+                let _ = p.kill();
+            }
+        }
+        self.wait_gone(Duration::from_secs(10));
+    }
+
+    /// Waits at most `timeout` until the process has ended (its channel closed, its resources
+    /// released: its switch ports are off the switch); returns whether it has.
+    pub fn wait_gone(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut seen = self.shared.lock();
+        while !seen.gone {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            seen = self
+                .shared
+                .changed
+                .wait_timeout(seen, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        true
+    }
+
+    /// Waits at most `timeout` until the domain has stopped; returns whether it has.
+    pub fn wait_stopped(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut seen = self.shared.lock();
+        while seen.status.state.is_active() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            seen = self
+                .shared
+                .changed
+                .wait_timeout(seen, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        true
+    }
+
+    /// The running machine's counters, if it answers in time.
+    pub fn stats(&self) -> Option<MachineStats> {
+        if !self.status().state.is_active() {
+            return None;
+        }
+        match self.call(Request::Stats, STATS_TIMEOUT) {
+            Ok(Note::Reply { stats, .. }) => stats,
+            _ => None,
+        }
+    }
+
+    /// Sends console input to the guest (dropped unless the domain runs).
+    pub fn console_input(&self, bytes: &[u8]) {
+        if self.status().state.is_active() {
+            let _ = self
+                .writer
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .send(&wire::console(wire::CONSOLE_IN, bytes), &[]);
+        }
+    }
+}
+
+fn kill_child(mut child: Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Waits for the answer to a launch or an attach.
+fn await_hello(channel: &Channel, timeout: Duration) -> Result<Note, String> {
+    let _ = channel.set_read_timeout(Some(timeout));
+    let answer = match channel.recv() {
+        Ok(Some((bytes, _))) => wire::decode::<Note>(&bytes),
+        Ok(None) => Err("the domain process ended before it answered".into()),
+        Err(e) => Err(format!("the domain process did not answer: {e}")),
+    };
+    let _ = channel.set_read_timeout(None);
+    match answer? {
+        hello @ Note::Hello { .. } => Ok(hello),
+        Note::Reply { error: Some(e), .. } => Err(e),
+        _ => Err("the domain process answered out of turn".into()),
+    }
+}
+
+/// Takes everything the process sends until its channel closes.
+fn read_loop(shared: &Arc<Shared>, channel: &Channel) {
+    loop {
+        let bytes = match channel.recv() {
+            Ok(Some((bytes, _))) => bytes,
+            Ok(None) | Err(_) => break,
+        };
+        match bytes.first() {
+            Some(&wire::CONSOLE_OUT) => {
+                use std::io::Write;
+                let _ = shared.console.clone().write_all(&bytes[1..]);
+            }
+            Some(&wire::CONSOLE_REPLAY) => shared.console.replace(&bytes[1..]),
+            Some(b'{') => match wire::decode::<Note>(&bytes) {
+                Ok(Note::Status(report)) => {
+                    if shared.update(&report) {
+                        tracing_state(&shared.name, &shared.lock().status);
+                    }
+                }
+                Ok(note @ Note::Reply { .. }) => {
+                    let Note::Reply { id, status, .. } = &note else {
+                        continue;
+                    };
+                    if let Some(report) = status {
+                        shared.update(report);
+                    }
+                    let waiter = shared
+                        .pending
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(id);
+                    if let Some(tx) = waiter {
+                        let _ = tx.try_send(note);
+                    }
+                }
+                Ok(Note::Hello { .. }) => {}
+                Err(e) => eprintln!("vessel daemon: domain '{}': {e}", shared.name),
+            },
+            _ => {}
+        }
+    }
+    // The channel closed: the process ended (or another control plane took it over). Its
+    // resources go (its switch ports leave the switch).
+    let exit = reap(shared);
+    drop(
+        shared
+            .resources
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take(),
+    );
+    let mut seen = shared.lock();
+    seen.gone = true;
+    if seen.status.state.is_active() {
+        seen.status.state = RunState::Crashed;
+        seen.status.message = Some(match exit {
+            Some(how) => format!("the domain process ended ({how})"),
+            None => "the domain process ended".into(),
+        });
+        tracing_state(&shared.name, &seen.status);
+    }
+    drop(seen);
+    shared.changed.notify_all();
+}
+
+/// Waits for the process if it is our child; says how it ended.
+fn reap(shared: &Shared) -> Option<String> {
+    let mut slot = shared.child.lock().unwrap_or_else(|e| e.into_inner());
+    let child = slot.as_mut()?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                use std::os::unix::process::ExitStatusExt;
+                return Some(match (status.code(), status.signal()) {
+                    (_, Some(sig)) => format!("killed by signal {sig}"),
+                    (Some(code), _) => format!("exit status {code}"),
+                    _ => status.to_string(),
+                });
+            }
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            _ => return None,
+        }
+    }
+}
+
+fn tracing_state(name: &str, status: &Status) {
+    eprintln!(
+        "vessel daemon: domain '{name}' is {}: {}",
+        status.state.name(),
+        status.message.as_deref().unwrap_or("")
+    );
+}

@@ -1,0 +1,216 @@
+//! Each domain in its own confined process under the daemon, with the `mini` guest on
+//! /dev/kvm: the process runs as a user of its own with no capabilities, `no_new_privs` and
+//! namespaces of its own; killing one domain's process crashes that domain only; domains
+//! outlive a killed daemon and a new daemon attaches to them (state, console kept meanwhile,
+//! pause, counters, destroy); SIGTERM to the daemon powers every domain off through its button
+//! (stopping those that ignore it after `--shutdown-timeout`) and exits 0; SIGQUIT leaves them
+//! running; `autostart` domains start with the daemon.
+
+mod common;
+
+use std::time::Duration;
+
+use common::daemon::{last_tick, mini, tmpdir, wait_for, TestDaemon};
+use common::require_kvm;
+use serde_json::{json, Value};
+
+/// The value of `key` in `/proc/PID/status`.
+fn proc_status(pid: u32, key: &str) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .map(|v| v.trim_start_matches(':').trim().to_string())
+}
+
+/// Whether process `pid` is alive (and not a zombie).
+fn alive(pid: u32) -> bool {
+    proc_status(pid, "State").is_some_and(|s| !s.starts_with('Z'))
+}
+
+fn ticking(d: &TestDaemon, name: &str) -> u64 {
+    let before = last_tick(&d.console(name));
+    wait_for(&format!("{name} to tick"), Duration::from_secs(10), || {
+        last_tick(&d.console(name)) > before
+    });
+    last_tick(&d.console(name))
+}
+
+#[test]
+fn each_domain_is_a_confined_process_of_its_own() {
+    require_kvm();
+    let d = TestDaemon::start(&tmpdir("confined"));
+    d.ok("POST", "/v1/domains", Some(&mini("a", "tick", "16M")));
+    d.ok("POST", "/v1/domains", Some(&mini("b", "tick", "16M")));
+    let (a, b) = (d.pid_of("a"), d.pid_of("b"));
+    assert_ne!(a, b);
+    let daemon = d.child.id();
+    for pid in [a, b] {
+        assert_eq!(proc_status(pid, "NoNewPrivs").as_deref(), Some("1"));
+        for caps in ["CapEff", "CapPrm", "CapBnd", "CapAmb"] {
+            assert_eq!(
+                proc_status(pid, caps).as_deref(),
+                Some("0000000000000000"),
+                "{caps} of {pid}"
+            );
+        }
+        let uid = proc_status(pid, "Uid").unwrap();
+        assert!(!uid.starts_with("0\t"), "the domain runs as root: {uid}");
+        for ns in ["mnt", "net", "ipc", "uts"] {
+            let of = |p: u32| std::fs::read_link(format!("/proc/{p}/ns/{ns}")).unwrap();
+            assert_ne!(of(pid), of(daemon), "{ns} namespace shared with the daemon");
+        }
+        // Its root holds nothing of the host: one read-only tmpfs.
+        let mounts = std::fs::read_to_string(format!("/proc/{pid}/mounts")).unwrap();
+        assert_eq!(mounts.lines().count(), 1, "{mounts}");
+        assert!(mounts.starts_with("tmpfs / tmpfs ro"), "{mounts}");
+    }
+    assert_ne!(proc_status(a, "Uid"), proc_status(b, "Uid"), "a user each");
+}
+
+#[test]
+fn killing_a_domain_process_crashes_that_domain_only() {
+    require_kvm();
+    let d = TestDaemon::start(&tmpdir("kill-one"));
+    d.ok("POST", "/v1/domains", Some(&mini("victim", "tick", "16M")));
+    d.ok("POST", "/v1/domains", Some(&mini("other", "tick", "16M")));
+    ticking(&d, "other");
+    common::send_signal(d.pid_of("victim"), "KILL");
+    wait_for("the victim to be crashed", Duration::from_secs(10), || {
+        d.ok("GET", "/v1/domains/victim", None)["state"] == "crashed"
+    });
+    let info = d.ok("GET", "/v1/domains/victim", None);
+    assert!(
+        info["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("signal 9")),
+        "{info}"
+    );
+    ticking(&d, "other");
+    assert_eq!(d.ok("GET", "/v1/domains/other", None)["state"], "running");
+    // The crashed domain starts again, in a new process.
+    d.ok("POST", "/v1/domains/victim/start", None);
+    ticking(&d, "victim");
+}
+
+#[test]
+fn domains_outlive_a_killed_daemon_and_a_new_daemon_attaches_to_them() {
+    require_kvm();
+    let dir = tmpdir("reattach");
+    let d = TestDaemon::start(&dir);
+    d.ok("POST", "/v1/domains", Some(&mini("a", "tick", "16M")));
+    d.ok("POST", "/v1/domains", Some(&mini("b", "tick", "16M")));
+    let (a, b) = (d.pid_of("a"), d.pid_of("b"));
+    let seen = ticking(&d, "a");
+    d.kill_leaving_domains();
+    assert!(alive(a) && alive(b), "a domain died with its daemon");
+    // While no daemon is there the guest goes on printing; the new daemon shows it.
+    std::thread::sleep(Duration::from_millis(500));
+    let d = TestDaemon::start(&dir);
+    let list = d.ok("GET", "/v1/domains", None);
+    let states: Vec<(String, String)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["name"].as_str().unwrap().to_string(),
+                v["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("a".into(), "running".into()),
+            ("b".into(), "running".into())
+        ],
+        "{list}"
+    );
+    assert_eq!((d.pid_of("a"), d.pid_of("b")), (a, b), "the same processes");
+    let kept = d.console("a");
+    assert!(
+        last_tick(&kept) > seen,
+        "the output printed while no daemon ran is kept: {seen} then {}",
+        last_tick(&kept)
+    );
+    ticking(&d, "a");
+    d.ok("POST", "/v1/domains/b/pause", None);
+    assert_eq!(d.ok("GET", "/v1/domains/b", None)["state"], "paused");
+    d.ok("POST", "/v1/domains/b/unpause", None);
+    let info = d.ok("GET", "/v1/domains/a", None);
+    assert!(
+        info["vcpu_stats"][0]["cpu_ns"].as_u64().unwrap() > 0,
+        "{info}"
+    );
+    let metrics = d
+        .raw(b"GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n")
+        .1;
+    assert!(
+        metrics.contains("vessel_domain_up{domain=\"b\"} 1"),
+        "{metrics}"
+    );
+    d.ok("POST", "/v1/domains/a/destroy", None);
+    wait_for("a's process to end", Duration::from_secs(10), || !alive(a));
+    assert!(alive(b));
+}
+
+#[test]
+fn sigterm_powers_every_domain_off_and_the_daemon_exits_0() {
+    require_kvm();
+    let mut d = TestDaemon::start_with(&tmpdir("sigterm"), &["--shutdown-timeout", "2"]);
+    d.ok(
+        "POST",
+        "/v1/domains",
+        Some(&mini("polite", "button", "16M")),
+    );
+    d.ok("POST", "/v1/domains", Some(&mini("deaf", "tick", "16M")));
+    wait_for(
+        "polite to wait for its button",
+        Duration::from_secs(10),
+        || d.console("polite").contains("waiting for the power button"),
+    );
+    let (polite, deaf) = (d.pid_of("polite"), d.pid_of("deaf"));
+    d.signal("TERM");
+    let status = d
+        .wait_exit(Duration::from_secs(20))
+        .expect("the daemon exits");
+    assert_eq!(status.code(), Some(0), "{}", d.log());
+    assert!(!alive(polite) && !alive(deaf), "{}", d.log());
+    let log = d.log();
+    assert!(
+        log.contains("domain 'polite' is shutoff: the guest powered off"),
+        "{log}"
+    );
+    assert!(
+        log.contains("domain 'deaf' did not power off within 2 s: stopping it"),
+        "{log}"
+    );
+}
+
+#[test]
+fn sigquit_leaves_the_domains_running_and_autostart_domains_start_with_the_daemon() {
+    require_kvm();
+    let dir = tmpdir("sigquit");
+    let mut d = TestDaemon::start(&dir);
+    d.ok("POST", "/v1/domains", Some(&mini("stays", "tick", "16M")));
+    let mut later: Value = serde_json::from_str(&mini("later", "tick", "16M")).unwrap();
+    later["autostart"] = json!(true);
+    d.ok("POST", "/v1/domains?start=false", Some(&later.to_string()));
+    let stays = d.pid_of("stays");
+    d.signal("QUIT");
+    let status = d
+        .wait_exit(Duration::from_secs(10))
+        .expect("the daemon exits");
+    assert_eq!(status.code(), Some(0));
+    assert!(alive(stays), "SIGQUIT stopped a domain");
+    d.kill_leaving_domains();
+    let d = TestDaemon::start(&dir);
+    assert_eq!(d.pid_of("stays"), stays);
+    wait_for(
+        "the autostart domain to run",
+        Duration::from_secs(10),
+        || d.ok("GET", "/v1/domains/later", None)["state"] == "running",
+    );
+    ticking(&d, "later");
+}
