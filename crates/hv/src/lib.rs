@@ -13,6 +13,7 @@ mod kvm;
 mod memory;
 pub mod process;
 pub mod sandbox;
+pub mod seccomp;
 mod signals;
 pub mod tap;
 pub mod thread;

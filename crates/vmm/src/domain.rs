@@ -318,6 +318,11 @@ impl Machine {
             let handle = thread::Builder::new()
                 .name(name)
                 .spawn(move || {
+                    if let Err(e) =
+                        crate::confinement::on_thread_start(hv::seccomp::ThreadKind::Vcpu)
+                    {
+                        runner.control.stop(StopReason::Crash(e.to_string()));
+                    }
                     let _ = tx.send(hv::current_thread_handle());
                     runner.run()
                 })

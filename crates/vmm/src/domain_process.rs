@@ -19,7 +19,8 @@ use crate::console::ConsoleLog;
 use crate::instance::{Instance, Status};
 use crate::resources::Resources;
 use crate::wire::{
-    self, Call, Confinement, DeviceStats, MachineStats, Note, Request, StatusReport, VcpuStats,
+    self, Call, Confinement, DeviceStats, MachineStats, Note, Request, StatusReport, ThreadKind,
+    VcpuStats,
 };
 
 /// The attached control plane, if any: where notes and console output go.
@@ -151,6 +152,7 @@ fn launch(conn: &Channel) -> Result<(Instance, ConsoleLog, String), (u64, String
         }
         .enter()
         .map_err(|e| fail(e.to_string()))?;
+        crate::confinement::confine_threads().map_err(|e| fail(e.to_string()))?;
     }
     let log = ConsoleLog::default();
     let instance = Instance::start(cfg, res, log.sink(), Box::new(|_: &Status| {}))
@@ -295,11 +297,14 @@ fn answer(call: Call, instance: &Arc<Instance>, peer: &Peer) {
                         .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                 });
         }
-        Request::ForbiddenCall { thread } => reply(
-            peer,
-            id,
-            Err(format!("no seccomp filter yet for {thread:?} threads")),
-        ),
+        Request::ForbiddenCall { thread } => {
+            reply(peer, id, Ok(None));
+            crate::confinement::request_forbidden_call(match thread {
+                ThreadKind::Vcpu => hv::seccomp::ThreadKind::Vcpu,
+                ThreadKind::Io => hv::seccomp::ThreadKind::Io,
+                ThreadKind::Control => hv::seccomp::ThreadKind::Control,
+            });
+        }
         Request::Launch { .. } | Request::Attach => {
             reply(peer, id, Err("this domain runs already".into()))
         }

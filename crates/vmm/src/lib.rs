@@ -8,6 +8,7 @@
 
 pub mod acpi;
 pub mod boot;
+pub mod confinement;
 pub mod console;
 pub mod control;
 pub mod cpuid;

@@ -39,6 +39,7 @@ impl VcpuRunner {
             c.set_current_thread();
         }
         while !self.control.stopping() {
+            crate::confinement::forbidden_call_due(hv::seccomp::ThreadKind::Vcpu);
             self.control.park_if_paused();
             if self.control.stopping() {
                 break;

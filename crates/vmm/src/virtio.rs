@@ -208,6 +208,9 @@ pub fn place(
 /// Size of each device's register window on the MMIO bus.
 pub const WINDOW: u64 = MMIO_SIZE;
 
+/// The token of the seccomp tests' hook in the I/O thread's epoll set.
+const HOOK_TOKEN: u64 = u64::MAX - 1;
+
 /// The domain's I/O thread: waits on every device's notify eventfd and serves the kicked device.
 pub struct IoThread {
     stop: EventFd,
@@ -262,9 +265,23 @@ impl IoThread {
                 EpollEvent::new(EventSet::IN, stop_token),
             )
             .map_err(DomainError::host("watching an eventfd"))?;
+        if let Some(hook) = crate::confinement::hook_fd() {
+            epoll
+                .ctl(
+                    ControlOperation::Add,
+                    hook,
+                    EpollEvent::new(EventSet::IN, HOOK_TOKEN),
+                )
+                .map_err(DomainError::host("watching an eventfd"))?;
+        }
         let handle = std::thread::Builder::new()
             .name("io".into())
-            .spawn(move || io_loop(epoll, watched, stop_token))
+            .spawn(move || {
+                if crate::confinement::on_thread_start(hv::seccomp::ThreadKind::Io).is_err() {
+                    return;
+                }
+                io_loop(epoll, watched, stop_token)
+            })
             .map_err(DomainError::host("starting the I/O thread"))?;
         Ok(IoThread {
             stop,
@@ -362,6 +379,10 @@ fn io_loop(epoll: Epoll, mut watched: Vec<Watched>, stop_token: u64) {
             let token = event.data();
             if token == stop_token {
                 return;
+            }
+            if token == HOOK_TOKEN {
+                crate::confinement::forbidden_call_due(hv::seccomp::ThreadKind::Io);
+                continue;
             }
             let index = (token >> 1) as usize;
             let Some(w) = watched.get_mut(index) else {
