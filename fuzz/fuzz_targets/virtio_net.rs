@@ -131,6 +131,22 @@ impl Ring {
     }
 }
 
+/// `len` bytes of `pattern` repeated (of 0, 1, 2... from `start` when it is empty).
+fn repeat(pattern: &[u8], start: u8, len: usize) -> Vec<u8> {
+    let ramp: Vec<u8> = (0..=255u8).map(|i| start.wrapping_add(i)).collect();
+    let pattern = if pattern.is_empty() {
+        &ramp[..]
+    } else {
+        pattern
+    };
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        let n = (len - out.len()).min(pattern.len());
+        out.extend_from_slice(&pattern[..n]);
+    }
+    out
+}
+
 fuzz_target!(|data: &[u8]| {
     let mut input = Input(data);
     let raw_allowed = input.u8() & 1 != 0;
@@ -157,19 +173,11 @@ fuzz_target!(|data: &[u8]| {
                     let (kind, len) = (input.u8(), input.u16());
                     specs.push((kind % 2 == 1, usize::from(len)));
                 }
-                let seed = input.bytes(64).to_vec();
+                let seed = input.bytes(64);
                 let contents: Vec<Vec<u8>> = specs
                     .iter()
                     .enumerate()
-                    .map(|(i, &(_, len))| {
-                        (0..len)
-                            .map(|j| {
-                                seed.get((i + j) % seed.len().max(1))
-                                    .copied()
-                                    .unwrap_or(j as u8)
-                            })
-                            .collect()
-                    })
+                    .map(|(i, &(_, len))| repeat(seed, i as u8, len))
                     .collect();
                 let bufs: Vec<MockBuffer> = specs
                     .iter()
@@ -188,12 +196,10 @@ fuzz_target!(|data: &[u8]| {
                 }
                 // A readable buffer after a writable one breaks the queue: nothing is sent.
                 let well_formed = specs.windows(2).all(|w| !w[0].0 || w[1].0);
-                let payload: Vec<u8> = specs
-                    .iter()
-                    .zip(&contents)
-                    .filter(|(s, _)| !s.0)
-                    .flat_map(|(_, c)| c.iter().copied())
-                    .collect();
+                let mut payload = Vec::new();
+                for (_, c) in specs.iter().zip(&contents).filter(|(s, _)| !s.0) {
+                    payload.extend_from_slice(c);
+                }
                 if !well_formed {
                     exact = false;
                 } else if payload.len() >= HEADER_LEN && payload.len() - HEADER_LEN <= MAX_FRAME {
@@ -208,7 +214,7 @@ fuzz_target!(|data: &[u8]| {
             2 => {
                 let len = usize::from(input.u16()) % (MAX_FRAME + 2);
                 let fill = input.u8();
-                let frame: Vec<u8> = (0..len).map(|i| fill.wrapping_add(i as u8)).collect();
+                let frame = repeat(&[], fill, len);
                 if frame.len() <= MAX_FRAME {
                     offered.push_back(frame.clone());
                 }
