@@ -36,8 +36,9 @@
 //! Rules are evaluated in order for every copy of a frame (a flooded frame is judged once per
 //! output port, with that port as the destination); the first whose pattern matches decides,
 //! and frames no rule matches follow the default [`Policy`] (`accept` unless set). Each rule
-//! counts the copies it matched, their bytes and the ones it dropped. Ids are stable and never
-//! reused.
+//! counts the copies it matched, their bytes, the ones it dropped, and the ones it judged
+//! fail-closed because their protocol or ports could not be read (see "Bad frames" below). Ids
+//! are stable and never reused.
 //!
 //! A rule in JSON, annotated (unknown fields are errors; every pattern field is optional and all
 //! given fields must match; an absent or empty `pattern` matches everything):
