@@ -98,25 +98,21 @@ fn rule(input: &mut Input) -> Rule {
         dst_domain: bit(3).then(|| name(pick >> 6).1).flatten().map(Into::into),
         src_mac: bit(4).then(|| MACS[usize::from(pick) % 4]),
         dst_mac: bit(5).then(|| MACS[usize::from(pick >> 3) % 4]),
-        ethertype: bit(6).then(|| {
-            EtherType(match raw % 4 {
-                0 => ETHERTYPE_IPV4,
-                1 => ETHERTYPE_IPV6,
-                2 => 0x0806,
-                _ => raw,
-            })
-        }),
+        ethertype: bit(6).then_some(EtherType(match raw % 4 {
+            0 => ETHERTYPE_IPV4,
+            1 => ETHERTYPE_IPV6,
+            2 => 0x0806,
+            _ => raw,
+        })),
         src_ip: src_ip.filter(|_| bit(7)),
         dst_ip: dst_ip.filter(|_| bit(8)),
-        proto: bit(9).then(|| {
-            IpProto(match proto % 5 {
-                0 => PROTO_TCP,
-                1 => PROTO_UDP,
-                2 => 1,
-                3 => 58,
-                _ => proto,
-            })
-        }),
+        proto: bit(9).then_some(IpProto(match proto % 5 {
+            0 => PROTO_TCP,
+            1 => PROTO_UDP,
+            2 => 1,
+            3 => 58,
+            _ => proto,
+        })),
         sport: bit(10).then_some(sport),
         dport: bit(11).then_some(dport),
     };
