@@ -1,20 +1,49 @@
 //! Fuzzes the daemon API's HTTP request parser (`vessel::http::read_request`) as a hostile
-//! client drives it: any bytes on a keep-alive connection, read through a buffer of any size.
-//! Every request it parses must respect the server's bounds (head, headers, body) and be what
-//! the bytes said: serialized again, it parses to the same request. Errors carry one of the
-//! statuses the parser promises. A flag also runs the CLI's response-head reader on the bytes.
+//! client drives it: any bytes on a keep-alive connection, read through a buffer of any size,
+//! on a connection whose time may run out part-way (the daemon's reader then fails with
+//! `TimedOut`). Every request it parses must respect the server's bounds (head, headers, body)
+//! and be what the bytes said: serialized again, it parses to the same request. Errors carry
+//! one of the statuses the parser promises, 408 only when the time ran out. A flag also runs
+//! the CLI's response-head reader on the bytes.
 //!
 //! Input layout: byte 0, bits 0-6: the read buffer's capacity (0: the default), bit 7: parse a
-//! response head instead; the rest: the bytes on the connection.
+//! response head instead; byte 1: the connection's time runs out after that many times 16
+//! bytes (0: never); the rest: the bytes on the connection.
 #![no_main]
 
-use std::io::BufReader;
+use std::io::{self, BufReader, Read};
 
 use libfuzzer_sys::fuzz_target;
 use vessel::http::{read_request, read_response_head, Request, MAX_BODY, MAX_HEAD, MAX_HEADERS};
 
 /// Most requests read from one connection.
 const MAX_REQUESTS: usize = 8;
+
+/// A connection whose bytes are `data` and whose time runs out (reads fail with `TimedOut`, as
+/// the daemon's deadline makes them) once `budget` bytes have been read.
+struct Connection<'a> {
+    data: &'a [u8],
+    budget: Option<usize>,
+    timed_out: bool,
+}
+
+impl Read for Connection<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = match self.budget {
+            Some(0) if !self.data.is_empty() => {
+                self.timed_out = true;
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+            Some(left) => buf.len().min(left),
+            None => buf.len(),
+        };
+        let n = self.data.read(&mut buf[..n])?;
+        if let Some(left) = &mut self.budget {
+            *left -= n;
+        }
+        Ok(n)
+    }
+}
 
 /// What the parser promises about a request it returns.
 fn check(req: &Request) {
@@ -78,14 +107,21 @@ fn round_trip(req: &Request) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&flags, bytes)) = data.split_first() else {
+    let [flags, deadline, ..] = data else {
         return;
     };
     let capacity = match usize::from(flags & 0x7f) {
         0 => 8 * 1024,
         n => n,
     };
-    let mut reader = BufReader::with_capacity(capacity, bytes);
+    let mut reader = BufReader::with_capacity(
+        capacity,
+        Connection {
+            data: &data[2..],
+            budget: (*deadline != 0).then(|| usize::from(*deadline) * 16),
+            timed_out: false,
+        },
+    );
     if flags & 0x80 != 0 {
         let _ = read_response_head(&mut reader);
         return;
@@ -99,9 +135,15 @@ fuzz_target!(|data: &[u8]| {
             Ok(None) => break,
             Err(e) => {
                 assert!(
-                    matches!(e.status, 400 | 411 | 413 | 431 | 505),
+                    matches!(e.status, 400 | 408 | 411 | 413 | 431 | 505),
                     "status {}: {}",
                     e.status,
+                    e.message
+                );
+                assert_eq!(
+                    e.status == 408,
+                    reader.get_ref().timed_out,
+                    "408 exactly when the time ran out: {}",
                     e.message
                 );
                 break;

@@ -19,17 +19,20 @@ def write(target, name, data):
         f.write(data)
 
 
-# --- http_request: flags byte (buffer capacity, response mode), then the connection's bytes.
-write("http_request", "get", b"\x00GET /v1/domains HTTP/1.1\r\nHost: vessel\r\n\r\n")
+# --- http_request: flags byte (buffer capacity, response mode), deadline byte (x 16 bytes, 0:
+# none), then the connection's bytes.
+write("http_request", "get", b"\x00\x00GET /v1/domains HTTP/1.1\r\nHost: vessel\r\n\r\n")
 body = b'{"name":"web","kernel":"/k","memory":"64M"}'
 write("http_request", "post-keepalive",
-      b"\x07POST /v1/domains?start=false HTTP/1.1\r\nHost: vessel\r\nContent-Type: application/json\r\n"
+      b"\x07\x00POST /v1/domains?start=false HTTP/1.1\r\nHost: vessel\r\nContent-Type: application/json\r\n"
       b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
       + b"DELETE /v1/net/rules/3 HTTP/1.0\nConnection: close\n\n")
 write("http_request", "console-upgrade",
-      b"\x01GET /v1/domains/web/console HTTP/1.1\r\nUpgrade: vessel-console\r\nConnection: Upgrade\r\n\r\n")
+      b"\x01\x00GET /v1/domains/web/console HTTP/1.1\r\nUpgrade: vessel-console\r\nConnection: Upgrade\r\n\r\n")
+write("http_request", "slow-body",
+      b"\x10\x08POST /v1/net/rules HTTP/1.1\r\nContent-Length: 200\r\n\r\n" + b"{" * 200)
 write("http_request", "response",
-      b"\x80HTTP/1.1 409 Conflict\r\nContent-Type: application/json\r\nContent-Length: 17\r\n\r\n"
+      b"\x80\x00HTTP/1.1 409 Conflict\r\nContent-Type: application/json\r\nContent-Length: 17\r\n\r\n"
       b'{"error":"busy"}\n')
 
 # --- mmio: device byte, op count, 12-byte ops (kind, size, offset u16, value u64), guest memory.
