@@ -10,6 +10,7 @@
 #
 # Run a target afterwards with, for example:
 #   RUSTC_BOOTSTRAP=1 cargo fuzz run virtqueue -- -max_total_time=60
+# and every target briefly, as CI does, with scripts/fuzz-run.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

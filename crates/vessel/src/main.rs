@@ -8,7 +8,6 @@
 mod client;
 mod daemon;
 mod def;
-mod http;
 mod image;
 mod netcli;
 mod run;
@@ -18,6 +17,9 @@ use std::process::ExitCode;
 
 use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
+/// The daemon API's HTTP subset lives in the package's library (`lib.rs`), so the fuzz targets
+/// can reach it; the binary's modules use it as `crate::http`.
+use vessel::http;
 
 /// Vessel: a virtual machine monitor on Linux KVM.
 #[derive(Parser)]

@@ -186,14 +186,14 @@ pub fn net(socket: &Path, command: NetCommand) -> anyhow::Result<ExitCode> {
         NetCommand::Rule(RuleCommand::List) => {
             let rules = call(socket, "GET", "/v1/net/rules", None)?;
             println!(
-                "{:>4} {:>10} {:>12} {:>10}  RULE",
-                "ID", "FRAMES", "BYTES", "DROPPED"
+                "{:>4} {:>10} {:>12} {:>10} {:>9}  RULE",
+                "ID", "FRAMES", "BYTES", "DROPPED", "UNPARSED"
             );
             for r in rules.as_array().into_iter().flatten() {
                 let c = &r["counters"];
                 println!(
-                    "{:>4} {:>10} {:>12} {:>10}  {}",
-                    r["id"], c["frames"], c["bytes"], c["dropped"], r["rule"]
+                    "{:>4} {:>10} {:>12} {:>10} {:>9}  {}",
+                    r["id"], c["frames"], c["bytes"], c["dropped"], c["unparsed"], r["rule"]
                 );
             }
         }

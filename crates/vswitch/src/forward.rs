@@ -98,6 +98,9 @@ impl Forwarder {
                 return;
             }
         };
+        if info.l4_unparsed() {
+            port.counters.rx_unparsed += 1;
+        }
         macs.learn(info.src, ingress, now);
         match (!info.dst.is_multicast())
             .then(|| macs.lookup(info.dst, now))

@@ -10,12 +10,20 @@
 //!
 //! - IPv4 needs its 20 fixed bytes and version 4 for the addresses and protocol to be known. A
 //!   bad IHL (under 5, or past the end of the frame) or a fragment other than the first leaves
-//!   the ports unknown.
+//!   the ports unknown. A first fragment (offset 0, more fragments to come) carries the ports.
 //! - IPv6 walks at most [`MAX_IPV6_EXTENSIONS`] hop-by-hop, routing, fragment and destination
 //!   options headers. The first other header is the protocol (so ESP is 50 and AH 51, whose
-//!   insides are not parsed). A chain truncated before its end leaves the protocol unknown; a
-//!   fragment other than the first leaves the ports unknown.
+//!   insides are not parsed), except the extension headers this parser does not follow
+//!   ([`IPV6_UNFOLLOWED`]: mobility, HIP, shim6, the experimental 253 and 254), which leave the
+//!   protocol unknown, as does a chain that is truncated or longer than the limit. In a fragment
+//!   other than the first, what follows the fragment header is the middle of the packet, not
+//!   headers: the protocol is the fragment header's next header unless that is an extension
+//!   header (then unknown), and the ports are unknown.
 //! - Ports are read only for TCP and UDP, and only when their first four bytes are present.
+//!
+//! A frame with an IP layer whose protocol is unknown, or which is TCP or UDP with unknown
+//! ports, is *unparsed at L4* ([`IpInfo::l4_unparsed`]). Such a frame may be carrying anything
+//! to any port, so the firewall treats it fail-closed (see [`crate::rule::Match`]).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -28,6 +36,10 @@ pub const MAX_FRAME: usize = 65550;
 pub const ETH_HEADER_LEN: usize = 14;
 /// IPv6 extension headers walked before giving up on the protocol.
 pub const MAX_IPV6_EXTENSIONS: usize = 8;
+/// IPv6 extension headers (RFC 7045's list, less those walked and ESP and AH) that the parser
+/// does not follow: a packet with one has an unknown protocol. Mobility (135), HIP (139),
+/// shim6 (140) and the two experimental numbers (253, 254).
+pub const IPV6_UNFOLLOWED: [u8; 5] = [135, 139, 140, 253, 254];
 
 /// Ethertype of IPv4.
 pub const ETHERTYPE_IPV4: u16 = 0x0800;
@@ -71,6 +83,18 @@ pub struct IpInfo {
     pub ports: Option<(u16, u16)>,
 }
 
+impl IpInfo {
+    /// Whether the switch could not read this packet's upper layer: its protocol is unknown, or
+    /// it is TCP or UDP and its ports are unknown (a fragment other than the first, a truncated
+    /// TCP or UDP header, a bad IPv4 header length).
+    pub fn l4_unparsed(&self) -> bool {
+        match self.proto {
+            None => true,
+            Some(p) => (p == PROTO_TCP || p == PROTO_UDP) && self.ports.is_none(),
+        }
+    }
+}
+
 /// What the switch and its rules look at in a frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FrameInfo {
@@ -84,6 +108,14 @@ pub struct FrameInfo {
     pub ethertype: u16,
     /// The IP layer, for IPv4 and IPv6 frames whose fixed header is present.
     pub ip: Option<IpInfo>,
+}
+
+impl FrameInfo {
+    /// Whether the frame has an IP layer whose upper layer could not be read (see
+    /// [`IpInfo::l4_unparsed`]).
+    pub fn l4_unparsed(&self) -> bool {
+        self.ip.as_ref().is_some_and(IpInfo::l4_unparsed)
+    }
 }
 
 fn be16(b: &[u8], at: usize) -> Option<u16> {
@@ -181,13 +213,19 @@ fn parse_ipv6(p: &[u8]) -> Option<IpInfo> {
     })
 }
 
+const HOP_BY_HOP: u8 = 0;
+const ROUTING: u8 = 43;
+const FRAGMENT: u8 = 44;
+const DEST_OPTIONS: u8 = 60;
+
+/// Whether `next` is an IPv6 extension header (one walked, or one not followed).
+fn ipv6_extension(next: u8) -> bool {
+    matches!(next, HOP_BY_HOP | ROUTING | FRAGMENT | DEST_OPTIONS)
+        || IPV6_UNFOLLOWED.contains(&next)
+}
+
 /// Walks the extension headers starting with `next` at `rest`: the protocol and ports.
 fn ipv6_upper_layer(mut next: u8, mut rest: &[u8]) -> (Option<u8>, Option<(u16, u16)>) {
-    const HOP_BY_HOP: u8 = 0;
-    const ROUTING: u8 = 43;
-    const FRAGMENT: u8 = 44;
-    const DEST_OPTIONS: u8 = 60;
-    let mut first_fragment = true;
     for _ in 0..=MAX_IPV6_EXTENSIONS {
         let header_len = match next {
             HOP_BY_HOP | ROUTING | DEST_OPTIONS => match rest.get(1) {
@@ -195,20 +233,17 @@ fn ipv6_upper_layer(mut next: u8, mut rest: &[u8]) -> (Option<u8>, Option<(u16, 
                 None => return (None, None),
             },
             FRAGMENT => {
-                let Some(offset) = be16(rest, 2) else {
+                let (Some(&after), Some(offset)) = (rest.first(), be16(rest, 2)) else {
                     return (None, None);
                 };
-                first_fragment &= offset >> 3 == 0;
+                if offset >> 3 != 0 {
+                    // A later fragment: no headers follow, only the middle of the packet.
+                    return ((!ipv6_extension(after)).then_some(after), None);
+                }
                 8
             }
-            proto => {
-                let ports = if first_fragment {
-                    ports(proto, rest)
-                } else {
-                    None
-                };
-                return (Some(proto), ports);
-            }
+            unfollowed if IPV6_UNFOLLOWED.contains(&unfollowed) => return (None, None),
+            proto => return (Some(proto), ports(proto, rest)),
         };
         let Some(after) = rest.get(header_len..) else {
             return (None, None);
@@ -358,6 +393,82 @@ mod tests {
         for len in 0..frame.len() {
             let _ = parse(&frame[..len]);
         }
+    }
+
+    #[test]
+    fn fragments_chains_and_truncated_headers_are_unparsed_at_l4() {
+        let info = |ethertype, pkt: &[u8]| parse(&eth(B, A, ethertype, pkt)).unwrap();
+        let v4 = |proto, l4: &[u8]| ipv4([10, 0, 0, 1], [10, 0, 0, 2], proto, l4);
+        let tcp22 = v4(PROTO_TCP, &tcp_header(4000, 22));
+
+        // A whole datagram and a first fragment carry their ports.
+        for pkt in [tcp22.clone(), fragmented(tcp22.clone(), 0, true)] {
+            let f = info(ETHERTYPE_IPV4, &pkt);
+            assert_eq!(f.ip.unwrap().ports, Some((4000, 22)));
+            assert!(!f.l4_unparsed());
+        }
+        // A later fragment (in the middle or the last) does not.
+        for more in [true, false] {
+            let f = info(ETHERTYPE_IPV4, &fragmented(tcp22.clone(), 185, more));
+            let ip = f.ip.unwrap();
+            assert_eq!((ip.proto, ip.ports), (Some(PROTO_TCP), None));
+            assert!(f.l4_unparsed());
+        }
+        // A later fragment of ICMP is not unparsed: there are no ports to know.
+        let icmp = fragmented(v4(PROTO_ICMP, &[8, 0, 0, 0]), 3, false);
+        assert!(!info(ETHERTYPE_IPV4, &icmp).l4_unparsed());
+        // TCP or UDP headers too short for their ports.
+        for (proto, l4) in [
+            (PROTO_TCP, &tcp_header(1, 22)[..3]),
+            (PROTO_UDP, &udp_header(1, 53)[..2]),
+            (PROTO_TCP, &[][..]),
+        ] {
+            let f = info(ETHERTYPE_IPV4, &v4(proto, l4));
+            assert_eq!(f.ip.unwrap().proto, Some(proto));
+            assert!(f.l4_unparsed(), "{proto} with {} bytes", l4.len());
+        }
+
+        let (s, d) = ("fd00::1", "fd00::2");
+        // MAX_IPV6_EXTENSIONS headers are walked; one more and the protocol is unknown.
+        let chain = |n| ipv6_options_chain(n, PROTO_TCP, &tcp_header(1, 22));
+        let f = info(ETHERTYPE_IPV6, &ipv6(s, d, 60, &chain(MAX_IPV6_EXTENSIONS)));
+        assert_eq!(f.ip.unwrap().ports, Some((1, 22)));
+        assert!(!f.l4_unparsed());
+        let f = info(
+            ETHERTYPE_IPV6,
+            &ipv6(s, d, 60, &chain(MAX_IPV6_EXTENSIONS + 1)),
+        );
+        assert_eq!(f.ip.unwrap().proto, None);
+        assert!(f.l4_unparsed());
+        // Extension headers not followed, first or behind a hop-by-hop header.
+        for next in IPV6_UNFOLLOWED {
+            let mut body = vec![PROTO_TCP, 0, 0, 0, 0, 0, 0, 0];
+            body.extend_from_slice(&tcp_header(1, 22));
+            let f = info(ETHERTYPE_IPV6, &ipv6(s, d, next, &body));
+            assert_eq!(f.ip.unwrap().proto, None, "next header {next}");
+            let mut hop = vec![next, 0, 0, 0, 0, 0, 0, 0];
+            hop.extend_from_slice(&body);
+            let f = info(ETHERTYPE_IPV6, &ipv6(s, d, 0, &hop));
+            assert_eq!(f.ip.unwrap().proto, None, "next header {next}");
+            assert!(f.l4_unparsed());
+        }
+        // A later fragment whose fragmentable part starts with destination options: the bytes
+        // after its fragment header are the middle of the packet, never read as headers.
+        let mut frag = vec![60, 0, 0x01, 0x00, 0, 0, 0, 1];
+        frag.extend_from_slice(&[PROTO_UDP, 0, 0, 0, 0, 0, 0, 0]);
+        frag.extend_from_slice(&udp_header(1, 2));
+        let f = info(ETHERTYPE_IPV6, &ipv6(s, d, 44, &frag));
+        let ip = f.ip.unwrap();
+        assert_eq!((ip.proto, ip.ports), (None, None));
+        assert!(f.l4_unparsed());
+        // A first fragment walks on to the ports.
+        let mut first = vec![PROTO_TCP, 0, 0x00, 0x01, 0, 0, 0, 1];
+        first.extend_from_slice(&tcp_header(1, 22));
+        let ip = info(ETHERTYPE_IPV6, &ipv6(s, d, 44, &first)).ip.unwrap();
+        assert_eq!((ip.proto, ip.ports), (Some(PROTO_TCP), Some((1, 22))));
+        // ESP is a protocol without ports; a frame without an IP layer has no L4 to judge.
+        assert!(!info(ETHERTYPE_IPV6, &ipv6(s, d, 50, &[0; 16])).l4_unparsed());
+        assert!(!info(ETHERTYPE_ARP, &[0; 28]).l4_unparsed());
     }
 
     #[test]

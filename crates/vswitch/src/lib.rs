@@ -36,8 +36,9 @@
 //! Rules are evaluated in order for every copy of a frame (a flooded frame is judged once per
 //! output port, with that port as the destination); the first whose pattern matches decides,
 //! and frames no rule matches follow the default [`Policy`] (`accept` unless set). Each rule
-//! counts the copies it matched, their bytes and the ones it dropped. Ids are stable and never
-//! reused.
+//! counts the copies it matched, their bytes, the ones it dropped, and the ones it judged
+//! fail-closed because their protocol or ports could not be read (see "Bad frames" below). Ids
+//! are stable and never reused.
 //!
 //! A rule in JSON, annotated (unknown fields are errors; every pattern field is optional and all
 //! given fields must match; an absent or empty `pattern` matches everything):
@@ -64,14 +65,21 @@
 //! prefix length), ethertypes, protocols or port ranges, `sport`/`dport` without `proto` tcp or
 //! udp, contradictions between the IP version of the prefixes, the protocol and the ethertype,
 //! empty names, and a zero rate or burst. Listing gives [`RuleStatus`]:
-//! `{"id": 3, "rule": {...}, "counters": {"frames": 10, "bytes": 980, "dropped": 10}}`.
+//! `{"id": 3, "rule": {...}, "counters": {"frames": 10, "bytes": 980, "dropped": 10, "unparsed": 2}}`.
 //!
 //! # Bad frames
 //!
 //! Nothing a domain sends can panic the switch. Frames shorter than their Ethernet header,
 //! longer than 65550 bytes, or from a group or zero source address are dropped and counted
 //! (`rx_errors`). Headers past Ethernet that are truncated or malformed just leave their fields
-//! unknown, and a pattern needing an unknown field does not match (see [`frame`]).
+//! unknown (see [`frame`]). A pattern naming an IP field does not match a frame without an IP
+//! layer. A frame with an IP layer whose protocol or ports are unknown (a fragment other than
+//! the first, an IPv6 header chain the parser does not follow, a truncated TCP or UDP header)
+//! is *unparsed at L4* and the firewall fails closed on it ([`rule`]): it matches every `drop`
+//! rule whose other fields it matches, as if the unknown protocol and ports matched too; a
+//! `rate_limit` rule charges it without ever letting it through by itself; an `accept` rule
+//! never takes it on a protocol or port it does not show. Such frames are counted per port
+//! (`rx_unparsed`) and per rule (`unparsed`).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -96,7 +104,7 @@ pub use backend::SwitchPortBackend;
 pub use mac::MacAddr;
 pub use port::{PortCounters, PortId, PortStatus};
 pub use prefix::IpPrefix;
-pub use rule::{Action, Pattern, Policy, RateLimit, Rule, RuleError, RuleId};
+pub use rule::{Action, Match, Pattern, Policy, RateLimit, Rule, RuleError, RuleId};
 pub use rule_fields::{EtherType, IpProto, L4Ports};
 pub use ruleset::{RuleCounters, RuleStatus};
 pub use switch::{Switch, SwitchConfig, SwitchHandle};

@@ -31,6 +31,11 @@ pub struct PortCounters {
     pub rx_errors: u64,
     /// Copies of received frames that a rule or the default policy dropped.
     pub rx_filtered: u64,
+    /// Received frames whose protocol or ports the switch could not read (fragments other than
+    /// the first, IPv6 header chains it does not follow, truncated TCP/UDP headers); the rules
+    /// judge them fail-closed (see `rule`). Counted whatever became of them.
+    #[serde(default)]
+    pub rx_unparsed: u64,
     /// Frames sent out of the port.
     pub tx_frames: u64,
     /// Bytes of those frames.

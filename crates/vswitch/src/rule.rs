@@ -1,6 +1,28 @@
 //! Firewall rules as the daemon's API sees them: a [`Pattern`] and an [`Action`], their JSON
-//! form (documented at the crate root), their validation, and whether a pattern matches one
-//! copy of a frame going from one port to another.
+//! form (documented at the crate root), their validation, and how a pattern fits one copy of a
+//! frame going from one port to another ([`Match`]).
+//!
+//! # Fail-closed matching
+//!
+//! A frame the switch could not parse at L4 (its protocol is unknown, or it is TCP or UDP with
+//! unknown ports: a fragment other than the first, an IPv6 header chain the parser does not
+//! follow to its end, a truncated TCP or UDP header; see [`crate::frame`]) may be carrying
+//! anything to any port. A pattern naming the protocol or ports it does not show fits it as
+//! [`Match::Unknown`] when every field the frame does show matches (ports, domains, MACs,
+//! ethertype, IP prefixes, and the protocol when it is known), and the rule list
+//! ([`crate::ruleset::RuleSet::allows`]) holds such a copy to the worst the rule could do:
+//!
+//! - a `drop` rule drops it (otherwise a guest could slip past `drop tcp port 22` by
+//!   fragmenting its packets or stacking IPv6 extension headers);
+//! - an `accept` rule never accepts it on fields it does not show: evaluation goes on;
+//! - a `rate_limit` rule charges it to its bucket and drops it when over the rate, but never
+//!   lets it through by itself: evaluation goes on (so fragmenting cannot get around the rate
+//!   either, and cannot get past a `drop` rule further down).
+//!
+//! Each such copy is counted in the rule's `unparsed` counter as well as in `frames` and
+//! `bytes` (and `dropped` when dropped). Rules that name no protocol or port judge unparsed
+//! frames like any other, so `{"pattern":{"dst_domain":"db"},"action":"accept"}` placed first
+//! lets every fragment for `db` through.
 
 use std::fmt;
 
@@ -268,9 +290,29 @@ impl Rule {
     }
 }
 
+/// How a pattern fits one copy of a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Match {
+    /// A field the frame shows differs from the pattern's (or the pattern names an IP field and
+    /// the frame has no IP layer).
+    No,
+    /// Every field of the pattern matches.
+    Yes,
+    /// Every field the frame shows matches, but the pattern names a protocol or ports the
+    /// switch could not read in this frame (it is unparsed at L4): the fail-closed case of the
+    /// module documentation.
+    Unknown,
+}
+
 impl Pattern {
-    /// Whether the copy of `frame` going from `from` to `to` matches.
+    /// Whether the copy of `frame` going from `from` to `to` matches on every field (an
+    /// unparsed frame never does on a protocol or port it does not show; see [`Pattern::check`]).
     pub fn matches(&self, frame: &FrameInfo, from: Endpoint<'_>, to: Endpoint<'_>) -> bool {
+        self.check(frame, from, to) == Match::Yes
+    }
+
+    /// How the copy of `frame` going from `from` to `to` fits this pattern.
+    pub fn check(&self, frame: &FrameInfo, from: Endpoint<'_>, to: Endpoint<'_>) -> Match {
         fn name(want: &Option<String>, have: Option<&str>) -> bool {
             want.as_deref().is_none_or(|w| have == Some(w))
         }
@@ -285,7 +327,7 @@ impl Pattern {
             && field(self.dst_mac, frame.dst)
             && field(self.ethertype, EtherType(frame.ethertype)))
         {
-            return false;
+            return Match::No;
         }
         let needs_ip = self.src_ip.is_some()
             || self.dst_ip.is_some()
@@ -293,35 +335,51 @@ impl Pattern {
             || self.sport.is_some()
             || self.dport.is_some();
         if !needs_ip {
-            return true;
+            return Match::Yes;
         }
         let Some(ip) = frame.ip else {
-            return false;
+            return Match::No;
         };
         if !(self.src_ip.is_none_or(|p| p.contains(ip.src))
             && self.dst_ip.is_none_or(|p| p.contains(ip.dst)))
         {
-            return false;
+            return Match::No;
         }
+        let mut unknown = false;
         if let Some(proto) = self.proto {
-            if ip.proto != Some(proto.0) {
-                return false;
+            match ip.proto {
+                Some(p) if p != proto.0 => return Match::No,
+                Some(_) => {}
+                None => unknown = true,
             }
         }
-        if self.sport.is_none() && self.dport.is_none() {
-            return true;
+        if self.sport.is_some() || self.dport.is_some() {
+            match ip.ports {
+                Some((sport, dport)) => {
+                    if !(self.sport.is_none_or(|r| r.contains(sport))
+                        && self.dport.is_none_or(|r| r.contains(dport)))
+                    {
+                        return Match::No;
+                    }
+                }
+                // TCP or UDP whose ports could not be read, or an unknown protocol.
+                None if ip.l4_unparsed() => unknown = true,
+                // A protocol known to have no ports.
+                None => return Match::No,
+            }
         }
-        let Some((sport, dport)) = ip.ports else {
-            return false;
-        };
-        self.sport.is_none_or(|r| r.contains(sport)) && self.dport.is_none_or(|r| r.contains(dport))
+        if unknown {
+            Match::Unknown
+        } else {
+            Match::Yes
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frame::{parse, ETHERTYPE_ARP, PROTO_TCP};
+    use crate::frame::{parse, ETHERTYPE_ARP, ETHERTYPE_IPV6, PROTO_TCP, PROTO_UDP};
     use crate::testing::*;
 
     const FROM: Endpoint = Endpoint {
@@ -524,5 +582,90 @@ mod tests {
         let bad = parse(&bad).unwrap();
         assert!(pattern(r#"{"proto":"tcp"}"#).matches(&bad, FROM, TO));
         assert!(!pattern(r#"{"proto":"tcp","dport":22}"#).matches(&bad, FROM, TO));
+    }
+
+    #[test]
+    fn unparsed_frames_fit_drop_rules_on_what_they_show() {
+        let v4 = |proto, l4: &[u8]| ipv4([10, 0, 0, 1], [10, 0, 0, 2], proto, l4);
+        let tcp22 = v4(PROTO_TCP, &tcp_header(40000, 22));
+        let frame = |ethertype, pkt: &[u8]| parse(&eth(B, A, ethertype, pkt)).unwrap();
+        let check = |p: &str, f: &FrameInfo| pattern(p).check(f, FROM, TO);
+        let ssh = r#"{"proto":"tcp","dport":22}"#;
+
+        // The first fragment shows its ports: it fits as any packet does.
+        let first = frame(ETHERTYPE_IPV4, &fragmented(tcp22.clone(), 0, true));
+        assert_eq!(check(ssh, &first), Match::Yes);
+        assert_eq!(check(r#"{"proto":"tcp","dport":23}"#, &first), Match::No);
+
+        // A later fragment of the same datagram: its ports are unknown.
+        let later = frame(ETHERTYPE_IPV4, &fragmented(tcp22.clone(), 2, false));
+        assert_eq!(check(ssh, &later), Match::Unknown);
+        assert_eq!(
+            check(r#"{"proto":"tcp","sport":"1-1023"}"#, &later),
+            Match::Unknown
+        );
+        assert!(!pattern(ssh).matches(&later, FROM, TO));
+        // Fields it shows still decide: the protocol, addresses, domains, MACs, ethertype.
+        assert_eq!(check(r#"{"proto":"tcp"}"#, &later), Match::Yes);
+        assert_eq!(check(r#"{"dst_ip":"10.0.0.2"}"#, &later), Match::Yes);
+        for no in [
+            r#"{"proto":"udp","dport":22}"#,
+            r#"{"src_ip":"192.168.0.0/16","proto":"tcp","dport":22}"#,
+            r#"{"src_domain":"b","proto":"tcp","dport":22}"#,
+            r#"{"dst_mac":"02:00:00:00:00:0a","proto":"tcp","dport":22}"#,
+            r#"{"ethertype":"ipv6","proto":"tcp","dport":22}"#,
+            r#"{"proto":"icmp"}"#,
+        ] {
+            assert_eq!(check(no, &later), Match::No, "{no}");
+        }
+        assert_eq!(
+            check(
+                r#"{"src_domain":"a","dst_domain":"b","proto":"tcp","dport":22}"#,
+                &later
+            ),
+            Match::Unknown
+        );
+
+        // IPv6 with one extension header too many: even the protocol is unknown.
+        let chain = ipv6_options_chain(
+            crate::frame::MAX_IPV6_EXTENSIONS + 1,
+            PROTO_TCP,
+            &tcp_header(40000, 22),
+        );
+        let long = frame(ETHERTYPE_IPV6, &ipv6("fd00::1", "fd00::2", 60, &chain));
+        for unknown in [
+            ssh,
+            r#"{"proto":"icmpv6"}"#,
+            r#"{"proto":"udp","dport":53}"#,
+        ] {
+            assert_eq!(check(unknown, &long), Match::Unknown, "{unknown}");
+        }
+        assert_eq!(check(r#"{"src_ip":"fd00::/16"}"#, &long), Match::Yes);
+        assert_eq!(
+            check(r#"{"src_ip":"10.0.0.0/8","proto":"tcp"}"#, &long),
+            Match::No
+        );
+
+        // Truncated TCP and UDP headers.
+        let short_tcp = frame(ETHERTYPE_IPV4, &v4(PROTO_TCP, &[0, 22]));
+        assert_eq!(check(ssh, &short_tcp), Match::Unknown);
+        let short_udp = frame(ETHERTYPE_IPV4, &v4(PROTO_UDP, &[0, 53, 0]));
+        assert_eq!(
+            check(r#"{"proto":"udp","dport":53}"#, &short_udp),
+            Match::Unknown
+        );
+        assert_eq!(check(ssh, &short_udp), Match::No);
+
+        // A packet that parses is judged exactly as before.
+        let whole = frame(ETHERTYPE_IPV4, &tcp22);
+        assert_eq!(check(ssh, &whole), Match::Yes);
+        assert_eq!(check(r#"{"proto":"tcp","dport":80}"#, &whole), Match::No);
+        // ICMP has no ports: a port pattern (unvalidated) never fits it, known or not.
+        let echo = parse(&ping(B, A, 1, 2)).unwrap();
+        let ports_only = Pattern {
+            dport: Some(crate::L4Ports::one(22)),
+            ..Pattern::default()
+        };
+        assert_eq!(ports_only.check(&echo, FROM, TO), Match::No);
     }
 }

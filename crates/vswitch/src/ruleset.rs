@@ -6,7 +6,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::frame::FrameInfo;
-use crate::rule::{Action, Endpoint, Policy, Rule, RuleError, RuleId};
+use crate::rule::{Action, Endpoint, Match, Policy, Rule, RuleError, RuleId};
 use crate::token_bucket::TokenBucket;
 
 /// What a rule has matched.
@@ -20,6 +20,12 @@ pub struct RuleCounters {
     /// Of those copies, the ones dropped: all of them for `drop`, the ones over the rate for
     /// `rate_limit`, none for `accept`.
     pub dropped: u64,
+    /// Of those copies, the ones the switch could not parse at L4 (protocol or ports unknown)
+    /// that the rule held to fail-closed semantics ([`crate::rule`]): dropped by a `drop` rule;
+    /// charged to a `rate_limit` rule's bucket (dropped when over the rate, else passed on to
+    /// the next rules). An `accept` rule never counts one.
+    #[serde(default)]
+    pub unparsed: u64,
 }
 
 /// A rule as listed: its id, the rule, its counters.
@@ -130,7 +136,10 @@ impl RuleSet {
     }
 
     /// Whether the copy of `frame` (`len` bytes) from `from` to `to` may go: the first
-    /// matching rule decides (and counts it), else the policy.
+    /// matching rule decides (and counts it), else the policy. A frame unparsed at L4 is held
+    /// to the rules fail-closed (see [`crate::rule`]): a `drop` rule it might match drops it, a
+    /// `rate_limit` rule it might match charges it and may drop it but does not decide to let
+    /// it through, and an `accept` rule accepts it only on fields it shows.
     pub fn allows(
         &mut self,
         frame: &FrameInfo,
@@ -139,25 +148,33 @@ impl RuleSet {
         to: Endpoint<'_>,
         now: Instant,
     ) -> bool {
-        let Some(entry) = self
-            .entries
-            .iter_mut()
-            .find(|e| e.rule.pattern.matches(frame, from, to))
-        else {
-            return self.policy == Policy::Accept;
-        };
-        entry.counters.frames += 1;
-        entry.counters.bytes += len as u64;
-        let pass = match (&entry.rule.action, &mut entry.bucket) {
-            (Action::Accept, _) => true,
-            (Action::Drop, _) => false,
-            (Action::RateLimit(_), Some(bucket)) => bucket.take(len, now),
-            (Action::RateLimit(_), None) => false,
-        };
-        if !pass {
-            entry.counters.dropped += 1;
+        for entry in &mut self.entries {
+            let fit = entry.rule.pattern.check(frame, from, to);
+            if fit == Match::No || (fit == Match::Unknown && entry.rule.action == Action::Accept) {
+                continue;
+            }
+            entry.counters.frames += 1;
+            entry.counters.bytes += len as u64;
+            if fit == Match::Unknown {
+                entry.counters.unparsed += 1;
+            }
+            let pass = match (&entry.rule.action, &mut entry.bucket) {
+                (Action::Accept, _) => true,
+                (Action::Drop, _) => false,
+                (Action::RateLimit(_), Some(bucket)) => bucket.take(len, now),
+                (Action::RateLimit(_), None) => false,
+            };
+            if !pass {
+                entry.counters.dropped += 1;
+                return false;
+            }
+            if fit == Match::Yes {
+                return true;
+            }
+            // An unparsed copy within a rate limit: charged, not accepted; the next rules
+            // (or the policy) decide.
         }
-        pass
+        self.policy == Policy::Accept
     }
 }
 
@@ -208,7 +225,8 @@ mod tests {
             RuleCounters {
                 frames: 1,
                 bytes: icmp.len() as u64,
-                dropped: 1
+                dropped: 1,
+                unparsed: 0,
             }
         );
         assert_eq!(list[1].id, accept_all);
@@ -299,5 +317,148 @@ mod tests {
         assert_eq!(c.dropped, 2000 - passed / 1000);
         // Traffic the pattern does not match is not limited.
         assert!(rules.allows(&info, f.len(), TO, FROM, t0));
+    }
+
+    /// Copies of a later fragment of a TCP datagram to port 22, a whole one to port 80, and a
+    /// later fragment of a UDP datagram, from a to b.
+    fn fragments() -> [(FrameInfo, usize); 3] {
+        let v4 = |proto, l4: &[u8]| ipv4([10, 0, 0, 1], [10, 0, 0, 2], proto, l4);
+        let frames = [
+            fragmented(
+                v4(crate::frame::PROTO_TCP, &tcp_header(40000, 22)),
+                8,
+                false,
+            ),
+            v4(crate::frame::PROTO_TCP, &tcp_header(40000, 80)),
+            fragmented(v4(crate::frame::PROTO_UDP, &udp_header(5000, 22)), 8, true),
+        ];
+        frames.map(|p| {
+            let f = eth(B, A, crate::frame::ETHERTYPE_IPV4, &p);
+            (parse(&f).unwrap(), f.len())
+        })
+    }
+
+    #[test]
+    fn drop_rules_drop_frames_whose_ports_are_unknown() {
+        let now = Instant::now();
+        let [(frag22, n), (web, m), (udp_frag, u)] = fragments();
+        let mut rules = RuleSet::new();
+        rules
+            .add(
+                rule(r#"{"pattern":{"proto":"tcp","dport":22},"action":"drop"}"#),
+                None,
+                now,
+            )
+            .unwrap();
+        // Default accept: without fail-closed matching the fragment would pass.
+        assert!(!rules.allows(&frag22, n, FROM, TO, now));
+        assert!(rules.allows(&web, m, FROM, TO, now));
+        // A UDP fragment shows its protocol, and it is not TCP.
+        assert!(rules.allows(&udp_frag, u, FROM, TO, now));
+        assert_eq!(
+            rules.list()[0].counters,
+            RuleCounters {
+                frames: 1,
+                bytes: n as u64,
+                dropped: 1,
+                unparsed: 1,
+            }
+        );
+        // The rule still judges the fields the fragment shows: the other way round, it passes.
+        let mut one_way = RuleSet::new();
+        one_way
+            .add(
+                rule(r#"{"pattern":{"src_domain":"a","proto":"tcp","dport":22},"action":"drop"}"#),
+                None,
+                now,
+            )
+            .unwrap();
+        assert!(!one_way.allows(&frag22, n, FROM, TO, now));
+        assert!(one_way.allows(&frag22, n, TO, FROM, now));
+    }
+
+    #[test]
+    fn accept_rules_never_accept_on_fields_a_frame_does_not_show() {
+        let now = Instant::now();
+        let [(frag22, n), (web, m), _] = fragments();
+        let mut rules = RuleSet::new();
+        rules.set_policy(Policy::Drop);
+        rules
+            .add(
+                rule(r#"{"pattern":{"proto":"tcp","dport":"1-1023"},"action":"accept"}"#),
+                None,
+                now,
+            )
+            .unwrap();
+        assert!(rules.allows(&web, m, FROM, TO, now));
+        assert!(
+            !rules.allows(&frag22, n, FROM, TO, now),
+            "ports unknown: not accepted as 1-1023, the policy drops it"
+        );
+        assert_eq!(rules.list()[0].counters.frames, 1);
+        assert_eq!(rules.list()[0].counters.unparsed, 0);
+        // An accept rule on fields the fragment shows takes it.
+        rules
+            .add(
+                rule(r#"{"pattern":{"src_domain":"a","dst_ip":"10.0.0.2"},"action":"accept"}"#),
+                None,
+                now,
+            )
+            .unwrap();
+        assert!(rules.allows(&frag22, n, FROM, TO, now));
+        assert_eq!(rules.list()[1].counters.frames, 1);
+    }
+
+    #[test]
+    fn rate_limits_charge_unparsed_frames_but_never_let_them_past_a_drop() {
+        let now = Instant::now();
+        let [(frag22, n), ..] = fragments();
+        let mut rules = RuleSet::new();
+        let burst = 3 * n as u64;
+        let limit = rules
+            .add(
+                rule(&format!(
+                    r#"{{"pattern":{{"proto":"tcp","dport":22}},
+                    "action":{{"rate_limit":{{"bytes_per_sec":1,"burst":{burst}}}}}}}"#
+                )),
+                None,
+                now,
+            )
+            .unwrap();
+        // Within the burst the fragments pass (the policy accepts); then the bucket drops them.
+        let passed: Vec<bool> = (0..5)
+            .map(|_| rules.allows(&frag22, n, FROM, TO, now))
+            .collect();
+        assert_eq!(passed, [true, true, true, false, false]);
+        let c = rules.list()[0].counters;
+        assert_eq!((c.frames, c.dropped, c.unparsed), (5, 2, 5));
+
+        // A drop rule after a rate limit still drops them: the rate limit did not accept.
+        rules.delete(limit).unwrap();
+        rules
+            .add(
+                rule(
+                    r#"{"pattern":{"proto":"tcp","dport":5001},
+                    "action":{"rate_limit":{"bytes_per_sec":1000000,"burst":100000}}}"#,
+                ),
+                None,
+                now,
+            )
+            .unwrap();
+        rules
+            .add(
+                rule(r#"{"pattern":{"proto":"tcp","dport":22},"action":"drop"}"#),
+                None,
+                now,
+            )
+            .unwrap();
+        assert!(!rules.allows(&frag22, n, FROM, TO, now));
+        let list = rules.list();
+        let counts = |i: usize| {
+            let c = list[i].counters;
+            (c.frames, c.dropped, c.unparsed)
+        };
+        assert_eq!(counts(0), (1, 0, 1), "charged, not dropped, not decided");
+        assert_eq!(counts(1), (1, 1, 1));
     }
 }

@@ -40,6 +40,26 @@ pub fn ipv4(src: [u8; 4], dst: [u8; 4], proto: u8, l4: &[u8]) -> Vec<u8> {
     p
 }
 
+/// `packet` (from [`ipv4`]) as a fragment starting `offset` 8-byte units into its datagram,
+/// with more fragments to come or not.
+pub fn fragmented(mut packet: Vec<u8>, offset: u16, more: bool) -> Vec<u8> {
+    let field = offset | if more { 0x2000 } else { 0 };
+    packet[6..8].copy_from_slice(&field.to_be_bytes());
+    packet
+}
+
+/// `n` (at least 1) empty IPv6 destination-options headers, the last naming `upper` as its next
+/// header, then `l4`: the body of an [`ipv6`] packet whose first next-header is 60.
+pub fn ipv6_options_chain(n: usize, upper: u8, l4: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for i in 0..n {
+        let next = if i + 1 == n { upper } else { 60 };
+        body.extend_from_slice(&[next, 0, 1, 4, 0, 0, 0, 0]);
+    }
+    body.extend_from_slice(l4);
+    body
+}
+
 /// An IPv6 packet whose first next-header is `next`.
 pub fn ipv6(src: &str, dst: &str, next: u8, body: &[u8]) -> Vec<u8> {
     let src: std::net::Ipv6Addr = src.parse().unwrap();

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use devices::net_backend::NetBackend;
 
 use super::*;
-use crate::frame::ETHERTYPE_ARP;
+use crate::frame::{ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6, PROTO_TCP, PROTO_UDP};
 use crate::mac::MacAddr;
 use crate::testing::*;
 
@@ -167,7 +167,8 @@ fn icmp_drop_rule_between_two_domains_while_other_traffic_passes() {
         crate::RuleCounters {
             frames: 1,
             bytes: icmp.len() as u64,
-            dropped: 1
+            dropped: 1,
+            unparsed: 0,
         }
     );
     assert_eq!(
@@ -175,7 +176,8 @@ fn icmp_drop_rule_between_two_domains_while_other_traffic_passes() {
         crate::RuleCounters {
             frames: 1,
             bytes: udp.len() as u64,
-            dropped: 0
+            dropped: 0,
+            unparsed: 0,
         }
     );
     assert_eq!(status(&sw, pa).counters.rx_filtered, 1);
@@ -190,6 +192,131 @@ fn icmp_drop_rule_between_two_domains_while_other_traffic_passes() {
     a.send(&icmp);
     a.send(&udp);
     assert_eq!(b.recv(), udp);
+}
+
+/// The evasions of issue 10 (item 6) through the running switch: frames whose ports cannot be
+/// read must not slip past a drop rule on ports under the default accept policy.
+#[test]
+fn a_drop_rule_on_ports_stops_frames_whose_ports_cannot_be_read() {
+    let sw = Switch::start().unwrap();
+    let (pa, a) = plug(&sw, "a0", "a");
+    let (_, b) = plug(&sw, "b0", "b");
+    let drop_ssh = sw
+        .add_rule(
+            Rule::from_json(
+                r#"{"pattern":{"dst_domain":"b","proto":"tcp","dport":22},"action":"drop"}"#,
+            )
+            .unwrap(),
+            None,
+        )
+        .unwrap();
+    a.send(&arp_from(A));
+    assert_eq!(b.recv(), arp_from(A));
+    b.send(&arp_from(B));
+    assert_eq!(a.recv(), arp_from(B));
+
+    let v4 = |proto, l4: &[u8]| {
+        eth(
+            B,
+            A,
+            ETHERTYPE_IPV4,
+            &ipv4([10, 0, 0, 1], [10, 0, 0, 2], proto, l4),
+        )
+    };
+    let ssh = ipv4(
+        [10, 0, 0, 1],
+        [10, 0, 0, 2],
+        PROTO_TCP,
+        &tcp_header(40000, 22),
+    );
+    let evasions = [
+        // The second fragment of a TCP segment to port 22 (its first was dropped on its ports).
+        eth(B, A, ETHERTYPE_IPV4, &fragmented(ssh.clone(), 3, false)),
+        // TCP to port 22 behind more IPv6 extension headers than the switch walks.
+        eth(
+            B,
+            A,
+            ETHERTYPE_IPV6,
+            &ipv6(
+                "fd00::1",
+                "fd00::2",
+                60,
+                &ipv6_options_chain(
+                    crate::frame::MAX_IPV6_EXTENSIONS + 4,
+                    PROTO_TCP,
+                    &tcp_header(40000, 22),
+                ),
+            ),
+        ),
+        // ... behind an extension header it does not follow.
+        eth(
+            B,
+            A,
+            ETHERTYPE_IPV6,
+            &ipv6(
+                "fd00::1",
+                "fd00::2",
+                253,
+                &ipv6_options_chain(1, PROTO_TCP, &tcp_header(40000, 22)),
+            ),
+        ),
+        // A TCP header cut before its ports.
+        v4(PROTO_TCP, &[0x9c, 0x40, 0]),
+    ];
+    let first_fragment = eth(B, A, ETHERTYPE_IPV4, &fragmented(ssh.clone(), 0, true));
+    for f in evasions.iter().chain([&first_fragment]) {
+        a.send(f);
+    }
+    // What must pass: a first fragment to port 80, a later UDP fragment (its protocol shows,
+    // and it is not TCP), a truncated UDP header, and a whole segment to port 80.
+    let web = ipv4(
+        [10, 0, 0, 1],
+        [10, 0, 0, 2],
+        PROTO_TCP,
+        &tcp_header(40000, 80),
+    );
+    let udp = ipv4(
+        [10, 0, 0, 1],
+        [10, 0, 0, 2],
+        PROTO_UDP,
+        &udp_header(5000, 22),
+    );
+    let passing = [
+        eth(B, A, ETHERTYPE_IPV4, &fragmented(web.clone(), 0, true)),
+        eth(B, A, ETHERTYPE_IPV4, &fragmented(udp, 3, false)),
+        v4(PROTO_UDP, &[0, 22]),
+        eth(B, A, ETHERTYPE_IPV4, &web),
+    ];
+    for f in &passing {
+        a.send(f);
+    }
+    for f in &passing {
+        assert_eq!(&b.recv(), f, "b's next frame must be the next one allowed");
+    }
+
+    let c = sw
+        .rules()
+        .into_iter()
+        .find(|r| r.id == drop_ssh)
+        .unwrap()
+        .counters;
+    let evaded: u64 = evasions.iter().map(|f| f.len() as u64).sum();
+    assert_eq!(
+        c,
+        crate::RuleCounters {
+            frames: 5,
+            bytes: evaded + first_fragment.len() as u64,
+            dropped: 5,
+            unparsed: 4,
+        }
+    );
+    let pc = status(&sw, pa).counters;
+    assert_eq!(pc.rx_filtered, 5);
+    assert_eq!(
+        pc.rx_unparsed,
+        4 + 2,
+        "the four evasions, the UDP fragment and short header"
+    );
 }
 
 #[test]
