@@ -184,13 +184,10 @@ fn program(kind: ThreadKind) -> Result<BpfProgram, String> {
         }
     };
     allow(COMMON);
-    let kvm_get_state: Vec<u64> = [KVM_GET_REGS(), KVM_GET_SREGS()]
-        .iter()
-        .map(|&r| r as u64)
-        .collect();
+    let kvm_get_state: Vec<u64> = vec![KVM_GET_REGS(), KVM_GET_SREGS()];
     let requests: Vec<u64> = match kind {
         ThreadKind::Vcpu => {
-            let mut r = vec![KVM_RUN() as u64];
+            let mut r = vec![KVM_RUN()];
             r.extend(&kvm_get_state);
             r
         }
@@ -226,9 +223,7 @@ fn program(kind: ThreadKind) -> Result<BpfProgram, String> {
                 KVM_GET_XSAVE(),
                 KVM_SET_XSAVE(),
             ]
-            .iter()
-            .map(|&r| r as u64)
-            .collect();
+            .to_vec();
             r.extend(&kvm_get_state);
             r.push(FIONBIO);
             r
