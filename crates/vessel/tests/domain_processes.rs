@@ -214,3 +214,68 @@ fn sigquit_leaves_the_domains_running_and_autostart_domains_start_with_the_daemo
     );
     ticking(&d, "later");
 }
+
+#[test]
+fn a_system_call_outside_a_threads_filter_kills_only_that_domain() {
+    require_kvm();
+    let d = TestDaemon::start_with(&tmpdir("seccomp"), &["--debug-hooks"]);
+    let disk = d.dir.join("disk.img");
+    std::fs::write(&disk, vec![0u8; 2 << 20]).unwrap();
+    for (name, thread) in [("v", "vcpu"), ("i", "io"), ("c", "control")] {
+        // The hammer scenario keeps a disk's queue busy, so its I/O thread and vCPU run.
+        let def = json!({
+            "name": name,
+            "kernel": common::mini_kernel(),
+            "cmdline": "hammer",
+            "memory": "16M",
+            "disk": [format!("path={},readonly=on", disk.display())],
+        });
+        d.ok("POST", "/v1/domains", Some(&def.to_string()));
+        let _ = thread;
+    }
+    d.ok(
+        "POST",
+        "/v1/domains",
+        Some(&mini("bystander", "tick", "16M")),
+    );
+    for name in ["v", "i", "c"] {
+        assert_eq!(
+            proc_status(d.pid_of(name), "Seccomp").as_deref(),
+            Some("2"),
+            "a filter is installed"
+        );
+    }
+    let (status, _) = d.call(
+        "POST",
+        "/v1/domains/v/debug/forbidden-call?thread=bogus",
+        None,
+    );
+    assert_eq!(status, 400);
+    for (name, thread) in [("v", "vcpu"), ("i", "io"), ("c", "control")] {
+        let pid = d.pid_of(name);
+        d.ok(
+            "POST",
+            &format!("/v1/domains/{name}/debug/forbidden-call?thread={thread}"),
+            None,
+        );
+        wait_for(
+            &format!("{name} to be killed by its {thread} filter"),
+            Duration::from_secs(10),
+            || d.ok("GET", &format!("/v1/domains/{name}"), None)["state"] == "crashed",
+        );
+        let info = d.ok("GET", &format!("/v1/domains/{name}"), None);
+        assert!(
+            info["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("signal 31")),
+            "{thread}: {info}"
+        );
+        assert!(!alive(pid));
+    }
+    ticking(&d, "bystander");
+    // Without the flag, the hook is not there.
+    let plain = TestDaemon::start(&tmpdir("seccomp-off"));
+    plain.ok("POST", "/v1/domains", Some(&mini("x", "tick", "16M")));
+    let (status, _) = plain.call("POST", "/v1/domains/x/debug/forbidden-call?thread=io", None);
+    assert_eq!(status, 404);
+}

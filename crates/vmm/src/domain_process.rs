@@ -304,6 +304,14 @@ fn answer(call: Call, instance: &Arc<Instance>, peer: &Peer) {
                 ThreadKind::Io => hv::seccomp::ThreadKind::Io,
                 ThreadKind::Control => hv::seccomp::ThreadKind::Control,
             });
+            if thread == ThreadKind::Vcpu {
+                // A guest that never leaves KVM_RUN on its own (a queue notified through an
+                // ioeventfd) is kicked out by a pause: its vCPUs see the request first.
+                let instance = instance.clone();
+                let _ = std::thread::Builder::new()
+                    .name("transition".into())
+                    .spawn(move || instance.pause());
+            }
         }
         Request::Launch { .. } | Request::Attach => {
             reply(peer, id, Err("this domain runs already".into()))

@@ -61,6 +61,11 @@ pub const ROUTES: &[Route] = &[
     route("POST", "/v1/domains/{name}/reboot", reboot_domain),
     route("POST", "/v1/domains/{name}/destroy", destroy_domain),
     route("GET", "/v1/domains/{name}/console", console_without_upgrade),
+    route(
+        "POST",
+        "/v1/domains/{name}/debug/forbidden-call",
+        debug_forbidden_call,
+    ),
     route("GET", "/v1/net/ports", net::list_ports),
     route("GET", "/v1/net/rules", net::list_rules),
     route("POST", "/v1/net/rules", net::add_rule),
@@ -355,6 +360,28 @@ fn destroy_domain(daemon: &Daemon, p: &Params, _: &Request) -> Response {
             i.destroy();
             get_domain(daemon, p, &Request::default())
         }
+        Err(resp) => resp,
+    }
+}
+
+/// `?thread=vcpu|io|control`: makes a thread of that kind in the domain's process call what
+/// its seccomp filter forbids (the kernel then kills the process). Only with `--debug-hooks`.
+fn debug_forbidden_call(daemon: &Daemon, p: &Params, req: &Request) -> Response {
+    use vmm::wire::ThreadKind;
+    if !daemon.debug_hooks {
+        return Response::error(404, "debugging hooks are off (vessel daemon --debug-hooks)");
+    }
+    let thread = match req.query_param("thread") {
+        Some("vcpu") => ThreadKind::Vcpu,
+        Some("io") => ThreadKind::Io,
+        Some("control") => ThreadKind::Control,
+        _ => return Response::error(400, "thread must be vcpu, io or control"),
+    };
+    match active_instance(daemon, &p.name) {
+        Ok(i) => match i.forbidden_call(thread) {
+            Ok(()) => Response::json(200, &json!({ "asked": p.name })),
+            Err(e) => Response::error(409, &e),
+        },
         Err(resp) => resp,
     }
 }

@@ -65,6 +65,10 @@ pub struct DaemonArgs {
     #[arg(long, value_name = "SECS", default_value_t = REQUEST_TIMEOUT_SECS,
           value_parser = parse_timeout, hide = true)]
     request_timeout: f64,
+    /// Serve the debugging hooks (`POST /v1/domains/NAME/debug/forbidden-call`), for the
+    /// tests of domain confinement; without this they answer 404.
+    #[arg(long, hide = true)]
+    debug_hooks: bool,
 }
 
 fn parse_timeout(s: &str) -> Result<f64, String> {
@@ -86,6 +90,8 @@ pub struct Daemon {
     pub switch: Arc<vswitch::SwitchHandle>,
     /// When the daemon started.
     pub started: Instant,
+    /// Whether the debugging hooks are served.
+    pub debug_hooks: bool,
 }
 
 impl Daemon {
@@ -217,6 +223,7 @@ pub fn daemon(args: DaemonArgs) -> anyhow::Result<std::process::ExitCode> {
         log_dir,
         switch,
         started: Instant::now(),
+        debug_hooks: args.debug_hooks,
     });
     daemon.reattach_and_autostart();
     spawn_signal_thread(

@@ -395,6 +395,14 @@ impl DomainProcess {
     }
 }
 
+impl DomainProcess {
+    /// Asks the process to make a system call its thread of `kind` may not (the seccomp
+    /// tests' hook): the kernel kills the process.
+    pub fn forbidden_call(&self, thread: wire::ThreadKind) -> Result<(), String> {
+        self.act(Request::ForbiddenCall { thread })
+    }
+}
+
 fn kill_child(mut child: Child) {
     let _ = child.kill();
     let _ = child.wait();
