@@ -101,10 +101,28 @@ impl Sandbox {
         }
         let old = Path::new(STAGE).join("oldroot");
         std::fs::create_dir(&old).map_err(io_step("making the old root's mount point"))?;
-        pivot_root(STAGE, &old).map_err(step("switching to its empty root"))?;
-        chdir("/").map_err(step("entering its root"))?;
-        umount2("/oldroot", MntFlags::MNT_DETACH).map_err(step("detaching the host's root"))?;
-        std::fs::remove_dir("/oldroot").map_err(io_step("removing the old root's mount point"))?;
+        match pivot_root(STAGE, &old) {
+            Ok(()) => {
+                chdir("/").map_err(step("entering its root"))?;
+                umount2("/oldroot", MntFlags::MNT_DETACH)
+                    .map_err(step("detaching the host's root"))?;
+                std::fs::remove_dir("/oldroot")
+                    .map_err(io_step("removing the old root's mount point"))?;
+            }
+            // The host's root is the initramfs (rootfs), which cannot be pivoted away from:
+            // move the new root over it and enter it, as switch_root does. Without
+            // capabilities the process cannot climb out.
+            Err(nix::Error::EINVAL) => {
+                std::fs::remove_dir(&old)
+                    .map_err(io_step("removing the old root's mount point"))?;
+                chdir(STAGE).map_err(step("entering its new root"))?;
+                mount(Some("."), "/", none, MsFlags::MS_MOVE, none)
+                    .map_err(step("moving its new root over the initramfs"))?;
+                nix::unistd::chroot(".").map_err(step("entering its new root"))?;
+                chdir("/").map_err(step("entering its root"))?;
+            }
+            Err(e) => return Err(step("switching to its empty root")(e)),
+        }
         mount(
             none,
             "/",

@@ -9,6 +9,7 @@ mod client;
 mod daemon;
 mod def;
 mod image;
+mod logging;
 mod netcli;
 mod run;
 
@@ -122,6 +123,7 @@ fn main() -> ExitCode {
 
 /// `vessel domain`: serves the domain process on the channel the daemon handed over.
 fn domain_process() -> anyhow::Result<ExitCode> {
+    logging::init();
     let fd = hv::process::take_channel_fd().ok_or_else(|| {
         anyhow::anyhow!("the domain verb is for the daemon: no channel on descriptor 3")
     })?;

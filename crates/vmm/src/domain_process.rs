@@ -64,14 +64,14 @@ pub fn serve(listener: Listener) -> i32 {
     let first = match listener.accept() {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("vessel domain: cannot accept the control plane: {e}");
+            tracing::info!("cannot accept the control plane: {e}");
             return 1;
         }
     };
     let (instance, log, name) = match launch(&first) {
         Ok(v) => v,
         Err((id, why)) => {
-            eprintln!("vessel domain: cannot start: {why}");
+            tracing::info!("cannot start: {why}");
             let _ = first.send(
                 &wire::encode(&Note::Reply {
                     id,
@@ -242,9 +242,9 @@ fn serve_connection(conn: &Channel, instance: &Arc<Instance>, peer: &Peer) {
             }
             Some(b'{') => match wire::decode::<Call>(&bytes) {
                 Ok(call) => answer(call, instance, peer),
-                Err(e) => eprintln!("vessel domain: ignoring {e}"),
+                Err(e) => tracing::info!("ignoring {e}"),
             },
-            _ => eprintln!("vessel domain: ignoring a message of an unknown kind"),
+            _ => tracing::info!("ignoring a message of an unknown kind"),
         }
     }
 }

@@ -213,25 +213,33 @@ fn create_domain(daemon: &Daemon, _: &Params, req: &Request) -> Response {
         return resp;
     }
     match daemon.registry.view(&name) {
-        Ok(e) => Response::json(201, &info(&e)),
+        Ok(e) => Response::json(201, &info(daemon, &e)),
         Err(e) => registry_error_response(e),
     }
 }
 
 fn get_domain(daemon: &Daemon, p: &Params, _: &Request) -> Response {
     match daemon.registry.view(&p.name) {
-        Ok(e) => Response::json(200, &info(&e)),
+        Ok(e) => Response::json(200, &info(daemon, &e)),
         Err(e) => registry_error_response(e),
     }
 }
 
 /// The `info` view of a domain: its definition, state and every counter.
-fn info(e: &EntryView) -> Value {
+fn info(daemon: &Daemon, e: &EntryView) -> Value {
     let stats = e.instance.as_ref().and_then(|i| i.stats());
     let mut v = summary_with(e, &stats);
     v["definition"] = serde_json::to_value(&e.def).unwrap_or(Value::Null);
     if let Some(process) = e.instance.as_ref().filter(|i| i.status().state.is_active()) {
         v["pid"] = json!(process.pid());
+        let name = e.def.name();
+        if let (Some(path), Some(g)) = (daemon.cgroups.path(name), daemon.cgroups.stats(name)) {
+            v["cgroup"] = json!({
+                "path": path,
+                "cpu_ns": g.cpu_ns,
+                "memory_bytes": g.memory_bytes,
+            });
+        }
     }
     if let Some(machine) = stats {
         let vcpus: Vec<Value> = machine

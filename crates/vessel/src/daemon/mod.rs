@@ -1,14 +1,16 @@
-//! `vessel daemon`: domain 0. One process hosts any number of domains, each with its own vCPU
-//! and I/O threads, and serves the HTTP/JSON API on a Unix socket (mode 0600).
+//! `vessel daemon`: domain 0, the control plane. Each domain runs in a confined process of its
+//! own ([`process`]); the daemon opens their host files, runs the virtual switch, keeps their
+//! definitions and control groups, and serves the HTTP/JSON API on a Unix socket (mode 0600).
 //!
 //! Each connection gets its own thread (at most [`MAX_CONNECTIONS`] at once; more are answered
 //! 503) and is answered by [`api::handle`]. A connection holds its slot only for bounded time:
 //! each request must arrive whole within the request timeout of its first byte, and a
 //! connection that sends nothing for as long is closed, so slow or silent clients cannot lock
 //! the others out. A domain that crashes ends in its own `crashed` state; the daemon and the
-//! other domains go on.
+//! other domains go on. Logs go through `tracing` (one line per request and per state change).
 
 pub mod api;
+pub mod cgroup;
 mod console;
 mod deadline;
 pub mod metrics;
@@ -65,10 +67,21 @@ pub struct DaemonArgs {
     #[arg(long, value_name = "SECS", default_value_t = REQUEST_TIMEOUT_SECS,
           value_parser = parse_timeout, hide = true)]
     request_timeout: f64,
+    /// The control group (in each hierarchy) that holds the domains' groups.
+    #[arg(long, value_name = "NAME", default_value = "vessel", value_parser = parse_cgroup_parent)]
+    cgroup_parent: String,
     /// Serve the debugging hooks (`POST /v1/domains/NAME/debug/forbidden-call`), for the
     /// tests of domain confinement; without this they answer 404.
     #[arg(long, hide = true)]
     debug_hooks: bool,
+}
+
+fn parse_cgroup_parent(s: &str) -> Result<String, String> {
+    if vmm::spec::valid_name(s) {
+        Ok(s.to_string())
+    } else {
+        Err("a control group name is 1 to 32 letters, digits, '_', '.' or '-'".into())
+    }
 }
 
 fn parse_timeout(s: &str) -> Result<f64, String> {
@@ -92,6 +105,8 @@ pub struct Daemon {
     pub started: Instant,
     /// Whether the debugging hooks are served.
     pub debug_hooks: bool,
+    /// Where domains' control groups are.
+    pub cgroups: Arc<cgroup::Cgroups>,
 }
 
 impl Daemon {
@@ -170,6 +185,8 @@ impl Daemon {
                 gid: DOMAIN_ID_BASE + id,
             }),
             console,
+            on_spawn: self.enter_group(name),
+            on_end: self.leave_group(name),
         })
         .map_err(|why| Response::error(500, &format!("domain '{name}' cannot start: {why}")))
     }
@@ -190,6 +207,7 @@ impl Daemon {
 
 /// Runs the daemon until a signal ends it (see [`DaemonArgs::shutdown_timeout`]).
 pub fn daemon(args: DaemonArgs) -> anyhow::Result<std::process::ExitCode> {
+    crate::logging::init();
     // Before any thread starts, so that every thread inherits the blocked mask.
     let signals = hv::TerminationSignals::block().context("cannot block termination signals")?;
     let (registry, warnings) = Registry::open(&args.state_dir).with_context(|| {
@@ -199,7 +217,7 @@ pub fn daemon(args: DaemonArgs) -> anyhow::Result<std::process::ExitCode> {
         )
     })?;
     for w in warnings {
-        eprintln!("vessel daemon: warning: {w}");
+        tracing::warn!("{w}");
     }
     let switch = Arc::new(vswitch::Switch::start().context("cannot start the virtual switch")?);
     if let Some(tap) = &args.uplink {
@@ -210,11 +228,15 @@ pub fn daemon(args: DaemonArgs) -> anyhow::Result<std::process::ExitCode> {
             .with_context(|| format!("cannot attach {name} to the switch"))?;
     }
     let listener = bind_private(&args.socket)?;
-    eprintln!(
-        "vessel daemon: serving the API on {} (state in {})",
+    tracing::info!(
+        "serving the API on {} (state in {})",
         args.socket.display(),
         args.state_dir.display()
     );
+    let (cgroups, note) = cgroup::Cgroups::detect(&args.cgroup_parent);
+    if let Some(note) = note {
+        tracing::warn!("{note}");
+    }
     let run_dir = private_dir(&args.state_dir.join("run"))?;
     let log_dir = private_dir(&args.state_dir.join("logs"))?;
     let daemon = Arc::new(Daemon {
@@ -224,6 +246,7 @@ pub fn daemon(args: DaemonArgs) -> anyhow::Result<std::process::ExitCode> {
         switch,
         started: Instant::now(),
         debug_hooks: args.debug_hooks,
+        cgroups: Arc::new(cgroups),
     });
     daemon.reattach_and_autostart();
     spawn_signal_thread(
@@ -265,7 +288,7 @@ pub fn daemon(args: DaemonArgs) -> anyhow::Result<std::process::ExitCode> {
                 active.fetch_sub(1, Ordering::SeqCst);
             });
         if spawned.is_err() {
-            eprintln!("vessel daemon: warning: cannot start a connection thread");
+            tracing::warn!("cannot start a connection thread");
         }
     }
     Ok(std::process::ExitCode::SUCCESS)
@@ -286,12 +309,9 @@ impl Daemon {
                 Ok(c) => c,
                 Err(_) => continue,
             };
-            match DomainProcess::attach(&name, &socket, console) {
+            match DomainProcess::attach(&name, &socket, console, self.leave_group(&name)) {
                 Some(process) => {
-                    eprintln!(
-                        "vessel daemon: domain '{name}' runs (process {}): attached",
-                        process.pid()
-                    );
+                    tracing::info!("domain '{name}' runs (process {}): attached", process.pid());
                     let process = Arc::new(process);
                     let _ = self.registry.with(&name, |e| e.instance = Some(process));
                 }
@@ -301,18 +321,46 @@ impl Daemon {
                 }
             }
         }
+        let running: Vec<String> = self
+            .registry
+            .views()
+            .into_iter()
+            .filter(|v| v.state().is_active())
+            .map(|v| v.def.name().to_string())
+            .collect();
+        self.cgroups.remove_stale(&running);
         for view in self.registry.views() {
             if view.def.spec().autostart && !view.state().is_active() {
                 let name = view.def.name().to_string();
                 match self.start(&name) {
-                    Ok(()) => eprintln!("vessel daemon: domain '{name}' started (autostart)"),
-                    Err(resp) => eprintln!(
-                        "vessel daemon: domain '{name}' (autostart) cannot start: {}",
+                    Ok(()) => tracing::info!("domain '{name}' started (autostart)"),
+                    Err(resp) => tracing::info!(
+                        "domain '{name}' (autostart) cannot start: {}",
                         String::from_utf8_lossy(&resp.body).trim()
                     ),
                 }
             }
         }
+    }
+
+    /// What moves a new domain process of `name` into its control group.
+    fn enter_group(&self, name: &str) -> Box<dyn FnOnce(u32) + Send> {
+        let (cgroups, name) = (self.cgroups.clone(), name.to_string());
+        Box::new(move |pid| {
+            if let Err(e) = cgroups.enter(&name, pid) {
+                tracing::warn!("domain '{name}' runs outside its control group: {e}");
+            }
+        })
+    }
+
+    /// What removes domain `name`'s control group once its process has ended.
+    fn leave_group(&self, name: &str) -> Box<dyn FnOnce() + Send> {
+        let (cgroups, name) = (self.cgroups.clone(), name.to_string());
+        Box::new(move || {
+            if !cgroups.remove(&name) {
+                tracing::warn!("domain '{name}''s control group could not be removed");
+            }
+        })
     }
 
     /// Shuts every running domain down: presses each power button, waits at most `grace`
@@ -332,15 +380,15 @@ impl Daemon {
             .collect();
         for (name, p) in &running {
             if let Err(e) = p.press_power_button() {
-                eprintln!("vessel daemon: domain '{name}': {e}");
+                tracing::info!("domain '{name}': {e}");
             }
         }
         let deadline = Instant::now() + grace;
         for (name, p) in &running {
             let left = deadline.saturating_duration_since(Instant::now());
             if !p.wait_stopped(left) {
-                eprintln!(
-                    "vessel daemon: domain '{name}' did not power off within {} s: stopping it",
+                tracing::info!(
+                    "domain '{name}' did not power off within {} s: stopping it",
                     grace.as_secs()
                 );
                 p.destroy();
@@ -364,20 +412,21 @@ fn spawn_signal_thread(
         .spawn(move || loop {
             match signals.wait(None) {
                 Ok(Some(hv::TerminationSignal::Quit)) => {
-                    eprintln!("vessel daemon: SIGQUIT: exiting; the domains keep running");
+                    tracing::info!("SIGQUIT: exiting; the domains keep running");
                     let _ = std::fs::remove_file(&socket);
                     std::process::exit(0);
                 }
                 Ok(Some(signal)) => {
-                    eprintln!("vessel daemon: {signal}: shutting the domains down");
+                    tracing::info!("{signal}: shutting the domains down");
                     daemon.shut_down_domains(grace);
+                    daemon.cgroups.remove_parents();
                     let _ = std::fs::remove_file(&socket);
-                    eprintln!("vessel daemon: every domain is down; exiting");
+                    tracing::info!("every domain is down; exiting");
                     std::process::exit(0);
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    eprintln!("vessel daemon: warning: signals are not taken: {e}");
+                    tracing::warn!("signals are not taken: {e}");
                     return;
                 }
             }
@@ -482,10 +531,62 @@ fn serve_connection(daemon: &Daemon, stream: UnixStream, timeout: Duration) {
             return;
         }
         let close = req.wants_close();
+        let started = Instant::now();
         let resp = api::handle(daemon, &req);
+        tracing::info!(
+            "{} {} {} ({:.1} ms)",
+            req.method,
+            req.path,
+            resp.status,
+            started.elapsed().as_secs_f64() * 1000.0
+        );
         writer.set_deadline(Some(Instant::now() + timeout));
         if http::write_response(&mut writer, &resp, close).is_err() || close {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Vessel {
+        #[command(subcommand)]
+        command: Verb,
+    }
+
+    #[derive(clap::Subcommand)]
+    enum Verb {
+        Daemon(DaemonArgs),
+    }
+
+    /// The shipped systemd unit starts the daemon with arguments it takes.
+    #[test]
+    fn the_systemd_unit_runs_a_daemon_command_line() {
+        let unit = include_str!("../../../../contrib/vessel.service");
+        let exec = unit
+            .lines()
+            .find_map(|l| l.strip_prefix("ExecStart="))
+            .expect("an ExecStart line");
+        let words: Vec<&str> = exec.split_whitespace().collect();
+        assert!(words[0].ends_with("/vessel"), "{exec}");
+        let Verb::Daemon(args) = Vessel::try_parse_from(&words)
+            .unwrap_or_else(|e| panic!("{exec}: {e}"))
+            .command;
+        assert_eq!(args.state_dir, PathBuf::from("/var/lib/vessel"));
+        assert_eq!(args.socket, PathBuf::from(DEFAULT_SOCKET));
+        assert!(unit.contains("KillMode=process"));
+        let stop: u64 = unit
+            .lines()
+            .find_map(|l| l.strip_prefix("TimeoutStopSec="))
+            .and_then(|v| v.parse().ok())
+            .expect("TimeoutStopSec");
+        assert!(
+            stop > args.shutdown_timeout,
+            "systemd must wait longer than the daemon"
+        );
     }
 }

@@ -112,6 +112,11 @@ pub struct LaunchPlan<'a> {
     pub confine: Option<Confinement>,
     /// Its console log.
     pub console: ConsoleLog,
+    /// Called with the process's pid as soon as it is spawned, before the domain starts (it
+    /// moves the process into the domain's control group).
+    pub on_spawn: Box<dyn FnOnce(u32) + Send>,
+    /// Called once the process has ended (it removes the domain's control group).
+    pub on_end: Box<dyn FnOnce() + Send>,
 }
 
 impl DomainProcess {
@@ -141,6 +146,7 @@ impl DomainProcess {
             .map_err(|e| format!("cannot start the domain process: {e}"))?;
         drop(listener);
         let pid = child.id();
+        (plan.on_spawn)(pid);
         let fail = |child: Child, why: String| {
             kill_child(child);
             why
@@ -174,12 +180,18 @@ impl DomainProcess {
             plan.console,
             Some(child),
             Some(plan.resources),
+            plan.on_end,
         ))
     }
 
     /// Attaches to the domain process listening at `socket` (one an earlier daemon started);
     /// `None` if none answers there.
-    pub fn attach(name: &str, socket: &Path, console: ConsoleLog) -> Option<DomainProcess> {
+    pub fn attach(
+        name: &str,
+        socket: &Path,
+        console: ConsoleLog,
+        on_end: Box<dyn FnOnce() + Send>,
+    ) -> Option<DomainProcess> {
         let channel = Channel::connect(socket).ok()?;
         let call = Call {
             id: 0,
@@ -192,10 +204,11 @@ impl DomainProcess {
             _ => return None,
         };
         Some(Self::connected(
-            name, pid, channel, hello, console, None, None,
+            name, pid, channel, hello, console, None, None, on_end,
         ))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn connected(
         name: &str,
         pid: u32,
@@ -204,6 +217,7 @@ impl DomainProcess {
         console: ConsoleLog,
         child: Option<Child>,
         resources: Option<Resources>,
+        on_end: Box<dyn FnOnce() + Send>,
     ) -> DomainProcess {
         let status = match &hello {
             Note::Hello { status, .. } => status_of(status),
@@ -235,7 +249,10 @@ impl DomainProcess {
         let s = shared.clone();
         let _ = std::thread::Builder::new()
             .name(format!("dom-{name}"))
-            .spawn(move || read_loop(&s, &channel));
+            .spawn(move || {
+                read_loop(&s, &channel);
+                on_end();
+            });
         DomainProcess {
             shared,
             writer: Mutex::new(writer),
@@ -460,7 +477,7 @@ fn read_loop(shared: &Arc<Shared>, channel: &Channel) {
                     }
                 }
                 Ok(Note::Hello { .. }) => {}
-                Err(e) => eprintln!("vessel daemon: domain '{}': {e}", shared.name),
+                Err(e) => tracing::info!("domain '{}': {e}", shared.name),
             },
             _ => {}
         }
@@ -511,8 +528,8 @@ fn reap(shared: &Shared) -> Option<String> {
 }
 
 fn tracing_state(name: &str, status: &Status) {
-    eprintln!(
-        "vessel daemon: domain '{name}' is {}: {}",
+    tracing::info!(
+        "domain '{name}' is {}: {}",
         status.state.name(),
         status.message.as_deref().unwrap_or("")
     );

@@ -133,9 +133,13 @@ i=0; until api info c | grep -q '"state": "crashed"'; do i=$((i+1)); [ $i -ge 12
 api info c | grep -E '"state"|"message"' | sed 's/^/INFO_C /'
 on 1 "ping -c 1 -W 3 10.0.1.4 >/dev/null 2>&1 && echo AFTER_CRASH=1-4"
 
-# Destroy frees memory.
-echo DAEMON_RSS_BEFORE_DESTROY=$(awk '/VmRSS/ {print $2}' /proc/$daemon/status)
+# Destroy frees memory: the guest's RAM is its own process's, which ends.
+dpid=$(api info d | sed -n 's/^ *"pid": \([0-9]*\).*/\1/p')
+echo D_PID=$dpid
+echo D_RSS_BEFORE_DESTROY=$(awk '/VmRSS/ {print $2}' /proc/$dpid/status)
 api destroy d && echo DESTROYED=d
+i=0; while [ -e /proc/$dpid/status ] && ! grep -q zombie /proc/$dpid/status && [ $i -lt 50 ]; do sleep 0.2; i=$((i+1)); done
+[ -e /proc/$dpid/status ] && ! grep -q zombie /proc/$dpid/status && echo D_PROCESS=alive || echo D_PROCESS=gone
 echo DAEMON_RSS_AFTER_DESTROY=$(awk '/VmRSS/ {print $2}' /proc/$daemon/status)
 api list | sed 's/^/LIST2 /'
 api info a | grep -E '"(cpu_ns|memory_resident_bytes|rx_bytes|tx_bytes)"' | tr -d ' ",' | sed 's/^/INFO_A /'

@@ -60,6 +60,9 @@ impl TestDaemon {
             .arg(dir.join("state"))
             .arg("--socket")
             .arg(&socket)
+            // Tests run daemons side by side: each keeps its domains' groups apart.
+            .arg("--cgroup-parent")
+            .arg(cgroup_parent(dir))
             .args(args)
             // As under a service manager: relative paths must not depend on where it runs.
             .current_dir("/")
@@ -227,6 +230,22 @@ impl TestDaemon {
     }
 }
 
+/// The control group a test daemon on `dir` puts its domains' groups under.
+pub fn cgroup_parent(dir: &Path) -> String {
+    let tag = dir.file_name().and_then(|n| n.to_str()).unwrap_or("t");
+    let mut name = format!("vt-{tag}");
+    name.truncate(32);
+    name
+}
+
+/// Removes a test daemon's parent groups (empty once its domains have gone).
+pub fn remove_cgroup_parent(dir: &Path) {
+    let parent = cgroup_parent(dir);
+    for hierarchy in ["", "cpu", "cpuacct", "memory"] {
+        let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(hierarchy).join(&parent));
+    }
+}
+
 impl Drop for TestDaemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -234,6 +253,21 @@ impl Drop for TestDaemon {
         // Domains outlive a killed daemon (by design): the test's end is theirs too.
         if self.reap_domains {
             super::kill_domain_processes_under(&self.dir);
+            // The killed processes' groups, then the parent.
+            std::thread::sleep(Duration::from_millis(100));
+            for hierarchy in ["", "cpu", "cpuacct", "memory"] {
+                let parent = Path::new("/sys/fs/cgroup")
+                    .join(hierarchy)
+                    .join(cgroup_parent(&self.dir));
+                if let Ok(entries) = std::fs::read_dir(&parent) {
+                    for e in entries.flatten() {
+                        if e.path().is_dir() {
+                            let _ = std::fs::remove_dir(e.path());
+                        }
+                    }
+                }
+            }
+            remove_cgroup_parent(&self.dir);
         }
     }
 }
