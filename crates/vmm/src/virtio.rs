@@ -175,6 +175,11 @@ pub fn vif_index(disks: usize, slot: usize) -> Option<usize> {
     slot.checked_sub(disks + 1)
 }
 
+/// The slot of VIF number `index` in a domain with `disks` disks (see [`vif_index`]).
+pub fn vif_slot(disks: usize, index: usize) -> usize {
+    disks + 1 + index
+}
+
 /// The slot of the `index`th device.
 pub fn slot(index: usize) -> VirtioSlot {
     VirtioSlot {
