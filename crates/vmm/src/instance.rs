@@ -28,7 +28,8 @@ use crate::spec::{DomainSpec, OnReboot};
 pub enum RunState {
     /// Its vCPUs run.
     Running,
-    /// Its vCPUs are parked; its devices still take host input (bounded).
+    /// Its vCPUs are parked and its devices quiesced (no guest queue is served; host input is
+    /// still taken in, bounded).
     Paused,
     /// It stopped: powered off, destroyed, or rebooted under [`OnReboot::Exit`].
     Shutoff,
