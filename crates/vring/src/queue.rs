@@ -53,6 +53,9 @@ pub enum QueueError {
     /// The chain at the head of the avail ring is malformed.
     #[error("malformed descriptor chain: {0}")]
     Chain(#[from] ChainError),
+    /// A saved state ([`Queue::set_state`]) names indices no queue could have had.
+    #[error("impossible saved indices: {0}")]
+    ImpossibleState(&'static str),
     /// A ring access fell outside guest memory.
     #[error(transparent)]
     Memory(#[from] MemoryError),
@@ -198,14 +201,14 @@ impl Queue {
             return Err(QueueError::InvalidConfig);
         }
         if q.next_avail.wrapping_sub(q.next_used) > q.size {
-            return Err(QueueError::AvailIndexJump {
-                last: q.next_used,
-                avail: q.next_avail,
-                size: q.size,
-            });
+            return Err(QueueError::ImpossibleState(
+                "more chains taken and not used than the queue holds",
+            ));
         }
         if q.next_used.wrapping_sub(q.signalled_used) > q.size {
-            return Err(QueueError::InvalidConfig);
+            return Err(QueueError::ImpossibleState(
+                "an interrupt decided for used entries never published",
+            ));
         }
         *self = q;
         Ok(())

@@ -155,7 +155,6 @@ impl MmioTransport {
         self.driver_features = 0;
         self.status = 0;
         self.interrupt_status = 0;
-        self.failure = None;
         self.backlog = 0;
     }
 
