@@ -1,8 +1,9 @@
 //! virtio-net: a virtual network interface (VIF) whose frames go to a [`NetBackend`].
 //!
 //! Queues: receive (0) and transmit (1). Features: `VIRTIO_NET_F_MAC` (the MAC is in the
-//! configuration space) and `VIRTIO_NET_F_STATUS` (the link's state is there too, and a change
-//! raises a configuration-change interrupt); no offloads, so the guest sends and expects
+//! configuration space) and `VIRTIO_NET_F_STATUS` (the link's state is there too, and for a
+//! driver that negotiated it, activation tells the device so, a change raises a
+//! configuration-change interrupt); no offloads, so the guest sends and expects
 //! complete frames with valid checksums. Every buffer starts with the
 //! 12-byte `virtio_net_hdr_v1`; without offloads the device ignores it on transmit and writes
 //! one with only `num_buffers = 1` on receive.
@@ -155,6 +156,8 @@ pub struct Net {
     link_dead: bool,
     /// The link is up (the control plane can take it down: [`Action::SetLink`]).
     link_up: bool,
+    /// The features the driver acknowledged at activation (none before).
+    features: u64,
     /// Counters, shared with the control plane (see [`COUNTER_NAMES`]).
     counters: Arc<Counters>,
 }
@@ -172,6 +175,7 @@ impl Net {
             held: None,
             link_dead: false,
             link_up: true,
+            features: 0,
             counters: Counters::new(COUNTER_NAMES),
         }
     }
@@ -457,6 +461,10 @@ impl VirtioDevice for Net {
         };
         Wake::queues(rx | tx)
     }
+    fn activate(&mut self, features: u64, _queues: &[Queue]) -> Result<(), DeviceError> {
+        self.features = features;
+        Ok(())
+    }
     fn control(&mut self, action: Action, fds: Vec<OwnedFd>) -> Result<Wake, DeviceError> {
         check_descriptors(&action, &fds)?;
         match action {
@@ -464,7 +472,9 @@ impl VirtioDevice for Net {
                 let changed = self.set_link(up);
                 Ok(Wake {
                     queues: if changed && up { 1 << RX | 1 << TX } else { 0 },
-                    config_changed: changed,
+                    // Only a driver that negotiated STATUS reads the link from the
+                    // configuration space; the others are not interrupted for it.
+                    config_changed: changed && self.features & F_STATUS != 0,
                 })
             }
             Action::ReplaceBackend { port } => {
@@ -582,6 +592,7 @@ impl VirtioDevice for Net {
         self.pending_bytes = 0;
         self.held = None;
         self.link_dead = false;
+        self.features = 0;
         self.publish_gauges();
     }
 }
@@ -1117,6 +1128,23 @@ mod tests {
             1,
             "sent once the link is up"
         );
+        // A driver that did not negotiate STATUS is not interrupted for its link (the device
+        // behaves per the features activation handed it).
+        let (_wire, plain) = new_net();
+        let driver = Arc::new(Mutex::new(MockDriver::new(16, 1 << 20)));
+        let mem = crate::virtio::Memory(Arc::new(DriverMemory(driver.clone())));
+        let irq = Arc::new(Counter::default());
+        let mut t = crate::virtio::mmio::MmioTransport::new(Box::new(plain), mem, irq.clone());
+        crate::virtio::test_support::bring_up(
+            &mut t,
+            &driver,
+            crate::virtio::feature::VERSION_1,
+            &[TX as u32],
+        );
+        t.control(Action::SetLink { up: false }, Vec::new())
+            .unwrap();
+        assert_eq!(irq.count(), 0);
+        assert_eq!(link_status(&mut t), 0, "the status still says so");
     }
 
     #[test]
