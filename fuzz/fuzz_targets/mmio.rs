@@ -180,7 +180,7 @@ fuzz_target!(|data: &[u8]| {
                     }
                 }
                 drop(w);
-                t.host_ready(HostInterest {
+                t.host_ready(0, HostInterest {
                     readable: offset & 1 != 0,
                     writable: offset & 2 != 0,
                 });
@@ -201,7 +201,7 @@ fuzz_target!(|data: &[u8]| {
             }
             _ => {
                 let _ = t.describe();
-                let _ = (t.wake_at(), t.host_interest(), t.host_fd(), t.failure());
+                let _ = (t.wake_at(), t.host_interest(0), t.host_fd(0), t.failure());
                 write32(&mut t, QUEUE_NOTIFY, value as u32);
             }
         }

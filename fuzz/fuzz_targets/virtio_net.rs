@@ -221,7 +221,7 @@ fuzz_target!(|data: &[u8]| {
                 wire.lock().unwrap().inbox.push_back(frame);
             }
             3 => {
-                net.host_ready(HostInterest {
+                net.host_ready(0, HostInterest {
                     readable: true,
                     writable: false,
                 });
@@ -278,7 +278,7 @@ fuzz_target!(|data: &[u8]| {
                 };
             }
             7 => {
-                net.host_ready(HostInterest {
+                net.host_ready(0, HostInterest {
                     readable: false,
                     writable: true,
                 });

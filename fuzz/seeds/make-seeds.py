@@ -8,6 +8,7 @@ changing a layout; the CI run (scripts/fuzz-run.sh) starts every target from its
 """
 import os
 import struct
+import zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -239,3 +240,49 @@ frames = [
 ]
 write("switch_frame", "rules-and-frames",
       bytes([len(rules)]) + b"".join(rules) + b"".join(struct.pack("<H", len(f)) + f for f in frames))
+
+# --- device_state: flags byte (device in bits 0-1; bit 7: frame the state here), the state's
+# length (u16), the state (docs/formats.md, "Device state"), then guest memory. Seeds: each
+# device saved live, framed and as a bare payload; a VIF holding a frame and with one pending.
+VERSION_1, EVENT_IDX = 1 << 32, 1 << 29
+
+
+def queue_record(max_size, base, ready=True, next_avail=0, next_used=0):
+    return struct.pack("<HHBQQQHHH", max_size, 8, (1 if ready else 0) | 2, base, base + 0x200,
+                       base + 0x400, next_avail, next_used, next_used)
+
+
+def device_payload(device_id, offered, queues, section):
+    p = struct.pack("<IQIQIIIII", device_id, offered | VERSION_1 | EVENT_IDX, 0xf,
+                    VERSION_1 | EVENT_IDX, 0, 0, 0, 0, 3)
+    p += struct.pack("<I", 0)                     # no failure message
+    p += struct.pack("<H", len(queues)) + b"".join(queues)
+    return p + struct.pack("<I", len(section)) + section
+
+
+def framed(payload):
+    head = b"VSLDEVST" + struct.pack("<II", 1, len(payload)) + payload
+    return head + struct.pack("<I", zlib.crc32(head))
+
+
+def state_input(kind, state, memory=b"", seal=False):
+    return bytes([kind | (0x80 if seal else 0)]) + struct.pack("<H", len(state)) + state + memory
+
+
+rng = device_payload(4, 0, [queue_record(64, 0x1000)], b"")
+block_section = struct.pack("<QBHQQQQ", 32, 0, 0, 1 << 20, struct.unpack("<Q", struct.pack("<d", 1000.0))[0], 0, 0)
+block = device_payload(2, (1 << 2) | (1 << 9), [queue_record(256, 0x1000)], block_section)
+frame60 = bytes(range(60))
+# The VIF holds transmit chain 0 (one 72-byte buffer at 0x3000: header and a 60-byte frame)
+# and has one frame waiting for a receive buffer.
+net_section = struct.pack("<BH", 1 | 4, 0) + bytes([2, 0, 0, 0, 0, 1]) + struct.pack("<H", 1) \
+    + struct.pack("<I", len(frame60)) + frame60
+net = device_payload(1, (1 << 5) | (1 << 16),
+                     [queue_record(256, 0x1000), queue_record(256, 0x2000, next_avail=1)],
+                     net_section)
+memory = bytearray(0x4000)
+struct.pack_into("<QIHH", memory, 0x2000, 0x3000, 72, 0, 0)
+memory[0x3000 + 12:0x3000 + 72] = frame60
+for name, kind, payload in [("rng", 0, rng), ("block", 1, block), ("net", 2, net)]:
+    write("device_state", name, state_input(kind, framed(payload), bytes(memory)))
+    write("device_state", name + "-payload", state_input(kind, payload, bytes(memory), seal=True))

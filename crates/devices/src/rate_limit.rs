@@ -7,6 +7,9 @@
 
 use std::time::{Duration, Instant};
 
+/// The most tokens a restored bucket may owe (2^48: far more than one request can cost).
+pub const MAX_DEBT: f64 = (1u64 << 48) as f64;
+
 /// One token bucket.
 #[derive(Clone, Debug)]
 pub struct TokenBucket {
@@ -28,6 +31,24 @@ impl TokenBucket {
     /// Tokens per second.
     pub fn rate(&self) -> u64 {
         self.rate
+    }
+
+    /// The tokens in the bucket at `now` (negative after a request larger than the bucket).
+    pub fn tokens(&mut self, now: Instant) -> f64 {
+        self.refill(now);
+        self.tokens
+    }
+
+    /// A bucket of `rate` holding `tokens` at `now` (a saved bucket restored): `None` for a
+    /// rate of 0, or tokens that are not finite, above the rate, or more than
+    /// [`MAX_DEBT`] below zero.
+    pub fn with_tokens(rate: u64, tokens: f64, now: Instant) -> Option<Self> {
+        let ok = rate > 0 && tokens.is_finite() && tokens <= rate as f64 && tokens >= -MAX_DEBT;
+        ok.then_some(TokenBucket {
+            rate,
+            tokens,
+            last: now,
+        })
     }
 
     fn refill(&mut self, now: Instant) {
@@ -67,6 +88,20 @@ impl RateLimiter {
             bytes: TokenBucket::new(bytes_per_sec),
             ops: TokenBucket::new(ops_per_sec),
         }
+    }
+
+    /// Each bucket's rate and tokens at `now`, bytes then operations (`None`: no limit).
+    pub fn buckets(&mut self, now: Instant) -> [Option<(u64, f64)>; 2] {
+        let mut out = [None, None];
+        for (slot, bucket) in out.iter_mut().zip([&mut self.bytes, &mut self.ops]) {
+            *slot = bucket.as_mut().map(|b| (b.rate(), b.tokens(now)));
+        }
+        out
+    }
+
+    /// A limiter of the buckets `bytes` and `ops` as [`RateLimiter::buckets`] gave them.
+    pub fn from_buckets(bytes: Option<TokenBucket>, ops: Option<TokenBucket>) -> Self {
+        RateLimiter { bytes, ops }
     }
 
     /// Whether any limit is set.
@@ -144,5 +179,25 @@ mod tests {
         assert!(l.admit(10, t0 + Duration::from_millis(500)).is_ok());
         assert!(!RateLimiter::new(0, 0).is_limited());
         assert!(RateLimiter::new(0, 0).admit(u64::MAX, t0).is_ok());
+    }
+
+    #[test]
+    fn buckets_are_read_and_restored_and_impossible_ones_refused() {
+        let t0 = Instant::now();
+        let mut l = RateLimiter::new(1000, 10);
+        l.admit(600, t0).unwrap();
+        let [bytes, ops] = l.buckets(t0);
+        assert_eq!(bytes, Some((1000, 400.0)));
+        assert_eq!(ops, Some((10, 9.0)));
+        let b = TokenBucket::with_tokens(1000, 400.0, t0);
+        let mut restored = RateLimiter::from_buckets(b, None);
+        assert!(restored.admit(400, t0).is_ok());
+        assert!(
+            restored.admit(1, t0).is_err(),
+            "the restored bucket was spent"
+        );
+        for (rate, tokens) in [(0, 0.0), (10, 11.0), (10, f64::NAN), (10, -MAX_DEBT * 2.0)] {
+            assert!(TokenBucket::with_tokens(rate, tokens, t0).is_none());
+        }
     }
 }

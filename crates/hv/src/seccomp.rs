@@ -193,6 +193,9 @@ fn program(kind: ThreadKind) -> Result<BpfProgram, String> {
         }
         ThreadKind::Io => {
             allow(DEVICE_IO);
+            // FIONBIO: also a VIF's new switch-port socket, made non-blocking on this thread
+            // when a `replace_backend` control action hands it over (the action's other calls,
+            // epoll_ctl and close, are in the lists already).
             vec![FIONBIO]
         }
         ThreadKind::Control => {

@@ -26,7 +26,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_threads_cpu_time_grows_and_a_gone_thread_has_none() {
+    fn a_threads_cpu_time_grows_and_another_threads_can_be_read() {
         let tid = current_tid();
         let before = thread_cpu_ns(tid).unwrap();
         let mut x = 0u64;
@@ -35,7 +35,16 @@ mod tests {
         }
         assert!(x > 0);
         assert!(thread_cpu_ns(tid).unwrap() > before);
-        let other = std::thread::spawn(current_tid).join().unwrap();
-        assert_eq!(thread_cpu_ns(other), None);
+        // Another thread's clock, read from here while it runs.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            tx.send(current_tid()).unwrap();
+            let _ = done_rx.recv();
+        });
+        let other = rx.recv().unwrap();
+        assert!(thread_cpu_ns(other).is_some());
+        done_tx.send(()).unwrap();
+        t.join().unwrap();
     }
 }

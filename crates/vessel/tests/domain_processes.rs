@@ -4,14 +4,16 @@
 //! outlive a killed daemon and a new daemon attaches to them (state, console kept meanwhile,
 //! pause, counters, destroy); SIGTERM to the daemon powers every domain off through its button
 //! (stopping those that ignore it after `--shutdown-timeout`) and exits 0; SIGQUIT leaves them
-//! running; `autostart` domains start with the daemon.
+//! running; `autostart` domains start with the daemon; a restarted daemon hands running
+//! domains new switch ports for their VIFs (issue 11), and a paused domain's devices make no
+//! progress.
 
 mod common;
 
 use std::time::Duration;
 
 use common::daemon::{last_tick, mini, tmpdir, wait_for, TestDaemon};
-use common::require_kvm;
+use common::{mini_kernel, require_kvm};
 use serde_json::{json, Value};
 
 /// The value of `key` in `/proc/PID/status`.
@@ -312,4 +314,135 @@ fn each_domain_has_a_control_group_that_goes_with_it() {
     wait_for("the group to go", Duration::from_secs(10), || {
         !path.exists()
     });
+}
+
+/// A counter of a switch port, from `GET /v1/net/ports` (0 if there is no such port).
+fn port_counter(d: &TestDaemon, port: &str, counter: &str) -> u64 {
+    let ports = d.ok("GET", "/v1/net/ports", None);
+    ports
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"] == port)
+        .and_then(|p| p["counters"][counter].as_u64())
+        .unwrap_or(0)
+}
+
+/// A counter of a domain's devices of one kind, summed, from `GET /v1/domains/NAME`.
+fn device_counter(d: &TestDaemon, name: &str, kind: &str, counter: &str) -> u64 {
+    let info = d.ok("GET", &format!("/v1/domains/{name}"), None);
+    info["devices"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|dev| dev["kind"] == kind)
+        .map(|dev| dev["counters"][counter].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// Issue 11: a domain's switch ports live in the daemon, so a daemon restart takes them away
+/// while the domain runs on. The new daemon opens fresh ports for the running domain's
+/// `switch=` VIFs and hands them to its devices (a device-control call carrying the port's
+/// socket): the frames the guest sends reach the switch again, through the same process.
+#[test]
+fn a_restarted_daemon_hands_running_domains_new_switch_ports() {
+    require_kvm();
+    let dir = tmpdir("new-ports");
+    let d = TestDaemon::start(&dir);
+    let def = json!({
+        "name": "hn",
+        "kernel": mini_kernel(),
+        "cmdline": "hammer",
+        "memory": "16M",
+        "net": ["switch=vsw0"],
+    });
+    d.ok("POST", "/v1/domains", Some(&def.to_string()));
+    wait_for("the guest to hammer", Duration::from_secs(10), || {
+        d.console("hn").contains("mini: hammering 1 queues")
+    });
+    wait_for("frames on the port", Duration::from_secs(10), || {
+        port_counter(&d, "hn-eth0", "rx_frames") > 0
+    });
+    let pid = d.pid_of("hn");
+    d.kill_leaving_domains();
+    let d = TestDaemon::start(&dir);
+    assert_eq!(d.pid_of("hn"), pid, "the same process, never restarted");
+    wait_for(
+        "frames on the new daemon's port",
+        Duration::from_secs(10),
+        || port_counter(&d, "hn-eth0", "rx_frames") > 1000,
+    );
+    // The VIF sends into the new port: its frames are taken, not dropped.
+    let sent = |d: &TestDaemon| device_counter(d, "hn", "net", "tx_frames");
+    let before = sent(&d);
+    wait_for("the VIF to keep sending", Duration::from_secs(10), || {
+        sent(&d) > before + 1000
+    });
+    assert!(
+        d.log()
+            .contains("domain 'hn': eth0 is on port hn-eth0 again"),
+        "{}",
+        d.log()
+    );
+    // A reboot builds the next machine on the new port too (the domain process kept it).
+    d.ok("POST", "/v1/domains/hn/reboot", None);
+    wait_for("the second boot", Duration::from_secs(10), || {
+        d.ok("GET", "/v1/domains/hn", None)["boots"] == 2
+    });
+    let before = port_counter(&d, "hn-eth0", "rx_frames");
+    wait_for(
+        "frames on the port after the reboot",
+        Duration::from_secs(10),
+        || port_counter(&d, "hn-eth0", "rx_frames") > before + 1000,
+    );
+    d.ok("POST", "/v1/domains/hn/destroy", None);
+    wait_for("the port to go", Duration::from_secs(10), || {
+        !d.ok("GET", "/v1/net/ports", None)
+            .to_string()
+            .contains("hn-eth0")
+    });
+}
+
+/// Issue 11: pausing a domain quiesces its devices. The guest keeps its disk's ring full and
+/// the disk is rate-limited, so the device always has requests waiting: while the domain is
+/// paused the disk completes none (no used-ring progress), and once it runs again it
+/// completes them at its rate.
+#[test]
+fn a_paused_domain_makes_no_device_progress() {
+    require_kvm();
+    let dir = tmpdir("quiesce");
+    let d = TestDaemon::start(&dir);
+    let disk = dir.join("disk.img");
+    std::fs::write(&disk, vec![0u8; 2 << 20]).unwrap();
+    let def = json!({
+        "name": "hq",
+        "kernel": mini_kernel(),
+        "cmdline": "hammer",
+        "memory": "16M",
+        "disk": [format!("path={},iops=40", disk.display())],
+    });
+    d.ok("POST", "/v1/domains", Some(&def.to_string()));
+    wait_for("the guest to hammer", Duration::from_secs(10), || {
+        d.console("hq").contains("mini: hammering 1 queues")
+    });
+    let reads = |d: &TestDaemon| device_counter(d, "hq", "block", "read_ops");
+    let start = reads(&d);
+    wait_for("reads to complete", Duration::from_secs(10), || {
+        reads(&d) > start + 10
+    });
+    d.ok("POST", "/v1/domains/hq/pause", None);
+    let paused = reads(&d);
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(
+        reads(&d),
+        paused,
+        "the disk completed requests while the domain was paused"
+    );
+    d.ok("POST", "/v1/domains/hq/unpause", None);
+    wait_for(
+        "reads to go on after the unpause",
+        Duration::from_secs(10),
+        || reads(&d) > paused + 10,
+    );
+    d.ok("POST", "/v1/domains/hq/destroy", None);
 }

@@ -159,6 +159,8 @@ pub struct MachineView {
     pub serial: Arc<Mutex<SerialConsole>>,
     /// Its ACPI power button.
     pub power_button: PowerButton,
+    /// Its I/O thread: control actions on its devices, quiescing.
+    pub io: virtio::IoHandle,
 }
 
 impl MachineView {
@@ -178,6 +180,8 @@ pub(crate) struct Machine {
     counters: MachineCounters,
     memory: Arc<GuestMemory>,
     power_button: PowerButton,
+    io: virtio::IoHandle,
+    io_inbox: virtio::IoInbox,
 }
 
 impl Machine {
@@ -279,6 +283,7 @@ impl Machine {
                 counters: counters.clone(),
             });
         }
+        let (io, io_inbox) = virtio::io_channel()?;
         Ok(Machine {
             runners,
             virtio: virtio_devices,
@@ -288,6 +293,8 @@ impl Machine {
             counters,
             memory,
             power_button,
+            io,
+            io_inbox,
         })
     }
 
@@ -300,16 +307,19 @@ impl Machine {
             memory: self.memory.clone(),
             serial: self.serial.clone(),
             power_button: self.power_button.clone(),
+            io: self.io.clone(),
         }
     }
 
     /// Runs the vCPUs until the machine stops; returns why. Pause requests (through
-    /// [`Control::want_pause`]) park every vCPU; `paused` hears when they all have, and when
+    /// [`Control::want_pause`]) park every vCPU and then quiesce the devices (the I/O thread
+    /// serves no guest queue until the unpause); `paused` hears when both are done, and when
     /// they run again.
     pub(crate) fn run(mut self, paused: &dyn Fn(bool)) -> Result<StopReason, DomainError> {
         hv::install_kick_handler()?;
         // Stopped (dropped) when this function returns, after the vCPUs.
-        let _io = virtio::IoThread::start(&self.virtio)?;
+        let _io = virtio::IoThread::start(&self.virtio, self.io_inbox)?;
+        let io = self.io.clone();
         let control = self.control.clone();
         let mut threads = Vec::new();
         for runner in self.runners.drain(..) {
@@ -340,6 +350,14 @@ impl Machine {
                 MachineEvent::PauseWanted(true) => {
                     let kick_all = || threads.iter().for_each(|(_, kick)| kick.kick());
                     if control.wait_parked(count, Duration::from_secs(10), kick_all) {
+                        if let Err(e) = io.quiesce(true) {
+                            // The pause fails (its caller times out); the domain runs on, its
+                            // devices resumed behind the quiesce if that is still queued.
+                            eprintln!("vessel: the devices could not be quiesced for a pause: {e}");
+                            let _ = io.quiesce(false);
+                            control.want_pause(false);
+                            continue;
+                        }
                         is_paused = true;
                         paused(true);
                     } else if !control.stopping() {
@@ -349,6 +367,10 @@ impl Machine {
                     }
                 }
                 MachineEvent::PauseWanted(false) => {
+                    if let Err(e) = io.quiesce(false) {
+                        // Still queued: the I/O thread resumes them when it gets to it.
+                        eprintln!("vessel: the devices did not confirm their resume: {e}");
+                    }
                     is_paused = false;
                     paused(false);
                 }

@@ -232,7 +232,7 @@ fn spawn_status_watcher(instance: &Arc<Instance>, peer: &Peer) -> Arc<Mutex<bool
 /// Serves one control plane's calls until it goes away.
 fn serve_connection(conn: &Channel, instance: &Arc<Instance>, peer: &Peer) {
     loop {
-        let (bytes, _) = match conn.recv() {
+        let (bytes, fds) = match conn.recv() {
             Ok(Some(m)) => m,
             Ok(None) | Err(_) => return,
         };
@@ -241,7 +241,7 @@ fn serve_connection(conn: &Channel, instance: &Arc<Instance>, peer: &Peer) {
                 instance.console_input().send_if_attached(&bytes[1..]);
             }
             Some(b'{') => match wire::decode::<Call>(&bytes) {
-                Ok(call) => answer(call, instance, peer),
+                Ok(call) => answer(call, fds, instance, peer),
                 Err(e) => tracing::info!("ignoring {e}"),
             },
             _ => tracing::info!("ignoring a message of an unknown kind"),
@@ -249,9 +249,10 @@ fn serve_connection(conn: &Channel, instance: &Arc<Instance>, peer: &Peer) {
     }
 }
 
-/// Answers one call; the slow ones (which wait for vCPUs) on a thread of their own so that
-/// counters and console input keep flowing meanwhile.
-fn answer(call: Call, instance: &Arc<Instance>, peer: &Peer) {
+/// Answers one call (`fds`: the descriptors that came with it); the slow ones (which wait for
+/// vCPUs or the I/O thread) on a thread of their own so that counters and console input keep
+/// flowing meanwhile.
+fn answer(call: Call, fds: Vec<std::os::fd::OwnedFd>, instance: &Arc<Instance>, peer: &Peer) {
     let reply = |peer: &Peer, id: u64, result: Result<Option<MachineStats>, String>| {
         let (error, stats) = match result {
             Ok(s) => (None, s),
@@ -270,7 +271,7 @@ fn answer(call: Call, instance: &Arc<Instance>, peer: &Peer) {
         Request::Stats => reply(peer, id, Ok(stats(instance))),
         Request::PowerButton => reply(peer, id, instance.press_power_button().map(|()| None)),
         Request::Reset => reply(peer, id, instance.reset().map(|()| None)),
-        Request::Pause | Request::Unpause | Request::Destroy => {
+        Request::Pause | Request::Unpause | Request::Destroy | Request::DeviceControl { .. } => {
             let (instance, peer) = (instance.clone(), peer.clone());
             let request = call.request;
             peer.in_flight
@@ -281,6 +282,9 @@ fn answer(call: Call, instance: &Arc<Instance>, peer: &Peer) {
                     let result = match request {
                         Request::Pause => instance.pause(),
                         Request::Unpause => instance.unpause(),
+                        Request::DeviceControl { slot, action } => {
+                            instance.device_control(slot, action, fds)
+                        }
                         _ => {
                             instance.destroy();
                             Ok(())
@@ -321,12 +325,7 @@ fn answer(call: Call, instance: &Arc<Instance>, peer: &Peer) {
 
 /// A virtio device type's name in the API.
 pub fn device_kind(device_id: u32) -> &'static str {
-    match device_id {
-        1 => "net",
-        2 => "block",
-        4 => "rng",
-        _ => "other",
-    }
+    devices::virtio::device_id::name(device_id)
 }
 
 /// The counters of the running machine, if one runs.

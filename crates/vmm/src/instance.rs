@@ -6,11 +6,14 @@
 //! a device marked broken — ends in this domain's state ([`RunState::Crashed`] with a message),
 //! never in the process: even a panic in its threads is caught and reported.
 
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use devices::virtio::Action;
 use hv::Hypervisor;
 
 use crate::console::{ConsoleInput, ConsoleSink};
@@ -25,7 +28,8 @@ use crate::spec::{DomainSpec, OnReboot};
 pub enum RunState {
     /// Its vCPUs run.
     Running,
-    /// Its vCPUs are parked; its devices still take host input (bounded).
+    /// Its vCPUs are parked and its devices quiesced (no guest queue is served; host input is
+    /// still taken in, bounded).
     Paused,
     /// It stopped: powered off, destroyed, or rebooted under [`OnReboot::Exit`].
     Shutoff,
@@ -99,6 +103,11 @@ impl Shared {
 pub struct Instance {
     shared: Arc<Shared>,
     supervisor: Mutex<Option<JoinHandle<()>>>,
+    /// What every boot builds its machine from (a VIF handed a new switch port keeps it here
+    /// for the boots after a reboot).
+    resources: Arc<Mutex<Resources>>,
+    /// How many disks the domain has (its VIFs' slots follow them and the entropy device).
+    disks: usize,
 }
 
 /// Longest wait for the vCPUs to park on a pause, or to leave on a destroy.
@@ -123,6 +132,9 @@ impl Instance {
         check_vcpus(&cfg, &hv)?;
         hv::install_kick_handler()?;
         let first = Machine::build(&hv, &cfg, &res, &sink)?;
+        let disks = cfg.disks.len();
+        let res = Arc::new(Mutex::new(res));
+        let resources = res.clone();
         let shared = Arc::new(Shared {
             inner: Mutex::new(Inner {
                 status: Status {
@@ -165,7 +177,46 @@ impl Instance {
         Ok(Instance {
             shared,
             supervisor: Mutex::new(Some(supervisor)),
+            resources,
+            disks,
         })
+    }
+
+    /// Applies a control `action` to the running machine's device in slot `slot`, with the
+    /// descriptors it carries, on the machine's I/O thread. A VIF given a new switch port keeps
+    /// it for the machines of later boots too.
+    pub fn device_control(
+        &self,
+        slot: usize,
+        action: Action,
+        fds: Vec<OwnedFd>,
+    ) -> Result<(), String> {
+        let machine = {
+            let inner = self.shared.lock();
+            match inner.machine.clone() {
+                Some(m) if inner.status.state.is_active() => m,
+                _ => return Err(format!("the domain is {}", inner.status.state.name())),
+            }
+        };
+        let vif = crate::virtio::vif_index(self.disks, slot);
+        let keep = match (&action, vif, fds.first()) {
+            (Action::ReplaceBackend { port }, Some(index), Some(fd)) => {
+                let dup = fd
+                    .try_clone()
+                    .map_err(|e| format!("cannot duplicate the port's descriptor: {e}"))?;
+                Some((index, UnixDatagram::from(dup), port.clone()))
+            }
+            _ => None,
+        };
+        machine.io.control(slot, action, fds)?;
+        if let Some((index, socket, port)) = keep {
+            self.resources
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .replace_port(index, socket, &port)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
     }
 
     /// The domain's state now.
@@ -318,7 +369,7 @@ fn supervise(
     shared: &Arc<Shared>,
     hv: Hypervisor,
     cfg: DomainSpec,
-    res: Resources,
+    res: Arc<Mutex<Resources>>,
     sink: ConsoleSink,
     first: Machine,
 ) -> (RunState, String) {
@@ -326,7 +377,12 @@ fn supervise(
     loop {
         let machine = match next.take() {
             Some(m) => m,
-            None => match Machine::build(&hv, &cfg, &res, &sink) {
+            None => match Machine::build(
+                &hv,
+                &cfg,
+                &res.lock().unwrap_or_else(|e| e.into_inner()),
+                &sink,
+            ) {
                 Ok(m) => m,
                 Err(e) => return (RunState::Crashed, format!("rebuilding after a reboot: {e}")),
             },

@@ -165,6 +165,30 @@ impl Resources {
         })
     }
 
+    /// Puts VIF `index` on a new switch port's socket (the old one is closed): what later boots
+    /// of the domain use, after the running machine's VIF was handed the same port.
+    pub fn replace_port(
+        &mut self,
+        index: usize,
+        socket: UnixDatagram,
+        name: &str,
+    ) -> Result<(), DomainError> {
+        match self.nets.get_mut(index) {
+            Some(slot @ NetResource::Port(_)) => {
+                *slot = NetResource::Port(PortLease {
+                    socket,
+                    name: name.to_string(),
+                    release: None,
+                });
+                Ok(())
+            }
+            Some(_) => Err(DomainError::Config(format!(
+                "VIF {index} is not on a switch port"
+            ))),
+            None => Err(DomainError::Config(format!("no VIF {index}"))),
+        }
+    }
+
     /// The manifest and descriptors that carry these resources to a domain process, in the
     /// order [`Resources::from_wire`] takes them back.
     pub fn to_wire(&self) -> (Manifest, Vec<BorrowedFd<'_>>) {

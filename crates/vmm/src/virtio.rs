@@ -1,16 +1,19 @@
 //! The domain's paravirtual devices: where they sit (MMIO window, interrupt line), how their
-//! notifications reach them (ioeventfds watched by one I/O thread per domain) and how their
-//! interrupts reach the guest (irqfds).
+//! notifications reach them (ioeventfds watched by one I/O thread per domain), how their
+//! interrupts reach the guest (irqfds), and how the control plane reaches a running device
+//! ([`IoHandle`]: control actions and quiescing, carried out on the I/O thread).
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use devices::image::DiskBackend;
 use devices::virtio::block::Block;
 use devices::virtio::mmio::{MmioTransport, MMIO_SIZE, QUEUE_NOTIFY};
 use devices::virtio::rng::Rng;
-use devices::virtio::{Counters, HostInterest, Memory, VirtioDevice};
+use devices::virtio::{Action, Counters, HostInterest, Memory, VirtioDevice};
 use hv::{ControlOperation, Epoll, EpollEvent, EventFd, EventSet, GuestMemory};
 
 use crate::error::DomainError;
@@ -165,6 +168,18 @@ pub fn build_devices(
     Ok(out)
 }
 
+/// The VIF number of the device in slot `slot`, in a domain with `disks` disks: the slots
+/// hold the disks, then the entropy device, then the VIFs ([`build_devices`],
+/// `crate::net::build_nets`).
+pub fn vif_index(disks: usize, slot: usize) -> Option<usize> {
+    slot.checked_sub(disks + 1)
+}
+
+/// The slot of VIF number `index` in a domain with `disks` disks (see [`vif_index`]).
+pub fn vif_slot(disks: usize, index: usize) -> usize {
+    disks + 1 + index
+}
+
 /// The slot of the `index`th device.
 pub fn slot(index: usize) -> VirtioSlot {
     VirtioSlot {
@@ -208,18 +223,159 @@ pub fn place(
 /// Size of each device's register window on the MMIO bus.
 pub const WINDOW: u64 = MMIO_SIZE;
 
-/// The token of the seccomp tests' hook in the I/O thread's epoll set.
-const HOOK_TOKEN: u64 = u64::MAX - 1;
+/// What the control plane asks of a machine's I/O thread.
+enum IoRequest {
+    /// Stop (`true`) or resume serving the guest's queues.
+    Quiesce { on: bool, done: SyncSender<()> },
+    /// Apply `action` to the device in slot `slot`, with the descriptors it carries.
+    Control {
+        slot: usize,
+        action: Action,
+        fds: Vec<OwnedFd>,
+        done: SyncSender<Result<(), String>>,
+    },
+}
 
-/// The domain's I/O thread: waits on every device's notify eventfd and serves the kicked device.
+/// The control plane's way to a machine's I/O thread: requests go through a channel and an
+/// eventfd wakes the thread, which carries them out between device turns (each bounded by
+/// `devices::virtio::mmio::SERVE_BUDGET`), so no other thread holds a device's lock for them
+/// and a guest that keeps its rings full cannot keep them waiting. Cheap to clone.
+#[derive(Clone)]
+pub struct IoHandle {
+    requests: Sender<IoRequest>,
+    wake: Arc<EventFd>,
+}
+
+/// The I/O thread's end of an [`IoHandle`].
+pub(crate) struct IoInbox {
+    requests: Receiver<IoRequest>,
+    wake: Arc<EventFd>,
+}
+
+/// A handle and the inbox it feeds, for one machine.
+pub(crate) fn io_channel() -> Result<(IoHandle, IoInbox), DomainError> {
+    let wake = Arc::new(hv::new_eventfd().map_err(DomainError::host("creating an eventfd"))?);
+    let (tx, rx) = mpsc::channel();
+    Ok((
+        IoHandle {
+            requests: tx,
+            wake: wake.clone(),
+        },
+        IoInbox { requests: rx, wake },
+    ))
+}
+
+/// Longest wait for the I/O thread to carry out a request.
+const IO_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl IoHandle {
+    fn send<T>(&self, request: IoRequest, answer: Receiver<T>) -> Result<T, String> {
+        self.requests
+            .send(request)
+            .map_err(|_| "the machine has stopped".to_string())?;
+        let _ = self.wake.write(1);
+        answer
+            .recv_timeout(IO_REQUEST_TIMEOUT)
+            .map_err(|e| match e {
+                mpsc::RecvTimeoutError::Timeout => "the I/O thread did not answer in time".into(),
+                mpsc::RecvTimeoutError::Disconnected => "the machine has stopped".into(),
+            })
+    }
+
+    /// Stops (`true`) or resumes the guest's queues on every device, and waits until the I/O
+    /// thread has: once this returns `Ok` after a quiesce, no device makes progress the guest
+    /// could see until the resume.
+    pub fn quiesce(&self, on: bool) -> Result<(), String> {
+        let (done, answer) = mpsc::sync_channel(1);
+        self.send(IoRequest::Quiesce { on, done }, answer)
+    }
+
+    /// Applies `action` (with the descriptors it carries) to the device in slot `slot`, on the
+    /// I/O thread; says why not if the device refused.
+    pub fn control(&self, slot: usize, action: Action, fds: Vec<OwnedFd>) -> Result<(), String> {
+        let (done, answer) = mpsc::sync_channel(1);
+        self.send(
+            IoRequest::Control {
+                slot,
+                action,
+                fds,
+                done,
+            },
+            answer,
+        )?
+    }
+}
+
+/// What an I/O thread's epoll event is about: one enum, matched exhaustively.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Token {
+    /// The machine stops: leave.
+    Stop,
+    /// The seccomp tests' hook.
+    Hook,
+    /// The control plane sent requests ([`IoHandle`]).
+    Requests,
+    /// The guest kicked device `.0` (its QueueNotify ioeventfd).
+    Notify(usize),
+    /// Host descriptor `source` of device `device` is ready.
+    Host { device: usize, source: usize },
+}
+
+/// Where the kind of a token sits in its `u64`.
+const KIND_SHIFT: u32 = 56;
+/// Where a host token's device number sits; its source number is below.
+const DEVICE_SHIFT: u32 = 24;
+const SOURCE_MASK: u64 = (1 << DEVICE_SHIFT) - 1;
+
+impl Token {
+    fn encode(self) -> u64 {
+        match self {
+            Token::Stop => 1 << KIND_SHIFT,
+            Token::Hook => 2 << KIND_SHIFT,
+            Token::Requests => 3 << KIND_SHIFT,
+            Token::Notify(device) => 4 << KIND_SHIFT | device as u64,
+            Token::Host { device, source } => {
+                5 << KIND_SHIFT | (device as u64) << DEVICE_SHIFT | (source as u64 & SOURCE_MASK)
+            }
+        }
+    }
+
+    fn decode(value: u64) -> Option<Token> {
+        let rest = value & ((1 << KIND_SHIFT) - 1);
+        Some(match value >> KIND_SHIFT {
+            1 => Token::Stop,
+            2 => Token::Hook,
+            3 => Token::Requests,
+            4 => Token::Notify(rest as usize),
+            5 => Token::Host {
+                device: (rest >> DEVICE_SHIFT) as usize,
+                source: (rest & SOURCE_MASK) as usize,
+            },
+            _ => return None,
+        })
+    }
+}
+
+/// The domain's I/O thread: waits on every device's notify eventfd, host descriptors and the
+/// control plane's requests, and serves them.
 pub struct IoThread {
     stop: EventFd,
     handle: Option<JoinHandle<()>>,
 }
 
+fn watch(epoll: &Epoll, fd: RawFd, set: EventSet, token: Token) -> Result<(), DomainError> {
+    epoll
+        .ctl(
+            ControlOperation::Add,
+            fd,
+            EpollEvent::new(set, token.encode()),
+        )
+        .map_err(DomainError::host("watching a descriptor"))
+}
+
 impl IoThread {
-    /// Starts the thread for `devices`.
-    pub fn start(devices: &[PlacedDevice]) -> Result<IoThread, DomainError> {
+    /// Starts the thread for `devices`, taking requests from `inbox`.
+    pub(crate) fn start(devices: &[PlacedDevice], inbox: IoInbox) -> Result<IoThread, DomainError> {
         let epoll = Epoll::new().map_err(DomainError::host("creating an epoll instance"))?;
         let stop = hv::new_eventfd().map_err(DomainError::host("creating an eventfd"))?;
         let mut watched = Vec::new();
@@ -228,51 +384,24 @@ impl IoThread {
                 .notify
                 .try_clone()
                 .map_err(DomainError::host("duplicating an eventfd"))?;
-            epoll
-                .ctl(
-                    ControlOperation::Add,
-                    fd.as_raw_fd(),
-                    EpollEvent::new(EventSet::IN, (i as u64) << 1),
-                )
-                .map_err(DomainError::host("watching an eventfd"))?;
-            // A device's host side (a network backend): token with the low bit set, watched
-            // for what the device asks.
-            let (host_fd, interest) = {
-                let t = d.transport.lock().unwrap_or_else(|e| e.into_inner());
-                (t.host_fd(), t.host_interest())
-            };
-            if let Some(host_fd) = host_fd {
-                epoll
-                    .ctl(
-                        ControlOperation::Add,
-                        host_fd,
-                        EpollEvent::new(event_set(interest), host_token(i)),
-                    )
-                    .map_err(DomainError::host("watching a device's host descriptor"))?;
-            }
-            watched.push(Watched {
+            watch(&epoll, fd.as_raw_fd(), EventSet::IN, Token::Notify(i))?;
+            let mut w = Watched {
                 notify: fd,
                 transport: d.transport.clone(),
-                host: host_fd.map(|fd| (fd, interest)),
-                host_errors: 0,
-            });
+                hosts: Vec::new(),
+            };
+            w.watch_hosts(&epoll, i);
+            watched.push(w);
         }
-        let stop_token = u64::MAX;
-        epoll
-            .ctl(
-                ControlOperation::Add,
-                stop.as_raw_fd(),
-                EpollEvent::new(EventSet::IN, stop_token),
-            )
-            .map_err(DomainError::host("watching an eventfd"))?;
+        watch(&epoll, stop.as_raw_fd(), EventSet::IN, Token::Stop)?;
+        watch(
+            &epoll,
+            inbox.wake.as_raw_fd(),
+            EventSet::IN,
+            Token::Requests,
+        )?;
         if let Some(hook) = crate::confinement::hook_fd() {
-            epoll
-                .ctl(
-                    ControlOperation::Add,
-                    hook,
-                    EpollEvent::new(EventSet::IN, HOOK_TOKEN),
-                )
-                .map_err(DomainError::host("watching an eventfd"))?;
+            watch(&epoll, hook, EventSet::IN, Token::Hook)?;
         }
         let handle = std::thread::Builder::new()
             .name("io".into())
@@ -280,7 +409,7 @@ impl IoThread {
                 if crate::confinement::on_thread_start(hv::seccomp::ThreadKind::Io).is_err() {
                     return;
                 }
-                io_loop(epoll, watched, stop_token)
+                io_loop(epoll, watched, inbox)
             })
             .map_err(DomainError::host("starting the I/O thread"))?;
         Ok(IoThread {
@@ -290,18 +419,23 @@ impl IoThread {
     }
 }
 
+/// One host descriptor of a device as the I/O thread watches it.
+#[derive(Debug)]
+struct HostWatch {
+    /// The descriptor, while watched.
+    fd: Option<RawFd>,
+    /// What it is registered for.
+    interest: HostInterest,
+    /// Consecutive error or hang-up reports.
+    errors: u32,
+}
+
 /// One device as the I/O thread sees it.
 struct Watched {
     notify: EventFd,
     transport: Arc<Mutex<MmioTransport>>,
-    /// The device's host descriptor and what it is registered for.
-    host: Option<(std::os::fd::RawFd, HostInterest)>,
-    /// Consecutive error or hang-up reports on the host descriptor.
-    host_errors: u32,
-}
-
-fn host_token(index: usize) -> u64 {
-    ((index as u64) << 1) | 1
+    /// Its host descriptors, by source number.
+    hosts: Vec<HostWatch>,
 }
 
 fn event_set(interest: HostInterest) -> EventSet {
@@ -320,123 +454,239 @@ impl Watched {
         self.transport.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Re-registers the host descriptor if what the device wants to hear about changed.
-    fn update_interest(&mut self, epoll: &Epoll, index: usize) {
-        let Some((fd, registered)) = self.host else {
-            return;
+    /// Registers every host descriptor the device has now, each for what it wants.
+    fn watch_hosts(&mut self, epoll: &Epoll, index: usize) {
+        let sources: Vec<(Option<RawFd>, HostInterest)> = {
+            let t = self.transport();
+            (0..t.host_count())
+                .map(|s| (t.host_fd(s), t.host_interest(s)))
+                .collect()
         };
-        let wanted = self.transport().host_interest();
-        if wanted != registered {
-            let event = EpollEvent::new(event_set(wanted), host_token(index));
-            if epoll.ctl(ControlOperation::Modify, fd, event).is_ok() {
-                self.host = Some((fd, wanted));
+        self.hosts = sources
+            .into_iter()
+            .enumerate()
+            .map(|(source, (fd, interest))| {
+                let token = Token::Host {
+                    device: index,
+                    source,
+                };
+                let fd = fd.filter(|&fd| watch(epoll, fd, event_set(interest), token).is_ok());
+                HostWatch {
+                    fd,
+                    interest,
+                    errors: 0,
+                }
+            })
+            .collect();
+    }
+
+    /// Stops watching every host descriptor of the device (before it may close them).
+    fn unwatch_hosts(&mut self, epoll: &Epoll) {
+        for h in self.hosts.drain(..) {
+            if let Some(fd) = h.fd {
+                let _ = epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
+            }
+        }
+    }
+
+    /// Re-registers the host descriptors whose wanted readiness changed.
+    fn update_interest(&mut self, epoll: &Epoll, index: usize) {
+        if self.hosts.is_empty() {
+            return;
+        }
+        let wanted: Vec<HostInterest> = {
+            let t = self.transport();
+            (0..self.hosts.len()).map(|s| t.host_interest(s)).collect()
+        };
+        for (source, (h, wanted)) in self.hosts.iter_mut().zip(wanted).enumerate() {
+            let Some(fd) = h.fd else { continue };
+            if wanted != h.interest {
+                let token = Token::Host {
+                    device: index,
+                    source,
+                };
+                let event = EpollEvent::new(event_set(wanted), token.encode());
+                if epoll.ctl(ControlOperation::Modify, fd, event).is_ok() {
+                    h.interest = wanted;
+                }
             }
         }
     }
 }
 
-fn io_loop(epoll: Epoll, mut watched: Vec<Watched>, stop_token: u64) {
+/// Carries out one request from the control plane.
+fn serve_request(request: IoRequest, epoll: &Epoll, watched: &mut [Watched]) {
+    match request {
+        IoRequest::Quiesce { on, done } => {
+            for (index, w) in watched.iter_mut().enumerate() {
+                w.transport().set_quiesced(on);
+                w.update_interest(epoll, index);
+            }
+            let _ = done.send(());
+        }
+        IoRequest::Control {
+            slot,
+            action,
+            fds,
+            done,
+        } => {
+            let Some(w) = watched.get_mut(slot) else {
+                let _ = done.send(Err(format!("no device in slot {slot}")));
+                return;
+            };
+            // The device may close a descriptor it holds: stop watching them first, and watch
+            // whatever it has afterwards.
+            w.unwatch_hosts(epoll);
+            let result = w.transport().control(action, fds);
+            w.watch_hosts(epoll, slot);
+            let _ = done.send(result.map_err(|e| e.to_string()));
+        }
+    }
+}
+
+fn io_loop(epoll: Epoll, mut watched: Vec<Watched>, inbox: IoInbox) {
     /// Consecutive error reports after which a host descriptor is no longer watched.
     const HOST_ERRORS_MAX: u32 = 64;
-    let mut events = vec![EpollEvent::default(); 2 * watched.len() + 1];
+    let mut events = vec![EpollEvent::default(); 64];
     // VESSEL_DEBUG_IO=SECONDS: every device's state on stderr that often (diagnostics).
     let dump_every = std::env::var("VESSEL_DEBUG_IO")
         .ok()
         .and_then(|s| s.parse::<u64>().ok())
         .filter(|&s| s > 0)
-        .map(std::time::Duration::from_secs);
-    let mut next_dump = dump_every.map(|every| std::time::Instant::now() + every);
+        .map(Duration::from_secs);
+    let mut next_dump = dump_every.map(|every| Instant::now() + every);
     loop {
         if let (Some(at), Some(every)) = (next_dump, dump_every) {
-            if std::time::Instant::now() >= at {
+            if Instant::now() >= at {
                 for (i, w) in watched.iter().enumerate() {
                     eprintln!(
                         "vessel: io: dev{i}: {} host={:?}",
                         w.transport().describe(),
-                        w.host
+                        w.hosts
                     );
                 }
                 next_dump = Some(at + every);
             }
         }
-        // Sleep until an event, or until the earliest held-back device may go again.
-        let wake = match (next_wake(&watched), next_dump) {
+        // Sleep until an event, or until the earliest held-back device may go again; not at
+        // all while a device has a backlog (its turn ended with work left).
+        let (wake, backlog) = next_wake(&watched);
+        let wake = match (wake, next_dump) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let timeout = wake.map_or(-1, |at| {
-            let ms = at
-                .saturating_duration_since(std::time::Instant::now())
-                .as_millis();
-            i32::try_from(ms + 1).unwrap_or(i32::MAX)
-        });
+        let timeout = if backlog {
+            0
+        } else {
+            wake.map_or(-1, |at| {
+                let ms = at.saturating_duration_since(Instant::now()).as_millis();
+                i32::try_from(ms + 1).unwrap_or(i32::MAX)
+            })
+        };
         let n = match epoll.wait(timeout, &mut events) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(_) => return,
         };
         for event in &events[..n] {
-            let token = event.data();
-            if token == stop_token {
-                return;
-            }
-            if token == HOOK_TOKEN {
-                crate::confinement::forbidden_call_due(hv::seccomp::ThreadKind::Io);
-                continue;
-            }
-            let index = (token >> 1) as usize;
-            let Some(w) = watched.get_mut(index) else {
+            let Some(token) = Token::decode(event.data()) else {
                 continue;
             };
-            if token & 1 == 0 {
-                let _ = w.notify.read();
-                w.transport().notified();
-                w.update_interest(&epoll, index);
-                continue;
-            }
-            let set = event.event_set();
-            w.transport().host_ready(HostInterest {
-                readable: set.contains(EventSet::IN),
-                writable: set.contains(EventSet::OUT),
-            });
-            w.update_interest(&epoll, index);
-            // A host descriptor that stays in error or hung up (a deleted TAP) would report
-            // forever: after a run of such reports, stop watching it; the device's link is dead
-            // from then on. A one-off error (a socket's pending ECONNRESET, cleared by the read
-            // above) only starts the count.
-            if set.intersects(EventSet::ERROR | EventSet::HANG_UP) {
-                w.host_errors += 1;
-                if w.host_errors >= HOST_ERRORS_MAX {
-                    if let Some((fd, _)) = w.host.take() {
-                        let _ = epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
+            match token {
+                Token::Stop => return,
+                Token::Hook => {
+                    crate::confinement::forbidden_call_due(hv::seccomp::ThreadKind::Io);
+                }
+                Token::Requests => {
+                    let _ = inbox.wake.read();
+                    while let Ok(request) = inbox.requests.try_recv() {
+                        serve_request(request, &epoll, &mut watched);
                     }
                 }
-            } else {
-                w.host_errors = 0;
+                Token::Notify(index) => {
+                    let Some(w) = watched.get_mut(index) else {
+                        continue;
+                    };
+                    let _ = w.notify.read();
+                    w.transport().notified();
+                    w.update_interest(&epoll, index);
+                }
+                Token::Host {
+                    device: index,
+                    source,
+                } => {
+                    let Some(w) = watched.get_mut(index) else {
+                        continue;
+                    };
+                    if w.hosts.get(source).is_none_or(|h| h.fd.is_none()) {
+                        continue;
+                    }
+                    let set = event.event_set();
+                    w.transport().host_ready(
+                        source,
+                        HostInterest {
+                            readable: set.contains(EventSet::IN),
+                            writable: set.contains(EventSet::OUT),
+                        },
+                    );
+                    w.update_interest(&epoll, index);
+                    // A host descriptor that stays in error or hung up (a deleted TAP) would
+                    // report forever: after a run of such reports, stop watching it; that
+                    // source is dead from then on. A one-off error (a socket's pending
+                    // ECONNRESET, cleared by the read above) only starts the count.
+                    let Some(h) = w.hosts.get_mut(source) else {
+                        continue;
+                    };
+                    if set.intersects(EventSet::ERROR | EventSet::HANG_UP) {
+                        h.errors += 1;
+                        if h.errors >= HOST_ERRORS_MAX {
+                            if let Some(fd) = h.fd.take() {
+                                let _ =
+                                    epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
+                            }
+                        }
+                    } else {
+                        h.errors = 0;
+                    }
+                }
             }
         }
-        // Devices whose hold-back time has come (checked after events too: a busy descriptor
-        // must not postpone another device's deadline forever).
-        let now = std::time::Instant::now();
+        // Devices whose hold-back time has come, and those with a backlog (checked after
+        // events too: a busy descriptor must not postpone another device's turn forever).
+        let now = Instant::now();
         for (index, w) in watched.iter_mut().enumerate() {
-            let due = {
+            let served = {
                 let mut transport = w.transport();
                 let due = transport.wake_at().is_some_and(|at| at <= now);
                 if due {
                     transport.notified();
                 }
-                due
+                let backlog = transport.has_backlog();
+                if backlog {
+                    transport.serve_backlog();
+                }
+                due || backlog
             };
-            if due {
+            if served {
                 w.update_interest(&epoll, index);
             }
         }
     }
 }
 
-/// The earliest time a held-back device asked to be served again.
-fn next_wake(watched: &[Watched]) -> Option<std::time::Instant> {
-    watched.iter().filter_map(|w| w.transport().wake_at()).min()
+/// The earliest time a held-back device asked to be served again, and whether a device has a
+/// backlog.
+fn next_wake(watched: &[Watched]) -> (Option<Instant>, bool) {
+    let mut wake: Option<Instant> = None;
+    let mut backlog = false;
+    for w in watched {
+        let t = w.transport();
+        if let Some(at) = t.wake_at() {
+            wake = Some(wake.map_or(at, |w| w.min(at)));
+        }
+        backlog |= t.has_backlog();
+    }
+    (wake, backlog)
 }
 
 impl Drop for IoThread {
@@ -445,5 +695,33 @@ impl Drop for IoThread {
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_token_survives_its_encoding_and_strangers_decode_to_nothing() {
+        for token in [
+            Token::Stop,
+            Token::Hook,
+            Token::Requests,
+            Token::Notify(0),
+            Token::Notify(VIRTIO_MAX_DEVICES - 1),
+            Token::Host {
+                device: 0,
+                source: 0,
+            },
+            Token::Host {
+                device: 18,
+                source: 7,
+            },
+        ] {
+            assert_eq!(Token::decode(token.encode()), Some(token), "{token:?}");
+        }
+        assert_eq!(Token::decode(0), None);
+        assert_eq!(Token::decode(u64::MAX), None);
     }
 }

@@ -78,6 +78,16 @@ pub enum Request {
     Destroy,
     /// Counters of the running machine.
     Stats,
+    /// A control action on a running device (a disk's rate limits, a VIF's backend or link),
+    /// carried out on the machine's I/O thread; the descriptors the action carries come with
+    /// this message.
+    DeviceControl {
+        /// The device's slot (its place among the domain's virtio devices: the disks, the
+        /// entropy device, then the VIFs).
+        slot: usize,
+        /// What to do.
+        action: devices::virtio::Action,
+    },
     /// A debugging hook for the tests of the seccomp filters: make a thread of this kind call
     /// a system call its filter does not allow (the kernel then kills the domain process).
     ForbiddenCall {
@@ -220,6 +230,22 @@ mod tests {
         let bytes = encode(&call);
         assert_eq!(bytes[0], b'{');
         assert_eq!(decode::<Call>(&bytes).unwrap(), call);
+        let control = Call {
+            id: 8,
+            request: Request::DeviceControl {
+                slot: 2,
+                action: devices::virtio::Action::SetLink { up: false },
+            },
+        };
+        assert_eq!(
+            String::from_utf8(encode(&control)).unwrap(),
+            r#"{"id":8,"op":"device_control","slot":2,"action":{"action":"set_link","up":false}}"#
+        );
+        assert_eq!(decode::<Call>(&encode(&control)).unwrap(), control);
+        assert!(decode::<Call>(
+            br#"{"id":1,"op":"device_control","slot":0,"action":{"action":"format"}}"#
+        )
+        .is_err());
         assert_eq!(
             String::from_utf8(encode(&Call {
                 id: 1,

@@ -70,7 +70,7 @@ pub mod queue;
 
 pub use chain::{ChainError, Descriptor, DescriptorChain};
 pub use memory::{GuestMemory, MemoryError};
-pub use queue::{Queue, QueueError, QueueStats};
+pub use queue::{Queue, QueueError, QueueState, QueueStats};
 
 /// Descriptor flag: the buffer continues in the descriptor named by `next`.
 pub const VIRTQ_DESC_F_NEXT: u16 = 1;

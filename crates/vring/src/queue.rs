@@ -53,6 +53,9 @@ pub enum QueueError {
     /// The chain at the head of the avail ring is malformed.
     #[error("malformed descriptor chain: {0}")]
     Chain(#[from] ChainError),
+    /// A saved state ([`Queue::set_state`]) names indices no queue could have had.
+    #[error("impossible saved indices: {0}")]
+    ImpossibleState(&'static str),
     /// A ring access fell outside guest memory.
     #[error(transparent)]
     Memory(#[from] MemoryError),
@@ -94,6 +97,36 @@ pub struct Queue {
     signalled_used: u16,
     broken: bool,
     stats: QueueStats,
+    /// Chains [`Queue::pop`] may still return before it answers "empty" (the transport's
+    /// fairness budget; `None`: no budget). Not part of the queue's saved state.
+    budget: Option<u32>,
+}
+
+/// What a queue is, for saving and restoring it ([`Queue::state`], [`Queue::set_state`]): the
+/// driver's configuration and the device's position in the rings. Statistics are not part of
+/// it, nor the notification budget.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueState {
+    /// The size the driver chose.
+    pub size: u16,
+    /// Guest-physical address of the descriptor table.
+    pub desc_table: u64,
+    /// Guest-physical address of the available ring.
+    pub avail_ring: u64,
+    /// Guest-physical address of the used ring.
+    pub used_ring: u64,
+    /// Whether the driver enabled the queue.
+    pub ready: bool,
+    /// Whether `VIRTIO_F_EVENT_IDX` was negotiated.
+    pub event_idx: bool,
+    /// The next avail index the device will consume.
+    pub next_avail: u16,
+    /// The next used index the device will fill (the published `used.idx`).
+    pub next_used: u16,
+    /// `next_used` at the last interrupt decision.
+    pub signalled_used: u16,
+    /// Whether a protocol violation broke the queue.
+    pub broken: bool,
 }
 
 impl Queue {
@@ -120,7 +153,97 @@ impl Queue {
             signalled_used: 0,
             broken: false,
             stats: QueueStats::default(),
+            budget: None,
         }
+    }
+
+    /// The queue's state, for saving (see [`QueueState`]).
+    pub fn state(&self) -> QueueState {
+        QueueState {
+            size: self.size,
+            desc_table: self.desc_table,
+            avail_ring: self.avail_ring,
+            used_ring: self.used_ring,
+            ready: self.ready,
+            event_idx: self.event_idx,
+            next_avail: self.next_avail,
+            next_used: self.next_used,
+            signalled_used: self.signalled_used,
+            broken: self.broken,
+        }
+    }
+
+    /// Restores a saved state into this queue (of the same `max_size`), checking what can be
+    /// checked without the driver: a size that is a power of two of at most `max_size`, a
+    /// ready queue's layout inside `mem` and aligned ([`Queue::is_valid`]), and at most `size`
+    /// chains popped and not yet used (`next_avail - next_used`) and no interrupt decided for
+    /// entries not yet published. On error the queue is left as it was.
+    pub fn set_state(
+        &mut self,
+        state: &QueueState,
+        mem: &(impl GuestMemory + ?Sized),
+    ) -> Result<(), QueueError> {
+        let mut q = Queue::new(self.max_size);
+        q.size = state.size;
+        q.desc_table = state.desc_table;
+        q.avail_ring = state.avail_ring;
+        q.used_ring = state.used_ring;
+        q.ready = state.ready;
+        q.event_idx = state.event_idx;
+        q.next_avail = state.next_avail;
+        q.next_used = state.next_used;
+        q.signalled_used = state.signalled_used;
+        q.broken = state.broken;
+        if !q.size.is_power_of_two() || q.size > q.max_size {
+            return Err(QueueError::InvalidConfig);
+        }
+        if q.ready && !q.is_valid(mem) {
+            return Err(QueueError::InvalidConfig);
+        }
+        if q.next_avail.wrapping_sub(q.next_used) > q.size {
+            return Err(QueueError::ImpossibleState(
+                "more chains taken and not used than the queue holds",
+            ));
+        }
+        if q.next_used.wrapping_sub(q.signalled_used) > q.size {
+            return Err(QueueError::ImpossibleState(
+                "an interrupt decided for used entries never published",
+            ));
+        }
+        *self = q;
+        Ok(())
+    }
+
+    /// The chain starting at descriptor `head`, walked and validated as [`Queue::pop`] does,
+    /// without touching the avail ring: for a device restoring a request it had popped and
+    /// not yet used (whose descriptors the driver may not change meanwhile). Errors do not
+    /// break the queue.
+    pub fn chain_at(
+        &self,
+        mem: &(impl GuestMemory + ?Sized),
+        head: u16,
+    ) -> Result<DescriptorChain, QueueError> {
+        self.check_usable(mem)?;
+        if head >= self.size {
+            return Err(QueueError::HeadOutOfRange {
+                head,
+                size: self.size,
+            });
+        }
+        Ok(chain::walk(mem, self.desc_table, self.size, head)?)
+    }
+
+    /// Lets [`Queue::pop`] return at most `chains` more chains, then answer "nothing
+    /// available" until the budget is lifted (`None`) or set again: how a transport bounds one
+    /// device's turn on its thread while a driver keeps its ring full.
+    pub fn set_pop_budget(&mut self, chains: Option<u32>) {
+        self.budget = chains;
+    }
+
+    /// Whether the pop budget ran out (chains may be waiting that [`Queue::pop`] did not
+    /// return).
+    pub fn budget_spent(&self) -> bool {
+        self.budget == Some(0)
     }
 
     /// The largest size the device offers.
@@ -201,7 +324,9 @@ impl Queue {
     /// Back to the state of [`Queue::new`]: not ready, size `max_size`, rings at 0, indices,
     /// broken flag and statistics cleared.
     pub fn reset(&mut self) {
+        let budget = self.budget;
         *self = Queue::new(self.max_size);
+        self.budget = budget;
     }
 
     /// Whether the queue was broken by a protocol violation (see the crate docs).
@@ -276,7 +401,7 @@ impl Queue {
                 size,
             });
         }
-        if pending == 0 {
+        if pending == 0 || self.budget == Some(0) {
             return Ok(None);
         }
         // The ring entry must not be read before the index that published it.
@@ -289,6 +414,9 @@ impl Queue {
         let chain = chain::walk(mem, self.desc_table, size, head)?;
         self.next_avail = self.next_avail.wrapping_add(1);
         self.stats.popped += 1;
+        if let Some(left) = self.budget.as_mut() {
+            *left = left.saturating_sub(1);
+        }
         Ok(Some(chain))
     }
 

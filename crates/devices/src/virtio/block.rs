@@ -12,16 +12,26 @@
 //! read-only VBD advertises `VIRTIO_BLK_F_RO` and also refuses writes itself with an I/O error,
 //! so the file's bytes stay identical whatever the guest's driver does. FLUSH reaches stable
 //! storage (`fdatasync`) before it completes.
+//!
+//! Control ([`Action::SetRateLimit`]) changes the rate limits of a running disk. Activation
+//! is refused if the driver did not enable the request queue. Saved state (`docs/formats.md`):
+//! the capacity (checked on restore), the request held back by the rate limit (by its chain's
+//! head) and the limiter's buckets.
 
 use std::fs::File;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Instant;
 
 use crate::image::{DiskBackend, Extent, Raw};
 
-use crate::rate_limit::RateLimiter;
+use crate::rate_limit::{RateLimiter, TokenBucket};
 
-use super::{device_id, Counters, DescriptorChain, Processed, Queue, QueueError, VirtioDevice};
+use super::state::{Reader, StateError, Writer};
+use super::{
+    check_descriptors, device_id, Action, Counters, DescriptorChain, DeviceError, Processed, Queue,
+    QueueError, VirtioDevice, Wake,
+};
 
 /// Sector size of the virtio-blk protocol.
 pub const SECTOR_SIZE: u64 = 512;
@@ -320,6 +330,92 @@ impl VirtioDevice for Block {
         self.held = None;
         self.wake_at = None;
     }
+    fn activate(&mut self, _features: u64, queues: &[Queue]) -> Result<(), DeviceError> {
+        if queues.first().is_some_and(Queue::ready) {
+            Ok(())
+        } else {
+            Err(DeviceError::Refused(
+                "the request queue is not ready".into(),
+            ))
+        }
+    }
+    fn control(&mut self, action: Action, fds: Vec<OwnedFd>) -> Result<Wake, DeviceError> {
+        check_descriptors(&action, &fds)?;
+        match action {
+            Action::SetRateLimit { bps, iops } => {
+                self.set_rate_limit(bps, iops);
+                // A request held back is judged again under the new limits, at once.
+                self.wake_at = None;
+                Ok(Wake::queues(1))
+            }
+            other => Err(DeviceError::Unsupported {
+                device: "block",
+                action: other.name(),
+            }),
+        }
+    }
+    fn save_state(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.u64(self.capacity)
+            .u8(u8::from(self.held.is_some()))
+            .u16(self.held.as_ref().map_or(0, |c| c.head));
+        let mut limiter = self.limiter.clone();
+        for bucket in limiter.buckets(Instant::now()) {
+            let (rate, tokens) = bucket.unwrap_or((0, 0.0));
+            w.u64(rate).u64(tokens.to_bits());
+        }
+        w.finish()
+    }
+    fn restore_state(
+        &mut self,
+        bytes: &[u8],
+        queues: &[Queue],
+        mem: &dyn vring::GuestMemory,
+    ) -> Result<(), StateError> {
+        let mut r = Reader::new(bytes);
+        let capacity = r.u64("the disk's capacity")?;
+        if capacity != self.capacity {
+            return Err(StateError::Mismatch(format!(
+                "the disk had {capacity} sectors, this one has {}",
+                self.capacity
+            )));
+        }
+        let held = r.bool("the held flag")?;
+        let head = r.u16("the held request's head")?;
+        let now = Instant::now();
+        let mut buckets = [None, None];
+        for (slot, what) in buckets.iter_mut().zip(["bytes", "requests"]) {
+            let rate = r.u64("a bucket's rate")?;
+            let tokens = f64::from_bits(r.u64("a bucket's tokens")?);
+            if rate == 0 {
+                continue;
+            }
+            *slot = Some(TokenBucket::with_tokens(rate, tokens, now).ok_or_else(|| {
+                StateError::Device(format!(
+                    "block: the {what} bucket holds {tokens} tokens at {rate} a second"
+                ))
+            })?);
+        }
+        r.finish()?;
+        let held = if held {
+            let queue = queues
+                .first()
+                .ok_or_else(|| StateError::Device("block: a held request, but no queue".into()))?;
+            Some(
+                queue
+                    .chain_at(mem, head)
+                    .map_err(|source| StateError::Queue { index: 0, source })?,
+            )
+        } else {
+            None
+        };
+        let [bytes_bucket, ops_bucket] = buckets;
+        self.limiter = RateLimiter::from_buckets(bytes_bucket, ops_bucket);
+        // A held request is judged again as soon as the device is served.
+        self.wake_at = held.as_ref().map(|_| now);
+        self.held = held;
+        Ok(())
+    }
     fn process_queue(
         &mut self,
         _index: usize,
@@ -554,6 +650,211 @@ mod tests {
         // A reset drops what was held.
         block.reset();
         assert!(block.wake_at().is_none());
+    }
+
+    use crate::virtio::mmio::MmioTransport;
+    use crate::virtio::test_support::{bring_up, Counter, DriverMemory};
+    use crate::virtio::{feature, Memory};
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    /// A transport around `block`, brought up by the driver with EVENT_IDX.
+    fn live(driver: &Arc<Mutex<MockDriver>>, block: Block) -> MmioTransport {
+        let mem = Memory(Arc::new(DriverMemory(driver.clone())));
+        let mut t = MmioTransport::new(Box::new(block), mem, Arc::new(Counter::default()));
+        bring_up(
+            &mut t,
+            driver,
+            feature::VERSION_1 | feature::RING_EVENT_IDX,
+            &[0],
+        );
+        t
+    }
+
+    /// Posts a 512-byte read of each of `sectors`; returns each chain's head with its sector.
+    fn post_reads(
+        driver: &Arc<Mutex<MockDriver>>,
+        sectors: std::ops::Range<u64>,
+    ) -> Vec<(u16, u64)> {
+        let mut d = driver.lock().unwrap();
+        sectors
+            .map(|sector| {
+                let head = d.add_chain(&[
+                    MockBuffer::Readable(&header(T_IN, sector)),
+                    MockBuffer::Writable(512),
+                    MockBuffer::Writable(1),
+                ]);
+                (head, sector)
+            })
+            .collect()
+    }
+
+    /// The driver's view of the used entries since last asked: each head with its status and
+    /// the data its buffer holds.
+    fn completed(driver: &Arc<Mutex<MockDriver>>) -> Vec<(u16, u8, Vec<u8>)> {
+        let mut d = driver.lock().unwrap();
+        d.used()
+            .into_iter()
+            .map(|u| {
+                let head = u16::try_from(u.id).unwrap();
+                let bufs = buffers(&d, head);
+                let status = d.read(bufs[2].0, 1)[0];
+                (head, status, d.read(bufs[1].0, 512))
+            })
+            .collect()
+    }
+
+    /// Issue 11: a state saved while requests are in flight — some done, one held back by the
+    /// rate limit, some still in the ring — restores into a fresh device (on the same disk and
+    /// guest memory, with no rate limit of its own: the saved one comes back) that completes
+    /// every request exactly once, with the right data.
+    #[test]
+    fn a_state_saved_mid_io_restores_and_every_request_completes_exactly_once() {
+        let (tmp, mut block) = disk(false);
+        block.set_rate_limit(0, 4);
+        let driver = Arc::new(Mutex::new(MockDriver::new(32, 1 << 20)));
+        let mut t = live(&driver, block);
+        let posted = post_reads(&driver, 0..8);
+        t.notified();
+        let mut seen = completed(&driver);
+        assert_eq!(
+            seen.len(),
+            4,
+            "four pass the limit; one is held, three wait"
+        );
+        assert!(t.wake_at().is_some());
+        t.set_quiesced(true);
+        let saved = t.save();
+        drop(t);
+
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&tmp.path)
+            .unwrap();
+        let fresh = Block::new(file, false, "disk-under-test-with-a-long-id").unwrap();
+        let mem = Memory(Arc::new(DriverMemory(driver.clone())));
+        let mut t = MmioTransport::restore(
+            Box::new(fresh),
+            mem,
+            Arc::new(Counter::default()),
+            &saved,
+            false,
+        )
+        .unwrap();
+        t.notified();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut first_pass = None;
+        while seen.len() < posted.len() && Instant::now() < deadline {
+            seen.extend(completed(&driver));
+            first_pass.get_or_insert(seen.len());
+            if let Some(at) = t.wake_at() {
+                std::thread::sleep(at.saturating_duration_since(Instant::now()));
+            }
+            t.notified();
+        }
+        seen.extend(completed(&driver));
+        assert!(
+            first_pass.unwrap() < posted.len(),
+            "the saved rate limit came back: not everything went at once"
+        );
+        let mut heads: Vec<u16> = seen.iter().map(|(h, _, _)| *h).collect();
+        heads.sort_unstable();
+        let mut expected: Vec<u16> = posted.iter().map(|(h, _)| *h).collect();
+        expected.sort_unstable();
+        assert_eq!(heads, expected, "every request completed exactly once");
+        let image = std::fs::read(&tmp.path).unwrap();
+        for (head, status, data) in &seen {
+            let sector = posted.iter().find(|(h, _)| h == head).unwrap().1 as usize;
+            assert_eq!(*status, S_OK);
+            assert_eq!(
+                data[..],
+                image[sector * 512..(sector + 1) * 512],
+                "sector {sector}"
+            );
+        }
+        // Nothing more comes: no request was completed twice.
+        t.notified();
+        assert!(completed(&driver).is_empty());
+    }
+
+    #[test]
+    fn a_running_disk_takes_new_rate_limits_at_once() {
+        let (_tmp, mut block) = disk(false);
+        block.set_rate_limit(0, 1);
+        let driver = Arc::new(Mutex::new(MockDriver::new(16, 1 << 20)));
+        let mut t = live(&driver, block);
+        post_reads(&driver, 0..3);
+        t.notified();
+        assert_eq!(completed(&driver).len(), 1);
+        // The limit lifted: the held request and the rest go now, not in two seconds.
+        t.control(Action::SetRateLimit { bps: 0, iops: 0 }, Vec::new())
+            .unwrap();
+        assert_eq!(completed(&driver).len(), 2);
+        assert!(t.wake_at().is_none());
+        // And set again.
+        t.control(Action::SetRateLimit { bps: 0, iops: 1 }, Vec::new())
+            .unwrap();
+        post_reads(&driver, 0..3);
+        t.notified();
+        assert_eq!(completed(&driver).len(), 1);
+        assert!(matches!(
+            t.control(Action::SetLink { up: false }, Vec::new()),
+            Err(DeviceError::Unsupported { .. })
+        ));
+    }
+
+    #[test]
+    fn a_driver_that_does_not_enable_the_request_queue_is_refused() {
+        let (_tmp, block) = disk(false);
+        let driver = Arc::new(Mutex::new(MockDriver::new(16, 1 << 20)));
+        let mem = Memory(Arc::new(DriverMemory(driver.clone())));
+        let mut t = MmioTransport::new(Box::new(block), mem, Arc::new(Counter::default()));
+        bring_up(&mut t, &driver, feature::VERSION_1, &[]);
+        assert_ne!(
+            t.status() & crate::virtio::mmio::status::DEVICE_NEEDS_RESET,
+            0
+        );
+        assert!(t.failure().unwrap().contains("request queue is not ready"));
+    }
+
+    #[test]
+    fn hostile_block_sections_are_refused() {
+        let (tmp, mut block) = disk(false);
+        block.set_rate_limit(1000, 0);
+        let driver = Arc::new(Mutex::new(MockDriver::new(16, 1 << 20)));
+        let t = live(&driver, block);
+        let saved = t.save();
+        drop(t);
+        let fresh = || {
+            let file = std::fs::File::open(&tmp.path).unwrap();
+            Box::new(Block::new(file, false, "disk-under-test-with-a-long-id").unwrap())
+        };
+        let restore = |bytes: &[u8]| {
+            let mem = Memory(Arc::new(DriverMemory(driver.clone())));
+            MmioTransport::restore(fresh(), mem, Arc::new(Counter::default()), bytes, false)
+        };
+        assert!(restore(&saved).is_ok());
+        // The device section is the payload's last 4 + 43 bytes: capacity, held flag and head,
+        // then two buckets of rate and tokens.
+        let edit = |at_from_end: usize, bytes: &[u8]| {
+            let mut payload = crate::virtio::state::unseal(&saved).unwrap().to_vec();
+            let at = payload.len() - at_from_end;
+            payload[at..at + bytes.len()].copy_from_slice(bytes);
+            crate::virtio::state::seal(&payload)
+        };
+        for (bytes, expected) in [
+            (edit(43, &99u64.to_le_bytes()), "had 99 sectors"),
+            (edit(35, &[2]), "not 0 or 1"),
+            (edit(35, &[1, 16, 0]), "queue 0"),
+            (edit(24, &f64::NAN.to_bits().to_le_bytes()), "bytes bucket"),
+            (edit(24, &5000f64.to_bits().to_le_bytes()), "bytes bucket"),
+        ] {
+            let err = restore(&bytes)
+                .err()
+                .unwrap_or_else(|| panic!("restored: {expected}"));
+            assert!(err.to_string().contains(expected), "{err}: {expected}");
+        }
     }
 
     #[test]

@@ -6,10 +6,19 @@
 //! `QueueNotify`). Every register access is validated: wrong sizes read as zero and are ignored,
 //! queue configuration is frozen while a queue is ready, and a feature set the device did not
 //! offer is refused at `FEATURES_OK`.
+//!
+//! The transport carries out the device contract (see [`super`]): it activates the device at
+//! `DRIVER_OK` (a refusal sets `DEVICE_NEEDS_RESET`), raises configuration-change interrupts a
+//! device asks for, passes control actions and host events to it, stops serving the guest's
+//! queues while the domain is paused ([`MmioTransport::set_quiesced`]), bounds each device's
+//! turn on the I/O thread ([`SERVE_BUDGET`]), and saves and restores itself, its queues and
+//! its device ([`MmioTransport::save`], [`MmioTransport::restore`]).
 
+use std::os::fd::{OwnedFd, RawFd};
 use std::sync::Arc;
 
-use super::{feature, HostInterest, Memory, Queue, VirtioDevice};
+use super::state::{self, Reader, StateError, Writer};
+use super::{feature, Action, DeviceError, HostInterest, Memory, Queue, VirtioDevice, Wake};
 use crate::bus::BusDevice;
 use crate::InterruptLine;
 
@@ -42,6 +51,21 @@ pub mod status {
 const INT_USED_BUFFER: u32 = 1;
 const INT_CONFIG_CHANGE: u32 = 2;
 
+/// Most chains one queue hands its device in one turn; then the queue waits (its *backlog*)
+/// while the I/O thread serves everything else once, so a driver that keeps a ring full
+/// cannot hold the thread from other devices and from control actions.
+pub const SERVE_BUDGET: u32 = 64;
+
+/// The status bits a driver can set.
+const KNOWN_STATUS: u32 = status::ACKNOWLEDGE
+    | status::DRIVER
+    | status::DRIVER_OK
+    | status::FEATURES_OK
+    | status::DEVICE_NEEDS_RESET
+    | status::FAILED;
+/// Longest failure message kept in a saved state.
+const MAX_FAILURE: usize = 1024;
+
 /// A virtio device on the MMIO transport.
 pub struct MmioTransport {
     device: Box<dyn VirtioDevice>,
@@ -57,6 +81,12 @@ pub struct MmioTransport {
     config_generation: u32,
     /// Why the device last needed a reset (a hostile or broken ring), for diagnostics.
     failure: Option<String>,
+    /// The domain is paused: the guest's queues are not served.
+    quiesced: bool,
+    /// An interrupt raised while quiesced, to deliver when the domain runs again.
+    irq_deferred: bool,
+    /// Queues whose turn ended on [`SERVE_BUDGET`] with work left.
+    backlog: u64,
 }
 
 impl MmioTransport {
@@ -80,6 +110,9 @@ impl MmioTransport {
             interrupt_status: 0,
             config_generation: 0,
             failure: None,
+            quiesced: false,
+            irq_deferred: false,
+            backlog: 0,
         }
     }
 
@@ -122,6 +155,7 @@ impl MmioTransport {
         self.driver_features = 0;
         self.status = 0;
         self.interrupt_status = 0;
+        self.backlog = 0;
     }
 
     fn set_status(&mut self, value: u32) {
@@ -139,14 +173,69 @@ impl MmioTransport {
                 value &= !status::FEATURES_OK;
             }
         }
-        if value & status::DRIVER_OK != 0 && self.status & status::DRIVER_OK == 0 {
-            let event_idx = self.driver_features & feature::RING_EVENT_IDX != 0;
-            for q in &mut self.queues {
-                q.set_event_idx(event_idx);
-            }
-        }
+        let activating = value & status::DRIVER_OK != 0 && self.status & status::DRIVER_OK == 0;
         // Keep DEVICE_NEEDS_RESET once set: only a reset clears it.
         self.status = value | (self.status & status::DEVICE_NEEDS_RESET);
+        if activating && self.status & status::DEVICE_NEEDS_RESET == 0 {
+            self.activate();
+        }
+    }
+
+    /// The driver set `DRIVER_OK`: hand the device the negotiated features and its queues.
+    fn activate(&mut self) {
+        let event_idx = self.driver_features & feature::RING_EVENT_IDX != 0;
+        for q in &mut self.queues {
+            q.set_event_idx(event_idx);
+        }
+        let refused = if self.status & status::FEATURES_OK == 0 {
+            Err(DeviceError::Refused(
+                "DRIVER_OK without FEATURES_OK: no features were negotiated".into(),
+            ))
+        } else {
+            self.device.activate(self.driver_features, &self.queues)
+        };
+        if let Err(e) = refused {
+            self.fail(e.to_string());
+        }
+    }
+
+    /// The device cannot go on until the driver resets it: say so (`DEVICE_NEEDS_RESET` and a
+    /// configuration-change interrupt, as the spec asks).
+    fn fail(&mut self, why: String) {
+        self.failure = Some(why);
+        self.status |= status::DEVICE_NEEDS_RESET;
+        self.raise(INT_CONFIG_CHANGE);
+    }
+
+    /// Sets `bits` in the interrupt status and interrupts the guest (later, if quiesced).
+    fn raise(&mut self, bits: u32) {
+        self.interrupt_status |= bits;
+        if self.quiesced {
+            self.irq_deferred = true;
+        } else {
+            // An interrupt that cannot be delivered is the host's problem; the guest will see
+            // the used buffers on its next poll.
+            let _ = self.irq.trigger();
+        }
+    }
+
+    /// The device's configuration changed: a new configuration generation, and, once the
+    /// driver is up, the configuration-change interrupt.
+    fn config_changed(&mut self) {
+        self.config_generation = self.config_generation.wrapping_add(1);
+        if self.status & status::DRIVER_OK != 0 {
+            self.raise(INT_CONFIG_CHANGE);
+        }
+    }
+
+    /// Does what a device asked for.
+    fn apply(&mut self, wake: Wake) {
+        if wake.config_changed {
+            self.config_changed();
+        }
+        if wake.queues != 0 {
+            self.serve(wake.queues);
+        }
     }
 
     /// The guest kicked the device: serve every ready queue and interrupt if the driver wants it.
@@ -154,10 +243,48 @@ impl MmioTransport {
         self.serve(u64::MAX);
     }
 
-    /// The device's host descriptor ([`VirtioDevice::host_fd`]) is `ready` as the device asked:
-    /// let the device take in what it has, then serve the queues it names, as a kick would.
-    pub fn host_ready(&mut self, ready: HostInterest) {
-        let queues = self.device.host_ready(ready);
+    /// The device's host descriptor `source` is `ready` as the device asked: let the device
+    /// take in what it has, then do what it asks (serve queues as a kick would, raise a
+    /// configuration change).
+    pub fn host_ready(&mut self, source: usize, ready: HostInterest) {
+        let wake = self.device.host_ready(source, ready);
+        self.apply(wake);
+    }
+
+    /// Applies a control-plane action to the device (on the I/O thread), then does what the
+    /// device asks. Errors say why the device refused; the device is unchanged then.
+    pub fn control(&mut self, action: Action, fds: Vec<OwnedFd>) -> Result<(), DeviceError> {
+        let wake = self.device.control(action, fds)?;
+        self.apply(wake);
+        Ok(())
+    }
+
+    /// Stops (`true`) or resumes serving the guest's queues: a paused domain's devices make no
+    /// progress the guest could see (host input is still taken in, bounded as ever). Resuming
+    /// serves every queue, as a kick would, and delivers an interrupt raised meanwhile.
+    pub fn set_quiesced(&mut self, on: bool) {
+        self.quiesced = on;
+        if !on {
+            if std::mem::take(&mut self.irq_deferred) {
+                let _ = self.irq.trigger();
+            }
+            self.serve(u64::MAX);
+        }
+    }
+
+    /// Whether the guest's queues are left alone ([`MmioTransport::set_quiesced`]).
+    pub fn quiesced(&self) -> bool {
+        self.quiesced
+    }
+
+    /// Whether a queue's turn ended on [`SERVE_BUDGET`] with work left.
+    pub fn has_backlog(&self) -> bool {
+        self.backlog != 0 && self.live()
+    }
+
+    /// Gives the queues left with work another turn.
+    pub fn serve_backlog(&mut self) {
+        let queues = std::mem::take(&mut self.backlog);
         if queues != 0 {
             self.serve(queues);
         }
@@ -166,12 +293,17 @@ impl MmioTransport {
     /// The transport's state, every queue's indices and the device's counters, one line, for
     /// diagnostics.
     pub fn describe(&self) -> String {
+        let interest: Vec<HostInterest> = (0..self.device.host_count())
+            .map(|i| self.device.host_interest(i))
+            .collect();
         let mut out = format!(
-            "{} status={:#x} isr={:#x} interest={:?} failure={:?}",
+            "{} status={:#x} isr={:#x} quiesced={} backlog={:#x} interest={:?} failure={:?}",
             self.device.label(),
             self.status,
             self.interrupt_status,
-            self.device.host_interest(),
+            self.quiesced,
+            self.backlog,
+            interest,
             self.failure
         );
         for (i, q) in self.queues.iter().enumerate() {
@@ -183,9 +315,19 @@ impl MmioTransport {
         out
     }
 
-    /// What the device wants to hear about its host descriptor now.
-    pub fn host_interest(&self) -> HostInterest {
-        self.device.host_interest()
+    /// How many host descriptors the device has ([`VirtioDevice::host_count`]).
+    pub fn host_count(&self) -> usize {
+        self.device.host_count()
+    }
+
+    /// The device's host descriptor `source`.
+    pub fn host_fd(&self, source: usize) -> Option<RawFd> {
+        self.device.host_fd(source)
+    }
+
+    /// What the device wants to hear about its host descriptor `source` now.
+    pub fn host_interest(&self, source: usize) -> HostInterest {
+        self.device.host_interest(source)
     }
 
     /// When the device, held back (by a rate limit, or a backend with no room), wants
@@ -200,12 +342,9 @@ impl MmioTransport {
     }
 
     fn live(&self) -> bool {
-        self.status & status::DRIVER_OK != 0 && self.status & status::DEVICE_NEEDS_RESET == 0
-    }
-
-    /// The device's host descriptor, if it has one for the I/O thread to watch.
-    pub fn host_fd(&self) -> Option<std::os::fd::RawFd> {
-        self.device.host_fd()
+        self.status & status::DRIVER_OK != 0
+            && self.status & status::DEVICE_NEEDS_RESET == 0
+            && !self.quiesced
     }
 
     /// Serves the ready queues whose bit is set in `queues`, if the driver is up, and interrupts
@@ -214,7 +353,7 @@ impl MmioTransport {
         if !self.live() {
             return;
         }
-        let mut interrupt = 0;
+        let mut interrupt = false;
         for index in 0..self.queues.len() {
             if index >= 64 || queues & (1 << index) == 0 {
                 continue;
@@ -223,23 +362,160 @@ impl MmioTransport {
             if !queue.ready() || queue.is_broken() {
                 continue;
             }
-            match serve_queue(self.device.as_mut(), index, queue, self.mem.0.as_ref()) {
-                Ok(true) => interrupt |= INT_USED_BUFFER,
-                Ok(false) => {}
+            queue.set_pop_budget(Some(SERVE_BUDGET));
+            let served = serve_queue(self.device.as_mut(), index, queue, self.mem.0.as_ref());
+            if queue.budget_spent() {
+                self.backlog |= 1 << index;
+            } else {
+                self.backlog &= !(1 << index);
+            }
+            queue.set_pop_budget(None);
+            match served {
+                Ok(wants) => interrupt |= wants,
                 Err(e) => {
                     // A driver that corrupts its ring gets its device stopped, not the VMM.
-                    self.failure = Some(format!("queue {index}: {e}"));
-                    self.status |= status::DEVICE_NEEDS_RESET;
-                    interrupt |= INT_CONFIG_CHANGE;
+                    self.fail(format!("queue {index}: {e}"));
+                    return;
                 }
             }
         }
-        if interrupt != 0 {
-            self.interrupt_status |= interrupt;
-            // An interrupt that cannot be delivered is the host's problem; the guest will see
-            // the used buffers on its next poll.
-            let _ = self.irq.trigger();
+        if interrupt {
+            self.raise(INT_USED_BUFFER);
         }
+    }
+
+    /// The transport, its queues and its device, saved in the format of [`state`]
+    /// (`docs/formats.md`, "Device state"). Take it with the transport quiesced, so that it
+    /// is also what the guest last saw.
+    pub fn save(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.u32(self.device.device_id())
+            .u64(self.device_features())
+            .u32(self.status)
+            .u64(self.driver_features)
+            .u32(self.device_features_sel)
+            .u32(self.driver_features_sel)
+            .u32(self.queue_sel)
+            .u32(self.interrupt_status)
+            .u32(self.config_generation);
+        let failure = self.failure.as_deref().unwrap_or("").as_bytes();
+        w.blob(&failure[..failure.len().min(MAX_FAILURE)]);
+        w.u16(u16::try_from(self.queues.len()).unwrap_or(u16::MAX));
+        for q in &self.queues {
+            state::put_queue(&mut w, q);
+        }
+        w.blob(&self.device.save_state());
+        state::seal(&w.finish())
+    }
+
+    /// A transport restored from `saved` around `device`, a fresh device built as the one that
+    /// saved it was (same type, features and queues), on guest memory `mem` holding what the
+    /// guest had then. Everything is checked before anything is used: the frame, the device's
+    /// identity, every register and queue, the device's own section. A device whose driver
+    /// had set `DRIVER_OK` is activated again with the features saved. The transport starts
+    /// quiesced if `quiesced` (resume it with [`MmioTransport::set_quiesced`]).
+    pub fn restore(
+        device: Box<dyn VirtioDevice>,
+        mem: Memory,
+        irq: Arc<dyn InterruptLine>,
+        saved: &[u8],
+        quiesced: bool,
+    ) -> Result<MmioTransport, StateError> {
+        let payload = state::unseal(saved)?;
+        let mut t = MmioTransport::new(device, mem, irq);
+        t.quiesced = quiesced;
+        let mut r = Reader::new(payload);
+        let id = r.u32("the device type")?;
+        if id != t.device.device_id() {
+            return Err(StateError::Mismatch(format!(
+                "saved from a device of type {id}, restored into one of type {}",
+                t.device.device_id()
+            )));
+        }
+        let offered = r.u64("the device features")?;
+        if offered != t.device_features() {
+            return Err(StateError::Mismatch(format!(
+                "the saved device offered features {offered:#x}, this one offers {:#x}",
+                t.device_features()
+            )));
+        }
+        let status_reg = r.u32("the status")?;
+        let driver_features = r.u64("the driver features")?;
+        t.device_features_sel = r.u32("the device features selector")?;
+        t.driver_features_sel = r.u32("the driver features selector")?;
+        t.queue_sel = r.u32("the queue selector")?;
+        let isr = r.u32("the interrupt status")?;
+        t.config_generation = r.u32("the configuration generation")?;
+        let failure = r.blob(MAX_FAILURE, "the failure message")?;
+        let failure = std::str::from_utf8(failure)
+            .map_err(|_| StateError::Transport("the failure message is not UTF-8".into()))?;
+        if status_reg & !KNOWN_STATUS != 0 {
+            return Err(StateError::Transport(format!(
+                "status {status_reg:#x} holds unknown bits"
+            )));
+        }
+        if driver_features & !offered != 0 {
+            return Err(StateError::Transport(format!(
+                "the driver features {driver_features:#x} were never offered ({offered:#x})"
+            )));
+        }
+        if status_reg & status::FEATURES_OK != 0 && driver_features & feature::VERSION_1 == 0 {
+            return Err(StateError::Transport(
+                "FEATURES_OK without VERSION_1 negotiated".into(),
+            ));
+        }
+        if isr & !(INT_USED_BUFFER | INT_CONFIG_CHANGE) != 0 {
+            return Err(StateError::Transport(format!(
+                "interrupt status {isr:#x} holds unknown bits"
+            )));
+        }
+        let live =
+            status_reg & status::DRIVER_OK != 0 && status_reg & status::DEVICE_NEEDS_RESET == 0;
+        if live && status_reg & status::FEATURES_OK == 0 {
+            return Err(StateError::Transport(
+                "DRIVER_OK without FEATURES_OK".into(),
+            ));
+        }
+        let count = r.u16("the queue count")? as usize;
+        if count != t.queues.len() {
+            return Err(StateError::Mismatch(format!(
+                "{count} queues saved, this device has {}",
+                t.queues.len()
+            )));
+        }
+        let event_idx = driver_features & feature::RING_EVENT_IDX != 0;
+        for index in 0..count {
+            let (max_size, q) = state::get_queue(&mut r)?;
+            let queue = &mut t.queues[index];
+            if max_size != queue.max_size() {
+                return Err(StateError::Mismatch(format!(
+                    "queue {index} had at most {max_size} entries, this one {}",
+                    queue.max_size()
+                )));
+            }
+            if live && q.event_idx != event_idx {
+                return Err(StateError::Transport(format!(
+                    "queue {index} disagrees with the driver features on EVENT_IDX"
+                )));
+            }
+            queue
+                .set_state(&q, t.mem.0.as_ref())
+                .map_err(|source| StateError::Queue { index, source })?;
+        }
+        let section = r.blob(state::MAX_STATE, "the device's section")?;
+        r.finish()?;
+        t.status = status_reg;
+        t.driver_features = driver_features;
+        t.interrupt_status = isr;
+        t.failure = (!failure.is_empty()).then(|| failure.to_string());
+        if live {
+            t.device
+                .activate(driver_features, &t.queues)
+                .map_err(|e| StateError::Device(e.to_string()))?;
+        }
+        t.device
+            .restore_state(section, &t.queues, t.mem.0.as_ref())?;
+        Ok(t)
     }
 
     fn read_register(&self, offset: u64) -> u32 {
@@ -323,8 +599,13 @@ fn serve_queue(
     loop {
         let done = device.process_queue(index, queue, mem)?;
         completed += done.completed;
-        // A throttled device is served again at its wake time, not by spinning here.
-        if done.throttled || !queue.enable_notification(mem)? || done.completed == 0 {
+        // A throttled device is served again at its wake time, not by spinning here; one whose
+        // turn is spent, after everything else had one.
+        if done.throttled
+            || queue.budget_spent()
+            || !queue.enable_notification(mem)?
+            || done.completed == 0
+        {
             break;
         }
     }
@@ -485,5 +766,333 @@ mod tests {
         w(&mut t, 0x44, 1);
         assert_eq!(r(&mut t, 0x44), 0);
         assert_ne!(r(&mut t, 0x70) & status::DRIVER_OK, 0);
+    }
+
+    /// A device that records its activation, may refuse it, and changes its configuration
+    /// (one byte) when told to.
+    struct Probe {
+        activated: Arc<Mutex<Option<u64>>>,
+        refuse: bool,
+        config: u8,
+    }
+
+    const PROBE_FEATURE: u64 = 1 << 3;
+
+    impl VirtioDevice for Probe {
+        fn device_id(&self) -> u32 {
+            99
+        }
+        fn queue_max_sizes(&self) -> Vec<u16> {
+            vec![256]
+        }
+        fn device_features(&self) -> u64 {
+            PROBE_FEATURE
+        }
+        fn read_config(&self, _offset: u64, data: &mut [u8]) {
+            data.fill(self.config);
+        }
+        fn label(&self) -> String {
+            "probe".into()
+        }
+        fn activate(&mut self, features: u64, queues: &[Queue]) -> Result<(), DeviceError> {
+            assert!(queues[0].ready());
+            *self.activated.lock().unwrap() = Some(features);
+            if self.refuse {
+                Err(DeviceError::Refused("the probe says no".into()))
+            } else {
+                Ok(())
+            }
+        }
+        fn reset(&mut self) {
+            *self.activated.lock().unwrap() = None;
+        }
+        fn process_queue(
+            &mut self,
+            _index: usize,
+            queue: &mut Queue,
+            mem: &dyn vring::GuestMemory,
+        ) -> Result<crate::virtio::Processed, vring::QueueError> {
+            let mut done = crate::virtio::Processed::default();
+            while let Some(chain) = queue.pop(mem)? {
+                queue.add_used(mem, chain.head, 0)?;
+                done.completed += 1;
+            }
+            Ok(done)
+        }
+        fn control(&mut self, action: Action, _fds: Vec<OwnedFd>) -> Result<Wake, DeviceError> {
+            match action {
+                Action::SetLink { up } => {
+                    self.config = u8::from(up);
+                    Ok(Wake {
+                        queues: 0,
+                        config_changed: true,
+                    })
+                }
+                other => Err(DeviceError::Unsupported {
+                    device: "probe",
+                    action: other.name(),
+                }),
+            }
+        }
+    }
+
+    /// A probe brought up: its driver, transport, interrupt line and what it was activated with.
+    type Probed = (
+        Arc<Mutex<MockDriver>>,
+        MmioTransport,
+        Arc<Counter>,
+        Arc<Mutex<Option<u64>>>,
+    );
+
+    fn probe(refuse: bool, features: u64) -> Probed {
+        let driver = Arc::new(Mutex::new(MockDriver::new(8, 1 << 16)));
+        let irq = Arc::new(Counter::default());
+        let activated = Arc::new(Mutex::new(None));
+        let mem = Memory(Arc::new(DriverMemory(driver.clone())));
+        let device = Probe {
+            activated: activated.clone(),
+            refuse,
+            config: 1,
+        };
+        let mut t = MmioTransport::new(Box::new(device), mem, irq.clone());
+        crate::virtio::test_support::bring_up(&mut t, &driver, features, &[0]);
+        (driver, t, irq, activated)
+    }
+
+    #[test]
+    fn driver_ok_activates_the_device_with_the_negotiated_features() {
+        let features = feature::VERSION_1 | PROBE_FEATURE;
+        let (driver, mut t, irq, activated) = probe(false, features);
+        assert_eq!(
+            *activated.lock().unwrap(),
+            Some(features),
+            "exactly what was acked"
+        );
+        assert_eq!(r(&mut t, 0x70) & status::DEVICE_NEEDS_RESET, 0);
+        assert_eq!(irq.count(), 0);
+        driver.lock().unwrap().add_chain(&[MockBuffer::Writable(4)]);
+        w(&mut t, QUEUE_NOTIFY, 0);
+        assert_eq!(driver.lock().unwrap().used().len(), 1);
+        // A reset forgets the activation; the next DRIVER_OK activates again.
+        w(&mut t, 0x70, 0);
+        assert_eq!(*activated.lock().unwrap(), None);
+        // Without the device's feature this time.
+        let (_d, _t, _i, activated) = probe(false, feature::VERSION_1);
+        assert_eq!(*activated.lock().unwrap(), Some(feature::VERSION_1));
+    }
+
+    #[test]
+    fn a_refused_activation_needs_a_reset_and_serves_nothing() {
+        let (driver, mut t, irq, activated) = probe(true, feature::VERSION_1);
+        assert!(activated.lock().unwrap().is_some(), "it was asked");
+        assert_ne!(r(&mut t, 0x70) & status::DEVICE_NEEDS_RESET, 0);
+        assert_ne!(r(&mut t, 0x60) & INT_CONFIG_CHANGE, 0);
+        assert_eq!(irq.count(), 1);
+        assert!(t.failure().unwrap().contains("the probe says no"));
+        driver.lock().unwrap().add_chain(&[MockBuffer::Writable(4)]);
+        w(&mut t, QUEUE_NOTIFY, 0);
+        assert!(driver.lock().unwrap().used().is_empty());
+        // DRIVER_OK without FEATURES_OK is refused by the transport itself.
+        let driver = Arc::new(Mutex::new(MockDriver::new(8, 1 << 16)));
+        let mem = Memory(Arc::new(DriverMemory(driver.clone())));
+        let activated = Arc::new(Mutex::new(None));
+        let device = Probe {
+            activated: activated.clone(),
+            refuse: false,
+            config: 0,
+        };
+        let mut t = MmioTransport::new(Box::new(device), mem, Arc::new(Counter::default()));
+        w(
+            &mut t,
+            0x70,
+            status::ACKNOWLEDGE | status::DRIVER | status::DRIVER_OK,
+        );
+        assert_ne!(r(&mut t, 0x70) & status::DEVICE_NEEDS_RESET, 0);
+        assert_eq!(*activated.lock().unwrap(), None, "never activated");
+    }
+
+    #[test]
+    fn a_device_raises_the_configuration_change_interrupt() {
+        let (_driver, mut t, irq, _) = probe(false, feature::VERSION_1);
+        let generation = r(&mut t, 0xfc);
+        t.control(Action::SetLink { up: false }, Vec::new())
+            .unwrap();
+        assert_eq!(
+            r(&mut t, 0xfc),
+            generation.wrapping_add(1),
+            "a new generation"
+        );
+        assert_eq!(r(&mut t, 0x60), INT_CONFIG_CHANGE);
+        assert_eq!(irq.count(), 1);
+        let mut config = [0xffu8; 1];
+        t.read(0x100, &mut config);
+        assert_eq!(config, [0]);
+        // An action the device does not take changes nothing.
+        assert!(matches!(
+            t.control(Action::SetRateLimit { bps: 1, iops: 1 }, Vec::new()),
+            Err(DeviceError::Unsupported { .. })
+        ));
+        assert_eq!(
+            (r(&mut t, 0xfc), irq.count()),
+            (generation.wrapping_add(1), 1)
+        );
+        // Raised while quiesced: the ISR says so at once, the interrupt waits for the resume.
+        w(&mut t, 0x64, INT_CONFIG_CHANGE);
+        t.set_quiesced(true);
+        t.control(Action::SetLink { up: true }, Vec::new()).unwrap();
+        assert_eq!(r(&mut t, 0x60), INT_CONFIG_CHANGE);
+        assert_eq!(irq.count(), 1);
+        t.set_quiesced(false);
+        assert_eq!(irq.count(), 2);
+    }
+
+    #[test]
+    fn a_quiesced_transport_makes_no_progress_until_resumed() {
+        let (driver, mut t, irq, _) = probe(false, feature::VERSION_1);
+        t.set_quiesced(true);
+        driver.lock().unwrap().add_chain(&[MockBuffer::Writable(4)]);
+        w(&mut t, QUEUE_NOTIFY, 0);
+        t.notified();
+        assert!(
+            driver.lock().unwrap().used().is_empty(),
+            "no used entry while paused"
+        );
+        assert_eq!(irq.count(), 0);
+        assert!(t.wake_at().is_none());
+        t.set_quiesced(false);
+        assert_eq!(driver.lock().unwrap().used().len(), 1, "served on resume");
+        assert_eq!(irq.count(), 1);
+    }
+
+    #[test]
+    fn a_full_ring_is_served_in_turns_of_the_budget() {
+        let driver = Arc::new(Mutex::new(MockDriver::new(256, 1 << 20)));
+        let mem = Memory(Arc::new(DriverMemory(driver.clone())));
+        let device = Probe {
+            activated: Arc::new(Mutex::new(None)),
+            refuse: false,
+            config: 0,
+        };
+        let mut t = MmioTransport::new(Box::new(device), mem, Arc::new(Counter::default()));
+        crate::virtio::test_support::bring_up(&mut t, &driver, feature::VERSION_1, &[0]);
+        let total = SERVE_BUDGET as usize * 2 + 10;
+        for _ in 0..total {
+            driver.lock().unwrap().add_chain(&[MockBuffer::Writable(1)]);
+        }
+        w(&mut t, QUEUE_NOTIFY, 0);
+        assert_eq!(driver.lock().unwrap().used().len(), SERVE_BUDGET as usize);
+        assert!(t.has_backlog());
+        t.serve_backlog();
+        t.serve_backlog();
+        assert_eq!(
+            driver.lock().unwrap().used().len(),
+            total - SERVE_BUDGET as usize
+        );
+        assert!(!t.has_backlog());
+    }
+
+    /// A live rng transport with one request served, and its saved state.
+    fn saved_rng() -> (Arc<Mutex<MockDriver>>, Vec<u8>) {
+        let (driver, mut t, _) = bring_up(feature::VERSION_1 | feature::RING_EVENT_IDX);
+        driver.lock().unwrap().add_chain(&[MockBuffer::Writable(8)]);
+        w(&mut t, QUEUE_NOTIFY, 0);
+        assert_eq!(driver.lock().unwrap().used().len(), 1);
+        t.set_quiesced(true);
+        (driver, t.save())
+    }
+
+    fn restore_rng(
+        driver: &Arc<Mutex<MockDriver>>,
+        saved: &[u8],
+    ) -> Result<MmioTransport, StateError> {
+        let mem = Memory(Arc::new(DriverMemory(driver.clone())));
+        MmioTransport::restore(
+            Box::new(Rng::new(std::fs::File::open("/dev/urandom").unwrap())),
+            mem,
+            Arc::new(Counter::default()),
+            saved,
+            false,
+        )
+    }
+
+    /// `saved` with its payload edited by `edit`, sealed again (a valid frame, a hostile body).
+    fn reseal(saved: &[u8], edit: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+        let mut payload = state::unseal(saved).unwrap().to_vec();
+        edit(&mut payload);
+        state::seal(&payload)
+    }
+
+    #[test]
+    fn a_restored_transport_carries_on_where_the_saved_one_stopped() {
+        let (driver, saved) = saved_rng();
+        let mut t = restore_rng(&driver, &saved).unwrap();
+        assert_eq!(t.save(), {
+            let mut again = restore_rng(&driver, &saved).unwrap();
+            again.set_quiesced(true);
+            again.save()
+        });
+        assert_ne!(r(&mut t, 0x70) & status::DRIVER_OK, 0);
+        driver.lock().unwrap().add_chain(&[MockBuffer::Writable(8)]);
+        w(&mut t, QUEUE_NOTIFY, 0);
+        let used = driver.lock().unwrap().used();
+        assert_eq!(used.len(), 1);
+        assert_eq!(used[0].len, 8);
+    }
+
+    #[test]
+    fn hostile_saved_states_are_refused_with_what_is_wrong() {
+        let (driver, saved) = saved_rng();
+        // Payload offsets: 0 device type, 4 offered features, 12 status, 16 driver features,
+        // 36 ISR, 44 failure length, 48 queue count, 50 the queue (52 size, 54 flags,
+        // 55 descriptor table, 79 next avail, 81 next used), 85 the device section's length.
+        let put = |at: usize, bytes: &[u8]| {
+            let bytes = bytes.to_vec();
+            reseal(&saved, move |p| {
+                p[at..at + bytes.len()].copy_from_slice(&bytes)
+            })
+        };
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (saved[..saved.len() - 3].to_vec(), "payload length"),
+            (
+                {
+                    let mut s = saved.clone();
+                    s[30] ^= 0x40;
+                    s
+                },
+                "checksum",
+            ),
+            (put(0, &2u32.to_le_bytes()), "type 2"),
+            (put(4, &0u64.to_le_bytes()), "offered features"),
+            (put(12, &0x10u32.to_le_bytes()), "unknown bits"),
+            (put(16, &(1u64 << 40).to_le_bytes()), "never offered"),
+            (put(36, &8u32.to_le_bytes()), "interrupt status"),
+            (put(44, &5000u32.to_le_bytes()), "more than 1024"),
+            (put(48, &2u16.to_le_bytes()), "2 queues saved"),
+            (put(52, &3u16.to_le_bytes()), "queue 0"),
+            (put(54, &0x80u8.to_le_bytes()), "unknown bits"),
+            (put(55, &(u64::MAX - 7).to_le_bytes()), "queue 0"),
+            (put(79, &100u16.to_le_bytes()), "queue 0"),
+            (put(85, &3u32.to_le_bytes()), "truncated"),
+            (
+                reseal(&saved, |p| {
+                    let at = p.len() - 4;
+                    p[at..].copy_from_slice(&2u32.to_le_bytes());
+                    p.extend_from_slice(&[1, 2]);
+                }),
+                "keeps no state",
+            ),
+            (reseal(&saved, |p| p.push(0)), "after its last field"),
+        ];
+        for (bytes, expected) in cases {
+            let err = restore_rng(&driver, &bytes)
+                .err()
+                .unwrap_or_else(|| panic!("a hostile state was restored (expected {expected:?})"));
+            assert!(
+                err.to_string().contains(expected),
+                "{err} (expected {expected:?})"
+            );
+        }
+        // The untouched state still restores.
+        assert!(restore_rng(&driver, &saved).is_ok());
     }
 }

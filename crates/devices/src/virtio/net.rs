@@ -1,8 +1,10 @@
 //! virtio-net: a virtual network interface (VIF) whose frames go to a [`NetBackend`].
 //!
 //! Queues: receive (0) and transmit (1). Features: `VIRTIO_NET_F_MAC` (the MAC is in the
-//! configuration space) and `VIRTIO_NET_F_STATUS` (the link is always up); no offloads, so the
-//! guest sends and expects complete frames with valid checksums. Every buffer starts with the
+//! configuration space) and `VIRTIO_NET_F_STATUS` (the link's state is there too, and for a
+//! driver that negotiated it, activation tells the device so, a change raises a
+//! configuration-change interrupt); no offloads, so the guest sends and expects
+//! complete frames with valid checksums. Every buffer starts with the
 //! 12-byte `virtio_net_hdr_v1`; without offloads the device ignores it on transmit and writes
 //! one with only `num_buffers = 1` on receive.
 //!
@@ -19,15 +21,30 @@
 //!   a send succeeds, are dropped and counted, so the guest's transmit queue keeps moving.
 //! - A frame longer than [`MAX_FRAME`], or a transmit chain too short for the header, is dropped
 //!   and counted.
+//!
+//! Control ([`Action`]): `set_link` takes the link down (an unplugged cable: frames waiting for
+//! the guest are dropped, the backend is not read, frames the guest sends are dropped and
+//! counted) or up again, each time with a configuration-change interrupt; `replace_backend`
+//! puts the VIF on a new switch port's socket (a restarted daemon's), offering it a frame held
+//! for the old one.
+//!
+//! Saved state (`docs/formats.md`): the link, the held transmit frame (by its chain's head: the
+//! frame is read again from the guest's buffers on restore) and the frames waiting for receive
+//! buffers.
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{OwnedFd, RawFd};
+use std::os::unix::net::UnixDatagram;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{device_id, Counters, HostInterest, Processed, Queue, QueueError, VirtioDevice};
-use crate::net_backend::NetBackend;
+use super::state::{Reader, StateError, Writer};
+use super::{
+    check_descriptors, device_id, Action, Counters, DeviceError, HostInterest, Processed, Queue,
+    QueueError, VirtioDevice, Wake,
+};
+use crate::net_backend::{NetBackend, PairBackend};
 
 /// Receive queue index.
 pub const RX: usize = 0;
@@ -51,6 +68,11 @@ const QUEUE_SIZE: u16 = 256;
 const F_MAC: u64 = 1 << 5;
 const F_STATUS: u64 = 1 << 16;
 const LINK_UP: u16 = 1;
+
+/// Bits of the saved state's flags byte.
+const S_LINK_UP: u8 = 1;
+const S_LINK_DEAD: u8 = 2;
+const S_HELD: u8 = 4;
 
 /// The names of a VIF's counters, as the API and metrics show them; the indices below follow.
 /// The last two are gauges: frames waiting for receive buffers, and whether a transmit frame
@@ -132,6 +154,10 @@ pub struct Net {
     /// The backend stayed full past [`TX_HOLD_MAX`]: refused frames are dropped, not held,
     /// until one goes through.
     link_dead: bool,
+    /// The link is up (the control plane can take it down: [`Action::SetLink`]).
+    link_up: bool,
+    /// The features the driver acknowledged at activation (none before).
+    features: u64,
     /// Counters, shared with the control plane (see [`COUNTER_NAMES`]).
     counters: Arc<Counters>,
 }
@@ -148,6 +174,8 @@ impl Net {
             tx_buf: vec![0; MAX_FRAME],
             held: None,
             link_dead: false,
+            link_up: true,
+            features: 0,
             counters: Counters::new(COUNTER_NAMES),
         }
     }
@@ -181,6 +209,30 @@ impl Net {
     /// Frames waiting for receive buffers.
     pub fn pending(&self) -> usize {
         self.pending.len()
+    }
+
+    /// Whether the link is up.
+    pub fn link_up(&self) -> bool {
+        self.link_up
+    }
+
+    /// Drops the frames waiting for receive buffers.
+    fn drop_pending(&mut self) {
+        self.pending.clear();
+        self.pending_bytes = 0;
+        self.publish_gauges();
+    }
+
+    /// Takes the link down or up; returns whether it changed.
+    fn set_link(&mut self, up: bool) -> bool {
+        if self.link_up == up {
+            return false;
+        }
+        self.link_up = up;
+        if !up {
+            self.drop_pending();
+        }
+        true
     }
 
     /// Whether a frame of any size still fits in the pending queue.
@@ -257,8 +309,12 @@ impl Net {
         }
     }
 
-    /// Offers the frame in `tx_buf[..len]` to the backend.
+    /// Offers the frame in `tx_buf[..len]` to the backend (dropped while the link is down).
     fn send(&mut self, len: usize) -> Sent {
+        if !self.link_up {
+            self.counters.add(TX_DROPPED, 1);
+            return Sent::Dropped;
+        }
         match self.backend.send(&self.tx_buf[..len]) {
             Ok(()) => {
                 self.counters.add(TX_FRAMES, 1);
@@ -348,7 +404,8 @@ impl VirtioDevice for Net {
         // mac[6] at 0, status (le16) at 6.
         let mut config = [0u8; 8];
         config[..6].copy_from_slice(&self.mac);
-        config[6..8].copy_from_slice(&LINK_UP.to_le_bytes());
+        let status = if self.link_up { LINK_UP } else { 0 };
+        config[6..8].copy_from_slice(&status.to_le_bytes());
         let bytes = usize::try_from(offset)
             .ok()
             .and_then(|start| config.get(start..start.checked_add(data.len())?));
@@ -369,16 +426,25 @@ impl VirtioDevice for Net {
             _ => Ok(Processed::default()),
         }
     }
-    fn host_fd(&self) -> Option<RawFd> {
-        Some(self.backend.raw_fd())
+    fn host_count(&self) -> usize {
+        1
     }
-    fn host_interest(&self) -> HostInterest {
+    fn host_fd(&self, source: usize) -> Option<RawFd> {
+        (source == 0).then(|| self.backend.raw_fd())
+    }
+    fn host_interest(&self, source: usize) -> HostInterest {
+        if source != 0 {
+            return HostInterest::default();
+        }
         HostInterest {
-            readable: self.has_room(),
+            readable: self.has_room() && self.link_up,
             writable: self.held.is_some(),
         }
     }
-    fn host_ready(&mut self, ready: HostInterest) -> u64 {
+    fn host_ready(&mut self, source: usize, ready: HostInterest) -> Wake {
+        if source != 0 {
+            return Wake::default();
+        }
         // Read even when the driver is not up (the frames wait, bounded): with room left, a
         // readable descriptor left unread would keep the I/O thread spinning.
         if ready.readable {
@@ -393,7 +459,130 @@ impl VirtioDevice for Net {
         } else {
             0
         };
-        rx | tx
+        Wake::queues(rx | tx)
+    }
+    fn activate(&mut self, features: u64, _queues: &[Queue]) -> Result<(), DeviceError> {
+        self.features = features;
+        Ok(())
+    }
+    fn control(&mut self, action: Action, fds: Vec<OwnedFd>) -> Result<Wake, DeviceError> {
+        check_descriptors(&action, &fds)?;
+        match action {
+            Action::SetLink { up } => {
+                let changed = self.set_link(up);
+                Ok(Wake {
+                    queues: if changed && up { 1 << RX | 1 << TX } else { 0 },
+                    // Only a driver that negotiated STATUS reads the link from the
+                    // configuration space; the others are not interrupted for it.
+                    config_changed: changed && self.features & F_STATUS != 0,
+                })
+            }
+            Action::ReplaceBackend { port } => {
+                let Some(fd) = fds.into_iter().next() else {
+                    return Err(DeviceError::Host("no descriptor".into()));
+                };
+                let backend = PairBackend::new(UnixDatagram::from(fd), &port)
+                    .map_err(|e| DeviceError::Host(format!("switch port {port}: {e}")))?;
+                self.backend = Box::new(backend);
+                // A new link: worth waiting for again; a held frame tries it first.
+                self.link_dead = false;
+                if let Some(held) = self.held.as_mut() {
+                    held.since = Instant::now();
+                }
+                Ok(Wake::queues(1 << RX | 1 << TX))
+            }
+            other => Err(DeviceError::Unsupported {
+                device: "net",
+                action: other.name(),
+            }),
+        }
+    }
+    fn save_state(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        let bit = |on: bool, bit: u8| if on { bit } else { 0 };
+        let flags = bit(self.link_up, S_LINK_UP)
+            | bit(self.link_dead, S_LINK_DEAD)
+            | bit(self.held.is_some(), S_HELD);
+        w.u8(flags)
+            .u16(self.held.map_or(0, |h| h.head))
+            .bytes(&self.mac)
+            .u16(self.pending.len() as u16);
+        for frame in &self.pending {
+            w.blob(frame);
+        }
+        w.finish()
+    }
+    fn restore_state(
+        &mut self,
+        bytes: &[u8],
+        queues: &[Queue],
+        mem: &dyn vring::GuestMemory,
+    ) -> Result<(), StateError> {
+        let bad = |why: String| StateError::Device(format!("net: {why}"));
+        let mut r = Reader::new(bytes);
+        let flags = r.u8("the VIF's flags")?;
+        if flags & !(S_LINK_UP | S_LINK_DEAD | S_HELD) != 0 {
+            return Err(bad(format!("flags {flags:#x} hold unknown bits")));
+        }
+        let head = r.u16("the held frame's head")?;
+        let mac = r.bytes(6, "the MAC")?;
+        if mac != self.mac {
+            return Err(StateError::Mismatch(format!(
+                "saved from the VIF {mac:02x?}, restored into {:02x?}",
+                self.mac
+            )));
+        }
+        let count = r.u16("the pending frame count")? as usize;
+        if count > MAX_PENDING {
+            return Err(bad(format!(
+                "{count} frames pending, more than {MAX_PENDING}"
+            )));
+        }
+        let mut pending = VecDeque::with_capacity(count);
+        let mut pending_bytes = 0usize;
+        for _ in 0..count {
+            let frame = r.blob(MAX_FRAME, "a pending frame")?;
+            pending_bytes += frame.len();
+            if pending_bytes > MAX_PENDING_BYTES {
+                return Err(bad(format!(
+                    "more than {MAX_PENDING_BYTES} bytes of frames pending"
+                )));
+            }
+            pending.push_back(frame.to_vec());
+        }
+        r.finish()?;
+        let held = if flags & S_HELD != 0 {
+            // The frame is still in the guest's buffers, which the device owns until it
+            // uses them: read it again, checked as when it was first sent.
+            let queue = queues
+                .get(TX)
+                .ok_or_else(|| bad("a held frame, but no transmit queue".into()))?;
+            let chain = queue
+                .chain_at(mem, head)
+                .map_err(|source| StateError::Queue { index: TX, source })?;
+            let total = chain.readable_len();
+            if total < HEADER_LEN as u64 || total - HEADER_LEN as u64 > MAX_FRAME as u64 {
+                return Err(bad(format!("the held frame's chain holds {total} bytes")));
+            }
+            let len = (total - HEADER_LEN as u64) as usize;
+            let got = chain
+                .read_at(mem, HEADER_LEN as u64, &mut self.tx_buf[..len])
+                .map_err(|source| StateError::Queue { index: TX, source })?;
+            Some(HeldFrame {
+                head,
+                len: got,
+                since: Instant::now(),
+            })
+        } else {
+            None
+        };
+        self.link_up = flags & S_LINK_UP != 0;
+        self.link_dead = flags & S_LINK_DEAD != 0;
+        self.pending = pending;
+        self.pending_bytes = pending_bytes;
+        self.held = held;
+        self.publish_gauges();
+        Ok(())
     }
     fn wake_at(&self) -> Option<Instant> {
         self.held.map(|h| h.since + TX_HOLD_MAX)
@@ -403,6 +592,7 @@ impl VirtioDevice for Net {
         self.pending_bytes = 0;
         self.held = None;
         self.link_dead = false;
+        self.features = 0;
         self.publish_gauges();
     }
 }
@@ -519,7 +709,7 @@ mod tests {
         assert_eq!(net.stats().tx_dropped, 1);
         assert!(wire.lock().unwrap().sent.is_empty());
         assert_eq!(driver.used().len(), 4);
-        assert!(!net.host_interest().writable);
+        assert!(!net.host_interest(0).writable);
     }
 
     #[test]
@@ -537,7 +727,7 @@ mod tests {
         let done = net.process_queue(TX, &mut q, driver.mem()).unwrap();
         assert_eq!((done.completed, done.throttled), (0, true));
         assert!(driver.used().is_empty());
-        assert!(net.host_interest().writable, "waits for room");
+        assert!(net.host_interest(0).writable, "waits for room");
         assert!(net.wake_at().is_some(), "and for its deadline");
         assert_eq!(net.stats().tx_stalls, 1);
         // A kick while still full changes nothing.
@@ -545,12 +735,12 @@ mod tests {
         assert_eq!((done.completed, done.throttled), (0, true));
         // Room again: both go, in order, and nothing was dropped.
         wire.lock().unwrap().refuse = None;
-        assert_eq!(net.host_ready(WRITABLE), 1 << TX);
+        assert_eq!(net.host_ready(0, WRITABLE), Wake::queues(1 << TX));
         let done = net.process_queue(TX, &mut q, driver.mem()).unwrap();
         assert_eq!((done.completed, done.throttled), (2, false));
         assert_eq!(wire.lock().unwrap().sent, frames[..2].to_vec());
         assert_eq!((net.stats().tx_frames, net.stats().tx_dropped), (2, 0));
-        assert!(!net.host_interest().writable);
+        assert!(!net.host_interest(0).writable);
         assert!(net.wake_at().is_none());
         // Full for longer than TX_HOLD_MAX: the held frame and the ones after it are dropped,
         // so the guest's queue keeps moving...
@@ -579,7 +769,7 @@ mod tests {
         );
         // A reset forgets the held frame.
         net.reset();
-        assert!(!net.host_interest().writable);
+        assert!(!net.host_interest(0).writable);
     }
 
     /// The counters the control plane holds (taken once, read without the device) follow the
@@ -614,7 +804,7 @@ mod tests {
                 .1
         };
         wire.lock().unwrap().inbox.push_back(frame(60, 1));
-        net.host_ready(READABLE);
+        net.host_ready(0, READABLE);
         assert_eq!(get("rx_pending"), 1, "a frame waits for a buffer");
         let mut driver = MockDriver::new(16, 1 << 20);
         let mut rx = driver.queue();
@@ -641,7 +831,7 @@ mod tests {
         let mut q = driver.queue();
         let f = frame(98, 7);
         wire.lock().unwrap().inbox.push_back(f.clone());
-        assert_eq!(net.host_ready(READABLE), 1 << RX);
+        assert_eq!(net.host_ready(0, READABLE), Wake::queues(1 << RX));
         let head = driver.add_chain(&[MockBuffer::Writable(1526)]);
         let done = net.process_queue(RX, &mut q, driver.mem()).unwrap();
         assert_eq!(done.completed, 1);
@@ -670,22 +860,22 @@ mod tests {
         }
         // The backend is read until the pending queue is full; the rest stays in the host,
         // and the device stops asking to read.
-        assert!(net.host_interest().readable);
-        assert_eq!(net.host_ready(READABLE), 1 << RX);
+        assert!(net.host_interest(0).readable);
+        assert_eq!(net.host_ready(0, READABLE), Wake::queues(1 << RX));
         assert_eq!(wire.lock().unwrap().inbox.len(), extra);
         assert_eq!(net.pending(), MAX_PENDING);
-        assert!(!net.host_interest().readable);
-        assert_eq!(net.host_ready(READABLE), 1 << RX);
+        assert!(!net.host_interest(0).readable);
+        assert_eq!(net.host_ready(0, READABLE), Wake::queues(1 << RX));
         assert_eq!(wire.lock().unwrap().inbox.len(), extra, "nothing more read");
         // The byte bound holds too: large frames stop at MAX_PENDING_BYTES.
         let (wire2, mut net2) = new_net();
         for _ in 0..64 {
             wire2.lock().unwrap().inbox.push_back(vec![0; MAX_FRAME]);
         }
-        net2.host_ready(READABLE);
+        net2.host_ready(0, READABLE);
         assert!(net2.pending_bytes <= MAX_PENDING_BYTES);
         assert_eq!(net2.pending() + wire2.lock().unwrap().inbox.len(), 64);
-        assert!(!net2.host_interest().readable);
+        assert!(!net2.host_interest(0).readable);
         // Once the guest posts buffers, the oldest pending frames arrive in order.
         let mut driver = MockDriver::new(256, 1 << 20);
         let mut q = driver.queue();
@@ -705,8 +895,8 @@ mod tests {
         }
         // Room again: the device asks to read, and refills the queue in order.
         assert_eq!(net.pending(), MAX_PENDING - 8);
-        assert!(net.host_interest().readable);
-        net.host_ready(READABLE);
+        assert!(net.host_interest(0).readable);
+        net.host_ready(0, READABLE);
         assert_eq!(net.pending(), MAX_PENDING);
         assert_eq!(wire.lock().unwrap().inbox.len(), extra - 8);
         // A reset forgets them.
@@ -813,11 +1003,11 @@ mod tests {
         let irq = Arc::new(Counter::default());
         let mem = Memory(Arc::new(DriverMemory(driver.clone())));
         let mut t = MmioTransport::new(Box::new(net), mem, irq.clone());
-        assert!(t.host_fd().is_some());
+        assert!(t.host_fd(0).is_some());
         // Frames before the driver is up are taken in (the descriptor must not stay readable)
         // but not delivered, and raise nothing.
         wire.lock().unwrap().inbox.push_back(frame(60, 1));
-        t.host_ready(READABLE);
+        t.host_ready(0, READABLE);
         assert!(wire.lock().unwrap().inbox.is_empty());
         assert_eq!(irqs(&irq), 0);
         bring_up_rx(&mut t, &driver, feature::VERSION_1);
@@ -827,7 +1017,7 @@ mod tests {
             .unwrap()
             .add_chain(&[MockBuffer::Writable(1526)]);
         wire.lock().unwrap().inbox.push_back(frame(70, 2));
-        t.host_ready(READABLE);
+        t.host_ready(0, READABLE);
         assert_eq!(irqs(&irq), 1);
         assert_eq!(
             driver.lock().unwrap().used()[0].len as usize,
@@ -851,7 +1041,7 @@ mod tests {
         w(&mut t2, QUEUE_NOTIFY, RX as u32);
         assert!(driver2.lock().unwrap().used().is_empty());
         wire2.lock().unwrap().inbox.push_back(frame(60, 3));
-        t2.host_ready(READABLE);
+        t2.host_ready(0, READABLE);
         assert_eq!(driver2.lock().unwrap().used().len(), 1);
         // A new buffer and a kick deliver the waiting frame.
         driver
@@ -865,8 +1055,208 @@ mod tests {
             HEADER_LEN + 70
         );
         // Nothing waiting: no interrupt.
-        t.host_ready(READABLE);
+        t.host_ready(0, READABLE);
         assert_eq!(irqs(&irq), 2);
+    }
+
+    /// A transport around a VIF on a mock wire, its transmit queue brought up on `driver`.
+    fn live_tx(
+        driver: &Arc<Mutex<MockDriver>>,
+        net: Net,
+    ) -> (crate::virtio::mmio::MmioTransport, Arc<Counter>) {
+        use crate::virtio::{feature, Memory};
+        let irq = Arc::new(Counter::default());
+        let mem = Memory(Arc::new(DriverMemory(driver.clone())));
+        let mut t = crate::virtio::mmio::MmioTransport::new(Box::new(net), mem, irq.clone());
+        crate::virtio::test_support::bring_up(
+            &mut t,
+            driver,
+            feature::VERSION_1 | F_STATUS | F_MAC,
+            &[TX as u32],
+        );
+        (t, irq)
+    }
+
+    fn link_status(t: &mut crate::virtio::mmio::MmioTransport) -> u16 {
+        use crate::bus::BusDevice;
+        let mut status = [0u8; 2];
+        t.read(0x100 + 6, &mut status);
+        u16::from_le_bytes(status)
+    }
+
+    #[test]
+    fn the_link_goes_down_and_up_with_a_configuration_interrupt_each_time() {
+        let (wire, net) = new_net();
+        let driver = Arc::new(Mutex::new(MockDriver::new(16, 1 << 20)));
+        let (mut t, irq) = live_tx(&driver, net);
+        assert_eq!(link_status(&mut t), LINK_UP);
+        wire.lock().unwrap().inbox.push_back(frame(60, 1));
+        t.host_ready(0, READABLE);
+        assert_eq!(irq.count(), 0, "the receive queue is not up");
+        t.control(Action::SetLink { up: false }, Vec::new())
+            .unwrap();
+        assert_eq!(link_status(&mut t), 0);
+        assert_eq!(irq.count(), 1, "the configuration-change interrupt");
+        assert!(!t.host_interest(0).readable, "a down link reads nothing");
+        let pending =
+            |t: &crate::virtio::mmio::MmioTransport| t.device().counters().snapshot()[RX_PENDING].1;
+        assert_eq!(pending(&t), 0, "frames waiting for the guest are dropped");
+        // Frames the guest sends on a down link are dropped and counted.
+        driver
+            .lock()
+            .unwrap()
+            .add_chain(&[MockBuffer::Readable(&[0; HEADER_LEN + 60])]);
+        t.notified();
+        assert_eq!(driver.lock().unwrap().used().len(), 1);
+        assert!(wire.lock().unwrap().sent.is_empty());
+        assert_eq!(t.device().counters().snapshot()[TX_DROPPED].1, 1);
+        assert_eq!(irq.count(), 2, "and the used-buffer interrupt for it");
+        // Down again: nothing changes, no interrupt.
+        t.control(Action::SetLink { up: false }, Vec::new())
+            .unwrap();
+        assert_eq!(irq.count(), 2);
+        t.control(Action::SetLink { up: true }, Vec::new()).unwrap();
+        assert_eq!(link_status(&mut t), LINK_UP);
+        assert_eq!(irq.count(), 3);
+        driver
+            .lock()
+            .unwrap()
+            .add_chain(&[MockBuffer::Readable(&[0; HEADER_LEN + 60])]);
+        t.notified();
+        assert_eq!(
+            wire.lock().unwrap().sent.len(),
+            1,
+            "sent once the link is up"
+        );
+        // A driver that did not negotiate STATUS is not interrupted for its link (the device
+        // behaves per the features activation handed it).
+        let (_wire, plain) = new_net();
+        let driver = Arc::new(Mutex::new(MockDriver::new(16, 1 << 20)));
+        let mem = crate::virtio::Memory(Arc::new(DriverMemory(driver.clone())));
+        let irq = Arc::new(Counter::default());
+        let mut t = crate::virtio::mmio::MmioTransport::new(Box::new(plain), mem, irq.clone());
+        crate::virtio::test_support::bring_up(
+            &mut t,
+            &driver,
+            crate::virtio::feature::VERSION_1,
+            &[TX as u32],
+        );
+        t.control(Action::SetLink { up: false }, Vec::new())
+            .unwrap();
+        assert_eq!(irq.count(), 0);
+        assert_eq!(link_status(&mut t), 0, "the status still says so");
+    }
+
+    #[test]
+    fn a_new_backend_takes_over_and_gets_the_frame_held_for_the_old_one() {
+        use std::os::fd::{AsRawFd, OwnedFd};
+        use std::os::unix::net::UnixDatagram;
+        let (wire, net) = new_net();
+        let driver = Arc::new(Mutex::new(MockDriver::new(16, 1 << 20)));
+        let (mut t, _) = live_tx(&driver, net);
+        wire.lock().unwrap().refuse = Some(io::ErrorKind::WouldBlock);
+        let f = frame(60, 9);
+        driver
+            .lock()
+            .unwrap()
+            .add_chain(&[MockBuffer::Readable(&[&[0u8; HEADER_LEN][..], &f].concat())]);
+        t.notified();
+        assert!(t.host_interest(0).writable, "a frame is held");
+        assert!(driver.lock().unwrap().used().is_empty());
+        let (ours, theirs) = UnixDatagram::pair().unwrap();
+        // The wrong number of descriptors is refused, and changes nothing.
+        let err = t
+            .control(Action::ReplaceBackend { port: "p0".into() }, Vec::new())
+            .unwrap_err();
+        assert!(matches!(err, DeviceError::Descriptors { .. }), "{err}");
+        let fd = ours.as_raw_fd();
+        t.control(
+            Action::ReplaceBackend { port: "p0".into() },
+            vec![OwnedFd::from(ours)],
+        )
+        .unwrap();
+        assert_eq!(t.host_fd(0), Some(fd), "the I/O thread watches the new one");
+        theirs.set_nonblocking(true).unwrap();
+        let mut got = [0u8; 100];
+        let n = theirs
+            .recv(&mut got)
+            .expect("the held frame went to the new port");
+        assert_eq!(&got[..n], &f[..]);
+        assert_eq!(driver.lock().unwrap().used().len(), 1);
+        // And frames come in from it.
+        theirs.send(&frame(70, 3)).unwrap();
+        t.host_ready(0, READABLE);
+        assert_eq!(t.device().counters().snapshot()[RX_PENDING].1, 1);
+    }
+
+    /// A VIF's state saved with a transmit frame held (the backend full) and received frames
+    /// waiting for buffers restores into a fresh VIF on a new backend: the held frame is sent
+    /// once, and completed once; the waiting frames are still there; the link stays down.
+    #[test]
+    fn a_vif_saved_mid_io_restores_its_held_and_pending_frames() {
+        use crate::virtio::mmio::MmioTransport;
+        use crate::virtio::Memory;
+        let (wire, net) = new_net();
+        let driver = Arc::new(Mutex::new(MockDriver::new(16, 1 << 20)));
+        let (mut t, _) = live_tx(&driver, net);
+        wire.lock().unwrap().refuse = Some(io::ErrorKind::WouldBlock);
+        let f = frame(100, 4);
+        let head = driver
+            .lock()
+            .unwrap()
+            .add_chain(&[MockBuffer::Readable(&[&[0u8; HEADER_LEN][..], &f].concat())]);
+        driver
+            .lock()
+            .unwrap()
+            .add_chain(&[MockBuffer::Readable(&[0; HEADER_LEN + 60])]);
+        t.notified();
+        wire.lock()
+            .unwrap()
+            .inbox
+            .extend([frame(60, 1), frame(61, 2)]);
+        t.host_ready(0, READABLE);
+        t.control(Action::SetLink { up: false }, Vec::new())
+            .unwrap();
+        wire.lock().unwrap().inbox.push_back(frame(62, 3));
+        t.set_quiesced(true);
+        let saved = t.save();
+        drop(t);
+
+        let (wire2, fresh) = new_net();
+        let mem = Memory(Arc::new(DriverMemory(driver.clone())));
+        let mut t = MmioTransport::restore(
+            Box::new(fresh),
+            mem,
+            Arc::new(Counter::default()),
+            &saved,
+            true,
+        )
+        .unwrap();
+        assert_eq!(link_status(&mut t), 0, "still down");
+        assert!(t.host_interest(0).writable, "still holding the frame");
+        t.control(Action::SetLink { up: true }, Vec::new()).unwrap();
+        t.set_quiesced(false);
+        assert_eq!(
+            wire2.lock().unwrap().sent,
+            vec![f, vec![0; 60]],
+            "sent once, to the new backend, then the frame behind it"
+        );
+        let used: Vec<u32> = driver.lock().unwrap().used().iter().map(|u| u.id).collect();
+        assert_eq!(used.len(), 2, "the held frame and the one behind it");
+        assert_eq!(used[0], u32::from(head));
+        // A VIF with another MAC is not this one.
+        let other = Net::new(Box::new(MockBackend(Arc::default())), [2, 0, 0, 0, 0, 7]);
+        let mem = Memory(Arc::new(DriverMemory(driver.clone())));
+        let err = MmioTransport::restore(
+            Box::new(other),
+            mem,
+            Arc::new(Counter::default()),
+            &saved,
+            false,
+        )
+        .err()
+        .unwrap();
+        assert!(err.to_string().contains("saved from the VIF"), "{err}");
     }
 
     #[test]

@@ -38,3 +38,43 @@ impl InterruptLine for Counter {
         Ok(())
     }
 }
+
+/// Brings a transport up the way Linux does: status, `features`, then each queue in `queues`
+/// on the mock driver's rings (every queue of a device on the same rings: tests use one
+/// queue at a time), then `DRIVER_OK`.
+pub fn bring_up(
+    t: &mut crate::virtio::mmio::MmioTransport,
+    driver: &Arc<Mutex<MockDriver>>,
+    features: u64,
+    queues: &[u32],
+) {
+    use crate::bus::BusDevice;
+    use crate::virtio::mmio::status;
+    let mut w = |offset: u64, v: u32| t.write(offset, &v.to_le_bytes());
+    w(0x70, status::ACKNOWLEDGE | status::DRIVER);
+    w(0x24, 0);
+    w(0x20, features as u32);
+    w(0x24, 1);
+    w(0x20, (features >> 32) as u32);
+    w(
+        0x70,
+        status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
+    );
+    let (desc, avail, used, size) = {
+        let d = driver.lock().unwrap();
+        (d.desc_table(), d.avail_ring(), d.used_ring(), d.size())
+    };
+    for &q in queues {
+        w(0x30, q);
+        w(0x38, u32::from(size));
+        for (reg, addr) in [(0x80, desc), (0x90, avail), (0xa0, used)] {
+            w(reg, addr as u32);
+            w(reg + 4, (addr >> 32) as u32);
+        }
+        w(0x44, 1);
+    }
+    w(
+        0x70,
+        status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK,
+    );
+}

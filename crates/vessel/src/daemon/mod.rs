@@ -312,6 +312,7 @@ impl Daemon {
             match DomainProcess::attach(&name, &socket, console, self.leave_group(&name)) {
                 Some(process) => {
                     tracing::info!("domain '{name}' runs (process {}): attached", process.pid());
+                    self.hand_new_ports(&name, view.def.spec(), &process);
                     let process = Arc::new(process);
                     let _ = self.registry.with(&name, |e| e.instance = Some(process));
                 }
@@ -361,6 +362,31 @@ impl Daemon {
                 tracing::warn!("domain '{name}''s control group could not be removed");
             }
         })
+    }
+
+    /// Gives the `switch=` VIFs of a domain found running after a restart new ports on this
+    /// daemon's switch (the ports of the daemon that started it went with that daemon): each
+    /// VIF's device is handed its new port's socket while the domain runs on, so its
+    /// networking works again.
+    fn hand_new_ports(&self, name: &str, spec: &vmm::DomainSpec, process: &DomainProcess) {
+        if !process.status().state.is_active() {
+            return;
+        }
+        let ports = net::port_provider(&self.switch, name);
+        for (index, vif) in spec.nets.iter().enumerate() {
+            let vmm::spec::NetBackendSpec::Switch { name: switch, rate } = &vif.backend else {
+                continue;
+            };
+            let slot = vmm::virtio::vif_slot(spec.disks.len(), index);
+            let handed = ports(switch, index, *rate).and_then(|lease| {
+                let port = lease.name.clone();
+                process.hand_port(slot, lease).map(|()| port)
+            });
+            match handed {
+                Ok(port) => tracing::info!("domain '{name}': eth{index} is on port {port} again"),
+                Err(e) => tracing::warn!("domain '{name}': eth{index} has no switch port: {e}"),
+            }
+        }
     }
 
     /// Shuts every running domain down: presses each power button, waits at most `grace`

@@ -8,7 +8,7 @@
 //! with the process's exit status when it was our child.
 
 use std::collections::HashMap;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,8 +16,9 @@ use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use devices::virtio::Action;
 use hv::channel::{Channel, Listener};
-use vmm::resources::Resources;
+use vmm::resources::{PortLease, Resources};
 use vmm::wire::{self, Call, Confinement, MachineStats, Note, Request, StatusReport};
 use vmm::{ConsoleLog, RunState, Status};
 
@@ -45,6 +46,9 @@ struct Shared {
     /// The host resources the daemon opened for the domain: held while its process runs (its
     /// switch ports stay on the switch; its socket files are removed when they go).
     resources: Mutex<Option<Resources>>,
+    /// Switch ports handed to the domain since it started (a restarted daemon's new ports for
+    /// its VIFs): held, like its resources, while its process runs.
+    ports: Mutex<Vec<PortLease>>,
 }
 
 impl Shared {
@@ -240,6 +244,7 @@ impl DomainProcess {
             console,
             child: Mutex::new(child),
             resources: Mutex::new(resources),
+            ports: Mutex::new(Vec::new()),
         });
         let writer = channel.try_clone().unwrap_or_else(|_| {
             // A socket that cannot be duplicated cannot be served: the reader sees it close.
@@ -273,6 +278,16 @@ impl DomainProcess {
 
     /// Sends a call and waits at most `timeout` for its reply.
     fn call(&self, request: Request, timeout: Duration) -> Result<Note, String> {
+        self.call_with(request, &[], timeout)
+    }
+
+    /// Sends a call with descriptors `fds` and waits at most `timeout` for its reply.
+    fn call_with(
+        &self,
+        request: Request,
+        fds: &[BorrowedFd<'_>],
+        timeout: Duration,
+    ) -> Result<Note, String> {
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
         let (tx, rx) = sync_channel(1);
         self.shared
@@ -284,7 +299,7 @@ impl DomainProcess {
             .writer
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .send(&wire::encode(&Call { id, request }), &[]);
+            .send(&wire::encode(&Call { id, request }), fds);
         let answer = match sent {
             Err(e) => Err(format!("the domain process is gone: {e}")),
             Ok(()) => rx
@@ -301,10 +316,15 @@ impl DomainProcess {
 
     /// A call whose reply only says whether it worked.
     fn act(&self, request: Request) -> Result<(), String> {
+        self.act_with(request, &[])
+    }
+
+    /// [`DomainProcess::act`], handing the process descriptors `fds` with the call.
+    fn act_with(&self, request: Request, fds: &[BorrowedFd<'_>]) -> Result<(), String> {
         if !self.status().state.is_active() {
             return Err(format!("the domain is {}", self.status().state.name()));
         }
-        match self.call(request, CALL_TIMEOUT)? {
+        match self.call_with(request, fds, CALL_TIMEOUT)? {
             Note::Reply { error: None, .. } => Ok(()),
             Note::Reply { error: Some(e), .. } => Err(e),
             _ => Err("the domain process answered out of turn".into()),
@@ -329,6 +349,32 @@ impl DomainProcess {
     /// Presses the ACPI power button.
     pub fn press_power_button(&self) -> Result<(), String> {
         self.act(Request::PowerButton)
+    }
+
+    /// Applies a control `action` to the running domain's device in slot `slot` (its rate
+    /// limits, its backend, its link), handing over the descriptors the action carries.
+    pub fn device_control(
+        &self,
+        slot: usize,
+        action: Action,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<(), String> {
+        self.act_with(Request::DeviceControl { slot, action }, fds)
+    }
+
+    /// Puts the VIF in slot `slot` of the running domain on the switch port
+    /// `lease`, and keeps the port for as long as the process runs.
+    pub fn hand_port(&self, slot: usize, lease: PortLease) -> Result<(), String> {
+        let action = Action::ReplaceBackend {
+            port: lease.name.clone(),
+        };
+        self.device_control(slot, action, &[lease.socket.as_fd()])?;
+        self.shared
+            .ports
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(lease);
+        Ok(())
     }
 
     /// Stops the domain at once and waits (a little) for its process to end.
@@ -492,6 +538,11 @@ fn read_loop(shared: &Arc<Shared>, channel: &Channel) {
             .unwrap_or_else(|e| e.into_inner())
             .take(),
     );
+    shared
+        .ports
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clear();
     let mut seen = shared.lock();
     seen.gone = true;
     if seen.status.state.is_active() {

@@ -357,3 +357,95 @@ fn works_through_dyn_memory() {
     q.add_used(mem, head, 3).unwrap();
     assert!(q.needs_notification(mem).unwrap());
 }
+
+#[test]
+fn a_saved_state_restores_into_a_fresh_queue_that_carries_on_where_it_stopped() {
+    let (mut d, mut q) = setup(8);
+    let heads: Vec<u16> = (0..3)
+        .map(|_| d.add_chain(&[MockBuffer::Writable(4)]))
+        .collect();
+    let first = q.pop(d.mem()).unwrap().unwrap();
+    q.add_used(d.mem(), first.head, 4).unwrap();
+    let second = q.pop(d.mem()).unwrap().unwrap(); // popped, not yet used
+    let saved = q.state();
+    assert_eq!((saved.next_avail, saved.next_used), (2, 1));
+    let mut fresh = Queue::new(8);
+    fresh.set_state(&saved, d.mem()).unwrap();
+    assert_eq!(fresh.state(), saved);
+    // The request held across the save is found again from its head, unchanged.
+    assert_eq!(fresh.chain_at(d.mem(), second.head).unwrap(), second);
+    fresh.add_used(d.mem(), second.head, 4).unwrap();
+    let third = fresh.pop(d.mem()).unwrap().unwrap();
+    assert_eq!(third.head, heads[2]);
+    fresh.add_used(d.mem(), third.head, 4).unwrap();
+    assert!(fresh.pop(d.mem()).unwrap().is_none());
+    let used: Vec<u32> = d.used().iter().map(|u| u.id).collect();
+    assert_eq!(
+        used,
+        heads.iter().map(|&h| u32::from(h)).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn impossible_saved_states_are_refused_and_leave_the_queue_alone() {
+    let (d, q) = setup(8);
+    let good = q.state();
+    let mut target = Queue::new(8);
+    let before = target.state();
+    let bad = [
+        QueueState { size: 6, ..good },
+        QueueState { size: 16, ..good },
+        QueueState {
+            desc_table: u64::MAX - 15,
+            ..good
+        },
+        QueueState {
+            used_ring: good.used_ring + 2,
+            ..good
+        },
+        // Ten chains popped and not used in a queue of eight.
+        QueueState {
+            next_avail: 10,
+            next_used: 0,
+            ..good
+        },
+        QueueState {
+            next_used: 3,
+            signalled_used: 100,
+            ..good
+        },
+    ];
+    for state in bad {
+        assert!(target.set_state(&state, d.mem()).is_err(), "{state:?}");
+        assert_eq!(target.state(), before);
+    }
+    // A queue that is not ready may hold any addresses: the driver sets them before it
+    // enables the queue.
+    let idle = QueueState {
+        ready: false,
+        desc_table: u64::MAX - 15,
+        ..good
+    };
+    target.set_state(&idle, d.mem()).unwrap();
+    assert!(target.chain_at(d.mem(), 0).is_err());
+}
+
+#[test]
+fn a_pop_budget_stops_pops_until_lifted() {
+    let (mut d, mut q) = setup(8);
+    for _ in 0..5 {
+        d.add_chain(&[MockBuffer::Writable(4)]);
+    }
+    q.set_pop_budget(Some(2));
+    assert!(q.pop(d.mem()).unwrap().is_some());
+    assert!(!q.budget_spent());
+    assert!(q.pop(d.mem()).unwrap().is_some());
+    assert!(q.budget_spent());
+    assert!(q.pop(d.mem()).unwrap().is_none(), "the budget is spent");
+    q.set_pop_budget(None);
+    assert_eq!(
+        std::iter::from_fn(|| q.pop(d.mem()).unwrap()).count(),
+        3,
+        "the rest once it is lifted"
+    );
+}
