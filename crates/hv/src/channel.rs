@@ -116,7 +116,24 @@ impl Channel {
 
     /// Receives one message and its descriptors; `Ok(None)` when the other end closed.
     pub fn recv(&self) -> io::Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
-        let mut buf = vec![0u8; MAX_MESSAGE + 1];
+        // The next message's length first (MSG_PEEK | MSG_TRUNC reports it whole), so the
+        // buffer is the message's size: a large buffer per message would keep the allocator's
+        // memory high in a daemon with many domains.
+        let len = loop {
+            let mut probe = [0u8; 1];
+            let mut iov = [IoSliceMut::new(&mut probe)];
+            match socket::recvmsg::<()>(
+                self.fd.as_raw_fd(),
+                &mut iov,
+                None,
+                MsgFlags::MSG_PEEK | MsgFlags::MSG_TRUNC,
+            ) {
+                Ok(msg) => break msg.bytes,
+                Err(nix::Error::EINTR) => continue,
+                Err(e) => return Err(errno(e)),
+            }
+        };
+        let mut buf = vec![0u8; len.clamp(1, MAX_MESSAGE + 1)];
         let mut space = cmsg_space!([RawFd; MAX_FDS]);
         loop {
             let mut iov = [IoSliceMut::new(&mut buf)];

@@ -64,6 +64,17 @@ enum Command {
     /// A domain process (started by the daemon, which hands it its channel as descriptor 3).
     #[command(name = "domain", hide = true)]
     DomainProcess,
+    /// One raw API call: prints the answer's body; exit status 1 unless it is 2xx (for
+    /// scripts; the verbs above are friendlier).
+    #[command(hide = true)]
+    Api {
+        /// GET, POST, PUT or DELETE.
+        method: String,
+        /// The path, e.g. /v1/domains/web.
+        path: String,
+        /// A JSON body.
+        body: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -111,6 +122,15 @@ fn main() -> ExitCode {
         Command::Net(command) => netcli::net(&socket, command),
         Command::Domain(verb) => client::domain_verb(&socket, verb),
         Command::DomainProcess => domain_process(),
+        Command::Api { method, path, body } => {
+            client::call(&socket, &method, &path, body.as_deref().map(str::as_bytes)).map(|v| {
+                match v {
+                    serde_json::Value::String(text) => print!("{text}"),
+                    v => println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default()),
+                }
+                ExitCode::SUCCESS
+            })
+        }
     };
     match result {
         Ok(code) => code,

@@ -73,7 +73,8 @@ impl Shared {
 /// A running domain process.
 pub struct DomainProcess {
     shared: Arc<Shared>,
-    writer: Mutex<Channel>,
+    /// Sends to the process; `None` once its channel has closed (the descriptor goes with it).
+    writer: Arc<Mutex<Option<Channel>>>,
     next_id: AtomicU64,
     pid: u32,
 }
@@ -148,6 +149,7 @@ impl DomainProcess {
             .map_err(|e| e.to_string())?;
         let child = hv::process::spawn_with_channel(cmd, listener_fd)
             .map_err(|e| format!("cannot start the domain process: {e}"))?;
+        let socket = OwnedSocket::of(&plan.socket);
         drop(listener);
         let pid = child.id();
         (plan.on_spawn)(pid);
@@ -184,7 +186,10 @@ impl DomainProcess {
             plan.console,
             Some(child),
             Some(plan.resources),
-            plan.on_end,
+            Box::new(move || {
+                socket.remove();
+                (plan.on_end)();
+            }),
         ))
     }
 
@@ -203,6 +208,11 @@ impl DomainProcess {
         };
         channel.send(&wire::encode(&call), &[]).ok()?;
         let hello = await_hello(&channel, Duration::from_secs(10)).ok()?;
+        let owned = OwnedSocket::of(socket);
+        let on_end: Box<dyn FnOnce() + Send> = Box::new(move || {
+            owned.remove();
+            on_end();
+        });
         let pid = match &hello {
             Note::Hello { pid, .. } => *pid,
             _ => return None,
@@ -251,16 +261,19 @@ impl DomainProcess {
             channel.shutdown();
             Channel::pair().map(|(a, _)| a).expect("a socket pair")
         });
-        let s = shared.clone();
+        let writer = Arc::new(Mutex::new(Some(writer)));
+        let (s, w) = (shared.clone(), writer.clone());
         let _ = std::thread::Builder::new()
             .name(format!("dom-{name}"))
             .spawn(move || {
                 read_loop(&s, &channel);
+                drop(channel);
+                drop(w.lock().unwrap_or_else(|e| e.into_inner()).take());
                 on_end();
             });
         DomainProcess {
             shared,
-            writer: Mutex::new(writer),
+            writer,
             next_id: AtomicU64::new(1),
             pid,
         }
@@ -295,11 +308,15 @@ impl DomainProcess {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, tx);
-        let sent = self
+        let sent = match self
             .writer
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .send(&wire::encode(&Call { id, request }), fds);
+            .as_ref()
+        {
+            Some(w) => w.send(&wire::encode(&Call { id, request }), fds),
+            None => Err(std::io::Error::from(std::io::ErrorKind::NotConnected)),
+        };
         let answer = match sent {
             Err(e) => Err(format!("the domain process is gone: {e}")),
             Ok(()) => rx
@@ -449,11 +466,14 @@ impl DomainProcess {
     /// Sends console input to the guest (dropped unless the domain runs).
     pub fn console_input(&self, bytes: &[u8]) {
         if self.status().state.is_active() {
-            let _ = self
+            if let Some(w) = self
                 .writer
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .send(&wire::console(wire::CONSOLE_IN, bytes), &[]);
+                .as_ref()
+            {
+                let _ = w.send(&wire::console(wire::CONSOLE_IN, bytes), &[]);
+            }
         }
     }
 }
@@ -463,6 +483,33 @@ impl DomainProcess {
     /// tests' hook): the kernel kills the process.
     pub fn forbidden_call(&self, thread: wire::ThreadKind) -> Result<(), String> {
         self.act(Request::ForbiddenCall { thread })
+    }
+}
+
+/// A domain's channel socket file, as it was when its process took it: removed once the
+/// process has ended, unless a newer process of the domain has bound the path since.
+struct OwnedSocket {
+    path: PathBuf,
+    id: Option<(u64, u64)>,
+}
+
+impl OwnedSocket {
+    fn of(path: &Path) -> OwnedSocket {
+        use std::os::unix::fs::MetadataExt;
+        OwnedSocket {
+            path: path.to_path_buf(),
+            id: std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino())),
+        }
+    }
+
+    fn remove(&self) {
+        use std::os::unix::fs::MetadataExt;
+        let now = std::fs::metadata(&self.path)
+            .ok()
+            .map(|m| (m.dev(), m.ino()));
+        if now.is_some() && now == self.id {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 

@@ -58,8 +58,7 @@ on 1 "ping -c 1 -W 3 10.0.1.2 >/dev/null 2>&1 && echo PAIR=1-2"
 api create /tmp/c.json && echo CREATED=c
 reach 3 && echo REACHABLE=3
 pc=$(pid_of c)
-curl_out=$(printf 'POST /v1/domains/c/debug/forbidden-call?thread=io HTTP/1.1\r\nHost: v\r\nConnection: close\r\nContent-Length: 0\r\n\r\n' | timeout 20 nc -U $VESSEL_SOCKET | head -1)
-echo HOOK="$curl_out"
+api api POST '/v1/domains/c/debug/forbidden-call?thread=io' && echo HOOK=asked
 i=0; until api info c | grep -q '"state": "crashed"'; do i=$((i+1)); [ $i -ge 60 ] && break; sleep 0.5; done
 api info c | grep '"message"' | sed 's/^/INFO_C /'
 alive $pc && echo C_PROCESS=alive || echo C_PROCESS=gone
@@ -77,10 +76,7 @@ pb=$(pid_of b)
 # kill -9 of the daemon: both domains run on; a new daemon lists them and their consoles work.
 on 1 'echo console-before-restart > /dev/console'
 on 2 '(i=0; while true; do i=$((i+1)); echo console-tick-$i > /dev/console; sleep 1; done) >/dev/null 2>&1 &'
-kept() {
-    printf 'GET /v1/domains/%s/console HTTP/1.1\r\nHost: v\r\nConnection: close\r\n\r\n' $1 \
-        | timeout 20 nc -U $VESSEL_SOCKET
-}
+kept() { api api GET /v1/domains/$1/console; }
 sleep 2
 echo TICK_BEFORE=$(kept b | sed -n 's/.*console-tick-\([0-9]*\).*/\1/p' | tail -1)
 kill -9 $daemon; wait $daemon 2>/dev/null
