@@ -25,7 +25,7 @@ pub use error::HvError;
 pub use kick::{current_thread_handle, install_kick_handler, ThreadHandle};
 pub use kvm::{new_eventfd, Hypervisor, KvmFlavour, Vm};
 pub use memory::{GuestMemory, LoadError, OutOfRange};
-pub use signals::{default_sigpipe, TerminationSignal, TerminationSignals};
+pub use signals::{default_sigpipe, Received, TerminationSignal, TerminationSignals};
 pub use tty::RawTerminal;
 pub use vcpu::{Vcpu, VcpuExit};
 pub use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};

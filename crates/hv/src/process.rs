@@ -1,7 +1,8 @@
 //! Starting domain processes and watching them: a child that gets one descriptor (its channel
 //! listener, as descriptor 3) and a session of its own, and pidfds to learn when a process
 //! ends, whether or not it is our child (a restarted daemon re-attaches to domain processes an
-//! earlier daemon started).
+//! earlier daemon started). And `vessel run`'s way: a fork of the one-threaded process, whose
+//! child confines itself and dies with its parent.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -104,7 +105,11 @@ impl Pidfd {
 
     /// Kills the process (SIGKILL, through the pidfd, so never a recycled pid).
     pub fn kill(&self) -> io::Result<()> {
-        let signal = libc::SIGKILL;
+        self.signal(libc::SIGKILL)
+    }
+
+    /// Sends the process `signal` (through the pidfd, so never a recycled pid).
+    pub fn signal(&self, signal: libc::c_int) -> io::Result<()> {
         // SAFETY: pidfd_send_signal with a null siginfo and no flags touches no memory of ours.
         let rc = unsafe {
             libc::syscall(
@@ -119,6 +124,78 @@ impl Pidfd {
             Err(io::Error::last_os_error())
         } else {
             Ok(())
+        }
+    }
+}
+
+/// The two sides of [`fork_alone`].
+#[derive(Debug)]
+pub enum Forked {
+    /// In the new process.
+    Child,
+    /// In the calling process: the child's pid.
+    Parent(u32),
+}
+
+/// How many threads the calling process has (from `/proc/self/task`).
+fn thread_count() -> io::Result<usize> {
+    Ok(std::fs::read_dir("/proc/self/task")?.count())
+}
+
+/// Forks the calling process, which must have one thread (checked): the child is a copy that
+/// may go on running any code, as no other thread held a lock at the fork.
+pub fn fork_alone() -> io::Result<Forked> {
+    let threads = thread_count()?;
+    if threads != 1 {
+        return Err(io::Error::other(format!(
+            "cannot fork a process of {threads} threads"
+        )));
+    }
+    // SAFETY: the process has one thread (checked above), so the child inherits no lock held
+    // by another thread and may run ordinary code.
+    match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Child) => Ok(Forked::Child),
+        Ok(nix::unistd::ForkResult::Parent { child }) => Ok(Forked::Parent(child.as_raw() as u32)),
+        Err(e) => Err(io::Error::from_raw_os_error(e as i32)),
+    }
+}
+
+/// In a child: asks the kernel to kill it when the thread that forked it ends, then checks
+/// that `parent` has not ended already. Call it after any change of user or group (which
+/// clears the request).
+pub fn die_with_parent(parent: u32) -> io::Result<()> {
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+        .map_err(|e| io::Error::from_raw_os_error(e as i32))?;
+    if nix::unistd::getppid().as_raw() as u32 != parent {
+        return Err(io::Error::other("the parent process has ended"));
+    }
+    Ok(())
+}
+
+/// Whether the process runs as root (its effective uid is 0).
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Whether a process that ended with `status` was killed by a seccomp filter (SIGSYS).
+pub fn killed_by_seccomp(status: &std::process::ExitStatus) -> bool {
+    use std::os::unix::process::ExitStatusExt;
+    status.signal() == Some(libc::SIGSYS)
+}
+
+/// Waits for child `pid` to end and reaps it.
+pub fn wait_child(pid: u32) -> io::Result<std::process::ExitStatus> {
+    use std::os::unix::process::ExitStatusExt;
+    let mut status = 0;
+    loop {
+        // SAFETY: waitpid writes the status into `status`, valid for the call.
+        let rc = unsafe { libc::waitpid(pid as libc::pid_t, &mut status, 0) };
+        if rc >= 0 {
+            return Ok(std::process::ExitStatus::from_raw(status));
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
         }
     }
 }
@@ -148,5 +225,12 @@ mod tests {
         assert!(child.wait().unwrap().success());
         let (msg, _) = a.recv().unwrap().unwrap();
         assert_eq!(msg, b"hello-from-3\n");
+    }
+
+    #[test]
+    fn a_process_of_several_threads_is_not_forked() {
+        // The test harness runs this in a thread of its own, besides the main one.
+        let e = fork_alone().unwrap_err();
+        assert!(e.to_string().contains("threads"), "{e}");
     }
 }

@@ -147,6 +147,21 @@ impl Sandbox {
     }
 }
 
+/// What a process that is not root can do to confine itself, where it cannot make namespaces
+/// or change user: drop every capability it has (ambient, effective, permitted, inheritable;
+/// the bounding set too if it may), `no_new_privs`, not dumpable, and Landlock forbidding
+/// file-system access by path. (Seccomp filters follow, per thread.)
+pub fn confine_unprivileged() -> Result<(), SandboxError> {
+    // Emptying the bounding set needs CAP_SETPCAP, which a process that is not root rarely
+    // has; the capabilities it holds go below all the same, and no_new_privs keeps any from
+    // coming back through exec.
+    let _ = drop_capability_bounding_set();
+    drop_capabilities()?;
+    nix::sys::prctl::set_no_new_privs().map_err(step("setting no_new_privs"))?;
+    nix::sys::prctl::set_dumpable(false).map_err(step("making it not dumpable"))?;
+    restrict_paths()
+}
+
 /// Bind-mounts the directory held by `fd` at the same path under the new root.
 fn bind_into(dir: &Path, fd: &OwnedFd) -> Result<(), SandboxError> {
     let relative = dir.strip_prefix("/").unwrap_or(dir);
@@ -163,6 +178,54 @@ fn bind_into(dir: &Path, fd: &OwnedFd) -> Result<(), SandboxError> {
         none,
     )
     .map_err(step(format!("showing {} inside", dir.display())))
+}
+
+/// Clears the ambient set and empties the effective, permitted and inheritable sets (always
+/// allowed: a process may only ever lower them).
+fn drop_capabilities() -> Result<(), SandboxError> {
+    // SAFETY: PR_CAP_AMBIENT_CLEAR_ALL takes no pointers.
+    let rc = unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        )
+    };
+    if rc != 0 {
+        return Err(io_step("clearing its ambient capabilities")(
+            io::Error::last_os_error(),
+        ));
+    }
+    /// `_LINUX_CAPABILITY_VERSION_3`: two 32-bit words per set.
+    const VERSION_3: u32 = 0x2008_0522;
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: libc::c_int,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    let header = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let data = [Data::default(); 2];
+    // SAFETY: capset reads a header and two data words, both valid for the call; pid 0 is
+    // the calling thread.
+    let rc = unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) };
+    if rc != 0 {
+        return Err(io_step("dropping its capabilities")(
+            io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
 }
 
 /// Empties the capability bounding set, so no capability can ever be gained back.

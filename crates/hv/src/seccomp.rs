@@ -162,6 +162,9 @@ const CONTROL: &[libc::c_long] = &[
     libc::SYS_clone3,
     libc::SYS_tgkill,
     libc::SYS_mincore,
+    // `vessel run`'s domain waits for SIGTERM and SIGINT on a thread (to press the power
+    // button); waiting takes nothing but a blocked signal.
+    libc::SYS_rt_sigtimedwait,
 ];
 
 fn ioctls(requests: &[u64]) -> Result<Vec<SeccompRule>, String> {

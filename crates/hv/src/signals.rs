@@ -58,12 +58,19 @@ impl TerminationSignals {
     /// Waits for the next termination signal, at most `timeout` (`None`: without limit).
     /// Returns `None` when the time is up. Only meaningful in a thread that has them blocked.
     pub fn wait(&self, timeout: Option<Duration>) -> io::Result<Option<TerminationSignal>> {
+        Ok(self.wait_received(timeout)?.map(|r| r.signal))
+    }
+
+    /// [`TerminationSignals::wait`], also telling where the signal came from.
+    pub fn wait_received(&self, timeout: Option<Duration>) -> io::Result<Option<Received>> {
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
+            // SAFETY: siginfo_t is plain data, filled by the kernel on success.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
             let rc = match deadline {
                 None => {
-                    // SAFETY: `self.set` is initialised; a null siginfo pointer is allowed.
-                    unsafe { libc::sigwaitinfo(&self.set, std::ptr::null_mut()) }
+                    // SAFETY: `self.set` is initialised; `info` is a valid siginfo_t.
+                    unsafe { libc::sigwaitinfo(&self.set, &mut info) }
                 }
                 Some(deadline) => {
                     let left = deadline.saturating_duration_since(Instant::now());
@@ -71,14 +78,14 @@ impl TerminationSignals {
                         tv_sec: left.as_secs().min(i64::MAX as u64) as libc::time_t,
                         tv_nsec: left.subsec_nanos().into(),
                     };
-                    // SAFETY: `self.set` and `ts` are initialised; a null siginfo is allowed.
-                    unsafe { libc::sigtimedwait(&self.set, std::ptr::null_mut(), &ts) }
+                    // SAFETY: `self.set`, `info` and `ts` are valid for the call.
+                    unsafe { libc::sigtimedwait(&self.set, &mut info, &ts) }
                 }
             };
-            match rc {
-                libc::SIGTERM => return Ok(Some(TerminationSignal::Term)),
-                libc::SIGINT => return Ok(Some(TerminationSignal::Int)),
-                libc::SIGQUIT => return Ok(Some(TerminationSignal::Quit)),
+            let signal = match rc {
+                libc::SIGTERM => TerminationSignal::Term,
+                libc::SIGINT => TerminationSignal::Int,
+                libc::SIGQUIT => TerminationSignal::Quit,
                 _ => {
                     let err = io::Error::last_os_error();
                     match err.raw_os_error() {
@@ -88,7 +95,33 @@ impl TerminationSignals {
                         _ => return Err(err),
                     }
                 }
-            }
+            };
+            return Ok(Some(Received {
+                signal,
+                // The kernel's own (a terminal's Ctrl-C) are SI_KERNEL; kill(2), sigqueue(3)
+                // and tgkill(2) give zero or less.
+                from_process: info.si_code <= 0,
+            }));
+        }
+    }
+}
+
+/// A termination signal taken by [`TerminationSignals::wait_received`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Received {
+    /// Which.
+    pub signal: TerminationSignal,
+    /// Whether a process sent it (`kill`), rather than the kernel (a terminal's keys).
+    pub from_process: bool,
+}
+
+impl TerminationSignal {
+    /// Its number.
+    pub fn number(self) -> libc::c_int {
+        match self {
+            TerminationSignal::Term => libc::SIGTERM,
+            TerminationSignal::Int => libc::SIGINT,
+            TerminationSignal::Quit => libc::SIGQUIT,
         }
     }
 }
@@ -125,7 +158,9 @@ mod tests {
             unsafe {
                 libc::pthread_kill(libc::pthread_self(), libc::SIGINT);
             }
-            assert_eq!(signals.wait(None).unwrap(), Some(TerminationSignal::Int));
+            let got = signals.wait_received(None).unwrap().unwrap();
+            assert_eq!(got.signal, TerminationSignal::Int);
+            assert!(got.from_process, "pthread_kill is a process's signal");
         })
         .join()
         .unwrap();

@@ -13,22 +13,8 @@ mod common;
 use std::time::Duration;
 
 use common::daemon::{last_tick, mini, tmpdir, wait_for, TestDaemon};
-use common::{mini_kernel, require_kvm};
+use common::{alive, mini_kernel, proc_status, require_kvm};
 use serde_json::{json, Value};
-
-/// The value of `key` in `/proc/PID/status`.
-fn proc_status(pid: u32, key: &str) -> Option<String> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .map(|v| v.trim_start_matches(':').trim().to_string())
-}
-
-/// Whether process `pid` is alive (and not a zombie).
-fn alive(pid: u32) -> bool {
-    proc_status(pid, "State").is_some_and(|s| !s.starts_with('Z'))
-}
 
 fn ticking(d: &TestDaemon, name: &str) -> u64 {
     let before = last_tick(&d.console(name));

@@ -1,7 +1,7 @@
-//! A domain: check its specification against this host, build a machine (memory, kernel,
-//! devices, vCPUs), run it until it stops, and boot it again when the guest reboots and the
-//! policy says so. The host's side of a specification is here too: its RAM, and finding the
-//! format of disks named without one.
+//! A domain's machine: check its specification against this host, build a machine (memory,
+//! kernel, devices, vCPUs) and run it until it stops ([`crate::Instance`] supervises the boots
+//! of a domain's life). The host's side of a specification is here too: its RAM, and finding
+//! the format of disks named without one.
 
 use std::fs::File;
 use std::sync::{Arc, Mutex};
@@ -17,14 +17,13 @@ use devices::InterruptLine;
 use hv::{EventFd, GuestMemory, Hypervisor, KvmFlavour};
 
 use crate::boot::{self, Initrd};
-use crate::console::{ConsoleInput, ConsoleSink, SinkWriter};
+use crate::console::{ConsoleSink, SinkWriter};
 use crate::control::{Control, MachineEvent, PowerButton, StopReason};
 use crate::error::DomainError;
 use crate::kernel::{self, KernelKind};
 use crate::layout::{self, ACPI_START, POWER_BUTTON_GSI};
 use crate::resources::Resources;
-use crate::run_handle::RunHandle;
-use crate::spec::{DomainSpec, OnReboot};
+use crate::spec::DomainSpec;
 use crate::stats::{MachineCounters, VcpuCounters};
 use crate::vcpu::VcpuRunner;
 use crate::{acpi, cpuid, virtio};
@@ -36,8 +35,19 @@ pub enum Outcome {
     PoweredOff,
     /// The guest rebooted and the policy was [`OnReboot::Exit`].
     Rebooted,
-    /// It was stopped at once through [`RunHandle::destroy`].
+    /// It was stopped at once (destroyed).
     Destroyed,
+}
+
+impl Outcome {
+    /// What happened, as the control plane reports it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Outcome::PoweredOff => "the guest powered off",
+            Outcome::Rebooted => "the guest rebooted",
+            Outcome::Destroyed => "destroyed",
+        }
+    }
 }
 
 /// Checks a specification against this host before anything is built: first
@@ -426,56 +436,4 @@ fn load_initrd(
             hv::LoadError::Range(r) => DomainError::Initrd(r.to_string()),
         })?;
     Ok(Initrd { addr, size })
-}
-
-/// Runs a domain in the calling thread until it powers off (or reboots with
-/// [`OnReboot::Exit`]). Guest console output goes to `sink`; `input` feeds its console.
-pub fn run(
-    cfg: &DomainSpec,
-    sink: ConsoleSink,
-    input: &ConsoleInput,
-) -> Result<Outcome, DomainError> {
-    run_with(cfg, sink, input, &RunHandle::default())
-}
-
-/// [`run`], with `handle` acting on the domain from other threads (its power button, a
-/// destroy), whichever machine it runs.
-pub fn run_with(
-    cfg: &DomainSpec,
-    sink: ConsoleSink,
-    input: &ConsoleInput,
-    handle: &RunHandle,
-) -> Result<Outcome, DomainError> {
-    let hv = Hypervisor::open()?;
-    validate(cfg, &hv)?;
-    let res = Resources::open(cfg, None)?;
-    run_resources(cfg, &hv, &res, sink, input, handle)
-}
-
-/// Runs a domain on resources already opened (`hv` on their `/dev/kvm`).
-pub fn run_resources(
-    cfg: &DomainSpec,
-    hv: &Hypervisor,
-    res: &Resources,
-    sink: ConsoleSink,
-    input: &ConsoleInput,
-    handle: &RunHandle,
-) -> Result<Outcome, DomainError> {
-    loop {
-        let machine = Machine::build(hv, cfg, res, &sink)?;
-        if !handle.attach(&machine.view()) {
-            return Ok(Outcome::Destroyed);
-        }
-        input.attach(machine.serial.clone());
-        let reason = machine.run(&|_| {});
-        input.detach();
-        handle.detach();
-        match reason? {
-            StopReason::PowerOff => return Ok(Outcome::PoweredOff),
-            StopReason::Reset if cfg.on_reboot == OnReboot::Exit => return Ok(Outcome::Rebooted),
-            StopReason::Reset => eprintln!("vessel: guest rebooted; starting it again"),
-            StopReason::Crash(msg) => return Err(DomainError::Crashed(msg)),
-            StopReason::Destroyed => return Ok(Outcome::Destroyed),
-        }
-    }
 }

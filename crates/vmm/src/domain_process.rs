@@ -303,11 +303,7 @@ fn answer(call: Call, fds: Vec<std::os::fd::OwnedFd>, instance: &Arc<Instance>, 
         }
         Request::ForbiddenCall { thread } => {
             reply(peer, id, Ok(None));
-            crate::confinement::request_forbidden_call(match thread {
-                ThreadKind::Vcpu => hv::seccomp::ThreadKind::Vcpu,
-                ThreadKind::Io => hv::seccomp::ThreadKind::Io,
-                ThreadKind::Control => hv::seccomp::ThreadKind::Control,
-            });
+            crate::confinement::request_forbidden_call(thread.into());
             if thread == ThreadKind::Vcpu {
                 // A guest that never leaves KVM_RUN on its own (a queue notified through an
                 // ioeventfd) is kicked out by a pause: its vCPUs see the request first.

@@ -18,7 +18,7 @@ use hv::Hypervisor;
 
 use crate::console::{ConsoleInput, ConsoleSink};
 use crate::control::StopReason;
-use crate::domain::{check_vcpus, Machine, MachineView};
+use crate::domain::{check_vcpus, Machine, MachineView, Outcome};
 use crate::error::DomainError;
 use crate::resources::Resources;
 use crate::spec::{DomainSpec, OnReboot};
@@ -63,6 +63,8 @@ pub struct Status {
     pub boots: u32,
     /// Why it stopped or crashed, once it has.
     pub message: Option<String>,
+    /// How it ended, once it has stopped without crashing.
+    pub outcome: Option<Outcome>,
     /// When the current machine started.
     pub since: Instant,
     /// Counts the changes of this status: a later report of it has a larger version.
@@ -141,6 +143,7 @@ impl Instance {
                     state: RunState::Running,
                     boots: 1,
                     message: None,
+                    outcome: None,
                     since: Instant::now(),
                     version: 0,
                 },
@@ -159,17 +162,22 @@ impl Instance {
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
                     supervise(&s2, hv, cfg, res, sink, first)
                 }));
-                let (state, message) = match result {
-                    Ok(end) => end,
-                    Err(_) => (
-                        RunState::Crashed,
-                        "internal error: the domain's supervisor panicked".to_string(),
-                    ),
-                };
+                let ending = result.unwrap_or_else(|_| {
+                    Err("internal error: the domain's supervisor panicked".to_string())
+                });
                 s.set(|i| {
                     i.machine = None;
-                    i.status.state = state;
-                    i.status.message = Some(message);
+                    match ending {
+                        Ok(outcome) => {
+                            i.status.state = RunState::Shutoff;
+                            i.status.message = Some(outcome.describe().to_string());
+                            i.status.outcome = Some(outcome);
+                        }
+                        Err(crash) => {
+                            i.status.state = RunState::Crashed;
+                            i.status.message = Some(crash);
+                        }
+                    }
                 });
                 on_stop(&s.lock().status);
             })
@@ -364,7 +372,8 @@ impl Drop for Instance {
     }
 }
 
-/// The supervisor: runs machines until the domain stops for good; returns its final state.
+/// The supervisor: runs machines until the domain stops for good; returns how it ended, or
+/// why it crashed.
 fn supervise(
     shared: &Arc<Shared>,
     hv: Hypervisor,
@@ -372,7 +381,7 @@ fn supervise(
     res: Arc<Mutex<Resources>>,
     sink: ConsoleSink,
     first: Machine,
-) -> (RunState, String) {
+) -> Result<Outcome, String> {
     let mut next = Some(first);
     loop {
         let machine = match next.take() {
@@ -384,14 +393,14 @@ fn supervise(
                 &sink,
             ) {
                 Ok(m) => m,
-                Err(e) => return (RunState::Crashed, format!("rebuilding after a reboot: {e}")),
+                Err(e) => return Err(format!("rebuilding after a reboot: {e}")),
             },
         };
         let view = machine.view();
         {
             let mut inner = shared.lock();
             if shared.destroy_wanted.load(Ordering::SeqCst) {
-                return (RunState::Shutoff, "destroyed".into());
+                return Ok(Outcome::Destroyed);
             }
             if inner.machine.is_none() {
                 inner.status.boots += 1;
@@ -420,11 +429,11 @@ fn supervise(
             Ok(StopReason::Reset) if reset_wanted || cfg.on_reboot == OnReboot::Restart => {
                 shared.set(|i| i.machine = None);
             }
-            Ok(StopReason::Reset) => return (RunState::Shutoff, "the guest rebooted".into()),
-            Ok(StopReason::PowerOff) => return (RunState::Shutoff, "the guest powered off".into()),
-            Ok(StopReason::Destroyed) => return (RunState::Shutoff, "destroyed".into()),
-            Ok(StopReason::Crash(msg)) => return (RunState::Crashed, msg),
-            Err(e) => return (RunState::Crashed, e.to_string()),
+            Ok(StopReason::Reset) => return Ok(Outcome::Rebooted),
+            Ok(StopReason::PowerOff) => return Ok(Outcome::PoweredOff),
+            Ok(StopReason::Destroyed) => return Ok(Outcome::Destroyed),
+            Ok(StopReason::Crash(msg)) => return Err(msg),
+            Err(e) => return Err(e.to_string()),
         }
     }
 }

@@ -20,7 +20,6 @@ pub mod kernel;
 pub mod layout;
 pub mod net;
 pub mod resources;
-pub mod run_handle;
 pub mod spec;
 pub mod stats;
 pub mod vcpu;
@@ -31,10 +30,7 @@ pub use console::{ConsoleInput, ConsoleLog, ConsoleSink};
 pub use control::PowerButton;
 /// Disk image formats (raw, qcow2), for `vessel image`.
 pub use devices::image;
-pub use domain::{
-    check_host_memory, pin_disk_formats, run, run_resources, run_with, validate, Outcome,
-};
+pub use domain::{check_host_memory, pin_disk_formats, validate, Outcome};
 pub use error::DomainError;
 pub use instance::{Instance, RunState, Status};
-pub use run_handle::RunHandle;
 pub use spec::{parse_size, DiskSpec, DomainSpec, NetBackendSpec, NetSpec, OnReboot, SpecError};

@@ -310,6 +310,17 @@ impl Resources {
         })
     }
 
+    /// Leaves the socket files this side's binds created to whoever else holds them: dropping
+    /// these resources then removes nothing. (`vessel run`'s confined child, which could not
+    /// remove them, while its parent can.)
+    pub fn leave_socket_files(&mut self) {
+        for net in &mut self.nets {
+            if let NetResource::Socket { created, .. } = net {
+                *created = None;
+            }
+        }
+    }
+
     /// The directories a confined process must still see: those holding the peers of its
     /// socket links (a datagram is addressed by path).
     pub fn socket_dirs(&self) -> Vec<PathBuf> {

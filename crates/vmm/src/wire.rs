@@ -38,6 +38,7 @@ pub struct Confinement {
 
 /// A thread kind of a domain process, as seccomp filters see them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "snake_case")]
 pub enum ThreadKind {
     /// Runs a vCPU (KVM_RUN, port and MMIO exits on the buses).
@@ -46,6 +47,16 @@ pub enum ThreadKind {
     Io,
     /// Talks to the control plane, builds machines, supervises.
     Control,
+}
+
+impl From<ThreadKind> for hv::seccomp::ThreadKind {
+    fn from(kind: ThreadKind) -> Self {
+        match kind {
+            ThreadKind::Vcpu => hv::seccomp::ThreadKind::Vcpu,
+            ThreadKind::Io => hv::seccomp::ThreadKind::Io,
+            ThreadKind::Control => hv::seccomp::ThreadKind::Control,
+        }
+    }
 }
 
 /// What the control plane asks.

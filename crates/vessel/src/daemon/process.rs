@@ -91,6 +91,7 @@ fn status_of(r: &StatusReport) -> Status {
         state,
         boots: r.boots,
         message: r.message.clone(),
+        outcome: None,
         since: Instant::now()
             .checked_sub(uptime)
             .unwrap_or_else(Instant::now),

@@ -235,6 +235,29 @@ pub fn vessel_run(args: &[&str], timeout: Duration) -> Finished {
     run_command(cmd, timeout, None)
 }
 
+/// The value of `key` in `/proc/PID/status`.
+pub fn proc_status(pid: u32, key: &str) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .map(|v| v.trim_start_matches(':').trim().to_string())
+}
+
+/// Whether process `pid` is alive (and not a zombie).
+pub fn alive(pid: u32) -> bool {
+    proc_status(pid, "State").is_some_and(|s| !s.starts_with('Z'))
+}
+
+/// The children of process `pid`.
+pub fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
 /// Sends `signal` (a name such as `TERM`) to process `pid` with kill(1).
 pub fn send_signal(pid: u32, signal: &str) {
     let status = Command::new("kill")
