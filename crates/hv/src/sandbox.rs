@@ -54,8 +54,33 @@ pub struct Sandbox {
     pub binds: Vec<PathBuf>,
 }
 
-/// Where the new root is assembled (inside the new mount namespace only).
-const STAGE: &str = "/tmp";
+/// Where the new root may be assembled (inside the new mount namespace only): the first of
+/// these that exists and is neither inside nor above a directory to show inside (a tmpfs
+/// mounted there would hide it).
+const STAGES: &[&str] = &[
+    "/tmp", "/mnt", "/run", "/var/tmp", "/dev/shm", "/media", "/srv",
+];
+
+/// A directory to assemble the new root in, away from every one of `binds`.
+fn stage_for(binds: &[PathBuf]) -> Result<&'static str, SandboxError> {
+    STAGES
+        .iter()
+        .copied()
+        .find(|stage| {
+            let stage = Path::new(stage);
+            stage.is_dir()
+                && binds
+                    .iter()
+                    .all(|b| !b.starts_with(stage) && !stage.starts_with(b))
+        })
+        .ok_or_else(|| SandboxError {
+            what: "finding a directory to assemble its root in".into(),
+            source: io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("each of {STAGES:?} is missing or holds a socket link's directory"),
+            ),
+        })
+}
 
 impl Sandbox {
     /// Confines the calling process (see the module's doc). Call it with one thread.
@@ -88,20 +113,21 @@ impl Sandbox {
             binds.push((dir.clone(), fd));
         }
 
+        let stage = stage_for(&self.binds)?;
         mount(
             Some("tmpfs"),
-            STAGE,
+            stage,
             Some("tmpfs"),
             MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
             Some("size=64k,mode=0755"),
         )
         .map_err(step("mounting its empty root"))?;
         for (dir, fd) in &binds {
-            bind_into(dir, fd)?;
+            bind_into(stage, dir, fd)?;
         }
-        let old = Path::new(STAGE).join("oldroot");
+        let old = Path::new(stage).join("oldroot");
         std::fs::create_dir(&old).map_err(io_step("making the old root's mount point"))?;
-        match pivot_root(STAGE, &old) {
+        match pivot_root(stage, &old) {
             Ok(()) => {
                 chdir("/").map_err(step("entering its root"))?;
                 umount2("/oldroot", MntFlags::MNT_DETACH)
@@ -115,7 +141,7 @@ impl Sandbox {
             Err(nix::Error::EINVAL) => {
                 std::fs::remove_dir(&old)
                     .map_err(io_step("removing the old root's mount point"))?;
-                chdir(STAGE).map_err(step("entering its new root"))?;
+                chdir(stage).map_err(step("entering its new root"))?;
                 mount(Some("."), "/", none, MsFlags::MS_MOVE, none)
                     .map_err(step("moving its new root over the initramfs"))?;
                 nix::unistd::chroot(".").map_err(step("entering its new root"))?;
@@ -162,10 +188,11 @@ pub fn confine_unprivileged() -> Result<(), SandboxError> {
     restrict_paths()
 }
 
-/// Bind-mounts the directory held by `fd` at the same path under the new root.
-fn bind_into(dir: &Path, fd: &OwnedFd) -> Result<(), SandboxError> {
+/// Bind-mounts the directory held by `fd` at the same path under the new root, being
+/// assembled at `stage`.
+fn bind_into(stage: &str, dir: &Path, fd: &OwnedFd) -> Result<(), SandboxError> {
     let relative = dir.strip_prefix("/").unwrap_or(dir);
-    let target = Path::new(STAGE).join(relative);
+    let target = Path::new(stage).join(relative);
     std::fs::create_dir_all(&target)
         .map_err(io_step(format!("making {} inside", dir.display())))?;
     let source = format!("/proc/self/fd/{}", fd.as_raw_fd());
@@ -315,6 +342,19 @@ mod tests {
         // Descriptors opened before still work.
         assert!(kept.metadata().is_ok());
         println!("CHILD-OK");
+    }
+
+    #[test]
+    fn the_root_is_assembled_away_from_the_directories_shown_inside() {
+        let at = |binds: &[&str]| {
+            stage_for(&binds.iter().map(PathBuf::from).collect::<Vec<_>>()).map(str::to_string)
+        };
+        assert_eq!(at(&[]).unwrap(), "/tmp");
+        // /tmp itself, or anything under it, would be hidden by a tmpfs mounted there.
+        assert_ne!(at(&["/tmp"]).unwrap(), "/tmp");
+        assert_ne!(at(&["/tmp/links"]).unwrap(), "/tmp");
+        // A directory above every candidate leaves none.
+        assert!(at(&["/"]).is_err());
     }
 
     #[test]

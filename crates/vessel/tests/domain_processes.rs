@@ -432,3 +432,48 @@ fn a_paused_domain_makes_no_device_progress() {
     );
     d.ok("POST", "/v1/domains/hq/destroy", None);
 }
+
+/// Two confined domains linked by sockets right in /tmp (the first place the sandbox would
+/// assemble a root in, which must not hide them): the frames one sends reach the other.
+#[test]
+fn confined_domains_reach_each_other_through_socket_links_in_tmp() {
+    require_kvm();
+    let d = TestDaemon::start(&tmpdir("socket-links"));
+    let tag = std::process::id();
+    let path = |n: &str| std::env::temp_dir().join(format!("vessel-test-{n}-{tag}.sock"));
+    let (a, b) = (path("a"), path("b"));
+    let def = |name: &str, scenario: &str, own: &std::path::Path, peer: &std::path::Path| {
+        json!({
+            "name": name,
+            "kernel": mini_kernel(),
+            "cmdline": scenario,
+            "memory": "16M",
+            "net": [format!("socket={},peer={}", own.display(), peer.display())],
+        })
+        .to_string()
+    };
+    let started = std::time::Instant::now();
+    d.ok("POST", "/v1/domains", Some(&def("b", "tick", &b, &a)));
+    d.ok("POST", "/v1/domains", Some(&def("a", "hammer", &a, &b)));
+    let counter = |name: &str, key: &str| {
+        let info = d.ok("GET", &format!("/v1/domains/{name}"), None);
+        info["devices"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|dev| dev["kind"] == "net")
+            .map(|dev| dev["counters"][key].as_u64().unwrap_or(0))
+            .sum::<u64>()
+    };
+    wait_for("b to take frames from a", Duration::from_secs(20), || {
+        counter("b", "rx_pending") > 0
+    });
+    assert!(counter("a", "tx_frames") > 0);
+    eprintln!(
+        "socket links: frames through after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    d.ok("POST", "/v1/domains/a/destroy", None);
+    d.ok("POST", "/v1/domains/b/destroy", None);
+    assert!(!a.exists() && !b.exists(), "the socket files stay");
+}
