@@ -7,7 +7,6 @@
 
 mod client;
 mod daemon;
-mod def;
 mod image;
 mod logging;
 mod netcli;
