@@ -279,6 +279,79 @@ mod tests {
         assert_eq!(find("GET", "/v2/domains").err(), Some(404));
     }
 
+    /// Each kind of control-plane error gets its status, and its message as the body's
+    /// `error`.
+    #[test]
+    fn each_control_error_has_its_status() {
+        use control::StartError;
+        use vmm::DomainError;
+        let name = || "web".to_string();
+        for (error, status) in [
+            (ControlError::NoSuchDomain(name()), 404),
+            (ControlError::NoSuchRule(vswitch::RuleId(1)), 404),
+            (ControlError::HooksOff, 404),
+            (ControlError::Invalid("bad".into()), 400),
+            (
+                ControlError::CannotStart {
+                    name: name(),
+                    cause: StartError::Domain(DomainError::Config("no kernel".into())),
+                },
+                400,
+            ),
+            (ControlError::Exists(name()), 409),
+            (
+                ControlError::Unloaded {
+                    file: "f".into(),
+                    why: "w".into(),
+                },
+                409,
+            ),
+            (ControlError::Active(name()), 409),
+            (ControlError::AlreadyRunning(name()), 409),
+            (
+                ControlError::NotActive {
+                    name: name(),
+                    state: vmm::RunState::Crashed,
+                },
+                409,
+            ),
+            (
+                ControlError::Refused {
+                    name: name(),
+                    why: "no".into(),
+                },
+                409,
+            ),
+            (
+                ControlError::Timeout {
+                    name: name(),
+                    waited: Duration::from_secs(1),
+                },
+                409,
+            ),
+            (
+                ControlError::CannotStart {
+                    name: name(),
+                    cause: StartError::Process("cannot bind".into()),
+                },
+                500,
+            ),
+            (
+                ControlError::CannotStart {
+                    name: name(),
+                    cause: StartError::Domain(DomainError::Crashed("x".into())),
+                },
+                500,
+            ),
+            (ControlError::Internal("disk full".into()), 500),
+        ] {
+            let resp = error_response(&error);
+            assert_eq!(resp.status, status, "{error}");
+            let body: Value = serde_json::from_slice(&resp.body).unwrap();
+            assert_eq!(body, json!({ "error": error.to_string() }));
+        }
+    }
+
     /// docs/api.md's OpenAPI document describes exactly the routes served.
     #[test]
     fn the_api_document_matches_the_routes() {
