@@ -14,8 +14,8 @@ use serde_json::Value;
 
 use vmm::DomainSpec;
 
-use crate::def::{spec_from_json, DomainDef};
 use crate::http;
+use control::{spec_from_json, DomainDef};
 
 /// The console's detach key: Ctrl-] (as virsh).
 const DETACH: u8 = 0x1d;

@@ -7,7 +7,6 @@
 
 mod client;
 mod daemon;
-mod def;
 mod image;
 mod logging;
 mod netcli;
@@ -62,7 +61,7 @@ enum Command {
     #[command(flatten)]
     Domain(client::DomainVerb),
     /// A domain process (started by the daemon, which hands it its channel as descriptor 3).
-    #[command(name = "domain", hide = true)]
+    #[command(name = control::DOMAIN_VERB, hide = true)]
     DomainProcess,
     /// One raw API call: prints the answer's body; exit status 1 unless it is 2xx (for
     /// scripts; the verbs above are friendlier).

@@ -1,21 +1,18 @@
-//! The daemon's HTTP/JSON API, version 1: the route table and its handlers.
+//! The daemon's HTTP/JSON API, version 1: the route table, and handlers that only map a
+//! request to an action of the control plane ([`ControlPlane`]) and its answer to a response:
+//! the action's report rendered as JSON, or its [`ControlError`] as a status and
+//! `{"error": "..."}` ([`error_response`], the one place statuses are chosen for errors).
 //!
 //! Every route is in [`ROUTES`] (docs/api.md describes the same set, and a test checks the two
-//! agree). Handlers answer 4xx with `{"error": "..."}` for anything the client got wrong:
-//! malformed JSON, unknown fields, unknown domains, duplicate names, and transitions the state
-//! machine forbids (pausing a paused domain, unpausing a running one).
+//! agree). Anything the client got wrong (malformed JSON, unknown fields, unknown domains,
+//! duplicate names, transitions the state machine forbids) is a 4xx.
 
-use std::sync::Arc;
 use std::time::Duration;
 
+use control::{ControlError, ControlPlane, DomainDef};
 use serde_json::{json, Value};
-use vmm::DomainError;
 
-use super::net;
-use super::process::DomainProcess;
-use super::registry::{EntryView, RegistryError};
-use super::Daemon;
-use crate::def::DomainDef;
+use super::{metrics, net, render};
 use crate::http::{Request, Response};
 
 /// Path parameters of a matched route.
@@ -27,7 +24,10 @@ pub struct Params {
     pub id: String,
 }
 
-type Handler = fn(&Daemon, &Params, &Request) -> Response;
+/// A handler: the response to a request, or the control plane's error.
+pub type Answer = Result<Response, ControlError>;
+
+type Handler = fn(&ControlPlane, &Params, &Request) -> Answer;
 
 /// One route.
 pub struct Route {
@@ -106,9 +106,11 @@ fn matches(pattern: &str, path: &str) -> Option<Params> {
 }
 
 /// Serves one request.
-pub fn handle(daemon: &Daemon, req: &Request) -> Response {
+pub fn handle(plane: &ControlPlane, req: &Request) -> Response {
     match find(&req.method, &req.path) {
-        Ok((route, params)) => (route.handler)(daemon, &params, req),
+        Ok((route, params)) => {
+            (route.handler)(plane, &params, req).unwrap_or_else(|e| error_response(&e))
+        }
         Err(405) => Response::error(
             405,
             &format!("{} is not allowed on {}", req.method, req.path),
@@ -117,301 +119,149 @@ pub fn handle(daemon: &Daemon, req: &Request) -> Response {
     }
 }
 
-/// The answer to a registry error.
-pub fn registry_error_response(e: RegistryError) -> Response {
-    match e {
-        RegistryError::NotFound(name) => Response::error(404, &format!("no domain named '{name}'")),
-        RegistryError::Exists(name) => {
-            Response::error(409, &format!("a domain named '{name}' already exists"))
-        }
-        RegistryError::Active(name) => Response::error(
-            409,
-            &format!("domain '{name}' is running: destroy it first"),
-        ),
-        RegistryError::Unloaded { file, why } => Response::error(
-            409,
-            &format!(
-                "{file} exists but the daemon did not load it ({why}); it is never written \
-                 over: move it away (or fix it and restart the daemon), then create the domain"
-            ),
-        ),
-        RegistryError::Storage(msg) => Response::error(500, &msg),
-    }
+/// The answer to an error of the control plane: its status, and its message as
+/// `{"error": "..."}`.
+///
+/// | error | status |
+/// |---|---|
+/// | `NoSuchDomain`, `NoSuchRule`, `HooksOff` | 404 |
+/// | `Invalid`; `CannotStart` when the definition is why | 400 |
+/// | `Exists`, `Unloaded`, `Active`, `AlreadyRunning`, `NotActive`, `Refused`, `Timeout` | 409 |
+/// | `Internal`; `CannotStart` when the host or a domain process is why | 500 |
+pub fn error_response(e: &ControlError) -> Response {
+    let status = match e {
+        ControlError::NoSuchDomain(_) | ControlError::NoSuchRule(_) | ControlError::HooksOff => 404,
+        ControlError::Invalid(_) => 400,
+        ControlError::CannotStart { cause, .. } if cause.is_the_definitions_fault() => 400,
+        ControlError::Exists(_)
+        | ControlError::Unloaded { .. }
+        | ControlError::Active(_)
+        | ControlError::AlreadyRunning(_)
+        | ControlError::NotActive { .. }
+        | ControlError::Refused { .. }
+        | ControlError::Timeout { .. } => 409,
+        ControlError::CannotStart { .. } | ControlError::Internal(_) => 500,
+    };
+    Response::error(status, &e.to_string())
 }
 
-/// The status for a domain that failed to start.
-pub fn start_error_status(e: &DomainError) -> u16 {
-    match e {
-        DomainError::Spec(_)
-        | DomainError::Config(_)
-        | DomainError::DiskFormat { .. }
-        | DomainError::Kernel(_)
-        | DomainError::Initrd(_)
-        | DomainError::UnsupportedHost(_) => 400,
-        _ => 500,
-    }
-}
-
-fn version(_: &Daemon, _: &Params, _: &Request) -> Response {
-    Response::json(
+fn version(_: &ControlPlane, _: &Params, _: &Request) -> Answer {
+    Ok(Response::json(
         200,
         &json!({ "name": "vessel", "version": env!("CARGO_PKG_VERSION"), "api": "v1" }),
-    )
+    ))
 }
 
-fn list_domains(daemon: &Daemon, _: &Params, _: &Request) -> Response {
-    let list: Vec<Value> = daemon.registry.views().iter().map(summary).collect();
-    Response::json(200, &Value::Array(list))
+fn list_domains(plane: &ControlPlane, _: &Params, _: &Request) -> Answer {
+    let list: Vec<Value> = plane.list().iter().map(render::summary).collect();
+    Ok(Response::json(200, &Value::Array(list)))
 }
 
-/// The `list` view of a domain.
-fn summary(e: &EntryView) -> Value {
-    summary_with(e, &e.instance.as_ref().and_then(|i| i.stats()))
-}
-
-/// The `list` view, with the counters already asked for.
-fn summary_with(e: &EntryView, stats: &Option<vmm::wire::MachineStats>) -> Value {
-    let status = e.status();
-    let cpu_ns: u64 = stats
-        .as_ref()
-        .map(|m| m.vcpus.iter().map(|v| v.cpu_ns).sum())
-        .unwrap_or(0);
-    json!({
-        "id": e.id,
-        "name": e.def.name(),
-        "state": e.state().name(),
-        "vcpus": e.def.spec().vcpus,
-        "memory": vmm::spec::format_size(e.def.spec().memory),
-        "cpu_ns": cpu_ns,
-        "boots": status.as_ref().map_or(0, |s| s.boots),
-        "message": status.and_then(|s| s.message),
-    })
-}
-
-fn create_domain(daemon: &Daemon, _: &Params, req: &Request) -> Response {
-    // Everything that can be checked without the host's files or KVM is, before anything is
-    // stored: a definition that could never start is refused now, not at its first start.
-    let mut def = match DomainDef::from_json(&req.body).and_then(|def| {
-        def.check_to_store()?;
-        Ok(def)
-    }) {
-        Ok(def) => def,
-        Err(msg) => return Response::error(400, &msg),
-    };
-    if let Err(msg) = def.pin_disk_formats() {
-        return Response::error(400, &msg);
-    }
+/// `POST /v1/domains[?start=false]`: the body is a definition; it is started unless `start`
+/// is `false`.
+fn create_domain(plane: &ControlPlane, _: &Params, req: &Request) -> Answer {
+    let def = DomainDef::from_json(&req.body)?;
     let start = match req.query_param("start") {
         None | Some("true") => true,
         Some("false") => false,
         Some(other) => {
-            return Response::error(400, &format!("start must be true or false, not '{other}'"))
+            return Err(ControlError::Invalid(format!(
+                "start must be true or false, not '{other}'"
+            )))
         }
     };
     let name = def.name().to_string();
-    if let Err(resp) = daemon.create(def, start) {
-        return resp;
+    if start {
+        plane.create(def)?;
+    } else {
+        plane.define(def)?;
     }
-    match daemon.registry.view(&name) {
-        Ok(e) => Response::json(201, &info(daemon, &e)),
-        Err(e) => registry_error_response(e),
-    }
+    Ok(Response::json(201, &render::info(&plane.info(&name)?)))
 }
 
-fn get_domain(daemon: &Daemon, p: &Params, _: &Request) -> Response {
-    match daemon.registry.view(&p.name) {
-        Ok(e) => Response::json(200, &info(daemon, &e)),
-        Err(e) => registry_error_response(e),
-    }
+fn get_domain(plane: &ControlPlane, p: &Params, _: &Request) -> Answer {
+    Ok(Response::json(200, &render::info(&plane.info(&p.name)?)))
 }
 
-/// The `info` view of a domain: its definition, state and every counter.
-fn info(daemon: &Daemon, e: &EntryView) -> Value {
-    let stats = e.instance.as_ref().and_then(|i| i.stats());
-    let mut v = summary_with(e, &stats);
-    v["definition"] = serde_json::to_value(&e.def).unwrap_or(Value::Null);
-    if let Some(process) = e.instance.as_ref().filter(|i| i.status().state.is_active()) {
-        v["pid"] = json!(process.pid());
-        let name = e.def.name();
-        if let (Some(path), Some(g)) = (daemon.cgroups.path(name), daemon.cgroups.stats(name)) {
-            v["cgroup"] = json!({
-                "path": path,
-                "cpu_ns": g.cpu_ns,
-                "memory_bytes": g.memory_bytes,
-            });
-        }
-    }
-    if let Some(machine) = stats {
-        let vcpus: Vec<Value> = machine
-            .vcpus
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                let exits: serde_json::Map<String, Value> =
-                    s.exits.iter().map(|(k, n)| (k.clone(), json!(n))).collect();
-                json!({ "vcpu": i, "cpu_ns": s.cpu_ns, "exits": exits })
-            })
-            .collect();
-        v["vcpu_stats"] = Value::Array(vcpus);
-        v["memory_resident_bytes"] = json!(machine.resident_bytes);
-        v["devices"] = Value::Array(device_stats(&machine));
-        if let Some(status) = e.status() {
-            v["uptime_s"] = json!(status.since.elapsed().as_secs_f64());
-        }
-    }
-    v
+fn delete_domain(plane: &ControlPlane, p: &Params, _: &Request) -> Answer {
+    plane.delete(&p.name)?;
+    Ok(Response::json(200, &json!({ "deleted": p.name })))
 }
 
-/// Each virtio device's kind, label and counters, as its domain process reported them.
-pub fn device_stats(machine: &vmm::wire::MachineStats) -> Vec<Value> {
-    machine
-        .devices
-        .iter()
-        .map(|d| {
-            let counters: serde_json::Map<String, Value> = d
-                .counters
-                .iter()
-                .map(|(k, n)| (k.clone(), json!(n)))
-                .collect();
-            json!({ "kind": d.kind, "label": d.label, "counters": counters })
-        })
-        .collect()
+fn start_domain(plane: &ControlPlane, p: &Params, req: &Request) -> Answer {
+    plane.start(&p.name)?;
+    get_domain(plane, p, req)
 }
 
-fn delete_domain(daemon: &Daemon, p: &Params, _: &Request) -> Response {
-    match daemon.registry.undefine_stopped(&p.name) {
-        Ok(()) => Response::json(200, &json!({ "deleted": p.name })),
-        Err(e) => registry_error_response(e),
-    }
+fn pause_domain(plane: &ControlPlane, p: &Params, req: &Request) -> Answer {
+    plane.pause(&p.name)?;
+    get_domain(plane, p, req)
 }
 
-fn start_domain(daemon: &Daemon, p: &Params, _: &Request) -> Response {
-    match daemon.start(&p.name) {
-        Ok(()) => get_domain(daemon, p, &Request::default()),
-        Err(resp) => resp,
-    }
+fn unpause_domain(plane: &ControlPlane, p: &Params, req: &Request) -> Answer {
+    plane.unpause(&p.name)?;
+    get_domain(plane, p, req)
 }
 
-/// The running instance of domain `name`, or the answer when there is none.
-fn active_instance(daemon: &Daemon, name: &str) -> Result<Arc<DomainProcess>, Response> {
-    let instance = daemon
-        .registry
-        .instance(name)
-        .map_err(registry_error_response)?;
-    match instance {
-        Some(i) if i.status().state.is_active() => Ok(i),
-        Some(i) => Err(Response::error(
-            409,
-            &format!("domain '{name}' is {}", i.status().state.name()),
-        )),
-        None => Err(Response::error(409, &format!("domain '{name}' is shutoff"))),
-    }
+fn reboot_domain(plane: &ControlPlane, p: &Params, req: &Request) -> Answer {
+    plane.reboot(&p.name)?;
+    get_domain(plane, p, req)
 }
 
-fn state_answer(daemon: &Daemon, p: &Params, result: Result<(), String>) -> Response {
-    match result {
-        Ok(()) => get_domain(daemon, p, &Request::default()),
-        Err(msg) => Response::error(409, &format!("domain '{}': {msg}", p.name)),
-    }
-}
-
-fn pause_domain(daemon: &Daemon, p: &Params, _: &Request) -> Response {
-    match active_instance(daemon, &p.name) {
-        Ok(i) => state_answer(daemon, p, i.pause()),
-        Err(resp) => resp,
-    }
-}
-
-fn unpause_domain(daemon: &Daemon, p: &Params, _: &Request) -> Response {
-    match active_instance(daemon, &p.name) {
-        Ok(i) => state_answer(daemon, p, i.unpause()),
-        Err(resp) => resp,
-    }
-}
-
-fn reboot_domain(daemon: &Daemon, p: &Params, _: &Request) -> Response {
-    match active_instance(daemon, &p.name) {
-        Ok(i) => state_answer(daemon, p, i.reset()),
-        Err(resp) => resp,
-    }
-}
-
-fn shutdown_domain(daemon: &Daemon, p: &Params, req: &Request) -> Response {
-    let instance = match active_instance(daemon, &p.name) {
-        Ok(i) => i,
-        Err(resp) => return resp,
-    };
-    if let Err(msg) = instance.press_power_button() {
-        return Response::error(409, &format!("domain '{}': {msg}", p.name));
-    }
-    // `?wait=SECONDS`: answer once the guest is off (or say it is not yet).
+/// `?wait=SECONDS`: answer once the guest is off (or say it is not yet).
+fn shutdown_domain(plane: &ControlPlane, p: &Params, req: &Request) -> Answer {
     let wait = match req.query_param("wait").map(str::parse::<u64>) {
         None => 0,
         Some(Ok(s)) if s <= 600 => s,
-        Some(_) => return Response::error(400, "wait must be a number of seconds up to 600"),
+        Some(_) => {
+            return Err(ControlError::Invalid(
+                "wait must be a number of seconds up to 600".into(),
+            ))
+        }
     };
-    if wait > 0 && !instance.wait_stopped(Duration::from_secs(wait)) {
-        return Response::error(
-            409,
-            &format!(
-                "domain '{}' did not power off within {wait} s of the power button",
-                p.name
-            ),
-        );
-    }
-    get_domain(daemon, p, &Request::default())
+    plane.shutdown(&p.name, (wait > 0).then(|| Duration::from_secs(wait)))?;
+    get_domain(plane, p, req)
 }
 
-fn destroy_domain(daemon: &Daemon, p: &Params, _: &Request) -> Response {
-    match active_instance(daemon, &p.name) {
-        Ok(i) => {
-            i.destroy();
-            get_domain(daemon, p, &Request::default())
-        }
-        Err(resp) => resp,
-    }
+fn destroy_domain(plane: &ControlPlane, p: &Params, req: &Request) -> Answer {
+    plane.destroy(&p.name)?;
+    get_domain(plane, p, req)
 }
 
 /// `?thread=vcpu|io|control`: makes a thread of that kind in the domain's process call what
 /// its seccomp filter forbids (the kernel then kills the process). Only with `--debug-hooks`.
-fn debug_forbidden_call(daemon: &Daemon, p: &Params, req: &Request) -> Response {
+fn debug_forbidden_call(plane: &ControlPlane, p: &Params, req: &Request) -> Answer {
     use vmm::wire::ThreadKind;
-    if !daemon.debug_hooks {
-        return Response::error(404, "debugging hooks are off (vessel daemon --debug-hooks)");
-    }
     let thread = match req.query_param("thread") {
         Some("vcpu") => ThreadKind::Vcpu,
         Some("io") => ThreadKind::Io,
         Some("control") => ThreadKind::Control,
-        _ => return Response::error(400, "thread must be vcpu, io or control"),
+        _ => {
+            return Err(ControlError::Invalid(
+                "thread must be vcpu, io or control".into(),
+            ))
+        }
     };
-    match active_instance(daemon, &p.name) {
-        Ok(i) => match i.forbidden_call(thread) {
-            Ok(()) => Response::json(200, &json!({ "asked": p.name })),
-            Err(e) => Response::error(409, &e),
-        },
-        Err(resp) => resp,
-    }
+    plane.forbidden_call(&p.name, thread)?;
+    Ok(Response::json(200, &json!({ "asked": p.name })))
 }
 
-fn console_without_upgrade(daemon: &Daemon, p: &Params, _: &Request) -> Response {
-    // Without `Upgrade: vessel-console`: the kept output, as text.
-    match daemon.registry.with(&p.name, |e| e.console.clone()) {
-        Ok(log) => Response::text(
-            200,
-            "text/plain; charset=utf-8",
-            String::from_utf8_lossy(&log.recent()).into_owned(),
-        ),
-        Err(e) => registry_error_response(e),
-    }
+/// Without `Upgrade: vessel-console`: the kept output, as text.
+fn console_without_upgrade(plane: &ControlPlane, p: &Params, _: &Request) -> Answer {
+    let log = plane.console(&p.name)?;
+    Ok(Response::text(
+        200,
+        "text/plain; charset=utf-8",
+        String::from_utf8_lossy(&log.recent()).into_owned(),
+    ))
 }
 
-fn metrics(daemon: &Daemon, _: &Params, _: &Request) -> Response {
-    Response::text(
+fn metrics(plane: &ControlPlane, _: &Params, _: &Request) -> Answer {
+    Ok(Response::text(
         200,
         "text/plain; version=0.0.4",
-        super::metrics::render(daemon),
-    )
+        metrics::render(plane),
+    ))
 }
 
 #[cfg(test)]
@@ -427,6 +277,79 @@ mod tests {
         assert_eq!(find("PUT", "/v1/domains").err(), Some(405));
         assert_eq!(find("GET", "/v1/domains//pause").err(), Some(404));
         assert_eq!(find("GET", "/v2/domains").err(), Some(404));
+    }
+
+    /// Each kind of control-plane error gets its status, and its message as the body's
+    /// `error`.
+    #[test]
+    fn each_control_error_has_its_status() {
+        use control::StartError;
+        use vmm::DomainError;
+        let name = || "web".to_string();
+        for (error, status) in [
+            (ControlError::NoSuchDomain(name()), 404),
+            (ControlError::NoSuchRule(vswitch::RuleId(1)), 404),
+            (ControlError::HooksOff, 404),
+            (ControlError::Invalid("bad".into()), 400),
+            (
+                ControlError::CannotStart {
+                    name: name(),
+                    cause: StartError::Domain(DomainError::Config("no kernel".into())),
+                },
+                400,
+            ),
+            (ControlError::Exists(name()), 409),
+            (
+                ControlError::Unloaded {
+                    file: "f".into(),
+                    why: "w".into(),
+                },
+                409,
+            ),
+            (ControlError::Active(name()), 409),
+            (ControlError::AlreadyRunning(name()), 409),
+            (
+                ControlError::NotActive {
+                    name: name(),
+                    state: vmm::RunState::Crashed,
+                },
+                409,
+            ),
+            (
+                ControlError::Refused {
+                    name: name(),
+                    why: "no".into(),
+                },
+                409,
+            ),
+            (
+                ControlError::Timeout {
+                    name: name(),
+                    waited: Duration::from_secs(1),
+                },
+                409,
+            ),
+            (
+                ControlError::CannotStart {
+                    name: name(),
+                    cause: StartError::Process("cannot bind".into()),
+                },
+                500,
+            ),
+            (
+                ControlError::CannotStart {
+                    name: name(),
+                    cause: StartError::Domain(DomainError::Crashed("x".into())),
+                },
+                500,
+            ),
+            (ControlError::Internal("disk full".into()), 500),
+        ] {
+            let resp = error_response(&error);
+            assert_eq!(resp.status, status, "{error}");
+            let body: Value = serde_json::from_slice(&resp.body).unwrap();
+            assert_eq!(body, json!({ "error": error.to_string() }));
+        }
     }
 
     /// docs/api.md's OpenAPI document describes exactly the routes served.

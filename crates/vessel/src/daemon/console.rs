@@ -8,8 +8,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use control::ControlPlane;
+
+use super::api;
 use super::deadline::DeadlineStream;
-use super::{api, Daemon};
 use crate::http::{self, Request};
 
 /// The protocol name in `Upgrade`.
@@ -27,7 +29,7 @@ pub fn wants_upgrade(req: &Request) -> bool {
 /// Serves the console stream of the domain `req` names until the client goes away. The
 /// caller has lifted the connection's deadlines.
 pub fn serve(
-    daemon: &Daemon,
+    plane: &ControlPlane,
     req: &Request,
     mut reader: BufReader<DeadlineStream>,
     mut writer: DeadlineStream,
@@ -36,10 +38,10 @@ pub fn serve(
         return;
     };
     let name = params.name;
-    let log = match daemon.registry.with(&name, |e| e.console.clone()) {
+    let log = match plane.console(&name) {
         Ok(log) => log,
         Err(e) => {
-            let _ = http::write_response(&mut writer, &api::registry_error_response(e), true);
+            let _ = http::write_response(&mut writer, &api::error_response(&e), true);
             return;
         }
     };
@@ -89,11 +91,7 @@ pub fn serve(
                 }
             }
         };
-        if let Ok(Some(instance)) = daemon.registry.instance(&name) {
-            if instance.status().state.is_active() {
-                instance.console_input(&buf[..n]);
-            }
-        }
+        plane.console_input(&name, &buf[..n]);
     }
     done.store(true, Ordering::SeqCst);
     let _ = reader

@@ -1,13 +1,14 @@
-//! `GET /metrics`: every domain's counters in the Prometheus text format (version 0.0.4).
+//! `GET /metrics`: the control plane's figures rendered in the Prometheus text format (version
+//! 0.0.4).
 //!
 //! Per domain: state, CPU time, memory resident; per vCPU: CPU time and exits by reason; per
-//! virtio device: each counter it keeps (bytes and operations in each direction, drops).
+//! virtio device: each counter it keeps (bytes and operations in each direction, drops); per
+//! switch port and rule, their counters; the daemon's uptime.
 
 use std::fmt::Write;
 
+use control::ControlPlane;
 use vmm::RunState;
-
-use super::Daemon;
 
 /// Escapes a label value (backslash, double quote, newline).
 fn label(value: &str) -> String {
@@ -18,7 +19,7 @@ fn label(value: &str) -> String {
 }
 
 /// The whole exposition.
-pub fn render(daemon: &Daemon) -> String {
+pub fn render(plane: &ControlPlane) -> String {
     let mut families: Vec<(&str, &str, &str, Vec<String>)> = vec![
         (
             "vessel_domain_up",
@@ -63,16 +64,15 @@ pub fn render(daemon: &Daemon) -> String {
             vec![],
         ),
     ];
-    // A copy of the registry, taken under its lock; everything slow happens after.
-    let rows = daemon.registry.views().into_iter().map(|e| {
+    let rows = plane.list().into_iter().map(|e| {
         let name = label(e.def.name());
         let state = e.state();
         let mut rows: Vec<(usize, String)> = vec![
             (0, format!("{{domain=\"{name}\"}} {}", u8::from(state.is_active()))),
             (1, format!("{{domain=\"{name}\"}} {}", u8::from(state == RunState::Paused))),
-            (2, format!("{{domain=\"{name}\"}} {}", e.status().map_or(0, |s| s.boots))),
+            (2, format!("{{domain=\"{name}\"}} {}", e.status.as_ref().map_or(0, |s| s.boots))),
         ];
-        if let Some(m) = e.instance.as_ref().and_then(|i| i.stats()) {
+        if let Some(m) = &e.stats {
             rows.push((3, format!("{{domain=\"{name}\"}} {}", m.resident_bytes)));
             for (i, v) in m.vcpus.iter().enumerate() {
                 rows.push((
@@ -111,7 +111,7 @@ pub fn render(daemon: &Daemon) -> String {
             let _ = writeln!(out, "{name}{row}");
         }
     }
-    switch_families(daemon, &mut out);
+    switch_families(plane, &mut out);
     let _ = writeln!(
         out,
         "# HELP vessel_daemon_uptime_seconds time since the daemon started"
@@ -120,19 +120,19 @@ pub fn render(daemon: &Daemon) -> String {
     let _ = writeln!(
         out,
         "vessel_daemon_uptime_seconds {:.3}",
-        daemon.started.elapsed().as_secs_f64()
+        plane.uptime().as_secs_f64()
     );
     out
 }
 
 /// The virtual switch's per-port and per-rule counters.
-fn switch_families(daemon: &Daemon, out: &mut String) {
+fn switch_families(plane: &ControlPlane, out: &mut String) {
     let _ = writeln!(
         out,
         "# HELP vessel_switch_port_counter_total a switch port's counter"
     );
     let _ = writeln!(out, "# TYPE vessel_switch_port_counter_total counter");
-    for p in daemon.switch.ports() {
+    for p in plane.ports() {
         let labels = format!(
             "port=\"{}\",domain=\"{}\"",
             label(&p.name),
@@ -152,7 +152,7 @@ fn switch_families(daemon: &Daemon, out: &mut String) {
         "# HELP vessel_switch_rule_counter_total a switch rule's counter"
     );
     let _ = writeln!(out, "# TYPE vessel_switch_rule_counter_total counter");
-    for r in daemon.switch.rules() {
+    for r in plane.rules() {
         if let serde_json::Value::Object(counters) = serde_json::json!(r.counters) {
             for (k, v) in counters {
                 let _ = writeln!(

@@ -1,23 +1,21 @@
-//! `vessel daemon`: domain 0, the control plane. Each domain runs in a confined process of its
-//! own ([`process`]); the daemon opens their host files, runs the virtual switch, keeps their
-//! definitions and control groups, and serves the HTTP/JSON API on a Unix socket (mode 0600).
+//! `vessel daemon`: domain 0's server. The control plane itself (the domains, their processes,
+//! definitions and control groups, the switch, every action and its errors) is the `control`
+//! crate's [`ControlPlane`]; this module serves it as an HTTP/JSON API on a Unix socket (mode
+//! 0600), and takes the signals that end it.
 //!
 //! Each connection gets its own thread (at most [`MAX_CONNECTIONS`] at once; more are answered
 //! 503) and is answered by [`api::handle`]. A connection holds its slot only for bounded time:
 //! each request must arrive whole within the request timeout of its first byte, and a
 //! connection that sends nothing for as long is closed, so slow or silent clients cannot lock
-//! the others out. A domain that crashes ends in its own `crashed` state; the daemon and the
-//! other domains go on. Logs go through `tracing` (one line per request and per state change).
+//! the others out. Logs go through `tracing` (one line per request here, one per state change
+//! from the control plane).
 
 pub mod api;
-pub mod cgroup;
 mod console;
 mod deadline;
-pub mod metrics;
-pub mod net;
-pub mod process;
-pub mod registry;
-mod store;
+mod metrics;
+mod net;
+mod render;
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -29,12 +27,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
-use vmm::wire::Confinement;
+use control::{Config, ControlPlane};
 
-use crate::def::DomainDef;
 use crate::http::{self, Response};
-use process::{DomainProcess, LaunchPlan};
-use registry::Registry;
 
 /// Most connections served at once.
 pub const MAX_CONNECTIONS: usize = 64;
@@ -91,167 +86,27 @@ fn parse_timeout(s: &str) -> Result<f64, String> {
     }
 }
 
-/// The daemon's shared state.
-pub struct Daemon {
-    /// Every domain.
-    pub registry: Registry,
-    /// Where domain processes' channel sockets are (`STATE_DIR/run`).
-    pub run_dir: PathBuf,
-    /// Where domain processes' own messages go (`STATE_DIR/logs`).
-    pub log_dir: PathBuf,
-    /// The virtual switch between the domains' VIFs.
-    pub switch: Arc<vswitch::SwitchHandle>,
-    /// When the daemon started.
-    pub started: Instant,
-    /// Whether the debugging hooks are served.
-    pub debug_hooks: bool,
-    /// Where domains' control groups are.
-    pub cgroups: Arc<cgroup::Cgroups>,
-}
-
-impl Daemon {
-    /// Defines domain `def` and, if `start`, starts it. The start is claimed together with
-    /// the definition, so no other request can start (or delete) the domain in between; if it
-    /// cannot start, the definition this call made goes too, and nothing else.
-    pub fn create(&self, def: DomainDef, start: bool) -> Result<(), Response> {
-        let name = def.name().to_string();
-        self.registry
-            .define(def, start)
-            .map_err(api::registry_error_response)?;
-        if !start {
-            return Ok(());
-        }
-        match self.launch(&name) {
-            Ok(instance) => self.finish_start(&name, Ok(instance)),
-            Err(resp) => {
-                // Still claimed by this call: nobody else has started or deleted it.
-                let _ = self.registry.undefine_claimed(&name);
-                Err(resp)
-            }
-        }
-    }
-
-    /// Starts domain `name`, or answers why not.
-    pub fn start(&self, name: &str) -> Result<(), Response> {
-        let claimed = self.registry.with(name, |e| {
-            if e.state().is_active() || e.starting {
-                false
-            } else {
-                e.starting = true;
-                true
-            }
-        });
-        match claimed {
-            Ok(true) => {}
-            Ok(false) => {
-                return Err(Response::error(
-                    409,
-                    &format!("domain '{name}' is already running"),
-                ))
-            }
-            Err(e) => return Err(api::registry_error_response(e)),
-        }
-        let started = self.launch(name);
-        self.finish_start(name, started)
-    }
-
-    /// Starts a domain process for domain `name`, whose start the caller has claimed (its
-    /// entry's `starting` flag); the claim is left for the caller to release. The daemon opens
-    /// every host file the domain needs, with its checks, and hands the descriptors over.
-    fn launch(&self, name: &str) -> Result<DomainProcess, Response> {
-        let (id, def, console) = self
-            .registry
-            .with(name, |e| (e.id, e.def.clone(), e.console.clone()))
-            .map_err(api::registry_error_response)?;
-        let ports = net::port_provider(&self.switch, name);
-        let fail = |e: vmm::DomainError| {
-            Response::error(
-                api::start_error_status(&e),
-                &format!("domain '{name}' cannot start: {e}"),
-            )
-        };
-        let cfg = def.spec().clone();
-        let hv = hv::Hypervisor::open().map_err(|e| fail(e.into()))?;
-        vmm::validate(&cfg, &hv).map_err(fail)?;
-        let resources = vmm::resources::Resources::open(&cfg, Some(&ports)).map_err(fail)?;
-        DomainProcess::launch(LaunchPlan {
-            name,
-            spec: cfg,
-            resources,
-            socket: self.run_dir.join(format!("{name}.sock")),
-            log: self.log_dir.join(format!("{name}.log")),
-            confine: Some(Confinement {
-                uid: DOMAIN_ID_BASE + id,
-                gid: DOMAIN_ID_BASE + id,
-            }),
-            console,
-            on_spawn: self.enter_group(name),
-            on_end: self.leave_group(name),
-        })
-        .map_err(|why| Response::error(500, &format!("domain '{name}' cannot start: {why}")))
-    }
-
-    /// Releases the claim on domain `name`'s start, keeping the instance if it started.
-    fn finish_start(
-        &self,
-        name: &str,
-        started: Result<DomainProcess, Response>,
-    ) -> Result<(), Response> {
-        let stored = self.registry.with(name, move |e| {
-            e.starting = false;
-            started.map(|instance| e.instance = Some(Arc::new(instance)))
-        });
-        stored.map_err(api::registry_error_response)?
-    }
-}
-
 /// Runs the daemon until a signal ends it (see [`DaemonArgs::shutdown_timeout`]).
 pub fn daemon(args: DaemonArgs) -> anyhow::Result<std::process::ExitCode> {
     crate::logging::init();
     // Before any thread starts, so that every thread inherits the blocked mask.
     let signals = hv::TerminationSignals::block().context("cannot block termination signals")?;
-    let (registry, warnings) = Registry::open(&args.state_dir).with_context(|| {
-        format!(
-            "cannot use the state directory {}",
-            args.state_dir.display()
-        )
-    })?;
-    for w in warnings {
-        tracing::warn!("{w}");
-    }
-    let switch = Arc::new(vswitch::Switch::start().context("cannot start the virtual switch")?);
-    if let Some(tap) = &args.uplink {
-        let (file, name) = hv::tap::open_tap(tap)
-            .with_context(|| format!("cannot open the uplink TAP interface {tap}"))?;
-        switch
-            .set_uplink(file, &name)
-            .with_context(|| format!("cannot attach {name} to the switch"))?;
-    }
+    let plane = Arc::new(ControlPlane::open(&Config {
+        state_dir: args.state_dir.clone(),
+        uplink: args.uplink.clone(),
+        cgroup_parent: args.cgroup_parent.clone(),
+        debug_hooks: args.debug_hooks,
+    })?);
     let listener = bind_private(&args.socket)?;
     tracing::info!(
         "serving the API on {} (state in {})",
         args.socket.display(),
         args.state_dir.display()
     );
-    let (cgroups, note) = cgroup::Cgroups::detect(&args.cgroup_parent);
-    if let Some(note) = note {
-        tracing::warn!("{note}");
-    }
-    let run_dir = private_dir(&args.state_dir.join("run"))?;
-    let log_dir = private_dir(&args.state_dir.join("logs"))?;
-    let daemon = Arc::new(Daemon {
-        registry,
-        run_dir,
-        log_dir,
-        switch,
-        started: Instant::now(),
-        debug_hooks: args.debug_hooks,
-        cgroups: Arc::new(cgroups),
-    });
-    daemon.reattach_and_autostart();
+    plane.reattach_and_autostart();
     spawn_signal_thread(
         signals,
-        daemon.clone(),
+        plane.clone(),
         args.socket.clone(),
         Duration::from_secs(args.shutdown_timeout),
     );
@@ -280,11 +135,11 @@ pub fn daemon(args: DaemonArgs) -> anyhow::Result<std::process::ExitCode> {
             }
             continue;
         }
-        let (daemon, active) = (daemon.clone(), active.clone());
+        let (plane, active) = (plane.clone(), active.clone());
         let spawned = std::thread::Builder::new()
             .name("api".into())
             .spawn(move || {
-                serve_connection(&daemon, stream, timeout);
+                serve_connection(&plane, stream, timeout);
                 active.fetch_sub(1, Ordering::SeqCst);
             });
         if spawned.is_err() {
@@ -294,142 +149,12 @@ pub fn daemon(args: DaemonArgs) -> anyhow::Result<std::process::ExitCode> {
     Ok(std::process::ExitCode::SUCCESS)
 }
 
-impl Daemon {
-    /// Finds the domain processes an earlier daemon left running (their channel sockets in
-    /// the run directory) and attaches to them; then starts the domains marked `autostart`
-    /// that are not running.
-    fn reattach_and_autostart(&self) {
-        for view in self.registry.views() {
-            let name = view.def.name().to_string();
-            let socket = self.run_dir.join(format!("{name}.sock"));
-            if !socket.exists() {
-                continue;
-            }
-            let console = match self.registry.with(&name, |e| e.console.clone()) {
-                Ok(c) => c,
-                Err(_) => continue,
-            };
-            match DomainProcess::attach(&name, &socket, console, self.leave_group(&name)) {
-                Some(process) => {
-                    tracing::info!("domain '{name}' runs (process {}): attached", process.pid());
-                    self.hand_new_ports(&name, view.def.spec(), &process);
-                    let process = Arc::new(process);
-                    let _ = self.registry.with(&name, |e| e.instance = Some(process));
-                }
-                None => {
-                    // Nobody listens: the process ended while no daemon was there.
-                    let _ = std::fs::remove_file(&socket);
-                }
-            }
-        }
-        let running: Vec<String> = self
-            .registry
-            .views()
-            .into_iter()
-            .filter(|v| v.state().is_active())
-            .map(|v| v.def.name().to_string())
-            .collect();
-        self.cgroups.remove_stale(&running);
-        for view in self.registry.views() {
-            if view.def.spec().autostart && !view.state().is_active() {
-                let name = view.def.name().to_string();
-                match self.start(&name) {
-                    Ok(()) => tracing::info!("domain '{name}' started (autostart)"),
-                    Err(resp) => tracing::info!(
-                        "domain '{name}' (autostart) cannot start: {}",
-                        String::from_utf8_lossy(&resp.body).trim()
-                    ),
-                }
-            }
-        }
-    }
-
-    /// What moves a new domain process of `name` into its control group.
-    fn enter_group(&self, name: &str) -> Box<dyn FnOnce(u32) + Send> {
-        let (cgroups, name) = (self.cgroups.clone(), name.to_string());
-        Box::new(move |pid| {
-            if let Err(e) = cgroups.enter(&name, pid) {
-                tracing::warn!("domain '{name}' runs outside its control group: {e}");
-            }
-        })
-    }
-
-    /// What removes domain `name`'s control group once its process has ended.
-    fn leave_group(&self, name: &str) -> Box<dyn FnOnce() + Send> {
-        let (cgroups, name) = (self.cgroups.clone(), name.to_string());
-        Box::new(move || {
-            if !cgroups.remove(&name) {
-                tracing::warn!("domain '{name}''s control group could not be removed");
-            }
-        })
-    }
-
-    /// Gives the `switch=` VIFs of a domain found running after a restart new ports on this
-    /// daemon's switch (the ports of the daemon that started it went with that daemon): each
-    /// VIF's device is handed its new port's socket while the domain runs on, so its
-    /// networking works again.
-    fn hand_new_ports(&self, name: &str, spec: &vmm::DomainSpec, process: &DomainProcess) {
-        if !process.status().state.is_active() {
-            return;
-        }
-        let ports = net::port_provider(&self.switch, name);
-        for (index, vif) in spec.nets.iter().enumerate() {
-            let vmm::spec::NetBackendSpec::Switch { name: switch, rate } = &vif.backend else {
-                continue;
-            };
-            let slot = vmm::virtio::vif_slot(spec.disks.len(), index);
-            let handed = ports(switch, index, *rate).and_then(|lease| {
-                let port = lease.name.clone();
-                process.hand_port(slot, lease).map(|()| port)
-            });
-            match handed {
-                Ok(port) => tracing::info!("domain '{name}': eth{index} is on port {port} again"),
-                Err(e) => tracing::warn!("domain '{name}': eth{index} has no switch port: {e}"),
-            }
-        }
-    }
-
-    /// Shuts every running domain down: presses each power button, waits at most `grace`
-    /// for them to power off, then stops those still running.
-    fn shut_down_domains(&self, grace: Duration) {
-        let running: Vec<(String, Arc<DomainProcess>)> = self
-            .registry
-            .views()
-            .into_iter()
-            .filter_map(|v| {
-                let p = v.instance.clone()?;
-                p.status()
-                    .state
-                    .is_active()
-                    .then(|| (v.def.name().to_string(), p))
-            })
-            .collect();
-        for (name, p) in &running {
-            if let Err(e) = p.press_power_button() {
-                tracing::info!("domain '{name}': {e}");
-            }
-        }
-        let deadline = Instant::now() + grace;
-        for (name, p) in &running {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if !p.wait_stopped(left) {
-                tracing::info!(
-                    "domain '{name}' did not power off within {} s: stopping it",
-                    grace.as_secs()
-                );
-                p.destroy();
-            }
-            p.wait_gone(Duration::from_secs(10));
-        }
-    }
-}
-
 /// Takes the daemon's termination signals: SIGTERM or SIGINT shuts every domain down (power
 /// buttons, then at most `grace`) and exits 0; SIGQUIT exits at once, leaving the domains
 /// running for the next daemon to attach to.
 fn spawn_signal_thread(
     signals: hv::TerminationSignals,
-    daemon: Arc<Daemon>,
+    plane: Arc<ControlPlane>,
     socket: PathBuf,
     grace: Duration,
 ) {
@@ -444,8 +169,7 @@ fn spawn_signal_thread(
                 }
                 Ok(Some(signal)) => {
                     tracing::info!("{signal}: shutting the domains down");
-                    daemon.shut_down_domains(grace);
-                    daemon.cgroups.remove_parents();
+                    plane.shut_down_all(grace);
                     let _ = std::fs::remove_file(&socket);
                     tracing::info!("every domain is down; exiting");
                     std::process::exit(0);
@@ -457,19 +181,6 @@ fn spawn_signal_thread(
                 }
             }
         });
-}
-
-/// The first uid (and gid) of domain processes: domain `id` runs as `DOMAIN_ID_BASE + id`.
-pub const DOMAIN_ID_BASE: u32 = 200_000;
-
-/// `dir`, created (mode 0700) if missing.
-fn private_dir(dir: &Path) -> anyhow::Result<PathBuf> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .with_context(|| format!("cannot create {}", dir.display()))?;
-    Ok(dir.to_path_buf())
 }
 
 /// Binds the API socket so that it is never reachable with wider permissions than 0600: it is
@@ -513,7 +224,7 @@ fn bind_private(path: &Path) -> anyhow::Result<UnixListener> {
 /// each request must arrive whole within `timeout` of its first byte (else 408 and the
 /// connection is closed), the connection may wait `timeout` for a request's first byte, and
 /// each response must be taken within `timeout`.
-fn serve_connection(daemon: &Daemon, stream: UnixStream, timeout: Duration) {
+fn serve_connection(plane: &ControlPlane, stream: UnixStream, timeout: Duration) {
     let Ok(writer) = stream.try_clone() else {
         return;
     };
@@ -553,12 +264,12 @@ fn serve_connection(daemon: &Daemon, stream: UnixStream, timeout: Duration) {
             // A console stream lives as long as the client stays attached.
             reader.get_mut().set_deadline(None);
             writer.set_deadline(None);
-            console::serve(daemon, &req, reader, writer);
+            console::serve(plane, &req, reader, writer);
             return;
         }
         let close = req.wants_close();
         let started = Instant::now();
-        let resp = api::handle(daemon, &req);
+        let resp = api::handle(plane, &req);
         tracing::info!(
             "{} {} {} ({:.1} ms)",
             req.method,

@@ -1,9 +1,12 @@
-//! A domain definition as the daemon takes it and keeps it: a [`vmm::DomainSpec`] (the same
-//! one `vessel run`'s flags make) that has a name and passed [`vmm::DomainSpec::validate`].
-//! Its JSON is the spec's: `vessel run`'s flags as fields, unknown fields refused.
+//! A domain definition as the control plane takes it and keeps it: a [`vmm::DomainSpec`] (the
+//! same one `vessel run`'s flags make) that has a name and passed [`vmm::DomainSpec::validate`].
+//! Its JSON is the spec's: `vessel run`'s flags as fields, unknown fields refused. Whatever is
+//! wrong with one is [`ControlError::Invalid`], with a message that says what.
 
 use serde::Serialize;
 use vmm::DomainSpec;
+
+use crate::ControlError;
 
 /// A named, valid domain specification.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -11,23 +14,26 @@ use vmm::DomainSpec;
 pub struct DomainDef(DomainSpec);
 
 /// Parses a specification from JSON, with a message that says what is wrong.
-pub fn spec_from_json(bytes: &[u8]) -> Result<DomainSpec, String> {
-    serde_json::from_slice(bytes).map_err(|e| format!("invalid domain definition: {e}"))
+pub fn spec_from_json(bytes: &[u8]) -> Result<DomainSpec, ControlError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| ControlError::Invalid(format!("invalid domain definition: {e}")))
 }
 
 impl DomainDef {
     /// `spec` as a definition, if it has a name and is valid: every check that needs neither
     /// the host's files nor KVM.
-    pub fn new(spec: DomainSpec) -> Result<DomainDef, String> {
+    pub fn new(spec: DomainSpec) -> Result<DomainDef, ControlError> {
         if spec.name.is_none() {
-            return Err("invalid domain definition: missing field `name`".into());
+            return Err(ControlError::Invalid(
+                "invalid domain definition: missing field `name`".into(),
+            ));
         }
-        spec.validate().map_err(|e| e.to_string())?;
+        spec.validate().map_err(invalid)?;
         Ok(DomainDef(spec))
     }
 
     /// Parses and checks a definition from JSON.
-    pub fn from_json(bytes: &[u8]) -> Result<DomainDef, String> {
+    pub fn from_json(bytes: &[u8]) -> Result<DomainDef, ControlError> {
         DomainDef::new(spec_from_json(bytes)?)
     }
 
@@ -44,16 +50,20 @@ impl DomainDef {
     /// Records the format of every disk given without `format=`, found from the file's first
     /// bytes: once, when the domain is defined, so that no later boot, restart or daemon
     /// restart guesses a format from bytes its guest may have written.
-    pub fn pin_disk_formats(&mut self) -> Result<(), String> {
-        vmm::pin_disk_formats(&mut self.0).map_err(|e| e.to_string())
+    pub fn pin_disk_formats(&mut self) -> Result<(), ControlError> {
+        vmm::pin_disk_formats(&mut self.0).map_err(invalid)
     }
 
     /// What the daemon checks before it stores a definition beyond [`DomainDef::new`]: the
     /// memory against the host's RAM. (Files and KVM's vCPU limit are checked when the domain
     /// starts.)
-    pub fn check_to_store(&self) -> Result<(), String> {
-        vmm::check_host_memory(self.0.memory).map_err(|e| e.to_string())
+    pub fn check_to_store(&self) -> Result<(), ControlError> {
+        vmm::check_host_memory(self.0.memory).map_err(invalid)
     }
+}
+
+fn invalid(e: impl std::fmt::Display) -> ControlError {
+    ControlError::Invalid(e.to_string())
 }
 
 #[cfg(test)]
@@ -90,7 +100,9 @@ mod tests {
             ),
             (r#"{"name":"a","#, "invalid domain definition"),
         ] {
-            let err = DomainDef::from_json(json.as_bytes()).unwrap_err();
+            let err = DomainDef::from_json(json.as_bytes())
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(says), "{json}: {err}");
         }
     }
@@ -131,7 +143,7 @@ mod tests {
             .as_bytes(),
         )
         .unwrap();
-        let err = missing.pin_disk_formats().unwrap_err();
+        let err = missing.pin_disk_formats().unwrap_err().to_string();
         assert!(
             err.contains("--disk disk0") && err.contains("nope"),
             "{err}"
@@ -143,7 +155,7 @@ mod tests {
     fn memory_beyond_the_host_is_refused_before_it_is_stored() {
         let def = DomainDef::from_json(br#"{"name":"a","kernel":"/k","memory":"100000G"}"#)
             .expect("well formed, and within every limit that does not depend on the host");
-        let err = def.check_to_store().unwrap_err();
+        let err = def.check_to_store().unwrap_err().to_string();
         assert!(err.contains("more than this host's"), "{err}");
         let fine = DomainDef::from_json(br#"{"name":"a","kernel":"/k","memory":"16M"}"#).unwrap();
         assert!(fine.check_to_store().is_ok());

@@ -1,10 +1,10 @@
-//! The daemon's domains: their definitions (persisted in the state directory), their running
-//! instances and their console logs.
+//! The control plane's domains: their definitions (persisted in the state directory), their
+//! running instances and their console logs.
 //!
-//! Definitions live in `STATE_DIR/domains/NAME.json` ([`super::store`]: written durably,
-//! mode 0600), so a restarted daemon lists every domain that was defined and can start it
-//! again. A file there that the daemon could not load is never written over: creating its
-//! domain is refused (409) with the file's name, until someone moves it away.
+//! Definitions live in `STATE_DIR/domains/NAME.json` ([`crate::store`]: written durably,
+//! mode 0600), so a restarted control plane lists every domain that was defined and can start
+//! it again. A file there that it could not load is never written over: creating its domain is
+//! refused ([`ControlError::Unloaded`]) with the file's name, until someone moves it away.
 //!
 //! Nothing slow happens under the registry's lock: a definition's file is written or removed
 //! while its name is reserved (so no other request can take or see it half made), long
@@ -18,14 +18,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use vmm::{ConsoleLog, RunState, Status};
 
-use super::process::DomainProcess;
-
-use super::store::Store;
 use crate::def::DomainDef;
+use crate::process::DomainProcess;
+use crate::store::Store;
+use crate::ControlError;
 
-/// One domain known to the daemon.
+/// One domain known to the control plane.
 pub struct Entry {
-    /// Its id while this daemon runs (the daemon itself is domain 0).
+    /// Its id while this control plane runs (the control plane itself is domain 0).
     pub id: u32,
     /// Its definition.
     pub def: DomainDef,
@@ -106,26 +106,6 @@ struct Inner {
     next_id: u32,
 }
 
-/// A registry operation that cannot be done; the API maps it to a status.
-#[derive(Debug)]
-pub enum RegistryError {
-    /// No such domain.
-    NotFound(String),
-    /// The name is taken.
-    Exists(String),
-    /// The domain is running, paused or starting.
-    Active(String),
-    /// A file the daemon did not load is where the definition would go.
-    Unloaded {
-        /// The file.
-        file: String,
-        /// Why it was not loaded.
-        why: String,
-    },
-    /// The state directory cannot be written.
-    Storage(String),
-}
-
 impl Registry {
     /// Opens the state directory `state_dir` (what is missing is created, mode 0700) and loads
     /// the definitions in it. A definition file that does not load is reported, skipped and
@@ -173,12 +153,12 @@ impl Registry {
     /// is marked as starting (see [`Entry::starting`]) in the same step, so no other request
     /// can start or delete it before the caller does. Refused if the name is taken, or if a
     /// file the daemon did not load is where the definition would go.
-    pub fn define(&self, def: DomainDef, claim_start: bool) -> Result<u32, RegistryError> {
+    pub fn define(&self, def: DomainDef, claim_start: bool) -> Result<u32, ControlError> {
         let name = def.name().to_string();
         {
             let mut inner = self.lock();
             if inner.domains.contains_key(&name) || inner.reserved.contains(&name) {
-                return Err(RegistryError::Exists(name));
+                return Err(ControlError::Exists(name));
             }
             if self.store.exists(&name) {
                 let why = inner
@@ -186,7 +166,7 @@ impl Registry {
                     .get(&name)
                     .cloned()
                     .unwrap_or_else(|| "it appeared after the daemon started".to_string());
-                return Err(RegistryError::Unloaded {
+                return Err(ControlError::Unloaded {
                     file: self.store.path_of(&name).display().to_string(),
                     why,
                 });
@@ -198,7 +178,7 @@ impl Registry {
         let mut inner = self.lock();
         inner.reserved.remove(&name);
         written.map_err(|e| {
-            RegistryError::Storage(format!(
+            ControlError::Internal(format!(
                 "writing {}: {e}",
                 self.store.path_of(&name).display()
             ))
@@ -211,10 +191,10 @@ impl Registry {
     }
 
     /// Forgets a stopped domain (shut off or crashed, not starting) and deletes its file.
-    pub fn undefine_stopped(&self, name: &str) -> Result<(), RegistryError> {
+    pub fn undefine_stopped(&self, name: &str) -> Result<(), ControlError> {
         self.undefine_if(name, |e| {
             if e.state().is_active() || e.starting {
-                Err(RegistryError::Active(name.into()))
+                Err(ControlError::Active(name.into()))
             } else {
                 Ok(())
             }
@@ -222,12 +202,12 @@ impl Registry {
     }
 
     /// Forgets a domain whose start the caller claimed and that did not start.
-    pub fn undefine_claimed(&self, name: &str) -> Result<(), RegistryError> {
+    pub fn undefine_claimed(&self, name: &str) -> Result<(), ControlError> {
         self.undefine_if(name, |e| {
             if e.starting && e.instance.is_none() {
                 Ok(())
             } else {
-                Err(RegistryError::Active(name.into()))
+                Err(ControlError::Active(name.into()))
             }
         })
     }
@@ -238,12 +218,12 @@ impl Registry {
     fn undefine_if(
         &self,
         name: &str,
-        allowed: impl FnOnce(&Entry) -> Result<(), RegistryError>,
-    ) -> Result<(), RegistryError> {
+        allowed: impl FnOnce(&Entry) -> Result<(), ControlError>,
+    ) -> Result<(), ControlError> {
         let entry = {
             let mut inner = self.lock();
             match inner.domains.get(name) {
-                None => return Err(RegistryError::NotFound(name.into())),
+                None => return Err(ControlError::NoSuchDomain(name.into())),
                 Some(e) => allowed(e)?,
             }
             inner.reserved.insert(name.to_string());
@@ -256,7 +236,7 @@ impl Registry {
             if let Some(entry) = entry {
                 inner.domains.insert(name.to_string(), entry);
             }
-            return Err(RegistryError::Storage(format!(
+            return Err(ControlError::Internal(format!(
                 "removing {}: {e}",
                 self.store.path_of(name).display()
             )));
@@ -265,17 +245,17 @@ impl Registry {
     }
 
     /// Runs `f` on domain `name` under the lock.
-    pub fn with<T>(&self, name: &str, f: impl FnOnce(&mut Entry) -> T) -> Result<T, RegistryError> {
+    pub fn with<T>(&self, name: &str, f: impl FnOnce(&mut Entry) -> T) -> Result<T, ControlError> {
         let mut inner = self.lock();
         inner
             .domains
             .get_mut(name)
             .map(f)
-            .ok_or_else(|| RegistryError::NotFound(name.into()))
+            .ok_or_else(|| ControlError::NoSuchDomain(name.into()))
     }
 
     /// A copy of domain `name` for a reader (taken under the lock, used after it).
-    pub fn view(&self, name: &str) -> Result<EntryView, RegistryError> {
+    pub fn view(&self, name: &str) -> Result<EntryView, ControlError> {
         self.with(name, |e| e.view())
     }
 
@@ -285,7 +265,7 @@ impl Registry {
     }
 
     /// The instance of domain `name`, if it has one.
-    pub fn instance(&self, name: &str) -> Result<Option<Arc<DomainProcess>>, RegistryError> {
+    pub fn instance(&self, name: &str) -> Result<Option<Arc<DomainProcess>>, ControlError> {
         self.with(name, |e| e.instance.clone())
     }
 }
@@ -317,7 +297,7 @@ mod tests {
         assert!(warnings[0].contains("web.json"), "{warnings:?}");
         let err = registry.define(def("web", "/k"), false).unwrap_err();
         match &err {
-            RegistryError::Unloaded { file, why } => {
+            ControlError::Unloaded { file, why } => {
                 assert!(file.ends_with("domains/web.json"), "{err:?}");
                 assert!(why.contains("invalid domain definition"), "{err:?}");
             }
@@ -335,7 +315,7 @@ mod tests {
         std::fs::write(state.join("domains/late.json"), b"{}").unwrap();
         assert!(matches!(
             registry.define(def("late", "/k"), false),
-            Err(RegistryError::Unloaded { .. })
+            Err(ControlError::Unloaded { .. })
         ));
         std::fs::remove_dir_all(&state).unwrap();
     }
@@ -349,11 +329,11 @@ mod tests {
             registry.define(def("b", "/kb"), true).unwrap();
             assert!(matches!(
                 registry.define(def("a", "/other"), false),
-                Err(RegistryError::Exists(_))
+                Err(ControlError::Exists(_))
             ));
             assert!(matches!(
                 registry.undefine_stopped("b"),
-                Err(RegistryError::Active(_))
+                Err(ControlError::Active(_))
             ));
             registry.undefine_claimed("b").unwrap();
             registry.define(def("c", "/kc"), false).unwrap();

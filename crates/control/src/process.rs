@@ -1,6 +1,7 @@
-//! A domain process seen from the daemon: started (the same binary's hidden `domain` verb, with
-//! its channel listener as descriptor 3, its host resources handed over as descriptors), or
-//! found again after a daemon restart; then driven by calls over its channel ([`vmm::wire`]).
+//! A domain process seen from the control plane: started (the same binary's hidden `domain`
+//! verb, with its channel listener as descriptor 3, its host resources handed over as
+//! descriptors), or found again after a daemon restart; then driven by calls over its channel
+//! ([`vmm::wire`]).
 //!
 //! One reader thread per domain takes what the process sends: replies (to the call waiting for
 //! them), state changes, console output (into the domain's console log). When the channel

@@ -1,7 +1,7 @@
-//! The daemon's definition files, `STATE_DIR/domains/NAME.json`: private (directories the
-//! daemon creates are 0700, files 0600), written so that a crash at any point leaves either no
+//! The definition files, `STATE_DIR/domains/NAME.json`: private (directories the control plane
+//! creates are 0700, files 0600), written so that a crash at any point leaves either no
 //! file or the whole new one (a temporary file, `fsync`, rename, `fsync` of the directory),
-//! removed durably, and never written over a file the daemon did not load.
+//! removed durably, and never written over a file the control plane did not load.
 
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
@@ -57,7 +57,7 @@ impl Store {
                 .unwrap_or_default();
             let parsed = std::fs::read(&file)
                 .map_err(|e| e.to_string())
-                .and_then(|b| DomainDef::from_json(&b));
+                .and_then(|b| DomainDef::from_json(&b).map_err(|e| e.to_string()));
             match parsed {
                 Ok(def) if def.name() == name => defs.push(def),
                 Ok(def) => unloaded.push(Unloaded {

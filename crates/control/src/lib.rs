@@ -1,0 +1,47 @@
+//! Vessel's control plane, domain 0: everything the daemon does for its domains, whatever
+//! carries the requests to it.
+//!
+//! A [`ControlPlane`] keeps the domains' definitions ([`DomainDef`], in its state directory),
+//! runs each domain in a confined process of its own and drives it over its channel, gives each
+//! a control group, runs the virtual switch between their VIFs, and takes every action a user
+//! can take on a domain or on the switch. Each action answers with the plane's data (typed
+//! reports, never a rendering) or one typed error, [`ControlError`], whose message is what the
+//! user reads. It knows nothing of HTTP: the `vessel` binary's API maps routes to these
+//! actions and each error to a status.
+//!
+//! | module | its job |
+//! |---|---|
+//! | `plane` | the [`ControlPlane`]: opening the state directory, the switch and control groups |
+//! | `lifecycle` | define, start, create, delete |
+//! | `actions` | pause, unpause, reboot, shut down, destroy, the console, the debug hook |
+//! | `report` | list, info and the figures behind the metrics |
+//! | `fleet` | all domains at once: re-attach and autostart at startup, shut down at exit |
+//! | `switch` | switch ports for VIFs; the switch's ports, rules and policy |
+//! | `def` | a domain definition: a named, valid specification |
+//! | `registry` | the domains by name, under one lock held only briefly |
+//! | `store` | definition files, written durably |
+//! | `process` | a domain process seen from the plane: launch, attach, calls over its channel |
+//! | `cgroup` | a control group per domain |
+//! | `error` | [`ControlError`] |
+#![forbid(unsafe_code)]
+
+mod actions;
+mod cgroup;
+mod def;
+mod error;
+mod fleet;
+mod lifecycle;
+mod plane;
+mod process;
+mod registry;
+mod report;
+mod store;
+mod switch;
+
+pub use cgroup::GroupStats;
+pub use def::{spec_from_json, DomainDef};
+pub use error::{ControlError, StartError};
+pub use plane::{Config, ControlPlane, DOMAIN_ID_BASE};
+pub use process::DOMAIN_VERB;
+pub use report::{DomainInfo, DomainSummary, GroupInfo, ProcessInfo};
+pub use switch::SWITCH_NAME;

@@ -1,0 +1,226 @@
+//! A domain's life as the control plane runs it: defined (checked, its disks' formats pinned,
+//! stored), started (its process launched with the host files the plane opened for it),
+//! created (defined and started in one step), deleted (forgotten once stopped).
+//!
+//! A start is claimed under the registry's lock (the entry's `starting` flag) and the process
+//! launched after it, so two starts of one domain cannot race; a create claims the start with
+//! the definition, so nothing can start or delete the domain in between, and a create that
+//! cannot start removes only its own, still claimed, definition.
+
+use std::sync::Arc;
+
+use vmm::wire::Confinement;
+
+use crate::process::{DomainProcess, LaunchPlan};
+use crate::{ControlError, ControlPlane, DomainDef, StartError, DOMAIN_ID_BASE};
+
+impl ControlPlane {
+    /// Defines domain `def` without starting it: checked against the host's RAM, the format of
+    /// each disk given without one found and recorded, then stored.
+    pub fn define(&self, def: DomainDef) -> Result<(), ControlError> {
+        self.define_and_maybe_start(def, false)
+    }
+
+    /// Defines domain `def` (as [`ControlPlane::define`]) and starts it. If it cannot start,
+    /// the definition this call made goes too, and nothing else.
+    pub fn create(&self, def: DomainDef) -> Result<(), ControlError> {
+        self.define_and_maybe_start(def, true)
+    }
+
+    fn define_and_maybe_start(&self, mut def: DomainDef, start: bool) -> Result<(), ControlError> {
+        // Everything that can be checked without the domain's files or KVM is, before anything
+        // is stored: a definition that could never start is refused now, not at its first start.
+        def.check_to_store()?;
+        def.pin_disk_formats()?;
+        let name = def.name().to_string();
+        self.registry.define(def, start)?;
+        if !start {
+            return Ok(());
+        }
+        match self.launch(&name) {
+            Ok(process) => self.finish_start(&name, Ok(process)),
+            Err(e) => {
+                // Still claimed by this call: nobody else has started or deleted it.
+                let _ = self.registry.undefine_claimed(&name);
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts domain `name`.
+    pub fn start(&self, name: &str) -> Result<(), ControlError> {
+        let claimed = self.registry.with(name, |e| {
+            if e.state().is_active() || e.starting {
+                false
+            } else {
+                e.starting = true;
+                true
+            }
+        })?;
+        if !claimed {
+            return Err(ControlError::AlreadyRunning(name.to_string()));
+        }
+        let started = self.launch(name);
+        self.finish_start(name, started)
+    }
+
+    /// Forgets a stopped domain (shut off or crashed, not starting) and deletes its file.
+    pub fn delete(&self, name: &str) -> Result<(), ControlError> {
+        self.registry.undefine_stopped(name)
+    }
+
+    /// Starts a domain process for domain `name`, whose start the caller has claimed (its
+    /// entry's `starting` flag); the claim is left for the caller to release. The control
+    /// plane opens every host file the domain needs, with its checks, and hands the
+    /// descriptors over.
+    fn launch(&self, name: &str) -> Result<DomainProcess, ControlError> {
+        let (id, def, console) = self
+            .registry
+            .with(name, |e| (e.id, e.def.clone(), e.console.clone()))?;
+        let cannot_start = |cause: StartError| ControlError::CannotStart {
+            name: name.to_string(),
+            cause,
+        };
+        let ports = crate::switch::port_provider(&self.switch, name);
+        let spec = def.spec().clone();
+        let hv =
+            hv::Hypervisor::open().map_err(|e| cannot_start(vmm::DomainError::from(e).into()))?;
+        vmm::validate(&spec, &hv).map_err(|e| cannot_start(e.into()))?;
+        let resources = vmm::resources::Resources::open(&spec, Some(&ports))
+            .map_err(|e| cannot_start(e.into()))?;
+        DomainProcess::launch(LaunchPlan {
+            name,
+            spec,
+            resources,
+            socket: self.socket_of(name),
+            log: self.log_dir.join(format!("{name}.log")),
+            confine: Some(Confinement {
+                uid: DOMAIN_ID_BASE + id,
+                gid: DOMAIN_ID_BASE + id,
+            }),
+            console,
+            on_spawn: self.enter_group(name),
+            on_end: self.leave_group(name),
+        })
+        .map_err(|why| cannot_start(StartError::Process(why)))
+    }
+
+    /// Releases the claim on domain `name`'s start, keeping the process if it started.
+    fn finish_start(
+        &self,
+        name: &str,
+        started: Result<DomainProcess, ControlError>,
+    ) -> Result<(), ControlError> {
+        self.registry.with(name, move |e| {
+            e.starting = false;
+            started.map(|process| e.instance = Some(Arc::new(process)))
+        })?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn def(name: &str, kernel: &str) -> DomainDef {
+        DomainDef::from_json(format!(r#"{{"name":"{name}","kernel":"{kernel}"}}"#).as_bytes())
+            .unwrap()
+    }
+
+    fn names(plane: &ControlPlane) -> Vec<String> {
+        plane
+            .list()
+            .iter()
+            .map(|d| d.def.name().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_definition_is_checked_stored_and_kept_until_deleted() {
+        let state = ControlPlane::scratch_dir("define");
+        {
+            let plane = ControlPlane::for_tests(&state, false);
+            plane.define(def("a", "/ka")).unwrap();
+            plane.define(def("b", "/kb")).unwrap();
+            let err = plane.define(def("a", "/other")).unwrap_err();
+            assert!(matches!(err, ControlError::Exists(_)), "{err}");
+            let huge =
+                DomainDef::from_json(br#"{"name":"c","kernel":"/k","memory":"100000G"}"#).unwrap();
+            let err = plane.define(huge).unwrap_err();
+            assert!(matches!(err, ControlError::Invalid(_)), "{err}");
+            assert!(err.to_string().contains("more than this host's"), "{err}");
+            let summary = &plane.list()[0];
+            assert_eq!((summary.id, summary.state()), (1, vmm::RunState::Shutoff));
+            assert!(summary.status.is_none() && summary.stats.is_none());
+            plane.delete("b").unwrap();
+            let err = plane.delete("b").unwrap_err();
+            assert_eq!(err.to_string(), "no domain named 'b'");
+            assert_eq!(names(&plane), ["a"]);
+        }
+        let again = ControlPlane::for_tests(&state, false);
+        assert_eq!(
+            names(&again),
+            ["a"],
+            "a new control plane finds what was defined"
+        );
+        std::fs::remove_dir_all(&state).unwrap();
+    }
+
+    #[test]
+    fn a_domain_being_started_cannot_be_started_again_or_deleted() {
+        let state = ControlPlane::scratch_dir("claimed");
+        let plane = ControlPlane::for_tests(&state, false);
+        // Defined with its start claimed, as a create does before it launches the process.
+        plane.registry.define(def("a", "/k"), true).unwrap();
+        let err = plane.start("a").unwrap_err();
+        assert!(matches!(err, ControlError::AlreadyRunning(_)), "{err}");
+        assert_eq!(err.to_string(), "domain 'a' is already running");
+        let err = plane.delete("a").unwrap_err();
+        assert!(matches!(err, ControlError::Active(_)), "{err}");
+        assert_eq!(err.to_string(), "domain 'a' is running: destroy it first");
+        assert!(matches!(
+            plane.start("nobody"),
+            Err(ControlError::NoSuchDomain(_))
+        ));
+        std::fs::remove_dir_all(&state).unwrap();
+    }
+
+    /// A domain whose kernel is missing cannot start (whether or not this host has KVM, which
+    /// is checked first); the failed start leaves no claim behind.
+    #[test]
+    fn a_start_that_fails_says_why_and_releases_its_claim() {
+        let state = ControlPlane::scratch_dir("start");
+        let plane = ControlPlane::for_tests(&state, false);
+        plane.define(def("a", "/nonexistent/kernel")).unwrap();
+        for _ in 0..2 {
+            let err = plane.start("a").unwrap_err();
+            assert!(
+                matches!(err, ControlError::CannotStart { .. }),
+                "not held as starting: {err}"
+            );
+            assert!(
+                err.to_string().starts_with("domain 'a' cannot start: "),
+                "{err}"
+            );
+        }
+        assert_eq!(plane.list()[0].state(), vmm::RunState::Shutoff);
+        plane.delete("a").unwrap();
+        std::fs::remove_dir_all(&state).unwrap();
+    }
+
+    #[test]
+    fn a_create_that_cannot_start_leaves_nothing_behind() {
+        let state = ControlPlane::scratch_dir("create");
+        let plane = ControlPlane::for_tests(&state, false);
+        let err = plane.create(def("b", "/nonexistent/kernel")).unwrap_err();
+        assert!(matches!(err, ControlError::CannotStart { .. }), "{err}");
+        assert!(matches!(
+            plane.info("b"),
+            Err(ControlError::NoSuchDomain(_))
+        ));
+        assert!(!state.join("domains/b.json").exists());
+        // The name is free again.
+        plane.define(def("b", "/k")).unwrap();
+        std::fs::remove_dir_all(&state).unwrap();
+    }
+}

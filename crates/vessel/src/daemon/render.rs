@@ -1,0 +1,76 @@
+//! The API's JSON views of the control plane's reports: a domain as `list` shows it, and as
+//! `info` shows it (docs/api.md).
+
+use control::{DomainInfo, DomainSummary};
+use serde_json::{json, Value};
+
+/// The `list` view of a domain.
+pub fn summary(d: &DomainSummary) -> Value {
+    let cpu_ns: u64 = d
+        .stats
+        .as_ref()
+        .map(|m| m.vcpus.iter().map(|v| v.cpu_ns).sum())
+        .unwrap_or(0);
+    json!({
+        "id": d.id,
+        "name": d.def.name(),
+        "state": d.state().name(),
+        "vcpus": d.def.spec().vcpus,
+        "memory": vmm::spec::format_size(d.def.spec().memory),
+        "cpu_ns": cpu_ns,
+        "boots": d.status.as_ref().map_or(0, |s| s.boots),
+        "message": d.status.as_ref().and_then(|s| s.message.clone()),
+    })
+}
+
+/// The `info` view of a domain: its definition, state and every counter.
+pub fn info(d: &DomainInfo) -> Value {
+    let s = &d.summary;
+    let mut v = summary(s);
+    v["definition"] = serde_json::to_value(&s.def).unwrap_or(Value::Null);
+    if let Some(process) = &d.process {
+        v["pid"] = json!(process.pid);
+        if let Some(group) = &process.cgroup {
+            v["cgroup"] = json!({
+                "path": group.path,
+                "cpu_ns": group.stats.cpu_ns,
+                "memory_bytes": group.stats.memory_bytes,
+            });
+        }
+    }
+    if let Some(machine) = &s.stats {
+        let vcpus: Vec<Value> = machine
+            .vcpus
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let exits: serde_json::Map<String, Value> =
+                    s.exits.iter().map(|(k, n)| (k.clone(), json!(n))).collect();
+                json!({ "vcpu": i, "cpu_ns": s.cpu_ns, "exits": exits })
+            })
+            .collect();
+        v["vcpu_stats"] = Value::Array(vcpus);
+        v["memory_resident_bytes"] = json!(machine.resident_bytes);
+        v["devices"] = Value::Array(device_stats(machine));
+        if let Some(status) = &s.status {
+            v["uptime_s"] = json!(status.since.elapsed().as_secs_f64());
+        }
+    }
+    v
+}
+
+/// Each virtio device's kind, label and counters, as its domain process reported them.
+fn device_stats(machine: &vmm::wire::MachineStats) -> Vec<Value> {
+    machine
+        .devices
+        .iter()
+        .map(|d| {
+            let counters: serde_json::Map<String, Value> = d
+                .counters
+                .iter()
+                .map(|(k, n)| (k.clone(), json!(n)))
+                .collect();
+            json!({ "kind": d.kind, "label": d.label, "counters": counters })
+        })
+        .collect()
+}
