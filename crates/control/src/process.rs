@@ -13,7 +13,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::mpsc::{sync_channel, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -310,6 +310,8 @@ impl DomainProcess {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, tx);
+        // Registered before this check, so a reader that ends later fails this call at once.
+        let gone = self.shared.lock().gone;
         let sent = match self
             .writer
             .lock()
@@ -320,10 +322,14 @@ impl DomainProcess {
             None => Err(std::io::Error::from(std::io::ErrorKind::NotConnected)),
         };
         let answer = match sent {
+            _ if gone => Err("the domain process is gone".to_string()),
             Err(e) => Err(format!("the domain process is gone: {e}")),
-            Ok(()) => rx
-                .recv_timeout(timeout)
-                .map_err(|_| "the domain process did not answer".to_string()),
+            Ok(()) => rx.recv_timeout(timeout).map_err(|e| match e {
+                RecvTimeoutError::Timeout => "the domain process did not answer".to_string(),
+                RecvTimeoutError::Disconnected => {
+                    "the domain process ended before it answered".to_string()
+                }
+            }),
         };
         self.shared
             .pending
@@ -589,6 +595,12 @@ fn read_loop(shared: &Arc<Shared>, channel: &Channel) {
     );
     shared
         .ports
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clear();
+    // Calls still waiting for a reply get none: they fail now rather than at their timeout.
+    shared
+        .pending
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .clear();

@@ -81,6 +81,33 @@ fn killing_a_domain_process_crashes_that_domain_only() {
     ticking(&d, "victim");
 }
 
+/// A call waiting on a domain process that dies fails when it dies, not at its timeout.
+#[test]
+fn a_call_to_a_domain_process_that_dies_fails_at_once() {
+    require_kvm();
+    let d = TestDaemon::start(&tmpdir("dies-mid-call"));
+    d.ok("POST", "/v1/domains", Some(&mini("frozen", "tick", "16M")));
+    let pid = d.pid_of("frozen");
+    // Stopped, it cannot answer; the pause waits for it.
+    common::send_signal(pid, "STOP");
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(500));
+        common::send_signal(pid, "KILL");
+    });
+    let started = std::time::Instant::now();
+    let (status, v) = d.call("POST", "/v1/domains/frozen/pause", None);
+    let waited = started.elapsed();
+    killer.join().unwrap();
+    assert!(status >= 400, "{status} {v}");
+    assert!(
+        waited < Duration::from_secs(5),
+        "the pause waited {waited:?} for a dead process: {v}"
+    );
+    wait_for("the domain to be crashed", Duration::from_secs(10), || {
+        d.ok("GET", "/v1/domains/frozen", None)["state"] == "crashed"
+    });
+}
+
 #[test]
 fn domains_outlive_a_killed_daemon_and_a_new_daemon_attaches_to_them() {
     require_kvm();
