@@ -14,7 +14,6 @@
 //! 2 MiB bar.
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 use std::path::{Path, PathBuf};
