@@ -108,6 +108,28 @@ fn a_call_to_a_domain_process_that_dies_fails_at_once() {
     });
 }
 
+/// Asserts that a console holds every tick line whole and in order, from its first tick to its
+/// last complete line: no byte was lost or repeated while daemons came and went.
+fn assert_ticks_whole(console: &str) {
+    let complete = &console[..console.rfind('\n').map_or(0, |end| end + 1)];
+    let ticks: Vec<&str> = complete
+        .lines()
+        .skip_while(|l| !l.starts_with("mini: tick "))
+        .collect();
+    let first: u64 = ticks
+        .first()
+        .and_then(|l| l.strip_prefix("mini: tick "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no tick line whole: {console:?}"));
+    for (i, line) in ticks.iter().enumerate() {
+        assert_eq!(
+            *line,
+            format!("mini: tick {}", first + i as u64),
+            "console:\n{console}"
+        );
+    }
+}
+
 #[test]
 fn domains_outlive_a_killed_daemon_and_a_new_daemon_attaches_to_them() {
     require_kvm();
@@ -150,6 +172,7 @@ fn domains_outlive_a_killed_daemon_and_a_new_daemon_attaches_to_them() {
         last_tick(&kept)
     );
     ticking(&d, "a");
+    assert_ticks_whole(&d.console("a"));
     d.ok("POST", "/v1/domains/b/pause", None);
     assert_eq!(d.ok("GET", "/v1/domains/b", None)["state"], "paused");
     d.ok("POST", "/v1/domains/b/unpause", None);

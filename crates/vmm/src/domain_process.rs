@@ -86,7 +86,6 @@ pub fn serve(listener: Listener) -> i32 {
     };
     let instance = Arc::new(instance);
     let peer = Peer::default();
-    spawn_console_forwarder(&log, &peer);
     let ended = spawn_status_watcher(&instance, &peer);
     let mut next = Some((first, None::<u64>));
     loop {
@@ -100,23 +99,32 @@ pub fn serve(listener: Listener) -> i32 {
         let Ok(writer) = conn.try_clone() else {
             continue;
         };
-        // Hello first, then what the console kept, then live output and notes.
+        // Hello first, then what the console kept, then live output and notes. The kept output
+        // and the live stream come from one attach, so no byte falls between them (the guest
+        // runs and prints while a control plane attaches).
         let hello = Note::Hello {
             id: pending_attach.unwrap_or(0),
             pid: std::process::id(),
             name: name.clone(),
             status: report(&instance.status()),
         };
+        let (kept, output) = log.attach();
+        let Ok(console_writer) = conn.try_clone() else {
+            continue;
+        };
         if writer.send(&wire::encode(&hello), &[]).is_err()
             || writer
-                .send(&wire::console(wire::CONSOLE_REPLAY, &log.recent()), &[])
+                .send(&wire::console(wire::CONSOLE_REPLAY, &kept), &[])
                 .is_err()
         {
             continue;
         }
+        let left = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        spawn_console_forwarder(output, console_writer, left.clone());
         peer.set(Some(writer));
         serve_connection(&conn, &instance, &peer);
         peer.set(None);
+        left.store(true, std::sync::atomic::Ordering::SeqCst);
         if ended.lock().map(|e| *e).unwrap_or(true) {
             return 0;
         }
@@ -182,16 +190,39 @@ fn accept_attach(listener: &Listener) -> Option<(Channel, u64)> {
     Some((conn, call.id))
 }
 
-/// Sends what the guest prints to the attached control plane (if none is attached the output
-/// is only kept, as the console log always keeps the last 64 KiB).
-fn spawn_console_forwarder(log: &ConsoleLog, peer: &Peer) {
-    let (_, rx) = log.attach();
-    let peer = peer.clone();
+/// Sends what the guest prints to one attached control plane until it `left` or its connection
+/// fails (a later control plane gets a forwarder of its own). Chunks waiting are sent together,
+/// so a forwarder that fell behind a guest printing a byte per exit catches up.
+fn spawn_console_forwarder(
+    output: std::sync::mpsc::Receiver<Vec<u8>>,
+    channel: Channel,
+    left: Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::sync::mpsc::RecvTimeoutError;
     let _ = std::thread::Builder::new()
         .name("console".into())
-        .spawn(move || {
-            while let Ok(chunk) = rx.recv() {
-                peer.send(&wire::console(wire::CONSOLE_OUT, &chunk));
+        .spawn(move || loop {
+            let first = match output.recv_timeout(Duration::from_secs(1)) {
+                Ok(chunk) => chunk,
+                Err(RecvTimeoutError::Timeout) => {
+                    if left.load(std::sync::atomic::Ordering::SeqCst) {
+                        break;
+                    }
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            let mut message = wire::console(wire::CONSOLE_OUT, &first);
+            while message.len() < hv::channel::MAX_MESSAGE / 2 {
+                match output.try_recv() {
+                    Ok(more) => message.extend_from_slice(&more),
+                    Err(_) => break,
+                }
+            }
+            if left.load(std::sync::atomic::Ordering::SeqCst)
+                || channel.send(&message, &[]).is_err()
+            {
+                break;
             }
         });
 }
