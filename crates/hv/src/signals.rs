@@ -96,11 +96,15 @@ impl TerminationSignals {
                     }
                 }
             };
+            // The kernel's own (a terminal's Ctrl-C) are SI_KERNEL; kill(2), sigqueue(3),
+            // tgkill(2) and pidfd_send_signal(2) give zero or less.
+            let from_process = info.si_code <= 0;
             return Ok(Some(Received {
                 signal,
-                // The kernel's own (a terminal's Ctrl-C) are SI_KERNEL; kill(2), sigqueue(3)
-                // and tgkill(2) give zero or less.
-                from_process: info.si_code <= 0,
+                from_process,
+                // SAFETY: for a signal a process sent, the kernel filled in the sender's pid
+                // (the `_kill`/`_rt` members, which share its position).
+                sender: from_process.then(|| unsafe { info.si_pid() } as u32),
             }));
         }
     }
@@ -113,6 +117,8 @@ pub struct Received {
     pub signal: TerminationSignal,
     /// Whether a process sent it (`kill`), rather than the kernel (a terminal's keys).
     pub from_process: bool,
+    /// The process that sent it, if one did.
+    pub sender: Option<u32>,
 }
 
 impl TerminationSignal {
@@ -161,6 +167,7 @@ mod tests {
             let got = signals.wait_received(None).unwrap().unwrap();
             assert_eq!(got.signal, TerminationSignal::Int);
             assert!(got.from_process, "pthread_kill is a process's signal");
+            assert_eq!(got.sender, Some(std::process::id()));
         })
         .join()
         .unwrap();

@@ -172,7 +172,7 @@ fn domain(spec: DomainSpec, resources: Resources, child: Child) -> u8 {
         }
     };
     spawn_stdin_forwarder(instance.console_input().clone(), interactive);
-    let why_destroyed = spawn_shutdown_on_signal(signals, instance.clone(), grace);
+    let why_destroyed = spawn_shutdown_on_signal(signals, instance.clone(), grace, parent);
     if let Some(kind) = forbidden_call {
         vmm::confinement::request_forbidden_call(kind.into());
     }
@@ -237,17 +237,38 @@ fn confine(resources: &Resources, parent: u32) -> anyhow::Result<()> {
 /// button (a guest that handles it powers off, and `vessel run` exits 0); a second one, or
 /// `grace` going by without a power-off, stops the domain at once. Returns where the reason for
 /// that stop is left, for the exit message.
+///
+/// The signals taken are the terminal's (the kernel's) and those `parent`, the `vessel run`
+/// process, passes on. One another process sends this process directly is not taken: it
+/// reaches the parent too when it was meant for `vessel run` (`kill $(pidof vessel)` signals
+/// both), and the parent passes it on, so taking both would count one signal twice.
 fn spawn_shutdown_on_signal(
     signals: hv::TerminationSignals,
     instance: Arc<Instance>,
     grace: Option<Duration>,
+    parent: u32,
 ) -> Arc<Mutex<Option<String>>> {
     let why = Arc::new(Mutex::new(None));
     let why2 = why.clone();
+    let next = move |timeout: Option<Duration>| {
+        let deadline = timeout.map(|t| std::time::Instant::now() + t);
+        loop {
+            let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
+            match signals.wait_received(left) {
+                Ok(Some(r)) if r.from_process && r.sender != Some(parent) => eprintln!(
+                    "vessel: {} sent to the domain's process by process {} is left to `vessel \
+                     run` (process {parent}), which passes on the signals it gets",
+                    r.signal,
+                    r.sender.unwrap_or(0)
+                ),
+                other => return other.map(|r| r.map(|r| r.signal)),
+            }
+        }
+    };
     let spawned = std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            let first = match signals.wait(None) {
+            let first = match next(None) {
                 Ok(Some(signal)) => signal,
                 Ok(None) => return,
                 Err(e) => {
@@ -265,7 +286,7 @@ fn spawn_shutdown_on_signal(
                 ),
                 Err(e) => eprintln!("vessel: {first}: {e}"),
             }
-            let reason = match signals.wait(grace) {
+            let reason = match next(grace) {
                 Ok(Some(second)) => format!(
                     "{second} again: stopped the domain without waiting for the guest to power off"
                 ),

@@ -104,6 +104,36 @@ fn run_confines_its_domain_as_the_daemon_confines_its_own() {
 }
 
 #[test]
+fn one_signal_to_both_processes_presses_the_power_button_once() {
+    // `kill $(pidof vessel)` signals vessel run and its domain's process alike: the domain takes
+    // the one its parent passes on and leaves its own, so the guest powers off in order instead
+    // of being stopped by "a second signal".
+    let mut sent = false;
+    let run = run_mini(&[], "button", &[], &mut |out, pid, domain| {
+        if !sent && out.contains("waiting for the power button") {
+            let domain = domain.expect("vessel run has no child process");
+            send_signal(domain, "TERM");
+            send_signal(pid, "TERM");
+            sent = true;
+        }
+        false
+    });
+    run.assert_code(0);
+    assert!(sent, "the guest never waited:\n{}", run.report());
+    assert!(
+        run.stdout.contains("mini: power button pressed"),
+        "{}",
+        run.report()
+    );
+    assert!(!run.stderr.contains("again"), "{}", run.report());
+    assert!(
+        run.stderr.contains("is left to `vessel run`"),
+        "{}",
+        run.report()
+    );
+}
+
+#[test]
 fn a_call_outside_a_threads_filter_ends_the_run_with_a_clear_error() {
     for thread in ["vcpu", "io", "control"] {
         let dir = TempDir::new(&format!("forbidden-{thread}"));
