@@ -1,5 +1,5 @@
-//! A control group per domain, for its CPU and memory accounting now and its weights and
-//! limits later (the scheduling and memory work set them there).
+//! A control group per domain: its CPU and memory accounting, its kernel CPU weight (set by
+//! the [`crate::scheduler`]) and its cap (and the memory work's limits, later).
 //!
 //! The daemon finds what the host offers, once: cgroup v2 with the `cpu` and `memory`
 //! controllers (mounting cgroup2 at `/sys/fs/cgroup` itself where nothing is mounted there, as
@@ -13,6 +13,10 @@
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+/// The period over which a cap is enforced, in microseconds: a capped domain runs at most
+/// `cap`% of it, so it waits at most one period minus its quota.
+pub const CAP_PERIOD_US: u64 = 100_000;
 
 /// Where the daemon's groups are.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -173,6 +177,61 @@ impl Cgroups {
             write(&dir.join("cgroup.procs"), &pid.to_string())?;
         }
         Ok(())
+    }
+
+    /// The largest kernel weight a group can have here (v2 `cpu.weight`, v1 `cpu.shares`);
+    /// `None` without groups.
+    pub fn max_cpu_weight(&self) -> Option<u64> {
+        match self {
+            Cgroups::V2 { .. } => Some(10_000),
+            Cgroups::V1 { .. } => Some(262_144),
+            Cgroups::None => None,
+        }
+    }
+
+    /// Sets domain `name`'s kernel CPU weight (clamped to what the kernel takes: v2
+    /// `cpu.weight`, v1 `cpu.shares`).
+    pub fn set_cpu_weight(&self, name: &str, weight: u64) -> std::io::Result<()> {
+        match self {
+            Cgroups::V2 { base } => write(
+                &base.join(name).join("cpu.weight"),
+                &weight.clamp(1, 10_000).to_string(),
+            ),
+            Cgroups::V1 { cpu, .. } => write(
+                &cpu.join(name).join("cpu.shares"),
+                &weight.clamp(2, 262_144).to_string(),
+            ),
+            Cgroups::None => Ok(()),
+        }
+    }
+
+    /// Caps domain `name` at `percent` of one CPU (0: no cap), by the kernel's bandwidth
+    /// control over periods of [`CAP_PERIOD_US`].
+    pub fn set_cpu_cap(&self, name: &str, percent: u32) -> std::io::Result<()> {
+        let quota = u64::from(percent) * CAP_PERIOD_US / 100;
+        match self {
+            Cgroups::V2 { base } => {
+                let value = if percent == 0 {
+                    format!("max {CAP_PERIOD_US}")
+                } else {
+                    format!("{quota} {CAP_PERIOD_US}")
+                };
+                write(&base.join(name).join("cpu.max"), &value)
+            }
+            Cgroups::V1 { cpu, .. } => {
+                let dir = cpu.join(name);
+                // The quota first when removing it, the period first when setting one, so no
+                // step is refused as a quota the period cannot hold.
+                if percent == 0 {
+                    write(&dir.join("cpu.cfs_quota_us"), "-1")?;
+                    write(&dir.join("cpu.cfs_period_us"), &CAP_PERIOD_US.to_string())
+                } else {
+                    write(&dir.join("cpu.cfs_period_us"), &CAP_PERIOD_US.to_string())?;
+                    write(&dir.join("cpu.cfs_quota_us"), &quota.to_string())
+                }
+            }
+            Cgroups::None => Ok(()),
+        }
     }
 
     /// The path of domain `name`'s group (the first hierarchy's), for `vessel info`.

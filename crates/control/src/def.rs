@@ -47,6 +47,13 @@ impl DomainDef {
         &self.0
     }
 
+    /// This definition with its scheduling parameters changed by `change` (checked).
+    pub fn with_sched(&self, change: &vmm::SchedChange) -> Result<DomainDef, ControlError> {
+        let mut spec = self.0.clone();
+        spec.sched = spec.sched.with(change);
+        DomainDef::new(spec)
+    }
+
     /// Records the format of every disk given without `format=`, found from the file's first
     /// bytes: once, when the domain is defined, so that no later boot, restart or daemon
     /// restart guesses a format from bytes its guest may have written.

@@ -21,12 +21,17 @@
 //! | `registry` | the domains by name, under one lock held only briefly |
 //! | `store` | definition files, written durably |
 //! | `process` | a domain process seen from the plane: launch, attach, calls over its channel |
-//! | `cgroup` | a control group per domain |
+//! | `cgroup` | a control group per domain: accounting, CPU weight and cap |
+//! | `bvt` | Borrowed Virtual Time's arithmetic, pure |
+//! | `scheduler` | the CPU scheduler: measures the domains each interval, steers their weights |
+//! | `cpu` | `vessel sched`: scheduling parameters shown and changed |
 //! | `error` | [`ControlError`] |
 #![forbid(unsafe_code)]
 
 mod actions;
+pub mod bvt;
 mod cgroup;
+mod cpu;
 mod def;
 mod error;
 mod fleet;
@@ -35,10 +40,12 @@ mod plane;
 mod process;
 mod registry;
 mod report;
+pub mod scheduler;
 mod store;
 mod switch;
 
 pub use cgroup::GroupStats;
+pub use cpu::DomainSched;
 pub use def::{spec_from_json, DomainDef};
 pub use error::{ControlError, StartError};
 pub use plane::{Config, ControlPlane, DOMAIN_ID_BASE};

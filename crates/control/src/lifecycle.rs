@@ -99,7 +99,7 @@ impl ControlPlane {
                 gid: DOMAIN_ID_BASE + id,
             }),
             console,
-            on_spawn: self.enter_group(name),
+            on_spawn: self.enter_group(&def),
             on_end: self.leave_group(name),
         })
         .map_err(|why| cannot_start(StartError::Process(why)))

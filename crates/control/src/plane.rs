@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::cgroup::Cgroups;
 use crate::registry::Registry;
+use crate::scheduler::{Policy, Scheduler};
 use crate::ControlError;
 
 /// The first uid (and gid) of domain processes: domain `id` runs as `DOMAIN_ID_BASE + id`.
@@ -26,6 +27,10 @@ pub struct Config {
     pub cgroup_parent: String,
     /// Whether the debugging hooks are served (the confinement tests' deliberate bad call).
     pub debug_hooks: bool,
+    /// How often the CPU scheduler measures the domains and steers their weights.
+    pub sched_interval: Duration,
+    /// How the CPU scheduler sets the kernel's weights.
+    pub sched_policy: Policy,
 }
 
 /// Domain 0: the domains, their processes and groups, and the switch between them.
@@ -35,7 +40,7 @@ pub struct Config {
 /// plane serves that verb.
 pub struct ControlPlane {
     /// Every domain.
-    pub(crate) registry: Registry,
+    pub(crate) registry: Arc<Registry>,
     /// Where domain processes' channel sockets are (`STATE_DIR/run`).
     pub(crate) run_dir: PathBuf,
     /// Where domain processes' own messages go (`STATE_DIR/logs`).
@@ -48,6 +53,8 @@ pub struct ControlPlane {
     pub(crate) debug_hooks: bool,
     /// Where domains' control groups are.
     pub(crate) cgroups: Arc<Cgroups>,
+    /// The CPU scheduler.
+    pub(crate) scheduler: Arc<Scheduler>,
 }
 
 impl ControlPlane {
@@ -84,6 +91,9 @@ impl ControlPlane {
         if let Some(note) = note {
             tracing::warn!("{note}");
         }
+        let (registry, cgroups) = (Arc::new(registry), Arc::new(cgroups));
+        let scheduler = Arc::new(Scheduler::new(cgroups.clone(), config.sched_policy));
+        scheduler.spawn(Arc::downgrade(&registry), config.sched_interval);
         Ok(ControlPlane {
             registry,
             run_dir: private_dir(&config.state_dir.join("run"))?,
@@ -91,7 +101,8 @@ impl ControlPlane {
             switch,
             started: Instant::now(),
             debug_hooks: config.debug_hooks,
-            cgroups: Arc::new(cgroups),
+            cgroups,
+            scheduler,
         })
     }
 
@@ -100,14 +111,16 @@ impl ControlPlane {
     #[cfg(test)]
     pub(crate) fn for_tests(state_dir: &Path, debug_hooks: bool) -> ControlPlane {
         let (registry, _) = Registry::open(state_dir).unwrap();
+        let cgroups = Arc::new(Cgroups::None);
         ControlPlane {
-            registry,
+            registry: Arc::new(registry),
             run_dir: private_dir(&state_dir.join("run")).unwrap(),
             log_dir: private_dir(&state_dir.join("logs")).unwrap(),
             switch: Arc::new(vswitch::Switch::start().unwrap()),
             started: Instant::now(),
             debug_hooks,
-            cgroups: Arc::new(Cgroups::None),
+            scheduler: Arc::new(Scheduler::new(cgroups.clone(), Policy::Bvt)),
+            cgroups,
         }
     }
 
@@ -129,20 +142,25 @@ impl ControlPlane {
         self.run_dir.join(format!("{name}.sock"))
     }
 
-    /// What moves a new domain process of `name` into its control group.
-    pub(crate) fn enter_group(&self, name: &str) -> Box<dyn FnOnce(u32) + Send> {
-        let (cgroups, name) = (self.cgroups.clone(), name.to_string());
+    /// What moves a new domain process of `def`'s domain into its control group and gives the
+    /// group the domain's CPU weight and cap, before the guest runs.
+    pub(crate) fn enter_group(&self, def: &crate::DomainDef) -> Box<dyn FnOnce(u32) + Send> {
+        let (cgroups, scheduler) = (self.cgroups.clone(), self.scheduler.clone());
+        let (name, vcpus, params) = (def.name().to_string(), def.spec().vcpus, def.spec().sched);
         Box::new(move |pid| {
             if let Err(e) = cgroups.enter(&name, pid) {
                 tracing::warn!("domain '{name}' runs outside its control group: {e}");
             }
+            scheduler.admit(&name, vcpus, params);
         })
     }
 
     /// What removes domain `name`'s control group once its process has ended.
     pub(crate) fn leave_group(&self, name: &str) -> Box<dyn FnOnce() + Send> {
-        let (cgroups, name) = (self.cgroups.clone(), name.to_string());
+        let (cgroups, scheduler) = (self.cgroups.clone(), self.scheduler.clone());
+        let name = name.to_string();
         Box::new(move || {
+            scheduler.forget(&name);
             if !cgroups.remove(&name) {
                 tracing::warn!("domain '{name}''s control group could not be removed");
             }

@@ -190,6 +190,31 @@ impl Registry {
         Ok(id)
     }
 
+    /// Replaces domain `name`'s definition with what `change` makes of it, and persists it.
+    /// The one exception to "nothing slow under the lock": the file is written while the lock
+    /// is held, so no create, delete or other change of the same domain can come between; it
+    /// is a rare, deliberate act (`vessel sched`), not a path the guests' traffic takes.
+    pub fn redefine(
+        &self,
+        name: &str,
+        change: impl FnOnce(&DomainDef) -> Result<DomainDef, ControlError>,
+    ) -> Result<DomainDef, ControlError> {
+        let mut inner = self.lock();
+        let entry = inner
+            .domains
+            .get_mut(name)
+            .ok_or_else(|| ControlError::NoSuchDomain(name.into()))?;
+        let def = change(&entry.def)?;
+        self.store.write(&def).map_err(|e| {
+            ControlError::Internal(format!(
+                "writing {}: {e}",
+                self.store.path_of(name).display()
+            ))
+        })?;
+        entry.def = def.clone();
+        Ok(def)
+    }
+
     /// Forgets a stopped domain (shut off or crashed, not starting) and deletes its file.
     pub fn undefine_stopped(&self, name: &str) -> Result<(), ControlError> {
         self.undefine_if(name, |e| {

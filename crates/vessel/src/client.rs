@@ -57,17 +57,18 @@ pub fn call(socket: &Path, method: &str, path: &str, body: Option<&[u8]>) -> any
 pub struct CreateArgs {
     /// A JSON domain definition (docs/api.md); or give the flags below instead. Relative
     /// paths, in the file or in the flags, are taken from the current directory.
-    #[arg(value_name = "FILE", conflicts_with_all = ["name", "autostart", "DomainSpec"])]
+    #[arg(value_name = "FILE", conflicts_with_all = ["name", "autostart", "DomainSpec", "SchedParams"])]
     file: Option<PathBuf>,
     /// The domain's name.
     #[arg(long, required_unless_present = "file")]
     name: Option<String>,
-    /// Record that the daemon should start the domain when the daemon starts (kept in the
-    /// definition; not acted on yet).
+    /// Start the domain whenever the daemon starts.
     #[arg(long)]
     autostart: bool,
     #[command(flatten)]
     spec: Option<DomainSpec>,
+    #[command(flatten)]
+    sched: vmm::SchedParams,
     /// Only define the domain; do not start it now.
     #[arg(long)]
     no_start: bool,
@@ -137,6 +138,7 @@ pub fn create(socket: &Path, args: CreateArgs) -> anyhow::Result<ExitCode> {
             DomainSpec {
                 name: args.name,
                 autostart: args.autostart,
+                sched: args.sched,
                 ..spec
             },
             String::new(),
@@ -242,8 +244,8 @@ pub fn top(socket: &Path, args: TopArgs) -> anyhow::Result<ExitCode> {
             out.push_str("\x1b[H\x1b[2J");
         }
         out.push_str(&format!(
-            "{:<20} {:<8} {:>6} {:>10} {:>12} {:>12}\n",
-            "NAME", "STATE", "CPU%", "MEM(MiB)", "BLK(KiB/s)", "NET(KiB/s)"
+            "{:<20} {:<8} {:>6} {:>7} {:>10} {:>12} {:>12}\n",
+            "NAME", "STATE", "CPU%", "SHARE%", "MEM(MiB)", "BLK(KiB/s)", "NET(KiB/s)"
         ));
         for d in list.as_array().into_iter().flatten() {
             let name = d["name"].as_str().unwrap_or("?").to_string();
@@ -265,11 +267,16 @@ pub fn top(socket: &Path, args: TopArgs) -> anyhow::Result<ExitCode> {
             };
             last.insert(name.clone(), (now, cpu, blk, net));
             let mem = info["memory_resident_bytes"].as_u64().unwrap_or(0) as f64 / (1 << 20) as f64;
+            // The scheduler's share of what all domains used over its last interval.
+            let share = info["sched"]["share_percent"]
+                .as_f64()
+                .map_or("-".to_string(), |s| format!("{s:.1}"));
             out.push_str(&format!(
-                "{:<20} {:<8} {:>6.1} {:>10.1} {:>12.1} {:>12.1}\n",
+                "{:<20} {:<8} {:>6.1} {:>7} {:>10.1} {:>12.1} {:>12.1}\n",
                 name,
                 d["state"].as_str().unwrap_or("?"),
                 cpu_pct,
+                share,
                 mem,
                 blk_rate,
                 net_rate

@@ -11,6 +11,7 @@ mod image;
 mod logging;
 mod netcli;
 mod run;
+mod schedcli;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -55,6 +56,9 @@ enum Command {
     Console(client::ConsoleArgs),
     /// Live CPU, memory and I/O of every domain.
     Top(client::TopArgs),
+    /// CPU scheduling: every domain's weight, cap and warp with its measured share, or one
+    /// domain's; with flags, change them on a running domain (kept in its definition).
+    Sched(schedcli::SchedArgs),
     /// The daemon's virtual switch: ports, firewall rules, default policy.
     #[command(subcommand)]
     Net(netcli::NetCommand),
@@ -119,6 +123,7 @@ fn main() -> ExitCode {
         Command::Console(args) => client::console(&socket, args),
         Command::Top(args) => client::top(&socket, args),
         Command::Net(command) => netcli::net(&socket, command),
+        Command::Sched(args) => schedcli::sched(&socket, args),
         Command::Domain(verb) => client::domain_verb(&socket, verb),
         Command::DomainProcess => domain_process(),
         Command::Api { method, path, body } => {

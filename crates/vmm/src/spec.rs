@@ -23,6 +23,7 @@ use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::layout::{CMDLINE_MAX, MAX_MEMORY, MAX_VCPUS, MIN_MEMORY};
+use crate::sched::{SchedError, SchedParams};
 use crate::virtio::VIRTIO_MAX_DEVICES;
 
 /// The kernel command line when none is given.
@@ -31,8 +32,8 @@ pub const DEFAULT_CMDLINE: &str = "console=ttyS0";
 pub const DEFAULT_VCPUS: u32 = 1;
 /// Guest memory when none is given, as `--memory` takes it.
 pub const DEFAULT_MEMORY: &str = "256M";
-// The other defaults: `on_reboot` is `OnReboot::default()` (restart), `autostart` false, no
-// initrd, disks or VIFs.
+// The other defaults: `on_reboot` is `OnReboot::default()` (restart), `autostart` false,
+// `sched` `SchedParams::default()` (crate::sched), no initrd, disks or VIFs.
 
 /// Everything needed to define and boot one domain.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,11 +87,16 @@ pub struct DomainSpec {
     #[serde(default)]
     #[cfg_attr(feature = "clap", arg(long, value_enum, default_value_t))]
     pub on_reboot: OnReboot,
-    /// Whether the daemon should start the domain when the daemon starts. Recorded and shown;
-    /// the daemon does not act on it yet. (`vessel run` has no use for it.)
+    /// Whether the daemon should start the domain when the daemon starts. (`vessel run` has
+    /// no use for it.)
     #[serde(default)]
     #[cfg_attr(feature = "clap", arg(skip))]
     pub autostart: bool,
+    /// How the domain shares the host's CPUs with the daemon's other domains (`vessel
+    /// create`'s --weight, --cap, --warp...; `vessel run` has no other domains and takes none).
+    #[serde(default, skip_serializing_if = "SchedParams::is_default")]
+    #[cfg_attr(feature = "clap", arg(skip))]
+    pub sched: SchedParams,
 }
 
 fn default_cmdline() -> String {
@@ -418,6 +424,9 @@ impl fmt::Display for NetSpec {
 /// the command line does.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SpecError {
+    /// Scheduling parameters out of range.
+    #[error(transparent)]
+    Sched(#[from] SchedError),
     /// A name that is not a valid domain name.
     #[error("invalid domain name '{0}': use 1 to 32 letters, digits, '_', '.' or '-', not starting with '.' or '-'")]
     Name(String),
@@ -507,6 +516,7 @@ impl DomainSpec {
             nets: Vec::new(),
             on_reboot: OnReboot::default(),
             autostart: false,
+            sched: SchedParams::default(),
         }
     }
 
@@ -551,6 +561,7 @@ impl DomainSpec {
                 nets: self.nets.len(),
             });
         }
+        self.sched.validate(self.vcpus)?;
         self.check_disks()?;
         self.check_nets()
     }

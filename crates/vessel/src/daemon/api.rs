@@ -61,6 +61,9 @@ pub const ROUTES: &[Route] = &[
     route("POST", "/v1/domains/{name}/reboot", reboot_domain),
     route("POST", "/v1/domains/{name}/destroy", destroy_domain),
     route("GET", "/v1/domains/{name}/console", console_without_upgrade),
+    route("GET", "/v1/domains/{name}/sched", get_sched),
+    route("PUT", "/v1/domains/{name}/sched", set_sched),
+    route("GET", "/v1/sched", list_sched),
     route(
         "POST",
         "/v1/domains/{name}/debug/forbidden-call",
@@ -180,7 +183,33 @@ fn create_domain(plane: &ControlPlane, _: &Params, req: &Request) -> Answer {
 }
 
 fn get_domain(plane: &ControlPlane, p: &Params, _: &Request) -> Answer {
-    Ok(Response::json(200, &render::info(&plane.info(&p.name)?)))
+    let mut info = render::info(&plane.info(&p.name)?);
+    if let Ok(mine) = plane.sched(&p.name) {
+        info["sched"] = render::sched(&mine, &plane.sched_all());
+    }
+    Ok(Response::json(200, &info))
+}
+
+fn get_sched(plane: &ControlPlane, p: &Params, _: &Request) -> Answer {
+    let all = plane.sched_all();
+    let mine = plane.sched(&p.name)?;
+    Ok(Response::json(200, &render::sched(&mine, &all)))
+}
+
+fn set_sched(plane: &ControlPlane, p: &Params, req: &Request) -> Answer {
+    let change: vmm::SchedChange = serde_json::from_slice(&req.body)
+        .map_err(|e| ControlError::Invalid(format!("invalid scheduling change: {e}")))?;
+    let mine = plane.set_sched(&p.name, &change)?;
+    Ok(Response::json(
+        200,
+        &render::sched(&mine, &plane.sched_all()),
+    ))
+}
+
+fn list_sched(plane: &ControlPlane, _: &Params, _: &Request) -> Answer {
+    let all = plane.sched_all();
+    let rows: Vec<Value> = all.iter().map(|d| render::sched(d, &all)).collect();
+    Ok(Response::json(200, &Value::Array(rows)))
 }
 
 fn delete_domain(plane: &ControlPlane, p: &Params, _: &Request) -> Answer {

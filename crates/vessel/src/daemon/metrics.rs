@@ -1,7 +1,8 @@
 //! `GET /metrics`: the control plane's figures rendered in the Prometheus text format (version
 //! 0.0.4).
 //!
-//! Per domain: state, CPU time, memory resident; per vCPU: CPU time and exits by reason; per
+//! Per domain: state, CPU time, memory resident, scheduling (weight, cap, CPU, share and
+//! waiting over the scheduler's last interval); per vCPU: CPU time and exits by reason; per
 //! virtio device: each counter it keeps (bytes and operations in each direction, drops); per
 //! switch port and rule, their counters; the daemon's uptime.
 
@@ -111,6 +112,7 @@ pub fn render(plane: &ControlPlane) -> String {
             let _ = writeln!(out, "{name}{row}");
         }
     }
+    sched_families(plane, &mut out);
     switch_families(plane, &mut out);
     let _ = writeln!(
         out,
@@ -123,6 +125,41 @@ pub fn render(plane: &ControlPlane) -> String {
         plane.uptime().as_secs_f64()
     );
     out
+}
+
+/// A scheduling figure of a domain (given every domain's, for its share), if it has one.
+type SchedGauge = fn(&control::DomainSched, &[control::DomainSched]) -> Option<f64>;
+
+/// Each domain's scheduling: its weight and cap, and its CPU, share and waiting over the
+/// scheduler's last interval.
+fn sched_families(plane: &ControlPlane, out: &mut String) {
+    let all = plane.sched_all();
+    let gauges: [(&str, &str, SchedGauge); 5] = [
+        ("vessel_domain_sched_weight", "the domain's scheduling weight", |d, _| {
+            Some(f64::from(d.params.weight))
+        }),
+        ("vessel_domain_sched_cap_percent", "the domain's CPU cap in percent of one CPU (0: none)", |d, _| {
+            Some(f64::from(d.params.cap))
+        }),
+        ("vessel_domain_cpu_percent", "CPU the domain used over the scheduler's last interval, in percent of one CPU", |d, _| {
+            d.now.map(|n| n.cpu_percent())
+        }),
+        ("vessel_domain_cpu_share_percent", "the domain's share of the CPU all domains used over the scheduler's last interval", |d, all| {
+            d.share_percent(all)
+        }),
+        ("vessel_domain_cpu_wait_percent", "time the domain's threads waited for a CPU over the scheduler's last interval, in percent of one CPU", |d, _| {
+            d.now.map(|n| n.wait_percent())
+        }),
+    ];
+    for (family, help, value) in gauges {
+        let _ = writeln!(out, "# HELP {family} {help}");
+        let _ = writeln!(out, "# TYPE {family} gauge");
+        for d in &all {
+            if let Some(v) = value(d, &all) {
+                let _ = writeln!(out, "{family}{{domain=\"{}\"}} {v:.3}", label(&d.name));
+            }
+        }
+    }
 }
 
 /// The virtual switch's per-port and per-rule counters.

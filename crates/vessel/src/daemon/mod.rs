@@ -65,6 +65,16 @@ pub struct DaemonArgs {
     /// The control group (in each hierarchy) that holds the domains' groups.
     #[arg(long, value_name = "NAME", default_value = "vessel", value_parser = parse_cgroup_parent)]
     cgroup_parent: String,
+    /// Milliseconds between the CPU scheduler's rounds: it measures every domain and steers
+    /// the kernel's weights toward Borrowed Virtual Time's shares (docs/design.md).
+    #[arg(long, value_name = "MS", default_value_t = 100,
+          value_parser = clap::value_parser!(u64).range(10..=10_000))]
+    sched_interval: u64,
+    /// How the CPU scheduler sets the domains' kernel weights: bvt (Borrowed Virtual Time:
+    /// weights steered by each domain's lag and warp), or cgroups (each domain's weight as it
+    /// is, as the peers do; for comparison).
+    #[arg(long, value_name = "POLICY", default_value = "bvt", value_parser = parse_sched_policy)]
+    scheduler: control::scheduler::Policy,
     /// Serve the debugging hooks (`POST /v1/domains/NAME/debug/forbidden-call`), for the
     /// tests of domain confinement; without this they answer 404.
     #[arg(long, hide = true)]
@@ -76,6 +86,14 @@ fn parse_cgroup_parent(s: &str) -> Result<String, String> {
         Ok(s.to_string())
     } else {
         Err("a control group name is 1 to 32 letters, digits, '_', '.' or '-'".into())
+    }
+}
+
+fn parse_sched_policy(s: &str) -> Result<control::scheduler::Policy, String> {
+    match s {
+        "bvt" => Ok(control::scheduler::Policy::Bvt),
+        "cgroups" => Ok(control::scheduler::Policy::CgroupsOnly),
+        _ => Err(format!("'{s}' is not a scheduler: give bvt or cgroups")),
     }
 }
 
@@ -96,6 +114,8 @@ pub fn daemon(args: DaemonArgs) -> anyhow::Result<std::process::ExitCode> {
         uplink: args.uplink.clone(),
         cgroup_parent: args.cgroup_parent.clone(),
         debug_hooks: args.debug_hooks,
+        sched_interval: std::time::Duration::from_millis(args.sched_interval),
+        sched_policy: args.scheduler,
     })?);
     let listener = bind_private(&args.socket)?;
     tracing::info!(

@@ -1,7 +1,7 @@
-//! The API's JSON views of the control plane's reports: a domain as `list` shows it, and as
-//! `info` shows it (docs/api.md).
+//! The API's JSON views of the control plane's reports: a domain as `list` shows it, as
+//! `info` shows it, and its CPU scheduling (docs/api.md).
 
-use control::{DomainInfo, DomainSummary};
+use control::{DomainInfo, DomainSched, DomainSummary};
 use serde_json::{json, Value};
 
 /// The `list` view of a domain.
@@ -73,4 +73,29 @@ fn device_stats(machine: &vmm::wire::MachineStats) -> Vec<Value> {
             json!({ "kind": d.kind, "label": d.label, "counters": counters })
         })
         .collect()
+}
+
+/// A domain's scheduling: its parameters and, while it runs, the scheduler's last interval
+/// (`all`: every domain, for its share of what they all used).
+pub fn sched(d: &DomainSched, all: &[DomainSched]) -> Value {
+    let mut v = json!({
+        "name": d.name,
+        "state": d.state.name(),
+        "params": d.params,
+    });
+    if let Some(now) = &d.now {
+        v["interval_ms"] = json!(now.interval_ns as f64 / 1e6);
+        v["cpu_percent"] = json!(round2(now.cpu_percent()));
+        v["wait_percent"] = json!(round2(now.wait_percent()));
+        v["share_percent"] = json!(d.share_percent(all).map(round2));
+        v["contended"] = json!(now.bvt.contended);
+        v["warp"] = json!(now.bvt.warp.name());
+        v["lag_ms"] = json!(round2(now.bvt.lag_ns / 1e6));
+        v["kernel_weight"] = json!(now.group_weight);
+    }
+    v
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
 }

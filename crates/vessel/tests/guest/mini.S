@@ -42,6 +42,9 @@
  *                MMIO and stops the vCPU with an internal error (emulation failure)
  *   tick         forever: print "mini: tick N" about every TICK_TSC TSC ticks, spinning at
  *                CPL3 in between (a guest that runs until the VMM stops it)
+ *   work         forever: count down a loop of WORK_LOOPS iterations at CPL3, then print
+ *                "mini: work N" (N: loops done so far): a CPU-bound guest whose own progress
+ *                measures the CPU it was given
  *   fattick      write every page from FAT_START to FAT_END (so that much guest RAM is
  *                resident on the host), print "mini: touched", then tick (needs 64M)
  *   button       route the ACPI power button's line (IOAPIC pin 3) to vector 0x41, print
@@ -133,6 +136,7 @@
 
 #define HELLO_N          10000000    /* hello: sum 0..HELLO_N-1 at CPL3 */
 #define TICK_TSC         200000000   /* tick: TSC ticks between ticks (~0.1 s at 2 GHz) */
+#define WORK_LOOPS       0x8000000   /* work: iterations per unit (2^27: ~50 ms of one CPU) */
 #define FAT_START        0x1000000   /* fattick: 16 MiB... */
 #define FAT_END          0x3000000   /* ...to 48 MiB */
 #define IRQ_ROUNDS       5           /* irq: interrupts awaited at CPL0, then again at CPL3 */
@@ -367,7 +371,7 @@ bsp64:
     jnz 4f
     add $16, %r12
     jmp 2b
-3:  PRINT "mini: PANIC: unknown scenario (want hello, irq, smp, reboot, triplefault, mmio, fetchmmio, tick, fattick, button or hammer)\n"
+3:  PRINT "mini: PANIC: unknown scenario (want hello, irq, smp, reboot, triplefault, mmio, fetchmmio, tick, fattick, work, button or hammer)\n"
     jmp die
 4:  jmp *8(%r12)
 
@@ -397,6 +401,11 @@ scen_fetchmmio:
 scen_tick:
     PRINT "mini: ticking\n"
     lea user_tick(%rip), %rdi
+    jmp enter_user
+
+scen_work:
+    PRINT "mini: working\n"
+    lea user_work(%rip), %rdi
     jmp enter_user
 
 scen_fattick:
@@ -528,6 +537,17 @@ user_tick:
     jb 2b
     inc %rbx
     UPRINT "mini: tick "
+    USYS SYS_PUT_DEC, %rbx
+    UPRINT "\n"
+    jmp 1b
+
+user_work:
+    xor %ebx, %ebx                  /* units done */
+1:  mov $WORK_LOOPS, %ecx
+2:  dec %rcx
+    jnz 2b
+    inc %rbx
+    UPRINT "mini: work "
     USYS SYS_PUT_DEC, %rbx
     UPRINT "\n"
     jmp 1b
@@ -1028,6 +1048,7 @@ s_mmio:        .asciz "mmio"
 s_fetchmmio:   .asciz "fetchmmio"
 s_tick:        .asciz "tick"
 s_fattick:     .asciz "fattick"
+s_work:        .asciz "work"
 s_button:      .asciz "button"
 s_hammer:      .asciz "hammer"
 
@@ -1043,6 +1064,7 @@ scenarios:
     .quad s_fetchmmio, scen_fetchmmio
     .quad s_tick, scen_tick
     .quad s_fattick, scen_fattick
+    .quad s_work, scen_work
     .quad s_button, scen_button
     .quad s_hammer, scen_hammer
     .quad 0, 0
