@@ -42,6 +42,12 @@ const MAX_FACTOR: f64 = 16.0;
 const CONTENDED: f64 = 0.02;
 /// A capped domain that used this much of its cap over an interval is held by its cap.
 const AT_CAP: f64 = 0.9;
+/// The most a contended domain's A may lag behind (or run ahead of) the mean of the contended
+/// domains, in intervals of virtual-time progress: a domain that waits a little in every
+/// interval but wants little CPU (an interactive one) is owed no more than this, so it cannot
+/// save up a claim and starve the others when it turns CPU-bound. (Enough to correct a kernel
+/// that slights a domain by a factor of 2^(MAX_LAG / GAIN), about 7.)
+const MAX_LAG: f64 = 2.0;
 
 /// What a domain's threads did over one interval.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -233,6 +239,17 @@ impl Bvt {
         }
         if contended_count > 0 {
             self.progress = (advance_sum / contended_count as f64).max(1.0);
+            let mean_actual = self
+                .accounts
+                .values()
+                .filter(|a| a.contended)
+                .map(|a| a.actual)
+                .sum::<f64>()
+                / contended_count as f64;
+            let bound = MAX_LAG * self.progress;
+            for a in self.accounts.values_mut().filter(|a| a.contended) {
+                a.actual = a.actual.clamp(mean_actual - bound, mean_actual + bound);
+            }
             let contended: Vec<f64> = self
                 .accounts
                 .values()
@@ -573,6 +590,38 @@ mod tests {
         );
         let factor = view["sleeper"].kernel_weight / f64::from(p.weight);
         assert!((0.5..2.0).contains(&factor), "{factor}");
+    }
+
+    #[test]
+    fn an_interactive_domain_saves_up_no_claim_to_starve_the_others_with() {
+        // It wants 1% of a CPU for 20 s, waiting a little each time it wakes, then turns
+        // CPU-bound beside three domains that were CPU-bound all along (one CPU).
+        let mut bvt = Bvt::new();
+        let p = SchedParams::default();
+        for name in ["i", "a", "b", "c"] {
+            bvt.set(name, 1, p);
+        }
+        let hog = Usage {
+            run_ns: INTERVAL / 3,
+            wait_ns: INTERVAL * 2 / 3,
+        };
+        for _ in 0..200 {
+            let mut usage: BTreeMap<String, Usage> =
+                ["a", "b", "c"].map(|n| (n.to_string(), hog)).into();
+            usage.insert(
+                "i".into(),
+                Usage {
+                    run_ns: INTERVAL / 100,
+                    wait_ns: INTERVAL / 20,
+                },
+            );
+            bvt.account(INTERVAL, &usage);
+        }
+        // Bounded against the mean before the bound moved it: a little over MAX_LAG after.
+        let owed = -bvt.view()["i"].lag_ns / bvt.progress;
+        assert!(owed <= 1.25 * MAX_LAG, "i is owed {owed} intervals");
+        let factor = bvt.kernel_weight("i").unwrap() / f64::from(p.weight);
+        assert!(factor <= 2f64.powf(1.25 * MAX_LAG / GAIN), "{factor}");
     }
 
     #[test]

@@ -24,6 +24,7 @@
 //! | `cgroup` | a control group per domain: accounting, CPU weight and cap |
 //! | `bvt` | Borrowed Virtual Time's arithmetic, pure |
 //! | `scheduler` | the CPU scheduler: measures the domains each interval, steers their weights |
+//! | `thread_clock` | a process's threads' run and wait times, read cheaply every interval |
 //! | `cpu` | `vessel sched`: scheduling parameters shown and changed |
 //! | `error` | [`ControlError`] |
 #![forbid(unsafe_code)]
@@ -43,6 +44,7 @@ mod report;
 pub mod scheduler;
 mod store;
 mod switch;
+mod thread_clock;
 
 pub use cgroup::GroupStats;
 pub use cpu::DomainSched;

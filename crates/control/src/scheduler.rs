@@ -2,10 +2,10 @@
 //! kernel as the dispatcher.
 //!
 //! Every interval (`vessel daemon --sched-interval`, 100 ms by default) it reads what each
-//! running domain's threads did (`/proc/PID/task/*/schedstat`: time run, time spent ready but
+//! running domain's threads did ([`crate::thread_clock`]: time run, time spent ready but
 //! waiting for a CPU), hands that to [`crate::bvt`], and writes the kernel weights BVT asks for
-//! into the domains' control groups; a cap goes to the group's bandwidth control once, when it
-//! is set. The waiting time is also what KVM reports to a guest as steal time, so a guest's
+//! into the domains' control groups where they moved by more than [`HYSTERESIS`]; a cap goes
+//! to the group's bandwidth control once, when it is set. The waiting time is also what KVM reports to a guest as steal time, so a guest's
 //! `/proc/stat` and `vessel sched` agree on who waited.
 //!
 //! Without control groups it still measures (so `vessel sched` shows shares), but cannot act:
@@ -20,6 +20,11 @@ use vmm::SchedParams;
 use crate::bvt::{Bvt, DomainView, Usage};
 use crate::cgroup::Cgroups;
 use crate::registry::Registry;
+use crate::thread_clock::ThreadClocks;
+
+/// A kernel weight is written again only when it moved by more than this fraction (writing one
+/// makes the kernel reweigh the group on every CPU).
+const HYSTERESIS: f64 = 0.05;
 
 /// The scheduler's interval when none is given.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(100);
@@ -61,13 +66,10 @@ impl SchedReport {
     }
 }
 
-/// Cumulative (run, wait) nanoseconds of each thread of a process.
-type ThreadTimes = BTreeMap<u32, (u64, u64)>;
-
 struct State {
     bvt: Bvt,
-    /// Each domain's process and what its threads had done at the last sample.
-    seen: BTreeMap<String, (u32, ThreadTimes)>,
+    /// Each domain's process's thread clocks.
+    seen: BTreeMap<String, ThreadClocks>,
     /// What was last written to each domain's group: (kernel weight, cap).
     written: BTreeMap<String, (u64, u32)>,
     last_sample: Option<Instant>,
@@ -167,13 +169,14 @@ impl Scheduler {
         let mut usage = BTreeMap::new();
         for r in running {
             state.bvt.set(&r.name, r.vcpus, r.params);
-            let now_times = thread_times(r.pid);
-            let used = match state.seen.get(&r.name) {
-                Some((pid, before)) if *pid == r.pid => delta(before, &now_times),
+            let used = match state.seen.get_mut(&r.name) {
+                Some(clocks) if clocks.pid() == r.pid => clocks.sample(),
                 // First sight of this process: a baseline, nothing to account yet.
-                _ => Usage::default(),
+                _ => {
+                    state.seen.insert(r.name.clone(), ThreadClocks::new(r.pid));
+                    Usage::default()
+                }
             };
-            state.seen.insert(r.name.clone(), (r.pid, now_times));
             usage.insert(r.name.clone(), used);
         }
         if elapsed > 0 {
@@ -200,7 +203,8 @@ impl Scheduler {
             let weight = ((wanted(v) * scale).round() as u64).clamp(1, top);
             let cap = v.params.cap;
             let (old_weight, old_cap) = state.written.get(name).copied().unwrap_or((0, u32::MAX));
-            let moved = old_weight == 0 || weight.abs_diff(old_weight) * 100 > old_weight;
+            let moved = old_weight == 0
+                || weight.abs_diff(old_weight) as f64 > HYSTERESIS * old_weight as f64;
             if moved {
                 if let Err(e) = self.cgroups.set_cpu_weight(name, weight) {
                     tracing::debug!("domain '{name}': cannot set its CPU weight: {e}");
@@ -261,62 +265,9 @@ fn running_domains(registry: &Registry) -> Vec<Running> {
         .collect()
 }
 
-/// What each thread of process `pid` has done: `/proc/PID/task/TID/schedstat` holds the time
-/// it ran and the time it waited on a run queue, in nanoseconds.
-fn thread_times(pid: u32) -> ThreadTimes {
-    let mut times = ThreadTimes::new();
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return times;
-    };
-    for task in tasks.flatten() {
-        let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else {
-            continue;
-        };
-        let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) else {
-            continue;
-        };
-        let mut fields = text.split_whitespace().map(|f| f.parse::<u64>().ok());
-        if let (Some(Some(run)), Some(Some(wait))) = (fields.next(), fields.next()) {
-            times.insert(tid, (run, wait));
-        }
-    }
-    times
-}
-
-/// What the threads did between two samples (a thread new since the first counts from zero; one
-/// that ended is not counted).
-fn delta(before: &ThreadTimes, now: &ThreadTimes) -> Usage {
-    let mut used = Usage::default();
-    for (tid, (run, wait)) in now {
-        let (run0, wait0) = before.get(tid).copied().unwrap_or((0, 0));
-        used.run_ns += run.saturating_sub(run0);
-        used.wait_ns += wait.saturating_sub(wait0);
-    }
-    used
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_threads_times_are_read_and_their_differences_taken() {
-        let me = std::process::id();
-        let spin = std::thread::spawn(|| {
-            let t = Instant::now();
-            while t.elapsed() < Duration::from_millis(50) {
-                std::hint::spin_loop();
-            }
-        });
-        let before = thread_times(me);
-        spin.join().unwrap();
-        let after = thread_times(me);
-        assert!(before.len() >= 2, "{before:?}");
-        let used = delta(&before, &after);
-        assert!(used.run_ns > 0 && used.run_ns < 10_000_000_000, "{used:?}");
-        let none = delta(&after, &after);
-        assert_eq!(none, Usage::default());
-    }
 
     #[test]
     fn without_groups_it_measures_and_writes_nothing() {

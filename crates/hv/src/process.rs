@@ -200,6 +200,17 @@ pub fn wait_child(pid: u32) -> io::Result<std::process::ExitStatus> {
     }
 }
 
+/// Raises this process's soft limit on open descriptors to its hard limit (a daemon with a
+/// hundred domains holds a few descriptors for each); returns the limit now.
+pub fn raise_open_files_limit() -> io::Result<u64> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(io::Error::from)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).map_err(io::Error::from)?;
+    }
+    Ok(hard.max(soft))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

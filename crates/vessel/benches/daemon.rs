@@ -31,12 +31,14 @@ const NOW: &str = "$(cut -d' ' -f1 /proc/uptime)";
 const DEADLINE: &str = "DL=$(( $(cut -d. -f1 /proc/uptime) + 120 ))";
 const GIVE_UP: &str = "[ $(cut -d. -f1 /proc/uptime) -ge $DL ]";
 
-/// Starts the daemon (with the uplink TAP `vtap0` when `uplink`) and waits for its socket.
+/// Starts the daemon (with the uplink TAP `vtap0` when `uplink`, and the extra arguments in
+/// `VESSEL_BENCH_DAEMON_ARGS`) and waits for its socket.
 fn daemon(uplink: bool) -> String {
     let uplink = if uplink { " --uplink vtap0" } else { "" };
+    let extra = std::env::var("VESSEL_BENCH_DAEMON_ARGS").unwrap_or_default();
     format!(
         "export VESSEL_SOCKET=/tmp/api.sock; rm -rf /tmp/state; \
-         vessel daemon --state-dir /tmp/state --socket /tmp/api.sock{uplink} 2>/tmp/daemon.log & \
+         vessel daemon --state-dir /tmp/state --socket /tmp/api.sock{uplink} {extra} 2>/tmp/daemon.log & \
          DPID=$!; i=0; while [ ! -S /tmp/api.sock ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done"
     )
 }

@@ -90,15 +90,17 @@ fn table(rows: &[Value]) -> String {
     for r in rows {
         let p = &r["params"];
         let num = |v: &Value| v.as_f64().map_or("-".to_string(), |x| format!("{x:.1}"));
+        // Values as text first: a JSON value's Display ignores widths.
+        let int = |v: &Value| v.as_u64().map_or("?".to_string(), |x| x.to_string());
         out.push_str(&format!(
             "{:<20} {:<8} {:>6} {:>5} {:>6} {:>7} {:>7} {:>7} {:>7} {:>7} {:>8}\n",
             r["name"].as_str().unwrap_or("?"),
             r["state"].as_str().unwrap_or("?"),
-            p["weight"],
-            p["cap"],
-            p["warp_ms"],
-            p["warp_limit_ms"],
-            p["unwarp_ms"],
+            int(&p["weight"]),
+            int(&p["cap"]),
+            int(&p["warp_ms"]),
+            int(&p["warp_limit_ms"]),
+            int(&p["unwarp_ms"]),
             num(&r["cpu_percent"]),
             num(&r["share_percent"]),
             num(&r["wait_percent"]),

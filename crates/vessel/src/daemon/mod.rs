@@ -107,6 +107,10 @@ fn parse_timeout(s: &str) -> Result<f64, String> {
 /// Runs the daemon until a signal ends it (see [`DaemonArgs::shutdown_timeout`]).
 pub fn daemon(args: DaemonArgs) -> anyhow::Result<std::process::ExitCode> {
     crate::logging::init();
+    // A few descriptors per domain (its channel, its threads' clocks for the scheduler).
+    if let Err(e) = hv::process::raise_open_files_limit() {
+        tracing::warn!("cannot raise the limit on open files: {e}");
+    }
     // Before any thread starts, so that every thread inherits the blocked mask.
     let signals = hv::TerminationSignals::block().context("cannot block termination signals")?;
     let plane = Arc::new(ControlPlane::open(&Config {
