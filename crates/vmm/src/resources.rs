@@ -135,6 +135,7 @@ impl Resources {
                 Ok(HandedFile {
                     path: f.path.clone(),
                     readonly: f.readonly,
+                    block_size: f.block_size,
                     file: f.file.try_clone()?,
                 })
             })
@@ -203,6 +204,7 @@ impl Resources {
                 entries.push(DiskFileEntry {
                     path: f.path.clone(),
                     readonly: f.readonly,
+                    block_size: f.block_size,
                 });
                 fds.push(f.file.as_fd());
             }
@@ -270,6 +272,7 @@ impl Resources {
                 files.push(HandedFile {
                     path: e.path,
                     readonly: e.readonly,
+                    block_size: e.block_size,
                     file: File::from(next()?),
                 });
             }
@@ -411,6 +414,9 @@ pub struct DiskFileEntry {
     pub path: PathBuf,
     /// Whether it was opened read-only.
     pub readonly: bool,
+    /// Its logical block size if it is a block device (the domain process cannot read sysfs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_size: Option<u32>,
 }
 
 /// One VIF in a [`Manifest`].

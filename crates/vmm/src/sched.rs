@@ -5,7 +5,7 @@
 //! `vessel create`'s `--weight`, `--cap`, `--warp`, `--warp-limit` and `--unwarp`, and the body
 //! of the API's scheduling calls ([`SchedChange`] changes some of them on a running domain).
 //! The daemon's scheduler (the `control` crate's `bvt` and `scheduler` modules) acts on them;
-//! `vessel run`, one domain alone, has nothing to share its CPUs with and refuses them.
+//! `vessel run`, one domain alone, has nothing to share its CPUs with and takes none.
 
 use serde::{Deserialize, Serialize};
 

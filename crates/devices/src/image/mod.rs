@@ -292,6 +292,12 @@ pub fn open_with(
 pub trait Opener {
     /// The file at `path`, open read-only or read-write and locked accordingly.
     fn open(&self, path: &Path, readonly: bool) -> Result<File, ImageError>;
+
+    /// The logical block size of `file` (opened from `path`) if it is a block device, as the
+    /// host says it (sysfs); `None` for a regular file or when it cannot be read.
+    fn block_size(&self, _path: &Path, file: &File) -> Option<u32> {
+        raw::block_device_block_size(file)
+    }
 }
 
 /// Opens files on the host: non-blocking, regular files or block devices only, `flock`ed.
@@ -312,6 +318,9 @@ pub struct HandedFile {
     pub readonly: bool,
     /// The open, locked file.
     pub file: File,
+    /// Its logical block size if it is a block device, found where it was opened (a domain
+    /// process cannot read sysfs).
+    pub block_size: Option<u32>,
 }
 
 /// Opens files on the host like [`HostFiles`] and keeps a descriptor of each, so that opening
@@ -340,6 +349,7 @@ impl Opener for Recording {
             .push(HandedFile {
                 path: path.to_path_buf(),
                 readonly,
+                block_size: raw::block_device_block_size(&file),
                 file: kept,
             });
         Ok(file)
@@ -361,6 +371,13 @@ impl Handed {
 }
 
 impl Opener for Handed {
+    fn block_size(&self, path: &Path, _file: &File) -> Option<u32> {
+        self.files
+            .iter()
+            .find(|f| f.path == path)
+            .and_then(|f| f.block_size)
+    }
+
     fn open(&self, path: &Path, readonly: bool) -> Result<File, ImageError> {
         let found = self
             .files

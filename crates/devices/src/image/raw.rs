@@ -30,25 +30,42 @@ impl Raw {
     /// [`Raw::open`], with the file coming from `files`.
     pub fn open_with(files: &dyn Opener, path: &Path, readonly: bool) -> Result<Raw, ImageError> {
         let file = files.open(path, readonly)?;
-        Raw::new(file, readonly).map_err(ImageError::io(path, "cannot read its size"))
+        let block_size = files.block_size(path, &file);
+        Raw::with_block_size(file, readonly, block_size)
+            .map_err(ImageError::io(path, "cannot read its size"))
     }
 
     /// A raw disk on `file`, opened read-only or read-write by the caller to match `readonly`.
-    pub fn new(mut file: File, readonly: bool) -> io::Result<Raw> {
+    pub fn new(file: File, readonly: bool) -> io::Result<Raw> {
+        let block_size = block_device_block_size(&file);
+        Raw::with_block_size(file, readonly, block_size)
+    }
+
+    /// [`Raw::new`], with the block device's logical block size known (`None`: 512 bytes).
+    fn with_block_size(mut file: File, readonly: bool, block_size: Option<u32>) -> io::Result<Raw> {
         let meta = file.metadata()?;
-        let (len, block_size) = if meta.file_type().is_block_device() {
-            let len = file.seek(SeekFrom::End(0))?;
-            (len, logical_block_size(meta.rdev()).unwrap_or(512))
+        let len = if meta.file_type().is_block_device() {
+            file.seek(SeekFrom::End(0))?
         } else {
-            (meta.len(), 512)
+            meta.len()
         };
         Ok(Raw {
             file,
             len,
-            block_size,
+            block_size: block_size.unwrap_or(512),
             readonly,
         })
     }
+}
+
+/// The logical block size of `file` if it is a block device (from sysfs, which needs the host's
+/// file system: not for a confined process).
+pub(crate) fn block_device_block_size(file: &File) -> Option<u32> {
+    let meta = file.metadata().ok()?;
+    if !meta.file_type().is_block_device() {
+        return None;
+    }
+    logical_block_size(meta.rdev())
 }
 
 /// The logical block size of the block device `rdev`, from sysfs: a power of two from 512 to
