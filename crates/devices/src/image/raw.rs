@@ -3,7 +3,8 @@
 //! A regular file's size is its length when opened. A block device's size is found by seeking
 //! to its end (file metadata says 0 for a device), and its logical block size is read from
 //! sysfs (`/sys/dev/block/MAJOR:MINOR/queue/logical_block_size`) so the guest is told to use
-//! the same (`VIRTIO_BLK_F_BLK_SIZE`).
+//! the same (`VIRTIO_BLK_F_BLK_SIZE`). A confined domain process cannot read sysfs: the size is
+//! read where the device is opened and handed over with its descriptor (`Opener::block_size`).
 
 use std::fs::File;
 use std::io::{self, Seek, SeekFrom};
