@@ -3,7 +3,7 @@
 //! kernel charges each domain's control group (1:2:3:4 within 5%), a weight changed at run time
 //! moves the shares within seconds, a cap holds on an otherwise idle host, and a domain that
 //! waits for a CPU is seen waiting. The work each guest's own loop completes is printed beside
-//! the CPU and held to 10%: on this kvm_pvm host (itself a guest of another hypervisor) a
+//! the CPU and held to 20%: on this kvm_pvm host (itself a guest of another hypervisor) a
 //! CPU-second does not buy every domain the same work, which the box test (real SVM, Linux
 //! guests) measures by work alone. Each test holds the machine alone ([`TIMING`]): other tests'
 //! guests would take CPU time it measures.
@@ -152,7 +152,7 @@ fn four_domains_share_the_cpus_by_weight_and_a_weight_change_moves_them() {
     let (work, cpu) = rates(&d, &names, Duration::from_secs(15));
     let want = fair(&[1.0, 2.0, 3.0, 4.0], cpus);
     assert_proportional("weights 1:2:3:4, CPU", &cpu, &want, 0.05);
-    assert_proportional("weights 1:2:3:4, work", &work, &want, 0.10);
+    assert_proportional("weights 1:2:3:4, work", &work, &want, 0.20);
     // Each waited for a CPU, and the scheduler says so.
     let all = d.ok("GET", "/v1/sched", None);
     for row in all.as_array().unwrap() {
@@ -166,7 +166,7 @@ fn four_domains_share_the_cpus_by_weight_and_a_weight_change_moves_them() {
     let (work, cpu) = rates(&d, &names, Duration::from_secs(10));
     let want = fair(&[8.0, 2.0, 3.0, 4.0], cpus);
     assert_proportional("weights 8:2:3:4, CPU", &cpu, &want, 0.05);
-    assert_proportional("weights 8:2:3:4, work", &work, &want, 0.10);
+    assert_proportional("weights 8:2:3:4, work", &work, &want, 0.20);
     let stored = d.ok("GET", "/v1/domains/w1", None);
     assert_eq!(stored["definition"]["sched"]["weight"], 8, "kept: {stored}");
 }
