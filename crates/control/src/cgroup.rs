@@ -289,9 +289,9 @@ impl Cgroups {
         left.is_empty()
     }
 
-    /// Removes the daemon's parent groups if no domain group is left in them.
-    pub fn remove_parents(&self) {
-        let bases: Vec<PathBuf> = match self {
+    /// The daemon's parent groups, one per hierarchy.
+    fn bases(&self) -> Vec<PathBuf> {
+        match self {
             Cgroups::V2 { base } => vec![base.clone()],
             Cgroups::V1 {
                 cpu,
@@ -299,8 +299,12 @@ impl Cgroups {
                 memory,
             } => vec![cpu.clone(), cpuacct.clone(), memory.clone()],
             Cgroups::None => Vec::new(),
-        };
-        for base in bases {
+        }
+    }
+
+    /// Removes the daemon's parent groups if no domain group is left in them.
+    pub fn remove_parents(&self) {
+        for base in self.bases() {
             let _ = std::fs::remove_dir(base);
         }
     }
@@ -308,16 +312,7 @@ impl Cgroups {
     /// Removes the groups of domains not in `running` (left by a daemon that was killed, whose
     /// domains have ended since).
     pub fn remove_stale(&self, running: &[String]) {
-        let bases: Vec<PathBuf> = match self {
-            Cgroups::V2 { base } => vec![base.clone()],
-            Cgroups::V1 {
-                cpu,
-                cpuacct,
-                memory,
-            } => vec![cpu.clone(), cpuacct.clone(), memory.clone()],
-            Cgroups::None => Vec::new(),
-        };
-        for base in bases {
+        for base in self.bases() {
             let Ok(entries) = std::fs::read_dir(&base) else {
                 continue;
             };
