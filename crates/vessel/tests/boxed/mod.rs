@@ -10,6 +10,26 @@ use testbox::{Assets, HostBox, StepResult};
 /// The `vessel` binary of this build.
 pub const VESSEL: &str = env!("CARGO_BIN_EXE_vessel");
 
+/// The shell functions (`api`, `on`, `reach`) of the L1 scripts whose guests run the agent:
+/// pack it at `/agents.sh`.
+pub const AGENTS_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/box_scripts/agents.sh");
+
+/// The values of the lines of `out` that start with `key` (trimmed), in order.
+pub fn values<'a>(out: &'a str, key: &str) -> Vec<&'a str> {
+    out.lines()
+        .filter_map(|l| l.trim().strip_prefix(key))
+        .map(str::trim)
+        .collect()
+}
+
+/// The value of the first line of `out` that starts with `key`; panics (with `out`) if none.
+pub fn one<'a>(out: &'a str, key: &str) -> &'a str {
+    values(out, key)
+        .first()
+        .copied()
+        .unwrap_or_else(|| panic!("no {key} line:\n{out}"))
+}
+
 /// A host box with `vessel` packed in, allowed `timeout_secs` of wall time.
 pub fn box_with_vessel(timeout_secs: u64) -> HostBox {
     let assets = Assets::locate().unwrap_or_else(|e| panic!("guest assets unavailable: {e}"));
@@ -43,7 +63,7 @@ pub fn assert_guest_ok(step: &StepResult) {
     );
 }
 
-/// The guest tools of `tests/guest/`: `udpflood` compiled statically with gcc into `dir`, and
+/// The guest tools of `tests/guest/`: `udpflood` and `tcpblast` compiled statically with gcc into `dir`, and
 /// the `agent` script (`vscript=agent vip=ADDR`) with its `session`, packed as a second initramfs archive
 /// (returned) to append to the guest's own:
 /// `cat /assets/initramfs.cpio.gz /tools.cpio.gz > /tmp/initrd` in L1.
@@ -52,7 +72,7 @@ pub fn guest_tools(dir: &std::path::Path) -> std::path::PathBuf {
     let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guest");
     let root = dir.join("tools-root");
     std::fs::create_dir_all(root.join("bin")).unwrap();
-    let tools = ["udpflood"];
+    let tools = ["udpflood", "tcpblast"];
     for tool in tools.iter() {
         let out = Command::new("gcc")
             .args(["-O2", "-static", "-o"])
