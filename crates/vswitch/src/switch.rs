@@ -25,15 +25,11 @@
 //! # Rates
 //!
 //! A port may have a rate ([`SwitchHandle::set_port_rate`]): the switch sends it at most that
-//! many bytes per second, like a link of that speed. A frame goes to a rated port when the port
-//! owes nothing for earlier frames, and is charged in full: what its token bucket holds pays
-//! for it, the rest is a debt the next tokens pay before anything else goes. A unicast frame
-//! that finds the port in debt waits as for room, and tries again when the debt is paid (a
-//! timer, not epoll), so the senders to a rated port share its rate in DRR order whatever their
-//! frames' sizes (a 64 KiB segment does not wait for the bucket to hold 64 KiB while smaller
-//! frames take every token as it comes). A copy of a frame for several ports (which never
-//! waits) is dropped when the port is in debt: broadcasts such as ARP get through a congested
-//! port, and the rate holds.
+//! many bytes per second, like a link of that speed. A unicast frame over the rate waits as for
+//! room, and tries again when the port's token bucket holds enough (a timer, not epoll), so the
+//! senders to a rated port share its rate in DRR order. A copy of a frame for several ports
+//! (which never waits) goes unless the port still owes the rate for an earlier copy, and is
+//! charged in full: broadcasts such as ARP get through a congested port, and the rate holds.
 //!
 //! # Packets
 //!
@@ -296,12 +292,18 @@ impl PortLink {
         }
     }
 
-    /// Sends `frame` without blocking, if the port's rate allows it at `now`: unless the port
-    /// still owes for earlier frames (see the module's notes on rates); it is then charged in
-    /// full, beyond what the bucket holds if need be.
-    fn send(&mut self, frame: &[u8], now: Instant) -> Sent {
+    /// Sends `frame` without blocking, if the port's rate allows it at `now`. A `copy` (of a
+    /// frame for several ports, which never waits) is charged to the rate even beyond what it
+    /// allows, unless the rate is already owed (so broadcasts such as ARP get through a
+    /// congested port, and the rate still holds over time).
+    fn send(&mut self, frame: &[u8], now: Instant, copy: bool) -> Sent {
         if let Some(rate) = &mut self.rate {
-            if rate.owes(now) {
+            let allowed = if copy {
+                !rate.owes(now)
+            } else {
+                rate.holds(wire_len(frame), now)
+            };
+            if !allowed {
                 return Sent::Full;
             }
         }
@@ -424,7 +426,10 @@ impl State {
                     self.unicast(port, frame, dst, now, now, epoll);
                 } else {
                     for dst in out.iter() {
-                        let sent = self.links.get_mut(dst).map(|link| link.send(&frame, now));
+                        let sent = self
+                            .links
+                            .get_mut(dst)
+                            .map(|link| link.send(&frame, now, true));
                         self.count_send(*dst, wire_len(&frame), sent);
                     }
                     self.done_with(port, frame, epoll);
@@ -447,7 +452,10 @@ impl State {
         epoll: &Epoll,
     ) {
         let was_waiting = since != now;
-        let sent = self.links.get_mut(&dst).map(|link| link.send(&frame, now));
+        let sent = self
+            .links
+            .get_mut(&dst)
+            .map(|link| link.send(&frame, now, false));
         let stalled = self.links.get(&dst).is_some_and(|l| l.stalled);
         if matches!(sent, Some(Sent::Full)) && !stalled && now < since + HOLD_MAX {
             if !was_waiting {
@@ -553,26 +561,25 @@ impl State {
             .min()
     }
 
-    /// Lets frames waiting only for their destination's rate try again once it owes nothing.
-    /// Returns when the next rated destination will.
+    /// Lets frames waiting only for their destination's rate try again once its bucket holds
+    /// the smallest of them. Returns when the next rated destination will.
     fn rates_allow(&mut self, now: Instant) -> Option<Instant> {
-        let waited_for: std::collections::HashSet<PortId> = self
-            .links
-            .values()
-            .filter_map(|l| l.waiting.as_ref())
-            .filter(|w| !w.retry)
-            .map(|w| w.dst)
-            .collect();
+        let mut smallest: HashMap<PortId, usize> = HashMap::new();
+        for w in self.links.values().filter_map(|l| l.waiting.as_ref()) {
+            if !w.retry {
+                let len = smallest.entry(w.dst).or_insert(usize::MAX);
+                *len = (*len).min(wire_len(&w.frame));
+            }
+        }
         let mut next: Option<Instant> = None;
-        for dst in waited_for {
+        for (dst, len) in smallest {
             let Some(d) = self.links.get_mut(&dst).filter(|d| !d.full) else {
                 continue;
             };
             let Some(rate) = &mut d.rate else {
                 continue;
             };
-            // When the debt is paid.
-            let wait = rate.time_until(0, now);
+            let wait = rate.time_until(len, now);
             if wait.is_zero() {
                 self.room_at(dst);
             } else {
