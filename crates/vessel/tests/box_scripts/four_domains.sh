@@ -21,10 +21,6 @@ echo DAEMON_RSS_START=$(awk '/VmRSS/ {print $2}' /proc/$daemon/status)
 n=1
 for d in a b c d; do
     bps=; [ $d = d ] && bps=,bps=1000000
-    # c and d (the rated transfers below) without offloads: the fairness criterion counts the
-    # victim's frames against the flood's at d's port, calibrated with frames of the MTU.
-    # (Offloaded TCP through a rated port: docs/benchmarks.md, "Fairness at the switch".)
-    case $d in c|d) bps="$bps,offloads=off" ;; esac
     cat > /tmp/$d.json <<JSON
 {"name": "$d", "kernel": "/assets/bzImage", "initrd": "/tmp/initrd", "memory": "160M",
  "cmdline": "console=ttyS0 quiet panic=-1 reboot=t vscript=agent vip=10.0.1.$n",
