@@ -7,7 +7,21 @@
 
 mod boxed;
 
-use boxed::{box_with_vessel, guest_tools, one, values, AGENTS_SCRIPT};
+use boxed::{box_with_vessel, guest_tools};
+
+fn values<'a>(out: &'a str, key: &str) -> Vec<&'a str> {
+    out.lines()
+        .filter_map(|l| l.trim().strip_prefix(key))
+        .map(str::trim)
+        .collect()
+}
+
+fn one<'a>(out: &'a str, key: &str) -> &'a str {
+    values(out, key)
+        .first()
+        .copied()
+        .unwrap_or_else(|| panic!("no {key} line:\n{out}"))
+}
 
 /// Seconds between the two uptimes of a `KEY=start,end` line.
 fn seconds(out: &str, key: &str) -> f64 {
@@ -27,7 +41,6 @@ fn four_domains_on_the_switch_through_the_api() {
     let run = box_with_vessel(600)
         .memory_mib(2048)
         .file(&tools, "/tools.cpio.gz")
-        .file(AGENTS_SCRIPT, "/agents.sh")
         .file(dir.join("tools-root/bin/udpflood"), "/udpflood")
         .file(script, "/four_domains.sh")
         .step("four-domains", "sh /four_domains.sh")
@@ -224,7 +237,6 @@ fn confined_domains_survive_their_neighbours_and_their_daemon() {
     let run = box_with_vessel(600)
         .memory_mib(2048)
         .file(&tools, "/tools.cpio.gz")
-        .file(AGENTS_SCRIPT, "/agents.sh")
         .file(script, "/confined_domains.sh")
         .step("confined", "sh /confined_domains.sh")
         .run()

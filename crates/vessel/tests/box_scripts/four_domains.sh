@@ -11,7 +11,12 @@ daemon=$!
 trap 'kill $daemon 2>/dev/null' EXIT
 # Every API call is bounded, and one that hangs names itself (a fresh-clone run of this test
 # has stalled now and then with L1 idle, cause not found; the box then timed out).
-. /agents.sh
+api() {
+    timeout 60 vessel "$@"; r=$?
+    # (On stderr, which reaches the console also from inside $(...).)
+    [ $r = 124 ] && { echo "HUNG=vessel $* ($(date +%T))"; ps -o pid,stat,args | sed 's/^/HUNG-PS /'; } >&2
+    return $r
+}
 i=0; while [ ! -S $VESSEL_SOCKET ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
 ip addr add 10.0.1.254/24 dev vtap0 && ip link set vtap0 up && echo UPLINK=up
 echo DAEMON_RSS_START=$(awk '/VmRSS/ {print $2}' /proc/$daemon/status)
@@ -32,8 +37,22 @@ done
 api list | sed 's/^/LIST /'
 
 # Every guest answers L1 (through the uplink) before anything else.
-for n in 1 2 3 4; do reach $n && echo REACHABLE=$n; done
+for n in 1 2 3 4; do
+    i=0; until ping -c 1 -W 1 10.0.1.$n >/dev/null 2>&1; do
+        i=$((i+1)); [ $i -ge 300 ] && break; sleep 1; done
+    [ $i -lt 300 ] && echo REACHABLE=$n
+done
 
+# on GUEST_N COMMANDS: runs COMMANDS (one line) in guest N's shell and prints their output.
+# The agent listens again right after each session; a connection in between is refused and
+# retried (nc fails at once then, before anything ran).
+on() {
+    g=$1; shift; i=0
+    until echo "$*" | timeout 120 nc 10.0.1.$g 7000 2>/tmp/on.err; do
+        grep -q refused /tmp/on.err || break
+        i=$((i+1)); [ $i -ge 50 ] && break; sleep 0.2
+    done
+}
 
 # All pairs through the switch.
 for s in 1 2 3 4; do for t in 1 2 3 4; do
