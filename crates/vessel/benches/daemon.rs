@@ -192,7 +192,6 @@ fn vessel_switch() -> String {
 /// A QEMU guest on TAP `tap`; `offloads: false` turns off checksum offload and TSO (which need
 /// it) both ways, so the guest sends and receives frames of at most its MTU, like Vessel's.
 fn qemu_guest(tap: &str, mac: &str, guest: &str, log: &str, offloads: bool) -> String {
-    let initrd = TOOLS_INITRD;
     let off = if offloads {
         ""
     } else {
@@ -200,7 +199,7 @@ fn qemu_guest(tap: &str, mac: &str, guest: &str, log: &str, offloads: bool) -> S
     };
     format!(
         "timeout 200 qemu-system-x86_64 -enable-kvm -M microvm -cpu host -m 256 -smp 1 \
-         -nographic -no-reboot -kernel /assets/vmlinux -initrd {initrd} \
+         -nographic -no-reboot -kernel /assets/vmlinux -initrd {TOOLS_INITRD} \
          -netdev tap,id=n0,ifname={tap},script=no,downscript=no \
          -device virtio-net-device,netdev=n0,mac={mac}{off} \
          -append 'console=ttyS0 quiet vcmd=\"{guest}\"' </dev/null >{log} 2>&1"
@@ -272,7 +271,7 @@ fn cpu_breakdown(step: &testbox::StepResult) -> Option<String> {
             let f: Vec<&str> = rest.split_whitespace().collect();
             if f.first() == Some(&"cpu") {
                 // user nice system idle iowait irq softirq steal (guest is inside user).
-                let n: Vec<u64> = f[1..9].iter().filter_map(|v| v.parse().ok()).collect();
+                let n: Vec<u64> = f.get(1..9)?.iter().filter_map(|v| v.parse().ok()).collect();
                 total = Some(n.iter().sum());
                 idle = n.get(3)? + n.get(4)?;
             } else if let [pid, name, user, system] = f[..] {

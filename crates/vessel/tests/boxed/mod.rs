@@ -10,22 +10,6 @@ use testbox::{Assets, HostBox, StepResult};
 /// The `vessel` binary of this build.
 pub const VESSEL: &str = env!("CARGO_BIN_EXE_vessel");
 
-/// The values of the lines of `out` that start with `key` (trimmed), in order.
-pub fn values<'a>(out: &'a str, key: &str) -> Vec<&'a str> {
-    out.lines()
-        .filter_map(|l| l.trim().strip_prefix(key))
-        .map(str::trim)
-        .collect()
-}
-
-/// The value of the first line of `out` that starts with `key`; panics (with `out`) if none.
-pub fn one<'a>(out: &'a str, key: &str) -> &'a str {
-    values(out, key)
-        .first()
-        .copied()
-        .unwrap_or_else(|| panic!("no {key} line:\n{out}"))
-}
-
 /// A host box with `vessel` packed in, allowed `timeout_secs` of wall time.
 pub fn box_with_vessel(timeout_secs: u64) -> HostBox {
     let assets = Assets::locate().unwrap_or_else(|e| panic!("guest assets unavailable: {e}"));
@@ -59,8 +43,8 @@ pub fn assert_guest_ok(step: &StepResult) {
     );
 }
 
-/// The guest tools of `tests/guest/`: `udpflood` and `tcpblast` compiled statically with gcc into `dir`, and
-/// the `agent` script (`vscript=agent vip=ADDR`) with its `session`, packed as a second initramfs archive
+/// The guest tools of `tests/guest/`: `udpflood` and `tcpblast` compiled statically with gcc
+/// into `dir`, and the `agent` script (`vscript=agent vip=ADDR`) with its `session`, packed as a second initramfs archive
 /// (returned) to append to the guest's own:
 /// `cat /assets/initramfs.cpio.gz /tools.cpio.gz > /tmp/initrd` in L1.
 pub fn guest_tools(dir: &std::path::Path) -> std::path::PathBuf {
