@@ -91,8 +91,10 @@ pub const GUEST_INIT_MARKER: &str = "VESSEL-GUEST-INIT";
 /// Prefix of the line the L2 guest `/init` prints after `vcmd`/`vscript`: `VESSEL-CMD-EXIT rc=N`.
 pub const GUEST_CMD_EXIT: &str = "VESSEL-CMD-EXIT rc=";
 
-/// The L1 kernel command line.
-const L1_CMDLINE: &str = "console=ttyS0 panic=-1 quiet";
+/// The L1 kernel command line. A panic resets L1 at once by a triple fault (`reboot=t`: the
+/// other reset methods can hang on `-M microvm`, and one L1 panic under TCG sat silent until the
+/// box's timeout), so QEMU, run with `-no-reboot`, exits and the run is retried as a reset.
+const L1_CMDLINE: &str = "console=ttyS0 panic=-1 reboot=t quiet";
 /// The QEMU used to run L1 (and, with [`HostBox::with_qemu`], packed into the box).
 const QEMU: &str = "qemu-system-x86_64";
 /// QEMU data files packed by [`HostBox::with_qemu`]: `(file, required)`. `-M microvm` with a
@@ -200,8 +202,9 @@ fn tail_lines(text: &str, n: usize) -> String {
 
 /// Appends a retried run's reason and the last 60 lines of its console to
 /// `<workspace>/target/testbox-retries.log`: a test that passes on the retry shows none of its
-/// stderr, and a hang that a retry hides is still worth finding.
-fn record_retry(reason: &str, console: &str) {
+/// stderr, and a hang that a retry hides is still worth finding. Tests that try something
+/// again inside a box (a guest that TCG crashed) record it here too.
+pub fn record_retry(reason: &str, console: &str) {
     let lines: Vec<&str> = console.lines().collect();
     let tail = lines[lines.len().saturating_sub(60)..].join("\n");
     let path = workspace_root().join("target").join("testbox-retries.log");
@@ -514,6 +517,7 @@ pub struct HostBox {
     kernel_args: Vec<String>,
     qemu_args: Vec<String>,
     compress: bool,
+    heartbeat_max: Duration,
 }
 
 /// The result of one step.
@@ -716,6 +720,7 @@ impl HostBox {
             kernel_args: Vec::new(),
             qemu_args: Vec::new(),
             compress: false,
+            heartbeat_max: HEARTBEAT_MAX,
         }
     }
 
@@ -736,6 +741,13 @@ impl HostBox {
     /// is killed and [`HostBox::run`] returns [`BoxError::Run`] with the console so far.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// How long L1's console may go without a heartbeat before L1 counts as stopped (default
+    /// [`HEARTBEAT_MAX`]).
+    pub fn heartbeat_max(mut self, max: Duration) -> Self {
+        self.heartbeat_max = max;
         self
     }
 
@@ -810,12 +822,13 @@ impl HostBox {
     ///
     /// A run whose L1 fails is tried again, with a warning on stderr: under load, TCG's
     /// emulated SVM now and then wedges L1's KVM, either with a soft lockup report (then the
-    /// run is stopped at once) or silently until the timeout, or resets L1 outright (QEMU,
-    /// run with `-no-reboot`, exits 0 without `@@BOX-DONE`; one such reset was caught on the
-    /// console as an L1 kernel stack overflow in its exception entry: nothing L1 user space can
-    /// cause). A reset or a lockup is retried up to three boots in all; a timeout once only,
-    /// since it may be the code under test hanging. A failure after that is an error like any
-    /// other.
+    /// run is stopped at once) or silently (L1's console heartbeat stops: the run is stopped
+    /// after [`HostBox::heartbeat_max`]), or resets or panics L1 (QEMU, run with `-no-reboot`,
+    /// exits 0 without `@@BOX-DONE`; such resets were caught on the console as L1 kernel stack
+    /// overflows in its exception entry: nothing L1 user space can cause). A reset, a lockup
+    /// or a stop is retried up to three boots in all; a timeout (heartbeats going on, a step
+    /// not finishing) once only, since it may be the code under test hanging. A failure after
+    /// that is an error like any other.
     pub fn run(self) -> Result<BoxRun, BoxError> {
         let mut attempt = 1;
         loop {
@@ -826,6 +839,7 @@ impl HostBox {
                     if (reason.starts_with("timed out") && attempt < 2)
                         || (attempt < ATTEMPTS
                             && (reason.contains(L1_LOCKUP)
+                                || reason.starts_with(L1_STOPPED)
                                 || reason.starts_with("QEMU exited (exit status: 0)"))) =>
                 {
                     let lines: Vec<&str> = console.lines().collect();
@@ -877,7 +891,12 @@ impl HostBox {
         let child = cmd
             .spawn()
             .map_err(|e| BoxError::io(format!("starting {}", qemu.display()), e))?;
-        let outcome = supervise(child, self.timeout, env_flag("VESSEL_BOX_VERBOSE"))?;
+        let outcome = supervise(
+            child,
+            self.timeout,
+            self.heartbeat_max,
+            env_flag("VESSEL_BOX_VERBOSE"),
+        )?;
         let wall = start.elapsed();
         drop(tmp);
 
@@ -886,6 +905,11 @@ impl HostBox {
         if !done {
             let mut reason = if outcome.lockup {
                 format!("the L1 kernel reported a soft lockup ({L1_LOCKUP}); QEMU stopped")
+            } else if outcome.stopped {
+                format!(
+                    "{L1_STOPPED}: no heartbeat on its console for {:.0} s; QEMU stopped",
+                    self.heartbeat_max.as_secs_f64()
+                )
             } else if outcome.timed_out {
                 format!(
                     "timed out after {:.0} s (QEMU killed)",
@@ -894,6 +918,12 @@ impl HostBox {
             } else {
                 format!("QEMU exited ({}) before {BOX_DONE}", outcome.status)
             };
+            if let Some(panic) = console.lines().find(|l| l.contains(KERNEL_PANIC)) {
+                reason.push_str(&format!(
+                    "; the console shows a kernel panic: {}",
+                    panic.trim()
+                ));
+            }
             let box_errors: Vec<&str> = console.lines().filter(|l| l.contains(BOX_ERROR)).collect();
             if !box_errors.is_empty() {
                 reason.push_str(&format!("; {}", box_errors.join("; ")));
@@ -1032,6 +1062,7 @@ impl HostBox {
             write_file(&tree.join(format!("steps/{:03}.sh", i + 1)), script, 0o755)?;
         }
         write_file(&tree.join("init"), L1_INIT, 0o755)?;
+        write_file(&tree.join("bin/box-heartbeat"), L1_HEARTBEAT, 0o755)?;
 
         // Pack: (cd tree && find . | cpio -o -H newc [| gzip -1]) > l1.cpio[.gz]
         let gzip = if self.compress {
@@ -1145,6 +1176,11 @@ if [ ! -c /dev/kvm ]; then
 fi
 # Only emergencies on the console from now on, so kernel messages do not mix with step output.
 dmesg -n 1
+# A heartbeat on the console while the steps run: the host tells an L1 that stopped (no more
+# heartbeats) from a step that hangs (they go on). The host takes them out of the console.
+/bin/box-heartbeat &
+heartbeat=$!
+echo $heartbeat > /run/box-heartbeat.pid
 
 ms() { awk '{ printf "%d", $1 * 1000 }' /proc/uptime; }
 failed=0
@@ -1168,14 +1204,33 @@ if [ "$failed" = 1 ]; then
     dmesg | tail -n 40
     echo "@@L1-DMESG-END"
 fi
+kill $heartbeat
 echo "@@BOX-DONE"
 sync
 poweroff -f
 "#;
 
+/// The L1 heartbeat (`/bin/box-heartbeat`): [`HEARTBEAT`] on the console every 5 s.
+const L1_HEARTBEAT: &str = r#"#!/bin/busybox sh
+while :; do echo "@@HB"; sleep 5; done
+"#;
+/// What L1's heartbeat prints, a line of its own (or, written in the middle of a step's line,
+/// a piece that taking it out mends).
+const HEARTBEAT: &str = "@@HB\n";
+/// The heartbeat as it is looked for in the raw console (where its line ends in `\r\n`).
+const HEARTBEAT_MARK: &[u8] = b"@@HB";
+/// How long L1's console may go without a heartbeat, by default, before L1 counts as stopped:
+/// a kernel wedged under TCG sits silent until the timeout otherwise (a busy L1 still runs the
+/// heartbeat's shell every few seconds).
+pub const HEARTBEAT_MAX: Duration = Duration::from_secs(60);
+/// The start of the reason of a run whose L1 stopped (no heartbeat).
+const L1_STOPPED: &str = "L1 stopped";
+
 /// `\r\n` -> `\n`, stray `\r` dropped, lossy UTF-8.
 fn normalise(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).replace('\r', "")
+    String::from_utf8_lossy(bytes)
+        .replace('\r', "")
+        .replace(HEARTBEAT, "")
 }
 
 /// Splits the console into step results, from the `@@STEP-BEGIN`/`@@STEP-END` lines.
@@ -1230,6 +1285,8 @@ struct Outcome {
     timed_out: bool,
     /// The L1 kernel reported a soft lockup (and QEMU was stopped).
     lockup: bool,
+    /// L1's heartbeat stopped (and QEMU was stopped).
+    stopped: bool,
 }
 
 /// What the L1 kernel prints when one of its CPUs stops scheduling: under TCG, L1's KVM can
@@ -1237,8 +1294,17 @@ struct Outcome {
 /// of what runs in it, and the box never recovers from it.
 const L1_LOCKUP: &str = "watchdog: BUG: soft lockup";
 
-/// Collects QEMU's output until it exits or `timeout` passes (then kills it).
-fn supervise(mut child: Child, timeout: Duration, verbose: bool) -> Result<Outcome, BoxError> {
+/// What a Linux kernel prints when it panics (L1's, or a guest's whose console a step shows).
+const KERNEL_PANIC: &str = "Kernel panic - not syncing";
+
+/// Collects QEMU's output until it exits, `timeout` passes, L1 reports a soft lockup or its
+/// heartbeat stops for `heartbeat_max` (then kills it).
+fn supervise(
+    mut child: Child,
+    timeout: Duration,
+    heartbeat_max: Duration,
+    verbose: bool,
+) -> Result<Outcome, BoxError> {
     let stdout_buf = Arc::new(Mutex::new(Vec::new()));
     let stderr_buf = Arc::new(Mutex::new(Vec::new()));
     let readers: Vec<thread::JoinHandle<()>> = [
@@ -1278,6 +1344,9 @@ fn supervise(mut child: Child, timeout: Duration, verbose: bool) -> Result<Outco
     let deadline = Instant::now() + timeout;
     let mut timed_out = false;
     let mut lockup = false;
+    let mut stopped = false;
+    // When L1's heartbeat was last seen (none before its init starts it).
+    let mut last_beat: Option<Instant> = None;
     let mut scanned: usize = 0;
     let status = loop {
         match child.try_wait() {
@@ -1285,16 +1354,22 @@ fn supervise(mut child: Child, timeout: Duration, verbose: bool) -> Result<Outco
             Ok(None) => {}
             Err(e) => return Err(BoxError::io("waiting for QEMU", e)),
         }
-        // An L1 kernel soft lockup never recovers: stop now rather than at the deadline.
+        // An L1 kernel soft lockup never recovers, nor does an L1 whose heartbeat stopped:
+        // stop now rather than at the deadline.
         if let Ok(out) = stdout_buf.lock() {
-            let from = scanned.saturating_sub(L1_LOCKUP.len());
-            lockup = out[from..]
-                .windows(L1_LOCKUP.len())
-                .any(|w| w == L1_LOCKUP.as_bytes());
+            let contains = |needle: &[u8]| {
+                let from = scanned.saturating_sub(needle.len());
+                out[from..].windows(needle.len()).any(|w| w == needle)
+            };
+            lockup = contains(L1_LOCKUP.as_bytes());
+            if contains(HEARTBEAT_MARK) {
+                last_beat = Some(Instant::now());
+            }
             scanned = out.len();
         }
-        if lockup || Instant::now() >= deadline {
-            timed_out = !lockup;
+        stopped = last_beat.is_some_and(|at| at.elapsed() > heartbeat_max);
+        if lockup || stopped || Instant::now() >= deadline {
+            timed_out = !lockup && !stopped;
             let _ = child.kill();
             break match child.wait() {
                 Ok(s) => s.to_string(),
@@ -1317,6 +1392,7 @@ fn supervise(mut child: Child, timeout: Duration, verbose: bool) -> Result<Outco
         status,
         timed_out,
         lockup,
+        stopped,
     })
 }
 
@@ -1341,6 +1417,14 @@ mod tests {
     #[test]
     fn normalises_crlf() {
         assert_eq!(normalise(b"a\r\nb\r\n"), "a\nb\n");
+    }
+
+    #[test]
+    fn heartbeats_are_taken_out_even_from_the_middle_of_a_line() {
+        assert_eq!(
+            normalise(b"@@HB\r\nstep li@@HB\r\nne\r\n@@HB\r\n@@STEP-END x rc=0 ms=1\r\n"),
+            "step line\n@@STEP-END x rc=0 ms=1\n"
+        );
     }
 
     #[test]

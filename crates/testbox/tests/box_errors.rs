@@ -92,3 +92,65 @@ fn an_l1_soft_lockup_stops_the_box_at_once_and_is_retried_once() {
         started.elapsed()
     );
 }
+
+#[test]
+fn an_l1_kernel_panic_resets_the_box_at_once_and_is_retried() {
+    let assets = assets();
+    let started = std::time::Instant::now();
+    // L1's kernel panics (as under TCG it now and then does by itself), then the step would
+    // wait far longer: each boot ends at the panic, not at the timeout.
+    let run = HostBox::new(&assets)
+        .cpus(1)
+        .memory_mib(512)
+        .timeout(Duration::from_secs(300))
+        .step("panic", "echo c > /proc/sysrq-trigger; sleep 250")
+        .run();
+    match run {
+        Err(BoxError::Run { reason, .. }) => {
+            assert!(
+                reason.starts_with("QEMU exited (exit status: 0)")
+                    && reason.contains("Kernel panic - not syncing"),
+                "{reason}"
+            );
+        }
+        other => panic!("expected a reset error, got {other:?}"),
+    }
+    // Three short boxes, not a timeout.
+    assert!(
+        started.elapsed() < Duration::from_secs(200),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn an_l1_that_stops_is_stopped_at_its_heartbeat_and_retried() {
+    let assets = assets();
+    let started = std::time::Instant::now();
+    // The step stops L1's heartbeat, as a wedged L1 kernel would, then would wait far longer:
+    // each boot ends when the heartbeat has been missing for 20 s, not at the timeout.
+    let run = HostBox::new(&assets)
+        .cpus(1)
+        .memory_mib(512)
+        .timeout(Duration::from_secs(300))
+        .heartbeat_max(Duration::from_secs(20))
+        .step(
+            "stop",
+            "kill -STOP $(cat /run/box-heartbeat.pid) && echo stopped; sleep 250",
+        )
+        .run();
+    match run {
+        Err(BoxError::Run { reason, console }) => {
+            assert!(reason.starts_with("L1 stopped"), "{reason}");
+            assert!(console.contains("stopped"), "{console}");
+            assert!(!console.contains("@@HB"), "heartbeats left in:\n{console}");
+        }
+        other => panic!("expected a stop error, got {other:?}"),
+    }
+    // Three short boxes, not a timeout.
+    assert!(
+        started.elapsed() < Duration::from_secs(240),
+        "{:?}",
+        started.elapsed()
+    );
+}
