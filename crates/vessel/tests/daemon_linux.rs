@@ -1,33 +1,13 @@
 //! Domain 0 with real Linux guests, in the host box, through the daemon's API only (the
 //! `vessel` CLI is its client): four domains on the daemon's virtual switch, every pair
-//! pinging, a drop rule on ICMP between two of them, a rate-limit rule on a TCP transfer, a TCP
-//! victim against a UDP flood (from the uplink) to the same destination, pause and unpause, a guest that crashes,
-//! and destroy giving the memory back. The L1 side is `tests/box_scripts/four_domains.sh`;
+//! pinging, a drop rule on ICMP between two of them, a rate-limit rule on a TCP transfer, a UDP
+//! sender and a TCP stream each against a UDP flood (from the uplink) to the same rated
+//! destination, pause and unpause, a guest that crashes, and destroy giving the memory back. The L1 side is `tests/box_scripts/four_domains.sh`;
 //! guests run `tests/guest/agent.sh`, which L1 reaches through the switch's uplink TAP.
 
 mod boxed;
 
-use boxed::{box_with_vessel, guest_tools};
-
-fn values<'a>(out: &'a str, key: &str) -> Vec<&'a str> {
-    out.lines()
-        .filter_map(|l| l.trim().strip_prefix(key))
-        .map(str::trim)
-        .collect()
-}
-
-fn one<'a>(out: &'a str, key: &str) -> &'a str {
-    values(out, key)
-        .first()
-        .copied()
-        .unwrap_or_else(|| panic!("no {key} line:\n{out}"))
-}
-
-/// Seconds between the two uptimes of a `KEY=start,end` line.
-fn seconds(out: &str, key: &str) -> f64 {
-    let (s, e) = one(out, key).split_once(',').unwrap();
-    e.parse::<f64>().unwrap() - s.parse::<f64>().unwrap()
-}
+use boxed::{box_with_vessel, figure, guest_tools, one, values};
 
 #[test]
 fn four_domains_on_the_switch_through_the_api() {
@@ -38,18 +18,33 @@ fn four_domains_on_the_switch_through_the_api() {
         env!("CARGO_MANIFEST_DIR"),
         "/tests/box_scripts/four_domains.sh"
     );
-    let run = box_with_vessel(600)
-        .memory_mib(2048)
-        .file(&tools, "/tools.cpio.gz")
-        .file(dir.join("tools-root/bin/udpflood"), "/udpflood")
-        .file(script, "/four_domains.sh")
-        .step("four-domains", "sh /four_domains.sh")
-        .run()
-        .unwrap_or_else(|e| panic!("host box failed: {e}"));
+    // A guest that crashes on its own (TCG's emulated SVM now and then triple-faults an L2
+    // guest, under QEMU as under Vessel) ends the step early with GUEST_CRASH lines: the box
+    // runs once more, the crash shown and recorded with the box's retries; a second fails.
+    let mut attempt = 1;
+    let output = loop {
+        let run = box_with_vessel(600)
+            .memory_mib(2048)
+            .file(&tools, "/tools.cpio.gz")
+            .file(dir.join("tools-root/bin/udpflood"), "/udpflood")
+            .file(script, "/four_domains.sh")
+            .step("four-domains", "sh /four_domains.sh")
+            .run()
+            .unwrap_or_else(|e| panic!("host box failed: {e}"));
+        let step = run.step("four-domains");
+        eprintln!("four-domains step: {:.1} s", step.seconds);
+        let crashes = values(&step.output, "GUEST_CRASH=");
+        if crashes.is_empty() {
+            break step.output.clone();
+        }
+        let reason = format!("four-domain test: a guest crashed: {crashes:?}");
+        eprintln!("warning: {reason} (attempt {attempt} of 2)");
+        assert!(attempt < 2, "{reason}:\n{}", step.output);
+        testbox::record_retry(&reason, &step.output);
+        attempt += 1;
+    };
     let _ = std::fs::remove_dir_all(&dir);
-    let step = run.step("four-domains");
-    eprintln!("four-domains step: {:.1} s", step.seconds);
-    let out = &step.output;
+    let out = &output;
     println!("{out}");
 
     assert_eq!(values(out, "CREATED="), ["a", "b", "c", "d"], "{out}");
@@ -66,100 +61,116 @@ fn four_domains_on_the_switch_through_the_api() {
     assert_eq!(values(out, "DROPNOPAIR="), ["1-2", "2-1"], "{out}");
     assert_eq!(values(out, "DROPPAIR=").len(), 10, "{out}");
     // The rate limit: 1 MiB at 200 KB/s.
-    assert_eq!(one(out, "RATE_SECONDS_BYTES="), "1048576", "{out}");
-    let rate = 1048576.0 / seconds(out, "RATE_SECONDS=");
+    assert_eq!(one(out, "RATE_BYTES="), "1048576", "{out}");
+    let rate = 1048576.0 / figure(out, "RATE_SECONDS=");
     assert!(
         (0.35 * 200_000.0..=1.3 * 200_000.0).contains(&rate),
         "the rate-limited transfer ran at {rate:.0} B/s, not near 200000:\n{out}"
     );
-    // Fairness at a congested destination. d's port has a rate of 1 MB/s, so the switch is the
-    // bottleneck (not L1's CPUs): alone, the victim's transfer runs at about that rate; with
-    // the flood also waiting for d, deficit round robin gives each sender half, and the victim
-    // must get at least 80% of that fair half. Frames for d wait their turn instead of being
-    // dropped: the flood congested d's port (frames waited), the switch dropped nothing for d,
-    // and the victim's 2 MiB arrived whole while the flood's datagrams arrived too.
-    assert_eq!(one(out, "SOLO_SECONDS_BYTES="), "2097152", "{out}");
-    assert_eq!(one(out, "FLOOD_SECONDS_BYTES="), "2097152", "{out}");
-    let (solo, flooded) = (
-        seconds(out, "SOLO_SECONDS="),
-        seconds(out, "FLOOD_SECONDS="),
-    );
-    let (solo_rate, share) = (2097152.0 / solo, solo / flooded);
-    eprintln!(
-        "victim: {solo_rate:.0} B/s alone on d's 1 MB/s port; {share:.2} of that under the \
-         flood ({solo:.2} s alone, {flooded:.2} s flooded; fair share 0.5)"
-    );
-    assert!(
-        !values(out, "udpflood sent=").is_empty(),
-        "the flood ran:\n{out}"
-    );
-    // The flood's datagrams (1400 bytes each) that reached d while the victim's bytes did: at
-    // its fair share about as many bytes as the victim's; at least half that, or the victim
-    // was not measured under the flood.
-    let flood_datagrams: u64 = one(out, "FLOOD_SECONDS_NOPORTS=").parse().unwrap();
-    eprintln!("flood datagrams at d during the victim's transfer: {flood_datagrams}");
-    assert!(
-        flood_datagrams * 1400 >= 2097152 / 2,
-        "only {flood_datagrams} flood datagrams reached d during the victim's transfer, so it \
-         was not measured under the flood:\n{out}"
-    );
-    // Column `n` (0: the port's name) of d's line in a `vessel net ports` table.
-    let d_column = |key: &str, n: usize| -> u64 {
+    // Congestion at a rated destination. d's port has a rate of 1 MB/s. Column `n` (0: the
+    // port's name) of port `port`'s line in a `vessel net ports` table printed under `key`.
+    let column = |key: &str, port: &str, n: usize| -> u64 {
         values(out, key)
             .into_iter()
-            .find(|l| l.starts_with("d-eth0"))
+            .find(|l| l.split_whitespace().next() == Some(port))
             .and_then(|l| l.split_whitespace().nth(n)?.parse().ok())
-            .unwrap_or_else(|| panic!("no {key} line for d-eth0:\n{out}"))
+            .unwrap_or_else(|| panic!("no {key} line for {port}:\n{out}"))
     };
+    const RX_BYTES: usize = 3;
     const TX_BYTES: usize = 5;
     const DROPS: usize = 6;
     const WAITS: usize = 7;
     const RATE: usize = 8;
     assert_eq!(
-        d_column("PORTS0 ", RATE),
+        column("PORTS0 ", "d-eth0", RATE),
         1_000_000,
         "d's port shows its rate:\n{out}"
     );
-    // The payload moves a little slower than the port's rate (headers); the bucket's burst
-    // (one largest frame) adds a little at the start.
+    let figure = |key: &str| figure(out, key);
+
+    // Fairness between senders that always have a frame waiting for d (the switch's promise):
+    // c's UDP at d's whole rate against the uplink's flood at four times it, both of 1400-byte
+    // datagrams. Between two readings of the ports table, d's port ran at its rate, and each
+    // sender got at least 80% of its fair half of it (and so at most 60%: deficit round robin
+    // favours neither).
     assert!(
-        (600_000.0..=1_050_000.0).contains(&solo_rate),
-        "alone, the victim ran at {solo_rate:.0} B/s, not near d's port rate of 1000000 (so the \
-         switch was {} the bottleneck):\n{out}",
-        if solo_rate > 1_050_000.0 {
-            "not holding the rate, nor"
-        } else {
-            "not"
-        }
+        !values(out, "VICTIM_UDP udpflood sent=").is_empty()
+            && !values(out, "FLOOD_UDP udpflood sent=").is_empty(),
+        "both UDP senders ran:\n{out}"
+    );
+    let window = figure("PORTS_B_AT=") - figure("PORTS_A_AT=");
+    let between = |port: &str, n: usize| column("PORTS_B ", port, n) - column("PORTS_A ", port, n);
+    let (victim, flood) = (between("c-eth0", RX_BYTES), between("vtap0", RX_BYTES));
+    let carried = between("d-eth0", TX_BYTES) as f64 / window;
+    let victim_part = victim as f64 / (victim + flood) as f64;
+    eprintln!(
+        "backlogged senders: d's port carried {carried:.0} B/s over {window:.1} s; c's part \
+         {victim_part:.3}, the flood's {:.3} (fair: 0.5 each)",
+        1.0 - victim_part
     );
     assert!(
-        d_column("PORTS ", WAITS) > d_column("PORTS0 ", WAITS),
+        (800_000.0..=1_100_000.0).contains(&carried),
+        "with two senders waiting for it, d's port carried {carried:.0} B/s, not its rate of \
+         1000000:\n{out}"
+    );
+    assert!(
+        between("d-eth0", WAITS) > 0,
+        "no frame waited for d's port, so the senders were not competing for it:\n{out}"
+    );
+    assert!(
+        (0.4..=0.6).contains(&victim_part),
+        "c had {victim_part:.3} of d's port against the flood, not within 20% of its fair half \
+         (0.5):\n{out}"
+    );
+
+    // TCP through the congested port. A TCP sender in these guests keeps only a few frames
+    // waiting at the switch (alone on d's port it ran at 0.58-0.98 of the rate in this box),
+    // so its part under the flood says as much about the guest's transmit path under TCG as
+    // about the switch; it is checked to hold the rate, to arrive whole, and not to collapse.
+    assert_eq!(one(out, "SOLO_BYTES="), "2097152", "{out}");
+    assert_eq!(one(out, "FLOOD_BYTES="), "2097152", "{out}");
+    let (solo, flooded) = (figure("SOLO_SECONDS="), figure("FLOOD_SECONDS="));
+    let (solo_rate, share) = (2097152.0 / solo, solo / flooded);
+    let flood_datagrams = figure("FLOOD_NOPORTS=");
+    let port_share = 2097152.0 / (2097152.0 + flood_datagrams * 1442.0);
+    eprintln!(
+        "TCP victim: {solo_rate:.0} B/s alone on d's 1 MB/s port; {share:.2} of that under the \
+         flood ({solo:.2} s alone, {flooded:.2} s flooded); its part of d's port under the \
+         flood {port_share:.3} ({flood_datagrams} flood datagrams reached d meanwhile)"
+    );
+    assert!(
+        !values(out, "udpflood sent=").is_empty(),
+        "the flood ran:\n{out}"
+    );
+    assert!(
+        (400_000.0..=1_050_000.0).contains(&solo_rate),
+        "alone, the TCP victim ran at {solo_rate:.0} B/s on d's port of 1000000 B/s:\n{out}"
+    );
+    // At its fair share the flood moves about as many bytes as the victim; at least half that,
+    // or the victim was not measured under the flood.
+    assert!(
+        flood_datagrams * 1400.0 >= 2097152.0 / 2.0,
+        "only {flood_datagrams} flood datagrams reached d during the victim's transfer, so it \
+         was not measured under the flood:\n{out}"
+    );
+    assert!(
+        column("PORTS ", "d-eth0", WAITS) > column("PORTS0 ", "d-eth0", WAITS),
         "the flood never congested d's port (no frame waited for it):\n{out}"
     );
     assert_eq!(
-        d_column("PORTS ", DROPS),
-        d_column("PORTS0 ", DROPS),
+        column("PORTS ", "d-eth0", DROPS),
+        column("PORTS0 ", "d-eth0", DROPS),
         "the switch dropped frames for d during the flood:\n{out}"
     );
     assert!(
-        d_column("PORTS ", TX_BYTES) - d_column("PORTS0 ", TX_BYTES) > 2 * 2 * 2097152,
+        column("PORTS ", "d-eth0", TX_BYTES) - column("PORTS0 ", "d-eth0", TX_BYTES)
+            > 2 * 2 * 2097152,
         "the flood did not reach d in quantity, so the victim had no competition:\n{out}"
     );
-    // The criterion: of what d's port carried while the victim's bytes arrived, the victim's
-    // part (its payload only, against the flood's whole frames: 1400 bytes of payload and 42
-    // of headers) is at least 80% of its fair half. Its throughput against its solo run says
-    // the same with more noise (the solo run gains from the bucket's initial burst), so it is
-    // checked against a lower floor only, to catch a collapse.
-    let port_share = 2097152.0 / (2097152.0 + flood_datagrams as f64 * 1442.0);
-    eprintln!("victim's part of d's port during its transfer: {port_share:.3} (fair: 0.5)");
     assert!(
-        port_share >= 0.8 * 0.5,
-        "the victim had {port_share:.3} of d's port under the flood, under 80% of its fair \
-         share (0.5):\n{out}"
-    );
-    assert!(
-        share >= 0.7 * 0.5,
-        "the victim got {share:.2} of its solo throughput under the flood:\n{out}"
+        port_share >= 0.25 && share >= 0.35,
+        "the TCP victim collapsed under the flood: {port_share:.3} of d's port, {share:.2} of \
+         its rate alone:\n{out}"
     );
     // Accounting through the API: CPU time, resident memory, and the VIF's bytes both ways.
     for key in [

@@ -10,6 +10,29 @@ use testbox::{Assets, HostBox, StepResult};
 /// The `vessel` binary of this build.
 pub const VESSEL: &str = env!("CARGO_BIN_EXE_vessel");
 
+/// The values of the lines of `out` that start with `key` (trimmed), in order.
+pub fn values<'a>(out: &'a str, key: &str) -> Vec<&'a str> {
+    out.lines()
+        .filter_map(|l| l.trim().strip_prefix(key))
+        .map(str::trim)
+        .collect()
+}
+
+/// The value of the first line of `out` that starts with `key`; panics (with `out`) if none.
+pub fn one<'a>(out: &'a str, key: &str) -> &'a str {
+    values(out, key)
+        .first()
+        .copied()
+        .unwrap_or_else(|| panic!("no {key} line:\n{out}"))
+}
+
+/// The number of the first `KEY=NUMBER` line of `out`; panics (with `out`) if none.
+pub fn figure(out: &str, key: &str) -> f64 {
+    one(out, key)
+        .parse()
+        .unwrap_or_else(|_| panic!("{key} is not a number:\n{out}"))
+}
+
 /// A host box with `vessel` packed in, allowed `timeout_secs` of wall time.
 pub fn box_with_vessel(timeout_secs: u64) -> HostBox {
     let assets = Assets::locate().unwrap_or_else(|e| panic!("guest assets unavailable: {e}"));

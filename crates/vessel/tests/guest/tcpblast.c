@@ -5,7 +5,10 @@
  *
  *   tcpblast recv PORT             accepts one connection, reads it to the end in 64 KiB reads,
  *                                  prints "TCPBLAST received=N seconds=S" (S from the first
- *                                  byte to the end, by CLOCK_MONOTONIC)
+ *                                  byte to the end, by CLOCK_MONOTONIC), then
+ *                                  "TCPBLAST udp_noports=K": the UDP datagrams this guest
+ *                                  received for closed ports over the same span (a competing
+ *                                  flood's share, in the fairness tests)
  *   tcpblast send IP PORT BYTES    connects (retrying for 60 s while refused), writes BYTES in
  *                                  64 KiB writes, prints "TCPBLAST sent=N"
  *
@@ -30,6 +33,22 @@ static double now(void)
     return t.tv_sec + t.tv_nsec / 1e9;
 }
 
+/* UDP datagrams received for closed ports so far (NoPorts in /proc/net/snmp), 0 if unknown. */
+static unsigned long long udp_noports(void)
+{
+    FILE *f = fopen("/proc/net/snmp", "r");
+    char line[512];
+    unsigned long long in = 0, noports = 0;
+    int udp_lines = 0;
+    if (!f)
+        return 0;
+    while (fgets(line, sizeof line, f))
+        if (strncmp(line, "Udp: ", 5) == 0 && ++udp_lines == 2)
+            sscanf(line + 5, "%llu %llu", &in, &noports);
+    fclose(f);
+    return noports;
+}
+
 static int receive(int port)
 {
     int one = 1;
@@ -48,17 +67,23 @@ static int receive(int port)
     static char buf[CHUNK];
     unsigned long long got = 0;
     double start = 0;
+    unsigned long long noports_start = 0;
     for (;;) {
         ssize_t n = read(s, buf, sizeof buf);
         if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0)
             break;
-        if (got == 0)
+        if (got == 0) {
             start = now();
+            noports_start = udp_noports();
+        }
         got += n;
     }
-    printf("TCPBLAST received=%llu seconds=%.3f\n", got, got ? now() - start : 0.0);
+    double seconds = got ? now() - start : 0.0;
+    unsigned long long noports = got ? udp_noports() - noports_start : 0;
+    printf("TCPBLAST received=%llu seconds=%.3f\n", got, seconds);
+    printf("TCPBLAST udp_noports=%llu\n", noports);
     return 0;
 }
 
