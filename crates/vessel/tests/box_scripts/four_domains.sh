@@ -95,8 +95,8 @@ echo RULE=rate-$rate
 # for closed ports over the same span) from what it said.
 blast_receive() { ( on 4 "/bin/tcpblast recv $1" > /tmp/$2.out ) & rpid=$!; sleep 2; }
 blast_report() {
-    sed -n "s/^TCPBLAST received=\\([0-9]*\\) seconds=\\([0-9.]*\\)\\$/$1_BYTES=\\1\\n$1_SECONDS=\\2/p;
-            s/^TCPBLAST udp_noports=\\([0-9]*\\)\\$/$1_NOPORTS=\\1/p" /tmp/$1.out
+    sed -n 's/^TCPBLAST received=\([0-9]*\) seconds=\([0-9.]*\)$/'$1'_BYTES=\1\n'$1'_SECONDS=\2/p
+            s/^TCPBLAST udp_noports=\([0-9]*\)$/'$1'_NOPORTS=\1/p' /tmp/$1.out
 }
 blast_receive 5001 RATE
 on 3 "/bin/tcpblast send 10.0.1.4 5001 1048576"
