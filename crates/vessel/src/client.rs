@@ -15,6 +15,7 @@ use serde_json::Value;
 use vmm::DomainSpec;
 
 use crate::http;
+use crate::table::{Align, Table};
 use control::{spec_from_json, DomainDef};
 
 /// The console's detach key: Ctrl-] (as virsh).
@@ -88,6 +89,14 @@ pub struct ConsoleArgs {
     until: Option<String>,
 }
 
+/// `vessel list`.
+#[derive(Args)]
+pub struct ListArgs {
+    /// Print JSON (the API's answer: every domain's fields) instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
 /// `vessel top`.
 #[derive(Args)]
 pub struct TopArgs {
@@ -97,6 +106,10 @@ pub struct TopArgs {
     /// Refresh this many times, then exit (batch mode, as `top -n`).
     #[arg(long, short = 'n')]
     iterations: Option<u32>,
+    /// Print each refresh as one line of JSON (an array with a row's fields per domain)
+    /// instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 /// The verbs on one domain.
@@ -196,24 +209,37 @@ fn cpu_seconds(v: &Value) -> f64 {
     v["cpu_ns"].as_u64().unwrap_or(0) as f64 / 1e9
 }
 
-pub fn list(socket: &Path) -> anyhow::Result<ExitCode> {
+pub fn list(socket: &Path, args: ListArgs) -> anyhow::Result<ExitCode> {
     let v = call(socket, "GET", "/v1/domains", None)?;
-    println!(
-        "{:>4}  {:<20} {:<9} {:>5} {:>8} {:>10}",
-        "ID", "NAME", "STATE", "VCPUS", "MEMORY", "CPU(s)"
-    );
-    for d in v.as_array().into_iter().flatten() {
-        println!(
-            "{:>4}  {:<20} {:<9} {:>5} {:>8} {:>10.1}",
-            d["id"].as_u64().unwrap_or(0),
-            d["name"].as_str().unwrap_or("?"),
-            d["state"].as_str().unwrap_or("?"),
-            d["vcpus"].as_u64().unwrap_or(0),
-            d["memory"].as_str().unwrap_or("?"),
-            cpu_seconds(d)
-        );
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
     }
+    let mut table = Table::new(&[
+        ("ID", Align::Right),
+        ("NAME", Align::Left),
+        ("STATE", Align::Left),
+        ("VCPUS", Align::Right),
+        ("MEMORY", Align::Right),
+        ("CPU(s)", Align::Right),
+    ]);
+    for d in v.as_array().into_iter().flatten() {
+        table.row(vec![
+            d["id"].as_u64().map_or("-".into(), |id| id.to_string()),
+            text(&d["name"]),
+            text(&d["state"]),
+            d["vcpus"].as_u64().unwrap_or(0).to_string(),
+            text(&d["memory"]),
+            format!("{:.1}", cpu_seconds(d)),
+        ]);
+    }
+    print!("{}", table.render());
     Ok(ExitCode::SUCCESS)
+}
+
+/// A JSON string's text, or "?".
+pub fn text(v: &Value) -> String {
+    v.as_str().unwrap_or("?").to_string()
 }
 
 /// Sum of the I/O byte counters of a domain's devices: (block read+write, net rx+tx).
@@ -240,13 +266,19 @@ pub fn top(socket: &Path, args: TopArgs) -> anyhow::Result<ExitCode> {
     loop {
         let list = call(socket, "GET", "/v1/domains", None)?;
         let mut out = String::new();
-        if interactive {
+        if interactive && !args.json {
             out.push_str("\x1b[H\x1b[2J");
         }
-        out.push_str(&format!(
-            "{:<20} {:<8} {:>6} {:>7} {:>10} {:>12} {:>12}\n",
-            "NAME", "STATE", "CPU%", "SHARE%", "MEM(MiB)", "BLK(KiB/s)", "NET(KiB/s)"
-        ));
+        let mut table = Table::new(&[
+            ("NAME", Align::Left),
+            ("STATE", Align::Left),
+            ("CPU%", Align::Right),
+            ("SHARE%", Align::Right),
+            ("MEM(MiB)", Align::Right),
+            ("BLK(KiB/s)", Align::Right),
+            ("NET(KiB/s)", Align::Right),
+        ]);
+        let mut rows = Vec::new();
         for d in list.as_array().into_iter().flatten() {
             let name = d["name"].as_str().unwrap_or("?").to_string();
             let info =
@@ -259,28 +291,40 @@ pub fn top(socket: &Path, args: TopArgs) -> anyhow::Result<ExitCode> {
                     let dt = now.duration_since(*t).as_secs_f64().max(1e-3);
                     (
                         100.0 * (cpu - c).max(0.0) / dt,
-                        blk.saturating_sub(*b) as f64 / 1024.0 / dt,
-                        net.saturating_sub(*n) as f64 / 1024.0 / dt,
+                        blk.saturating_sub(*b) as f64 / dt,
+                        net.saturating_sub(*n) as f64 / dt,
                     )
                 }
                 None => (0.0, 0.0, 0.0),
             };
             last.insert(name.clone(), (now, cpu, blk, net));
-            let mem = info["memory_resident_bytes"].as_u64().unwrap_or(0) as f64 / (1 << 20) as f64;
+            let resident = info["memory_resident_bytes"].as_u64().unwrap_or(0);
             // The scheduler's share of what all domains used over its last interval.
-            let share = info["sched"]["share_percent"]
-                .as_f64()
-                .map_or("-".to_string(), |s| format!("{s:.1}"));
-            out.push_str(&format!(
-                "{:<20} {:<8} {:>6.1} {:>7} {:>10.1} {:>12.1} {:>12.1}\n",
-                name,
-                d["state"].as_str().unwrap_or("?"),
-                cpu_pct,
-                share,
-                mem,
-                blk_rate,
-                net_rate
-            ));
+            let share = info["sched"]["share_percent"].as_f64();
+            table.row(vec![
+                name.clone(),
+                text(&d["state"]),
+                format!("{cpu_pct:.1}"),
+                share.map_or("-".to_string(), |s| format!("{s:.1}")),
+                format!("{:.1}", resident as f64 / (1 << 20) as f64),
+                format!("{:.1}", blk_rate / 1024.0),
+                format!("{:.1}", net_rate / 1024.0),
+            ]);
+            rows.push(serde_json::json!({
+                "name": name,
+                "state": d["state"],
+                "cpu_percent": cpu_pct,
+                "share_percent": share,
+                "memory_resident_bytes": resident,
+                "block_bytes_per_sec": blk_rate,
+                "net_bytes_per_sec": net_rate,
+            }));
+        }
+        if args.json {
+            out.push_str(&serde_json::to_string(&rows)?);
+            out.push('\n');
+        } else {
+            out.push_str(&table.render());
         }
         print!("{out}");
         io::stdout().flush()?;

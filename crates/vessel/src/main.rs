@@ -12,6 +12,7 @@ mod logging;
 mod netcli;
 mod run;
 mod schedcli;
+mod table;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -51,7 +52,7 @@ enum Command {
     /// Define a domain on the daemon and start it (a JSON file, or `vessel run`'s flags).
     Create(client::CreateArgs),
     /// List the daemon's domains.
-    List,
+    List(client::ListArgs),
     /// Attach to a domain's serial console (Ctrl-] detaches).
     Console(client::ConsoleArgs),
     /// Live CPU, memory and I/O of every domain.
@@ -119,7 +120,7 @@ fn main() -> ExitCode {
         Command::Image(args) => image::image(args),
         Command::Daemon(args) => daemon::daemon(args),
         Command::Create(args) => client::create(&socket, args),
-        Command::List => client::list(&socket),
+        Command::List(args) => client::list(&socket, args),
         Command::Console(args) => client::console(&socket, args),
         Command::Top(args) => client::top(&socket, args),
         Command::Net(command) => netcli::net(&socket, command),

@@ -7,12 +7,17 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use serde_json::{json, Map, Value};
 
-use crate::client::call;
+use crate::client::{call, text};
+use crate::table::{Align, Table};
 
 #[derive(Subcommand)]
 pub enum NetCommand {
     /// The switch's ports (one per VIF, and the uplink) with their learned MACs and counters.
-    Ports,
+    Ports {
+        /// Print JSON (the API's answer) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// The switch's firewall rules.
     #[command(subcommand)]
     Rule(RuleCommand),
@@ -27,7 +32,11 @@ pub enum RuleCommand {
     /// Delete rule ID.
     Del { id: u64 },
     /// List the rules in evaluation order with their counters.
-    List,
+    List {
+        /// Print JSON (the API's answer) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]
@@ -142,20 +151,24 @@ fn rule_json(args: &RuleArgs) -> anyhow::Result<String> {
 
 pub fn net(socket: &Path, command: NetCommand) -> anyhow::Result<ExitCode> {
     match command {
-        NetCommand::Ports => {
+        NetCommand::Ports { json } => {
             let ports = call(socket, "GET", "/v1/net/ports", None)?;
-            println!(
-                "{:<20} {:<16} {:>10} {:>12} {:>10} {:>12} {:>8} {:>8} {:>10}  MACS",
-                "PORT",
-                "DOMAIN",
-                "RX-FRAMES",
-                "RX-BYTES",
-                "TX-FRAMES",
-                "TX-BYTES",
-                "DROPS",
-                "WAITS",
-                "RATE"
-            );
+            if json {
+                println!("{}", serde_json::to_string_pretty(&ports)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let mut table = Table::new(&[
+                ("PORT", Align::Left),
+                ("DOMAIN", Align::Left),
+                ("RX-FRAMES", Align::Right),
+                ("RX-BYTES", Align::Right),
+                ("TX-FRAMES", Align::Right),
+                ("TX-BYTES", Align::Right),
+                ("DROPS", Align::Right),
+                ("WAITS", Align::Right),
+                ("RATE", Align::Right),
+                ("MACS", Align::Left),
+            ]);
             for p in ports.as_array().into_iter().flatten() {
                 let c = &p["counters"];
                 let n = |k: &str| c[k].as_u64().unwrap_or(0);
@@ -165,37 +178,54 @@ pub fn net(socket: &Path, command: NetCommand) -> anyhow::Result<ExitCode> {
                     .flatten()
                     .filter_map(Value::as_str)
                     .collect();
-                let rate = p["rate_bytes_per_sec"]
-                    .as_u64()
-                    .map_or_else(|| "-".to_string(), |r| r.to_string());
-                println!(
-                    "{:<20} {:<16} {:>10} {:>12} {:>10} {:>12} {:>8} {:>8} {:>10}  {}",
-                    p["name"].as_str().unwrap_or("?"),
-                    p["domain"].as_str().unwrap_or("(uplink)"),
-                    n("rx_frames"),
-                    n("rx_bytes"),
-                    n("tx_frames"),
-                    n("tx_bytes"),
-                    n("tx_dropped") + n("rx_errors") + n("rx_filtered"),
-                    n("tx_waits"),
-                    rate,
-                    macs.join(",")
-                );
+                table.row(vec![
+                    text(&p["name"]),
+                    p["domain"].as_str().unwrap_or("(uplink)").to_string(),
+                    n("rx_frames").to_string(),
+                    n("rx_bytes").to_string(),
+                    n("tx_frames").to_string(),
+                    n("tx_bytes").to_string(),
+                    (n("tx_dropped") + n("rx_errors") + n("rx_filtered")).to_string(),
+                    n("tx_waits").to_string(),
+                    p["rate_bytes_per_sec"]
+                        .as_u64()
+                        .map_or_else(|| "-".to_string(), |r| r.to_string()),
+                    if macs.is_empty() {
+                        "-".to_string()
+                    } else {
+                        macs.join(",")
+                    },
+                ]);
             }
+            print!("{}", table.render());
         }
-        NetCommand::Rule(RuleCommand::List) => {
+        NetCommand::Rule(RuleCommand::List { json }) => {
             let rules = call(socket, "GET", "/v1/net/rules", None)?;
-            println!(
-                "{:>4} {:>10} {:>12} {:>10} {:>9}  RULE",
-                "ID", "FRAMES", "BYTES", "DROPPED", "UNPARSED"
-            );
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rules)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let mut table = Table::new(&[
+                ("ID", Align::Right),
+                ("FRAMES", Align::Right),
+                ("BYTES", Align::Right),
+                ("DROPPED", Align::Right),
+                ("UNPARSED", Align::Right),
+                ("RULE", Align::Left),
+            ]);
             for r in rules.as_array().into_iter().flatten() {
                 let c = &r["counters"];
-                println!(
-                    "{:>4} {:>10} {:>12} {:>10} {:>9}  {}",
-                    r["id"], c["frames"], c["bytes"], c["dropped"], c["unparsed"], r["rule"]
-                );
+                let n = |v: &Value| v.as_u64().map_or("-".to_string(), |x| x.to_string());
+                table.row(vec![
+                    n(&r["id"]),
+                    n(&c["frames"]),
+                    n(&c["bytes"]),
+                    n(&c["dropped"]),
+                    n(&c["unparsed"]),
+                    r["rule"].to_string(),
+                ]);
             }
+            print!("{}", table.render());
         }
         NetCommand::Rule(RuleCommand::Add(args)) => {
             let body = rule_json(&args)?;

@@ -8,7 +8,8 @@ use std::process::ExitCode;
 use clap::Args;
 use serde_json::Value;
 
-use crate::client::call;
+use crate::client::{call, text};
+use crate::table::{Align, Table};
 
 /// `vessel sched`.
 #[derive(Args)]
@@ -73,29 +74,26 @@ pub fn sched(socket: &Path, args: SchedArgs) -> anyhow::Result<ExitCode> {
 /// The rows as a table: parameters, then what the last interval measured ("-" for a domain
 /// that does not run).
 fn table(rows: &[Value]) -> String {
-    let mut out = format!(
-        "{:<20} {:<8} {:>6} {:>5} {:>6} {:>7} {:>7} {:>7} {:>7} {:>7} {:>8}\n",
-        "NAME",
-        "STATE",
-        "WEIGHT",
-        "CAP",
-        "WARP",
-        "WARP-L",
-        "UNWARP",
-        "CPU%",
-        "SHARE%",
-        "WAIT%",
-        "WARPING"
-    );
+    let mut table = Table::new(&[
+        ("NAME", Align::Left),
+        ("STATE", Align::Left),
+        ("WEIGHT", Align::Right),
+        ("CAP", Align::Right),
+        ("WARP", Align::Right),
+        ("WARP-L", Align::Right),
+        ("UNWARP", Align::Right),
+        ("CPU%", Align::Right),
+        ("SHARE%", Align::Right),
+        ("WAIT%", Align::Right),
+        ("WARPING", Align::Right),
+    ]);
     for r in rows {
         let p = &r["params"];
         let num = |v: &Value| v.as_f64().map_or("-".to_string(), |x| format!("{x:.1}"));
-        // Values as text first: a JSON value's Display ignores widths.
         let int = |v: &Value| v.as_u64().map_or("?".to_string(), |x| x.to_string());
-        out.push_str(&format!(
-            "{:<20} {:<8} {:>6} {:>5} {:>6} {:>7} {:>7} {:>7} {:>7} {:>7} {:>8}\n",
-            r["name"].as_str().unwrap_or("?"),
-            r["state"].as_str().unwrap_or("?"),
+        table.row(vec![
+            text(&r["name"]),
+            text(&r["state"]),
             int(&p["weight"]),
             int(&p["cap"]),
             int(&p["warp_ms"]),
@@ -104,10 +102,10 @@ fn table(rows: &[Value]) -> String {
             num(&r["cpu_percent"]),
             num(&r["share_percent"]),
             num(&r["wait_percent"]),
-            r["warp"].as_str().unwrap_or("-"),
-        ));
+            r["warp"].as_str().unwrap_or("-").to_string(),
+        ]);
     }
-    out
+    table.render()
 }
 
 #[cfg(test)]

@@ -538,6 +538,127 @@ fn switch_ports_follow_domains_and_rules_are_managed_through_the_api() {
 }
 
 #[test]
+fn the_listing_verbs_print_aligned_tables_and_json() {
+    require_kvm();
+    let d = TestDaemon::start(&tmpdir("tables"));
+    let vessel = |args: &[&str]| {
+        let out = Command::new(VESSEL)
+            .args(args)
+            .env("VESSEL_SOCKET", &d.socket)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "vessel {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // A name of 32 characters, the longest there is, beside a short one.
+    let long = "a-domain-name-of-32-characters-x";
+    for name in ["s", long] {
+        let def = json!({"name": name, "kernel": mini_kernel(), "cmdline": "tick",
+                         "memory": "16M", "net": ["switch=vsw0"]});
+        d.ok("POST", "/v1/domains", Some(&def.to_string()));
+    }
+    d.ok(
+        "POST",
+        "/v1/net/rules",
+        Some(r#"{"pattern":{"src_domain":"s","proto":"icmp"},"action":"drop"}"#),
+    );
+    // Each table's header names sit where their column's cells start (left-aligned) or end
+    // (right-aligned), whatever the names' lengths.
+    let check = |text: &str, left: &[&str], right: &[&str]| {
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines.len() >= 2, "{text}");
+        let (header, rows) = (lines[0], &lines[1..]);
+        for row in rows {
+            for h in left {
+                let at = header.find(h).unwrap();
+                assert!(
+                    at == 0 || row[..at].ends_with(' ') && !row[at..].starts_with(' '),
+                    "column {h} misaligned:\n{text}"
+                );
+            }
+            for h in right {
+                let end = header.find(h).unwrap() + h.len();
+                assert!(
+                    row.len() >= end
+                        && !row[..end].ends_with(' ')
+                        && (row.len() == end || row[end..].starts_with(' ')),
+                    "column {h} misaligned:\n{text}"
+                );
+            }
+        }
+    };
+    let list = vessel(&["list"]);
+    check(
+        &list,
+        &["NAME", "STATE"],
+        &["ID", "VCPUS", "MEMORY", "CPU(s)"],
+    );
+    assert!(list.contains(long), "{list}");
+    check(
+        &vessel(&["net", "ports"]),
+        &["PORT", "DOMAIN", "MACS"],
+        &[
+            "RX-FRAMES",
+            "RX-BYTES",
+            "TX-FRAMES",
+            "TX-BYTES",
+            "DROPS",
+            "WAITS",
+            "RATE",
+        ],
+    );
+    check(
+        &vessel(&["net", "rule", "list"]),
+        &["RULE"],
+        &["ID", "FRAMES", "BYTES", "DROPPED", "UNPARSED"],
+    );
+    check(
+        &vessel(&["top", "-n", "1"]),
+        &["NAME", "STATE"],
+        &["CPU%", "SHARE%", "MEM(MiB)", "BLK(KiB/s)", "NET(KiB/s)"],
+    );
+    check(
+        &vessel(&["sched"]),
+        &["NAME", "STATE"],
+        &["WEIGHT", "CAP", "CPU%"],
+    );
+    // --json prints the API's answer (top: its rows' figures), parsed back here.
+    let parse = |args: &[&str]| -> Value {
+        let out = vessel(args);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("vessel {args:?}: {e}: {out}"))
+    };
+    let list = parse(&["list", "--json"]);
+    let mut names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, [long, "s"], "{list}");
+    // The row of `name` in an array of rows.
+    let row = |rows: &Value, key: &str, name: &str| -> Value {
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r[key] == name)
+            .unwrap_or_else(|| panic!("no {name}: {rows}"))
+            .clone()
+    };
+    let ports = parse(&["net", "ports", "--json"]);
+    assert_eq!(ports.as_array().unwrap().len(), 2, "{ports}");
+    assert_eq!(row(&ports, "name", &format!("{long}-eth0"))["domain"], long);
+    let rules = parse(&["net", "rule", "list", "--json"]);
+    assert_eq!(rules[0]["rule"]["action"], "drop", "{rules}");
+    let top = row(&parse(&["top", "-n", "1", "--json"]), "name", long);
+    assert_eq!(top["state"], "running", "{top}");
+    assert!(top["memory_resident_bytes"].as_u64().unwrap() > 0, "{top}");
+    let sched = parse(&["sched", "--json"]);
+    assert_eq!(sched.as_array().unwrap().len(), 2, "{sched}");
+}
+
+#[test]
 fn shutdown_presses_the_acpi_power_button() {
     require_kvm();
     let d = TestDaemon::start(&tmpdir("shutdown"));
