@@ -47,7 +47,8 @@ pub struct RuleArgs {
     /// Insert at this position (0 is first); default: append.
     #[arg(long)]
     position: Option<usize>,
-    /// accept, drop, or rate-limit=BYTES_PER_SEC[:BURST].
+    /// accept, drop, or rate-limit=BYTES_PER_SEC[:BURST] (bytes; K, M, G suffixes binary,
+    /// e.g. rate-limit=1M:64K).
     #[arg(long, required_unless_present = "json")]
     action: Option<String>,
     /// Frames entering from this switch port.
@@ -131,17 +132,14 @@ fn rule_json(args: &RuleArgs) -> anyhow::Result<String> {
                 anyhow::bail!("--action must be accept, drop or rate-limit=BYTES_PER_SEC[:BURST], not '{other}'");
             };
             let (rate, burst) = spec.split_once(':').unwrap_or((spec, ""));
-            let rate = vmm::parse_size(rate)
-                .ok()
-                .filter(|_| !rate.chars().all(|c| c.is_ascii_digit()))
-                .or_else(|| rate.parse().ok())
+            let rate = vmm::parse_rate(rate)
+                .filter(|&r| r > 0)
                 .ok_or_else(|| anyhow::anyhow!("bad rate '{rate}' in --action"))?;
             let burst = if burst.is_empty() {
                 (rate / 10).max(64 * 1024)
             } else {
-                burst
-                    .parse()
-                    .map_err(|_| anyhow::anyhow!("bad burst '{burst}' in --action"))?
+                vmm::parse_rate(burst)
+                    .ok_or_else(|| anyhow::anyhow!("bad burst '{burst}' in --action"))?
             };
             json!({ "rate_limit": { "bytes_per_sec": rate, "burst": burst } })
         }

@@ -35,4 +35,6 @@ pub use domain::{check_host_memory, pin_disk_formats, validate, Outcome};
 pub use error::DomainError;
 pub use instance::{Instance, RunState, Status};
 pub use sched::{SchedChange, SchedParams};
-pub use spec::{parse_size, DiskSpec, DomainSpec, NetBackendSpec, NetSpec, OnReboot, SpecError};
+pub use spec::{
+    parse_rate, parse_size, DiskSpec, DomainSpec, NetBackendSpec, NetSpec, OnReboot, SpecError,
+};

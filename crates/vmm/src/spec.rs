@@ -60,7 +60,8 @@ pub struct DomainSpec {
     #[serde(default = "default_vcpus")]
     #[cfg_attr(feature = "clap", arg(long, default_value_t = DEFAULT_VCPUS))]
     pub vcpus: u32,
-    /// Guest memory, with a K, M or G suffix (no suffix: MiB).
+    /// Guest memory: a number with an optional K, M, G or T suffix (binary; also KiB, MiB,
+    /// GiB, TiB; decimals like 1.5G allowed); a bare number is MiB.
     #[serde(default = "default_memory", with = "size_text")]
     #[cfg_attr(
         feature = "clap",
@@ -513,7 +514,7 @@ pub enum SpecError {
         why: String,
     },
     /// A size that does not parse.
-    #[error("invalid size '{0}': expected a number with an optional K, M or G suffix (no suffix means MiB), e.g. 256M")]
+    #[error("invalid size '{0}': expected a number (decimals allowed if the bytes come out whole) with an optional K, M, G or T suffix, also written KiB, MiB, GiB, TiB (no suffix means MiB), e.g. 256M or 1.5GiB")]
     Size(String),
     /// A reboot policy that is not one.
     #[error("on_reboot must be \"restart\" or \"exit\", not \"{0}\"")]
@@ -699,15 +700,48 @@ pub fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
 }
 
-/// A byte rate: a number with an optional K, M or G (binary) suffix; no suffix means bytes.
-fn parse_rate(text: &str) -> Option<u64> {
-    let (digits, shift) = match text.char_indices().last()? {
-        (i, c) if c.eq_ignore_ascii_case(&'k') => (&text[..i], 10),
-        (i, c) if c.eq_ignore_ascii_case(&'m') => (&text[..i], 20),
-        (i, c) if c.eq_ignore_ascii_case(&'g') => (&text[..i], 30),
-        _ => (text, 0),
+/// The one reading of an amount of bytes wherever Vessel takes one (sizes and rates): a
+/// number, with decimals if the result is a whole number of bytes (`1.5G`), and an optional
+/// binary suffix `K`, `M`, `G` or `T`, also written `KiB`, `MiB`, `GiB`, `TiB` (any case);
+/// without one, the number counts units of `2^bare_shift` bytes (MiB for sizes, bytes for
+/// rates).
+fn parse_bytes(text: &str, bare_shift: u32) -> Option<u64> {
+    let t = text.trim();
+    let lower = t.to_ascii_lowercase();
+    let number_end = lower
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(lower.len());
+    let shift = match &lower[number_end..] {
+        "" => bare_shift,
+        "k" | "kib" => 10,
+        "m" | "mib" => 20,
+        "g" | "gib" => 30,
+        "t" | "tib" => 40,
+        _ => return None,
     };
-    digits.parse::<u64>().ok()?.checked_mul(1 << shift)
+    let (whole, fraction) = lower[..number_end]
+        .split_once('.')
+        .unwrap_or((&lower[..number_end], ""));
+    if whole.is_empty() || fraction.contains('.') || fraction.len() > 12 {
+        return None;
+    }
+    let unit = 1u128 << shift;
+    let mut bytes = whole.parse::<u128>().ok()?.checked_mul(unit)?;
+    if !fraction.is_empty() {
+        let scale = 10u128.pow(fraction.len() as u32);
+        let part = fraction.parse::<u128>().ok()? * unit;
+        if !part.is_multiple_of(scale) {
+            return None;
+        }
+        bytes += part / scale;
+    }
+    u64::try_from(bytes).ok()
+}
+
+/// A byte rate, read as [`parse_bytes`] reads it with bare numbers in bytes (`1000000`,
+/// `10M`, `1.5MiB`).
+pub fn parse_rate(text: &str) -> Option<u64> {
+    parse_bytes(text, 0)
 }
 
 /// `bytes` with the largest binary suffix that keeps it exact, or none (then it means bytes,
@@ -727,19 +761,10 @@ fn exact_unit(bytes: u64) -> Option<(u64, char)> {
         .map(|(shift, unit)| (bytes >> shift, unit))
 }
 
-/// Parses `256M`, `1G`, `65536K` or `512` (MiB) into bytes.
+/// Parses a size (`256M`, `1.5G`, `2GiB`, `1T`, `65536K`, or `512`: a bare number is MiB) into
+/// bytes, as [`parse_bytes`] reads it; zero is not a size.
 pub fn parse_size(text: &str) -> Result<u64, SpecError> {
-    let t = text.trim();
-    let (digits, shift) = match t.char_indices().last() {
-        Some((i, c)) if c.eq_ignore_ascii_case(&'k') => (&t[..i], 10),
-        Some((i, c)) if c.eq_ignore_ascii_case(&'m') => (&t[..i], 20),
-        Some((i, c)) if c.eq_ignore_ascii_case(&'g') => (&t[..i], 30),
-        _ => (t, 20),
-    };
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| SpecError::Size(text.to_string()))?;
-    n.checked_mul(1 << shift)
+    parse_bytes(text, 20)
         .filter(|&b| b > 0)
         .ok_or_else(|| SpecError::Size(text.to_string()))
 }
@@ -1074,9 +1099,36 @@ mod tests {
         assert_eq!(parse_size("1g"), Ok(1 << 30));
         assert_eq!(parse_size("65536K"), Ok(64 << 20));
         assert_eq!(parse_size("512"), Ok(512 << 20));
-        for bad in ["", "M", "12Q", "-1M", "0", "99999999999999999G", "1.5G"] {
+        assert_eq!(parse_size("1.5G"), Ok(3 << 29));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("512mib"), Ok(512 << 20));
+        assert_eq!(parse_size("1T"), Ok(1 << 40));
+        assert_eq!(parse_size("0.5K"), Ok(512));
+        assert_eq!(parse_size(" 64M "), Ok(64 << 20));
+        for bad in [
+            "",
+            "M",
+            "12Q",
+            "-1M",
+            "0",
+            "0.0G",
+            "99999999999999999G",
+            "16777216T",
+            "0.1K",
+            "1..5G",
+            ".5G",
+            "1.G5",
+            "1 G",
+            "1GB",
+            "1e3M",
+        ] {
             assert_eq!(parse_size(bad), Err(SpecError::Size(bad.into())), "{bad}");
         }
+        assert_eq!(parse_rate("1000000"), Some(1_000_000));
+        assert_eq!(parse_rate("10M"), Some(10 << 20));
+        assert_eq!(parse_rate("1.5MiB"), Some(3 << 19));
+        assert_eq!(parse_rate("0"), Some(0));
+        assert_eq!(parse_rate("fast"), None);
         assert_eq!(format_size(256 << 20).as_deref(), Some("256M"));
         assert_eq!(format_size(2 << 30).as_deref(), Some("2G"));
         assert_eq!(format_size(1536 << 10).as_deref(), Some("1536K"));
