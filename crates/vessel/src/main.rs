@@ -12,13 +12,14 @@ mod logging;
 mod netcli;
 mod run;
 mod schedcli;
+mod selfdoc;
 mod table;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::error::ErrorKind;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 /// The daemon API's HTTP subset lives in the package's library (`lib.rs`), so the fuzz targets
 /// can reach it; the binary's modules use it as `crate::http`.
 use vessel::http;
@@ -65,6 +66,11 @@ enum Command {
     Net(netcli::NetCommand),
     #[command(flatten)]
     Domain(client::DomainVerb),
+    /// Print the shell completion script for SHELL (e.g. `vessel completions bash >
+    /// /etc/bash_completion.d/vessel`).
+    Completions(selfdoc::CompletionsArgs),
+    /// Print the manual page (`vessel man | man -l -`), or write one per verb with --dir.
+    Man(selfdoc::ManArgs),
     /// A domain process (started by the daemon, which hands it its channel as descriptor 3).
     #[command(name = control::DOMAIN_VERB, hide = true)]
     DomainProcess,
@@ -85,9 +91,9 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
-            // Usage errors exit 1 (2 means "the guest rebooted"); --help and --version exit 0.
-            // A value that does not parse (a size, a --disk or --net string) is bad input like
-            // a value out of range: one line, as every other error.
+            // Usage errors exit 2, but 1 for `run`, where 2 means "the guest rebooted"; --help
+            // and --version exit 0. A value that does not parse (a size, a --disk or --net
+            // string) is bad input like a value out of range: one line, as every other error.
             match e.kind() {
                 ErrorKind::ValueValidation | ErrorKind::InvalidValue => {
                     // Clap's message up to its tips, on one line (with the possible values of
@@ -105,7 +111,11 @@ fn main() -> ExitCode {
                     let _ = e.print();
                 }
             }
-            return ExitCode::from(u8::from(e.use_stderr()));
+            return match (e.use_stderr(), verb_of(std::env::args().skip(1)).as_deref()) {
+                (false, _) => ExitCode::SUCCESS,
+                (true, Some("run")) => ExitCode::from(1),
+                (true, _) => ExitCode::from(2),
+            };
         }
     };
     let socket = cli.socket;
@@ -127,6 +137,8 @@ fn main() -> ExitCode {
         Command::Sched(args) => schedcli::sched(&socket, args),
         Command::Domain(verb) => client::domain_verb(&socket, verb),
         Command::DomainProcess => domain_process(),
+        Command::Completions(args) => selfdoc::completions(Cli::command(), args),
+        Command::Man(args) => selfdoc::man(Cli::command(), args),
         Command::Api { method, path, body } => {
             client::call(&socket, &method, &path, body.as_deref().map(str::as_bytes)).map(|v| {
                 match v {
@@ -144,6 +156,19 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// The verb of a command line (its arguments after the program's name): the first argument
+/// that is not an option, skipping the value of the global `--socket`.
+fn verb_of(mut args: impl Iterator<Item = String>) -> Option<String> {
+    while let Some(arg) = args.next() {
+        if arg == "--socket" {
+            args.next();
+        } else if !arg.starts_with('-') {
+            return Some(arg);
+        }
+    }
+    None
 }
 
 /// `vessel domain`: serves the domain process on the channel the daemon handed over.
@@ -167,4 +192,21 @@ fn one_line(e: &anyhow::Error) -> String {
         }
     }
     line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::verb_of;
+
+    fn verb(line: &str) -> Option<String> {
+        verb_of(line.split_whitespace().map(String::from))
+    }
+
+    #[test]
+    fn the_verb_is_the_first_word_that_is_not_an_option_or_the_socket() {
+        assert_eq!(verb("run --kernel k").as_deref(), Some("run"));
+        assert_eq!(verb("--socket /run/x.sock list").as_deref(), Some("list"));
+        assert_eq!(verb("--socket run create").as_deref(), Some("create"));
+        assert_eq!(verb("--help").as_deref(), None);
+    }
 }
