@@ -16,6 +16,7 @@
 //! | `actions` | pause, unpause, reboot, shut down, destroy, the console, the debug hook |
 //! | `report` | list, info and the figures behind the metrics |
 //! | `fleet` | all domains at once: re-attach and autostart at startup, shut down at exit |
+//! | `host` | the host and what runs on it, for `vessel host-info` |
 //! | `switch` | switch ports for VIFs; the switch's ports, rules and policy |
 //! | `def` | a domain definition: a named, valid specification |
 //! | `registry` | the domains by name, under one lock held only briefly |
@@ -36,6 +37,7 @@ mod cpu;
 mod def;
 mod error;
 mod fleet;
+mod host;
 mod lifecycle;
 mod plane;
 mod process;
@@ -50,6 +52,7 @@ pub use cgroup::GroupStats;
 pub use cpu::DomainSched;
 pub use def::{spec_from_json, DomainDef};
 pub use error::{ControlError, StartError};
+pub use host::{HostInfo, KvmInfo};
 pub use plane::{Config, ControlPlane, DOMAIN_ID_BASE};
 pub use process::DOMAIN_VERB;
 pub use report::{DomainInfo, DomainSummary, GroupInfo, ProcessInfo};

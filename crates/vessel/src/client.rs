@@ -89,10 +89,10 @@ pub struct ConsoleArgs {
     until: Option<String>,
 }
 
-/// `vessel list`.
+/// `vessel list` and `vessel host-info`.
 #[derive(Args)]
 pub struct ListArgs {
-    /// Print JSON (the API's answer: every domain's fields) instead of a table.
+    /// Print JSON (the API's answer) instead of text.
     #[arg(long)]
     json: bool,
 }
@@ -234,6 +234,59 @@ pub fn list(socket: &Path, args: ListArgs) -> anyhow::Result<ExitCode> {
         ]);
     }
     print!("{}", table.render());
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn host_info(socket: &Path, args: ListArgs) -> anyhow::Result<ExitCode> {
+    let v = call(socket, "GET", "/v1/host", None)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mib = |v: &Value| {
+        v.as_u64()
+            .map_or("?".to_string(), |b| format!("{} MiB", b >> 20))
+    };
+    let kvm = match v["kvm"]["flavour"].as_str() {
+        Some(flavour) => format!(
+            "{flavour} (at most {} vCPUs per domain)",
+            v["kvm"]["max_vcpus"]
+        ),
+        None => format!("unusable: {}", text(&v["kvm"]["error"])),
+    };
+    let d = &v["domains"];
+    let lines = [
+        ("kernel", text(&v["host"]["kernel"])),
+        ("cpus", v["host"]["cpus"].to_string()),
+        ("memory", mib(&v["host"]["memory_bytes"])),
+        ("kvm", kvm),
+        (
+            "vessel",
+            format!(
+                "{} (API {})",
+                text(&v["vessel"]["version"]),
+                text(&v["vessel"]["api"])
+            ),
+        ),
+        (
+            "daemon uptime",
+            format!(
+                "{:.0} s",
+                v["daemon_uptime_seconds"].as_f64().unwrap_or(0.0)
+            ),
+        ),
+        (
+            "domains",
+            format!(
+                "{} defined, {} running, {} paused",
+                d["defined"], d["running"], d["paused"]
+            ),
+        ),
+        ("memory given", mib(&v["memory_given_bytes"])),
+    ];
+    for (key, value) in lines {
+        println!("{key:<14}: {value}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -58,6 +58,9 @@ enum Command {
     Console(client::ConsoleArgs),
     /// Live CPU, memory and I/O of every domain.
     Top(client::TopArgs),
+    /// The host and what runs on it, as `xl info`: CPUs, memory, kernel, KVM, the daemon's
+    /// version and uptime, domains by state, memory given to them.
+    HostInfo(client::ListArgs),
     /// CPU scheduling: every domain's weight, cap and warp with its measured share, or one
     /// domain's; with flags, change them on a running domain (kept in its definition).
     Sched(schedcli::SchedArgs),
@@ -133,6 +136,7 @@ fn main() -> ExitCode {
         Command::List(args) => client::list(&socket, args),
         Command::Console(args) => client::console(&socket, args),
         Command::Top(args) => client::top(&socket, args),
+        Command::HostInfo(args) => client::host_info(&socket, args),
         Command::Net(command) => netcli::net(&socket, command),
         Command::Sched(args) => schedcli::sched(&socket, args),
         Command::Domain(verb) => client::domain_verb(&socket, verb),

@@ -659,6 +659,57 @@ fn the_listing_verbs_print_aligned_tables_and_json() {
 }
 
 #[test]
+fn host_info_shows_the_host_its_kvm_and_what_runs_on_it() {
+    require_kvm();
+    let d = TestDaemon::start(&tmpdir("hostinfo"));
+    for name in ["h1", "h2", "h3"] {
+        let def =
+            json!({"name": name, "kernel": mini_kernel(), "cmdline": "tick", "memory": "16M"});
+        let path = if name == "h3" {
+            "/v1/domains?start=false"
+        } else {
+            "/v1/domains"
+        };
+        d.ok("POST", path, Some(&def.to_string()));
+    }
+    d.ok("POST", "/v1/domains/h2/pause", None);
+    let vessel = |args: &[&str]| {
+        let out = Command::new(VESSEL)
+            .args(args)
+            .env("VESSEL_SOCKET", &d.socket)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let v: Value = serde_json::from_str(&vessel(&["host-info", "--json"])).unwrap();
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(v["host"]["cpus"], cpus, "{v}");
+    assert!(v["host"]["memory_bytes"].as_u64().unwrap() > 1 << 30, "{v}");
+    let flavour = if Path::new("/sys/module/kvm_pvm").exists() {
+        "pvm"
+    } else {
+        "hardware"
+    };
+    assert_eq!(v["kvm"]["flavour"], flavour, "{v}");
+    assert!(v["kvm"]["max_vcpus"].as_u64().unwrap() >= 1, "{v}");
+    assert_eq!(v["vessel"]["version"], env!("CARGO_PKG_VERSION"), "{v}");
+    assert_eq!(
+        v["domains"],
+        json!({"defined": 3, "running": 1, "paused": 1}),
+        "{v}"
+    );
+    assert_eq!(v["memory_given_bytes"], 32 << 20, "{v}");
+    let text = vessel(&["host-info"]);
+    assert!(
+        text.contains("domains       : 3 defined, 1 running, 1 paused")
+            && text.contains("memory given  : 32 MiB")
+            && text.contains(&format!("cpus          : {cpus}")),
+        "{text}"
+    );
+}
+
+#[test]
 fn shutdown_presses_the_acpi_power_button() {
     require_kvm();
     let d = TestDaemon::start(&tmpdir("shutdown"));

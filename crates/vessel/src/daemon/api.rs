@@ -50,6 +50,7 @@ const fn route(method: &'static str, pattern: &'static str, handler: Handler) ->
 /// protocols); its handler here only answers requests that did not ask to upgrade.
 pub const ROUTES: &[Route] = &[
     route("GET", "/v1/version", version),
+    route("GET", "/v1/host", host_info),
     route("GET", "/v1/domains", list_domains),
     route("POST", "/v1/domains", create_domain),
     route("GET", "/v1/domains/{name}", get_domain),
@@ -153,6 +154,10 @@ fn version(_: &ControlPlane, _: &Params, _: &Request) -> Answer {
         200,
         &json!({ "name": "vessel", "version": env!("CARGO_PKG_VERSION"), "api": "v1" }),
     ))
+}
+
+fn host_info(plane: &ControlPlane, _: &Params, _: &Request) -> Answer {
+    Ok(Response::json(200, &render::host(&plane.host_info())))
 }
 
 fn list_domains(plane: &ControlPlane, _: &Params, _: &Request) -> Answer {

@@ -23,6 +23,28 @@ pub fn summary(d: &DomainSummary) -> Value {
     })
 }
 
+/// `GET /v1/host`: the host, its KVM and what runs on it.
+pub fn host(h: &control::HostInfo) -> Value {
+    let kvm = match &h.kvm {
+        Ok(k) => json!({
+            "flavour": match k.flavour {
+                hv::KvmFlavour::Hardware => "hardware",
+                hv::KvmFlavour::Pvm => "pvm",
+            },
+            "max_vcpus": k.max_vcpus,
+        }),
+        Err(e) => json!({ "error": e }),
+    };
+    json!({
+        "vessel": { "version": env!("CARGO_PKG_VERSION"), "api": "v1" },
+        "host": { "cpus": h.cpus, "memory_bytes": h.memory_bytes, "kernel": h.kernel },
+        "kvm": kvm,
+        "daemon_uptime_seconds": h.uptime.as_secs_f64(),
+        "domains": { "defined": h.domains, "running": h.running, "paused": h.paused },
+        "memory_given_bytes": h.memory_given_bytes,
+    })
+}
+
 /// The `info` view of a domain: its definition, state and every counter.
 pub fn info(d: &DomainInfo) -> Value {
     let s = &d.summary;
