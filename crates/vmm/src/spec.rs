@@ -237,7 +237,7 @@ impl FromStr for DiskSpec {
                 "bps" => {
                     disk.bytes_per_sec = parse_rate(value).ok_or_else(|| {
                         err(format!(
-                            "bps must be bytes per second with an optional K, M or G suffix, not '{value}'"
+                            "bps must be bytes per second with an optional K, M, G or T suffix (binary; decimals if the bytes come out whole), not '{value}'"
                         ))
                     })?
                 }
@@ -371,7 +371,7 @@ impl FromStr for NetSpec {
                 "bps" => {
                     let bps = parse_rate(value).ok_or_else(|| {
                         err(format!(
-                            "bps must be bytes per second with an optional K, M or G suffix, not '{value}'"
+                            "bps must be bytes per second with an optional K, M, G or T suffix (binary; decimals if the bytes come out whole), not '{value}'"
                         ))
                     })?;
                     rate = Some(bps);
@@ -1041,6 +1041,15 @@ mod tests {
             "switch=vsw0",
             "0: no rate"
         );
+        // Rates are read as every size is: decimals, T, the KiB spellings.
+        assert_eq!(
+            net("switch=vsw0,bps=1.5M").to_string(),
+            "switch=vsw0,bps=1536K"
+        );
+        assert_eq!(
+            net("switch=vsw0,bps=2MiB").to_string(),
+            "switch=vsw0,bps=2M"
+        );
         assert!(net("tap=t").offloads, "on by default");
         assert!(!net("offloads=off,switch=vsw0").offloads);
         assert_eq!(net("tap=t,offloads=on"), net("tap=t"));
@@ -1077,9 +1086,10 @@ mod tests {
             ("switch=vsw0,tap=t", "give one of"),
             ("switch=vsw-0", "a switch name is"),
             ("switch=vsw0,bps=-5", "bps must be"),
-            ("switch=vsw0,bps=1.5M", "bps must be"),
+            ("switch=vsw0,bps=1.5Q", "bps must be"),
             ("switch=vsw0,bps=M", "bps must be"),
-            ("switch=vsw0,bps=1T", "bps must be"),
+            ("switch=vsw0,bps=0.1K", "bps must be"),
+            ("switch=vsw0,bps=99999999T", "bps must be"),
             ("bridge=br0", "unknown key 'bridge'"),
             ("tap", "'tap' is not key=value"),
             ("tap=t,offloads=no", "offloads is on or off"),
