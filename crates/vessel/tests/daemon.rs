@@ -710,6 +710,68 @@ fn host_info_shows_the_host_its_kvm_and_what_runs_on_it() {
 }
 
 #[test]
+fn metrics_are_scraped_over_tcp_and_nothing_else_is_served_there() {
+    require_kvm();
+    // A free port: the kernel's pick for a listener that is then closed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let d = TestDaemon::start_with(&tmpdir("metrics-tcp"), &["--metrics-listen", &addr]);
+    let def = json!({"name": "m1", "kernel": mini_kernel(), "cmdline": "tick", "memory": "16M"});
+    d.ok("POST", "/v1/domains", Some(&def.to_string()));
+    let tcp = |request: &str| -> (u16, String) {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        let status = answer
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("{answer}"));
+        (status, answer)
+    };
+    let (status, answer) = tcp("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        answer.contains("text/plain; version=0.0.4") && answer.contains("domain=\"m1\""),
+        "{answer}"
+    );
+    // The API is not there, whatever the method; the daemon and its socket carry on.
+    for (request, want) in [
+        ("GET /v1/domains HTTP/1.1\r\n\r\n", 404),
+        (
+            "POST /v1/domains/m1/destroy HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+            404,
+        ),
+        ("DELETE /metrics HTTP/1.1\r\n\r\n", 405),
+        ("garbage\r\n\r\n", 400),
+    ] {
+        let (status, answer) = tcp(request);
+        assert_eq!(status, want, "{request:?}: {answer}");
+    }
+    assert_eq!(d.ok("GET", "/v1/domains/m1", None)["state"], "running");
+    // A port that is taken stops the daemon at once, with the reason.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap().to_string();
+    let dir = tmpdir("metrics-taken");
+    let out = Command::new(VESSEL)
+        .args(["daemon", "--metrics-listen", &taken_addr, "--state-dir"])
+        .arg(dir.join("state"))
+        .arg("--socket")
+        .arg(dir.join("api.sock"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot listen for metrics scrapes"), "{err}");
+}
+
+#[test]
 fn shutdown_presses_the_acpi_power_button() {
     require_kvm();
     let d = TestDaemon::start(&tmpdir("shutdown"));

@@ -4,18 +4,47 @@
 //! connection for ever; a deadline bounds the whole exchange, however the bytes trickle in.
 
 use std::io::{self, Read, Write};
+use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-/// A Unix stream whose reads and writes fail once its deadline has passed.
-pub struct DeadlineStream {
-    stream: UnixStream,
+/// A stream socket whose reads and writes can be given timeouts: the API's Unix socket and the
+/// metrics listener's TCP.
+pub trait TimedSocket: Read + Write {
+    /// As the standard library's `set_read_timeout` of each socket type.
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()>;
+    /// As the standard library's `set_write_timeout` of each socket type.
+    fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()>;
+}
+
+impl TimedSocket for UnixStream {
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        UnixStream::set_read_timeout(self, timeout)
+    }
+    fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        UnixStream::set_write_timeout(self, timeout)
+    }
+}
+
+impl TimedSocket for TcpStream {
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        TcpStream::set_read_timeout(self, timeout)
+    }
+    fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        TcpStream::set_write_timeout(self, timeout)
+    }
+}
+
+/// A stream socket (a Unix one unless said otherwise) whose reads and writes fail once its
+/// deadline has passed.
+pub struct DeadlineStream<S: TimedSocket = UnixStream> {
+    stream: S,
     deadline: Option<Instant>,
 }
 
-impl DeadlineStream {
+impl<S: TimedSocket> DeadlineStream<S> {
     /// `stream`, with no deadline yet.
-    pub fn new(stream: UnixStream) -> DeadlineStream {
+    pub fn new(stream: S) -> DeadlineStream<S> {
         DeadlineStream {
             stream,
             deadline: None,
@@ -28,7 +57,7 @@ impl DeadlineStream {
     }
 
     /// The stream itself (to shut it down).
-    pub fn get_ref(&self) -> &UnixStream {
+    pub fn get_ref(&self) -> &S {
         &self.stream
     }
 
@@ -65,14 +94,14 @@ fn as_timeout(e: io::Error) -> io::Error {
     }
 }
 
-impl Read for DeadlineStream {
+impl<S: TimedSocket> Read for DeadlineStream<S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.stream.set_read_timeout(self.time_left()?)?;
         self.stream.read(buf).map_err(as_timeout)
     }
 }
 
-impl Write for DeadlineStream {
+impl<S: TimedSocket> Write for DeadlineStream<S> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.stream.set_write_timeout(self.time_left()?)?;
         self.stream.write(buf).map_err(as_timeout)

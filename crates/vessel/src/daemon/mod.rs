@@ -8,12 +8,14 @@
 //! each request must arrive whole within the request timeout of its first byte, and a
 //! connection that sends nothing for as long is closed, so slow or silent clients cannot lock
 //! the others out. Logs go through `tracing` (one line per request here, one per state change
-//! from the control plane).
+//! from the control plane). With `--metrics-listen`, `GET /metrics` is also served over TCP
+//! ([`metrics_listener`]), and nothing else there.
 
 pub mod api;
 mod console;
 mod deadline;
 mod metrics;
+mod metrics_listener;
 mod net;
 mod render;
 
@@ -79,6 +81,10 @@ pub struct DaemonArgs {
     /// tests of domain confinement; without this they answer 404.
     #[arg(long, hide = true)]
     debug_hooks: bool,
+    /// Also serve GET /metrics (Prometheus text, and nothing else) over TCP on ADDR:PORT, for
+    /// a scraper that must not hold the control socket, e.g. 127.0.0.1:9477.
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 fn parse_cgroup_parent(s: &str) -> Result<String, String> {
@@ -113,6 +119,15 @@ pub fn daemon(args: DaemonArgs) -> anyhow::Result<std::process::ExitCode> {
     }
     // Before any thread starts, so that every thread inherits the blocked mask.
     let signals = hv::TerminationSignals::block().context("cannot block termination signals")?;
+    // Before the control plane touches anything: a port that is taken stops the daemon here.
+    let metrics = match args.metrics_listen {
+        Some(addr) => Some((
+            addr,
+            std::net::TcpListener::bind(addr)
+                .with_context(|| format!("cannot listen for metrics scrapes on {addr}"))?,
+        )),
+        None => None,
+    };
     let plane = Arc::new(ControlPlane::open(&Config {
         state_dir: args.state_dir.clone(),
         uplink: args.uplink.clone(),
@@ -121,6 +136,11 @@ pub fn daemon(args: DaemonArgs) -> anyhow::Result<std::process::ExitCode> {
         sched_interval: std::time::Duration::from_millis(args.sched_interval),
         sched_policy: args.scheduler,
     })?);
+    if let Some((addr, tcp)) = metrics {
+        metrics_listener::spawn(plane.clone(), tcp)
+            .context("cannot start the metrics listener's thread")?;
+        tracing::info!("serving GET /metrics on {addr}");
+    }
     let listener = bind_private(&args.socket)?;
     tracing::info!(
         "serving the API on {} (state in {})",
