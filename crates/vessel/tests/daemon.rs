@@ -354,19 +354,7 @@ fn bad_requests_get_clear_4xx_answers_and_the_daemon_survives() {
 fn the_cli_verbs_talk_to_the_daemon() {
     require_kvm();
     let d = TestDaemon::start(&tmpdir("cli"));
-    let vessel = |args: &[&str]| {
-        let out = Command::new(VESSEL)
-            .args(args)
-            .env("VESSEL_SOCKET", &d.socket)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let vessel = |args: &[&str]| d.cli(args);
     let kernel = mini_kernel();
     let kernel = kernel.to_str().unwrap();
     let (code, out, err) = vessel(&[
@@ -541,16 +529,7 @@ fn switch_ports_follow_domains_and_rules_are_managed_through_the_api() {
 fn the_listing_verbs_print_aligned_tables_and_json() {
     require_kvm();
     let d = TestDaemon::start(&tmpdir("tables"));
-    let vessel = |args: &[&str]| {
-        let out = Command::new(VESSEL)
-            .args(args)
-            .env("VESSEL_SOCKET", &d.socket)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(0), "vessel {args:?}: {out:?}");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let vessel = |args: &[&str]| d.cli_ok(args);
     // A name of 32 characters, the longest there is, beside a short one.
     let long = "a-domain-name-of-32-characters-x";
     for name in ["s", long] {
@@ -673,15 +652,7 @@ fn host_info_shows_the_host_its_kvm_and_what_runs_on_it() {
         d.ok("POST", path, Some(&def.to_string()));
     }
     d.ok("POST", "/v1/domains/h2/pause", None);
-    let vessel = |args: &[&str]| {
-        let out = Command::new(VESSEL)
-            .args(args)
-            .env("VESSEL_SOCKET", &d.socket)
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(0), "{out:?}");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let vessel = |args: &[&str]| d.cli_ok(args);
     let v: Value = serde_json::from_str(&vessel(&["host-info", "--json"])).unwrap();
     let cpus = std::thread::available_parallelism().unwrap().get();
     assert_eq!(v["host"]["cpus"], cpus, "{v}");

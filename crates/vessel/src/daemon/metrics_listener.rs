@@ -7,7 +7,6 @@
 
 use std::io::BufReader;
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,31 +26,20 @@ pub fn spawn(plane: Arc<ControlPlane>, listener: TcpListener) -> std::io::Result
     std::thread::Builder::new()
         .name("metrics".into())
         .spawn(move || {
-            let active = Arc::new(AtomicUsize::new(0));
-            for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { continue };
-                if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-                    active.fetch_sub(1, Ordering::SeqCst);
+            super::serve_connections(
+                listener.incoming(),
+                MAX_CONNECTIONS,
+                "metrics-conn",
+                |mut stream: TcpStream| {
                     let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
                     let _ = http::write_response(
                         &mut stream,
                         &Response::error(503, "too many connections"),
                         true,
                     );
-                    continue;
-                }
-                let (plane, done) = (plane.clone(), active.clone());
-                let spawned = std::thread::Builder::new()
-                    .name("metrics-conn".into())
-                    .spawn(move || {
-                        serve(&plane, stream);
-                        done.fetch_sub(1, Ordering::SeqCst);
-                    });
-                if spawned.is_err() {
-                    active.fetch_sub(1, Ordering::SeqCst);
-                    tracing::warn!("cannot start a metrics connection thread");
-                }
-            }
+                },
+                move |stream| serve(&plane, stream),
+            );
         })?;
     Ok(())
 }

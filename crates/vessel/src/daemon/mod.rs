@@ -155,11 +155,11 @@ pub fn daemon(args: DaemonArgs) -> anyhow::Result<std::process::ExitCode> {
         Duration::from_secs(args.shutdown_timeout),
     );
     let timeout = Duration::from_secs_f64(args.request_timeout);
-    let active = Arc::new(AtomicUsize::new(0));
-    for stream in listener.incoming() {
-        let Ok(mut stream) = stream else { continue };
-        if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-            active.fetch_sub(1, Ordering::SeqCst);
+    serve_connections(
+        listener.incoming(),
+        MAX_CONNECTIONS,
+        "api",
+        |mut stream: UnixStream| {
             let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
             let _ = http::write_response(
                 &mut stream,
@@ -177,20 +177,43 @@ pub fn daemon(args: DaemonArgs) -> anyhow::Result<std::process::ExitCode> {
                     }
                 }
             }
+        },
+        move |stream| serve_connection(&plane, stream, timeout),
+    );
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// Serves each connection of `incoming` on a thread of its own named `name`, at most `max` at
+/// once; a connection beyond that is handed to `refuse` (which answers 503) on this thread.
+fn serve_connections<S: Send + 'static>(
+    incoming: impl Iterator<Item = std::io::Result<S>>,
+    max: usize,
+    name: &str,
+    refuse: impl Fn(S),
+    serve: impl Fn(S) + Send + Sync + 'static,
+) {
+    let active = Arc::new(AtomicUsize::new(0));
+    let serve = Arc::new(serve);
+    for stream in incoming {
+        let Ok(stream) = stream else { continue };
+        if active.fetch_add(1, Ordering::SeqCst) >= max {
+            active.fetch_sub(1, Ordering::SeqCst);
+            refuse(stream);
             continue;
         }
-        let (plane, active) = (plane.clone(), active.clone());
+        let (serve, done) = (serve.clone(), active.clone());
         let spawned = std::thread::Builder::new()
-            .name("api".into())
+            .name(name.to_string())
             .spawn(move || {
-                serve_connection(&plane, stream, timeout);
-                active.fetch_sub(1, Ordering::SeqCst);
+                serve(stream);
+                done.fetch_sub(1, Ordering::SeqCst);
             });
         if spawned.is_err() {
+            // The connection went with the closure: its slot is free again.
+            active.fetch_sub(1, Ordering::SeqCst);
             tracing::warn!("cannot start a connection thread");
         }
     }
-    Ok(std::process::ExitCode::SUCCESS)
 }
 
 /// Takes the daemon's termination signals: SIGTERM or SIGINT shuts every domain down (power

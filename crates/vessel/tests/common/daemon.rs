@@ -172,6 +172,28 @@ impl TestDaemon {
     }
 
     /// One API call with a JSON (or raw) body.
+    /// Runs `vessel ARGS` against this daemon (stdin empty): its exit code, stdout and stderr.
+    pub fn cli(&self, args: &[&str]) -> (Option<i32>, String, String) {
+        let out = Command::new(VESSEL)
+            .args(args)
+            .env("VESSEL_SOCKET", &self.socket)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Runs `vessel ARGS` against this daemon, which must succeed: its stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let (code, out, err) = self.cli(args);
+        assert_eq!(code, Some(0), "vessel {args:?}: {out}{err}");
+        out
+    }
+
     pub fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
         self.call_within(method, path, body, Duration::from_secs(30))
     }
