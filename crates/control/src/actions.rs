@@ -25,10 +25,20 @@ impl ControlPlane {
         process.unpause().map_err(refused(name))
     }
 
-    /// Resets domain `name`: it boots again, whatever its reboot policy.
-    pub fn reboot(&self, name: &str) -> Result<(), ControlError> {
+    /// Resets domain `name` at once, as a reset button would: it boots again, whatever its
+    /// reboot policy, and the guest is not asked.
+    pub fn reset(&self, name: &str) -> Result<(), ControlError> {
         let process = self.active_process(name)?;
         process.reset().map_err(refused(name))
+    }
+
+    /// Reboots domain `name` with its guest's consent: presses its ACPI power button, waits up
+    /// to `wait` for the guest to power off, then starts it again. A guest that has not powered
+    /// off by then keeps running and the call fails with [`ControlError::Timeout`] (`reset`
+    /// forces a reboot).
+    pub fn reboot(&self, name: &str, wait: Duration) -> Result<(), ControlError> {
+        self.shutdown(name, Some(wait))?;
+        self.start(name)
     }
 
     /// Presses domain `name`'s ACPI power button; with `wait`, returns once the guest has
@@ -119,10 +129,11 @@ mod tests {
     #[test]
     fn actions_need_a_domain_that_runs_and_say_its_state() {
         let (plane, state) = defined("actions", false);
-        let actions: [(&str, Action); 5] = [
+        let actions: [(&str, Action); 6] = [
             ("pause", |p, n| p.pause(n)),
             ("unpause", |p, n| p.unpause(n)),
-            ("reboot", |p, n| p.reboot(n)),
+            ("reset", |p, n| p.reset(n)),
+            ("reboot", |p, n| p.reboot(n, Duration::from_secs(1))),
             ("shutdown", |p, n| {
                 p.shutdown(n, Some(Duration::from_secs(1)))
             }),

@@ -130,8 +130,16 @@ pub enum DomainVerb {
         #[arg(long, value_name = "SECS")]
         wait: Option<u64>,
     },
-    /// Reset a domain (a fresh boot; the guest is not asked).
-    Reboot { name: String },
+    /// Reboot a domain with its guest's consent: press its ACPI power button, and start it
+    /// again once it has powered off (it keeps running if it has not within --wait).
+    Reboot {
+        name: String,
+        /// Seconds the guest has to power off.
+        #[arg(long, value_name = "SECS", default_value_t = 60)]
+        wait: u64,
+    },
+    /// Reset a domain at once, as a reset button would (a fresh boot; the guest is not asked).
+    Reset { name: String },
     /// Stop a domain at once and free its memory.
     Destroy { name: String },
     /// Forget a stopped domain's definition.
@@ -192,7 +200,8 @@ pub fn domain_verb(socket: &Path, verb: DomainVerb) -> anyhow::Result<ExitCode> 
             wait.map_or("/shutdown".into(), |w| format!("/shutdown?wait={w}")),
             name,
         ),
-        DomainVerb::Reboot { name } => ("POST", "/reboot".into(), name),
+        DomainVerb::Reboot { name, wait } => ("POST", format!("/reboot?wait={wait}"), name),
+        DomainVerb::Reset { name } => ("POST", "/reset".into(), name),
         DomainVerb::Destroy { name } => ("POST", "/destroy".into(), name),
         DomainVerb::Delete { name } => ("DELETE", String::new(), name),
     };

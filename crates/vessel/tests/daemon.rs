@@ -116,7 +116,7 @@ fn the_lifecycle_through_the_api() {
     assert_eq!(d.state("t1"), "running");
 
     // Reboot (a reset) boots a fresh machine.
-    d.ok("POST", "/v1/domains/t1/reboot", None);
+    d.ok("POST", "/v1/domains/t1/reset", None);
     wait_for("the second boot", Duration::from_secs(10), || {
         d.ok("GET", "/v1/domains/t1", None)["boots"] == 2 && d.state("t1") == "running"
     });
@@ -776,6 +776,46 @@ fn shutdown_presses_the_acpi_power_button() {
     // A stopped domain has no button to press.
     let (status, _) = d.call("POST", "/v1/domains/b/shutdown", None);
     assert_eq!(status, 409, "shutting down a stopped domain");
+}
+
+#[test]
+fn reboot_asks_the_guest_and_reset_does_not() {
+    require_kvm();
+    let d = TestDaemon::start(&tmpdir("reboot"));
+    d.ok("POST", "/v1/domains", Some(&mini("b", "button", "16M")));
+    d.ok("POST", "/v1/domains", Some(&mini("t", "tick", "16M")));
+    let waiting = || d.console("b").contains("waiting for the power button");
+    wait_for(
+        "the guest to wait for its button",
+        Duration::from_secs(10),
+        waiting,
+    );
+    let pid = |name: &str| d.ok("GET", &format!("/v1/domains/{name}"), None)["pid"].clone();
+    let before = pid("b");
+    // The guest handles its button, powers off, and is started again: a new process.
+    let out = d.cli_ok(&["reboot", "b", "--wait", "10"]);
+    assert!(out.contains("'b' is running"), "{out}");
+    assert_ne!(pid("b"), before, "a new domain process");
+    wait_for("the guest to boot again", Duration::from_secs(10), waiting);
+    // One that ignores its button keeps running, and the reboot says so.
+    wait_for("ticks", Duration::from_secs(10), || {
+        last_tick(&d.console("t")) >= 1
+    });
+    let ticking = pid("t");
+    let (code, _, err) = d.cli(&["reboot", "t", "--wait", "1"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("did not power off"), "{err}");
+    assert_eq!(d.state("t"), "running");
+    assert_eq!(pid("t"), ticking);
+    // A reset is not asked: the same process boots a fresh machine.
+    let out = d.cli_ok(&["reset", "t"]);
+    assert!(out.contains("'t' is running"), "{out}");
+    assert_eq!(pid("t"), ticking);
+    wait_for(
+        "the reset guest to boot again",
+        Duration::from_secs(10),
+        || d.console("t").matches("mini: boot").count() >= 2,
+    );
 }
 
 /// Makes a FIFO at `path` (nothing ever writes to it).

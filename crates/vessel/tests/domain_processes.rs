@@ -421,7 +421,7 @@ fn a_restarted_daemon_hands_running_domains_new_switch_ports() {
         d.log()
     );
     // A reboot builds the next machine on the new port too (the domain process kept it).
-    d.ok("POST", "/v1/domains/hn/reboot", None);
+    d.ok("POST", "/v1/domains/hn/reset", None);
     wait_for("the second boot", Duration::from_secs(10), || {
         d.ok("GET", "/v1/domains/hn", None)["boots"] == 2
     });

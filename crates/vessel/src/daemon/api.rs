@@ -60,6 +60,7 @@ pub const ROUTES: &[Route] = &[
     route("POST", "/v1/domains/{name}/unpause", unpause_domain),
     route("POST", "/v1/domains/{name}/shutdown", shutdown_domain),
     route("POST", "/v1/domains/{name}/reboot", reboot_domain),
+    route("POST", "/v1/domains/{name}/reset", reset_domain),
     route("POST", "/v1/domains/{name}/destroy", destroy_domain),
     route("GET", "/v1/domains/{name}/console", console_without_upgrade),
     route("GET", "/v1/domains/{name}/sched", get_sched),
@@ -237,24 +238,34 @@ fn unpause_domain(plane: &ControlPlane, p: &Params, req: &Request) -> Answer {
     get_domain(plane, p, req)
 }
 
+/// `?wait=SECONDS` (default 60): how long the guest has to power off before it is started again.
 fn reboot_domain(plane: &ControlPlane, p: &Params, req: &Request) -> Answer {
-    plane.reboot(&p.name)?;
+    let wait = wait_param(req)?.unwrap_or(60);
+    plane.reboot(&p.name, Duration::from_secs(wait))?;
+    get_domain(plane, p, req)
+}
+
+fn reset_domain(plane: &ControlPlane, p: &Params, req: &Request) -> Answer {
+    plane.reset(&p.name)?;
     get_domain(plane, p, req)
 }
 
 /// `?wait=SECONDS`: answer once the guest is off (or say it is not yet).
 fn shutdown_domain(plane: &ControlPlane, p: &Params, req: &Request) -> Answer {
-    let wait = match req.query_param("wait").map(str::parse::<u64>) {
-        None => 0,
-        Some(Ok(s)) if s <= 600 => s,
-        Some(_) => {
-            return Err(ControlError::Invalid(
-                "wait must be a number of seconds up to 600".into(),
-            ))
-        }
-    };
+    let wait = wait_param(req)?.unwrap_or(0);
     plane.shutdown(&p.name, (wait > 0).then(|| Duration::from_secs(wait)))?;
     get_domain(plane, p, req)
+}
+
+/// The `wait` query parameter: seconds, up to 600.
+fn wait_param(req: &Request) -> Result<Option<u64>, ControlError> {
+    match req.query_param("wait").map(str::parse::<u64>) {
+        None => Ok(None),
+        Some(Ok(s)) if s <= 600 => Ok(Some(s)),
+        Some(_) => Err(ControlError::Invalid(
+            "wait must be a number of seconds up to 600".into(),
+        )),
+    }
 }
 
 fn destroy_domain(plane: &ControlPlane, p: &Params, req: &Request) -> Answer {
