@@ -55,13 +55,7 @@ pub fn build_nets(
         .map(|(index, net)| {
             let backend = res.net_backend(index)?;
             let mac = vif_mac(spec.name.as_deref(), index, net);
-            let vif = Net::new(backend, mac);
-            let vif = if net.offloads {
-                vif
-            } else {
-                vif.without_offloads()
-            };
-            Ok(Box::new(vif) as Box<dyn VirtioDevice>)
+            Ok(Box::new(Net::new(backend, mac)) as Box<dyn VirtioDevice>)
         })
         .collect()
 }
