@@ -42,6 +42,10 @@ no_crash() {
     for g in $crashed; do
         echo "GUEST_CRASH=$g $(api info $g | grep '"message"' | head -1)"
     done
+    # What the guests printed last (a panic says why).
+    for g in $crashed; do
+        api api GET /v1/domains/$g/console | tail -n 40 | sed "s/^/CONSOLE_$g /"
+    done
     sed 's/^/DAEMON_LOG /' /tmp/daemon.log
     exit 0
 }
