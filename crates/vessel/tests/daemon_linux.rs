@@ -9,6 +9,11 @@ mod boxed;
 
 use boxed::{box_with_vessel, figure, guest_tools, one, values};
 
+/// Boxes the four-domain test may run when a guest crashes by itself. Such crashes came in a
+/// third of this test's boxes on 2026-12-06 (a guest's vCPU triple-faults mid-transfer, its
+/// console showing no panic), so two boxes failed the test about one run in nine.
+const GUEST_CRASH_ATTEMPTS: u32 = 3;
+
 #[test]
 fn four_domains_on_the_switch_through_the_api() {
     let dir = std::env::temp_dir().join(format!("vessel-4dom-{}", std::process::id()));
@@ -20,7 +25,8 @@ fn four_domains_on_the_switch_through_the_api() {
     );
     // A guest that crashes on its own (TCG's emulated SVM now and then triple-faults an L2
     // guest, under QEMU as under Vessel) ends the step early with GUEST_CRASH lines: the box
-    // runs once more, the crash shown and recorded with the box's retries; a second fails.
+    // runs again (up to GUEST_CRASH_ATTEMPTS boxes), each crash shown and recorded with the
+    // box's retries.
     let mut attempt = 1;
     let output = loop {
         let run = box_with_vessel(600)
@@ -38,8 +44,8 @@ fn four_domains_on_the_switch_through_the_api() {
             break step.output.clone();
         }
         let reason = format!("four-domain test: a guest crashed: {crashes:?}");
-        eprintln!("warning: {reason} (attempt {attempt} of 2)");
-        assert!(attempt < 2, "{reason}:\n{}", step.output);
+        eprintln!("warning: {reason} (attempt {attempt} of {GUEST_CRASH_ATTEMPTS})");
+        assert!(attempt < GUEST_CRASH_ATTEMPTS, "{reason}:\n{}", step.output);
         testbox::record_retry(&reason, &step.output);
         attempt += 1;
     };
