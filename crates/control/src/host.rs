@@ -44,8 +44,14 @@ pub struct KvmInfo {
 impl ControlPlane {
     /// The host and what runs on it.
     pub fn host_info(&self) -> HostInfo {
-        let views = self.registry.views();
-        let active = || views.iter().filter(|v| v.state().is_active());
+        // Each domain's state, read once, and its configured memory.
+        let domains: Vec<(RunState, u64)> = self
+            .registry
+            .views()
+            .iter()
+            .map(|v| (v.state(), v.def.spec().memory))
+            .collect();
+        let count = |state: RunState| domains.iter().filter(|(s, _)| *s == state).count();
         HostInfo {
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
             memory_bytes: vmm::domain::host_memory(),
@@ -59,10 +65,14 @@ impl ControlPlane {
                 })
                 .map_err(|e| e.to_string()),
             uptime: self.uptime(),
-            domains: views.len(),
-            running: active().filter(|v| v.state() == RunState::Running).count(),
-            paused: active().filter(|v| v.state() == RunState::Paused).count(),
-            memory_given_bytes: active().map(|v| v.def.spec().memory).sum(),
+            domains: domains.len(),
+            running: count(RunState::Running),
+            paused: count(RunState::Paused),
+            memory_given_bytes: domains
+                .iter()
+                .filter(|(s, _)| s.is_active())
+                .map(|(_, memory)| memory)
+                .sum(),
         }
     }
 }

@@ -26,6 +26,24 @@ pub enum KvmFlavour {
     Pvm,
 }
 
+impl KvmFlavour {
+    /// Its name where it is written down (a domain's resource manifest, the host's report):
+    /// `hardware` or `pvm`.
+    pub fn name(self) -> &'static str {
+        match self {
+            KvmFlavour::Hardware => "hardware",
+            KvmFlavour::Pvm => "pvm",
+        }
+    }
+
+    /// The flavour called `name` (as [`KvmFlavour::name`] writes it).
+    pub fn from_name(name: &str) -> Option<KvmFlavour> {
+        [KvmFlavour::Hardware, KvmFlavour::Pvm]
+            .into_iter()
+            .find(|f| f.name() == name)
+    }
+}
+
 /// An open `/dev/kvm`.
 pub struct Hypervisor {
     kvm: Kvm,

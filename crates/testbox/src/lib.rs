@@ -791,7 +791,7 @@ impl HostBox {
         self
     }
 
-    /// Extra L1 kernel command line arguments (after `console=ttyS0 panic=-1 quiet` and
+    /// Extra L1 kernel command line arguments (after `console=ttyS0 panic=-1 reboot=t quiet` and
     /// `tsc_early_khz=<host TSC kHz>`, see [`host_tsc_khz`]).
     pub fn kernel_args(mut self, args: &str) -> Self {
         self.kernel_args.push(args.to_string());

@@ -236,10 +236,7 @@ impl Resources {
         }
         fds.push(self.entropy.as_fd());
         let manifest = Manifest {
-            flavour: match self.flavour {
-                KvmFlavour::Hardware => "hardware".into(),
-                KvmFlavour::Pvm => "pvm".into(),
-            },
+            flavour: self.flavour.name().into(),
             initrd: self.initrd.is_some(),
             disks,
             nets,
@@ -253,11 +250,8 @@ impl Resources {
         let bad = |why: &str| DomainError::Config(format!("the resources handed over {why}"));
         let mut fds = fds.into_iter();
         let mut next = || fds.next().ok_or_else(|| bad("lack a descriptor"));
-        let flavour = match manifest.flavour.as_str() {
-            "hardware" => KvmFlavour::Hardware,
-            "pvm" => KvmFlavour::Pvm,
-            _ => return Err(bad("name an unknown KVM flavour")),
-        };
+        let flavour = KvmFlavour::from_name(&manifest.flavour)
+            .ok_or_else(|| bad("name an unknown KVM flavour"))?;
         let kvm = File::from(next()?);
         let kernel = File::from(next()?);
         let initrd = if manifest.initrd {

@@ -715,7 +715,7 @@ fn parse_bytes(text: &str, bare_shift: u32) -> Option<u64> {
         if !part.is_multiple_of(scale) {
             return None;
         }
-        bytes += part / scale;
+        bytes = bytes.checked_add(part / scale)?;
     }
     u64::try_from(bytes).ok()
 }

@@ -26,13 +26,7 @@ pub fn summary(d: &DomainSummary) -> Value {
 /// `GET /v1/host`: the host, its KVM and what runs on it.
 pub fn host(h: &control::HostInfo) -> Value {
     let kvm = match &h.kvm {
-        Ok(k) => json!({
-            "flavour": match k.flavour {
-                hv::KvmFlavour::Hardware => "hardware",
-                hv::KvmFlavour::Pvm => "pvm",
-            },
-            "max_vcpus": k.max_vcpus,
-        }),
+        Ok(k) => json!({ "flavour": k.flavour.name(), "max_vcpus": k.max_vcpus }),
         Err(e) => json!({ "error": e }),
     };
     json!({
