@@ -202,7 +202,10 @@ fn four_domains_on_the_switch_through_the_api() {
     );
     let counts: Vec<u64> = one(out, "COUNTS=")
         .split(',')
-        .map(|n| n.parse().unwrap())
+        .map(|n| {
+            n.parse()
+                .unwrap_or_else(|_| panic!("the guest's counter read {n:?}:\n{out}"))
+        })
         .collect();
     let (paused_progress, running_progress) = (counts[1] - counts[0], counts[2] - counts[1]);
     assert!(

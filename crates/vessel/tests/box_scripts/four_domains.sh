@@ -160,8 +160,9 @@ wait $flooder
 sed 's/^/FLOOD_UDP /' /tmp/flood2.out
 no_crash
 
-# Pause: the guest's own counter stops while paused and goes on after.
-on 2 "(i=0; while true; do i=\$((i+1)); echo \$i > /tmp/count; sleep 0.2; done) </dev/null >/dev/null 2>&1 & echo COUNTING"
+# Pause: the guest's own counter stops while paused and goes on after. The counter is
+# renamed into place, so a read never sees the file between its truncation and its write.
+on 2 "(i=0; while true; do i=\$((i+1)); echo \$i > /tmp/count.new; mv /tmp/count.new /tmp/count; sleep 0.2; done) </dev/null >/dev/null 2>&1 & echo COUNTING"
 sleep 3
 c0=$(on 2 "cat /tmp/count")
 api pause b && echo PAUSED=b
