@@ -49,8 +49,13 @@ impl DomainDef {
 
     /// This definition with its scheduling parameters changed by `change` (checked).
     pub fn with_sched(&self, change: &vmm::SchedChange) -> Result<DomainDef, ControlError> {
+        self.changed(|spec| spec.sched = spec.sched.with(change))
+    }
+
+    /// This definition as `change` leaves a copy of its specification (checked).
+    pub fn changed(&self, change: impl FnOnce(&mut DomainSpec)) -> Result<DomainDef, ControlError> {
         let mut spec = self.0.clone();
-        spec.sched = spec.sched.with(change);
+        change(&mut spec);
         DomainDef::new(spec)
     }
 

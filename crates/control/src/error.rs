@@ -74,6 +74,9 @@ pub enum ControlError {
     /// says what is wrong).
     #[error("{0}")]
     Invalid(String),
+    /// No device (a domain's disk, a switch port) is named so; the message says what there is.
+    #[error("{0}")]
+    NoSuchDevice(String),
     /// No switch rule has this id.
     #[error("no rule {0}")]
     NoSuchRule(vswitch::RuleId),

@@ -27,6 +27,7 @@
 //! | `scheduler` | the CPU scheduler: measures the domains each interval, steers their weights |
 //! | `thread_clock` | a process's threads' run and wait times, read cheaply every interval |
 //! | `cpu` | `vessel sched`: scheduling parameters shown and changed |
+//! | `rates` | disk and switch port rate limits changed while domains run |
 //! | `error` | [`ControlError`] |
 #![forbid(unsafe_code)]
 
@@ -41,6 +42,7 @@ mod host;
 mod lifecycle;
 mod plane;
 mod process;
+mod rates;
 mod registry;
 mod report;
 pub mod scheduler;
@@ -55,5 +57,6 @@ pub use error::{ControlError, StartError};
 pub use host::{HostInfo, KvmInfo};
 pub use plane::{Config, ControlPlane, DOMAIN_ID_BASE};
 pub use process::DOMAIN_VERB;
+pub use rates::{guest_disk_name, DiskRateChange, DiskReport, PortRate};
 pub use report::{DomainInfo, DomainSummary, GroupInfo, ProcessInfo};
 pub use switch::SWITCH_NAME;

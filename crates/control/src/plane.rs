@@ -5,7 +5,7 @@
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::cgroup::Cgroups;
 use crate::registry::Registry;
@@ -49,6 +49,8 @@ pub struct ControlPlane {
     pub(crate) switch: Arc<vswitch::SwitchHandle>,
     /// When the control plane started.
     pub(crate) started: Instant,
+    /// The same, on the wall clock.
+    pub(crate) started_at: SystemTime,
     /// Whether the debugging hooks are served.
     pub(crate) debug_hooks: bool,
     /// Where domains' control groups are.
@@ -100,6 +102,7 @@ impl ControlPlane {
             log_dir: private_dir(&config.state_dir.join("logs"))?,
             switch,
             started: Instant::now(),
+            started_at: SystemTime::now(),
             debug_hooks: config.debug_hooks,
             cgroups,
             scheduler,
@@ -118,6 +121,7 @@ impl ControlPlane {
             log_dir: private_dir(&state_dir.join("logs")).unwrap(),
             switch: Arc::new(vswitch::Switch::start().unwrap()),
             started: Instant::now(),
+            started_at: SystemTime::now(),
             debug_hooks,
             scheduler: Arc::new(Scheduler::new(cgroups.clone(), Policy::Bvt)),
             cgroups,
@@ -135,6 +139,11 @@ impl ControlPlane {
     /// How long the control plane has run.
     pub fn uptime(&self) -> Duration {
         self.started.elapsed()
+    }
+
+    /// When the control plane started, on the wall clock.
+    pub fn started_at(&self) -> SystemTime {
+        self.started_at
     }
 
     /// Domain `name`'s channel socket.

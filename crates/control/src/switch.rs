@@ -15,6 +15,11 @@ use crate::{ControlError, ControlPlane};
 /// The name of the control plane's one switch.
 pub const SWITCH_NAME: &str = "vsw0";
 
+/// The name of the switch port of VIF number `index` of domain `domain`.
+pub fn port_name(domain: &str, index: usize) -> String {
+    format!("{domain}-eth{index}")
+}
+
 /// Keeps a switch port on its switch while held: dropped, it removes the port.
 struct PortGuard {
     id: PortId,
@@ -38,7 +43,7 @@ pub fn port_provider(switch: &Arc<SwitchHandle>, domain: &str) -> vmm::net::Port
                 "no switch named '{name}': the daemon's switch is {SWITCH_NAME}"
             ));
         }
-        let port = format!("{domain}-eth{index}");
+        let port = port_name(&domain, index);
         let (id, backend) = switch
             .add_port(&port, &domain)
             .map_err(|e| format!("cannot add port {port}: {e}"))?;

@@ -299,6 +299,13 @@ pub fn host_info(socket: &Path, args: ListArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A rate given on the command line (bytes per second, read as every rate is).
+pub fn parse_rate_arg(s: &str) -> Result<u64, String> {
+    vmm::parse_rate(s).ok_or_else(|| {
+        format!("'{s}' is not a rate: bytes per second, with K, M, G, T (or KiB...) and decimals")
+    })
+}
+
 /// A JSON string's text, or "?".
 pub fn text(v: &Value) -> String {
     v.as_str().unwrap_or("?").to_string()

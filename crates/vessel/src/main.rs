@@ -7,6 +7,7 @@
 
 mod client;
 mod daemon;
+mod diskcli;
 mod image;
 mod logging;
 mod netcli;
@@ -19,7 +20,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::error::ErrorKind;
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 /// The daemon API's HTTP subset lives in the package's library (`lib.rs`), so the fuzz targets
 /// can reach it; the binary's modules use it as `crate::http`.
 use vessel::http;
@@ -64,6 +65,9 @@ enum Command {
     /// CPU scheduling: every domain's weight, cap and warp with its measured share, or one
     /// domain's; with flags, change them on a running domain (kept in its definition).
     Sched(schedcli::SchedArgs),
+    /// A domain's disks, and their rate limits changed while it runs.
+    #[command(subcommand)]
+    Disk(diskcli::DiskCommand),
     /// The daemon's virtual switch: ports, firewall rules, default policy.
     #[command(subcommand)]
     Net(netcli::NetCommand),
@@ -90,8 +94,35 @@ enum Command {
     },
 }
 
+/// The verbs that do not talk to the daemon, so do not take its `--socket`. (`daemon` has a
+/// `--socket` of its own: where it serves.)
+const SOCKETLESS_VERBS: [&str; 5] = ["run", "image", "completions", "man", control::DOMAIN_VERB];
+
+/// The command line's definition: [`Cli`]'s, with the global `--socket` kept out of the help
+/// (and refused) where the verb does not use it. (A verb that has an argument of the same id
+/// does not get the global one; its own is hidden and refuses any value.)
+fn command() -> clap::Command {
+    let mut cmd = Cli::command();
+    for verb in SOCKETLESS_VERBS {
+        cmd = cmd.mut_subcommand(verb, |c| {
+            c.arg(
+                clap::Arg::new("socket")
+                    .long("socket")
+                    .hide(true)
+                    .value_parser(|_: &str| {
+                        Err::<PathBuf, _>("this verb does not talk to the daemon".to_string())
+                    }),
+            )
+        });
+    }
+    cmd
+}
+
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let parsed = command()
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m));
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(e) => {
             // Usage errors exit 2, but 1 for `run`, where 2 means "the guest rebooted"; --help
@@ -137,12 +168,13 @@ fn main() -> ExitCode {
         Command::Console(args) => client::console(&socket, args),
         Command::Top(args) => client::top(&socket, args),
         Command::HostInfo(args) => client::host_info(&socket, args),
+        Command::Disk(command) => diskcli::disk(&socket, command),
         Command::Net(command) => netcli::net(&socket, command),
         Command::Sched(args) => schedcli::sched(&socket, args),
         Command::Domain(verb) => client::domain_verb(&socket, verb),
         Command::DomainProcess => domain_process(),
-        Command::Completions(args) => selfdoc::completions(Cli::command(), args),
-        Command::Man(args) => selfdoc::man(Cli::command(), args),
+        Command::Completions(args) => selfdoc::completions(command(), args),
+        Command::Man(args) => selfdoc::man(command(), args),
         Command::Api { method, path, body } => {
             client::call(&socket, &method, &path, body.as_deref().map(str::as_bytes)).map(|v| {
                 match v {

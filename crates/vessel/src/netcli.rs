@@ -18,11 +18,28 @@ pub enum NetCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Change a switch port.
+    #[command(subcommand)]
+    Port(PortCommand),
     /// The switch's firewall rules.
     #[command(subcommand)]
     Rule(RuleCommand),
     /// Show the default policy, or set it (accept or drop).
     Policy { policy: Option<String> },
+}
+
+#[derive(Subcommand)]
+pub enum PortCommand {
+    /// Set a port's rate: the switch sends the port at most this much, like a link of that
+    /// speed. In force at once on a port on the switch; a domain's port (DOMAIN-ethN) keeps it
+    /// in the domain's definition, the uplink's lasts until the daemon stops.
+    Set {
+        /// The port (`vessel net ports` lists them): DOMAIN-ethN for a domain's VIF N.
+        port: String,
+        /// Bytes per second (10M, 1.5MiB, 1000000: a bare number is bytes; 0: no limit).
+        #[arg(long, value_name = "RATE", value_parser = crate::client::parse_rate_arg)]
+        bps: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -149,6 +166,19 @@ fn rule_json(args: &RuleArgs) -> anyhow::Result<String> {
 
 pub fn net(socket: &Path, command: NetCommand) -> anyhow::Result<ExitCode> {
     match command {
+        NetCommand::Port(PortCommand::Set { port, bps }) => {
+            let body = serde_json::to_vec(&json!({ "rate_bytes_per_sec": bps }))?;
+            let set = call(socket, "PUT", &format!("/v1/net/ports/{port}"), Some(&body))?;
+            let rate = set["rate_bytes_per_sec"]
+                .as_u64()
+                .map_or_else(|| "no limit".to_string(), |r| format!("{r} B/s"));
+            let when = if set["on_switch"].as_bool() == Some(true) {
+                "now"
+            } else {
+                "from its domain's next start"
+            };
+            println!("port {port}: {rate} {when}");
+        }
         NetCommand::Ports { json } => {
             let ports = call(socket, "GET", "/v1/net/ports", None)?;
             if json {

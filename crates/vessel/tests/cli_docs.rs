@@ -73,3 +73,43 @@ fn usage_errors_exit_2_except_under_run() {
     let help = vessel(&["list", "--help"]);
     assert_eq!(help.status.code(), Some(0), "{help:?}");
 }
+
+/// `--socket` is in the help of the verbs that talk to the daemon, and only theirs (and
+/// `daemon`'s, where it is the socket it serves); given to a verb that does not, it is refused
+/// rather than ignored.
+#[test]
+fn only_the_verbs_that_use_the_socket_offer_it() {
+    let help = |args: &[&str]| {
+        let out = vessel(args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {out:?}");
+        stdout(&out)
+    };
+    for verb in [
+        &["list", "--help"][..],
+        &["create", "--help"],
+        &["sched", "--help"],
+        &["disk", "set", "--help"],
+        &["net", "port", "set", "--help"],
+        &["net", "rule", "add", "--help"],
+        &["pause", "--help"],
+    ] {
+        assert!(help(verb).contains("--socket"), "{verb:?} lacks --socket");
+    }
+    for verb in [
+        &["run", "--help"][..],
+        &["image", "--help"],
+        &["image", "create", "--help"],
+        &["completions", "--help"],
+        &["man", "--help"],
+    ] {
+        assert!(!help(verb).contains("--socket"), "{verb:?} offers --socket");
+    }
+    let out = vessel(&["image", "--socket", "/tmp/x.sock", "info", "/nonexistent"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("does not talk to the daemon"), "{err}");
+    // The global form before the verb still works for the verbs that use it.
+    let out = vessel(&["--socket", "/nonexistent/api.sock", "list"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/api.sock"), "{err}");
+}

@@ -184,6 +184,91 @@ fn rss_kib_of(pid: u32) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
+/// `vessel disk list/set` and `vessel net port set` on a running domain: the change reaches
+/// the domain's process and the switch, is kept in the definition (a new daemon reads it
+/// back), and a disk or port that does not exist, or a change of nothing, is refused.
+#[test]
+fn rate_limits_change_on_a_running_domain_and_are_kept() {
+    require_kvm();
+    let dir = tmpdir("rate-verbs");
+    let disk = dir.join("r.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    {
+        let d = TestDaemon::start(&dir);
+        let def = json!({"name": "r", "kernel": mini_kernel(), "cmdline": "tick", "memory": "16M",
+                         "disk": [format!("path={},format=raw,id=data,bps=1M", disk.display())],
+                         "net": ["switch=vsw0"]});
+        d.ok("POST", "/v1/domains", Some(&def.to_string()));
+        let table = d.cli_ok(&["disk", "list", "r"]);
+        let row = table.lines().nth(1).unwrap_or_default();
+        assert!(
+            row.starts_with("vda") && row.contains("data") && row.contains("1048576"),
+            "{table}"
+        );
+        assert_eq!(
+            d.cli_ok(&["disk", "set", "r", "vda", "--bps", "2M", "--iops", "300"]),
+            "domain 'r': disk data (vda): 2097152 B/s, 300 requests/s\n"
+        );
+        let listed: Value =
+            serde_json::from_str(&d.cli_ok(&["disk", "list", "r", "--json"])).unwrap();
+        assert_eq!(
+            (&listed[0]["bytes_per_sec"], &listed[0]["ops_per_sec"]),
+            (&json!(2097152), &json!(300)),
+            "{listed}"
+        );
+        // By its id, one limit at a time; 0 takes it away.
+        d.cli_ok(&["disk", "set", "r", "data", "--iops", "0"]);
+        assert_eq!(d.state("r"), "running");
+        let (code, _, err) = d.cli(&["disk", "set", "r", "vdb", "--bps", "1M"]);
+        assert_eq!(code, Some(1), "{err}");
+        assert!(
+            err.contains("domain 'r' has no disk 'vdb' (its disks: data (vda))"),
+            "{err}"
+        );
+        let (code, _, err) = d.cli(&["disk", "set", "r", "vda"]);
+        assert_eq!(code, Some(2), "nothing to change is a usage error: {err}");
+        let (status, v) = d.call("PUT", "/v1/domains/r/disks/vda", Some("{}"));
+        assert_eq!(status, 400, "{v}");
+        let (status, v) = d.call("PUT", "/v1/domains/r/disks/vda", Some(r#"{"bps":1}"#));
+        assert_eq!(status, 400, "{v}");
+
+        assert_eq!(
+            d.cli_ok(&["net", "port", "set", "r-eth0", "--bps", "500K"]),
+            "port r-eth0: 512000 B/s now\n"
+        );
+        let ports = d.ok("GET", "/v1/net/ports", None);
+        assert_eq!(ports[0]["rate_bytes_per_sec"], json!(512000), "{ports}");
+        let (code, _, err) = d.cli(&["net", "port", "set", "q-eth0", "--bps", "1M"]);
+        assert_eq!(code, Some(1), "{err}");
+        assert!(err.contains("no switch port named 'q-eth0'"), "{err}");
+        let (code, _, err) = d.cli(&["net", "port", "set", "r-eth0", "--bps", "fast"]);
+        assert_eq!(code, Some(2), "{err}");
+        let info = d.ok("GET", "/v1/domains/r", None);
+        assert_eq!(
+            info["definition"]["net"],
+            json!(["switch=vsw0,bps=500K"]),
+            "{info}"
+        );
+        d.ok("POST", "/v1/domains/r/destroy", None);
+    }
+    // A new daemon reads the changes back; a stopped domain's port takes a rate for its next
+    // start.
+    let d = TestDaemon::start(&dir);
+    let listed: Value = serde_json::from_str(&d.cli_ok(&["disk", "list", "r", "--json"])).unwrap();
+    assert_eq!(
+        (&listed[0]["bytes_per_sec"], &listed[0]["ops_per_sec"]),
+        (&json!(2097152), &json!(0)),
+        "{listed}"
+    );
+    assert_eq!(
+        d.cli_ok(&["net", "port", "set", "r-eth0", "--bps", "1M"]),
+        "port r-eth0: 1048576 B/s from its domain's next start\n"
+    );
+    d.ok("POST", "/v1/domains/r/start", None);
+    let ports = d.ok("GET", "/v1/net/ports", None);
+    assert_eq!(ports[0]["rate_bytes_per_sec"], json!(1048576), "{ports}");
+}
+
 #[test]
 fn definitions_survive_a_daemon_restart() {
     require_kvm();
@@ -691,8 +776,18 @@ fn metrics_are_scraped_over_tcp_and_nothing_else_is_served_there() {
         .port();
     let addr = format!("127.0.0.1:{port}");
     let d = TestDaemon::start_with(&tmpdir("metrics-tcp"), &["--metrics-listen", &addr]);
-    let def = json!({"name": "m1", "kernel": mini_kernel(), "cmdline": "tick", "memory": "16M"});
+    // A disk, a VIF on the switch with a rate, and a rule: every kind of family has samples.
+    let disk = tmpdir("metrics-disk").join("m1.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let def = json!({"name": "m1", "kernel": mini_kernel(), "cmdline": "tick", "memory": "16M",
+                     "disk": [format!("path={},format=raw", disk.display())],
+                     "net": ["switch=vsw0,bps=1M"]});
     d.ok("POST", "/v1/domains", Some(&def.to_string()));
+    d.ok(
+        "POST",
+        "/v1/net/rules",
+        Some(r#"{"pattern":{"proto":"icmp"},"action":"drop"}"#),
+    );
     let tcp = |request: &str| -> (u16, String) {
         let mut s = std::net::TcpStream::connect(&addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -712,6 +807,8 @@ fn metrics_are_scraped_over_tcp_and_nothing_else_is_served_there() {
         answer.contains("text/plain; version=0.0.4") && answer.contains("domain=\"m1\""),
         "{answer}"
     );
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    check_exposition(body, "m1");
     // The API is not there, whatever the method; the daemon and its socket carry on.
     for (request, want) in [
         ("GET /v1/domains HTTP/1.1\r\n\r\n", 404),
@@ -740,6 +837,112 @@ fn metrics_are_scraped_over_tcp_and_nothing_else_is_served_there() {
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot listen for metrics scrapes"), "{err}");
+}
+
+/// Checks a `/metrics` exposition with a Prometheus text-format parser (`prometheus-parse`)
+/// and Prometheus's naming rules: every sample line parses and belongs to a family with a
+/// `# HELP` and a `# TYPE`; counters end in `_total`; each family names one unit in its
+/// suffix (or counts things that have none); the families a scraper looks for are there for
+/// domain `domain`, with its configuration.
+fn check_exposition(body: &str, domain: &str) {
+    use prometheus_parse::{Scrape, Value};
+    let lines: Vec<String> = body.lines().map(str::to_string).collect();
+    let scrape = Scrape::parse(lines.iter().cloned().map(Ok))
+        .unwrap_or_else(|e| panic!("the exposition does not parse: {e}\n{body}"));
+    let sample_lines = lines
+        .iter()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .count();
+    assert_eq!(
+        scrape.samples.len(),
+        sample_lines,
+        "every sample line parses:\n{body}"
+    );
+    let declared = |family: &str, kind: &str| {
+        lines.contains(&format!("# TYPE {family} {kind}"))
+            && lines
+                .iter()
+                .any(|l| l.starts_with(&format!("# HELP {family} ")))
+    };
+    // Units a family may name in its suffix, and the gauges that count things without one.
+    let units = [
+        "_bytes",
+        "_seconds",
+        "_ratio",
+        "_frames",
+        "_bytes_per_second",
+        "_info",
+    ];
+    let unitless = [
+        "vessel_domain_up",
+        "vessel_domain_paused",
+        "vessel_domain_vcpus",
+        "vessel_domain_sched_weight",
+    ];
+    for s in &scrape.samples {
+        let name = s.metric.as_str();
+        match &s.value {
+            Value::Counter(_) => assert!(
+                name.ends_with("_total") && declared(name, "counter"),
+                "counter {name}"
+            ),
+            Value::Gauge(_) => assert!(
+                declared(name, "gauge")
+                    && (units.iter().any(|u| name.ends_with(u)) || unitless.contains(&name)),
+                "gauge {name} names no unit"
+            ),
+            other => panic!("{name} is {other:?}: every family has a counter or gauge TYPE"),
+        }
+        assert!(
+            s.labels.get("counter").is_none(),
+            "{name}: a unit belongs in the name, not a label"
+        );
+    }
+    let value = |name: &str, labels: &[(&str, &str)]| -> f64 {
+        let s = scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .unwrap_or_else(|| panic!("no {name} {labels:?}:\n{body}"));
+        match s.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
+            _ => panic!("{name} is not a number"),
+        }
+    };
+    let d = ("domain", domain);
+    assert_eq!(value("vessel_domain_vcpus", &[d]), 1.0);
+    assert_eq!(value("vessel_domain_memory_bytes", &[d]), 16.0 * 1048576.0);
+    assert_eq!(
+        value(
+            "vessel_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        1.0
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let started = value("process_start_time_seconds", &[]);
+    assert!(
+        now - 600.0 < started && started <= now,
+        "started {started}, now {now}"
+    );
+    value("vessel_block_operations_total", &[d, ("op", "read")]);
+    value("vessel_block_bytes_total", &[d, ("op", "write")]);
+    value("vessel_vif_frames_total", &[d, ("direction", "rx")]);
+    value(
+        "vessel_switch_port_bytes_total",
+        &[("port", &format!("{domain}-eth0")), ("direction", "tx")],
+    );
+    assert_eq!(
+        value(
+            "vessel_switch_port_rate_bytes_per_second",
+            &[("port", &format!("{domain}-eth0"))]
+        ),
+        1048576.0
+    );
+    value("vessel_switch_rule_dropped_frames_total", &[]);
 }
 
 #[test]
@@ -1017,7 +1220,7 @@ fn the_api_answers_within_100_ms_while_guests_hammer_their_disk_and_network() {
                 );
                 assert_eq!(status, 200);
                 assert!(
-                    body.contains("vessel_device_counter_total{domain=\"hd\""),
+                    body.contains("vessel_block_operations_total{domain=\"hd\""),
                     "{body}"
                 );
             }

@@ -2,12 +2,18 @@
 //! `vessel` CLI is its client): four domains on the daemon's virtual switch, every pair
 //! pinging, a drop rule on ICMP between two of them, a rate-limit rule on a TCP transfer, a UDP
 //! sender and a TCP stream each against a UDP flood (from the uplink) to the same rated
-//! destination, pause and unpause, a guest that crashes, and destroy giving the memory back. The L1 side is `tests/box_scripts/four_domains.sh`;
-//! guests run `tests/guest/agent.sh`, which L1 reaches through the switch's uplink TAP.
+//! destination, pause and unpause, a guest that crashes, and destroy giving the memory back
+//! (`tests/box_scripts/four_domains.sh`); confined domains that survive their neighbours and
+//! their daemon (`confined_domains.sh`); and rate limits changed while transfers run
+//! (`rates.sh`). Guests run `tests/guest/agent.sh`, which L1 reaches through the switch's
+//! uplink TAP.
 
 mod boxed;
 
 use boxed::{box_with_vessel, figure, guest_tools, one, values};
+
+/// The helpers the box scripts source (`. /domains.sh`).
+const DOMAINS_LIB: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/box_scripts/domains.sh");
 
 /// Boxes the four-domain test may run when a guest crashes by itself. Such crashes came in a
 /// third of this test's boxes on 2026-12-06 (a guest's vCPU triple-faults mid-transfer, its
@@ -23,32 +29,15 @@ fn four_domains_on_the_switch_through_the_api() {
         env!("CARGO_MANIFEST_DIR"),
         "/tests/box_scripts/four_domains.sh"
     );
-    // A guest that crashes on its own (TCG's emulated SVM now and then triple-faults an L2
-    // guest, under QEMU as under Vessel) ends the step early with GUEST_CRASH lines: the box
-    // runs again (up to GUEST_CRASH_ATTEMPTS boxes), each crash shown and recorded with the
-    // box's retries.
-    let mut attempt = 1;
-    let output = loop {
-        let run = box_with_vessel(600)
+    let output = boxed::run_until_no_guest_crash(GUEST_CRASH_ATTEMPTS, "four-domains", || {
+        box_with_vessel(600)
             .memory_mib(2048)
             .file(&tools, "/tools.cpio.gz")
+            .file(DOMAINS_LIB, "/domains.sh")
             .file(dir.join("tools-root/bin/udpflood"), "/udpflood")
             .file(script, "/four_domains.sh")
             .step("four-domains", "sh /four_domains.sh")
-            .run()
-            .unwrap_or_else(|e| panic!("host box failed: {e}"));
-        let step = run.step("four-domains");
-        eprintln!("four-domains step: {:.1} s", step.seconds);
-        let crashes = values(&step.output, "GUEST_CRASH=");
-        if crashes.is_empty() {
-            break step.output.clone();
-        }
-        let reason = format!("four-domain test: a guest crashed: {crashes:?}");
-        eprintln!("warning: {reason} (attempt {attempt} of {GUEST_CRASH_ATTEMPTS})");
-        assert!(attempt < GUEST_CRASH_ATTEMPTS, "{reason}:\n{}", step.output);
-        testbox::record_retry(&reason, &step.output);
-        attempt += 1;
-    };
+    });
     let _ = std::fs::remove_dir_all(&dir);
     let out = &output;
     println!("{out}");
@@ -257,6 +246,7 @@ fn confined_domains_survive_their_neighbours_and_their_daemon() {
     let run = box_with_vessel(600)
         .memory_mib(2048)
         .file(&tools, "/tools.cpio.gz")
+        .file(DOMAINS_LIB, "/domains.sh")
         .file(script, "/confined_domains.sh")
         .step("confined", "sh /confined_domains.sh")
         .run()
@@ -325,5 +315,106 @@ fn confined_domains_survive_their_neighbours_and_their_daemon() {
             .count(),
         2,
         "both powered off through their buttons: {log:?}\n{out}"
+    );
+}
+
+/// The rate of a transfer between two readings `KEY_A=SECONDS,BYTES` and `KEY_B=...` of `out`,
+/// in bytes per second.
+fn rate_between(out: &str, a: &str, b: &str) -> f64 {
+    let reading = |key: &str| -> (f64, f64) {
+        let text = one(out, &format!("{key}="));
+        let (at, value) = text
+            .split_once(',')
+            .unwrap_or_else(|| panic!("{key}={text} is not SECONDS,VALUE:\n{out}"));
+        let number = |t: &str| -> f64 {
+            t.parse()
+                .unwrap_or_else(|_| panic!("{key}={text} is not SECONDS,VALUE:\n{out}"))
+        };
+        (number(at), number(value))
+    };
+    let ((t0, v0), (t1, v1)) = (reading(a), reading(b));
+    assert!(t1 > t0, "{a} and {b} are not in order:\n{out}");
+    (v1 - v0) / (t1 - t0)
+}
+
+/// A disk's rate limit and a switch port's rate, each changed while a transfer runs through it
+/// (`vessel disk set`, `vessel net port set`): the transfer's rate, read from the daemon's
+/// `/metrics` over spans before and after the change, follows it; the change is kept in the
+/// domain's definition; and taking the limit away lets the transfer finish.
+#[test]
+fn rate_limits_change_while_transfers_run() {
+    let dir = std::env::temp_dir().join(format!("vessel-rates-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let tools = guest_tools(&dir);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/box_scripts/rates.sh");
+    let output = boxed::run_until_no_guest_crash(GUEST_CRASH_ATTEMPTS, "rates", || {
+        box_with_vessel(600)
+            .memory_mib(2048)
+            .file(&tools, "/tools.cpio.gz")
+            .file(DOMAINS_LIB, "/domains.sh")
+            .file(script, "/rates.sh")
+            .step("rates", "sh /rates.sh")
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = &output;
+    println!("{out}");
+    assert_eq!(values(out, "CREATED="), ["a", "b"], "{out}");
+    assert_eq!(values(out, "REACHABLE=").len(), 2, "{out}");
+
+    // The disk: 4 MiB/s, then 1 MiB/s (a token bucket's burst is spent before the first span).
+    const MIB: f64 = 1048576.0;
+    let disk_before = rate_between(out, "DISK_0", "DISK_1");
+    let disk_after = rate_between(out, "DISK_2", "DISK_3");
+    eprintln!("disk: {disk_before:.0} B/s at 4 MiB/s, {disk_after:.0} B/s at 1 MiB/s");
+    assert!(
+        (2.0 * MIB..=4.4 * MIB).contains(&disk_before),
+        "a disk limited to 4 MiB/s was read at {disk_before:.0} B/s:\n{out}"
+    );
+    assert!(
+        (0.5 * MIB..=1.15 * MIB).contains(&disk_after),
+        "the disk, its limit changed to 1 MiB/s, was read at {disk_after:.0} B/s:\n{out}"
+    );
+    assert!(
+        one(out, "DISK_SET ").contains("disk disk0 (vda): 1048576 B/s, no request limit"),
+        "{out}"
+    );
+    assert!(one(out, "DISK_KEPT ").contains("1048576"), "{out}");
+    assert_eq!(values(out, "DD="), ["started", "done"], "{out}");
+    assert!(one(out, "DISK_AFTER ").contains(": 0"), "{out}");
+
+    // The port: 600 kB/s, then 100 kB/s.
+    let port_before = rate_between(out, "PORT_0", "PORT_1");
+    let port_after = rate_between(out, "PORT_2", "PORT_3");
+    eprintln!("port: {port_before:.0} B/s at 600 kB/s, {port_after:.0} B/s at 100 kB/s");
+    assert!(
+        port_before <= 660_000.0 && port_before >= 2.5 * port_after,
+        "a transfer into a port of 600 kB/s ran at {port_before:.0} B/s, and at \
+         {port_after:.0} B/s once the port was set to 100 kB/s:\n{out}"
+    );
+    assert!(
+        (50_000.0..=115_000.0).contains(&port_after),
+        "a port set to 100 kB/s carried {port_after:.0} B/s:\n{out}"
+    );
+    assert_eq!(
+        values(out, "PORT_SET "),
+        ["port b-eth0: 100000 B/s now"],
+        "{out}"
+    );
+    assert!(one(out, "PORT_RATE_METRIC ").ends_with(" 100000"), "{out}");
+    assert_eq!(
+        values(out, "B_NET_KEPT "),
+        ["switch=vsw0,bps=100000"],
+        "{out}"
+    );
+    assert_eq!(
+        values(out, "PORT_UNSET "),
+        ["port b-eth0: no limit now"],
+        "{out}"
+    );
+    assert!(
+        values(out, "BLAST ")
+            .iter()
+            .any(|l| l.starts_with("TCPBLAST received=6291456 ")),
+        "the transfer did not finish once the port's limit went:\n{out}"
     );
 }

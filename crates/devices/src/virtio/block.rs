@@ -55,7 +55,7 @@ const S_IOERR: u8 = 1;
 const S_UNSUPP: u8 = 2;
 
 /// The names of a VBD's counters, as the API and metrics show them; the indices below follow.
-const COUNTER_NAMES: &[&str] = &[
+pub const COUNTER_NAMES: &[&str] = &[
     "read_bytes",
     "write_bytes",
     "read_ops",

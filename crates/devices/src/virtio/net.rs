@@ -77,7 +77,7 @@ const S_HELD: u8 = 4;
 /// The names of a VIF's counters, as the API and metrics show them; the indices below follow.
 /// The last two are gauges: frames waiting for receive buffers, and whether a transmit frame
 /// is held.
-const COUNTER_NAMES: &[&str] = &[
+pub const COUNTER_NAMES: &[&str] = &[
     "rx_frames",
     "rx_bytes",
     "rx_errors",

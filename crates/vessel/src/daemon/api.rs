@@ -20,7 +20,7 @@ use crate::http::{Request, Response};
 pub struct Params {
     /// `{name}`: a domain.
     pub name: String,
-    /// `{id}`: a rule.
+    /// `{id}`: a rule, a disk or a switch port.
     pub id: String,
 }
 
@@ -66,12 +66,15 @@ pub const ROUTES: &[Route] = &[
     route("GET", "/v1/domains/{name}/sched", get_sched),
     route("PUT", "/v1/domains/{name}/sched", set_sched),
     route("GET", "/v1/sched", list_sched),
+    route("GET", "/v1/domains/{name}/disks", list_disks),
+    route("PUT", "/v1/domains/{name}/disks/{id}", set_disk),
     route(
         "POST",
         "/v1/domains/{name}/debug/forbidden-call",
         debug_forbidden_call,
     ),
     route("GET", "/v1/net/ports", net::list_ports),
+    route("PUT", "/v1/net/ports/{id}", net::set_port),
     route("GET", "/v1/net/rules", net::list_rules),
     route("POST", "/v1/net/rules", net::add_rule),
     route("DELETE", "/v1/net/rules/{id}", net::delete_rule),
@@ -135,7 +138,10 @@ pub fn handle(plane: &ControlPlane, req: &Request) -> Response {
 /// | `Internal`; `CannotStart` when the host or a domain process is why | 500 |
 pub fn error_response(e: &ControlError) -> Response {
     let status = match e {
-        ControlError::NoSuchDomain(_) | ControlError::NoSuchRule(_) | ControlError::HooksOff => 404,
+        ControlError::NoSuchDomain(_)
+        | ControlError::NoSuchRule(_)
+        | ControlError::NoSuchDevice(_)
+        | ControlError::HooksOff => 404,
         ControlError::Invalid(_) => 400,
         ControlError::CannotStart { cause, .. } if cause.is_the_definitions_fault() => 400,
         ControlError::Exists(_)
@@ -216,6 +222,17 @@ fn list_sched(plane: &ControlPlane, _: &Params, _: &Request) -> Answer {
     let all = plane.sched_all();
     let rows: Vec<Value> = all.iter().map(|d| render::sched(d, &all)).collect();
     Ok(Response::json(200, &Value::Array(rows)))
+}
+
+fn list_disks(plane: &ControlPlane, p: &Params, _: &Request) -> Answer {
+    Ok(Response::json(200, &json!(plane.disks(&p.name)?)))
+}
+
+fn set_disk(plane: &ControlPlane, p: &Params, req: &Request) -> Answer {
+    let change: control::DiskRateChange = serde_json::from_slice(&req.body)
+        .map_err(|e| ControlError::Invalid(format!("invalid disk change: {e}")))?;
+    let disk = plane.set_disk_rates(&p.name, &p.id, change)?;
+    Ok(Response::json(200, &json!(disk)))
 }
 
 fn delete_domain(plane: &ControlPlane, p: &Params, _: &Request) -> Answer {

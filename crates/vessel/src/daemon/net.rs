@@ -12,6 +12,20 @@ pub fn list_ports(plane: &ControlPlane, _: &Params, _: &Request) -> Answer {
     Ok(Response::json(200, &json!(plane.ports())))
 }
 
+/// `PUT /v1/net/ports/{id}` with `{"rate_bytes_per_sec": N}` (0: no limit): the port's rate,
+/// changed at once and kept in its domain's definition.
+pub fn set_port(plane: &ControlPlane, p: &Params, req: &Request) -> Answer {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        rate_bytes_per_sec: u64,
+    }
+    let body = serde_json::from_slice::<Body>(&req.body)
+        .map_err(|e| ControlError::Invalid(format!("invalid port change: {e}")))?;
+    let set = plane.set_port_rate(&p.id, Some(body.rate_bytes_per_sec))?;
+    Ok(Response::json(200, &json!(set)))
+}
+
 /// `GET /v1/net/rules`.
 pub fn list_rules(plane: &ControlPlane, _: &Params, _: &Request) -> Answer {
     Ok(Response::json(200, &json!(plane.rules())))

@@ -4,31 +4,15 @@
 set -u
 cat /assets/initramfs.cpio.gz /tools.cpio.gz > /tmp/initrd
 export VESSEL_SOCKET=/tmp/api.sock
+. /domains.sh
 start_daemon() {
     vessel daemon --state-dir /tmp/state --socket $VESSEL_SOCKET --uplink vtap0 \
         --shutdown-timeout 60 --debug-hooks 2>>/tmp/daemon.log &
     daemon=$!
     i=0; while ! vessel list >/dev/null 2>&1 && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
 }
-api() {
-    timeout 60 vessel "$@"; r=$?
-    [ $r = 124 ] && echo "HUNG=vessel $* ($(date +%T))" >&2
-    return $r
-}
 pid_of() { api info $1 | sed -n 's/^ *"pid": \([0-9]*\).*/\1/p'; }
 alive() { [ -e /proc/$1/status ] && ! grep -q zombie /proc/$1/status; }
-on() {
-    g=$1; shift; i=0
-    until echo "$*" | timeout 120 nc 10.0.1.$g 7000 2>/tmp/on.err; do
-        [ $? = 124 ] && { echo "HUNG=session in guest $g: $*"; break; }
-        grep -q refused /tmp/on.err || break
-        i=$((i+1)); [ $i -ge 50 ] && break; sleep 0.2
-    done
-}
-reach() {
-    i=0; until ping -c 1 -W 1 10.0.1.$1 >/dev/null 2>&1; do
-        i=$((i+1)); [ $i -ge 300 ] && return 1; sleep 1; done
-}
 start_daemon
 trap 'kill $daemon 2>/dev/null' EXIT
 ip addr add 10.0.1.254/24 dev vtap0 && ip link set vtap0 up && echo UPLINK=up

@@ -5,18 +5,11 @@
 set -u
 cat /assets/initramfs.cpio.gz /tools.cpio.gz > /tmp/initrd
 export VESSEL_SOCKET=/tmp/api.sock
+. /domains.sh
 vessel daemon --state-dir /tmp/state --socket $VESSEL_SOCKET --uplink vtap0 2>/tmp/daemon.log &
 daemon=$!
 # The step ends only when nothing holds its output: stop the daemon however the script ends.
 trap 'kill $daemon 2>/dev/null' EXIT
-# Every API call is bounded, and one that hangs names itself (a fresh-clone run of this test
-# has stalled now and then with L1 idle, cause not found; the box then timed out).
-api() {
-    timeout 60 vessel "$@"; r=$?
-    # (On stderr, which reaches the console also from inside $(...).)
-    [ $r = 124 ] && { echo "HUNG=vessel $* ($(date +%T))"; ps -o pid,stat,args | sed 's/^/HUNG-PS /'; } >&2
-    return $r
-}
 i=0; while [ ! -S $VESSEL_SOCKET ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
 ip addr add 10.0.1.254/24 dev vtap0 && ip link set vtap0 up && echo UPLINK=up
 echo DAEMON_RSS_START=$(awk '/VmRSS/ {print $2}' /proc/$daemon/status)
@@ -34,44 +27,11 @@ JSON
     api create /tmp/$d.json && echo CREATED=$d
     n=$((n+1))
 done
-# A guest that crashed on its own (under TCG an L2 guest triple-faults now and then, under
-# QEMU as under Vessel) ends the step with a GUEST_CRASH line each; the test runs the box again.
-no_crash() {
-    crashed=$(api list | awk '$3 == "crashed" {print $2}')
-    [ -z "$crashed" ] && return 0
-    for g in $crashed; do
-        echo "GUEST_CRASH=$g $(api info $g | grep '"message"' | head -1)"
-    done
-    # What the guests printed last (a panic says why).
-    for g in $crashed; do
-        api api GET /v1/domains/$g/console | tail -n 40 | sed "s/^/CONSOLE_$g /"
-    done
-    sed 's/^/DAEMON_LOG /' /tmp/daemon.log
-    exit 0
-}
-
 # Every guest answers L1 (through the uplink) before anything else.
 for n in 1 2 3 4; do
-    i=0; until ping -c 1 -W 1 10.0.1.$n >/dev/null 2>&1; do
-        i=$((i+1)); [ $i -ge 300 ] && break
-        [ $((i % 5)) = 0 ] && no_crash
-        sleep 1
-    done
-    [ $i -lt 300 ] && echo REACHABLE=$n
+    reach $n check && echo REACHABLE=$n
 done
 api list | sed 's/^/LIST /'
-
-# on GUEST_N COMMANDS: runs COMMANDS (one line) in guest N's shell and prints their output.
-# The agent listens again right after each session; a connection in between is refused and
-# retried (nc fails at once then, before anything ran).
-on() {
-    g=$1; shift; i=0
-    until echo "$*" | timeout 120 nc 10.0.1.$g 7000 2>/tmp/on.err; do
-        [ $? = 124 ] && { echo "HUNG=session in guest $g: $*"; break; }
-        grep -q refused /tmp/on.err || break
-        i=$((i+1)); [ $i -ge 50 ] && break; sleep 0.2
-    done
-}
 
 # All pairs through the switch.
 for s in 1 2 3 4; do for t in 1 2 3 4; do

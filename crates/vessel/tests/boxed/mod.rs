@@ -41,6 +41,30 @@ pub fn box_with_vessel(timeout_secs: u64) -> HostBox {
         .timeout(Duration::from_secs(timeout_secs))
 }
 
+/// Runs the box `make` builds until its step `step` ends without a guest that crashed by
+/// itself (a `GUEST_CRASH=` line: under TCG's emulated SVM an L2 guest now and then
+/// triple-faults, under QEMU as under Vessel), at most `attempts` boxes; each crash is shown
+/// and recorded with the box's retries. Returns the step's output; fails when every box had
+/// a crash.
+pub fn run_until_no_guest_crash(attempts: u32, step: &str, make: impl Fn() -> HostBox) -> String {
+    for attempt in 1..=attempts {
+        let run = make()
+            .run()
+            .unwrap_or_else(|e| panic!("host box failed: {e}"));
+        let result = run.step(step);
+        eprintln!("{step} step: {:.1} s", result.seconds);
+        let crashes = values(&result.output, "GUEST_CRASH=");
+        if crashes.is_empty() {
+            return result.output.clone();
+        }
+        let reason = format!("{step}: a guest crashed: {crashes:?}");
+        eprintln!("warning: {reason} (attempt {attempt} of {attempts})");
+        assert!(attempt < attempts, "{reason}:\n{}", result.output);
+        testbox::record_retry(&reason, &result.output);
+    }
+    unreachable!("the last attempt returns or fails")
+}
+
 /// `vessel run` of the bzImage and initramfs with 256 MiB, `disks` (each a `--disk` value) and a
 /// guest command. The command may hold no quotes: the kernel command line cannot escape them.
 pub fn vessel_with_disks(disks: &[&str], guest: &str) -> String {

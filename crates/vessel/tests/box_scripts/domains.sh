@@ -1,0 +1,50 @@
+# Sourced by the daemon box scripts (four_domains.sh, confined_domains.sh, rates.sh; packed
+# at /domains.sh): the helpers L1 uses to drive Linux domains under `vessel daemon` through
+# its API and to reach their agents (tests/guest/agent.sh at 10.0.1.N, through the switch's
+# uplink TAP). Needs VESSEL_SOCKET set.
+
+# api ARGS: `vessel ARGS`, bounded; a call that hangs names itself (on stderr, which reaches
+# the console also from inside $(...)).
+api() {
+    timeout 60 vessel "$@"; r=$?
+    [ $r = 124 ] && { echo "HUNG=vessel $* ($(date +%T))"; ps -o pid,stat,args | sed 's/^/HUNG-PS /'; } >&2
+    return $r
+}
+
+# no_crash: if a guest crashed on its own (under TCG an L2 guest triple-faults now and then,
+# under QEMU as under Vessel), prints a GUEST_CRASH line for each, what they printed last and
+# the daemon's log, and ends the step (the test runs the box again).
+no_crash() {
+    crashed=$(api list | awk '$3 == "crashed" {print $2}')
+    [ -z "$crashed" ] && return 0
+    for g in $crashed; do
+        echo "GUEST_CRASH=$g $(api info $g | grep '"message"' | head -1)"
+    done
+    for g in $crashed; do
+        api api GET /v1/domains/$g/console | tail -n 40 | sed "s/^/CONSOLE_$g /"
+    done
+    sed 's/^/DAEMON_LOG /' /tmp/daemon.log
+    exit 0
+}
+
+# reach N [check]: waits up to 300 s for guest N to answer L1's ping (fails if it does not);
+# with `check`, a guest that crashed on its own meanwhile ends the step (no_crash).
+reach() {
+    i=0; until ping -c 1 -W 1 10.0.1.$1 >/dev/null 2>&1; do
+        i=$((i+1)); [ $i -ge 300 ] && return 1
+        [ -n "${2:-}" ] && [ $((i % 5)) = 0 ] && no_crash
+        sleep 1
+    done
+}
+
+# on GUEST_N COMMANDS: runs COMMANDS (one line) in guest N's shell and prints their output.
+# The agent listens again right after each session; a connection in between is refused and
+# retried (nc fails at once then, before anything ran).
+on() {
+    g=$1; shift; i=0
+    until echo "$*" | timeout 120 nc 10.0.1.$g 7000 2>/tmp/on.err; do
+        [ $? = 124 ] && { echo "HUNG=session in guest $g: $*"; break; }
+        grep -q refused /tmp/on.err || break
+        i=$((i+1)); [ $i -ge 50 ] && break; sleep 0.2
+    done
+}
