@@ -62,6 +62,9 @@
 //! - `VESSEL_ASSETS`: the guest assets directory (default `<workspace>/.cache/assets`).
 //! - `VESSEL_BOX_VERBOSE=1`: echo the box console to stderr while it runs.
 //! - `VESSEL_BOX_KEEP=1`: keep the box's temporary directory (its path is printed on stderr).
+//! - `VESSEL_BOX_CPU=MODEL`: the emulated CPU (default `max`; it needs SVM and NPT, e.g.
+//!   `EPYC-v4,+svm,+npt`), and `VESSEL_BOX_TCG_THREAD=single`: one host thread for all of L1's
+//!   CPUs (default: one each). For measuring which set-up L1 dies least under.
 //!
 //! A run that is retried (see [`HostBox::run`]) is also recorded, with its console's tail, in
 //! `<workspace>/target/testbox-retries.log`.
@@ -857,6 +860,11 @@ impl HostBox {
         }
     }
 
+    /// One boot of the box, not retried whatever happens: for measuring how often L1 dies.
+    pub fn run_without_retries(self) -> Result<BoxRun, BoxError> {
+        self.run_once()
+    }
+
     fn run_once(&self) -> Result<BoxRun, BoxError> {
         let qemu = require_tool(QEMU)?;
         let tmp = TempDir::new()?;
@@ -871,7 +879,12 @@ impl HostBox {
             cmdline.push_str(a);
         }
         let mut cmd = Command::new(&qemu);
-        cmd.args(["-accel", "tcg", "-M", "microvm", "-cpu", "max"])
+        let accel = match std::env::var("VESSEL_BOX_TCG_THREAD").as_deref() {
+            Ok("single") => "tcg,thread=single",
+            _ => "tcg",
+        };
+        let cpu = std::env::var("VESSEL_BOX_CPU").unwrap_or_else(|_| "max".into());
+        cmd.args(["-accel", accel, "-M", "microvm", "-cpu", &cpu])
             .arg("-m")
             .arg(self.memory_mib.to_string())
             .arg("-smp")

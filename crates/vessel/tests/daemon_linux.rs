@@ -10,10 +10,7 @@
 
 mod boxed;
 
-use boxed::{box_with_vessel, figure, guest_tools, one, values};
-
-/// The helpers the box scripts source (`. /domains.sh`).
-const DOMAINS_LIB: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/box_scripts/domains.sh");
+use boxed::{box_with_vessel, figure, guest_tools, one, values, DOMAINS_LIB};
 
 /// Boxes the four-domain test may run when a guest crashes by itself. Such crashes came in a
 /// third of this test's boxes on 2026-12-06 (a guest's vCPU triple-faults mid-transfer, its

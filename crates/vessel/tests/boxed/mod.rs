@@ -7,6 +7,14 @@ use std::time::Duration;
 
 use testbox::{Assets, HostBox, StepResult};
 
+/// The helpers the daemon box scripts source (`. /domains.sh`): `api`, `on`, `reach`,
+/// `no_crash`.
+pub const DOMAINS_LIB: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/box_scripts/domains.sh");
+
+/// The helpers the scheduling box scripts source after them (`. /workers.sh`): `work`,
+/// `report_stopped`, `cpu_ns`.
+pub const WORKERS_LIB: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/box_scripts/workers.sh");
+
 /// The `vessel` binary of this build.
 pub const VESSEL: &str = env!("CARGO_BIN_EXE_vessel");
 
@@ -90,8 +98,9 @@ pub fn assert_guest_ok(step: &StepResult) {
     );
 }
 
-/// The guest tools of `tests/guest/`: `udpflood` and `tcpblast` compiled statically with gcc
-/// into `dir`, and the `agent` script (`vscript=agent vip=ADDR`) with its `session`, packed as a second initramfs archive
+/// The guest tools of `tests/guest/`: `udpflood`, `tcpblast` and `spin` compiled statically
+/// with gcc into `dir`, and the `agent` and `worker` scripts (`vscript=agent vip=ADDR`) with
+/// their `session`, packed as a second initramfs archive
 /// (returned) to append to the guest's own:
 /// `cat /assets/initramfs.cpio.gz /tools.cpio.gz > /tmp/initrd` in L1.
 pub fn guest_tools(dir: &std::path::Path) -> std::path::PathBuf {
@@ -99,7 +108,7 @@ pub fn guest_tools(dir: &std::path::Path) -> std::path::PathBuf {
     let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guest");
     let root = dir.join("tools-root");
     std::fs::create_dir_all(root.join("bin")).unwrap();
-    let tools = ["udpflood", "tcpblast"];
+    let tools = ["udpflood", "tcpblast", "spin"];
     for tool in tools.iter() {
         let out = Command::new("gcc")
             .args(["-O2", "-static", "-o"])
@@ -115,6 +124,7 @@ pub fn guest_tools(dir: &std::path::Path) -> std::path::PathBuf {
     }
     std::fs::create_dir_all(root.join("scripts")).unwrap();
     std::fs::copy(src.join("agent.sh"), root.join("scripts/agent")).unwrap();
+    std::fs::copy(src.join("worker.sh"), root.join("scripts/worker")).unwrap();
     std::fs::copy(src.join("session.sh"), root.join("scripts/session")).unwrap();
     std::fs::set_permissions(
         root.join("scripts/session"),

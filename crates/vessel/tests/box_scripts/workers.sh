@@ -1,0 +1,35 @@
+# Sourced by the scheduling box scripts (sched.sh, sched_bench.sh; packed at /workers.sh,
+# after /domains.sh): reading the CPU-bound worker domains (tests/guest/worker.sh running
+# tests/guest/spin.c) and their control groups through the daemon's API.
+
+# work NAME: the last complete "WORK N steal=S t=T" line of a domain's console, as "N S T".
+work() {
+    # The last line may still be arriving: the one before it is whole.
+    api api GET /v1/domains/$1/console | tr -d '\r' | grep -a '^WORK [0-9]* steal=' | tail -2 \
+        | head -1 | sed -n 's/^WORK \([0-9]*\) steal=\(-*[0-9]*\) t=\([0-9.]*\)$/\1 \2 \3/p'
+}
+
+# report_stopped NAME...: if a domain crashed by itself, why, with the end of its console and a
+# GUEST_CRASH line each; then the step ends (the test runs the box again).
+report_stopped() {
+    stopped=
+    for d in "$@"; do
+        api info $d | grep -q '"state": "crashed"' || continue
+        stopped=1
+        echo "GUEST_CRASH=$d"
+        api info $d | grep -E '"state"|"message"' | sed "s/^/STOPPED_$d /"
+        api api GET /v1/domains/$d/console | tr -d '\r' | tail -15 | sed "s/^/CONSOLE_$d /"
+    done
+    [ -z "$stopped" ] || exit 0
+}
+
+# cpu_ns NAME: the CPU time the kernel charged to a domain's control group, in nanoseconds.
+cpu_ns() { api info $1 | tr -d ' ,' | grep -A3 '"cgroup"' | sed -n 's/^"cpu_ns":\([0-9]*\)$/\1/p'; }
+
+# go N...: once guest N (10.0.1.N) answers L1, starts its work (tests/guest/worker.sh waits for
+# /tmp/go); a guest that crashed by itself meanwhile ends the step (no_crash).
+go() {
+    for n in "$@"; do
+        reach $n check && on $n "touch /tmp/go && echo GO=$n"
+    done
+}
