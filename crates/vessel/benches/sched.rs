@@ -4,7 +4,8 @@
 //!
 //! - **shares**: eight CPU-bound domains of one vCPU with weights 1 to 8 (`tests/guest/spin.c`
 //!   counts the work each guest's own loop completes); the error of each domain's share of the
-//!   work against its weight's, under BVT and under cgroups only.
+//!   CPU time charged to its group, and of the work, against its weight's, under BVT and under
+//!   cgroups only.
 //! - **latency**: one interactive domain answering pings from L1 (every 50 ms) while four
 //!   CPU-bound domains of equal weight run: round-trip median and 99th percentile with cgroups
 //!   only, BVT without warp, and BVT with the interactive domain warped; and how far warp moved
@@ -107,6 +108,22 @@ fn shares(span: u64) {
     };
     let weights: Vec<f64> = (1..=8).map(f64::from).collect();
     for (phase, label) in [("BVT", "Vessel BVT"), ("CGROUPS", "cgroups only")] {
+        let cpu: Vec<(String, f64)> = rows(&step, &format!("CPU_{phase}"))
+            .into_iter()
+            .map(|f| (f[0].to_string(), f[1].parse().unwrap_or(f64::NAN)))
+            .collect();
+        let (worst, mean) = share_errors(&cpu, &weights);
+        let total: f64 = cpu.iter().map(|c| c.1).sum();
+        println!(
+            "sched shares, weights 1..8 on 2 CPUs, {label}: CPU shares % [{}]; error worst \
+             {:.1}%, mean {:.1}%",
+            cpu.iter()
+                .map(|c| format!("{:.1}", 100.0 * c.1 / total))
+                .collect::<Vec<_>>()
+                .join(", "),
+            worst * 100.0,
+            mean * 100.0
+        );
         let got = work(&step, phase);
         let (worst, mean) = share_errors(&got, &weights);
         let total: f64 = got.iter().map(|g| g.1).sum();

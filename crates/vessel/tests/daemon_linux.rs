@@ -198,6 +198,28 @@ fn four_domains_on_the_switch_through_the_api() {
         running_progress >= 3 && paused_progress < running_progress,
         "the guest's counter moved {paused_progress} across a 6 s pause and {running_progress} in 3 s running:\n{out}"
     );
+    // The guest's clocks kept running while it was paused (kvmclock follows the host's): its
+    // uptime counted the pause as L1's did, and its wall clock is as right after the pause as
+    // before it (it did not fall behind by the pause).
+    let clocks = |key: &str| -> Vec<f64> {
+        let v: Vec<f64> = one(out, key)
+            .split(',')
+            .filter_map(|n| n.trim().parse().ok())
+            .collect();
+        assert_eq!(v.len(), 4, "{key} is not four numbers:\n{out}");
+        v
+    };
+    let (before, after) = (clocks("CLOCKS_BEFORE="), clocks("CLOCKS_AFTER="));
+    let (l1_elapsed, guest_elapsed) = (after[0] - before[0], after[1] - before[1]);
+    assert!(
+        l1_elapsed >= 6.0 && (guest_elapsed - l1_elapsed).abs() <= 2.0,
+        "across a 6 s pause L1's uptime moved {l1_elapsed:.2} s and the guest's {guest_elapsed:.2} s:\n{out}"
+    );
+    let (skew_before, skew_after) = (before[2] - before[3], after[2] - after[3]);
+    assert!(
+        (skew_after - skew_before).abs() <= 2.0,
+        "the guest's wall clock was {skew_before} s from L1's before the pause and {skew_after} s after:\n{out}"
+    );
     // Crash isolation.
     let info_c: Vec<&str> = values(out, "INFO_C");
     assert!(

@@ -124,11 +124,16 @@ no_crash
 # renamed into place, so a read never sees the file between its truncation and its write.
 on 2 "(i=0; while true; do i=\$((i+1)); echo \$i > /tmp/count.new; mv /tmp/count.new /tmp/count; sleep 0.2; done) </dev/null >/dev/null 2>&1 & echo COUNTING"
 sleep 3
+# clocks: L1's uptime, then b's uptime and wall clock (seconds since the epoch), then L1's wall
+# clock: b's clocks across the pause are compared with L1's.
+clocks() { echo "$(cut -d' ' -f1 /proc/uptime),$(on 2 'echo $(cut -d" " -f1 /proc/uptime),$(date +%s)'),$(date +%s)"; }
+echo CLOCKS_BEFORE=$(clocks)
 c0=$(on 2 "cat /tmp/count")
 api pause b && echo PAUSED=b
 on 1 "ping -c 1 -W 2 10.0.1.2 >/dev/null 2>&1 && echo PAUSED_PING=answered || echo PAUSED_PING=silent"
 sleep 6
 api unpause b && echo UNPAUSED=b
+echo CLOCKS_AFTER=$(clocks)
 c1=$(on 2 "cat /tmp/count"); sleep 3; c2=$(on 2 "cat /tmp/count")
 echo COUNTS=$c0,$c1,$c2
 api info b | grep -E '"state"|"cpu_ns"' | sed 's/^/INFO_B /'

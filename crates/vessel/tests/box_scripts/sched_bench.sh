@@ -2,7 +2,7 @@
 # Prints KEY=VALUE lines the benchmark reads:
 #   WORK_<PHASE>=NAME,UNITS,STEAL,SECS   the work (tests/guest/spin.c) each domain did in a
 #                                        phase, its steal ticks, and the seconds by its clock
-#   CPU_<PHASE>=NAME,SECONDS          the CPU time charged to a domain's group in a phase
+#   CPU_<PHASE>=NAME,MS               the CPU time charged to a domain's group in a phase, in ms
 #   RTT_<PHASE>=MS                    one ping's round trip to the interactive domain
 #   PHASE_<PHASE>=START,END           the phase, by L1's uptime
 set -u
