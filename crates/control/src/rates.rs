@@ -107,18 +107,18 @@ impl ControlPlane {
                 "no rate limit to change: give bytes_per_sec or ops_per_sec".into(),
             ));
         }
-        let mut index = None;
         let def = self.registry.redefine(name, |def| {
             let i =
                 disk_index(def.spec(), disk).ok_or_else(|| no_such_disk(def.spec(), name, disk))?;
-            index = Some(i);
             def.changed(|spec| {
                 let d = &mut spec.disks[i];
                 d.bytes_per_sec = change.bytes_per_sec.unwrap_or(d.bytes_per_sec);
                 d.ops_per_sec = change.ops_per_sec.unwrap_or(d.ops_per_sec);
             })
         })?;
-        let index = index.expect("set by a redefine that succeeded");
+        // A change of limits leaves the disks where they were.
+        let index =
+            disk_index(def.spec(), disk).ok_or_else(|| no_such_disk(def.spec(), name, disk))?;
         let report = disk_report(def.spec(), index);
         if let Some(process) = self.registry.instance(name)? {
             if process.status().state.is_active() {

@@ -207,7 +207,7 @@ pub fn domain_verb(socket: &Path, verb: DomainVerb) -> anyhow::Result<ExitCode> 
     };
     let v = call(socket, method, &format!("/v1/domains/{name}{path}"), None)?;
     match verb {
-        DomainVerb::Info { .. } => println!("{}", serde_json::to_string_pretty(&v)?),
+        DomainVerb::Info { .. } => print_json(&v)?,
         DomainVerb::Delete { name } => println!("domain '{name}' deleted"),
         _ => println!("domain '{name}' is {}", v["state"].as_str().unwrap_or("?")),
     }
@@ -221,7 +221,7 @@ fn cpu_seconds(v: &Value) -> f64 {
 pub fn list(socket: &Path, args: ListArgs) -> anyhow::Result<ExitCode> {
     let v = call(socket, "GET", "/v1/domains", None)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        print_json(&v)?;
         return Ok(ExitCode::SUCCESS);
     }
     let mut table = Table::new(&[
@@ -249,7 +249,7 @@ pub fn list(socket: &Path, args: ListArgs) -> anyhow::Result<ExitCode> {
 pub fn host_info(socket: &Path, args: ListArgs) -> anyhow::Result<ExitCode> {
     let v = call(socket, "GET", "/v1/host", None)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        print_json(&v)?;
         return Ok(ExitCode::SUCCESS);
     }
     let mib = |v: &Value| {
@@ -297,6 +297,12 @@ pub fn host_info(socket: &Path, args: ListArgs) -> anyhow::Result<ExitCode> {
         println!("{key:<14}: {value}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints `v` as the verbs' `--json` prints an API answer: pretty, one value.
+pub fn print_json(v: &Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
 }
 
 /// A rate given on the command line (bytes per second, read as every rate is).

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{ArgGroup, Args, Subcommand};
 use serde_json::{json, Value};
 
-use crate::client::{call, text};
+use crate::client::{call, print_json, text};
 use crate::table::{Align, Table};
 
 #[derive(Subcommand)]
@@ -57,7 +57,7 @@ pub fn disk(socket: &Path, command: DiskCommand) -> anyhow::Result<ExitCode> {
         DiskCommand::List { name, json } => {
             let disks = call(socket, "GET", &format!("/v1/domains/{name}/disks"), None)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&disks)?);
+                print_json(&disks)?;
             } else {
                 print!("{}", table(disks.as_array().map_or(&[], Vec::as_slice)));
             }
@@ -73,7 +73,7 @@ pub fn disk(socket: &Path, command: DiskCommand) -> anyhow::Result<ExitCode> {
             let path = format!("/v1/domains/{}/disks/{}", args.name, args.disk);
             let d = call(socket, "PUT", &path, Some(&serde_json::to_vec(&body)?))?;
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&d)?);
+                print_json(&d)?;
             } else {
                 println!(
                     "domain '{}': disk {} ({}): {}, {}",

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use serde_json::{json, Map, Value};
 
-use crate::client::{call, text};
+use crate::client::{call, print_json, text};
 use crate::table::{Align, Table};
 
 #[derive(Subcommand)]
@@ -182,7 +182,7 @@ pub fn net(socket: &Path, command: NetCommand) -> anyhow::Result<ExitCode> {
         NetCommand::Ports { json } => {
             let ports = call(socket, "GET", "/v1/net/ports", None)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&ports)?);
+                print_json(&ports)?;
                 return Ok(ExitCode::SUCCESS);
             }
             let mut table = Table::new(&[
@@ -230,7 +230,7 @@ pub fn net(socket: &Path, command: NetCommand) -> anyhow::Result<ExitCode> {
         NetCommand::Rule(RuleCommand::List { json }) => {
             let rules = call(socket, "GET", "/v1/net/rules", None)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&rules)?);
+                print_json(&rules)?;
                 return Ok(ExitCode::SUCCESS);
             }
             let mut table = Table::new(&[

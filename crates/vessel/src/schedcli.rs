@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::Args;
 use serde_json::Value;
 
-use crate::client::{call, text};
+use crate::client::{call, print_json, text};
 use crate::table::{Align, Table};
 
 /// `vessel sched`.
@@ -60,7 +60,7 @@ pub fn sched(socket: &Path, args: SchedArgs) -> anyhow::Result<ExitCode> {
         }
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        print_json(&rows)?;
         return Ok(ExitCode::SUCCESS);
     }
     let rows = match rows {
