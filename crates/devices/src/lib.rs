@@ -10,6 +10,7 @@ pub mod host_file;
 pub mod i8042;
 pub mod image;
 pub mod net_backend;
+pub mod net_offload;
 pub mod power;
 pub mod rate_limit;
 pub mod serial;
