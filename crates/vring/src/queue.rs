@@ -420,6 +420,70 @@ impl Queue {
         Ok(Some(chain))
     }
 
+    /// Gives back the last `chains` chains [`Queue::pop`] returned, unused: the next pops return
+    /// them again (a device that needs several chains for one packet and found too few). At
+    /// most what was popped since the last used entry is given back (more would hand the
+    /// driver's buffers out twice). The pop budget does not get them back: a device that ran
+    /// out of budget halfway through a packet tries again on its next turn, with a fresh one.
+    pub fn undo_pop(&mut self, chains: u16) {
+        let unused = self.next_avail.wrapping_sub(self.next_used);
+        let chains = chains.min(unused);
+        self.next_avail = self.next_avail.wrapping_sub(chains);
+        self.stats.popped = self.stats.popped.saturating_sub(u64::from(chains));
+    }
+
+    /// Asks the driver to notify at the next buffer it makes available, even while buffers it
+    /// made available earlier wait unused: for a device that found too few for what it has to
+    /// deliver. (A plain [`Queue::enable_notification`] asks for a notification at the next
+    /// entry the device will take, which the driver has already passed.) Returns whether
+    /// buffers arrived meanwhile, so that the device tries again now.
+    pub fn notify_on_new_buffers(
+        &mut self,
+        mem: &(impl GuestMemory + ?Sized),
+    ) -> Result<bool, QueueError> {
+        self.check_usable(mem)?;
+        let avail_idx = read_u16(mem, at(self.avail_ring, 2)?)?;
+        if self.event_idx {
+            write_u16(mem, self.avail_event_addr()?, avail_idx)?;
+        } else {
+            write_u16(mem, self.used_ring, 0)?;
+        }
+        // The store above must be visible before avail.idx is read again (store-load order).
+        fence(Ordering::SeqCst);
+        Ok(read_u16(mem, at(self.avail_ring, 2)?)? != avail_idx)
+    }
+
+    /// Puts every `(head, written)` entry in the used ring in order and then publishes
+    /// `used.idx` once, so the driver sees all of them or none: a packet spread over several
+    /// buffers (mergeable receive buffers) is never seen in part.
+    pub fn add_used_batch(
+        &mut self,
+        mem: &(impl GuestMemory + ?Sized),
+        entries: &[(u16, u32)],
+    ) -> Result<(), QueueError> {
+        self.check_usable(mem)?;
+        let size = self.size;
+        let mut next = self.next_used;
+        for &(head, written) in entries {
+            if head >= size {
+                return Err(QueueError::UsedHeadOutOfRange { head, size });
+            }
+            let slot = u64::from(next & (size - 1));
+            let mut elem = [0u8; 8];
+            let (id, len) = elem.split_at_mut(4);
+            id.copy_from_slice(&u32::from(head).to_le_bytes());
+            len.copy_from_slice(&written.to_le_bytes());
+            mem.write(at(self.used_ring, 4 + USED_ELEMENT_SIZE * slot)?, &elem)?;
+            next = next.wrapping_add(1);
+        }
+        // The driver must see the entries before the index that publishes them.
+        fence(Ordering::Release);
+        write_u16(mem, at(self.used_ring, 2)?, next)?;
+        self.next_used = next;
+        self.stats.used += entries.len() as u64;
+        Ok(())
+    }
+
     /// Puts `head` with `written` bytes in the used ring and publishes `used.idx` (with a Release
     /// fence between the entry and the index).
     pub fn add_used(

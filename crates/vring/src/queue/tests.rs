@@ -449,3 +449,47 @@ fn a_pop_budget_stops_pops_until_lifted() {
         "the rest once it is lifted"
     );
 }
+
+#[test]
+fn chains_given_back_come_out_again_and_a_batch_is_published_at_once() {
+    let (mut d, mut q) = setup(16);
+    q.set_event_idx(true);
+    let heads: Vec<u16> = (0..3)
+        .map(|_| d.add_chain(&[MockBuffer::Writable(100)]))
+        .collect();
+    let a = q.pop(d.mem()).unwrap().unwrap();
+    let b = q.pop(d.mem()).unwrap().unwrap();
+    assert_eq!((a.head, b.head), (heads[0], heads[1]));
+    // Too few for what the device has: both go back, and the driver is asked to notify at
+    // the next buffer it adds, not at the one it already added.
+    q.undo_pop(2);
+    assert_eq!(q.next_avail(), 0);
+    assert!(!q.notify_on_new_buffers(d.mem()).unwrap());
+    assert_eq!(d.avail_event(), 3);
+    // Never more than was popped since the last used entry.
+    q.undo_pop(5);
+    assert_eq!(q.next_avail(), 0);
+    let again: Vec<u16> = (0..3)
+        .map(|_| q.pop(d.mem()).unwrap().unwrap().head)
+        .collect();
+    assert_eq!(again, heads);
+    q.add_used_batch(d.mem(), &[(heads[0], 100), (heads[1], 100), (heads[2], 7)])
+        .unwrap();
+    assert_eq!(d.used_idx(), 3);
+    let used: Vec<(u32, u32)> = d.used().iter().map(|u| (u.id, u.len)).collect();
+    assert_eq!(
+        used,
+        [
+            (heads[0].into(), 100),
+            (heads[1].into(), 100),
+            (heads[2].into(), 7)
+        ]
+    );
+    assert_eq!(q.stats().used, 3);
+    q.undo_pop(1);
+    assert_eq!(q.next_avail(), 3, "used chains are not given back");
+    assert_eq!(
+        q.add_used_batch(d.mem(), &[(16, 1)]),
+        Err(QueueError::UsedHeadOutOfRange { head: 16, size: 16 })
+    );
+}
