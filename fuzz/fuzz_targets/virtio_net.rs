@@ -3,11 +3,14 @@
 //! flag, raw descriptors written over the ring's), the host side hands it frames of any length
 //! for the receive ring, and the backend accepts, holds off (`WouldBlock`) or refuses sends.
 //!
-//! Checked, besides no panic: every frame the backend gets is the bytes a transmit chain
-//! carried after its 12-byte header, whole, in the order the guest queued them (some may be
-//! dropped, none changed or reordered), and at most `MAX_FRAME` long; every receive buffer the
-//! device returns holds the header and the next frame the host offered (or is returned empty
-//! when that frame did not fit); the counters agree with what the backend and the guest saw.
+//! Checked, besides no panic: every packet the backend gets is the bytes a transmit chain
+//! carried, whole, in the order the guest queued them (some may be dropped, none changed or
+//! reordered: a header asking for offloads the driver did not negotiate is dropped), with
+//! `num_buffers` cleared, and its frame at most `MAX_FRAME` long; every receive buffer the
+//! device returns holds a plain header and the next frame the host offered (or is returned
+//! empty when that frame did not fit), or with mergeable buffers, the next frame spans as many
+//! buffers as its header's `num_buffers` says; the counters agree with what the backend and the guest
+//! saw. The host offers plain packets here; `net_offload` fuzzes the offload work itself.
 //!
 //! Input layout: byte 0 flags (bit 0: raw descriptors allowed); then operations, each a code
 //! byte and its arguments:
@@ -23,7 +26,7 @@
 //! | 6 | the backend's mood: byte % 3: accept, would block, refuse |
 //! | 7 | the backend has room again (writable), then the transmit queue is served |
 //! | 8 | a raw descriptor (index, addr u64, len u32, flags, next) over the transmit or receive ring, made available |
-//! | 9 | the driver resets the device (and its queues) |
+//! | 9 | the driver resets the device (and its queues), then negotiates features: a u64, of which the offload and `MRG_RXBUF` bits count |
 #![no_main]
 
 mod common;
@@ -35,6 +38,7 @@ use std::sync::{Arc, Mutex};
 
 use common::{chain_buffers, gather, Input};
 use devices::net_backend::NetBackend;
+use devices::net_offload::Offloads;
 use devices::virtio::net::{Net, HEADER_LEN, MAX_FRAME, RX, TX};
 use devices::virtio::{HostInterest, Queue, VirtioDevice};
 use libfuzzer_sys::fuzz_target;
@@ -45,6 +49,8 @@ const MEM: usize = 256 * 1024;
 /// Buffer bytes the mock driver may still hand out (its bump allocator never frees).
 const BUDGET: u64 = (MEM as u64) - 0x8000;
 const MAX_OPS: usize = 128;
+/// `VIRTIO_NET_F_MRG_RXBUF`.
+const MRG_RXBUF: u64 = 1 << 15;
 
 #[derive(Default)]
 struct Wire {
@@ -56,18 +62,21 @@ struct Wire {
 struct Recorder(Arc<Mutex<Wire>>);
 
 impl NetBackend for Recorder {
-    fn send(&mut self, frame: &[u8]) -> io::Result<()> {
+    fn send(&mut self, packet: &[u8]) -> io::Result<()> {
         let mut w = self.0.lock().unwrap();
         if let Some(kind) = w.refuse {
             return Err(kind.into());
         }
-        w.sent.push(frame.to_vec());
+        assert!(packet.len() >= HEADER_LEN, "a packet without its header");
+        assert_eq!(packet[10..HEADER_LEN], [0, 0], "num_buffers not cleared");
+        w.sent.push(packet[HEADER_LEN..].to_vec());
         Ok(())
     }
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
-        let Some(f) = self.0.lock().unwrap().inbox.pop_front() else {
+        let Some(frame) = self.0.lock().unwrap().inbox.pop_front() else {
             return Ok(None);
         };
+        let f = [&[0u8; HEADER_LEN][..], &frame].concat();
         let n = f.len().min(buf.len());
         buf[..n].copy_from_slice(&f[..n]);
         Ok(Some(n))
@@ -160,6 +169,8 @@ fuzz_target!(|data: &[u8]| {
     // Raw descriptors can rewrite chains already queued: contents are then unknown.
     let mut exact = true;
     let mut checked_sent = 0;
+    // The driver negotiated mergeable receive buffers (a frame may span several).
+    let mut mergeable = false;
 
     for _ in 0..MAX_OPS {
         if input.is_empty() {
@@ -240,8 +251,44 @@ fuzz_target!(|data: &[u8]| {
             }
             5 => {
                 rx.serve(&mut net, RX);
+                let used_entries = rx.driver.used();
+                if mergeable {
+                    // Each frame offered fills one or more buffers in order, its header saying
+                    // how many (or the first buffer comes back empty: buffers too small).
+                    let mut entries = used_entries.iter();
+                    while let Some(first) = entries.next() {
+                        let Some(frame) = offered.pop_front() else {
+                            assert!(!exact, "a receive buffer used with no frame offered");
+                            break;
+                        };
+                        if !exact {
+                            continue;
+                        }
+                        let buffers = |id: u32| {
+                            chain_buffers(rx.driver.mem(), rx.driver.desc_table(), id as u16)
+                        };
+                        if first.len == 0 {
+                            continue;
+                        }
+                        let mut got = gather(rx.driver.mem(), &buffers(first.id), true);
+                        got.truncate(first.len as usize);
+                        assert!(got.len() >= HEADER_LEN, "a header cut short");
+                        let count = u16::from_le_bytes([got[10], got[11]]);
+                        assert!(count >= 1, "num_buffers 0");
+                        for _ in 1..count {
+                            let next = entries.next().expect("num_buffers beyond what was used");
+                            let mut more = gather(rx.driver.mem(), &buffers(next.id), true);
+                            more.truncate(next.len as usize);
+                            got.extend_from_slice(&more);
+                        }
+                        assert_eq!(got.len(), HEADER_LEN + frame.len());
+                        assert_eq!(got[..10], [0; 10], "a plain frame's header");
+                        assert!(got[HEADER_LEN..] == frame[..], "a received frame changed");
+                    }
+                    continue;
+                }
                 // Every buffer returned holds the next frame offered, or nothing.
-                for used in rx.driver.used() {
+                for used in used_entries {
                     let bufs =
                         chain_buffers(rx.driver.mem(), rx.driver.desc_table(), used.id as u16);
                     let Some(frame) = offered.pop_front() else {
@@ -315,6 +362,8 @@ fuzz_target!(|data: &[u8]| {
             }
             _ => {
                 net.reset();
+                let features = input.u64() & (Offloads::FEATURES | MRG_RXBUF);
+                mergeable = net.activate(features, &[]).is_ok() && features & MRG_RXBUF != 0;
                 for ring in [&mut tx, &mut rx] {
                     ring.queue.reset();
                     ring.driver.configure(&mut ring.queue);

@@ -1,21 +1,24 @@
 //! Where a virtual network interface's frames go: the host side of a VIF.
 //!
-//! A [`NetBackend`] moves whole Ethernet frames (no virtio header) without ever blocking the
-//! domain's I/O thread: `send` either queues a frame or fails (the device drops it and counts
-//! it, as a NIC with a full or dead link would), `recv` returns `None` when nothing is waiting,
-//! and [`NetBackend::raw_fd`] polls readable when `recv` has something.
+//! A [`NetBackend`] moves *packets*: a 12-byte virtio-net header (`virtio_net_hdr_v1`, see
+//! [`crate::net_offload`]) and then a whole Ethernet frame, which may be a TCP segment of up to
+//! 64 KiB or carry a checksum left to finish, as its header says. It never blocks the domain's
+//! I/O thread: `send` either queues a packet or fails (the device drops it and counts it, as a
+//! NIC with a full or dead link would), `recv` returns `None` when nothing is waiting, and
+//! [`NetBackend::raw_fd`] polls readable when `recv` has something.
 //!
 //! Two kinds exist:
 //!
 //! - [`TapBackend`]: a host TAP interface (the file comes from `hv::tap::open_tap`, since
-//!   opening one needs an ioctl and this crate has no `unsafe`);
+//!   opening one needs an ioctl and this crate has no `unsafe`), opened with the same header
+//!   (`IFF_VNET_HDR`) and offloads, so the kernel reads and writes packets in this format;
 //! - [`SocketBackend`]: a Unix datagram socket bound to a path, exchanging one datagram per
-//!   frame with a peer socket at another path. Two `vessel run` processes pointing at each
+//!   packet with a peer socket at another path. Two `vessel run` processes pointing at each
 //!   other's paths form a point-to-point Ethernet link between their guests.
 //!
-//! The third kind, a port of the in-process virtual switch (control-plane issue), implements
-//! this same trait: `send` hands the frame to the switch, `recv` takes one from the port's
-//! bounded inbox, and `raw_fd` is an eventfd the switch signals when the inbox fills.
+//! The third kind, [`PairBackend`], is the domain's end of a socket pair whose other end is a
+//! port of the daemon's virtual switch: a packet per datagram, header included, so offloaded
+//! segments cross the switch whole.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -26,14 +29,14 @@ use std::path::{Path, PathBuf};
 
 /// The host side of a virtual network interface. See the module documentation.
 pub trait NetBackend: Send {
-    /// Sends one Ethernet frame. Never blocks: when the backend cannot take it now (full, or
-    /// no peer), an error; the caller drops the frame.
-    fn send(&mut self, frame: &[u8]) -> io::Result<()>;
-    /// Receives one frame into `buf` without blocking; `Ok(None)` when none is waiting. A
-    /// frame longer than `buf` is truncated to `buf.len()` bytes (pass one byte more than the
-    /// largest frame accepted, to recognise oversized frames).
+    /// Sends one packet (header and frame). Never blocks: when the backend cannot take it now
+    /// (full, or no peer), an error; the caller drops the packet.
+    fn send(&mut self, packet: &[u8]) -> io::Result<()>;
+    /// Receives one packet (header and frame) into `buf` without blocking; `Ok(None)` when none
+    /// is waiting. A packet longer than `buf` is truncated to `buf.len()` bytes (pass one byte
+    /// more than the largest packet accepted, to recognise oversized ones).
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>>;
-    /// A descriptor that polls readable whenever `recv` has a frame.
+    /// A descriptor that polls readable whenever `recv` has a packet.
     fn raw_fd(&self) -> RawFd;
     /// What this backend is, for messages ("tap tap0").
     fn describe(&self) -> String;

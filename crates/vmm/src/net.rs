@@ -55,7 +55,13 @@ pub fn build_nets(
         .map(|(index, net)| {
             let backend = res.net_backend(index)?;
             let mac = vif_mac(spec.name.as_deref(), index, net);
-            Ok(Box::new(Net::new(backend, mac)) as Box<dyn VirtioDevice>)
+            let vif = Net::new(backend, mac);
+            let vif = if net.offloads {
+                vif
+            } else {
+                vif.without_offloads()
+            };
+            Ok(Box::new(vif) as Box<dyn VirtioDevice>)
         })
         .collect()
 }

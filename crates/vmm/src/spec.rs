@@ -80,7 +80,8 @@ pub struct DomainSpec {
     /// point-to-point link to another domain whose VIF is socket=PEER,peer=PATH; under
     /// `vessel daemon`, switch=vsw0[,mac=MAC][,bps=RATE] for a port of its virtual switch (bps:
     /// the most bytes per second the switch sends it). Without mac=, a stable locally
-    /// administered address.
+    /// administered address. Each may add offloads=off: the guest is then offered no checksum
+    /// offload or TSO (on by default).
     #[serde(rename = "net", default, skip_serializing_if = "Vec::is_empty")]
     #[cfg_attr(feature = "clap", arg(long = "net", value_name = "SPEC"))]
     pub nets: Vec<NetSpec>,
@@ -302,7 +303,7 @@ pub enum NetBackendSpec {
 }
 
 /// One virtual network interface (VIF): `tap=NAME`, `socket=PATH,peer=PATH` or
-/// `switch=NAME[,bps=RATE]`, each with an optional `mac=MAC`.
+/// `switch=NAME[,bps=RATE]`, each with an optional `mac=MAC` and `offloads=off`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NetSpec {
     /// Where its frames go.
@@ -310,6 +311,9 @@ pub struct NetSpec {
     /// Its MAC address, if given; else one is generated from the backend
     /// (`crate::net::vif_mac`).
     pub mac: Option<[u8; 6]>,
+    /// Whether the VIF offers the guest checksum and segmentation offloads (`offloads=on`, the
+    /// default; `off` makes it a NIC without them, as an old guest's driver would see one).
+    pub offloads: bool,
 }
 
 /// The longest TAP or switch name (Linux's IFNAMSIZ less the NUL).
@@ -324,7 +328,7 @@ impl FromStr for NetSpec {
             why,
         };
         let (mut tap, mut socket, mut peer, mut mac) = (None, None, None, None);
-        let (mut switch, mut rate) = (None, None);
+        let (mut switch, mut rate, mut offloads) = (None, None, true);
         for part in text.split(',') {
             let (key, value) = part
                 .split_once('=')
@@ -372,6 +376,13 @@ impl FromStr for NetSpec {
                     })?;
                     rate = Some(bps);
                 }
+                "offloads" => {
+                    offloads = match value {
+                        "on" => true,
+                        "off" => false,
+                        _ => return Err(err(format!("offloads is on or off, not '{value}'"))),
+                    }
+                }
                 other => return Err(err(format!("unknown key '{other}'"))),
             }
         }
@@ -393,12 +404,16 @@ impl FromStr for NetSpec {
             (None, None, _, None) => return Err(err("tap=, socket= or switch= is missing".into())),
             _ => return Err(err("give either tap= or socket=, not both".into())),
         };
-        Ok(NetSpec { backend, mac })
+        Ok(NetSpec {
+            backend,
+            mac,
+            offloads,
+        })
     }
 }
 
 /// The canonical string: the backend's keys, then `mac=` if given, then a switch port's
-/// `bps=`.
+/// `bps=`, then `offloads=off` if so.
 impl fmt::Display for NetSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.backend {
@@ -416,6 +431,9 @@ impl fmt::Display for NetSpec {
         } = &self.backend
         {
             write!(f, ",bps={}", format_rate(*rate))?;
+        }
+        if !self.offloads {
+            write!(f, ",offloads=off")?;
         }
         Ok(())
     }
@@ -488,7 +506,7 @@ pub enum SpecError {
         why: String,
     },
     /// A `--net` string that does not parse.
-    #[error("invalid --net '{given}': {why} (expected tap=NAME[,mac=MAC], socket=PATH,peer=PATH[,mac=MAC] or switch=NAME[,mac=MAC][,bps=RATE])")]
+    #[error("invalid --net '{given}': {why} (expected tap=NAME[,mac=MAC], socket=PATH,peer=PATH[,mac=MAC] or switch=NAME[,mac=MAC][,bps=RATE], each [,offloads=off])")]
     Net {
         /// The string.
         given: String,
@@ -1032,10 +1050,14 @@ mod tests {
             net("switch=vsw0,bps=2MiB").to_string(),
             "switch=vsw0,bps=2M"
         );
+        assert!(net("tap=t").offloads, "on by default");
+        assert!(!net("offloads=off,switch=vsw0").offloads);
+        assert_eq!(net("tap=t,offloads=on"), net("tap=t"));
         for text in [
             "tap=t",
             "switch=vsw0",
             "socket=/a,peer=/b,mac=02:00:00:00:00:01",
+            "switch=vsw0,bps=1M,offloads=off",
         ] {
             assert_eq!(net(text).to_string(), text);
             assert_eq!(net(&net(text).to_string()), net(text));
@@ -1070,6 +1092,7 @@ mod tests {
             ("switch=vsw0,bps=99999999T", "bps must be"),
             ("bridge=br0", "unknown key 'bridge'"),
             ("tap", "'tap' is not key=value"),
+            ("tap=t,offloads=no", "offloads is on or off"),
         ] {
             let err = bad.parse::<NetSpec>().unwrap_err().to_string();
             let prefix = format!("invalid --net '{bad}': ");
@@ -1310,6 +1333,7 @@ mod tests {
                         peer: "/p".into(),
                     },
                     mac: None,
+                    offloads: true,
                 }),
                 "the path contains ','",
             ),
@@ -1317,6 +1341,7 @@ mod tests {
                 with_net(NetSpec {
                     backend: NetBackendSpec::Tap("no/slash".into()),
                     mac: None,
+                    offloads: true,
                 }),
                 "a TAP name is",
             ),
@@ -1324,6 +1349,7 @@ mod tests {
                 with_net(NetSpec {
                     backend: NetBackendSpec::Tap("t".into()),
                     mac: Some([1, 0, 0, 0, 0, 1]),
+                    offloads: true,
                 }),
                 "not a unicast MAC",
             ),
@@ -1334,6 +1360,7 @@ mod tests {
                         peer: "/./s".into(),
                     },
                     mac: None,
+                    offloads: true,
                 }),
                 "socket and peer are the same path",
             ),
@@ -1488,6 +1515,7 @@ mod tests {
                     peer: cwd.join("../b.sock"),
                 },
                 mac: Some([2, 0, 0, 0, 0, 1]),
+                offloads: true,
             }
         );
         assert_eq!(abs.nets[1..], spec.nets[1..]);

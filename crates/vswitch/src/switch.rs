@@ -31,6 +31,16 @@
 //! (which never waits) goes unless the port still owes the rate for an earlier copy, and is
 //! charged in full: broadcasts such as ARP get through a congested port, and the rate holds.
 //!
+//! # Packets
+//!
+//! What crosses a port is a packet as `devices::net_backend` defines it: a virtio-net header
+//! and then the frame, so a guest's 64 KiB TCP segment (TSO) goes through as one. The switch
+//! reads the frame behind the header (its real headers: the firewall judges a large segment
+//! as it would each of its parts) and passes the header on untouched; rates, round-robin
+//! credit and counters count the frame's bytes. Whoever receives does what the header leaves
+//! to do if it cannot take it as it is: a VIF whose guest did not negotiate the offload
+//! segments and checksums in software, the uplink's kernel does it for the host.
+//!
 //! The price is head-of-line blocking within one sender: while its frame waits for a congested
 //! destination, its frames for other destinations wait behind it (at most [`HOLD_MAX`]).
 //!
@@ -60,6 +70,7 @@ use crate::port::{PortId, PortInfo, PortStatus};
 use crate::rule::{Policy, Rule, RuleError, RuleId};
 use crate::ruleset::RuleStatus;
 use crate::token_bucket::TokenBucket;
+use devices::net_offload::VNET_HDR_LEN;
 
 /// Most frames forwarded per pass before the thread looks at new events and lets the handle in.
 pub const BATCH: usize = 64;
@@ -116,7 +127,7 @@ impl Switch {
                 forwarder: Forwarder::new(config.mac_age),
                 links: HashMap::new(),
                 drr: Drr::new(config.quantum),
-                scratch: vec![0u8; MAX_FRAME + 1],
+                scratch: vec![0u8; VNET_HDR_LEN + MAX_FRAME + 1],
                 next_port: 1,
                 uplink: None,
                 shutdown: false,
@@ -201,6 +212,18 @@ enum Sent {
     Failed,
 }
 
+/// The Ethernet frame of a packet (what follows its virtio-net header; nothing if the packet is
+/// shorter than the header, which the forwarder then drops as a runt).
+fn frame_of(packet: &[u8]) -> &[u8] {
+    packet.get(VNET_HDR_LEN..).unwrap_or_default()
+}
+
+/// The bytes a packet puts on the wire: its frame's (a 64 KiB segment counts in full, its
+/// header not at all), for rates, round-robin credit and counters.
+fn wire_len(packet: &[u8]) -> usize {
+    frame_of(packet).len()
+}
+
 struct State {
     forwarder: Forwarder,
     links: HashMap<PortId, PortLink>,
@@ -278,7 +301,7 @@ impl PortLink {
             let allowed = if copy {
                 !rate.owes(now)
             } else {
-                rate.holds(frame.len(), now)
+                rate.holds(wire_len(frame), now)
             };
             if !allowed {
                 return Sent::Full;
@@ -291,7 +314,7 @@ impl PortLink {
         match written {
             Ok(n) if n == frame.len() => {
                 if let Some(rate) = &mut self.rate {
-                    rate.charge(frame.len(), now);
+                    rate.charge(wire_len(frame), now);
                 }
                 Sent::Yes
             }
@@ -307,8 +330,8 @@ impl PortLink {
     /// frame once the destination has polled writable.
     fn ready_len(&self) -> Option<usize> {
         match &self.waiting {
-            Some(w) => w.retry.then_some(w.frame.len()),
-            None => self.head.as_ref().map(Vec::len),
+            Some(w) => w.retry.then_some(wire_len(&w.frame)),
+            None => self.head.as_ref().map(|p| wire_len(p)),
         }
     }
 
@@ -398,7 +421,7 @@ impl State {
                 let (frame, dst, since) = (waiting.frame, waiting.dst, waiting.since);
                 self.unicast(port, frame, dst, since, now, epoll);
             } else if let Some(frame) = link.head.take() {
-                self.forwarder.forward(port, &frame, now, out);
+                self.forwarder.forward(port, frame_of(&frame), now, out);
                 if let [dst] = out[..] {
                     self.unicast(port, frame, dst, now, now, epoll);
                 } else {
@@ -407,7 +430,7 @@ impl State {
                             .links
                             .get_mut(dst)
                             .map(|link| link.send(&frame, now, true));
-                        self.count_send(*dst, frame.len(), sent);
+                        self.count_send(*dst, wire_len(&frame), sent);
                     }
                     self.done_with(port, frame, epoll);
                 }
@@ -444,7 +467,7 @@ impl State {
             if let Some(d) = self.links.get_mut(&dst) {
                 d.rearm(dst, epoll);
             }
-            self.drr.refund(port, frame.len());
+            self.drr.refund(port, wire_len(&frame));
             if let Some(link) = self.links.get_mut(&port) {
                 link.waiting = Some(Waiting {
                     frame,
@@ -459,7 +482,7 @@ impl State {
         if was_waiting {
             self.stop_waiting(dst, epoll);
         }
-        self.count_send(dst, frame.len(), sent);
+        self.count_send(dst, wire_len(&frame), sent);
         self.done_with(port, frame, epoll);
     }
 
@@ -528,7 +551,8 @@ impl State {
                 d.stalled = true;
             }
             self.stop_waiting(waiting.dst, epoll);
-            self.forwarder.sent(waiting.dst, waiting.frame.len(), false);
+            self.forwarder
+                .sent(waiting.dst, wire_len(&waiting.frame), false);
             self.done_with(port, waiting.frame, epoll);
         }
         self.links
@@ -544,7 +568,7 @@ impl State {
         for w in self.links.values().filter_map(|l| l.waiting.as_ref()) {
             if !w.retry {
                 let len = smallest.entry(w.dst).or_insert(usize::MAX);
-                *len = (*len).min(w.frame.len());
+                *len = (*len).min(wire_len(&w.frame));
             }
         }
         let mut next: Option<Instant> = None;

@@ -1,6 +1,8 @@
 //! The token bucket behind `rate_limit` rules and port rates: `bytes_per_sec` tokens flow in,
 //! at most `burst` are kept, and a frame passes when the bucket holds at least its length in
-//! tokens (which it then spends). A frame may also be [charged](TokenBucket::charge) whatever
+//! tokens (which it then spends). A frame longer than the burst (a 64 KiB TCP segment a guest
+//! sends with TSO, against a burst of 32 KiB) passes when the bucket is full, and owes the rest,
+//! so it is neither dropped forever nor let past the rate. A frame may also be [charged](TokenBucket::charge) whatever
 //! the bucket holds, leaving a debt that the next tokens pay first. The caller passes the time,
 //! so tests drive it with a clock of their own.
 //!
@@ -51,7 +53,12 @@ impl TokenBucket {
     }
 
     /// Takes `bytes` tokens at `now` if the bucket holds that many: whether the frame passes.
+    /// More than the bucket can hold is taken when it is full, the rest owed.
     pub fn take(&mut self, bytes: usize, now: Instant) -> bool {
+        if bytes as u128 * NANOS_PER_SEC > self.capacity {
+            self.refill(now);
+            return self.tokens == self.capacity && self.charge(bytes, now);
+        }
         if self.holds(bytes, now) {
             self.tokens -= bytes as u128 * NANOS_PER_SEC;
             true
@@ -146,7 +153,36 @@ mod tests {
         let mut b = TokenBucket::new(u64::MAX, u64::MAX, t0);
         assert!(b.take(usize::MAX, t0 + Duration::from_secs(1 << 40)));
         let mut slow = TokenBucket::new(1, 1, t0);
-        assert!(!slow.take(2, t0 + Duration::from_secs(1 << 40)));
+        assert!(
+            slow.take(2, t0 + Duration::from_secs(1 << 40)),
+            "full: it passes"
+        );
+        assert!(!slow.take(1, t0 + Duration::from_secs(1 << 40)), "and owes");
+    }
+
+    #[test]
+    fn frames_longer_than_the_burst_pass_when_it_is_full_and_the_rate_holds() {
+        // 64 KiB segments offered every millisecond to a 200 kB/s bucket of 32 KiB for 10 s:
+        // one passes whenever the bucket is full, and what passes is the rate, within a segment.
+        let t0 = Instant::now();
+        let (rate, burst, segment) = (200_000u64, 32_768u64, 65_536usize);
+        let mut b = TokenBucket::new(rate, burst, t0);
+        let mut passed = 0u64;
+        for ms in 0..10_000u64 {
+            if b.take(segment, t0 + Duration::from_millis(ms)) {
+                passed += segment as u64;
+            }
+        }
+        let expected = rate * 10;
+        assert!(passed <= expected + segment as u64, "{passed} > {expected}");
+        assert!(
+            passed + 2 * segment as u64 >= expected,
+            "{passed} far below {expected}"
+        );
+        // A bucket not yet full refuses one.
+        let mut b = TokenBucket::new(rate, burst, t0);
+        assert!(b.take(1, t0));
+        assert!(!b.take(segment, t0));
     }
 
     #[test]

@@ -599,6 +599,14 @@ fn serve_queue(
     loop {
         let done = device.process_queue(index, queue, mem)?;
         completed += done.completed;
+        // A device short of buffers is served again when the driver adds one (at once if it
+        // already has: each try spends the turn's budget, so this ends).
+        if done.short_of_buffers {
+            if queue.budget_spent() || !queue.notify_on_new_buffers(mem)? {
+                break;
+            }
+            continue;
+        }
         // A throttled device is served again at its wake time, not by spinning here; one whose
         // turn is spent, after everything else had one.
         if done.throttled

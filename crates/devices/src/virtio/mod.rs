@@ -119,6 +119,10 @@ pub struct Processed {
     /// The device stopped early because a rate limit holds it back; it asks to be served
     /// again at [`VirtioDevice::wake_at`].
     pub throttled: bool,
+    /// The device stopped because the driver has made too few buffers available for what it
+    /// has to deliver (a packet that spans several receive buffers); it gave back the ones it
+    /// took and asks to be served again when the driver adds any.
+    pub short_of_buffers: bool,
 }
 
 /// Which readiness of one of its host descriptors a device wants to hear about now.

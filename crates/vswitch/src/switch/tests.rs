@@ -27,15 +27,39 @@ impl Vif {
         Vif(s)
     }
 
+    /// Sends `frame` behind a header asking for nothing.
     fn send(&self, frame: &[u8]) {
-        self.0.send(frame).unwrap();
+        self.0
+            .send(&[&[0u8; VNET_HDR_LEN][..], frame].concat())
+            .unwrap();
     }
 
+    /// Sends `frame` behind a header asking for nothing, or says why not.
+    fn try_send(&self, frame: &[u8]) -> std::io::Result<usize> {
+        self.0.send(&[&[0u8; VNET_HDR_LEN][..], frame].concat())
+    }
+
+    /// Receives a packet and puts its frame at the start of `buf`: the frame's length.
+    fn try_recv(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let mut packet = vec![0; VNET_HDR_LEN + buf.len()];
+        let n = self.0.recv(&mut packet)?;
+        let frame = packet[..n].get(VNET_HDR_LEN..).unwrap_or_default();
+        buf[..frame.len()].copy_from_slice(frame);
+        Ok(frame.len())
+    }
+
+    /// The next frame, checked to arrive behind the header it was sent with (none asks for
+    /// anything here).
     fn recv(&self) -> Vec<u8> {
-        let mut buf = vec![0; MAX_FRAME + 1];
+        let mut buf = vec![0; VNET_HDR_LEN + MAX_FRAME + 1];
         let n = self.0.recv(&mut buf).expect("no frame within the timeout");
         buf.truncate(n);
-        buf
+        assert_eq!(
+            buf[..VNET_HDR_LEN],
+            [0; VNET_HDR_LEN],
+            "the header passes untouched"
+        );
+        buf.split_off(VNET_HDR_LEN)
     }
 }
 
@@ -338,7 +362,7 @@ fn rate_limit_rule_caps_throughput_near_its_rate() {
             .unwrap();
         let mut buf = vec![0; 2048];
         let mut got = 0u64;
-        while let Ok(n) = b.0.recv(&mut buf) {
+        while let Ok(n) = b.try_recv(&mut buf) {
             got += n as u64;
         }
         got
@@ -376,7 +400,7 @@ fn drr_keeps_a_victim_fed_against_a_flood_to_a_slow_destination() {
             let frame = udp_frame(D, src, 1, 4, 1514);
             let mut offered = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                if vif.0.send(&frame).is_err() {
+                if vif.try_send(&frame).is_err() {
                     break;
                 }
                 offered += frame.len() as u64;
@@ -394,7 +418,7 @@ fn drr_keeps_a_victim_fed_against_a_flood_to_a_slow_destination() {
     let mut buf = vec![0; 2048];
     let mut frames = 0;
     while start.elapsed() < Duration::from_millis(600) {
-        let n = dst.0.recv(&mut buf).unwrap();
+        let n = dst.try_recv(&mut buf).unwrap();
         if buf[6..12] == A.0 {
             delivered[0] += n as u64;
         } else if buf[6..12] == B.0 {
@@ -432,7 +456,7 @@ fn a_light_sender_loses_nothing_to_a_flood_of_the_same_destination() {
         std::thread::spawn(move || {
             let frame = udp_frame(D, A, 1, 4, 1514);
             while !stop.load(Ordering::Relaxed) {
-                if flood.0.send(&frame).is_err() {
+                if flood.try_send(&frame).is_err() {
                     break;
                 }
             }
@@ -459,7 +483,7 @@ fn a_light_sender_loses_nothing_to_a_flood_of_the_same_destination() {
     let mut light_got = 0u32;
     let mut frames = 0u64;
     let mut light_done = None;
-    while let Ok(n) = dst.0.recv(&mut buf) {
+    while let Ok(n) = dst.try_recv(&mut buf) {
         if buf[6..12] == B.0 && n == 200 {
             light_got += 1;
         }
@@ -504,7 +528,7 @@ fn a_rated_port_gets_its_rate_and_its_senders_share_it_fairly() {
         let stop = stop.clone();
         std::thread::spawn(move || {
             let frame = udp_frame(D, src, 1, 4, 1514);
-            while !stop.load(Ordering::Relaxed) && vif.0.send(&frame).is_ok() {}
+            while !stop.load(Ordering::Relaxed) && vif.try_send(&frame).is_ok() {}
         })
     };
     let threads = [sender(flood, A), sender(victim, B)];
@@ -512,7 +536,7 @@ fn a_rated_port_gets_its_rate_and_its_senders_share_it_fairly() {
     let mut buf = vec![0; 2048];
     let start = Instant::now();
     while start.elapsed() < Duration::from_millis(800) {
-        let n = dst.0.recv(&mut buf).unwrap();
+        let n = dst.try_recv(&mut buf).unwrap();
         let from = if buf[6..12] == A.0 { 0 } else { 1 };
         delivered[from] += n as u64;
     }
@@ -523,7 +547,7 @@ fn a_rated_port_gets_its_rate_and_its_senders_share_it_fairly() {
     dst.0
         .set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
-    while dst.0.recv(&mut buf).is_ok() {}
+    while dst.try_recv(&mut buf).is_ok() {}
     for t in threads {
         t.join().unwrap();
     }
@@ -634,7 +658,7 @@ fn remove_port_forgets_its_addresses() {
     let to_b = ping(B, A, 1, 2);
     a.send(&to_b);
     assert_eq!(c.recv(), to_b);
-    let err = b.0.send(&arp_from(B)).unwrap_err();
+    let err = b.try_send(&arp_from(B)).unwrap_err();
     assert_ne!(err.kind(), io::ErrorKind::WouldBlock);
     assert_eq!(
         sw.remove_port(pb).unwrap_err().kind(),
@@ -659,9 +683,10 @@ fn the_uplink_is_a_port_without_a_domain() {
     a.send(&bcast);
     let mut buf = vec![0; 2048];
     let n = host.recv(&mut buf).unwrap();
-    assert_eq!(&buf[..n], &bcast[..]);
+    assert_eq!(&buf[VNET_HDR_LEN..n], &bcast[..]);
     let reply = ping(A, D, 9, 1);
-    host.send(&reply).unwrap();
+    let plain = [0u8; VNET_HDR_LEN];
+    host.send(&[&plain[..], &reply].concat()).unwrap();
     assert_eq!(a.recv(), reply);
     let up_status = status(&sw, up);
     assert!(up_status.uplink && up_status.domain.is_none());
@@ -674,7 +699,7 @@ fn the_uplink_is_a_port_without_a_domain() {
     .unwrap();
     a.send(&bcast);
     let n = host.recv(&mut buf).unwrap();
-    assert_eq!(&buf[..n], &bcast[..]);
+    assert_eq!(&buf[VNET_HDR_LEN..n], &bcast[..]);
 
     // A new uplink replaces the old one.
     let (switch_end2, _host2) = UnixDatagram::pair().unwrap();
@@ -692,6 +717,55 @@ fn the_uplink_is_a_port_without_a_domain() {
     assert!(host.send(&reply).is_err(), "the old uplink was closed");
 }
 
+/// A 64 KiB TCP segment (TSO) from a guest: its virtio-net header asking for segmentation.
+fn tso_packet(dst: MacAddr, src: MacAddr, dport: u16) -> Vec<u8> {
+    let mut tcp = tcp_header(40000, dport);
+    tcp.resize(20 + 60_000, 0x5a);
+    let frame = eth(
+        dst,
+        src,
+        ETHERTYPE_IPV4,
+        &ipv4([10, 0, 0, 1], [10, 0, 0, 2], PROTO_TCP, &tcp),
+    );
+    let header = devices::net_offload::VnetHeader {
+        flags: devices::net_offload::F_NEEDS_CSUM,
+        gso_type: devices::net_offload::GSO_TCPV4,
+        hdr_len: 54,
+        gso_size: 1448,
+        csum_start: 34,
+        csum_offset: 16,
+        num_buffers: 0,
+    };
+    [&header.to_bytes()[..], &frame].concat()
+}
+
+#[test]
+fn a_large_segment_crosses_whole_with_its_header_and_the_rules_see_its_frame() {
+    let (sw, a, _other, pd, dst) = three_ports("other");
+    let packet = tso_packet(D, A, 80);
+    a.0.send(&packet).unwrap();
+    let mut buf = vec![0; VNET_HDR_LEN + MAX_FRAME + 1];
+    let n = dst.0.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], &packet[..], "header and frame, untouched");
+    assert_eq!(
+        status(&sw, pd).counters.tx_bytes,
+        (packet.len() - VNET_HDR_LEN) as u64,
+        "the frame's bytes are counted, not its header's"
+    );
+    // A drop rule on the segment's TCP port takes it, as it would each of its parts.
+    sw.add_rule(
+        Rule::from_json(r#"{"pattern":{"proto":"tcp","dport":80},"action":"drop"}"#).unwrap(),
+        None,
+    )
+    .unwrap();
+    a.0.send(&packet).unwrap();
+    let marker = tso_packet(D, A, 81);
+    a.0.send(&marker).unwrap();
+    let n = dst.0.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], &marker[..], "the port-80 segment was dropped");
+    assert_eq!(sw.rules()[0].counters.dropped, 1);
+}
+
 #[test]
 fn ports_work_as_net_backends() {
     let sw = Switch::start().unwrap();
@@ -700,9 +774,9 @@ fn ports_work_as_net_backends() {
     let mut a: Box<dyn NetBackend> = Box::new(a);
     let mut b: Box<dyn NetBackend> = Box::new(b);
     assert_eq!(a.describe(), "switch port a0");
-    let frame = ping(B, A, 1, 2);
+    let frame = [&[0u8; VNET_HDR_LEN][..], &ping(B, A, 1, 2)].concat();
     a.send(&frame).unwrap();
-    let mut buf = vec![0; MAX_FRAME + 1];
+    let mut buf = vec![0; VNET_HDR_LEN + MAX_FRAME + 1];
     let mut got = None;
     assert!(wait_until(|| {
         got = b.recv(&mut buf).unwrap();
