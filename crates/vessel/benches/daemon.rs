@@ -6,8 +6,9 @@
 //! - **switch**: guest-to-guest TCP (8 MiB with the `tcpblast` guest tool, 64 KiB reads and
 //!   writes, timed by the receiver from its first byte to its last)
 //!   between two domains on the daemon's virtual switch, against two QEMU guests on TAP devices
-//!   joined by a Linux bridge in the same L1 (QEMU with its offloads: checksums and TSO); and
-//!   QEMU again with checksum offload and TSO turned off, to show what they are worth.
+//!   joined by a Linux bridge in the same L1 (both with their offloads: checksums and TSO,
+//!   and Vessel's mergeable receive buffers); and QEMU again with checksum offload and TSO
+//!   turned off, to show what they are worth.
 //!
 //! During each Vessel transfer the step also takes the CPU times of L1 and of every Vessel
 //! thread, and the benchmark prints where L1's CPU went (idle, guests, I/O threads, switch).
