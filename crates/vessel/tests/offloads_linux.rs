@@ -9,7 +9,7 @@
 
 mod boxed;
 
-use boxed::{box_with_vessel, guest_tools, one, values, AGENTS_SCRIPT};
+use boxed::{box_with_vessel, guest_tools, one, values, DOMAINS_LIB};
 
 /// (frames, bytes) a port sent to its domain, from a `vessel net ports` table tagged `tag`.
 fn port_tx(out: &str, tag: &str, port: &str) -> (u64, u64) {
@@ -48,7 +48,7 @@ fn offloaded_and_plain_guests_exchange_whole_streams_through_the_switch_and_the_
     let run = box_with_vessel(600)
         .memory_mib(2048)
         .file(&tools, "/tools.cpio.gz")
-        .file(AGENTS_SCRIPT, "/agents.sh")
+        .file(DOMAINS_LIB, "/domains.sh")
         .file(script, "/offloads.sh")
         .step("offloads", "sh /offloads.sh")
         .run()

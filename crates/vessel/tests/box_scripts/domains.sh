@@ -1,4 +1,4 @@
-# Sourced by the daemon box scripts (four_domains.sh, confined_domains.sh, rates.sh; packed
+# Sourced by the daemon box scripts (four_domains.sh, confined_domains.sh, rates.sh, offloads.sh; packed
 # at /domains.sh): the helpers L1 uses to drive Linux domains under `vessel daemon` through
 # its API and to reach their agents (tests/guest/agent.sh at 10.0.1.N, through the switch's
 # uplink TAP). Needs VESSEL_SOCKET set.

@@ -12,7 +12,7 @@ vessel daemon --state-dir /tmp/state --socket $VESSEL_SOCKET --uplink vtap0 2>/t
 daemon=$!
 # The step ends only when nothing holds its output: stop the daemon however the script ends.
 trap 'kill $daemon 2>/dev/null' EXIT
-. /agents.sh
+. /domains.sh
 i=0; while [ ! -S $VESSEL_SOCKET ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
 ip addr add 10.0.1.254/24 dev vtap0 && ip link set vtap0 up && echo UPLINK=up
 

@@ -18,10 +18,6 @@ pub const WORKERS_LIB: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/box_sc
 /// The `vessel` binary of this build.
 pub const VESSEL: &str = env!("CARGO_BIN_EXE_vessel");
 
-/// The shell functions (`api`, `on`, `reach`) of the L1 scripts whose guests run the agent:
-/// pack it at `/agents.sh`.
-pub const AGENTS_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/box_scripts/agents.sh");
-
 /// The values of the lines of `out` that start with `key` (trimmed), in order.
 pub fn values<'a>(out: &'a str, key: &str) -> Vec<&'a str> {
     out.lines()
