@@ -6,20 +6,19 @@ cat /assets/initramfs.cpio.gz /tools.cpio.gz > /tmp/initrd
 export VESSEL_SOCKET=/tmp/api.sock
 . /domains.sh
 start_daemon() {
-    VESSEL_DEBUG_IO=5 vessel daemon --state-dir /tmp/state --socket $VESSEL_SOCKET --uplink vtap0 \
+    vessel daemon --state-dir /tmp/state --socket $VESSEL_SOCKET --uplink vtap0 \
         --shutdown-timeout 60 --debug-hooks 2>>/tmp/daemon.log &
     daemon=$!
     i=0; while ! vessel list >/dev/null 2>&1 && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
 }
 pid_of() { api info $1 | sed -n 's/^ *"pid": \([0-9]*\).*/\1/p'; }
 alive() { [ -e /proc/$1/status ] && ! grep -q zombie /proc/$1/status; }
-# unreachable NAME: what the daemon, the switch, the domain's I/O thread (VESSEL_DEBUG_IO's
-# dumps in its log) and its console said, for a domain that never answered.
+# unreachable NAME: what the daemon (the domain's state and its devices' counters), the
+# switch, the domain process's log and its console said, for a domain that never answered.
 unreachable() {
-    api info $1 | grep -E '"state"|"message"|"boots"' | sed "s/^/INFO_$1 /"
+    api info $1 | sed "s/^/INFO_$1 /"
     api net ports | sed "s/^/PORTS_$1 /"
-    grep -v 'vessel: io:' /tmp/state/logs/$1.log | tail -n 20 | sed "s/^/LOG_$1 /"
-    grep 'vessel: io:' /tmp/state/logs/$1.log | tail -n 4 | sed "s/^/IO_$1 /"
+    tail -n 20 /tmp/state/logs/$1.log | sed "s/^/LOG_$1 /"
     api api GET /v1/domains/$1/console | tail -n 30 | sed "s/^/CONSOLE_$1 /"
     tail -n 30 /tmp/daemon.log | sed 's/^/DAEMON_LOG /'
 }
