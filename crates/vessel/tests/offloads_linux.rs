@@ -4,7 +4,9 @@
 //! random data between every kind of pair and through the uplink both ways arrive whole (MD5 and
 //! size); large segments cross the switch whole and reach the guest without offloads cut into
 //! plain frames; UDP datagrams with checksums left to finish verify at a guest that takes them
-//! as they are and at one whose VIF finishes them. The L1 side is
+//! as they are and at one whose VIF finishes them. Firewall rules hold on offloaded TCP: a
+//! rate-limit rule keeps a stream of segments to its rate and charges their real bytes, a drop
+//! rule stops a running stream. The L1 side is
 //! `tests/box_scripts/offloads.sh`.
 
 mod boxed;
@@ -27,6 +29,21 @@ fn vif(out: &str, tag: &str, counter: &str) -> u64 {
         .into_iter()
         .find_map(|l| l.strip_prefix(counter)?.strip_prefix(':')?.parse().ok())
         .unwrap_or_else(|| panic!("no {tag} {counter}:\n{out}"))
+}
+
+/// The counters of rule `id` in a `vessel net rule list --json` line tagged `tag`: (frames,
+/// bytes, dropped).
+fn rule_counters(out: &str, tag: &str, id: &str) -> (u64, u64, u64) {
+    let rules: serde_json::Value = serde_json::from_str(one(out, tag))
+        .unwrap_or_else(|e| panic!("{tag} is not JSON ({e}):\n{out}"));
+    let rule = rules
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| r["id"].to_string() == id)
+        .unwrap_or_else(|| panic!("no rule {id} under {tag}:\n{out}"));
+    let c = |name: &str| rule["counters"][name].as_u64().unwrap_or(0);
+    (c("frames"), c("bytes"), c("dropped"))
 }
 
 /// The UDP counters of a guest's `/proc/net/snmp` line tagged `tag`: (NoPorts, InCsumErrors).
@@ -139,4 +156,48 @@ fn offloaded_and_plain_guests_exchange_whole_streams_through_the_switch_and_the_
             ports1 - ports0
         );
     }
+
+    // The firewall on offloaded TCP. A rate-limit rule of 300 kB/s: the stream arrived whole,
+    // near the rate and not over it, and the rule was charged at least every byte of it (a
+    // segment counted by its header or as one frame of the MTU would have charged less).
+    let rated: Vec<&str> = values(out, "RATED TCPBLAST received=");
+    let (bytes, seconds) = rated
+        .first()
+        .and_then(|l| {
+            let (b, s) = l.split_once(" seconds=")?;
+            Some((b.parse::<f64>().ok()?, s.parse::<f64>().ok()?))
+        })
+        .unwrap_or_else(|| panic!("the rated stream did not report:\n{out}"));
+    assert_eq!(bytes, 1048576.0, "the rated stream lost data:\n{out}");
+    let rate = bytes / seconds;
+    eprintln!("rate-limited offloaded stream: {rate:.0} B/s against 300000");
+    assert!(
+        (0.35 * 300_000.0..=1.3 * 300_000.0).contains(&rate),
+        "the rate-limited offloaded stream ran at {rate:.0} B/s, not near 300000:\n{out}"
+    );
+    let rated_id = one(out, "RATED_RULE=");
+    let (frames, charged, _) = rule_counters(out, "RULES_RATED ", rated_id);
+    eprintln!("the rate rule judged {frames} frames of {charged} bytes");
+    assert!(
+        charged >= 1048576,
+        "the rate rule was charged {charged} bytes for a 1 MiB stream:\n{out}"
+    );
+    // A drop rule put first while a stream runs: the stream carried at least 300 kB over the
+    // 3 s before the rule (at its rate, about 900 kB), the rule dropped frames of it, and b's
+    // port carried almost nothing over 5 s after it (frames already past the rule went first).
+    let drop_id = one(out, "RULE=drop-");
+    let (_, _, dropped) = rule_counters(out, "RULES_CUT ", drop_id);
+    let sent_to_b = |tag: &str| port_tx(out, tag, "b-eth0").1;
+    let before = sent_to_b("PORTS_CUT1 ") - sent_to_b("PORTS_CUT0 ");
+    let after = sent_to_b("PORTS_CUT3 ") - sent_to_b("PORTS_CUT2 ");
+    eprintln!("stream cut: {before} bytes to b in the 3 s before the drop rule, {after} in 5 s after");
+    assert!(dropped > 0, "the drop rule dropped nothing:\n{out}");
+    assert!(
+        before > 300_000,
+        "the stream carried {before} bytes before the drop rule:\n{out}"
+    );
+    assert!(
+        after < 50_000,
+        "b's port carried {after} bytes after the drop rule:\n{out}"
+    );
 }

@@ -80,6 +80,42 @@ receive 1 5004 L1A
 i=0; until nc 10.0.1.1 5004 < /tmp/l1data; do i=$((i+1)); [ $i -ge 40 ] && break; sleep 0.5; done
 wait $rpid; cat /tmp/L1A.out
 
+# The firewall on offloaded TCP from a to b (a's segments cross the switch whole). A
+# rate-limit rule holds a stream to its rate, charging each segment's real bytes (its
+# counters say how many it was charged). Then a drop rule put before it while a
+# stream runs stops that stream: b's port carries nothing more of it.
+rule() {
+    api net rule add --src-domain a --dst-domain b --proto tcp --dport $1 --action $2 ${3:-} | cut -d' ' -f2
+}
+rated=$(rule 5006 rate-limit=300000:65536)
+echo RATED_RULE=$rated
+( on 2 "/bin/tcpblast recv 5006" > /tmp/rated.out ) & rpid=$!
+sleep 2
+on 1 "/bin/tcpblast send 10.0.1.2 5006 1048576" | sed 's/^/RATED_SENDER /'
+wait $rpid; sed 's/^/RATED /' /tmp/rated.out
+echo "RULES_RATED $(api net rule list --json | tr -d ' \n')"
+api net rule del $rated && echo RULE=deleted
+
+rated=$(rule 5007 rate-limit=300000:65536)
+( on 2 "/bin/tcpblast recv 5007" > /tmp/cut.out ) & rpid=$!
+sleep 2
+( on 1 "timeout 20 /bin/tcpblast send 10.0.1.2 5007 8388608" > /tmp/cutsend.out ) & spid=$!
+sleep 3
+ports PORTS_CUT0
+sleep 3
+ports PORTS_CUT1
+dropped=$(rule 5007 drop --position=0)
+echo RULE=drop-$dropped
+sleep 1
+ports PORTS_CUT2
+sleep 5
+ports PORTS_CUT3
+echo "RULES_CUT $(api net rule list --json | tr -d ' \n')"
+api net rule del $dropped && api net rule del $rated && echo RULE=deleted
+on 2 'kill $(pidof tcpblast) 2>/dev/null'
+wait $spid; wait $rpid
+sed 's/^/CUT /' /tmp/cut.out /tmp/cutsend.out
+
 # UDP from a (its checksums left to finish) to b (takes them as they are) and to c (this end
 # finishes them): 1400-byte datagrams to a port nobody listens on, counted by the receiver's
 # kernel as NoPorts once their checksum verified, as InCsumErrors if not.
