@@ -40,7 +40,7 @@ fn rule_counters(out: &str, tag: &str, id: &str) -> (u64, u64, u64) {
         .as_array()
         .into_iter()
         .flatten()
-        .find(|r| r["id"].to_string() == id)
+        .find(|r| r["id"].as_u64().map(|n| n.to_string()).as_deref() == Some(id))
         .unwrap_or_else(|| panic!("no rule {id} under {tag}:\n{out}"));
     let c = |name: &str| rule["counters"][name].as_u64().unwrap_or(0);
     (c("frames"), c("bytes"), c("dropped"))
@@ -190,7 +190,9 @@ fn offloaded_and_plain_guests_exchange_whole_streams_through_the_switch_and_the_
     let sent_to_b = |tag: &str| port_tx(out, tag, "b-eth0").1;
     let before = sent_to_b("PORTS_CUT1 ") - sent_to_b("PORTS_CUT0 ");
     let after = sent_to_b("PORTS_CUT3 ") - sent_to_b("PORTS_CUT2 ");
-    eprintln!("stream cut: {before} bytes to b in the 3 s before the drop rule, {after} in 5 s after");
+    eprintln!(
+        "stream cut: {before} bytes to b in the 3 s before the drop rule, {after} in 5 s after"
+    );
     assert!(dropped > 0, "the drop rule dropped nothing:\n{out}");
     assert!(
         before > 300_000,
