@@ -130,9 +130,13 @@ impl DomainProcess {
     /// Starts a domain process and launches the domain in it; returns once its first machine
     /// is built (or why it could not be).
     pub fn launch(plan: LaunchPlan<'_>) -> Result<DomainProcess, String> {
-        let _ = std::fs::remove_file(&plan.socket);
-        let listener = Listener::bind(&plan.socket)
-            .map_err(|e| format!("cannot bind {}: {e}", plan.socket.display()))?;
+        let listener = {
+            // Not while an ended process's socket is being removed (see `SOCKET_FILES`).
+            let _files = SOCKET_FILES.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = std::fs::remove_file(&plan.socket);
+            Listener::bind(&plan.socket)
+                .map_err(|e| format!("cannot bind {}: {e}", plan.socket.display()))?
+        };
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -494,6 +498,12 @@ impl DomainProcess {
     }
 }
 
+/// Held while a socket file's path is checked and removed, or replaced and bound: a domain
+/// started again at once (a reboot) binds the path its ended process's cleanup is removing,
+/// and without it the cleanup could see its own file, then remove the new one (a full-suite
+/// run saw the new process's socket gone: "cannot reach the domain process").
+static SOCKET_FILES: Mutex<()> = Mutex::new(());
+
 /// A domain's channel socket file, as it was when its process took it: removed once the
 /// process has ended, unless a newer process of the domain has bound the path since.
 struct OwnedSocket {
@@ -512,6 +522,7 @@ impl OwnedSocket {
 
     fn remove(&self) {
         use std::os::unix::fs::MetadataExt;
+        let _files = SOCKET_FILES.lock().unwrap_or_else(|e| e.into_inner());
         let now = std::fs::metadata(&self.path)
             .ok()
             .map(|m| (m.dev(), m.ino()));
