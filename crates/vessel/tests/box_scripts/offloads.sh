@@ -27,7 +27,7 @@ JSON
     api create /tmp/$d.json && echo CREATED=$d
     n=$((n+1))
 done
-for n in 1 2 3; do reach $n && echo REACHABLE=$n; done
+for n in 1 2 3; do reach $n check && echo REACHABLE=$n; done
 
 # What the guest negotiated: the virtio-net device's feature bits (the sysfs string, bit 0 first).
 for g in 1 3; do
@@ -116,6 +116,8 @@ on 2 'kill $(pidof tcpblast) 2>/dev/null'
 wait $spid; wait $rpid
 sed 's/^/CUT /' /tmp/cut.out /tmp/cutsend.out
 
+no_crash
+
 # UDP from a (its checksums left to finish) to b (takes them as they are) and to c (this end
 # finishes them): 1400-byte datagrams to a port nobody listens on, counted by the receiver's
 # kernel as NoPorts once their checksum verified, as InCsumErrors if not.
@@ -127,5 +129,6 @@ for g in 2 3; do
 done
 grep '^Udp:' /proc/net/snmp | head -1 | sed 's/^/UDPHEAD /'
 api net ports | sed 's/^/PORTS3 /'
+no_crash
 kill $daemon 2>/dev/null
 echo DAEMON_LOG; cat /tmp/daemon.log
