@@ -298,8 +298,10 @@ impl Net {
                 self.counters.add(RX_ERRORS, 1);
                 continue;
             }
-            let (header, frame) = self.rx_buf[..n].split_at(HEADER_LEN);
-            let header = VnetHeader::parse(header.try_into().expect("HEADER_LEN bytes"));
+            let Some((header, frame)) = self.rx_buf[..n].split_first_chunk::<HEADER_LEN>() else {
+                continue;
+            };
+            let header = VnetHeader::parse(header);
             let (pending, pending_bytes) = (&mut self.pending, &mut self.pending_bytes);
             let mut keep = |header: &VnetHeader, frame: &[u8]| {
                 let mut packet = Vec::with_capacity(HEADER_LEN + frame.len());
@@ -446,8 +448,10 @@ impl Net {
     /// Whether the packet in `tx_buf[..len]` (at least a header) asks only for offloads the
     /// driver negotiated, in a way that fits its frame; `num_buffers` is cleared on the way.
     fn sendable(&mut self, len: usize) -> bool {
-        let (header, frame) = self.tx_buf[..len].split_at_mut(HEADER_LEN);
-        let mut parsed = VnetHeader::parse((&*header).try_into().expect("HEADER_LEN bytes"));
+        let Some((header, frame)) = self.tx_buf[..len].split_first_chunk_mut::<HEADER_LEN>() else {
+            return false;
+        };
+        let mut parsed = VnetHeader::parse(header);
         parsed.num_buffers = 0;
         header.copy_from_slice(&parsed.to_bytes());
         net_offload::check(&parsed, frame, Offloads::transmit(self.features)).is_ok()
