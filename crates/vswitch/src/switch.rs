@@ -11,11 +11,17 @@
 //! # Congestion
 //!
 //! A unicast frame whose destination has no room *waits*: it stays with its ingress port, which
-//! reads nothing more (so the sender's own socket fills and its VIF is pushed back), keeps its
-//! place and credit in the round robin, and tries again when the destination polls writable.
-//! Every port with a frame for that destination then takes its turn in DRR order, so a flooder
-//! and a light sender share a congested destination fairly instead of the light sender's frames
-//! being dropped whenever the flooder has just filled it. A frame that waits longer than
+//! reads nothing more (so the sender's own socket fills and its VIF is pushed back) and keeps
+//! its place and credit in the ingress round robin. The senders with a frame waiting at a
+//! destination are in a round robin of that destination's own (by bytes, as between ingress
+//! ports), and a frame for a destination where others already wait waits behind them. When the
+//! destination has room again (it polls writable, or its rate allows), the waiting frames go in
+//! that order, and each sender whose frame went has its next frame forwarded at once, so that a
+//! sender that always has a frame for the destination keeps its place and credit there. So a
+//! flooder and a light sender share a congested destination fairly in bytes, whatever the sizes
+//! of their frames, instead of the light sender's frames being dropped whenever the flooder has
+//! just filled it, or a 64 KiB segment waiting for ever behind a stream of small frames. A
+//! frame that waits longer than
 //! [`HOLD_MAX`] is dropped and counted (`tx_dropped`), and its destination counts as *stalled*:
 //! frames for it are dropped at once, without waiting, until one goes through. So a domain that
 //! stops reading holds each sender for at most [`HOLD_MAX`] once, and then no longer. A frame
@@ -25,11 +31,15 @@
 //! # Rates
 //!
 //! A port may have a rate ([`SwitchHandle::set_port_rate`]): the switch sends it at most that
-//! many bytes per second, like a link of that speed. A unicast frame over the rate waits as for
-//! room, and tries again when the port's token bucket holds enough (a timer, not epoll), so the
-//! senders to a rated port share its rate in DRR order. A copy of a frame for several ports
-//! (which never waits) goes unless the port still owes the rate for an earlier copy, and is
-//! charged in full: broadcasts such as ARP get through a congested port, and the rate holds.
+//! many bytes per second, like a link of that speed. A frame goes unless the port still owes
+//! the rate for an earlier one, and is charged in full (spending what the token bucket holds and
+//! owing the rest), so the rate holds over time. A unicast frame that finds the port owing waits
+//! as for room, and every frame waiting there tries again once the debt is paid (a timer, not
+//! epoll): the senders to a rated port share its rate in DRR order whatever their frames' sizes.
+//! (Admitting a frame only when the bucket held its whole length let a flood of small frames
+//! take the tokens before they could ever add up to a 64 KiB segment, which waited past
+//! [`HOLD_MAX`] and was dropped.) A copy of a frame for several ports never waits: over the rate,
+//! it is dropped; broadcasts such as ARP still get through a congested port between frames.
 //!
 //! # Packets
 //!
@@ -127,6 +137,8 @@ impl Switch {
                 forwarder: Forwarder::new(config.mac_age),
                 links: HashMap::new(),
                 drr: Drr::new(config.quantum),
+                queues: HashMap::new(),
+                quantum: config.quantum,
                 scratch: vec![0u8; VNET_HDR_LEN + MAX_FRAME + 1],
                 next_port: 1,
                 uplink: None,
@@ -177,8 +189,8 @@ struct PortLink {
     /// This port's frame waiting for room at its destination; the port reads nothing more
     /// until it has gone.
     waiting: Option<Waiting>,
-    /// Ports whose frames wait for room here (writability is watched while there are any and
-    /// the socket is `full`).
+    /// Frames waiting for room here (writability is watched while there are any and the
+    /// socket is `full`).
     waiters: usize,
     /// The last send found no room in the descriptor (until it polls writable).
     full: bool,
@@ -199,8 +211,6 @@ struct Waiting {
     frame: Vec<u8>,
     dst: PortId,
     since: Instant,
-    /// The destination polled writable since the last try.
-    retry: bool,
 }
 
 /// What became of one send.
@@ -228,6 +238,10 @@ struct State {
     forwarder: Forwarder,
     links: HashMap<PortId, PortLink>,
     drr: Drr,
+    /// For each destination with frames waiting for room, the order in which their senders
+    /// get it (deficit round robin by bytes, as between ingress ports).
+    queues: HashMap<PortId, Drr>,
+    quantum: usize,
     /// Room for one received frame (and a byte more, to recognise oversized ones).
     scratch: Vec<u8>,
     next_port: u64,
@@ -292,20 +306,11 @@ impl PortLink {
         }
     }
 
-    /// Sends `frame` without blocking, if the port's rate allows it at `now`. A `copy` (of a
-    /// frame for several ports, which never waits) is charged to the rate even beyond what it
-    /// allows, unless the rate is already owed (so broadcasts such as ARP get through a
-    /// congested port, and the rate still holds over time).
-    fn send(&mut self, frame: &[u8], now: Instant, copy: bool) -> Sent {
-        if let Some(rate) = &mut self.rate {
-            let allowed = if copy {
-                !rate.owes(now)
-            } else {
-                rate.holds(wire_len(frame), now)
-            };
-            if !allowed {
-                return Sent::Full;
-            }
+    /// Sends `frame` without blocking, unless the port's rate is still owed at `now`; a frame
+    /// that goes is charged to the rate in full.
+    fn send(&mut self, frame: &[u8], now: Instant) -> Sent {
+        if self.rate.as_mut().is_some_and(|rate| rate.owes(now)) {
+            return Sent::Full;
         }
         let written = match &mut self.link {
             Link::Socket(s) => s.send(frame),
@@ -326,11 +331,11 @@ impl PortLink {
         }
     }
 
-    /// The length of the frame this port would send now, if it may: its head, or its waiting
-    /// frame once the destination has polled writable.
+    /// The length of the head frame this port would forward now: none while a frame of its
+    /// own waits for room at its destination.
     fn ready_len(&self) -> Option<usize> {
         match &self.waiting {
-            Some(w) => w.retry.then_some(wire_len(&w.frame)),
+            Some(_) => None,
             None => self.head.as_ref().map(|p| wire_len(p)),
         }
     }
@@ -401,8 +406,7 @@ impl State {
         }
     }
 
-    /// Forwards up to [`BATCH`] frames in DRR order: heads, and waiting frames whose
-    /// destination has room again.
+    /// Forwards up to [`BATCH`] head frames in DRR order.
     fn forward_batch(&mut self, out: &mut Vec<PortId>, epoll: &Epoll) {
         let now = Instant::now();
         for _ in 0..BATCH {
@@ -413,77 +417,157 @@ impl State {
             else {
                 return;
             };
-            let Some(link) = self.links.get_mut(&port) else {
-                self.drr.deactivate(port);
-                continue;
-            };
-            if let Some(waiting) = link.waiting.take() {
-                let (frame, dst, since) = (waiting.frame, waiting.dst, waiting.since);
-                self.unicast(port, frame, dst, since, now, epoll);
-            } else if let Some(frame) = link.head.take() {
-                self.forwarder.forward(port, frame_of(&frame), now, out);
-                if let [dst] = out[..] {
-                    self.unicast(port, frame, dst, now, now, epoll);
-                } else {
-                    for dst in out.iter() {
-                        let sent = self
-                            .links
-                            .get_mut(dst)
-                            .map(|link| link.send(&frame, now, true));
-                        self.count_send(*dst, wire_len(&frame), sent);
-                    }
-                    self.done_with(port, frame, epoll);
-                }
-            } else {
+            if !self.forward_head(port, true, now, out, epoll) {
                 self.drr.deactivate(port);
             }
         }
     }
 
-    /// Sends `port`'s unicast `frame` (taken from it at `since`) to `dst`, or leaves it waiting
-    /// there for room (see the module's notes on congestion).
+    /// Forwards `port`'s head frame, if it has one (whether it had): to its one destination, or
+    /// a copy to each of several. `charged`: the ingress round robin charged the frame to the
+    /// port (and gives it back if the frame waits).
+    fn forward_head(
+        &mut self,
+        port: PortId,
+        charged: bool,
+        now: Instant,
+        out: &mut Vec<PortId>,
+        epoll: &Epoll,
+    ) -> bool {
+        let Some(frame) = self.links.get_mut(&port).and_then(|l| l.head.take()) else {
+            return false;
+        };
+        self.forwarder.forward(port, frame_of(&frame), now, out);
+        if let [dst] = out[..] {
+            self.unicast(port, frame, dst, charged, now, epoll);
+        } else {
+            for dst in out.iter() {
+                let sent = self.links.get_mut(dst).map(|link| link.send(&frame, now));
+                self.count_send(*dst, wire_len(&frame), sent);
+            }
+            self.done_with(port, frame, epoll);
+        }
+        true
+    }
+
+    /// Sends `port`'s unicast `frame` to `dst`, or leaves it waiting there for room (see the
+    /// module's notes on congestion). A frame finding others already waiting there waits behind
+    /// them without trying.
     fn unicast(
         &mut self,
         port: PortId,
         frame: Vec<u8>,
         dst: PortId,
-        since: Instant,
+        charged: bool,
         now: Instant,
         epoll: &Epoll,
     ) {
-        let was_waiting = since != now;
-        let sent = self
-            .links
-            .get_mut(&dst)
-            .map(|link| link.send(&frame, now, false));
+        let sent = match self.links.get_mut(&dst) {
+            Some(d) if d.waiters > 0 => Some(Sent::Full),
+            Some(d) => Some(d.send(&frame, now)),
+            None => None,
+        };
         let stalled = self.links.get(&dst).is_some_and(|l| l.stalled);
-        if matches!(sent, Some(Sent::Full)) && !stalled && now < since + HOLD_MAX {
-            if !was_waiting {
-                self.forwarder.waited(dst);
-                if let Some(d) = self.links.get_mut(&dst) {
-                    d.waiters += 1;
-                }
+        if matches!(sent, Some(Sent::Full)) && !stalled {
+            self.forwarder.waited(dst);
+            if charged {
+                self.drr.refund(port, wire_len(&frame));
             }
             if let Some(d) = self.links.get_mut(&dst) {
+                d.waiters += 1;
                 d.rearm(dst, epoll);
             }
-            self.drr.refund(port, wire_len(&frame));
+            let quantum = self.quantum;
+            self.queues
+                .entry(dst)
+                .or_insert_with(|| Drr::new(quantum))
+                .activate(port);
             if let Some(link) = self.links.get_mut(&port) {
                 link.waiting = Some(Waiting {
                     frame,
                     dst,
-                    since,
-                    retry: false,
+                    since: now,
                 });
                 link.rearm(port, epoll);
             }
             return;
         }
-        if was_waiting {
-            self.stop_waiting(dst, epoll);
-        }
         self.count_send(dst, wire_len(&frame), sent);
         self.done_with(port, frame, epoll);
+    }
+
+    /// Gives the frames waiting at `dst` its room, in the round-robin order of their senders,
+    /// while it has room and its rate allows (at most [`BATCH`]). A sender whose frame went has
+    /// its next frame forwarded at once: if that one is for `dst` too, it waits in the sender's
+    /// place with the sender's credit, so a sender that always has a frame for `dst` gets its
+    /// share in bytes however large or small its frames are.
+    fn serve(&mut self, dst: PortId, now: Instant, out: &mut Vec<PortId>, epoll: &Epoll) {
+        for _ in 0..BATCH {
+            let Some(d) = self.links.get_mut(&dst) else {
+                return;
+            };
+            if d.full || d.rate.as_mut().is_some_and(|r| r.owes(now)) {
+                return;
+            }
+            let links = &self.links;
+            let Some(queue) = self.queues.get_mut(&dst) else {
+                return;
+            };
+            let waiting_len = |p: PortId| {
+                let w = links.get(&p)?.waiting.as_ref()?;
+                (w.dst == dst).then(|| wire_len(&w.frame))
+            };
+            let Some(port) = queue.next(waiting_len) else {
+                // Nobody waits here any more.
+                self.queues.remove(&dst);
+                return;
+            };
+            let Some(waiting) = self.links.get_mut(&port).and_then(|l| l.waiting.take()) else {
+                continue;
+            };
+            let len = wire_len(&waiting.frame);
+            let sent = self
+                .links
+                .get_mut(&dst)
+                .map(|d| d.send(&waiting.frame, now));
+            if matches!(sent, Some(Sent::Full)) {
+                if let Some(queue) = self.queues.get_mut(&dst) {
+                    queue.refund(port, len);
+                }
+                if let Some(link) = self.links.get_mut(&port) {
+                    link.waiting = Some(waiting);
+                }
+                return;
+            }
+            self.stop_waiting(dst, epoll);
+            self.count_send(dst, len, sent);
+            self.done_with(port, waiting.frame, epoll);
+            self.forward_head(port, false, now, out, epoll);
+            self.leave_queue_unless_waiting(port, dst);
+        }
+    }
+
+    /// Serves every destination with frames waiting for it.
+    fn serve_all(&mut self, out: &mut Vec<PortId>, epoll: &Epoll) {
+        let now = Instant::now();
+        let dsts: Vec<PortId> = self.queues.keys().copied().collect();
+        for dst in dsts {
+            self.serve(dst, now, out, epoll);
+        }
+    }
+
+    /// Takes `port` out of `dst`'s queue unless a frame of its own waits there.
+    fn leave_queue_unless_waiting(&mut self, port: PortId, dst: PortId) {
+        let waits_there = self
+            .links
+            .get(&port)
+            .and_then(|l| l.waiting.as_ref())
+            .is_some_and(|w| w.dst == dst);
+        if !waits_there {
+            if let Some(queue) = self.queues.get_mut(&dst) {
+                queue.deactivate(port);
+            }
+        }
     }
 
     /// Counts a send to `dst` (`None`: the port is gone) and keeps its stalled flag.
@@ -517,29 +601,22 @@ impl State {
         }
     }
 
-    /// `port` polled writable (or its rate allows a waiting frame): the frames waiting for it
-    /// may try again.
-    fn room_at(&mut self, port: PortId) {
-        if let Some(link) = self.links.get_mut(&port) {
-            link.full = false;
-        }
-        for link in self.links.values_mut() {
-            if let Some(w) = link.waiting.as_mut().filter(|w| w.dst == port) {
-                w.retry = true;
-            }
-        }
-    }
-
-    /// Drops the frames that waited longer than [`HOLD_MAX`]; their destinations count as
+    /// Drops (and counts) the frames that have waited longer than [`HOLD_MAX`], or all those
+    /// waiting for `gone` (a port being removed); the destinations of expired frames count as
     /// stalled. Returns when the next waiting frame expires.
-    fn expire_waiting(&mut self, now: Instant, epoll: &Epoll) -> Option<Instant> {
+    fn expire_waiting(
+        &mut self,
+        now: Instant,
+        gone: Option<PortId>,
+        epoll: &Epoll,
+    ) -> Option<Instant> {
         let expired: Vec<PortId> = self
             .links
             .iter()
             .filter(|(_, l)| {
                 l.waiting
                     .as_ref()
-                    .is_some_and(|w| w.since + HOLD_MAX <= now)
+                    .is_some_and(|w| w.since + HOLD_MAX <= now || Some(w.dst) == gone)
             })
             .map(|(id, _)| *id)
             .collect();
@@ -551,6 +628,7 @@ impl State {
                 d.stalled = true;
             }
             self.stop_waiting(waiting.dst, epoll);
+            self.leave_queue_unless_waiting(port, waiting.dst);
             self.forwarder
                 .sent(waiting.dst, wire_len(&waiting.frame), false);
             self.done_with(port, waiting.frame, epoll);
@@ -561,32 +639,15 @@ impl State {
             .min()
     }
 
-    /// Lets frames waiting only for their destination's rate try again once its bucket holds
-    /// the smallest of them. Returns when the next rated destination will.
-    fn rates_allow(&mut self, now: Instant) -> Option<Instant> {
-        let mut smallest: HashMap<PortId, usize> = HashMap::new();
-        for w in self.links.values().filter_map(|l| l.waiting.as_ref()) {
-            if !w.retry {
-                let len = smallest.entry(w.dst).or_insert(usize::MAX);
-                *len = (*len).min(wire_len(&w.frame));
-            }
-        }
-        let mut next: Option<Instant> = None;
-        for (dst, len) in smallest {
-            let Some(d) = self.links.get_mut(&dst).filter(|d| !d.full) else {
-                continue;
-            };
-            let Some(rate) = &mut d.rate else {
-                continue;
-            };
-            let wait = rate.time_until(len, now);
-            if wait.is_zero() {
-                self.room_at(dst);
-            } else {
-                next = Some(next.map_or(now + wait, |n| n.min(now + wait)));
-            }
-        }
-        next
+    /// When the next rated destination with frames waiting for it will have paid for its
+    /// earlier frames.
+    fn next_rate_room(&mut self, now: Instant) -> Option<Instant> {
+        self.links
+            .values_mut()
+            .filter(|d| d.waiters > 0 && !d.full)
+            .filter_map(|d| d.rate.as_mut())
+            .map(|rate| now + rate.time_until_paid(now))
+            .min()
     }
 
     /// Gives `port` a rate of `bytes_per_sec` (positive), or none.
@@ -606,14 +667,27 @@ impl State {
             TokenBucket::new(rate, burst.max(MAX_FRAME as u64), Instant::now())
         });
         info.rate = bytes_per_sec;
-        // Frames waiting for the old rate try the new one.
-        self.room_at(port);
+        // Frames waiting for the old rate try the new one in the thread's next pass.
         Ok(())
     }
 
-    /// Whether some port has a frame it may send now.
-    fn has_ready(&self) -> bool {
-        !self.drr.is_idle() && self.links.values().any(|l| l.ready_len().is_some())
+    /// Whether some port has a frame it may forward now, or some destination with frames
+    /// waiting for it has room for them.
+    fn has_ready(&mut self, now: Instant) -> bool {
+        let heads = !self.drr.is_idle() && self.links.values().any(|l| l.ready_len().is_some());
+        heads
+            || self.queues.keys().any(|dst| {
+                self.links.get(dst).is_some_and(|d| {
+                    d.waiters > 0 && !d.full && d.rate.as_ref().is_none_or(|r| r.paid_at(now))
+                })
+            })
+    }
+
+    /// `port` polled writable: the frames waiting for it may try again.
+    fn room_at(&mut self, port: PortId) {
+        if let Some(link) = self.links.get_mut(&port) {
+            link.full = false;
+        }
     }
 
     fn remove(&mut self, id: PortId, epoll: &Epoll) -> bool {
@@ -630,8 +704,12 @@ impl State {
         if let Some(waiting) = link.waiting {
             self.stop_waiting(waiting.dst, epoll);
         }
+        for queue in self.queues.values_mut() {
+            queue.deactivate(id);
+        }
         // Frames waiting for the removed port are dropped at once.
-        self.room_at(id);
+        self.expire_waiting(Instant::now(), Some(id), epoll);
+        self.queues.remove(&id);
         self.drr.deactivate(id);
         self.forwarder.remove_port(id);
         if self.uplink == Some(id) {
@@ -713,14 +791,15 @@ fn run(shared: &Shared) {
             }
         }
         state.forward_batch(&mut out, &shared.epoll);
+        state.serve_all(&mut out, &shared.epoll);
         let now = Instant::now();
-        let next_hold_expiry = state.expire_waiting(now, &shared.epoll);
-        let next_rate_room = state.rates_allow(now);
+        let next_hold_expiry = state.expire_waiting(now, None, &shared.epoll);
+        let next_rate_room = state.next_rate_room(now);
         if now >= next_expiry {
             state.forwarder.expire(now);
             next_expiry = now + Duration::from_millis(IDLE_WAIT_MS as u64);
         }
-        wait_ms = if state.has_ready() {
+        wait_ms = if state.has_ready(now) {
             0
         } else {
             let next = match (next_hold_expiry, next_rate_room) {

@@ -94,14 +94,17 @@ impl TokenBucket {
         true
     }
 
-    /// How long after `now` the bucket will hold `bytes` tokens (zero if it does now; never
-    /// longer than it takes to fill the whole bucket).
-    pub fn time_until(&mut self, bytes: usize, now: Instant) -> Duration {
+    /// Whether the earlier charges will have been paid for at `now` (without refilling).
+    pub fn paid_at(&self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_nanos();
+        elapsed.saturating_mul(u128::from(self.bytes_per_sec)) >= self.debt
+    }
+
+    /// How long after `now` the earlier charges will have been paid for (zero if they are).
+    pub fn time_until_paid(&mut self, now: Instant) -> Duration {
         self.refill(now);
-        let cost = (bytes as u128 * NANOS_PER_SEC).min(self.capacity);
-        let missing = cost.saturating_sub(self.tokens) + self.debt;
-        // Nanobytes over bytes per second is nanoseconds; round up so the tokens are there.
-        let nanos = missing.div_ceil(u128::from(self.bytes_per_sec.max(1)));
+        // Nanobytes over bytes per second is nanoseconds; round up so the debt is gone.
+        let nanos = self.debt.div_ceil(u128::from(self.bytes_per_sec.max(1)));
         Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
     }
 }
@@ -186,25 +189,22 @@ mod tests {
     }
 
     #[test]
-    fn time_until_says_when_the_tokens_are_there() {
+    fn a_charge_beyond_the_tokens_owes_the_rest_and_says_when_it_is_paid() {
         let t0 = Instant::now();
         let mut b = TokenBucket::new(1000, 2000, t0);
-        assert_eq!(b.time_until(2000, t0), Duration::ZERO);
-        assert!(b.take(2000, t0));
-        assert!(!b.holds(500, t0));
-        assert_eq!(b.time_until(500, t0), Duration::from_millis(500));
-        let later = t0 + b.time_until(500, t0);
-        assert!(b.holds(500, later) && !b.holds(501, later));
-        // A charge beyond the tokens leaves a debt, paid before anything passes again.
-        assert!(b.take(500, later));
-        assert!(b.charge(300, later), "no debt: it passes");
-        assert!(b.owes(later) && !b.charge(1, later), "in debt");
-        assert_eq!(b.time_until(100, later), Duration::from_millis(400));
-        assert!(!b.holds(1, later + Duration::from_millis(300)));
-        assert!(b.holds(100, later + Duration::from_millis(400)));
-        // More than the bucket can hold: when it is full.
-        let mut empty = TokenBucket::new(1000, 2000, t0);
-        assert!(empty.take(2000, t0));
-        assert_eq!(empty.time_until(5000, t0), Duration::from_secs(2));
+        assert_eq!(b.time_until_paid(t0), Duration::ZERO);
+        assert!(b.charge(2500, t0), "no debt: it passes, owing 500");
+        assert!(b.owes(t0) && !b.charge(1, t0), "in debt");
+        assert_eq!(b.time_until_paid(t0), Duration::from_millis(500));
+        let later = t0 + Duration::from_millis(499);
+        assert!(b.owes(later) && !b.paid_at(later));
+        assert_eq!(b.time_until_paid(later), Duration::from_millis(1));
+        assert!(b.paid_at(t0 + Duration::from_millis(500)));
+        let paid = t0 + Duration::from_millis(500);
+        assert!(
+            !b.owes(paid) && !b.holds(1, paid),
+            "paid, and nothing left over"
+        );
+        assert!(b.holds(100, paid + Duration::from_millis(100)));
     }
 }
