@@ -21,8 +21,9 @@
 //! flooder and a light sender share a congested destination fairly in bytes, whatever the sizes
 //! of their frames, instead of the light sender's frames being dropped whenever the flooder has
 //! just filled it, or a 64 KiB segment waiting for ever behind a stream of small frames. A
-//! frame that waits longer than
-//! [`HOLD_MAX`] is dropped and counted (`tx_dropped`), and its destination counts as *stalled*:
+//! frame that waits longer than [`HOLD_MAX`] (and on a rated port, as long again as the rate
+//! needs to carry two largest frames) is dropped and counted (`tx_dropped`), and its
+//! destination counts as *stalled*:
 //! frames for it are dropped at once, without waiting, until one goes through. So a domain that
 //! stops reading holds each sender for at most [`HOLD_MAX`] once, and then no longer. A frame
 //! for several ports (broadcast, unknown destination) never waits: a port with no room gets its
@@ -84,7 +85,8 @@ use devices::net_offload::VNET_HDR_LEN;
 
 /// Most frames forwarded per pass before the thread looks at new events and lets the handle in.
 pub const BATCH: usize = 64;
-/// Longest a unicast frame waits for room at its destination before it is dropped.
+/// Longest a unicast frame waits for room at its destination before it is dropped, beyond
+/// what the destination's rate needs to carry two largest frames (see [`PortLink::hold_limit`]).
 pub const HOLD_MAX: Duration = Duration::from_millis(100);
 /// Consecutive read errors after which a port's descriptor is no longer watched (a deleted TAP
 /// polls in error forever); the port stays, and frames for it are dropped and counted.
@@ -338,6 +340,19 @@ impl PortLink {
             Some(_) => None,
             None => self.head.as_ref().map(|p| wire_len(p)),
         }
+    }
+
+    /// How long a frame may wait for room here: [`HOLD_MAX`], and with a rate, as long again as
+    /// the rate takes to carry two largest frames (one being paid for, one of the sender's own:
+    /// on a port of 100 kB/s a 64 KiB TCP segment owes 0.66 s, which the next frame must wait
+    /// whatever happens).
+    fn hold_limit(&self) -> Duration {
+        let for_rate = self.rate.as_ref().map_or(Duration::ZERO, |rate| {
+            let nanos =
+                2 * MAX_FRAME as u128 * 1_000_000_000 / u128::from(rate.bytes_per_sec().max(1));
+            Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+        });
+        HOLD_MAX + for_rate
     }
 
     /// Registers the descriptor for what the port needs now: readable unless its frame waits
@@ -601,7 +616,8 @@ impl State {
         }
     }
 
-    /// Drops (and counts) the frames that have waited longer than [`HOLD_MAX`], or all those
+    /// Drops (and counts) the frames that have waited longer than their destination's
+    /// [hold limit](PortLink::hold_limit), or all those
     /// waiting for `gone` (a port being removed); the destinations of expired frames count as
     /// stalled. Returns when the next waiting frame expires.
     fn expire_waiting(
@@ -614,9 +630,9 @@ impl State {
             .links
             .iter()
             .filter(|(_, l)| {
-                l.waiting
-                    .as_ref()
-                    .is_some_and(|w| w.since + HOLD_MAX <= now || Some(w.dst) == gone)
+                l.waiting.as_ref().is_some_and(|w| {
+                    Some(w.dst) == gone || self.expiry(w).is_none_or(|at| at <= now)
+                })
             })
             .map(|(id, _)| *id)
             .collect();
@@ -635,8 +651,14 @@ impl State {
         }
         self.links
             .values()
-            .filter_map(|l| l.waiting.as_ref().map(|w| w.since + HOLD_MAX))
+            .filter_map(|l| l.waiting.as_ref().and_then(|w| self.expiry(w)))
             .min()
+    }
+
+    /// When `waiting` expires (`None`: its destination is gone).
+    fn expiry(&self, waiting: &Waiting) -> Option<Instant> {
+        let dst = self.links.get(&waiting.dst)?;
+        Some(waiting.since + dst.hold_limit())
     }
 
     /// When the next rated destination with frames waiting for it will have paid for its

@@ -40,6 +40,11 @@ impl TokenBucket {
         }
     }
 
+    /// The rate.
+    pub fn bytes_per_sec(&self) -> u64 {
+        self.bytes_per_sec
+    }
+
     fn refill(&mut self, now: Instant) {
         // A clock reading before the last one (callers on other threads) adds nothing.
         let elapsed: Duration = now.saturating_duration_since(self.last);

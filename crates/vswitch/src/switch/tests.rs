@@ -626,6 +626,43 @@ fn large_segments_get_their_share_of_a_rated_port_against_small_frames() {
     );
 }
 
+/// On a slow rated port a 60 KB segment owes longer than `HOLD_MAX`: the next one waits that
+/// long, and is not dropped for it (a TCP stream into a port of 600 kB/s ran at a third of it).
+#[test]
+fn segments_wait_for_a_slow_rate_as_long_as_it_needs() {
+    let (sw, segments, _other, pd, dst) = three_ports("other");
+    let rate = 100_000u64;
+    sw.set_port_rate(pd, Some(rate)).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let frame = udp_frame(D, A, 1, 4, 60_000);
+            while !stop.load(Ordering::Relaxed) && segments.try_send(&frame).is_ok() {}
+        })
+    };
+    let mut delivered = 0;
+    let mut buf = vec![0; MAX_FRAME];
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(2000) {
+        delivered += dst.try_recv(&mut buf).unwrap();
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let dropped = status(&sw, pd).counters.tx_dropped;
+    sw.set_port_rate(pd, None).unwrap();
+    dst.0
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    while dst.try_recv(&mut buf).is_ok() {}
+    sender.join().unwrap();
+    assert_eq!(dropped, 0, "{delivered} bytes delivered in {elapsed:.3} s");
+    assert!(
+        delivered as f64 >= rate as f64 * elapsed * 0.8,
+        "{delivered} bytes in {elapsed:.3} s at {rate} B/s"
+    );
+}
+
 #[test]
 fn port_rates_are_checked() {
     let sw = Switch::start().unwrap();
