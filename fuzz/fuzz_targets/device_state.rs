@@ -1,18 +1,18 @@
 //! Fuzzes restoring a saved device state (`devices::virtio::state`, `MmioTransport::restore`):
-//! bytes as a hostile or damaged file would hold them, restored into a fresh entropy, block or
-//! network device over guest memory the input also gives.
+//! bytes as a hostile or damaged file would hold them, restored into a fresh entropy, block,
+//! network or balloon device over guest memory the input also gives.
 //!
 //! Checked: nothing panics, whatever the bytes (a frame with a wrong magic, version, length or
 //! checksum, and any payload behind a right one); a state that restores saves a state that
-//! restores again, to the same bytes (for the devices whose state does not age: the entropy
-//! and network devices; a disk's rate-limit buckets refill with time); a restored device can
+//! restores again, to the same bytes (for the devices whose state does not age: the entropy,
+//! network and balloon devices; a disk's rate-limit buckets refill with time); a restored device can
 //! be resumed, kicked, fed host input and reset without panicking.
 //!
 //! Input layout:
 //!
 //! | bytes | meaning |
 //! |---|---|
-//! | 0 | bits 0-1: device (0 entropy, 1 block, 2 and 3 network); bit 7: the state bytes are a payload, to be framed (magic, version, length, CRC-32) before the restore, so the fuzzer reaches past the checksum |
+//! | 0 | bits 0-1: device (0 entropy, 1 block, 2 network, 3 balloon); bit 7: the state bytes are a payload, to be framed (magic, version, length, CRC-32) before the restore, so the fuzzer reaches past the checksum |
 //! | 1..3 | length `n` of the state bytes (u16) |
 //! | 3..3+n | the state bytes |
 //! | the rest | guest memory contents from address 0 (at least 16 KiB, at most 64 KiB) |
@@ -27,6 +27,7 @@ use std::sync::{Arc, OnceLock};
 
 use common::{Counter, Input, Scratch};
 use devices::net_backend::NetBackend;
+use devices::virtio::balloon::Balloon;
 use devices::virtio::block::Block;
 use devices::virtio::mmio::MmioTransport;
 use devices::virtio::net::Net;
@@ -82,6 +83,7 @@ fn device(kind: u8) -> Box<dyn VirtioDevice> {
             let file = disk().file.try_clone().expect("dup the disk");
             Box::new(Block::new(file, false, "fuzz").expect("a block device"))
         }
+        3 => Box::new(Balloon::new()),
         _ => Box::new(Net::new(
             Box::new(Loopback(VecDeque::from([vec![1; 60], vec![2; 1514]]))),
             [2, 0, 0, 0, 0, 1],
@@ -107,7 +109,6 @@ fuzz_target!(|data: &[u8]| {
     let mut input = Input(data);
     let flags = input.u8();
     let kind = flags & 3;
-    let kind = if kind == 3 { 2 } else { kind };
     let n = usize::from(input.u16());
     let raw = input.bytes(n);
     let image = input.rest();

@@ -14,7 +14,7 @@
 //!
 //! | bytes | meaning |
 //! |---|---|
-//! | 0 | device: 0 entropy, 1 block, 2 read-only block, 3 network |
+//! | 0 | device: 0 entropy, 1 block, 2 read-only block, 3 network, 4 balloon |
 //! | 1 | number of operations `n` |
 //! | 2..2+12n | operations, 12 bytes each: kind, size, offset (u16), value (u64) |
 //! | the rest | guest memory contents from address 0 (at least 16 KiB, at most 64 KiB) |
@@ -30,6 +30,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use common::{Counter, Input, Scratch};
 use devices::bus::BusDevice;
 use devices::net_backend::NetBackend;
+use devices::virtio::balloon::Balloon;
 use devices::virtio::block::Block;
 use devices::virtio::mmio::{status, MmioTransport, QUEUE_NOTIFY};
 use devices::virtio::net::{Net, MAX_FRAME};
@@ -104,7 +105,7 @@ fn write32(t: &mut MmioTransport, offset: u64, value: u32) {
 
 fuzz_target!(|data: &[u8]| {
     let mut input = Input(data);
-    let kind = input.u8() % 4;
+    let kind = input.u8() % 5;
     let n_ops = usize::from(input.u8());
     let ops = input.bytes(12 * n_ops);
     let image = input.rest();
@@ -133,6 +134,7 @@ fuzz_target!(|data: &[u8]| {
                 2,
             )
         }
+        4 => (Box::new(Balloon::new()), 5),
         _ => (
             Box::new(Net::new(
                 Box::new(Recorder(wire.clone())),

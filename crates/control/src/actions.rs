@@ -88,7 +88,7 @@ impl ControlPlane {
     }
 
     /// The process of domain `name`, if the domain is running or paused.
-    fn active_process(&self, name: &str) -> Result<Arc<DomainProcess>, ControlError> {
+    pub(crate) fn active_process(&self, name: &str) -> Result<Arc<DomainProcess>, ControlError> {
         let state = match self.registry.instance(name)? {
             Some(p) if p.status().state.is_active() => return Ok(p),
             Some(p) => p.status().state,

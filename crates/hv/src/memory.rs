@@ -313,6 +313,44 @@ impl GuestMemory {
         Ok(())
     }
 
+    /// Gives back the host memory behind `addr..addr+len`, which must lie in one region: the
+    /// whole pages in it are dropped (`MADV_DONTNEED` on the private anonymous mapping: they
+    /// read as zeros afterwards and cost nothing until written), and the bytes of partial
+    /// pages at either end are zeroed. A balloon's pages and the free pages a guest reports
+    /// come here.
+    pub fn discard(&self, addr: u64, len: u64) -> Result<(), OutOfRange> {
+        const PAGE: u64 = 4096;
+        let bad = OutOfRange { addr, len };
+        let host = self.host_range(addr, usize::try_from(len).map_err(|_| bad)?)?;
+        let end = addr + len;
+        let first = addr.next_multiple_of(PAGE).min(end);
+        let last = (end / PAGE * PAGE).max(first);
+        let zeros = [0u8; PAGE as usize];
+        self.write(addr, &zeros[..(first - addr) as usize])?;
+        self.write(last, &zeros[..(end - last) as usize])?;
+        if last > first {
+            // SAFETY: [first, last) lies inside the region `host_range` found for [addr, end),
+            // page aligned, so the advice touches this mapping only. Dropping pages of a
+            // private anonymous mapping is what the guest sees as zeroed memory; the VMM holds
+            // no references into guest memory, and KVM's MMU notifier drops the guest's
+            // mappings of these pages with them.
+            let rc = unsafe {
+                libc::madvise(
+                    host.add((first - addr) as usize).cast(),
+                    (last - first) as usize,
+                    libc::MADV_DONTNEED,
+                )
+            };
+            if rc != 0 {
+                // Cannot happen for a live anonymous mapping; zero the bytes instead, so the
+                // guest sees what it was promised.
+                let zeros = vec![0u8; (last - first) as usize];
+                self.write(first, &zeros)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Whether `addr..addr+len` lies entirely in guest RAM.
     pub fn contains(&self, addr: u64, len: u64) -> bool {
         usize::try_from(len).is_ok_and(|l| self.host_range(addr, l).is_ok())
@@ -353,6 +391,29 @@ mod tests {
         let after = mem.resident_bytes();
         assert!(after >= before + (4 << 20) + 8192, "{before} -> {after}");
         assert!(after <= 12 << 20);
+    }
+
+    #[test]
+    fn discarded_pages_read_as_zeros_and_leave_the_host() {
+        let mem = GuestMemory::new(&[(0, 8 << 20), (1 << 32, 4 << 20)]).unwrap();
+        mem.write(0, &vec![0xaa; 8 << 20]).unwrap();
+        let full = mem.resident_bytes();
+        // 4 MiB of whole pages, and a range with a partial page at either end.
+        mem.discard(1 << 20, 4 << 20).unwrap();
+        mem.discard(0x100, 0x2000).unwrap();
+        let after = mem.resident_bytes();
+        assert!(after + (4 << 20) <= full, "{full} -> {after}");
+        let mut b = vec![0u8; 8 << 20];
+        mem.read(0, &mut b).unwrap();
+        let zero = |r: std::ops::Range<usize>| b[r].iter().all(|&x| x == 0);
+        let kept = |r: std::ops::Range<usize>| b[r].iter().all(|&x| x == 0xaa);
+        assert!(kept(0..0x100) && zero(0x100..0x2100) && kept(0x2100..1 << 20));
+        assert!(zero(1 << 20..5 << 20) && kept(5 << 20..8 << 20));
+        // Refused whole: past a region's end, across the gap, or wrapping.
+        assert!(mem.discard((8 << 20) - 4096, 8192).is_err());
+        assert!(mem.discard(u64::MAX - 4095, 4096).is_err());
+        mem.read(7 << 20, &mut b[..16]).unwrap();
+        assert_eq!(b[..16], [0xaa; 16]);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use vmm::DomainSpec;
 
@@ -144,6 +144,16 @@ pub enum DomainVerb {
     Destroy { name: String },
     /// Forget a stopped domain's definition.
     Delete { name: String },
+    /// Set a running domain's memory, as `xl mem-set`: its guest gives back what is above
+    /// SIZE through its balloon (and takes it again when SIZE grows, up to its --memory).
+    /// The guest does it at its own pace: `vessel info NAME` shows `memory.balloon_bytes`.
+    MemSet {
+        name: String,
+        /// The memory the guest keeps (256M, 1G...; a bare number is MiB), at least 16M and
+        /// at most the domain's --memory.
+        #[arg(value_parser = parse_size_arg)]
+        size: u64,
+    },
 }
 
 pub fn create(socket: &Path, args: CreateArgs) -> anyhow::Result<ExitCode> {
@@ -204,11 +214,27 @@ pub fn domain_verb(socket: &Path, verb: DomainVerb) -> anyhow::Result<ExitCode> 
         DomainVerb::Reset { name } => ("POST", "/reset".into(), name),
         DomainVerb::Destroy { name } => ("POST", "/destroy".into(), name),
         DomainVerb::Delete { name } => ("DELETE", String::new(), name),
+        DomainVerb::MemSet { name, .. } => ("PUT", "/memory".into(), name),
     };
-    let v = call(socket, method, &format!("/v1/domains/{name}{path}"), None)?;
+    let body = match &verb {
+        DomainVerb::MemSet { size, .. } => {
+            Some(serde_json::to_vec(&json!({ "target_bytes": size }))?)
+        }
+        _ => None,
+    };
+    let v = call(
+        socket,
+        method,
+        &format!("/v1/domains/{name}{path}"),
+        body.as_deref(),
+    )?;
     match verb {
         DomainVerb::Info { .. } => print_json(&v)?,
         DomainVerb::Delete { name } => println!("domain '{name}' deleted"),
+        DomainVerb::MemSet { name, size } => {
+            let size = vmm::spec::format_size(size).unwrap_or_else(|| format!("{size} bytes"));
+            println!("domain '{name}': memory target {size}")
+        }
         _ => println!("domain '{name}' is {}", v["state"].as_str().unwrap_or("?")),
     }
     Ok(ExitCode::SUCCESS)
@@ -306,6 +332,11 @@ pub fn print_json(v: &Value) -> anyhow::Result<()> {
 }
 
 /// A rate given on the command line (bytes per second, read as every rate is).
+/// A size argument (`256M`, `1.5G`; a bare number is MiB), as `--memory` reads it.
+pub fn parse_size_arg(s: &str) -> Result<u64, String> {
+    vmm::spec::parse_size(s).map_err(|e| e.to_string())
+}
+
 pub fn parse_rate_arg(s: &str) -> Result<u64, String> {
     vmm::parse_rate(s).ok_or_else(|| {
         format!("'{s}' is not a rate: bytes per second, with K, M, G, T (or KiB...) and decimals")

@@ -24,7 +24,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::layout::{CMDLINE_MAX, MAX_MEMORY, MAX_VCPUS, MIN_MEMORY};
 use crate::sched::{SchedError, SchedParams};
-use crate::virtio::VIRTIO_MAX_DEVICES;
+use crate::virtio::{FIXED_DEVICES, VIRTIO_MAX_DEVICES};
 
 /// The kernel command line when none is given.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0";
@@ -471,7 +471,7 @@ pub enum SpecError {
     #[error("--cmdline contains a NUL byte")]
     NulInCmdline,
     /// More virtio devices than a domain has slots for.
-    #[error("too many devices: {disks} --disk and {nets} --net with the entropy device make {} virtio devices; a domain has room for {VIRTIO_MAX_DEVICES}", disks + nets + 1)]
+    #[error("too many devices: {disks} --disk and {nets} --net with the entropy device and the balloon make {} virtio devices; a domain has room for {VIRTIO_MAX_DEVICES}", disks + nets + FIXED_DEVICES)]
     TooManyDevices {
         /// Disks asked for.
         disks: usize,
@@ -573,8 +573,8 @@ impl DomainSpec {
         if self.cmdline.contains('\0') {
             return Err(SpecError::NulInCmdline);
         }
-        // The entropy device is always there.
-        if self.disks.len() + 1 + self.nets.len() > VIRTIO_MAX_DEVICES {
+        // The entropy device and the balloon are always there.
+        if self.disks.len() + FIXED_DEVICES + self.nets.len() > VIRTIO_MAX_DEVICES {
             return Err(SpecError::TooManyDevices {
                 disks: self.disks.len(),
                 nets: self.nets.len(),
@@ -1209,14 +1209,14 @@ mod tests {
                 "--cmdline contains a NUL byte",
             ),
             (
-                with(&|s| s.disks = disks(19)),
-                "too many devices: 19 --disk and 0 --net with the entropy device make 20 virtio devices; a domain has room for 19",
+                with(&|s| s.disks = disks(18)),
+                "too many devices: 18 --disk and 0 --net with the entropy device and the balloon make 20 virtio devices; a domain has room for 19",
             ),
             (with(&|s| s.disks = disks(10_000)), "too many devices"),
             (
                 with(&|s| {
                     s.disks = disks(10);
-                    s.nets = nets(9);
+                    s.nets = nets(8);
                 }),
                 "make 20 virtio devices",
             ),
@@ -1231,7 +1231,7 @@ mod tests {
             s.memory = MAX_MEMORY;
             s.cmdline = "x".repeat(CMDLINE_MAX - 1);
             s.disks = disks(9);
-            s.nets = nets(9);
+            s.nets = nets(8);
         });
         assert_eq!(most.name.as_ref().unwrap().len(), 32);
         assert_eq!(most.validate(), Ok(()), "the limits themselves are allowed");

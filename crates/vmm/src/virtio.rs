@@ -10,6 +10,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use devices::image::DiskBackend;
+use devices::virtio::balloon::Balloon;
 use devices::virtio::block::Block;
 use devices::virtio::mmio::{MmioTransport, MMIO_SIZE, QUEUE_NOTIFY};
 use devices::virtio::rng::Rng;
@@ -26,6 +27,8 @@ pub const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
 pub const VIRTIO_FIRST_GSI: u32 = 5;
 /// The IOAPIC has 24 pins; virtio devices use 5..=23.
 pub const VIRTIO_MAX_DEVICES: usize = 19;
+/// Devices every domain has besides its disks and VIFs: the entropy device and the balloon.
+pub const FIXED_DEVICES: usize = 2;
 const _: () = assert!(
     VIRTIO_FIRST_GSI + VIRTIO_MAX_DEVICES as u32 <= crate::layout::IOAPIC_PINS
         && crate::layout::POWER_BUTTON_GSI < VIRTIO_FIRST_GSI
@@ -50,6 +53,12 @@ impl vring::GuestMemory for GuestRam {
     }
     fn contains(&self, addr: u64, len: u64) -> bool {
         self.0.contains(addr, len)
+    }
+    fn discard(&self, addr: u64, len: u64) -> Result<(), vring::MemoryError> {
+        self.0.discard(addr, len).map_err(|e| vring::MemoryError {
+            addr: e.addr,
+            len: e.len,
+        })
     }
     fn read_u16(&self, addr: u64) -> Result<u16, vring::MemoryError> {
         self.0.read_u16(addr).map_err(|e| vring::MemoryError {
@@ -111,7 +120,7 @@ pub struct PlacedDevice {
 pub struct DeviceView {
     /// The virtio device type (`devices::virtio::device_id`).
     pub device_id: u32,
-    /// Its label: the disk's id, the VIF's MAC, "rng".
+    /// Its label: the disk's id, the VIF's MAC, "rng", "balloon".
     pub label: String,
     /// Its counters, shared with the device.
     pub counters: Arc<Counters>,
@@ -141,8 +150,8 @@ pub fn open_disk_with(
         .map_err(|e| DomainError::Config(format!("--disk {id}: {e}")))
 }
 
-/// The devices a domain's specification asks for, in slot order: disks first, then entropy,
-/// on the host resources in `res`.
+/// The devices a domain's specification asks for, in slot order: disks first, then entropy
+/// and the balloon ([`FIXED_DEVICES`]), on the host resources in `res`.
 pub fn build_devices(
     disks: &[DiskSpec],
     res: &Resources,
@@ -160,6 +169,7 @@ pub fn build_devices(
         .try_clone()
         .map_err(DomainError::host("duplicating the entropy source"))?;
     out.push(Box::new(Rng::new(entropy)));
+    out.push(Box::new(Balloon::new()));
     if out.len() > VIRTIO_MAX_DEVICES {
         return Err(DomainError::Config(format!(
             "too many devices: a domain has room for {VIRTIO_MAX_DEVICES} virtio devices"
@@ -169,15 +179,20 @@ pub fn build_devices(
 }
 
 /// The VIF number of the device in slot `slot`, in a domain with `disks` disks: the slots
-/// hold the disks, then the entropy device, then the VIFs ([`build_devices`],
+/// hold the disks, then the entropy device and the balloon, then the VIFs ([`build_devices`],
 /// `crate::net::build_nets`).
 pub fn vif_index(disks: usize, slot: usize) -> Option<usize> {
-    slot.checked_sub(disks + 1)
+    slot.checked_sub(disks + FIXED_DEVICES)
+}
+
+/// The slot of the balloon in a domain with `disks` disks (see [`vif_index`]).
+pub fn balloon_slot(disks: usize) -> usize {
+    disks + 1
 }
 
 /// The slot of VIF number `index` in a domain with `disks` disks (see [`vif_index`]).
 pub fn vif_slot(disks: usize, index: usize) -> usize {
-    disks + 1 + index
+    disks + FIXED_DEVICES + index
 }
 
 /// The slot of the `index`th device.
@@ -208,8 +223,12 @@ pub fn place(
             label: device.label(),
             counters: device.counters(),
         };
-        let transport =
+        let mut transport =
             MmioTransport::new(device, mem.clone(), Arc::new(crate::domain::IrqFd(irq)));
+        let kick = notify
+            .try_clone()
+            .map_err(DomainError::host("duplicating an eventfd"))?;
+        transport.set_activation_kick(Arc::new(crate::domain::IrqFd(kick)));
         placed.push(PlacedDevice {
             slot,
             transport: Arc::new(Mutex::new(transport)),

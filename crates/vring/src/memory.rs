@@ -64,6 +64,26 @@ pub trait GuestMemory {
         })
     }
 
+    /// Gives back the host memory behind `[addr, addr + len)` (pages a balloon took, free pages
+    /// the guest reported): from then on the guest reads zeros there, and the host holds no
+    /// memory for it until the guest writes it again. All or nothing: a range not wholly inside
+    /// guest memory is refused before anything changes. The default writes zeros, which is what
+    /// the guest sees afterwards, without giving memory back: enough for memory with nothing
+    /// to give back (the mock).
+    fn discard(&self, addr: u64, len: u64) -> Result<(), MemoryError> {
+        if !self.contains(addr, len) {
+            return Err(MemoryError { addr, len });
+        }
+        let zeros = vec![0u8; CHUNK];
+        let mut at = 0;
+        while at < len {
+            let n = (len - at).min(CHUNK as u64);
+            self.write(addr + at, &zeros[..n as usize])?;
+            at += n;
+        }
+        Ok(())
+    }
+
     /// Whether `[addr, addr + len)` lies wholly inside guest memory (an empty range: always).
     ///
     /// The queue uses this to refuse rings and buffers outside guest memory when it first sees

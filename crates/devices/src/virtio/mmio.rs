@@ -87,6 +87,9 @@ pub struct MmioTransport {
     irq_deferred: bool,
     /// Queues whose turn ended on [`SERVE_BUDGET`] with work left.
     backlog: u64,
+    /// Wakes whoever serves the queues (the domain's I/O thread, through the device's notify
+    /// eventfd) once the driver sets `DRIVER_OK`: see [`MmioTransport::set_activation_kick`].
+    activation_kick: Option<Arc<dyn InterruptLine>>,
 }
 
 impl MmioTransport {
@@ -113,7 +116,16 @@ impl MmioTransport {
             quiesced: false,
             irq_deferred: false,
             backlog: 0,
+            activation_kick: None,
         }
+    }
+
+    /// Has `kick` triggered whenever the driver sets `DRIVER_OK`, so that the queues are served
+    /// then, as if kicked, on the thread that serves them: buffers a driver made available and
+    /// kicked before `DRIVER_OK` (Linux's balloon driver posts its statistics buffer so) are
+    /// not left waiting for a kick that already came and went.
+    pub fn set_activation_kick(&mut self, kick: Arc<dyn InterruptLine>) {
+        self.activation_kick = Some(kick);
     }
 
     fn device_features(&self) -> u64 {
@@ -194,8 +206,14 @@ impl MmioTransport {
         } else {
             self.device.activate(self.driver_features, &self.queues)
         };
-        if let Err(e) = refused {
-            self.fail(e.to_string());
+        match refused {
+            Err(e) => self.fail(e.to_string()),
+            Ok(()) => {
+                if let Some(kick) = &self.activation_kick {
+                    // A kick that cannot be sent is the host's problem; the next one serves.
+                    let _ = kick.trigger();
+                }
+            }
         }
     }
 
@@ -726,6 +744,29 @@ mod tests {
         assert_eq!(r(&mut t, 0x60) & INT_USED_BUFFER, INT_USED_BUFFER);
         w(&mut t, 0x64, INT_USED_BUFFER);
         assert_eq!(r(&mut t, 0x60), 0);
+    }
+
+    #[test]
+    fn driver_ok_kicks_whoever_serves_the_queues() {
+        let driver = Arc::new(Mutex::new(MockDriver::new(8, 1 << 16)));
+        let mem = Memory(Arc::new(DriverMemory(driver.clone())));
+        let mut t = MmioTransport::new(
+            Box::new(Rng::new(std::fs::File::open("/dev/urandom").unwrap())),
+            mem,
+            Arc::new(Counter::default()),
+        );
+        let kick = Arc::new(Counter::default());
+        t.set_activation_kick(kick.clone());
+        crate::virtio::test_support::bring_up(&mut t, &driver, feature::VERSION_1, &[0]);
+        assert_eq!(kick.count(), 1, "DRIVER_OK kicked once");
+        // A refused activation (DRIVER_OK without FEATURES_OK) does not kick.
+        w(&mut t, 0x70, 0);
+        w(
+            &mut t,
+            0x70,
+            status::ACKNOWLEDGE | status::DRIVER | status::DRIVER_OK,
+        );
+        assert_eq!(kick.count(), 1);
     }
 
     #[test]

@@ -27,6 +27,7 @@
 //!   part of the saved state whose format [`state`] defines; the transport saves and restores
 //!   its registers and queues around it.
 
+pub mod balloon;
 pub mod block;
 pub mod counters;
 pub mod mmio;
@@ -52,14 +53,17 @@ pub mod device_id {
     pub const BLOCK: u32 = 2;
     /// Entropy source.
     pub const RNG: u32 = 4;
+    /// Memory balloon.
+    pub const BALLOON: u32 = 5;
 
-    /// A device type's name in the API ("net", "block", "rng"; "other" for types Vessel does
-    /// not know).
+    /// A device type's name in the API ("net", "block", "rng", "balloon"; "other" for types
+    /// Vessel does not know).
     pub fn name(id: u32) -> &'static str {
         match id {
             NET => "net",
             BLOCK => "block",
             RNG => "rng",
+            BALLOON => "balloon",
             _ => "other",
         }
     }
@@ -86,6 +90,9 @@ impl vring::GuestMemory for Memory {
     }
     fn contains(&self, addr: u64, len: u64) -> bool {
         self.0.contains(addr, len)
+    }
+    fn discard(&self, addr: u64, len: u64) -> Result<(), vring::MemoryError> {
+        self.0.discard(addr, len)
     }
     fn read_u16(&self, addr: u64) -> Result<u16, vring::MemoryError> {
         self.0.read_u16(addr)
@@ -180,6 +187,12 @@ pub enum Action {
         /// Whether the link is up.
         up: bool,
     },
+    /// A balloon's target: the guest is asked to hand this many bytes of its memory back
+    /// (whole 4 KiB pages; a configuration-change interrupt when it changed).
+    SetBalloonTarget {
+        /// Bytes the balloon should hold.
+        bytes: u64,
+    },
 }
 
 impl Action {
@@ -189,6 +202,7 @@ impl Action {
             Action::SetRateLimit { .. } => "set_rate_limit",
             Action::ReplaceBackend { .. } => "replace_backend",
             Action::SetLink { .. } => "set_link",
+            Action::SetBalloonTarget { .. } => "set_balloon_target",
         }
     }
 
@@ -196,7 +210,9 @@ impl Action {
     pub fn descriptors(&self) -> usize {
         match self {
             Action::ReplaceBackend { .. } => 1,
-            Action::SetRateLimit { .. } | Action::SetLink { .. } => 0,
+            Action::SetRateLimit { .. }
+            | Action::SetLink { .. }
+            | Action::SetBalloonTarget { .. } => 0,
         }
     }
 }

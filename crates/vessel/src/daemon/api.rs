@@ -68,6 +68,7 @@ pub const ROUTES: &[Route] = &[
     route("GET", "/v1/sched", list_sched),
     route("GET", "/v1/domains/{name}/disks", list_disks),
     route("PUT", "/v1/domains/{name}/disks/{id}", set_disk),
+    route("PUT", "/v1/domains/{name}/memory", set_memory),
     route(
         "POST",
         "/v1/domains/{name}/debug/forbidden-call",
@@ -233,6 +234,23 @@ fn set_disk(plane: &ControlPlane, p: &Params, req: &Request) -> Answer {
         .map_err(|e| ControlError::Invalid(format!("invalid disk change: {e}")))?;
     let disk = plane.set_disk_rates(&p.name, &p.id, change)?;
     Ok(Response::json(200, &json!(disk)))
+}
+
+/// The body of `PUT /v1/domains/{name}/memory`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MemoryTarget {
+    target_bytes: u64,
+}
+
+fn set_memory(plane: &ControlPlane, p: &Params, req: &Request) -> Answer {
+    let target: MemoryTarget = serde_json::from_slice(&req.body)
+        .map_err(|e| ControlError::Invalid(format!("invalid memory target: {e}")))?;
+    plane.set_memory_target(&p.name, target.target_bytes)?;
+    Ok(Response::json(
+        200,
+        &json!({ "name": p.name, "target_bytes": target.target_bytes }),
+    ))
 }
 
 fn delete_domain(plane: &ControlPlane, p: &Params, _: &Request) -> Answer {

@@ -298,6 +298,26 @@ fn domain_families(plane: &ControlPlane, x: &mut Exposition) {
         "guest RAM resident on the host",
     );
     x.family(
+        "vessel_domain_memory_target_bytes",
+        Gauge,
+        "guest RAM the host wants the domain to keep (its memory less the balloon's target)",
+    );
+    x.family(
+        "vessel_domain_memory_balloon_bytes",
+        Gauge,
+        "guest RAM the guest gave back through its balloon",
+    );
+    x.family(
+        "vessel_domain_memory_reported_bytes_total",
+        Counter,
+        "free guest RAM the guest reported and the host freed",
+    );
+    x.family(
+        "vessel_domain_guest_memory_available_bytes",
+        Gauge,
+        "memory the guest could use without swapping, as its balloon driver last said",
+    );
+    x.family(
         "vessel_vcpu_cpu_seconds_total",
         Counter,
         "CPU time of a vCPU thread",
@@ -330,6 +350,29 @@ fn domain_families(plane: &ControlPlane, x: &mut Exposition) {
             &domain,
             m.resident_bytes,
         );
+        let memory = control::MemoryReport::of(e.def.spec().memory, m);
+        x.sample(
+            "vessel_domain_memory_target_bytes",
+            &domain,
+            memory.target_bytes,
+        );
+        x.sample(
+            "vessel_domain_memory_balloon_bytes",
+            &domain,
+            memory.balloon_bytes,
+        );
+        x.sample(
+            "vessel_domain_memory_reported_bytes_total",
+            &domain,
+            memory.reported_bytes,
+        );
+        if let Some(guest) = memory.guest {
+            x.sample(
+                "vessel_domain_guest_memory_available_bytes",
+                &domain,
+                guest.available_bytes,
+            );
+        }
         for (i, v) in m.vcpus.iter().enumerate() {
             let vcpu = i.to_string();
             let labels = [("domain", name), ("vcpu", vcpu.as_str())];

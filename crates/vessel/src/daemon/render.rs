@@ -44,6 +44,12 @@ pub fn info(d: &DomainInfo) -> Value {
     let s = &d.summary;
     let mut v = summary(s);
     v["definition"] = serde_json::to_value(&s.def).unwrap_or(Value::Null);
+    // `list` shows the memory as configured; `info` shows what became of it.
+    let configured = s.def.spec().memory;
+    v["memory"] = match &s.stats {
+        Some(machine) => json!(control::MemoryReport::of(configured, machine)),
+        None => json!({ "configured_bytes": configured }),
+    };
     if let Some(process) = &d.process {
         v["pid"] = json!(process.pid);
         if let Some(group) = &process.cgroup {

@@ -1,0 +1,203 @@
+//! A domain's memory as its balloon shows it, and the balloon's target changed while the
+//! domain runs (`vessel mem-set`, as `xl mem-set`). Every domain has a balloon
+//! (`devices::virtio::balloon`): setting a domain's memory below its `--memory` asks the guest
+//! to hand the difference back, page by page, and the host's memory behind those pages is
+//! freed as they come. The target is the running domain's only: a new boot starts with an
+//! empty balloon, the whole of `--memory`.
+
+use serde::Serialize;
+use vmm::layout::MIN_MEMORY;
+use vmm::wire::MachineStats;
+
+use crate::{ControlError, ControlPlane};
+
+/// The size of a balloon page.
+const PAGE: u64 = devices::virtio::balloon::PAGE_SIZE;
+
+/// What the guest said about its memory, in its balloon's last statistics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct GuestMemoryStats {
+    /// Memory the guest does not use at all.
+    pub free_bytes: u64,
+    /// Memory the guest could use without swapping (free, and caches it can drop).
+    pub available_bytes: u64,
+    /// Memory the guest's kernel manages (less than the domain's memory by what the kernel
+    /// keeps for itself, and by the balloon).
+    pub total_bytes: u64,
+    /// Its page cache and other caches.
+    pub caches_bytes: u64,
+    /// Swapped in since it booted.
+    pub swap_in_bytes: u64,
+    /// Swapped out since it booted.
+    pub swap_out_bytes: u64,
+    /// Page faults that needed I/O.
+    pub major_faults: u64,
+    /// Page faults that did not.
+    pub minor_faults: u64,
+}
+
+/// A running domain's memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct MemoryReport {
+    /// What the guest was given (`--memory`): the most it may have.
+    pub configured_bytes: u64,
+    /// What the host wants it to have now: its memory less the balloon's target.
+    pub target_bytes: u64,
+    /// What the balloon holds, as the guest's driver says: memory the guest gave back.
+    pub balloon_bytes: u64,
+    /// Guest memory the host holds now (touched and not given back).
+    pub resident_bytes: u64,
+    /// Free memory the guest has reported since it booted, given back to the host.
+    pub reported_bytes: u64,
+    /// The guest's own figures, once its driver has sent some.
+    pub guest: Option<GuestMemoryStats>,
+}
+
+impl MemoryReport {
+    /// The report of a domain given `configured` bytes whose process counted `stats`.
+    pub fn of(configured: u64, stats: &MachineStats) -> MemoryReport {
+        let kind = devices::virtio::device_id::name(devices::virtio::device_id::BALLOON);
+        let balloon = stats.devices.iter().find(|d| d.kind == kind);
+        let counter = |name: &str| -> u64 {
+            balloon
+                .and_then(|b| b.counters.iter().find(|(n, _)| n == name))
+                .map_or(0, |(_, v)| *v)
+        };
+        let guest = (counter("stats_updates") > 0).then(|| GuestMemoryStats {
+            free_bytes: counter("guest_free_bytes"),
+            available_bytes: counter("guest_available_bytes"),
+            total_bytes: counter("guest_total_bytes"),
+            caches_bytes: counter("guest_caches_bytes"),
+            swap_in_bytes: counter("guest_swap_in_bytes"),
+            swap_out_bytes: counter("guest_swap_out_bytes"),
+            major_faults: counter("guest_major_faults"),
+            minor_faults: counter("guest_minor_faults"),
+        });
+        MemoryReport {
+            configured_bytes: configured,
+            target_bytes: configured.saturating_sub(counter("target_pages") * PAGE),
+            balloon_bytes: counter("actual_pages") * PAGE,
+            resident_bytes: stats.resident_bytes,
+            reported_bytes: counter("reported_bytes"),
+            guest,
+        }
+    }
+}
+
+/// Checks a memory target for a domain given `configured` bytes: whole pages, at least
+/// [`MIN_MEMORY`], at most `configured`.
+pub fn check_target(target: u64, configured: u64) -> Result<(), ControlError> {
+    let mib = |b: u64| b >> 20;
+    if target > configured {
+        return Err(ControlError::Invalid(format!(
+            "a memory target of {} MiB is more than the domain's memory ({} MiB): a balloon \
+             only takes memory back",
+            mib(target),
+            mib(configured)
+        )));
+    }
+    if target < MIN_MEMORY {
+        return Err(ControlError::Invalid(format!(
+            "a memory target of {} MiB is too small: a domain keeps at least {} MiB",
+            mib(target),
+            mib(MIN_MEMORY)
+        )));
+    }
+    if !target.is_multiple_of(PAGE) {
+        return Err(ControlError::Invalid(format!(
+            "a memory target of {target} bytes is not a whole number of 4 KiB pages"
+        )));
+    }
+    Ok(())
+}
+
+impl ControlPlane {
+    /// Asks running domain `name`'s guest to keep `target` bytes of its memory and give the
+    /// rest back through its balloon; returns at once (the guest inflates or deflates its
+    /// balloon at its own pace: see [`MemoryReport::balloon_bytes`]).
+    pub fn set_memory_target(&self, name: &str, target: u64) -> Result<(), ControlError> {
+        let view = self.registry.view(name)?;
+        let spec = view.def.spec();
+        check_target(target, spec.memory)?;
+        let balloon = vmm::virtio::balloon_slot(spec.disks.len());
+        let process = self.active_process(name)?;
+        let action = devices::virtio::Action::SetBalloonTarget {
+            bytes: spec.memory - target,
+        };
+        process
+            .device_control(balloon, action, &[])
+            .map_err(|why| ControlError::Refused {
+                name: name.to_string(),
+                why: format!("balloon: {why}"),
+            })?;
+        tracing::info!(
+            target: "control",
+            "domain '{name}': memory target {} MiB of {} MiB",
+            target >> 20,
+            spec.memory >> 20
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vmm::wire::DeviceStats;
+
+    #[test]
+    fn targets_are_whole_pages_between_the_minimum_and_the_domains_memory() {
+        let mem = 512 << 20;
+        assert!(check_target(mem, mem).is_ok());
+        assert!(check_target(MIN_MEMORY, mem).is_ok());
+        for bad in [mem + PAGE, MIN_MEMORY - PAGE, (256 << 20) + 1, 0] {
+            assert!(check_target(bad, mem).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn the_report_reads_the_balloons_counters() {
+        let counters = |pairs: &[(&str, u64)]| -> Vec<(String, u64)> {
+            pairs.iter().map(|(n, v)| (n.to_string(), *v)).collect()
+        };
+        let mut stats = MachineStats {
+            resident_bytes: 100 << 20,
+            devices: vec![
+                DeviceStats {
+                    kind: "rng".into(),
+                    label: "rng".into(),
+                    counters: counters(&[("target_pages", 7)]),
+                },
+                DeviceStats {
+                    kind: "balloon".into(),
+                    label: "balloon".into(),
+                    counters: counters(&[
+                        ("target_pages", 65536),
+                        ("actual_pages", 1024),
+                        ("reported_bytes", 4096),
+                        ("stats_updates", 0),
+                        ("guest_free_bytes", 5),
+                    ]),
+                },
+            ],
+            ..MachineStats::default()
+        };
+        let r = MemoryReport::of(512 << 20, &stats);
+        assert_eq!(r.configured_bytes, 512 << 20);
+        assert_eq!(r.target_bytes, 256 << 20);
+        assert_eq!(r.balloon_bytes, 4 << 20);
+        assert_eq!(r.resident_bytes, 100 << 20);
+        assert_eq!(r.reported_bytes, 4096);
+        assert_eq!(r.guest, None, "no statistics came yet");
+        stats.devices[1].counters.push(("stats_updates".into(), 3));
+        stats.devices[1]
+            .counters
+            .retain(|(n, v)| n != "stats_updates" || *v == 3);
+        let r = MemoryReport::of(512 << 20, &stats);
+        assert_eq!(r.guest.map(|g| g.free_bytes), Some(5));
+        // A machine without a balloon (an older domain process): nothing taken, no target.
+        stats.devices.remove(1);
+        let r = MemoryReport::of(512 << 20, &stats);
+        assert_eq!((r.target_bytes, r.balloon_bytes), (512 << 20, 0));
+    }
+}
