@@ -31,8 +31,8 @@ use std::time::{Duration, Instant};
 
 use super::state::{Reader, StateError, Writer};
 use super::{
-    check_descriptors, device_id, Action, Counters, DeviceError, Processed, Queue, QueueError,
-    VirtioDevice, Wake,
+    check_descriptors, copy_config, device_id, Action, Counters, DeviceError, Processed, Queue,
+    QueueError, VirtioDevice, Wake,
 };
 
 /// `VIRTIO_BALLOON_F_STATS_VQ`.
@@ -284,13 +284,7 @@ impl VirtioDevice for Balloon {
         let mut config = [0u8; 16];
         config[..4].copy_from_slice(&self.target_pages.to_le_bytes());
         config[4..8].copy_from_slice(&self.actual_pages.to_le_bytes());
-        let bytes = usize::try_from(offset)
-            .ok()
-            .and_then(|start| config.get(start..start.checked_add(data.len())?));
-        match bytes {
-            Some(bytes) => data.copy_from_slice(bytes),
-            None => data.fill(0),
-        }
+        copy_config(&config, offset, data);
     }
     fn write_config(&mut self, offset: u64, data: &[u8]) {
         // Only `actual` is the driver's to write, as a whole le32.

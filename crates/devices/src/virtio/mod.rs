@@ -246,6 +246,18 @@ pub enum DeviceError {
     Host(String),
 }
 
+/// Copies `data.len()` bytes of a device's configuration space `config` from `offset` into
+/// `data` (a driver's read); a read that does not fit inside it reads zeros.
+pub fn copy_config(config: &[u8], offset: u64, data: &mut [u8]) {
+    let bytes = usize::try_from(offset)
+        .ok()
+        .and_then(|start| config.get(start..start.checked_add(data.len())?));
+    match bytes {
+        Some(bytes) => data.copy_from_slice(bytes),
+        None => data.fill(0),
+    }
+}
+
 /// Checks that `action` came with as many descriptors as it carries.
 pub fn check_descriptors(action: &Action, fds: &[OwnedFd]) -> Result<(), DeviceError> {
     if fds.len() == action.descriptors() {

@@ -48,8 +48,8 @@ use std::time::{Duration, Instant};
 
 use super::state::{Reader, StateError, Writer};
 use super::{
-    check_descriptors, device_id, Action, Counters, DeviceError, HostInterest, Processed, Queue,
-    QueueError, VirtioDevice, Wake,
+    check_descriptors, copy_config, device_id, Action, Counters, DeviceError, HostInterest,
+    Processed, Queue, QueueError, VirtioDevice, Wake,
 };
 use crate::net_backend::{NetBackend, PairBackend};
 use crate::net_offload::{self, Offloads, VnetHeader, VNET_HDR_LEN};
@@ -534,13 +534,7 @@ impl VirtioDevice for Net {
         config[..6].copy_from_slice(&self.mac);
         let status = if self.link_up { LINK_UP } else { 0 };
         config[6..8].copy_from_slice(&status.to_le_bytes());
-        let bytes = usize::try_from(offset)
-            .ok()
-            .and_then(|start| config.get(start..start.checked_add(data.len())?));
-        match bytes {
-            Some(bytes) => data.copy_from_slice(bytes),
-            None => data.fill(0),
-        }
+        copy_config(&config, offset, data);
     }
     fn process_queue(
         &mut self,
