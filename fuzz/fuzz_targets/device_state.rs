@@ -83,7 +83,7 @@ fn device(kind: u8) -> Box<dyn VirtioDevice> {
             let file = disk().file.try_clone().expect("dup the disk");
             Box::new(Block::new(file, false, "fuzz").expect("a block device"))
         }
-        3 => Box::new(Balloon::new()),
+        3 => Box::new(Balloon::new(true)),
         _ => Box::new(Net::new(
             Box::new(Loopback(VecDeque::from([vec![1; 60], vec![2; 1514]]))),
             [2, 0, 0, 0, 0, 1],

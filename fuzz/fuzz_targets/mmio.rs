@@ -134,7 +134,7 @@ fuzz_target!(|data: &[u8]| {
                 2,
             )
         }
-        4 => (Box::new(Balloon::new()), 5),
+        4 => (Box::new(Balloon::new(true)), 5),
         _ => (
             Box::new(Net::new(
                 Box::new(Recorder(wire.clone())),

@@ -4,7 +4,7 @@
 //! for 128 MiB (`vessel mem-set a 128M`; QEMU's monitor `balloon 128`) and timed until the
 //! guest's driver says it holds it, the RSS read again, and the balloon emptied (timed the same
 //! way). QEMU runs twice: as it comes (no free page reporting) and with
-//! `free-page-reporting=on`, its best way; Vessel always reports.
+//! `free-page-reporting=on`, its best way; Vessel's domain has `free_page_reporting` on.
 //!
 //! Run with `cargo bench -p vessel --bench balloon` (`VESSEL_BENCH_ONLY=vessel`, `qemu`... for
 //! one VMM). Not a test: it prints what it measured. The L1 side is `benches/balloon.sh`.

@@ -17,7 +17,7 @@ vessel)
     i=0; while [ ! -S $VESSEL_SOCKET ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
     cat > /tmp/a.json <<JSON
 {"name": "a", "kernel": "/assets/bzImage", "initrd": "/tmp/initrd", "memory": "256M",
- "cmdline": "$CMDLINE"}
+ "cmdline": "$CMDLINE", "free_page_reporting": true}
 JSON
     vessel create /tmp/a.json >/dev/null && echo CREATED=a
     pid=$(vessel info a | sed -n 's/^ *"pid": \([0-9]*\).*/\1/p')

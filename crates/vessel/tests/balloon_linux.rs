@@ -1,6 +1,6 @@
 //! The memory balloon with a real Linux guest (its own virtio_balloon driver), in the host box:
-//! one domain of 256 MiB under the daemon. Memory the guest frees comes back to the host by
-//! free page reporting; `vessel mem-set` to 128 MiB inflates the balloon to exactly the
+//! one domain of 256 MiB under the daemon, with `free_page_reporting` on. Memory the guest
+//! frees comes back to the host by free page reporting; `vessel mem-set` to 128 MiB inflates the balloon to exactly the
 //! difference (the guest's free memory falls by as much, the host holds no more than what the
 //! guest kept), and back to 256 MiB deflates it; the guest's own statistics reach `vessel
 //! info`; targets above the domain's memory, below the minimum, or for a stopped domain are

@@ -223,7 +223,7 @@ impl Machine {
             }
             _ => None,
         };
-        let mut devices = virtio::build_devices(&cfg.disks, res)?;
+        let mut devices = virtio::build_devices(&cfg.disks, cfg.free_page_reporting, res)?;
         devices.extend(crate::net::build_nets(cfg, devices.len(), res)?);
         let slots: Vec<_> = (0..devices.len()).map(virtio::slot).collect();
         let tables = acpi::build(ACPI_START, cfg.vcpus, &slots);

@@ -85,6 +85,11 @@ pub struct DomainSpec {
     #[serde(rename = "net", default, skip_serializing_if = "Vec::is_empty")]
     #[cfg_attr(feature = "clap", arg(long = "net", value_name = "SPEC"))]
     pub nets: Vec<NetSpec>,
+    /// Offer the guest free page reporting: its balloon driver then hands back memory as the
+    /// guest frees it, and the host discards it at once (off by default, as in QEMU).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub free_page_reporting: bool,
     /// What a guest reboot does.
     #[serde(default)]
     #[cfg_attr(feature = "clap", arg(long, value_enum, default_value_t))]
@@ -533,6 +538,7 @@ impl DomainSpec {
             memory: default_memory(),
             disks: Vec::new(),
             nets: Vec::new(),
+            free_page_reporting: false,
             on_reboot: OnReboot::default(),
             autostart: false,
             sched: SchedParams::default(),
@@ -1385,7 +1391,7 @@ mod tests {
             "vcpus": 2, "memory": "65536K",
             "disk": ["id=vda,path=/d.img,readonly=on", "path=/e.img,format=raw"],
             "net": ["switch=vsw0,bps=1M", "tap=tap0,mac=02:00:00:00:00:01"],
-            "on_reboot": "exit", "autostart": true
+            "free_page_reporting": true, "on_reboot": "exit", "autostart": true
         }"#;
         let spec: DomainSpec = serde_json::from_str(json).unwrap();
         assert_eq!(spec.name.as_deref(), Some("web-1"));
@@ -1399,6 +1405,7 @@ mod tests {
             }
         );
         assert_eq!((spec.on_reboot, spec.autostart), (OnReboot::Exit, true));
+        assert!(spec.free_page_reporting);
         let written = serde_json::to_value(&spec).unwrap();
         assert_eq!(
             written,
@@ -1407,12 +1414,12 @@ mod tests {
                 "vcpus": 2, "memory": "64M",
                 "disk": ["path=/d.img,readonly=on,id=vda", "path=/e.img,format=raw"],
                 "net": ["switch=vsw0,bps=1M", "tap=tap0,mac=02:00:00:00:00:01"],
-                "on_reboot": "exit", "autostart": true
+                "free_page_reporting": true, "on_reboot": "exit", "autostart": true
             })
         );
         let again: DomainSpec = serde_json::from_value(written).unwrap();
         assert_eq!(again, spec);
-        // Without a name, none is written; autostart always is.
+        // Without a name, none is written, nor free page reporting when off; autostart always is.
         let plain = serde_json::to_value(DomainSpec::new("/k")).unwrap();
         assert_eq!(
             plain,

@@ -151,9 +151,11 @@ pub fn open_disk_with(
 }
 
 /// The devices a domain's specification asks for, in slot order: disks first, then entropy
-/// and the balloon ([`FIXED_DEVICES`]), on the host resources in `res`.
+/// and the balloon ([`FIXED_DEVICES`], offering free page reporting if asked), on the host
+/// resources in `res`.
 pub fn build_devices(
     disks: &[DiskSpec],
+    free_page_reporting: bool,
     res: &Resources,
 ) -> Result<Vec<Box<dyn VirtioDevice>>, DomainError> {
     let mut out: Vec<Box<dyn VirtioDevice>> = Vec::new();
@@ -169,7 +171,7 @@ pub fn build_devices(
         .try_clone()
         .map_err(DomainError::host("duplicating the entropy source"))?;
     out.push(Box::new(Rng::new(entropy)));
-    out.push(Box::new(Balloon::new()));
+    out.push(Box::new(Balloon::new(free_page_reporting)));
     if out.len() > VIRTIO_MAX_DEVICES {
         return Err(DomainError::Config(format!(
             "too many devices: a domain has room for {VIRTIO_MAX_DEVICES} virtio devices"

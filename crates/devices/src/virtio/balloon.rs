@@ -14,8 +14,9 @@
 //!   available and total memory, swap in and out, faults...). The device keeps the buffer and
 //!   gives it back every [`STATS_INTERVAL`] to ask for fresh figures; the last ones are in the
 //!   counters.
-//! - **Free page reporting** (`REPORTING`): the driver sends ranges of free memory (each a
-//!   device-writable buffer); their host memory is discarded and the buffers returned.
+//! - **Free page reporting** (`REPORTING`, offered only when the domain asks for it, as QEMU's
+//!   `free-page-reporting`): the driver sends ranges of free memory (each a device-writable
+//!   buffer); their host memory is discarded and the buffers returned.
 //! - `DEFLATE_ON_OOM` is offered: a guest short of memory deflates on its own rather than
 //!   killing a process.
 //!
@@ -105,19 +106,16 @@ pub struct Balloon {
     features: u64,
     /// The statistics buffer the device holds, and when to give it back for fresh figures.
     stats_held: Option<(u16, Instant)>,
+    /// `REPORTING` is offered.
+    free_page_reporting: bool,
     counters: Arc<Counters>,
 }
 
-impl Default for Balloon {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Balloon {
-    /// An empty balloon (target 0).
-    pub fn new() -> Self {
+    /// An empty balloon (target 0), offering free page reporting if `free_page_reporting`.
+    pub fn new(free_page_reporting: bool) -> Self {
         Balloon {
+            free_page_reporting,
             target_pages: 0,
             actual_pages: 0,
             features: 0,
@@ -276,7 +274,12 @@ impl VirtioDevice for Balloon {
         vec![QUEUE_SIZE; 4]
     }
     fn device_features(&self) -> u64 {
-        F_STATS_VQ | F_DEFLATE_ON_OOM | F_REPORTING
+        let reporting = if self.free_page_reporting {
+            F_REPORTING
+        } else {
+            0
+        };
+        F_STATS_VQ | F_DEFLATE_ON_OOM | reporting
     }
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         // num_pages (le32) at 0, actual (le32) at 4; free_page_hint_cmd_id and poison_val,
@@ -439,9 +442,18 @@ mod tests {
     const ALL: u64 = F_STATS_VQ | F_DEFLATE_ON_OOM | F_REPORTING;
 
     #[test]
+    fn free_page_reporting_is_offered_only_when_asked_for() {
+        assert_eq!(Balloon::new(true).device_features(), ALL);
+        assert_eq!(
+            Balloon::new(false).device_features(),
+            F_STATS_VQ | F_DEFLATE_ON_OOM
+        );
+    }
+
+    #[test]
     fn inflated_pages_are_discarded_in_runs_and_bad_ones_counted() {
         let mut d = MockDriver::new(16, 1 << 20);
-        let mut b = Balloon::new();
+        let mut b = Balloon::new(true);
         b.activate(ALL, &[]).unwrap();
         // Pages 10-12 and 20 are guest memory (1 MiB of it), given out of order; 1 << 20 is not.
         let list = pfns(&[12, 20, 10, 1 << 20, 11]);
@@ -478,7 +490,7 @@ mod tests {
 
     #[test]
     fn the_target_is_in_the_configuration_space_and_a_change_interrupts() {
-        let mut b = Balloon::new();
+        let mut b = Balloon::new(true);
         let wake = b
             .control(Action::SetBalloonTarget { bytes: 8 << 20 }, Vec::new())
             .unwrap();
@@ -510,7 +522,7 @@ mod tests {
     #[test]
     fn statistics_are_kept_and_asked_for_again_when_due() {
         let mut d = MockDriver::new(16, 1 << 20);
-        let mut b = Balloon::new();
+        let mut b = Balloon::new(true);
         b.activate(ALL, &[]).unwrap();
         let mut stats = Vec::new();
         for (tag, value) in [
@@ -548,7 +560,7 @@ mod tests {
     #[test]
     fn reported_free_ranges_are_discarded_at_the_index_drivers_give_them() {
         let mut d = MockDriver::new(16, 1 << 20);
-        let mut b = Balloon::new();
+        let mut b = Balloon::new(true);
         // Without the statistics queue, reporting is queue 2.
         b.activate(F_REPORTING, &[]).unwrap();
         let head = d.add_chain(&[MockBuffer::Writable(8192), MockBuffer::Writable(4096)]);
@@ -568,26 +580,30 @@ mod tests {
 
     #[test]
     fn saved_state_comes_back_and_hostile_state_is_refused() {
-        let mut b = Balloon::new();
+        let mut b = Balloon::new(true);
         b.control(Action::SetBalloonTarget { bytes: 1 << 30 }, Vec::new())
             .unwrap();
         b.write_config(4, &77u32.to_le_bytes());
         let saved = b.save_state();
         let d = MockDriver::new(16, 1 << 20);
         let q = d.queue();
-        let mut fresh = Balloon::new();
+        let mut fresh = Balloon::new(true);
         fresh.restore_state(&saved, &[q], d.mem()).unwrap();
         assert_eq!((fresh.target_pages, fresh.actual_pages), (262144, 77));
         assert_eq!(counter(&fresh, "target_pages"), 262144);
         let mut bad = saved.clone();
         bad[8] = 2;
-        assert!(Balloon::new().restore_state(&bad, &[], d.mem()).is_err());
-        assert!(Balloon::new()
+        assert!(Balloon::new(true)
+            .restore_state(&bad, &[], d.mem())
+            .is_err());
+        assert!(Balloon::new(true)
             .restore_state(&saved[..5], &[], d.mem())
             .is_err());
         // A held statistics buffer needs a statistics queue.
         let mut held = saved.clone();
         held[8] = 1;
-        assert!(Balloon::new().restore_state(&held, &[], d.mem()).is_err());
+        assert!(Balloon::new(true)
+            .restore_state(&held, &[], d.mem())
+            .is_err());
     }
 }

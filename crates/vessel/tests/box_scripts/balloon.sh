@@ -16,7 +16,7 @@ ip addr add 10.0.1.254/24 dev vtap0 && ip link set vtap0 up && echo UPLINK=up
 cat > /tmp/a.json <<JSON
 {"name": "a", "kernel": "/assets/bzImage", "initrd": "/tmp/initrd", "memory": "256M",
  "cmdline": "console=ttyS0 quiet panic=-1 reboot=t vscript=agent vip=10.0.1.1",
- "net": ["switch=vsw0"]}
+ "net": ["switch=vsw0"], "free_page_reporting": true}
 JSON
 api create /tmp/a.json && echo CREATED=a
 reach 1 check && echo REACHABLE=1
