@@ -86,8 +86,9 @@ impl ControlPlane {
         let hv =
             hv::Hypervisor::open().map_err(|e| cannot_start(vmm::DomainError::from(e).into()))?;
         vmm::validate(&spec, &hv).map_err(|e| cannot_start(e.into()))?;
-        let resources = vmm::resources::Resources::open(&spec, Some(&ports))
+        let mut resources = vmm::resources::Resources::open(&spec, Some(&ports))
             .map_err(|e| cannot_start(e.into()))?;
+        resources.page_sharing = self.page_sharing();
         DomainProcess::launch(LaunchPlan {
             name,
             spec,

@@ -9,6 +9,7 @@ use serde::Serialize;
 use vmm::layout::MIN_MEMORY;
 use vmm::wire::MachineStats;
 
+use crate::sharing::{FreeState, SharingStatus};
 use crate::{ControlError, ControlPlane};
 
 /// The size of a balloon page.
@@ -49,13 +50,17 @@ pub struct MemoryReport {
     pub resident_bytes: u64,
     /// Free memory the guest has reported since it booted, given back to the host.
     pub reported_bytes: u64,
+    /// Guest memory that page sharing keeps as one copy with identical pages (of this domain
+    /// or others): it costs the host nothing more until written.
+    pub shared_bytes: u64,
     /// The guest's own figures, once its driver has sent some.
     pub guest: Option<GuestMemoryStats>,
 }
 
 impl MemoryReport {
-    /// The report of a domain given `configured` bytes whose process counted `stats`.
-    pub fn of(configured: u64, stats: &MachineStats) -> MemoryReport {
+    /// The report of a domain given `configured` bytes whose process counted `stats` and has
+    /// `shared` bytes merged by page sharing.
+    pub fn of(configured: u64, stats: &MachineStats, shared: u64) -> MemoryReport {
         let kind = devices::virtio::device_id::name(devices::virtio::device_id::BALLOON);
         let balloon = stats.devices.iter().find(|d| d.kind == kind);
         let counter = |name: &str| -> u64 {
@@ -79,7 +84,64 @@ impl MemoryReport {
             balloon_bytes: counter("actual_pages") * PAGE,
             resident_bytes: stats.resident_bytes,
             reported_bytes: counter("reported_bytes"),
+            shared_bytes: shared,
             guest,
+        }
+    }
+}
+
+/// The host's memory and what the domains hold of it (`vessel mem`).
+#[derive(Clone, Debug, Serialize)]
+pub struct MemoryView {
+    /// The host's memory (MemTotal), if it could be read.
+    pub total_bytes: Option<u64>,
+    /// What it could still give without swapping (MemAvailable), if it could be read.
+    pub available_bytes: Option<u64>,
+    /// Its free state, ESX's way (see [`crate::sharing::FreeState::of`]).
+    pub free_state: Option<FreeState>,
+    /// Guest memory of the running and paused domains together, as configured.
+    pub given_bytes: u64,
+    /// Page sharing, if it is on.
+    pub page_sharing: Option<SharingStatus>,
+    /// Each running or paused domain's memory, in name order.
+    pub domains: Vec<DomainMemory>,
+}
+
+/// One domain's line of the memory view.
+#[derive(Clone, Debug, Serialize)]
+pub struct DomainMemory {
+    /// The domain.
+    pub name: String,
+    /// Its memory.
+    #[serde(flatten)]
+    pub memory: MemoryReport,
+}
+
+impl ControlPlane {
+    /// The host's memory and the domains' (those that run and answered).
+    pub fn memory_view(&self) -> MemoryView {
+        let list = self.list();
+        let given_bytes = list
+            .iter()
+            .filter(|d| d.state().is_active())
+            .map(|d| d.def.spec().memory)
+            .sum();
+        let host = FreeState::now();
+        MemoryView {
+            total_bytes: host.map(|(_, _, total)| total),
+            available_bytes: host.map(|(_, available, _)| available),
+            free_state: host.map(|(state, _, _)| state),
+            given_bytes,
+            page_sharing: self.page_sharing_status(),
+            domains: list
+                .into_iter()
+                .filter_map(|d| {
+                    Some(DomainMemory {
+                        name: d.def.name().to_string(),
+                        memory: d.memory?,
+                    })
+                })
+                .collect(),
         }
     }
 }
@@ -182,7 +244,7 @@ mod tests {
             ],
             ..MachineStats::default()
         };
-        let r = MemoryReport::of(512 << 20, &stats);
+        let r = MemoryReport::of(512 << 20, &stats, 0);
         assert_eq!(r.configured_bytes, 512 << 20);
         assert_eq!(r.target_bytes, 256 << 20);
         assert_eq!(r.balloon_bytes, 4 << 20);
@@ -193,11 +255,11 @@ mod tests {
         stats.devices[1]
             .counters
             .retain(|(n, v)| n != "stats_updates" || *v == 3);
-        let r = MemoryReport::of(512 << 20, &stats);
+        let r = MemoryReport::of(512 << 20, &stats, 0);
         assert_eq!(r.guest.map(|g| g.free_bytes), Some(5));
         // A machine without a balloon (an older domain process): nothing taken, no target.
         stats.devices.remove(1);
-        let r = MemoryReport::of(512 << 20, &stats);
+        let r = MemoryReport::of(512 << 20, &stats, 0);
         assert_eq!((r.target_bytes, r.balloon_bytes), (512 << 20, 0));
     }
 }

@@ -1,15 +1,16 @@
 //! The [`ControlPlane`] itself: what it holds, and opening it (the state directory and the
 //! definitions in it, the virtual switch and its uplink, the control groups, the directories of
-//! the domains' channels and logs).
+//! the domains' channels and logs, page sharing).
 
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::cgroup::Cgroups;
 use crate::registry::Registry;
 use crate::scheduler::{Policy, Scheduler};
+use crate::sharing::{PageSharing, KSM_DIR};
 use crate::ControlError;
 
 /// The first uid (and gid) of domain processes: domain `id` runs as `DOMAIN_ID_BASE + id`.
@@ -31,6 +32,8 @@ pub struct Config {
     pub sched_interval: Duration,
     /// How the CPU scheduler sets the kernel's weights.
     pub sched_policy: Policy,
+    /// Whether identical pages of the domains' memory are kept once (see [`crate::sharing`]).
+    pub page_sharing: bool,
 }
 
 /// Domain 0: the domains, their processes and groups, and the switch between them.
@@ -57,6 +60,8 @@ pub struct ControlPlane {
     pub(crate) cgroups: Arc<Cgroups>,
     /// The CPU scheduler.
     pub(crate) scheduler: Arc<Scheduler>,
+    /// Page sharing, if on and the host can (until [`ControlPlane::stop_page_sharing`]).
+    pub(crate) sharing: Mutex<Option<PageSharing>>,
 }
 
 impl ControlPlane {
@@ -96,6 +101,13 @@ impl ControlPlane {
         let (registry, cgroups) = (Arc::new(registry), Arc::new(cgroups));
         let scheduler = Arc::new(Scheduler::new(cgroups.clone(), config.sched_policy));
         scheduler.spawn(Arc::downgrade(&registry), config.sched_interval);
+        let sharing = if config.page_sharing {
+            PageSharing::start(Path::new(KSM_DIR), Arc::downgrade(&registry))
+                .inspect_err(|why| tracing::warn!("page sharing is off: {why}"))
+                .ok()
+        } else {
+            None
+        };
         Ok(ControlPlane {
             registry,
             run_dir: private_dir(&config.state_dir.join("run"))?,
@@ -106,6 +118,7 @@ impl ControlPlane {
             debug_hooks: config.debug_hooks,
             cgroups,
             scheduler,
+            sharing: Mutex::new(sharing),
         })
     }
 
@@ -125,6 +138,7 @@ impl ControlPlane {
             debug_hooks,
             scheduler: Arc::new(Scheduler::new(cgroups.clone(), Policy::Bvt)),
             cgroups,
+            sharing: Mutex::new(None),
         }
     }
 
@@ -134,6 +148,26 @@ impl ControlPlane {
         let dir = std::env::temp_dir().join(format!("vessel-control-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         dir
+    }
+
+    /// Whether the domains started from now on have their memory offered for page sharing.
+    pub fn page_sharing(&self) -> bool {
+        self.sharing_guard().is_some()
+    }
+
+    /// What page sharing does now (`None`: it is off).
+    pub fn page_sharing_status(&self) -> Option<crate::sharing::SharingStatus> {
+        self.sharing_guard().as_ref().map(PageSharing::status)
+    }
+
+    /// Stops steering KSM and puts its settings back as the daemon found them (before the
+    /// daemon exits: the process ends without dropping the control plane).
+    pub fn stop_page_sharing(&self) {
+        drop(self.sharing_guard().take());
+    }
+
+    fn sharing_guard(&self) -> std::sync::MutexGuard<'_, Option<PageSharing>> {
+        self.sharing.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// How long the control plane has run.

@@ -12,6 +12,7 @@ use vmm::wire::MachineStats;
 use vmm::{RunState, Status};
 
 use crate::cgroup::GroupStats;
+use crate::memory::MemoryReport;
 use crate::registry::EntryView;
 use crate::{ControlError, ControlPlane, DomainDef};
 
@@ -27,6 +28,8 @@ pub struct DomainSummary {
     pub status: Option<Status>,
     /// Its machine's counters, if it runs (or is paused) and its process answered in time.
     pub stats: Option<MachineStats>,
+    /// Its memory, when it has counters.
+    pub memory: Option<MemoryReport>,
 }
 
 impl DomainSummary {
@@ -95,10 +98,18 @@ impl ControlPlane {
 /// The summary of `view`: its process's counters first (they may take a while), then its state.
 fn summarize(view: EntryView) -> DomainSummary {
     let stats = view.instance.as_ref().and_then(|p| p.stats());
+    let memory = view.instance.as_ref().zip(stats.as_ref()).map(|(p, m)| {
+        MemoryReport::of(
+            view.def.spec().memory,
+            m,
+            crate::sharing::merged_bytes(p.pid()),
+        )
+    });
     DomainSummary {
         id: view.id,
         status: view.status(),
         def: view.def,
         stats,
+        memory,
     }
 }

@@ -89,12 +89,12 @@ pub struct ConsoleArgs {
     until: Option<String>,
 }
 
-/// `vessel list` and `vessel host-info`.
+/// `vessel list`, `vessel host-info` and `vessel mem`.
 #[derive(Args)]
 pub struct ListArgs {
     /// Print JSON (the API's answer) instead of text.
     #[arg(long)]
-    json: bool,
+    pub json: bool,
 }
 
 /// `vessel top`.

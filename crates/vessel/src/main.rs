@@ -10,6 +10,7 @@ mod daemon;
 mod diskcli;
 mod image;
 mod logging;
+mod memcli;
 mod netcli;
 mod run;
 mod schedcli;
@@ -62,6 +63,9 @@ enum Command {
     /// The host and what runs on it, as `xl info`: CPUs, memory, kernel, KVM, the daemon's
     /// version and uptime, domains by state, memory given to them.
     HostInfo(client::ListArgs),
+    /// Memory: the host's (free state, memory given to domains, what page sharing saves) and
+    /// every running domain's (target, balloon, resident, shared, the guest's free memory).
+    Mem(client::ListArgs),
     /// CPU scheduling: every domain's weight, cap and warp with its measured share, or one
     /// domain's; with flags, change them on a running domain (kept in its definition).
     Sched(schedcli::SchedArgs),
@@ -168,6 +172,7 @@ fn main() -> ExitCode {
         Command::Console(args) => client::console(&socket, args),
         Command::Top(args) => client::top(&socket, args),
         Command::HostInfo(args) => client::host_info(&socket, args),
+        Command::Mem(args) => memcli::mem(&socket, args),
         Command::Disk(command) => diskcli::disk(&socket, command),
         Command::Net(command) => netcli::net(&socket, command),
         Command::Sched(args) => schedcli::sched(&socket, args),

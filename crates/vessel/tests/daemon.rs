@@ -219,6 +219,93 @@ fn mem_set_sets_the_balloon_target_and_refuses_what_cannot_be() {
     assert_eq!(memory, &json!({ "configured_bytes": 64 << 20 }));
 }
 
+/// One of the kernel's KSM settings or counters.
+fn ksm(name: &str) -> String {
+    std::fs::read_to_string(Path::new("/sys/kernel/mm/ksm").join(name))
+        .unwrap_or_else(|e| panic!("this host's kernel has no KSM ({name}: {e})"))
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn page_sharing_merges_identical_guest_pages_and_puts_ksm_back() {
+    require_kvm();
+    let before = [ksm("run"), ksm("pages_to_scan"), ksm("sleep_millisecs")];
+    let d = TestDaemon::start(&tmpdir("sharing"));
+    // Two domains booting the same kernel with the same settings: their kernel image, boot
+    // parameters and ACPI tables are identical page for page.
+    for name in ["s1", "s2"] {
+        d.ok("POST", "/v1/domains", Some(&mini(name, "tick", "32M")));
+    }
+    assert_eq!(ksm("run"), "1", "the daemon started KSM");
+    let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", d.pid_of("s1"))).unwrap();
+    assert!(
+        smaps
+            .lines()
+            .any(|l| l.starts_with("VmFlags:") && l.contains(" mg")),
+        "s1's guest memory is offered to KSM"
+    );
+    let shared = |v: &Value, name: &str| {
+        v["domains"]
+            .as_array()
+            .and_then(|ds| ds.iter().find(|x| x["name"] == name))
+            .and_then(|x| x["shared_bytes"].as_u64())
+            .unwrap_or(0)
+    };
+    wait_for(
+        "pages of both domains merged",
+        Duration::from_secs(60),
+        || {
+            let v = d.ok("GET", "/v1/memory", None);
+            // The host's figures are read every 2 s.
+            shared(&v, "s1") > 0
+                && shared(&v, "s2") > 0
+                && v["page_sharing"]["saved_bytes"].as_u64() > Some(0)
+        },
+    );
+    let v = d.ok("GET", "/v1/memory", None);
+    let sharing = &v["page_sharing"];
+    assert!(sharing["saved_bytes"].as_u64() > Some(0), "{v}");
+    assert!(sharing["pages_per_batch"].as_u64() >= Some(100), "{v}");
+    assert_eq!(v["given_bytes"], json!(64 << 20), "{v}");
+    assert!(
+        ["high", "soft", "hard", "low"].contains(&v["free_state"].as_str().unwrap_or("")),
+        "{v}"
+    );
+    let info = d.ok("GET", "/v1/domains/s1", None);
+    assert!(info["memory"]["shared_bytes"].as_u64() > Some(0), "{info}");
+    let text = d.cli_ok(&["mem"]);
+    assert!(text.contains("page sharing  : on, "), "{text}");
+    let row: Vec<&str> = text
+        .lines()
+        .find(|l| l.starts_with("s1 "))
+        .unwrap_or_else(|| panic!("no line for s1:\n{text}"))
+        .split_whitespace()
+        .collect();
+    assert_eq!(row[1], "32M", "{text}");
+    drop(d);
+    assert_eq!(
+        [ksm("run"), ksm("pages_to_scan"), ksm("sleep_millisecs")],
+        before,
+        "KSM's settings are back as the daemon found them"
+    );
+
+    // Off: nothing of the domains' memory is offered to KSM.
+    let d = TestDaemon::start_with(&tmpdir("sharing-off"), &["--page-sharing", "off"]);
+    d.ok("POST", "/v1/domains", Some(&mini("s3", "tick", "32M")));
+    let v = d.ok("GET", "/v1/memory", None);
+    assert_eq!(v["page_sharing"], Value::Null, "{v}");
+    let pid = d.pid_of("s3");
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    assert!(
+        !smaps
+            .lines()
+            .any(|l| l.starts_with("VmFlags:") && l.contains(" mg")),
+        "a mapping of s3's process is mergeable"
+    );
+    assert!(d.cli_ok(&["mem"]).contains("page sharing  : off"));
+}
+
 /// Resident memory of process `pid` in KiB (`None` once it has ended).
 fn rss_kib_of(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

@@ -206,6 +206,11 @@ impl Machine {
             GuestMemory::new(&layout::ram_regions(cfg.memory))
                 .map_err(DomainError::host("allocating guest memory"))?,
         );
+        if res.page_sharing {
+            memory
+                .share_identical_pages()
+                .map_err(DomainError::host("offering guest memory for page sharing"))?;
+        }
         vm.map_memory(&memory)?;
 
         let kernel = kernel::load_file(&cfg.kernel, &res.kernel, &memory)?;

@@ -72,6 +72,9 @@ pub struct Resources {
     pub nets: Vec<NetResource>,
     /// The host's random pool (`/dev/urandom`), for the entropy device.
     pub entropy: File,
+    /// Whether the host may keep the domain's identical pages once (its RAM is marked for the
+    /// kernel's same-page merging; the daemon's `--page-sharing`).
+    pub page_sharing: bool,
 }
 
 fn identity(path: &Path) -> Option<(u64, u64)> {
@@ -121,6 +124,7 @@ impl Resources {
             disks,
             nets,
             entropy,
+            page_sharing: false,
         })
     }
 
@@ -240,6 +244,7 @@ impl Resources {
             initrd: self.initrd.is_some(),
             disks,
             nets,
+            page_sharing: self.page_sharing,
         };
         (manifest, fds)
     }
@@ -304,6 +309,7 @@ impl Resources {
             disks,
             nets,
             entropy,
+            page_sharing: manifest.page_sharing,
         })
     }
 
@@ -449,6 +455,9 @@ pub struct Manifest {
     pub disks: Vec<Vec<DiskFileEntry>>,
     /// Each VIF.
     pub nets: Vec<NetEntry>,
+    /// Whether the domain's RAM is marked for page sharing.
+    #[serde(default)]
+    pub page_sharing: bool,
 }
 
 /// Borrowed descriptors, owned: for tests and local hand-overs.

@@ -69,6 +69,7 @@ pub const ROUTES: &[Route] = &[
     route("GET", "/v1/domains/{name}/disks", list_disks),
     route("PUT", "/v1/domains/{name}/disks/{id}", set_disk),
     route("PUT", "/v1/domains/{name}/memory", set_memory),
+    route("GET", "/v1/memory", memory_view),
     route(
         "POST",
         "/v1/domains/{name}/debug/forbidden-call",
@@ -251,6 +252,10 @@ fn set_memory(plane: &ControlPlane, p: &Params, req: &Request) -> Answer {
         200,
         &json!({ "name": p.name, "target_bytes": target.target_bytes }),
     ))
+}
+
+fn memory_view(plane: &ControlPlane, _: &Params, _: &Request) -> Answer {
+    Ok(Response::json(200, &json!(plane.memory_view())))
 }
 
 fn delete_domain(plane: &ControlPlane, p: &Params, _: &Request) -> Answer {

@@ -313,6 +313,11 @@ fn domain_families(plane: &ControlPlane, x: &mut Exposition) {
         "free guest RAM the guest reported and the host freed",
     );
     x.family(
+        "vessel_domain_memory_shared_bytes",
+        Gauge,
+        "guest RAM page sharing keeps as one copy with identical pages",
+    );
+    x.family(
         "vessel_domain_guest_memory_available_bytes",
         Gauge,
         "memory the guest could use without swapping, as its balloon driver last said",
@@ -350,7 +355,7 @@ fn domain_families(plane: &ControlPlane, x: &mut Exposition) {
             &domain,
             m.resident_bytes,
         );
-        let memory = control::MemoryReport::of(e.def.spec().memory, m);
+        let Some(memory) = &e.memory else { continue };
         x.sample(
             "vessel_domain_memory_target_bytes",
             &domain,
@@ -365,6 +370,11 @@ fn domain_families(plane: &ControlPlane, x: &mut Exposition) {
             "vessel_domain_memory_reported_bytes_total",
             &domain,
             memory.reported_bytes,
+        );
+        x.sample(
+            "vessel_domain_memory_shared_bytes",
+            &domain,
+            memory.shared_bytes,
         );
         if let Some(guest) = memory.guest {
             x.sample(

@@ -77,6 +77,12 @@ pub struct DaemonArgs {
     /// is, as the peers do; for comparison).
     #[arg(long, value_name = "POLICY", default_value = "bvt", value_parser = parse_sched_policy)]
     scheduler: control::scheduler::Policy,
+    /// Keep identical pages of the domains' memory once, copied when written (the kernel's
+    /// KSM, started and steered by the daemon: it scans faster as free memory falls, and its
+    /// settings are put back when the daemon exits): on or off.
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off,
+          action = clap::ArgAction::Set)]
+    page_sharing: bool,
     /// Serve the debugging hooks (`POST /v1/domains/NAME/debug/forbidden-call`), for the
     /// tests of domain confinement; without this they answer 404.
     #[arg(long, hide = true)]
@@ -100,6 +106,14 @@ fn parse_sched_policy(s: &str) -> Result<control::scheduler::Policy, String> {
         "bvt" => Ok(control::scheduler::Policy::Bvt),
         "cgroups" => Ok(control::scheduler::Policy::CgroupsOnly),
         _ => Err(format!("'{s}' is not a scheduler: give bvt or cgroups")),
+    }
+}
+
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("'{s}' is neither on nor off")),
     }
 }
 
@@ -135,6 +149,7 @@ pub fn daemon(args: DaemonArgs) -> anyhow::Result<std::process::ExitCode> {
         debug_hooks: args.debug_hooks,
         sched_interval: std::time::Duration::from_millis(args.sched_interval),
         sched_policy: args.scheduler,
+        page_sharing: args.page_sharing,
     })?);
     if let Some((addr, tcp)) = metrics {
         metrics_listener::spawn(plane.clone(), tcp)
@@ -231,12 +246,15 @@ fn spawn_signal_thread(
             match signals.wait(None) {
                 Ok(Some(hv::TerminationSignal::Quit)) => {
                     tracing::info!("SIGQUIT: exiting; the domains keep running");
+                    // KSM goes back to how the daemon found it until the next daemon starts.
+                    plane.stop_page_sharing();
                     let _ = std::fs::remove_file(&socket);
                     std::process::exit(0);
                 }
                 Ok(Some(signal)) => {
                     tracing::info!("{signal}: shutting the domains down");
                     plane.shut_down_all(grace);
+                    plane.stop_page_sharing();
                     let _ = std::fs::remove_file(&socket);
                     tracing::info!("every domain is down; exiting");
                     std::process::exit(0);

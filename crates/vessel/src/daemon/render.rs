@@ -46,8 +46,8 @@ pub fn info(d: &DomainInfo) -> Value {
     v["definition"] = serde_json::to_value(&s.def).unwrap_or(Value::Null);
     // `list` shows the memory as configured; `info` shows what became of it.
     let configured = s.def.spec().memory;
-    v["memory"] = match &s.stats {
-        Some(machine) => json!(control::MemoryReport::of(configured, machine)),
+    v["memory"] = match &s.memory {
+        Some(memory) => json!(memory),
         None => json!({ "configured_bytes": configured }),
     };
     if let Some(process) = &d.process {

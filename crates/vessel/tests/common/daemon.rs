@@ -270,6 +270,16 @@ pub fn remove_cgroup_parent(dir: &Path) {
 
 impl Drop for TestDaemon {
     fn drop(&mut self) {
+        // A daemon that is done with gets SIGQUIT first, so that it puts the host's KSM
+        // settings back as it found them (page sharing); then it is killed in any case.
+        if self.reap_domains && matches!(self.child.try_wait(), Ok(None)) {
+            let quit = Command::new("kill")
+                .args(["-s", "QUIT", &self.child.id().to_string()])
+                .status();
+            if quit.is_ok_and(|s| s.success()) {
+                let _ = self.wait_exit(Duration::from_secs(3));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         // Domains outlive a killed daemon (by design): the test's end is theirs too.
