@@ -8,7 +8,7 @@
 //! closes, the process has ended, or left us: a domain that was running is then `crashed`,
 //! with the process's exit status when it was our child.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -130,12 +130,13 @@ impl DomainProcess {
     /// Starts a domain process and launches the domain in it; returns once its first machine
     /// is built (or why it could not be).
     pub fn launch(plan: LaunchPlan<'_>) -> Result<DomainProcess, String> {
-        let listener = {
+        let (listener, socket) = {
             // Not while an ended process's socket is being removed (see `SOCKET_FILES`).
-            let _files = SOCKET_FILES.lock().unwrap_or_else(|e| e.into_inner());
+            let mut files = SOCKET_FILES.lock().unwrap_or_else(|e| e.into_inner());
             let _ = std::fs::remove_file(&plan.socket);
-            Listener::bind(&plan.socket)
-                .map_err(|e| format!("cannot bind {}: {e}", plan.socket.display()))?
+            let listener = Listener::bind(&plan.socket)
+                .map_err(|e| format!("cannot bind {}: {e}", plan.socket.display()))?;
+            (listener, OwnedSocket::take(&mut files, &plan.socket))
         };
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -155,7 +156,6 @@ impl DomainProcess {
             .map_err(|e| e.to_string())?;
         let child = hv::process::spawn_with_channel(cmd, listener_fd)
             .map_err(|e| format!("cannot start the domain process: {e}"))?;
-        let socket = OwnedSocket::of(&plan.socket);
         drop(listener);
         let pid = child.id();
         (plan.on_spawn)(pid);
@@ -214,7 +214,10 @@ impl DomainProcess {
         };
         channel.send(&wire::encode(&call), &[]).ok()?;
         let hello = await_hello(&channel, Duration::from_secs(10)).ok()?;
-        let owned = OwnedSocket::of(socket);
+        let owned = OwnedSocket::take(
+            &mut SOCKET_FILES.lock().unwrap_or_else(|e| e.into_inner()),
+            socket,
+        );
         let on_end: Box<dyn FnOnce() + Send> = Box::new(move || {
             owned.remove();
             on_end();
@@ -498,36 +501,40 @@ impl DomainProcess {
     }
 }
 
-/// Held while a socket file's path is checked and removed, or replaced and bound: a domain
-/// started again at once (a reboot) binds the path its ended process's cleanup is removing,
-/// and without it the cleanup could see its own file, then remove the new one (a full-suite
-/// run saw the new process's socket gone: "cannot reach the domain process").
-static SOCKET_FILES: Mutex<()> = Mutex::new(());
+/// Who owns each domain's channel socket path: the generation of the process that bound it (or
+/// was attached to through it) last. Held while a path is replaced and bound, or checked and
+/// removed. A domain started again at once (a reboot) binds the path its ended process's cleanup
+/// is about to remove, and the new socket file may even get the old one's inode number, so only
+/// the owner of the newest generation removes the file (a full-suite run, then a `daemon` test,
+/// saw the new process's socket gone: "cannot reach the domain process").
+static SOCKET_FILES: Mutex<BTreeMap<PathBuf, u64>> = Mutex::new(BTreeMap::new());
+/// The last generation given out.
+static SOCKET_GENERATION: AtomicU64 = AtomicU64::new(0);
 
-/// A domain's channel socket file, as it was when its process took it: removed once the
-/// process has ended, unless a newer process of the domain has bound the path since.
+/// A domain's channel socket file, as one process of the domain took it: removed once the
+/// process has ended, unless a newer process of the domain has taken the path since.
 struct OwnedSocket {
     path: PathBuf,
-    id: Option<(u64, u64)>,
+    generation: u64,
 }
 
 impl OwnedSocket {
-    fn of(path: &Path) -> OwnedSocket {
-        use std::os::unix::fs::MetadataExt;
+    /// Takes `path` (just bound, or attached to) for a new generation; `files` is
+    /// [`SOCKET_FILES`], held.
+    fn take(files: &mut BTreeMap<PathBuf, u64>, path: &Path) -> OwnedSocket {
+        let generation = SOCKET_GENERATION.fetch_add(1, Ordering::Relaxed) + 1;
+        files.insert(path.to_path_buf(), generation);
         OwnedSocket {
             path: path.to_path_buf(),
-            id: std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino())),
+            generation,
         }
     }
 
     fn remove(&self) {
-        use std::os::unix::fs::MetadataExt;
-        let _files = SOCKET_FILES.lock().unwrap_or_else(|e| e.into_inner());
-        let now = std::fs::metadata(&self.path)
-            .ok()
-            .map(|m| (m.dev(), m.ino()));
-        if now.is_some() && now == self.id {
+        let mut files = SOCKET_FILES.lock().unwrap_or_else(|e| e.into_inner());
+        if files.get(&self.path) == Some(&self.generation) {
             let _ = std::fs::remove_file(&self.path);
+            files.remove(&self.path);
         }
     }
 }
