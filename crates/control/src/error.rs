@@ -99,6 +99,9 @@ pub enum StartError {
     /// Its process could not be started, or did not bring the domain up.
     #[error("{0}")]
     Process(String),
+    /// Its memory reservation does not fit in the memory pool now.
+    #[error("{0}")]
+    Memory(String),
 }
 
 impl StartError {

@@ -32,6 +32,7 @@
 #![forbid(unsafe_code)]
 
 mod actions;
+pub mod allocation;
 pub mod bvt;
 mod cgroup;
 mod cpu;

@@ -86,6 +86,9 @@ impl ControlPlane {
         let hv =
             hv::Hypervisor::open().map_err(|e| cannot_start(vmm::DomainError::from(e).into()))?;
         vmm::validate(&spec, &hv).map_err(|e| cannot_start(e.into()))?;
+        self.memory_policy
+            .admit(&self.registry, name, spec.memory_alloc.reservation)
+            .map_err(|why| cannot_start(StartError::Memory(why)))?;
         let mut resources = vmm::resources::Resources::open(&spec, Some(&ports))
             .map_err(|e| cannot_start(e.into()))?;
         resources.page_sharing = self.page_sharing();

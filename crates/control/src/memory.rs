@@ -99,6 +99,10 @@ pub struct MemoryView {
     pub available_bytes: Option<u64>,
     /// Its free state, ESX's way (see [`crate::sharing::FreeState::of`]).
     pub free_state: Option<FreeState>,
+    /// The memory all domains together may hold (`vessel daemon --memory-pool`).
+    pub pool_bytes: u64,
+    /// What the running and paused domains reserve of it.
+    pub reserved_bytes: u64,
     /// Guest memory of the running and paused domains together, as configured.
     pub given_bytes: u64,
     /// Page sharing, if it is on.
@@ -131,6 +135,8 @@ impl ControlPlane {
             total_bytes: host.map(|(_, _, total)| total),
             available_bytes: host.map(|(_, available, _)| available),
             free_state: host.map(|(state, _, _)| state),
+            pool_bytes: self.memory_policy.pool(),
+            reserved_bytes: crate::allocation::MemoryPolicy::reserved(&self.registry, ""),
             given_bytes,
             page_sharing: self.page_sharing_status(),
             domains: list
@@ -174,13 +180,17 @@ pub fn check_target(target: u64, configured: u64) -> Result<(), ControlError> {
 }
 
 impl ControlPlane {
-    /// Asks running domain `name`'s guest to keep `target` bytes of its memory and give the
-    /// rest back through its balloon; returns at once (the guest inflates or deflates its
-    /// balloon at its own pace: see [`MemoryReport::balloon_bytes`]).
-    pub fn set_memory_target(&self, name: &str, target: u64) -> Result<(), ControlError> {
+    /// Asks running domain `name`'s guest to keep `target` bytes of its memory, or less if the
+    /// memory policy gives it less now, and give the rest back through its balloon; returns the
+    /// target set, at once (the guest inflates or deflates its balloon at its own pace: see
+    /// [`MemoryReport::balloon_bytes`]). The target caps what the policy gives the domain until
+    /// it stops.
+    pub fn set_memory_target(&self, name: &str, target: u64) -> Result<u64, ControlError> {
         let view = self.registry.view(name)?;
         let spec = view.def.spec();
         check_target(target, spec.memory)?;
+        // Not above what the memory policy gives the domain now.
+        let target = self.memory_policy.set_manual(name, spec.memory, target);
         let balloon = vmm::virtio::balloon_slot(spec.disks.len());
         let process = self.active_process(name)?;
         let action = devices::virtio::Action::SetBalloonTarget {
@@ -198,7 +208,7 @@ impl ControlPlane {
             target >> 20,
             spec.memory >> 20
         );
-        Ok(())
+        Ok(target)
     }
 }
 

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::allocation::MemoryPolicy;
 use crate::cgroup::Cgroups;
 use crate::registry::Registry;
 use crate::scheduler::{Policy, Scheduler};
@@ -34,6 +35,9 @@ pub struct Config {
     pub sched_policy: Policy,
     /// Whether identical pages of the domains' memory are kept once (see [`crate::sharing`]).
     pub page_sharing: bool,
+    /// The memory all domains together may hold (`None`: the host's memory less a margin; see
+    /// [`crate::allocation`]).
+    pub memory_pool: Option<u64>,
 }
 
 /// Domain 0: the domains, their processes and groups, and the switch between them.
@@ -60,6 +64,8 @@ pub struct ControlPlane {
     pub(crate) cgroups: Arc<Cgroups>,
     /// The CPU scheduler.
     pub(crate) scheduler: Arc<Scheduler>,
+    /// The memory policy over the memory pool.
+    pub(crate) memory_policy: Arc<MemoryPolicy>,
     /// Page sharing, if on and the host can (until [`ControlPlane::stop_page_sharing`]).
     pub(crate) sharing: Mutex<Option<PageSharing>>,
 }
@@ -101,6 +107,12 @@ impl ControlPlane {
         let (registry, cgroups) = (Arc::new(registry), Arc::new(cgroups));
         let scheduler = Arc::new(Scheduler::new(cgroups.clone(), config.sched_policy));
         scheduler.spawn(Arc::downgrade(&registry), config.sched_interval);
+        let pool = config.memory_pool.unwrap_or_else(|| {
+            crate::allocation::default_pool(vmm::domain::host_memory().unwrap_or(0))
+        });
+        tracing::info!("memory pool: {} MiB", pool >> 20);
+        let memory_policy = MemoryPolicy::new(pool);
+        memory_policy.spawn(Arc::downgrade(&registry));
         let sharing = if config.page_sharing {
             PageSharing::start(Path::new(KSM_DIR), Arc::downgrade(&registry))
                 .inspect_err(|why| tracing::warn!("page sharing is off: {why}"))
@@ -118,6 +130,7 @@ impl ControlPlane {
             debug_hooks: config.debug_hooks,
             cgroups,
             scheduler,
+            memory_policy,
             sharing: Mutex::new(sharing),
         })
     }
@@ -138,6 +151,7 @@ impl ControlPlane {
             debug_hooks,
             scheduler: Arc::new(Scheduler::new(cgroups.clone(), Policy::Bvt)),
             cgroups,
+            memory_policy: MemoryPolicy::new(u64::MAX),
             sharing: Mutex::new(None),
         }
     }

@@ -58,7 +58,7 @@ pub fn call(socket: &Path, method: &str, path: &str, body: Option<&[u8]>) -> any
 pub struct CreateArgs {
     /// A JSON domain definition (docs/api.md); or give the flags below instead. Relative
     /// paths, in the file or in the flags, are taken from the current directory.
-    #[arg(value_name = "FILE", conflicts_with_all = ["name", "autostart", "DomainSpec", "SchedParams"])]
+    #[arg(value_name = "FILE", conflicts_with_all = ["name", "autostart", "DomainSpec", "SchedParams", "MemoryAlloc"])]
     file: Option<PathBuf>,
     /// The domain's name.
     #[arg(long, required_unless_present = "file")]
@@ -70,6 +70,8 @@ pub struct CreateArgs {
     spec: Option<DomainSpec>,
     #[command(flatten)]
     sched: vmm::SchedParams,
+    #[command(flatten)]
+    memory_alloc: vmm::MemoryAlloc,
     /// Only define the domain; do not start it now.
     #[arg(long)]
     no_start: bool,
@@ -170,6 +172,7 @@ pub fn create(socket: &Path, args: CreateArgs) -> anyhow::Result<ExitCode> {
                 name: args.name,
                 autostart: args.autostart,
                 sched: args.sched,
+                memory_alloc: args.memory_alloc,
                 ..spec
             },
             String::new(),
@@ -232,8 +235,17 @@ pub fn domain_verb(socket: &Path, verb: DomainVerb) -> anyhow::Result<ExitCode> 
         DomainVerb::Info { .. } => print_json(&v)?,
         DomainVerb::Delete { name } => println!("domain '{name}' deleted"),
         DomainVerb::MemSet { name, size } => {
-            let size = vmm::spec::format_size(size).unwrap_or_else(|| format!("{size} bytes"));
-            println!("domain '{name}': memory target {size}")
+            let text = |b: u64| vmm::spec::format_size(b).unwrap_or_else(|| format!("{b} bytes"));
+            // The memory policy may give the domain less than asked, never more.
+            match v["target_bytes"].as_u64() {
+                Some(target) if target < size => println!(
+                    "domain '{name}': memory target {} (asked {}: the memory pool gives it no \
+                     more now)",
+                    text(target),
+                    text(size)
+                ),
+                _ => println!("domain '{name}': memory target {}", text(size)),
+            }
         }
         _ => println!("domain '{name}' is {}", v["state"].as_str().unwrap_or("?")),
     }

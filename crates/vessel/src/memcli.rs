@@ -39,6 +39,11 @@ fn render(v: &Value) -> String {
         text(&v["free_state"]),
     );
     out += &format!(
+        "memory pool   : {} MiB, {} MiB reserved\n",
+        v["pool_bytes"].as_u64().unwrap_or(0) >> 20,
+        v["reserved_bytes"].as_u64().unwrap_or(0) >> 20,
+    );
+    out += &format!(
         "given         : {} MiB to {} domains\n",
         v["given_bytes"].as_u64().unwrap_or(0) >> 20,
         v["domains"].as_array().map_or(0, Vec::len)
@@ -88,7 +93,7 @@ mod tests {
     fn the_view_reads_as_lines_and_a_table() {
         let v = serde_json::json!({
             "total_bytes": 4u64 << 30, "available_bytes": 3u64 << 30, "free_state": "high",
-            "given_bytes": 512u64 << 20,
+            "given_bytes": 512u64 << 20, "pool_bytes": 1024u64 << 20, "reserved_bytes": 64u64 << 20,
             "page_sharing": {"pages_per_batch": 100, "sleep_ms": 20, "shared_pages": 900,
                              "saved_bytes": 40u64 << 20, "full_scans": 3},
             "domains": [{"name": "web", "configured_bytes": 256u64 << 20,
@@ -102,6 +107,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("512 MiB to 1 domains"), "{text}");
+        assert!(
+            text.contains("memory pool   : 1024 MiB, 64 MiB reserved"),
+            "{text}"
+        );
         assert!(
             text.contains("on, 40 MiB saved (900 distinct pages"),
             "{text}"

@@ -219,6 +219,90 @@ fn mem_set_sets_the_balloon_target_and_refuses_what_cannot_be() {
     assert_eq!(memory, &json!({ "configured_bytes": 64 << 20 }));
 }
 
+#[test]
+fn the_memory_pool_goes_by_shares_and_reservations_must_fit() {
+    require_kvm();
+    let d = TestDaemon::start_with(&tmpdir("pool"), &["--memory-pool", "96M"]);
+    let kernel = mini_kernel();
+    let kernel = kernel.to_str().unwrap();
+    // 128 MiB given, 96 in the pool: a, with a third of b's shares, gives back the 32.
+    for (name, extra) in [
+        ("a", &["--shares", "1000"][..]),
+        ("b", &["--shares", "3000", "--reservation", "32M"]),
+    ] {
+        let mut args = vec![
+            "create",
+            "--name",
+            name,
+            "--kernel",
+            kernel,
+            "--cmdline",
+            "tick",
+            "--memory",
+            "64M",
+        ];
+        args.extend_from_slice(extra);
+        d.cli_ok(&args);
+    }
+    let target = |name: &str| {
+        d.ok("GET", &format!("/v1/domains/{name}"), None)["memory"]["target_bytes"].as_u64()
+    };
+    wait_for("a's target at 32 MiB", Duration::from_secs(20), || {
+        target("a") == Some(32 << 20)
+    });
+    assert_eq!(target("b"), Some(64 << 20));
+    let v = d.ok("GET", "/v1/memory", None);
+    assert_eq!(
+        (v["pool_bytes"].as_u64(), v["reserved_bytes"].as_u64()),
+        (Some(96 << 20), Some(32 << 20)),
+        "{v}"
+    );
+    let def = d.ok("GET", "/v1/domains/b", None)["definition"].clone();
+    assert_eq!(
+        def["memory_alloc"],
+        json!({"reservation": "32M", "shares": 3000}),
+        "{def}"
+    );
+    // A reservation the pool cannot hold: refused, and not defined.
+    let c = json!({"name": "c", "kernel": kernel, "cmdline": "tick", "memory": "96M",
+                   "memory_alloc": {"reservation": "80M"}});
+    let (status, v) = d.call("POST", "/v1/domains", Some(&c.to_string()));
+    assert_eq!(status, 409, "{v}");
+    let err = v["error"].as_str().unwrap_or_default();
+    assert!(
+        err.contains("reserves 80 MiB") && err.contains("only 64 MiB of the memory pool (96 MiB)"),
+        "{err}"
+    );
+    let (status, _) = d.call("GET", "/v1/domains/c", None);
+    assert_eq!(status, 404);
+    // Out of range: refused when defined.
+    let (status, v) = d.call(
+        "POST",
+        "/v1/domains",
+        Some(
+            &json!({"name": "e", "kernel": kernel, "memory": "32M",
+                     "memory_alloc": {"reservation": "64M"}})
+            .to_string(),
+        ),
+    );
+    assert_eq!(status, 400, "{v}");
+    // By hand: below the policy's target it holds; above it, the policy's holds.
+    assert_eq!(
+        d.cli_ok(&["mem-set", "b", "48M"]),
+        "domain 'b': memory target 48M\n"
+    );
+    assert_eq!(target("b"), Some(48 << 20));
+    let text = d.cli_ok(&["mem-set", "a", "60M"]);
+    assert!(text.contains("memory target 32M (asked 60M"), "{text}");
+    assert_eq!(target("a"), Some(32 << 20));
+    // b gone, the pool holds a whole again: the policy gives it everything its hand-set target
+    // allows.
+    d.ok("POST", "/v1/domains/b/destroy", None);
+    wait_for("a's target back at 60 MiB", Duration::from_secs(20), || {
+        target("a") == Some(60 << 20)
+    });
+}
+
 /// One of the kernel's KSM settings or counters.
 fn ksm(name: &str) -> String {
     std::fs::read_to_string(Path::new("/sys/kernel/mm/ksm").join(name))

@@ -18,6 +18,7 @@ pub mod error;
 pub mod instance;
 pub mod kernel;
 pub mod layout;
+pub mod mem_alloc;
 pub mod net;
 pub mod resources;
 pub mod sched;
@@ -34,6 +35,7 @@ pub use devices::image;
 pub use domain::{check_host_memory, pin_disk_formats, validate, Outcome};
 pub use error::DomainError;
 pub use instance::{Instance, RunState, Status};
+pub use mem_alloc::MemoryAlloc;
 pub use sched::{SchedChange, SchedParams};
 pub use spec::{
     parse_rate, parse_size, DiskSpec, DomainSpec, NetBackendSpec, NetSpec, OnReboot, SpecError,

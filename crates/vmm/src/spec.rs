@@ -23,6 +23,7 @@ use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::layout::{CMDLINE_MAX, MAX_MEMORY, MAX_VCPUS, MIN_MEMORY};
+use crate::mem_alloc::{AllocError, MemoryAlloc};
 use crate::sched::{SchedError, SchedParams};
 use crate::virtio::{FIXED_DEVICES, VIRTIO_MAX_DEVICES};
 
@@ -104,6 +105,11 @@ pub struct DomainSpec {
     #[serde(default, skip_serializing_if = "SchedParams::is_default")]
     #[cfg_attr(feature = "clap", arg(skip))]
     pub sched: SchedParams,
+    /// What the domain keeps of its memory when the host is short: its reservation and shares
+    /// (`vessel create`'s --reservation and --shares; `vessel run` takes none).
+    #[serde(default, skip_serializing_if = "MemoryAlloc::is_default")]
+    #[cfg_attr(feature = "clap", arg(skip))]
+    pub memory_alloc: MemoryAlloc,
 }
 
 fn default_cmdline() -> String {
@@ -451,6 +457,9 @@ pub enum SpecError {
     /// Scheduling parameters out of range.
     #[error(transparent)]
     Sched(#[from] SchedError),
+    /// A memory reservation or shares out of range.
+    #[error(transparent)]
+    Alloc(#[from] AllocError),
     /// A name that is not a valid domain name.
     #[error("invalid domain name '{0}': use 1 to 32 letters, digits, '_', '.' or '-', not starting with '.' or '-'")]
     Name(String),
@@ -542,6 +551,7 @@ impl DomainSpec {
             on_reboot: OnReboot::default(),
             autostart: false,
             sched: SchedParams::default(),
+            memory_alloc: MemoryAlloc::default(),
         }
     }
 
@@ -587,6 +597,7 @@ impl DomainSpec {
             });
         }
         self.sched.validate(self.vcpus)?;
+        self.memory_alloc.validate(self.memory)?;
         self.check_disks()?;
         self.check_nets()
     }
@@ -882,7 +893,7 @@ impl<'de> Deserialize<'de> for NetSpec {
 }
 
 /// Memory in bytes, written as `--memory` takes it ("256M").
-mod size_text {
+pub(crate) mod size_text {
     use super::*;
 
     /// A size in bytes, parsed by [`parse_size`].

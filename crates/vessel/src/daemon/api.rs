@@ -146,6 +146,10 @@ pub fn error_response(e: &ControlError) -> Response {
         | ControlError::HooksOff => 404,
         ControlError::Invalid(_) => 400,
         ControlError::CannotStart { cause, .. } if cause.is_the_definitions_fault() => 400,
+        ControlError::CannotStart {
+            cause: control::StartError::Memory(_),
+            ..
+        } => 409,
         ControlError::Exists(_)
         | ControlError::Unloaded { .. }
         | ControlError::Active(_)
@@ -247,10 +251,10 @@ struct MemoryTarget {
 fn set_memory(plane: &ControlPlane, p: &Params, req: &Request) -> Answer {
     let target: MemoryTarget = serde_json::from_slice(&req.body)
         .map_err(|e| ControlError::Invalid(format!("invalid memory target: {e}")))?;
-    plane.set_memory_target(&p.name, target.target_bytes)?;
+    let set = plane.set_memory_target(&p.name, target.target_bytes)?;
     Ok(Response::json(
         200,
-        &json!({ "name": p.name, "target_bytes": target.target_bytes }),
+        &json!({ "name": p.name, "target_bytes": set }),
     ))
 }
 

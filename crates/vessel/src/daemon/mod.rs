@@ -77,6 +77,12 @@ pub struct DaemonArgs {
     /// is, as the peers do; for comparison).
     #[arg(long, value_name = "POLICY", default_value = "bvt", value_parser = parse_sched_policy)]
     scheduler: control::scheduler::Policy,
+    /// The memory all domains together may hold (default: the host's memory less an eighth, at
+    /// least 256 MiB). When the domains were given more, the balloons take memory back from the
+    /// domains with the fewest --shares per page they hold, never below their --reservation; a
+    /// domain whose reservation does not fit is not started.
+    #[arg(long, value_name = "SIZE", value_parser = vmm::spec::parse_size)]
+    memory_pool: Option<u64>,
     /// Keep identical pages of the domains' memory once, copied when written (the kernel's
     /// KSM, started and steered by the daemon: it scans faster as free memory falls, and its
     /// settings are put back when the daemon exits): on or off.
@@ -150,6 +156,7 @@ pub fn daemon(args: DaemonArgs) -> anyhow::Result<std::process::ExitCode> {
         sched_interval: std::time::Duration::from_millis(args.sched_interval),
         sched_policy: args.scheduler,
         page_sharing: args.page_sharing,
+        memory_pool: args.memory_pool,
     })?);
     if let Some((addr, tcp)) = metrics {
         metrics_listener::spawn(plane.clone(), tcp)

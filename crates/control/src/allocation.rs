@@ -1,0 +1,310 @@
+//! The memory policy: how much of its memory each running domain may hold when the **memory
+//! pool** (`vessel daemon --memory-pool`, by default the host's memory less a margin) is smaller
+//! than what the domains were given. ESX's rule (Waldspurger, OSDI 2002): memory is taken back
+//! first from the domain with the fewest shares per page it holds, never below its reservation
+//! (nor below the least a domain keeps, 16 MiB); taking back is the balloon's work.
+//!
+//! [`allocate`] is the rule, a pure function. [`MemoryPolicy`] applies it: a thread of the
+//! daemon recomputes every domain's target every [`INTERVAL`] and sets the balloons whose target
+//! moved. A target set by hand (`vessel mem-set`) caps what the policy gives that domain until
+//! the domain stops. Starting a domain whose reservation does not fit in what the pool has not
+//! reserved for the running domains is refused ([`MemoryPolicy::admit`]).
+//!
+//! Not yet here (issue 13): the idle memory tax, which needs each domain's working set.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
+
+use vmm::layout::MIN_MEMORY;
+
+use crate::memory::MemoryReport;
+use crate::registry::{EntryView, Registry};
+
+/// How often the policy recomputes the targets.
+pub const INTERVAL: Duration = Duration::from_secs(2);
+/// The step in which memory is taken back, and the least change of target worth a balloon
+/// request.
+const STEP: u64 = 1 << 20;
+
+/// One domain's claim, as [`allocate`] takes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Claim {
+    /// Its memory (the most it may hold).
+    pub memory: u64,
+    /// What it always keeps.
+    pub reservation: u64,
+    /// Its shares.
+    pub shares: u32,
+}
+
+/// Each claim's target in a pool of `pool` bytes: its whole memory if they all fit; otherwise
+/// memory is taken back a mebibyte at a time from the domain with the fewest shares per byte it
+/// still holds, down to its floor (its reservation, and at least [`MIN_MEMORY`]), until they fit
+/// or every domain is at its floor.
+pub fn allocate(pool: u64, claims: &[Claim]) -> Vec<u64> {
+    let mut targets: Vec<u64> = claims.iter().map(|c| c.memory).collect();
+    let floors: Vec<u64> = claims
+        .iter()
+        .map(|c| c.reservation.max(MIN_MEMORY).min(c.memory))
+        .collect();
+    let mut excess = targets.iter().sum::<u64>().saturating_sub(pool);
+    while excess > 0 {
+        // The fewest shares per byte held: shares_i / target_i smallest, compared exactly.
+        let victim = (0..claims.len())
+            .filter(|&i| targets[i] > floors[i])
+            .min_by(|&i, &j| {
+                let lhs = u128::from(claims[i].shares) * u128::from(targets[j]);
+                let rhs = u128::from(claims[j].shares) * u128::from(targets[i]);
+                lhs.cmp(&rhs)
+            });
+        let Some(i) = victim else { break };
+        let take = STEP.min(targets[i] - floors[i]).min(excess);
+        targets[i] -= take;
+        excess -= take;
+    }
+    targets
+}
+
+/// The policy as the daemon runs it.
+pub struct MemoryPolicy {
+    pool: u64,
+    state: Mutex<PolicyState>,
+}
+
+#[derive(Default)]
+struct PolicyState {
+    /// Targets set by hand, by domain.
+    manual: HashMap<String, u64>,
+    /// What the policy last computed, by domain.
+    computed: HashMap<String, u64>,
+    /// Domains whose balloon was last asked for less than their whole memory (the others'
+    /// balloons are empty, and the policy leaves them alone while it gives them everything).
+    ballooned: HashSet<String>,
+}
+
+impl MemoryPolicy {
+    /// A policy for a pool of `pool` bytes.
+    pub fn new(pool: u64) -> Arc<MemoryPolicy> {
+        Arc::new(MemoryPolicy {
+            pool,
+            state: Mutex::new(PolicyState::default()),
+        })
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> u64 {
+        self.pool
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PolicyState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs the policy every [`INTERVAL`] on `registry`'s running domains, until it is gone.
+    pub fn spawn(self: &Arc<Self>, registry: Weak<Registry>) {
+        let me = self.clone();
+        let _ = std::thread::Builder::new()
+            .name("memory-policy".into())
+            .spawn(move || loop {
+                std::thread::sleep(INTERVAL);
+                let Some(registry) = registry.upgrade() else {
+                    return;
+                };
+                let active = active_domains(&registry);
+                drop(registry);
+                me.tick(&active);
+            });
+    }
+
+    /// Memory the running domains reserve, leaving out `except`.
+    pub fn reserved(registry: &Registry, except: &str) -> u64 {
+        active_domains(registry)
+            .iter()
+            .filter(|v| v.def.name() != except)
+            .map(|v| v.def.spec().memory_alloc.reservation)
+            .sum()
+    }
+
+    /// Whether domain `name` with `reservation` may start: `Err` says why not.
+    pub fn admit(&self, registry: &Registry, name: &str, reservation: u64) -> Result<(), String> {
+        let reserved = Self::reserved(registry, name);
+        if reserved + reservation > self.pool {
+            return Err(format!(
+                "it reserves {} MiB of memory, and only {} MiB of the memory pool ({} MiB) is not \
+                 reserved by running domains",
+                reservation >> 20,
+                self.pool.saturating_sub(reserved) >> 20,
+                self.pool >> 20
+            ));
+        }
+        Ok(())
+    }
+
+    /// The target to give domain `name` of `memory` bytes now that a target of `manual` was
+    /// set by hand: the lower of that and the policy's.
+    pub fn set_manual(&self, name: &str, memory: u64, manual: u64) -> u64 {
+        let mut state = self.lock();
+        state.manual.insert(name.to_string(), manual);
+        state.ballooned.insert(name.to_string());
+        manual.min(state.computed.get(name).copied().unwrap_or(memory))
+    }
+
+    /// One round: every active domain's target, and the balloons whose target moved.
+    fn tick(&self, active: &[EntryView]) {
+        let claims: Vec<Claim> = active
+            .iter()
+            .map(|v| {
+                let spec = v.def.spec();
+                Claim {
+                    memory: spec.memory,
+                    reservation: spec.memory_alloc.reservation,
+                    shares: spec.memory_alloc.shares,
+                }
+            })
+            .collect();
+        let policy = allocate(self.pool, &claims);
+        let targets: Vec<Option<u64>> = {
+            let mut state = self.lock();
+            // Domains that stopped are forgotten, their targets set by hand with them.
+            let names: Vec<&str> = active.iter().map(|v| v.def.name()).collect();
+            state
+                .manual
+                .retain(|name, _| names.contains(&name.as_str()));
+            state
+                .ballooned
+                .retain(|name| names.contains(&name.as_str()));
+            state.computed.clear();
+            active
+                .iter()
+                .zip(policy)
+                .map(|(view, policy)| {
+                    let name = view.def.name();
+                    state.computed.insert(name.to_string(), policy);
+                    let target = state.manual.get(name).map_or(policy, |m| policy.min(*m));
+                    let whole = target == view.def.spec().memory;
+                    // A domain given everything, as it has been: nothing to ask.
+                    let was_ballooned = if whole {
+                        state.ballooned.remove(name)
+                    } else {
+                        state.ballooned.insert(name.to_string());
+                        true
+                    };
+                    (!whole || was_ballooned).then_some(target)
+                })
+                .collect()
+        };
+        for (view, target) in active.iter().zip(targets) {
+            if let Some(target) = target {
+                apply(view, target, self.pool);
+            }
+        }
+    }
+}
+
+/// Sets domain `view`'s balloon so that it keeps `target`, unless its balloon already asks for
+/// that (a new boot starts with an empty balloon, so what the device says is what counts), or
+/// for less than a mebibyte more or less.
+fn apply(view: &EntryView, target: u64, pool: u64) {
+    let (name, spec) = (view.def.name(), view.def.spec());
+    let Some(process) = &view.instance else {
+        return;
+    };
+    let Some(stats) = process.stats() else {
+        return;
+    };
+    let now = MemoryReport::of(spec.memory, &stats, 0).target_bytes;
+    if target == now || (target.abs_diff(now) < STEP && target != spec.memory) {
+        return;
+    }
+    let action = devices::virtio::Action::SetBalloonTarget {
+        bytes: spec.memory - target,
+    };
+    match process.device_control(vmm::virtio::balloon_slot(spec.disks.len()), action, &[]) {
+        Ok(()) => tracing::info!(
+            target: "control",
+            "domain '{name}': memory target {} MiB of {} MiB (memory pool {} MiB)",
+            target >> 20,
+            spec.memory >> 20,
+            pool >> 20
+        ),
+        Err(why) => tracing::warn!("domain '{name}': cannot set its balloon: {why}"),
+    }
+}
+
+/// The running and paused domains.
+fn active_domains(registry: &Registry) -> Vec<EntryView> {
+    registry
+        .views()
+        .into_iter()
+        .filter(|v| v.state().is_active())
+        .collect()
+}
+
+/// The memory pool of a host with `total` bytes of memory: all of it but an eighth (at least
+/// 256 MiB), which the host keeps for itself and the daemon.
+pub fn default_pool(total: u64) -> u64 {
+    total.saturating_sub((total / 8).max(256 << 20))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    fn claim(memory: u64, reservation: u64, shares: u32) -> Claim {
+        Claim {
+            memory: memory * MIB,
+            reservation: reservation * MIB,
+            shares,
+        }
+    }
+
+    fn mib(targets: Vec<u64>) -> Vec<u64> {
+        targets.into_iter().map(|t| t / MIB).collect()
+    }
+
+    #[test]
+    fn everything_fits_and_nothing_is_taken() {
+        let claims = [claim(256, 0, 1000), claim(512, 0, 1)];
+        assert_eq!(mib(allocate(1024 * MIB, &claims)), [256, 512]);
+        assert_eq!(mib(allocate(768 * MIB, &claims)), [256, 512]);
+    }
+
+    #[test]
+    fn the_fewest_shares_per_page_give_back_first() {
+        // 512 MiB given, 448 in the pool: the domain with a third of the shares gives the 64.
+        let claims = [claim(256, 0, 1000), claim(256, 0, 3000)];
+        assert_eq!(mib(allocate(448 * MIB, &claims)), [192, 256]);
+        // Short by 256: shares per page even out (1000/P1 = 3000/P2, P1 + P2 = 256).
+        assert_eq!(mib(allocate(256 * MIB, &claims)), [64, 192]);
+        // Equal shares: equal memory.
+        let equal = [claim(512, 0, 1000), claim(256, 0, 1000)];
+        assert_eq!(mib(allocate(384 * MIB, &equal)), [192, 192]);
+    }
+
+    #[test]
+    fn reservations_and_the_minimum_are_never_taken() {
+        let claims = [claim(256, 160, 1000), claim(256, 0, 3000)];
+        assert_eq!(mib(allocate(384 * MIB, &claims)), [160, 224]);
+        // Nothing left to take but the floors: they stay, over the pool.
+        let claims = [claim(256, 200, 1), claim(64, 0, 1)];
+        assert_eq!(mib(allocate(100 * MIB, &claims)), [200, 16]);
+    }
+
+    #[test]
+    fn the_default_pool_leaves_the_host_a_margin() {
+        assert_eq!(default_pool(1024 * MIB), 768 * MIB);
+        assert_eq!(default_pool(16 * 1024 * MIB), 14 * 1024 * MIB);
+        assert_eq!(default_pool(100 * MIB), 0);
+    }
+
+    #[test]
+    fn a_target_set_by_hand_caps_the_policys() {
+        let p = MemoryPolicy::new(1024 * MIB);
+        assert_eq!(p.set_manual("a", 256 * MIB, 128 * MIB), 128 * MIB);
+        p.lock().computed.insert("a".into(), 96 * MIB);
+        assert_eq!(p.set_manual("a", 256 * MIB, 200 * MIB), 96 * MIB);
+    }
+}
