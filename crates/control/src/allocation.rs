@@ -182,21 +182,20 @@ impl MemoryPolicy {
                     let name = view.def.name();
                     state.computed.insert(name.to_string(), policy);
                     let target = state.manual.get(name).map_or(policy, |m| policy.min(*m));
+                    // A domain given everything, whose balloon was left empty: nothing to ask.
                     let whole = target == view.def.spec().memory;
-                    // A domain given everything, as it has been: nothing to ask.
-                    let was_ballooned = if whole {
-                        state.ballooned.remove(name)
-                    } else {
-                        state.ballooned.insert(name.to_string());
-                        true
-                    };
-                    (!whole || was_ballooned).then_some(target)
+                    (!whole || state.ballooned.contains(name)).then_some(target)
                 })
                 .collect()
         };
         for (view, target) in active.iter().zip(targets) {
-            if let Some(target) = target {
-                apply(view, target, self.pool);
+            let Some(target) = target else { continue };
+            // Until its balloon has been set, a domain counts as ballooned (a target the device
+            // did not take is asked again next round).
+            if apply(view, target, self.pool) && target == view.def.spec().memory {
+                self.lock().ballooned.remove(view.def.name());
+            } else {
+                self.lock().ballooned.insert(view.def.name().to_string());
             }
         }
     }
@@ -204,31 +203,38 @@ impl MemoryPolicy {
 
 /// Sets domain `view`'s balloon so that it keeps `target`, unless its balloon already asks for
 /// that (a new boot starts with an empty balloon, so what the device says is what counts), or
-/// for less than a mebibyte more or less.
-fn apply(view: &EntryView, target: u64, pool: u64) {
+/// for less than a mebibyte more or less. Whether the balloon asks for `target` (or near
+/// enough) now.
+fn apply(view: &EntryView, target: u64, pool: u64) -> bool {
     let (name, spec) = (view.def.name(), view.def.spec());
     let Some(process) = &view.instance else {
-        return;
+        return false;
     };
     let Some(stats) = process.stats() else {
-        return;
+        return false;
     };
     let now = MemoryReport::of(spec.memory, &stats, 0).target_bytes;
     if target == now || (target.abs_diff(now) < STEP && target != spec.memory) {
-        return;
+        return true;
     }
     let action = devices::virtio::Action::SetBalloonTarget {
         bytes: spec.memory - target,
     };
     match process.device_control(vmm::virtio::balloon_slot(spec.disks.len()), action, &[]) {
-        Ok(()) => tracing::info!(
-            target: "control",
-            "domain '{name}': memory target {} MiB of {} MiB (memory pool {} MiB)",
-            target >> 20,
-            spec.memory >> 20,
-            pool >> 20
-        ),
-        Err(why) => tracing::warn!("domain '{name}': cannot set its balloon: {why}"),
+        Ok(()) => {
+            tracing::info!(
+                target: "control",
+                "domain '{name}': memory target {} MiB of {} MiB (memory pool {} MiB)",
+                target >> 20,
+                spec.memory >> 20,
+                pool >> 20
+            );
+            true
+        }
+        Err(why) => {
+            tracing::warn!("domain '{name}': cannot set its balloon: {why}");
+            false
+        }
     }
 }
 

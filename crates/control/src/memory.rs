@@ -189,10 +189,10 @@ impl ControlPlane {
         let view = self.registry.view(name)?;
         let spec = view.def.spec();
         check_target(target, spec.memory)?;
+        let process = self.active_process(name)?;
         // Not above what the memory policy gives the domain now.
         let target = self.memory_policy.set_manual(name, spec.memory, target);
         let balloon = vmm::virtio::balloon_slot(spec.disks.len());
-        let process = self.active_process(name)?;
         let action = devices::virtio::Action::SetBalloonTarget {
             bytes: spec.memory - target,
         };

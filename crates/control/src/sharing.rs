@@ -185,9 +185,17 @@ impl PageSharing {
                 ))
             }
         };
-        ksm.write("sleep_millisecs", SLEEP_MS)
+        let put_back = |ksm: &Ksm| {
+            let _ = ksm.write("sleep_millisecs", saved.sleep_millisecs);
+            let _ = ksm.write("run", saved.run);
+        };
+        if let Err(e) = ksm
+            .write("sleep_millisecs", SLEEP_MS)
             .and_then(|()| ksm.write("run", 1))
-            .map_err(|e| format!("cannot start KSM in {}: {e}", dir.display()))?;
+        {
+            put_back(&ksm);
+            return Err(format!("cannot start KSM in {}: {e}", dir.display()));
+        }
         let status = Arc::new(Mutex::new(SharingStatus::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
@@ -195,7 +203,13 @@ impl PageSharing {
             std::thread::Builder::new()
                 .name("page-sharing".into())
                 .spawn(move || steer(&ksm, &registry, &status, &stop))
-                .map_err(|e| format!("cannot start the page-sharing thread: {e}"))?
+        };
+        let thread = match thread {
+            Ok(t) => t,
+            Err(e) => {
+                put_back(&ksm);
+                return Err(format!("cannot start the page-sharing thread: {e}"));
+            }
         };
         Ok(PageSharing {
             ksm,

@@ -1,6 +1,6 @@
 //! Page-sharing benchmark: Vessel against QEMU (`-M microvm`) with three Linux guests of 224 MiB
 //! in an L1 of 768 MiB (so its free memory is short), in the host box, one VMM per box. Each
-//! guest's `samefill` writes the same 96 MiB; then KSM's savings are read every 10 s for 120 s.
+//! guest's `samefill` writes the same 128 MiB; then KSM's savings are read every 10 s for 120 s.
 //! QEMU's guest RAM is mergeable by default and KSM runs at the kernel's own rate (started by
 //! hand, as a host administrator would); Vessel's daemon starts KSM and steers its rate by the
 //! host's free state.
@@ -61,7 +61,7 @@ fn main() {
     let _ = std::fs::remove_dir_all(&dir);
 
     println!(
-        "page-sharing benchmark: three 224 MiB Linux guests write the same 96 MiB each in an L1 of 768 MiB; MiB KSM saved, seconds after they filled; one box per VMM"
+        "page-sharing benchmark: three 224 MiB Linux guests write the same 128 MiB each in an L1 of 768 MiB; MiB KSM saved, seconds after they filled; one box per VMM"
     );
     let mut series = Vec::new();
     for vmm in VMMS {

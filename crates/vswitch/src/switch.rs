@@ -22,7 +22,7 @@
 //! of their frames, instead of the light sender's frames being dropped whenever the flooder has
 //! just filled it, or a 64 KiB segment waiting for ever behind a stream of small frames. A
 //! frame that waits longer than [`HOLD_MAX`] (and on a rated port, as long again as the rate
-//! needs to carry two largest frames) is dropped and counted (`tx_dropped`), and its
+//! needs to carry a largest frame of each sender waiting there, and one more) is dropped and counted (`tx_dropped`), and its
 //! destination counts as *stalled*:
 //! frames for it are dropped at once, without waiting, until one goes through. So a domain that
 //! stops reading holds each sender for at most [`HOLD_MAX`] once, and then no longer. A frame
@@ -86,7 +86,8 @@ use devices::net_offload::VNET_HDR_LEN;
 /// Most frames forwarded per pass before the thread looks at new events and lets the handle in.
 pub const BATCH: usize = 64;
 /// Longest a unicast frame waits for room at its destination before it is dropped, beyond
-/// what the destination's rate needs to carry two largest frames (see [`PortLink::hold_limit`]).
+/// what the destination's rate needs to carry the largest frames of the senders waiting there
+/// (see [`PortLink::hold_limit`]).
 pub const HOLD_MAX: Duration = Duration::from_millis(100);
 /// Consecutive read errors after which a port's descriptor is no longer watched (a deleted TAP
 /// polls in error forever); the port stays, and frames for it are dropped and counted.
@@ -343,13 +344,15 @@ impl PortLink {
     }
 
     /// How long a frame may wait for room here: [`HOLD_MAX`], and with a rate, as long again as
-    /// the rate takes to carry two largest frames (one being paid for, one of the sender's own:
-    /// on a port of 100 kB/s a 64 KiB TCP segment owes 0.66 s, which the next frame must wait
-    /// whatever happens).
+    /// the rate takes to carry a largest frame for each frame waiting here and one more (the
+    /// one being paid for: on a port of 100 kB/s a 64 KiB TCP segment owes 0.66 s, which the
+    /// next frame must wait whatever happens, and each sender ahead in the round robin may send
+    /// as much first).
     fn hold_limit(&self) -> Duration {
         let for_rate = self.rate.as_ref().map_or(Duration::ZERO, |rate| {
-            let nanos =
-                2 * MAX_FRAME as u128 * 1_000_000_000 / u128::from(rate.bytes_per_sec().max(1));
+            let frames = 1 + self.waiters.max(1) as u128;
+            let nanos = frames * MAX_FRAME as u128 * 1_000_000_000
+                / u128::from(rate.bytes_per_sec().max(1));
             Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
         });
         HOLD_MAX + for_rate
@@ -457,7 +460,12 @@ impl State {
             self.unicast(port, frame, dst, charged, now, epoll);
         } else {
             for dst in out.iter() {
-                let sent = self.links.get_mut(dst).map(|link| link.send(&frame, now));
+                let sent = self.links.get_mut(dst).map(|link| {
+                    let sent = link.send(&frame, now);
+                    // A port filled by a copy is watched for room if frames wait for it.
+                    link.rearm(*dst, epoll);
+                    sent
+                });
                 self.count_send(*dst, wire_len(&frame), sent);
             }
             self.done_with(port, frame, epoll);
@@ -551,6 +559,10 @@ impl State {
                 }
                 if let Some(link) = self.links.get_mut(&port) {
                     link.waiting = Some(waiting);
+                }
+                // Full now: watched for room (the frames waiting here are why).
+                if let Some(d) = self.links.get_mut(&dst) {
+                    d.rearm(dst, epoll);
                 }
                 return;
             }
@@ -706,9 +718,13 @@ impl State {
     }
 
     /// `port` polled writable: the frames waiting for it may try again.
-    fn room_at(&mut self, port: PortId) {
+    fn room_at(&mut self, port: PortId, epoll: &Epoll) {
         if let Some(link) = self.links.get_mut(&port) {
             link.full = false;
+            // No longer watched for room until a send finds it full again (a level-triggered
+            // writable port left registered would wake the thread for nothing, for as long as
+            // its rate keeps the waiting frames back).
+            link.rearm(port, epoll);
         }
     }
 
@@ -804,7 +820,7 @@ fn run(shared: &Shared) {
                 token => {
                     let set = event.event_set();
                     if set.contains(EventSet::OUT) {
-                        state.room_at(PortId(token));
+                        state.room_at(PortId(token), &shared.epoll);
                     }
                     if !set.contains(EventSet::OUT) || set.contains(EventSet::IN) {
                         state.fill_head(PortId(token), &shared.epoll);
@@ -871,6 +887,8 @@ impl SwitchHandle {
     /// learned on it are forgotten.
     pub fn remove_port(&self, id: PortId) -> io::Result<()> {
         if self.lock().remove(id, &self.shared.epoll) {
+            // Senders whose frames waited for it have their next frames to forward.
+            let _ = self.shared.wake.write(1);
             Ok(())
         } else {
             Err(io::Error::new(
