@@ -43,8 +43,14 @@ reach() {
 on() {
     g=$1; shift; i=0
     until echo "$*" | timeout 120 nc 10.0.1.$g 7000 2>/tmp/on.err; do
-        [ $? = 124 ] && { echo "HUNG=session in guest $g: $*"; break; }
-        grep -q refused /tmp/on.err || break
+        # Busybox's timeout kills nc with SIGTERM (143); GNU's says 124.
+        r=$?
+        if [ $r = 124 ] || [ $r = 143 ]; then
+            echo "HUNG=session in guest $g: $*"; break
+        fi
+        if ! grep -q refused /tmp/on.err; then
+            echo "SESSION_FAILED=guest $g ($r: $(cat /tmp/on.err)): $*"; break
+        fi
         i=$((i+1)); [ $i -ge 50 ] && break; sleep 0.2
     done
 }
