@@ -11,7 +11,7 @@ now() { cut -d' ' -f1 /proc/uptime; }
 case $1 in
 vessel)
     export VESSEL_SOCKET=/tmp/api.sock
-    vessel daemon --state-dir /tmp/state --socket $VESSEL_SOCKET 2>/tmp/daemon.log &
+    vessel daemon --state-dir /tmp/state --socket $VESSEL_SOCKET --page-sharing off 2>/tmp/daemon.log &
     daemon=$!
     trap 'kill $daemon 2>/dev/null' EXIT
     i=0; while [ ! -S $VESSEL_SOCKET ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done

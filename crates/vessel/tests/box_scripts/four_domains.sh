@@ -6,7 +6,7 @@ set -u
 cat /assets/initramfs.cpio.gz /tools.cpio.gz > /tmp/initrd
 export VESSEL_SOCKET=/tmp/api.sock
 . /domains.sh
-vessel daemon --state-dir /tmp/state --socket $VESSEL_SOCKET --uplink vtap0 2>/tmp/daemon.log &
+vessel daemon --state-dir /tmp/state --socket $VESSEL_SOCKET --page-sharing off --uplink vtap0 2>/tmp/daemon.log &
 daemon=$!
 # The step ends only when nothing holds its output: stop the daemon however the script ends.
 trap 'kill $daemon 2>/dev/null' EXIT

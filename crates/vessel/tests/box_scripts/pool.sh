@@ -7,7 +7,7 @@ set -u
 cat /assets/initramfs.cpio.gz /tools.cpio.gz > /tmp/initrd
 export VESSEL_SOCKET=/tmp/api.sock
 . /domains.sh
-vessel daemon --state-dir /tmp/state --socket $VESSEL_SOCKET --uplink vtap0 \
+vessel daemon --state-dir /tmp/state --socket $VESSEL_SOCKET --page-sharing off --uplink vtap0 \
     --memory-pool 400M 2>/tmp/daemon.log &
 daemon=$!
 trap 'kill $daemon 2>/dev/null' EXIT

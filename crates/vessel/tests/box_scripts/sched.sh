@@ -11,7 +11,7 @@ export VESSEL_SOCKET=/tmp/api.sock
 . /domains.sh
 . /workers.sh
 start_daemon() {
-    vessel daemon --state-dir /tmp/state --socket $VESSEL_SOCKET --uplink vtap0 "$@" \
+    vessel daemon --state-dir /tmp/state --socket $VESSEL_SOCKET --page-sharing off --uplink vtap0 "$@" \
         2>>/tmp/daemon.log &
     daemon=$!
     i=0; while ! vessel list >/dev/null 2>&1 && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
