@@ -26,7 +26,7 @@
 //! pair: the switch keeps one end, the VIF's [`SwitchPortBackend`] the other, and the kernel's
 //! socket buffers are the bounded queues in both directions. A VIF sending into a full socket
 //! gets `WouldBlock` and its device waits for room. A unicast frame for a port with no room
-//! waits (at most `HOLD_MAX`, 100 ms, more on a slow rated port) with its sender, which is pushed back, and congested
+//! waits (at most `HOLD_MAX`, 500 ms, more on a slow rated port) with its sender, which is pushed back, and congested
 //! destinations are shared between senders in DRR order; a port that stays full is marked
 //! stalled and its frames are dropped and counted (`tx_dropped`), so a domain that stops
 //! reading blocks nobody for long. The [`switch`] module has the details.

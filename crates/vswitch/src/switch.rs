@@ -88,7 +88,11 @@ pub const BATCH: usize = 64;
 /// Longest a unicast frame waits for room at its destination before it is dropped, beyond
 /// what the destination's rate needs to carry the largest frames of the senders waiting there
 /// (see [`PortLink::hold_limit`]).
-pub const HOLD_MAX: Duration = Duration::from_millis(100);
+///
+/// Half a second: a kernel bridge's TAP queue (1000 frames) holds about as long at a few MB/s,
+/// and a guest under an emulated host (the box) often does not read for a few hundred
+/// milliseconds; at 100 ms, frames for a congested domain that was only slow were dropped.
+pub const HOLD_MAX: Duration = Duration::from_millis(500);
 /// Consecutive read errors after which a port's descriptor is no longer watched (a deleted TAP
 /// polls in error forever); the port stays, and frames for it are dropped and counted.
 const MAX_READ_ERRORS: u32 = 3;
