@@ -1,10 +1,11 @@
 //! The token bucket behind `rate_limit` rules and port rates: `bytes_per_sec` tokens flow in,
-//! at most `burst` are kept, and a frame passes when the bucket holds at least its length in
-//! tokens (which it then spends). A frame longer than the burst (a 64 KiB TCP segment a guest
-//! sends with TSO, against a burst of 32 KiB) passes when the bucket is full, and owes the rest,
-//! so it is neither dropped forever nor let past the rate. A frame may also be [charged](TokenBucket::charge) whatever
-//! the bucket holds, leaving a debt that the next tokens pay first. The caller passes the time,
-//! so tests drive it with a clock of their own.
+//! and at most `burst` are kept. A rule [takes](TokenBucket::take) a frame's length: the frame
+//! passes when the bucket holds that many tokens, and one longer than the burst (a 64 KiB TCP
+//! segment a guest sends with TSO, against a burst of 32 KiB) passes when the bucket is full,
+//! owing the rest, so it is neither dropped forever nor let past the rate. A port
+//! [charges](TokenBucket::charge) a frame whenever the bucket [owes](TokenBucket::owes) nothing:
+//! it spends what the bucket holds and leaves a debt that the next tokens pay first. The caller
+//! passes the time, so tests drive it with a clock of their own.
 //!
 //! Tokens are counted in nanobytes (bytes times 10^9) in a `u128`, so refilling is exact integer
 //! arithmetic at any rate and never overflows.
