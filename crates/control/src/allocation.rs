@@ -117,18 +117,18 @@ impl MemoryPolicy {
             });
     }
 
-    /// Memory the running domains reserve, leaving out `except`.
-    pub fn reserved(registry: &Registry, except: &str) -> u64 {
+    /// Memory the running domains reserve, leaving out `except` if given.
+    pub fn reserved(registry: &Registry, except: Option<&str>) -> u64 {
         active_domains(registry)
             .iter()
-            .filter(|v| v.def.name() != except)
+            .filter(|v| Some(v.def.name()) != except)
             .map(|v| v.def.spec().memory_alloc.reservation)
             .sum()
     }
 
     /// Whether domain `name` with `reservation` may start: `Err` says why not.
     pub fn admit(&self, registry: &Registry, name: &str, reservation: u64) -> Result<(), String> {
-        let reserved = Self::reserved(registry, name);
+        let reserved = Self::reserved(registry, Some(name));
         if reserved + reservation > self.pool {
             return Err(format!(
                 "it reserves {} MiB of memory, and only {} MiB of the memory pool ({} MiB) is not \

@@ -136,7 +136,7 @@ impl ControlPlane {
             available_bytes: host.map(|(_, available, _)| available),
             free_state: host.map(|(state, _, _)| state),
             pool_bytes: self.memory_policy.pool(),
-            reserved_bytes: crate::allocation::MemoryPolicy::reserved(&self.registry, ""),
+            reserved_bytes: crate::allocation::MemoryPolicy::reserved(&self.registry, None),
             given_bytes,
             page_sharing: self.page_sharing_status(),
             domains: list
