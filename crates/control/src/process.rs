@@ -25,6 +25,8 @@ use vmm::{ConsoleLog, RunState, Status};
 
 /// How long a call waits for its reply (a pause waits for every vCPU to park: 15 s at most).
 const CALL_TIMEOUT: Duration = Duration::from_secs(20);
+/// Longest wait for a save: writing a large guest's memory to a slow disk takes a while.
+const SAVE_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long a counters call waits: an unresponsive domain must not hold up the API.
 const STATS_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a launch may take (building the machine, loading the kernel and initrd).
@@ -409,6 +411,23 @@ impl DomainProcess {
         Ok(())
     }
 
+    /// Saves the domain to `file` (opened for writing by the control plane) and stops it
+    /// there; its process ends after. Returns what was written.
+    pub fn save(&self, file: &std::fs::File) -> Result<vmm::SaveReport, String> {
+        if !self.status().state.is_active() {
+            return Err(format!("the domain is {}", self.status().state.name()));
+        }
+        match self.call_with(Request::Save, &[file.as_fd()], SAVE_TIMEOUT)? {
+            Note::Reply {
+                error: None,
+                saved: Some(report),
+                ..
+            } => Ok(report),
+            Note::Reply { error: Some(e), .. } => Err(e),
+            _ => Err("the domain process answered a save without saying what it wrote".into()),
+        }
+    }
+
     /// Stops the domain at once and waits (a little) for its process to end.
     pub fn destroy(&self) {
         if self.act(Request::Destroy).is_err() {
@@ -583,8 +602,13 @@ fn read_loop(shared: &Arc<Shared>, channel: &Channel) {
                     let Note::Reply { id, status, .. } = &note else {
                         continue;
                     };
+                    // A reply may be the first to say the state changed (a stats call
+                    // answered between the guest's power-off and the process's own note of
+                    // it): the change is logged whichever tells it first.
                     if let Some(report) = status {
-                        shared.update(report);
+                        if shared.update(report) {
+                            tracing_state(&shared.name, &shared.lock().status);
+                        }
                     }
                     let waiter = shared
                         .pending
