@@ -125,6 +125,15 @@ impl Hypervisor {
         Ok(cpuid.as_slice().iter().map(CpuidEntry::from_kvm).collect())
     }
 
+    /// The MSRs a saved vCPU keeps: those this KVM lists as worth saving
+    /// (`KVM_GET_MSR_INDEX_LIST`).
+    pub fn msrs_to_save(&self) -> Result<Vec<u32>, HvError> {
+        self.kvm
+            .get_msr_index_list()
+            .map(|list| list.as_slice().to_vec())
+            .map_err(|e| HvError::ioctl("GET_MSR_INDEX_LIST", e))
+    }
+
     /// Creates an empty VM with an in-kernel irqchip (PIC, IOAPIC, LAPICs) and PIT.
     pub fn create_vm(&self) -> Result<Vm, HvError> {
         let fd = self
@@ -167,6 +176,10 @@ pub struct Vm {
 }
 
 impl Vm {
+    pub(crate) fn fd(&self) -> &VmFd {
+        &self.fd
+    }
+
     /// Maps every region of `memory` into the guest. The VM keeps `memory` alive, so KVM never
     /// refers to unmapped host memory.
     pub fn map_memory(&mut self, memory: &Arc<GuestMemory>) -> Result<(), HvError> {

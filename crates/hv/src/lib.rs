@@ -15,6 +15,7 @@ pub mod process;
 pub mod sandbox;
 pub mod seccomp;
 mod signals;
+pub mod state;
 pub mod tap;
 pub mod thread;
 mod tty;

@@ -78,6 +78,40 @@ ioctl_iow_nr!(KVM_SET_LAPIC, KVMIO, 0x8f, kvm_bindings::kvm_lapic_state);
 ioctl_iow_nr!(KVM_SET_CPUID2, KVMIO, 0x90, kvm_bindings::kvm_cpuid2);
 ioctl_ior_nr!(KVM_GET_XSAVE, KVMIO, 0xa4, kvm_bindings::kvm_xsave);
 ioctl_iow_nr!(KVM_SET_XSAVE, KVMIO, 0xa5, kvm_bindings::kvm_xsave);
+// Saving and restoring a domain (`crate::state`).
+ioctl_iowr_nr!(
+    KVM_GET_MSR_INDEX_LIST,
+    KVMIO,
+    0x02,
+    kvm_bindings::kvm_msr_list
+);
+ioctl_iowr_nr!(KVM_GET_IRQCHIP, KVMIO, 0x62, kvm_bindings::kvm_irqchip);
+ioctl_ior_nr!(KVM_SET_IRQCHIP, KVMIO, 0x63, kvm_bindings::kvm_irqchip);
+ioctl_iow_nr!(KVM_SET_CLOCK, KVMIO, 0x7b, kvm_bindings::kvm_clock_data);
+ioctl_ior_nr!(KVM_GET_CLOCK, KVMIO, 0x7c, kvm_bindings::kvm_clock_data);
+ioctl_iowr_nr!(KVM_GET_MSRS, KVMIO, 0x88, kvm_bindings::kvm_msrs);
+ioctl_ior_nr!(KVM_GET_MP_STATE, KVMIO, 0x98, kvm_bindings::kvm_mp_state);
+ioctl_iow_nr!(KVM_SET_MP_STATE, KVMIO, 0x99, kvm_bindings::kvm_mp_state);
+ioctl_ior_nr!(KVM_GET_PIT2, KVMIO, 0x9f, kvm_bindings::kvm_pit_state2);
+ioctl_iow_nr!(KVM_SET_PIT2, KVMIO, 0xa0, kvm_bindings::kvm_pit_state2);
+ioctl_ior_nr!(
+    KVM_GET_VCPU_EVENTS,
+    KVMIO,
+    0x9f,
+    kvm_bindings::kvm_vcpu_events
+);
+ioctl_iow_nr!(
+    KVM_SET_VCPU_EVENTS,
+    KVMIO,
+    0xa0,
+    kvm_bindings::kvm_vcpu_events
+);
+ioctl_ior_nr!(KVM_GET_DEBUGREGS, KVMIO, 0xa1, kvm_bindings::kvm_debugregs);
+ioctl_iow_nr!(KVM_SET_DEBUGREGS, KVMIO, 0xa2, kvm_bindings::kvm_debugregs);
+ioctl_io_nr!(KVM_GET_TSC_KHZ, KVMIO, 0xa3);
+ioctl_ior_nr!(KVM_GET_XCRS, KVMIO, 0xa6, kvm_bindings::kvm_xcrs);
+ioctl_iow_nr!(KVM_SET_XCRS, KVMIO, 0xa7, kvm_bindings::kvm_xcrs);
+ioctl_io_nr!(KVM_KVMCLOCK_CTRL, KVMIO, 0xad);
 /// `FIONBIO`: a socket or descriptor made non-blocking.
 const FIONBIO: u64 = 0x5421;
 
@@ -237,6 +271,28 @@ fn program(kind: ThreadKind) -> Result<BpfProgram, String> {
             ]
             .to_vec();
             r.extend(&kvm_get_state);
+            // Saving a paused domain and restoring one: the control thread takes and gives
+            // the vCPUs' and the VM's state (`hv::state`).
+            r.extend([
+                KVM_GET_MSR_INDEX_LIST(),
+                KVM_GET_IRQCHIP(),
+                KVM_SET_IRQCHIP(),
+                KVM_GET_CLOCK(),
+                KVM_SET_CLOCK(),
+                KVM_GET_MSRS(),
+                KVM_GET_MP_STATE(),
+                KVM_SET_MP_STATE(),
+                KVM_GET_PIT2(),
+                KVM_SET_PIT2(),
+                KVM_GET_VCPU_EVENTS(),
+                KVM_SET_VCPU_EVENTS(),
+                KVM_GET_DEBUGREGS(),
+                KVM_SET_DEBUGREGS(),
+                KVM_GET_TSC_KHZ(),
+                KVM_GET_XCRS(),
+                KVM_SET_XCRS(),
+                KVM_KVMCLOCK_CTRL(),
+            ]);
             r.push(FIONBIO);
             r
         }
@@ -311,6 +367,14 @@ mod tests {
         assert_eq!(KVM_SET_USER_MEMORY_REGION(), 0x4020_ae46);
         assert_eq!(KVM_GET_REGS(), 0x8090_ae81);
         assert_eq!(KVM_IRQFD(), 0x4020_ae76);
+        assert_eq!(KVM_GET_IRQCHIP(), 0xc208_ae62);
+        assert_eq!(KVM_SET_IRQCHIP(), 0x8208_ae63);
+        assert_eq!(KVM_GET_CLOCK(), 0x8030_ae7c);
+        assert_eq!(KVM_GET_MSRS(), 0xc008_ae88);
+        assert_eq!(KVM_GET_MSR_INDEX_LIST(), 0xc004_ae02);
+        assert_eq!(KVM_GET_VCPU_EVENTS(), 0x8040_ae9f);
+        assert_eq!(KVM_GET_PIT2(), 0x8070_ae9f);
+        assert_eq!(KVM_GET_XCRS(), 0x8188_aea6);
     }
 
     #[test]

@@ -67,6 +67,10 @@ impl Vcpu {
         Vcpu { fd, id }
     }
 
+    pub(crate) fn fd(&self) -> &VcpuFd {
+        &self.fd
+    }
+
     /// This vCPU's index, which is also its APIC ID.
     pub fn id(&self) -> u32 {
         self.id
