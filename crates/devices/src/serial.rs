@@ -5,14 +5,17 @@
 use std::io::{self, Write};
 use std::sync::Arc;
 
-use vm_superio::serial::NoEvents;
+use vm_superio::serial::{NoEvents, SerialState};
 use vm_superio::{Serial as Uart, Trigger};
 
 use crate::bus::BusDevice;
+use crate::virtio::state::{Reader, StateError, Writer};
 use crate::InterruptLine;
 
 /// COM1's base I/O port.
 pub const COM1_PORT_BASE: u16 = 0x3f8;
+/// Bytes the UART's receive FIFO holds (vm-superio's).
+const UART_FIFO: usize = 64;
 /// Number of UART registers.
 pub const COM1_PORT_LEN: u16 = 8;
 /// COM1's ISA interrupt line.
@@ -39,6 +42,51 @@ impl SerialConsole {
         SerialConsole {
             uart: Uart::new(IrqTrigger(irq), out),
         }
+    }
+
+    /// The UART's registers and receive FIFO, as a saved domain keeps them (little-endian
+    /// fields of `crate::virtio::state`).
+    pub fn save(&self) -> Vec<u8> {
+        let s = self.uart.state();
+        let mut w = Writer::new();
+        w.u8(s.baud_divisor_low)
+            .u8(s.baud_divisor_high)
+            .u8(s.interrupt_enable)
+            .u8(s.interrupt_identification)
+            .u8(s.line_control)
+            .u8(s.line_status)
+            .u8(s.modem_control)
+            .u8(s.modem_status)
+            .u8(s.scratch)
+            .blob(&s.in_buffer);
+        w.finish()
+    }
+
+    /// A UART as [`SerialConsole::save`] saved it, raising `irq` and writing to `out`; an
+    /// interrupt the saved registers show pending (in the interrupt identification register)
+    /// is raised again.
+    pub fn restore(
+        saved: &[u8],
+        irq: Arc<dyn InterruptLine>,
+        out: Box<dyn Write + Send>,
+    ) -> Result<Self, StateError> {
+        let mut r = Reader::new(saved);
+        let state = SerialState {
+            baud_divisor_low: r.u8("the divisor latch")?,
+            baud_divisor_high: r.u8("the divisor latch")?,
+            interrupt_enable: r.u8("the interrupt enable register")?,
+            interrupt_identification: r.u8("the interrupt identification register")?,
+            line_control: r.u8("the line control register")?,
+            line_status: r.u8("the line status register")?,
+            modem_control: r.u8("the modem control register")?,
+            modem_status: r.u8("the modem status register")?,
+            scratch: r.u8("the scratch register")?,
+            in_buffer: r.blob(UART_FIFO, "the receive FIFO")?.to_vec(),
+        };
+        r.finish()?;
+        let uart = Uart::from_state(&state, IrqTrigger(irq), NoEvents, out)
+            .map_err(|e| StateError::Device(format!("the console UART: {e:?}")))?;
+        Ok(SerialConsole { uart })
     }
 
     /// Offers host input to the guest; returns how many bytes fit in the receive FIFO now (the
@@ -124,5 +172,34 @@ mod tests {
         let taken = com.receive(&big);
         assert!(taken > 0 && taken < big.len());
         assert_eq!(com.receive(&big[taken..]), 0);
+    }
+
+    #[test]
+    fn a_saved_uart_restores_with_its_registers_and_unread_input() {
+        let mut com = SerialConsole::new(Arc::new(Counter::default()), Box::new(io::sink()));
+        com.write(3, &[0x03]); // 8 data bits
+        com.write(7, &[0x5a]); // scratch
+        com.write(1, &[0x01]); // received-data interrupt on
+        assert_eq!(com.receive(b"abc"), 3);
+        let mut b = [0u8];
+        com.read(0, &mut b);
+        assert_eq!(b, [b'a']);
+        let saved = com.save();
+        let irq = Arc::new(Counter::default());
+        let mut back = SerialConsole::restore(&saved, irq.clone(), Box::new(io::sink())).unwrap();
+        assert_eq!(back.save(), saved);
+        // The unread input is still there.
+        for want in [b'b', b'c'] {
+            back.read(0, &mut b);
+            assert_eq!(b, [want]);
+        }
+        back.read(7, &mut b);
+        assert_eq!(b, [0x5a]);
+        // Damaged states are refused.
+        assert!(SerialConsole::restore(&saved[..5], irq.clone(), Box::new(io::sink())).is_err());
+        let mut huge = saved[..9].to_vec();
+        huge.extend_from_slice(&65u32.to_le_bytes());
+        huge.extend_from_slice(&[0; 65]);
+        assert!(SerialConsole::restore(&huge, irq, Box::new(io::sink())).is_err());
     }
 }
