@@ -7,6 +7,8 @@
 //! the definition, so nothing can start or delete the domain in between, and a create that
 //! cannot start removes only its own, still claimed, definition.
 
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
 use std::sync::Arc;
 
 use vmm::wire::Confinement;
@@ -37,7 +39,7 @@ impl ControlPlane {
         if !start {
             return Ok(());
         }
-        match self.launch(&name) {
+        match self.launch(&name, None) {
             Ok(process) => self.finish_start(&name, Ok(process)),
             Err(e) => {
                 // Still claimed by this call: nobody else has started or deleted it.
@@ -60,8 +62,96 @@ impl ControlPlane {
         if !claimed {
             return Err(ControlError::AlreadyRunning(name.to_string()));
         }
-        let started = self.launch(name);
+        let started = self.launch(name, None);
         self.finish_start(name, started)
+    }
+
+    /// Saves running or paused domain `name` to a new file at `path` (never written over) and
+    /// stops it there: it is then shut off with the message "saved", its definition kept.
+    /// Returns what was written. A save that fails leaves the domain as it was, and removes
+    /// the file it began.
+    pub fn save(&self, name: &str, path: &Path) -> Result<vmm::SaveReport, ControlError> {
+        let process = self.active_process(name)?;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+            .open(path)
+            .map_err(|e| {
+                ControlError::Invalid(format!(
+                    "cannot create the snapshot {}: {e}",
+                    path.display()
+                ))
+            })?;
+        let saved = process.save(&file);
+        if saved.is_err() {
+            let _ = std::fs::remove_file(path);
+        }
+        let report = saved.map_err(|why| ControlError::Refused {
+            name: name.to_string(),
+            why,
+        })?;
+        process.wait_gone(std::time::Duration::from_secs(10));
+        Ok(report)
+    }
+
+    /// Brings back the domain saved at `path` (as `name`, or the name it was saved with): it
+    /// runs on from where it was saved. A domain of that name must be stopped, and is
+    /// redefined as the snapshot says; otherwise the domain is defined. Its disks must be at
+    /// the same paths (shared storage), and its shape (memory, vCPUs, disks, VIFs) is the
+    /// snapshot's. Returns the domain's name.
+    pub fn restore(&self, path: &Path, name: Option<&str>) -> Result<String, ControlError> {
+        let open = || {
+            devices::host_file::open(
+                path,
+                devices::host_file::Access::ReadOnly,
+                devices::host_file::Accept::Regular,
+            )
+            .map_err(|e| {
+                ControlError::Invalid(format!("cannot open the snapshot {}: {e}", path.display()))
+            })
+        };
+        let bad = |e: vmm::snapshot::SnapshotError| {
+            ControlError::Invalid(format!("{}: {e}", path.display()))
+        };
+        let mut spec = vmm::snapshot::SnapshotReader::new(std::io::BufReader::new(open()?))
+            .and_then(|mut r| r.spec())
+            .map_err(bad)?;
+        if let Some(name) = name {
+            spec.name = Some(name.to_string());
+        }
+        let def = DomainDef::new(spec)?;
+        let name = def.name().to_string();
+        // Claim the start: of a new definition, or of a stopped domain redefined as saved.
+        let exists = self.registry.view(&name).is_ok();
+        if exists {
+            let claimed = self.registry.with(&name, |e| {
+                if e.state().is_active() || e.starting {
+                    false
+                } else {
+                    e.starting = true;
+                    true
+                }
+            })?;
+            if !claimed {
+                return Err(ControlError::AlreadyRunning(name));
+            }
+            if let Err(e) = self.registry.redefine(&name, |_| Ok(def.clone())) {
+                let _ = self.registry.with(&name, |e| e.starting = false);
+                return Err(e);
+            }
+        } else {
+            def.check_to_store()?;
+            self.registry.define(def, true)?;
+        }
+        let started = open().and_then(|file| self.launch(&name, Some(file)));
+        if started.is_err() && !exists {
+            let _ = self.registry.undefine_claimed(&name);
+            return started.map(|_| name);
+        }
+        self.finish_start(&name, started)?;
+        Ok(name)
     }
 
     /// Forgets a stopped domain (shut off or crashed, not starting) and deletes its file.
@@ -73,7 +163,11 @@ impl ControlPlane {
     /// entry's `starting` flag); the claim is left for the caller to release. The control
     /// plane opens every host file the domain needs, with its checks, and hands the
     /// descriptors over.
-    fn launch(&self, name: &str) -> Result<DomainProcess, ControlError> {
+    fn launch(
+        &self,
+        name: &str,
+        snapshot: Option<std::fs::File>,
+    ) -> Result<DomainProcess, ControlError> {
         let (id, def, console) = self
             .registry
             .with(name, |e| (e.id, e.def.clone(), e.console.clone()))?;
@@ -92,6 +186,7 @@ impl ControlPlane {
         let mut resources = vmm::resources::Resources::open(&spec, Some(&ports))
             .map_err(|e| cannot_start(e.into()))?;
         resources.page_sharing = self.page_sharing();
+        resources.snapshot = snapshot;
         DomainProcess::launch(LaunchPlan {
             name,
             spec,

@@ -18,6 +18,8 @@ pub enum StopReason {
     Crash(String),
     /// The control plane destroyed the domain.
     Destroyed,
+    /// The domain was saved to a snapshot and stops there.
+    Saved,
 }
 
 /// What the thread that waits for a machine is told.

@@ -23,6 +23,7 @@ use crate::error::DomainError;
 use crate::kernel::{self, KernelKind};
 use crate::layout::{self, ACPI_START, POWER_BUTTON_GSI};
 use crate::resources::Resources;
+use crate::snapshot::{SavedMachine, SnapshotError};
 use crate::spec::DomainSpec;
 use crate::stats::{MachineCounters, VcpuCounters};
 use crate::vcpu::VcpuRunner;
@@ -37,6 +38,8 @@ pub enum Outcome {
     Rebooted,
     /// It was stopped at once (destroyed).
     Destroyed,
+    /// It was saved to a snapshot, and stopped there.
+    Saved,
 }
 
 impl Outcome {
@@ -46,6 +49,7 @@ impl Outcome {
             Outcome::PoweredOff => "the guest powered off",
             Outcome::Rebooted => "the guest rebooted",
             Outcome::Destroyed => "destroyed",
+            Outcome::Saved => "saved",
         }
     }
 }
@@ -171,6 +175,8 @@ pub struct MachineView {
     pub power_button: PowerButton,
     /// Its I/O thread: control actions on its devices, quiescing.
     pub io: virtio::IoHandle,
+    /// What saving it takes (while it is paused).
+    pub parts: MachineParts,
 }
 
 impl MachineView {
@@ -184,7 +190,7 @@ impl MachineView {
 pub(crate) struct Machine {
     runners: Vec<VcpuRunner>,
     virtio: Vec<virtio::PlacedDevice>,
-    _vm: hv::Vm,
+    parts: MachineParts,
     control: Arc<Control>,
     serial: Arc<Mutex<SerialConsole>>,
     counters: MachineCounters,
@@ -194,18 +200,106 @@ pub(crate) struct Machine {
     io_inbox: virtio::IoInbox,
 }
 
+/// Fills a restored machine's RAM (given with its regions, as `(guest address, size)`) from
+/// a snapshot's memory records; returns the pages loaded.
+pub(crate) type MemoryLoader<'a> =
+    dyn FnMut(&GuestMemory, &[(u64, u64)]) -> Result<u64, SnapshotError> + 'a;
+
+/// Where a machine's state comes from.
+enum Origin<'a> {
+    /// A fresh boot of the domain's kernel.
+    Boot,
+    /// A saved domain: its state, and the rest of its snapshot (the memory records).
+    Saved {
+        saved: &'a SavedMachine,
+        memory: &'a mut MemoryLoader<'a>,
+    },
+}
+
+/// What saving a paused machine takes from it: its VM, vCPUs, console UART and virtio
+/// transports. Cheap to clone.
+#[derive(Clone)]
+pub struct MachineParts {
+    vm: Arc<hv::Vm>,
+    vcpus: Vec<Arc<Mutex<hv::Vcpu>>>,
+    transports: Vec<Arc<Mutex<devices::virtio::mmio::MmioTransport>>>,
+    serial: Arc<Mutex<SerialConsole>>,
+}
+
+impl MachineParts {
+    /// Everything of the machine but its memory, for a snapshot of the domain `spec`. Its
+    /// vCPUs must be parked and its devices quiesced (a paused domain), or the state is torn.
+    pub fn capture(
+        &self,
+        spec: &DomainSpec,
+        msrs_to_save: &[u32],
+    ) -> Result<SavedMachine, DomainError> {
+        // The vCPUs first: taking a vCPU's state settles its pending local APIC events, which
+        // may still touch the interrupt controllers.
+        let mut vcpus = Vec::with_capacity(self.vcpus.len());
+        for vcpu in &self.vcpus {
+            let vcpu = vcpu.lock().unwrap_or_else(|e| e.into_inner());
+            vcpus.push(vcpu.save_state(msrs_to_save)?);
+        }
+        let vm = self.vm.save_state()?;
+        let serial = self.serial.lock().unwrap_or_else(|e| e.into_inner()).save();
+        let devices = self
+            .transports
+            .iter()
+            .map(|t| t.lock().unwrap_or_else(|e| e.into_inner()).save())
+            .collect();
+        Ok(SavedMachine {
+            spec: spec.clone(),
+            vm,
+            vcpus,
+            serial,
+            devices,
+        })
+    }
+}
+
 impl Machine {
+    /// A fresh machine for `cfg`, its kernel loaded and its boot vCPU at the kernel's entry.
     pub(crate) fn build(
         hv: &Hypervisor,
         cfg: &DomainSpec,
         res: &Resources,
         sink: &ConsoleSink,
     ) -> Result<Machine, DomainError> {
+        Machine::assemble(hv, cfg, res, sink, Origin::Boot)
+    }
+
+    /// The machine `saved` was, with its memory from `memory` (the snapshot's memory records),
+    /// on this host's resources `res` for its specification `cfg`.
+    pub(crate) fn restore(
+        hv: &Hypervisor,
+        cfg: &DomainSpec,
+        res: &Resources,
+        sink: &ConsoleSink,
+        saved: &SavedMachine,
+        memory: &mut MemoryLoader<'_>,
+    ) -> Result<Machine, DomainError> {
+        if saved.vcpus.len() != cfg.vcpus as usize {
+            return Err(DomainError::Snapshot(format!(
+                "it holds {} vCPUs, its specification {}",
+                saved.vcpus.len(),
+                cfg.vcpus
+            )));
+        }
+        Machine::assemble(hv, cfg, res, sink, Origin::Saved { saved, memory })
+    }
+
+    fn assemble(
+        hv: &Hypervisor,
+        cfg: &DomainSpec,
+        res: &Resources,
+        sink: &ConsoleSink,
+        origin: Origin<'_>,
+    ) -> Result<Machine, DomainError> {
         let mut vm = hv.create_vm()?;
-        let memory = Arc::new(
-            GuestMemory::new(&layout::ram_regions(cfg.memory))
-                .map_err(DomainError::host("allocating guest memory"))?,
-        );
+        let ram = layout::ram_regions(cfg.memory);
+        let memory =
+            Arc::new(GuestMemory::new(&ram).map_err(DomainError::host("allocating guest memory"))?);
         if res.page_sharing {
             memory
                 .share_identical_pages()
@@ -213,42 +307,33 @@ impl Machine {
         }
         vm.map_memory(&memory)?;
 
-        let kernel = kernel::load_file(&cfg.kernel, &res.kernel, &memory)?;
-        if kernel.is_linux() && hv.flavour() == KvmFlavour::Pvm {
-            return Err(DomainError::UnsupportedHost(
-                "this host's /dev/kvm is kvm_pvm, a nested shadow-paging KVM that emulates guest \
-                 ring-0 code with gaps: it cannot boot an unmodified Linux kernel. Run Vessel on a \
-                 host with hardware KVM (VMX/SVM), e.g. inside the host box (see README)"
-                    .into(),
-            ));
-        }
-        let initrd = match (&cfg.initrd, &res.initrd) {
-            (Some(path), Some(file)) => {
-                Some(load_initrd(path, file, &kernel, cfg.memory, &memory)?)
-            }
-            _ => None,
-        };
         let mut devices = virtio::build_devices(&cfg.disks, cfg.free_page_reporting, res)?;
         devices.extend(crate::net::build_nets(cfg, devices.len(), res)?);
-        let slots: Vec<_> = (0..devices.len()).map(virtio::slot).collect();
-        let tables = acpi::build(ACPI_START, cfg.vcpus, &slots);
-        memory.write(tables.base, &tables.bytes)?;
-        let boot_state = boot::prepare(
-            &memory,
-            &kernel,
-            &cfg.cmdline,
-            initrd,
-            cfg.memory,
-            tables.base,
-        )?;
+        let boot_state = match &origin {
+            Origin::Boot => Some(load_for_boot(hv, cfg, res, &memory, devices.len())?),
+            Origin::Saved { .. } => None,
+        };
+        let saved = match origin {
+            Origin::Boot => None,
+            Origin::Saved {
+                saved,
+                memory: load,
+            } => {
+                load(&memory, &ram).map_err(|e| DomainError::Snapshot(e.to_string()))?;
+                Some(saved)
+            }
+        };
 
         let control = Arc::new(Control::default());
         let com1_irq = hv::new_eventfd().map_err(DomainError::host("creating an eventfd"))?;
         vm.register_irqfd(&com1_irq, COM1_IRQ)?;
-        let serial = Arc::new(Mutex::new(SerialConsole::new(
-            Arc::new(IrqFd(com1_irq)),
-            Box::new(SinkWriter(sink.clone())),
-        )));
+        let com1_irq: Arc<dyn devices::InterruptLine> = Arc::new(IrqFd(com1_irq));
+        let com1_out = Box::new(SinkWriter(sink.clone()));
+        let serial = Arc::new(Mutex::new(match saved {
+            None => SerialConsole::new(com1_irq, com1_out),
+            Some(s) => SerialConsole::restore(&s.serial, com1_irq, com1_out)
+                .map_err(|e| DomainError::Snapshot(e.to_string()))?,
+        }));
         let button_irq = hv::new_eventfd().map_err(DomainError::host("creating an eventfd"))?;
         vm.register_irqfd(&button_irq, POWER_BUTTON_GSI)?;
         let power_button = PowerButton::new(Arc::new(IrqFd(button_irq)));
@@ -268,7 +353,8 @@ impl Machine {
             I8042_PORT_LEN.into(),
         )
         .map_err(bus_err)?;
-        let virtio_devices = virtio::place(&vm, &memory, devices)?;
+        let virtio_devices =
+            virtio::place(&vm, &memory, devices, saved.map(|s| s.devices.as_slice()))?;
         let mut mmio = Bus::new();
         for d in &virtio_devices {
             mmio.insert(d.transport.clone(), d.slot.base, virtio::WINDOW)
@@ -280,15 +366,23 @@ impl Machine {
         let counters: MachineCounters =
             Arc::new((0..cfg.vcpus).map(|_| VcpuCounters::default()).collect());
         let mut runners = Vec::with_capacity(cfg.vcpus as usize);
+        let mut vcpus = Vec::with_capacity(cfg.vcpus as usize);
         for id in 0..cfg.vcpus {
             let vcpu = vm.create_vcpu(id)?;
             vcpu.set_cpuid(&cpuid::for_vcpu(&supported, id, cfg.vcpus))?;
-            vcpu.set_msrs(&boot_msrs())?;
-            vcpu.set_lapic_lint()?;
-            vcpu.reset_fpu()?;
-            if id == 0 {
-                vcpu.set_boot_state(&boot_state)?;
+            match saved {
+                None => {
+                    vcpu.set_msrs(&boot_msrs())?;
+                    vcpu.set_lapic_lint()?;
+                    vcpu.reset_fpu()?;
+                    if let (0, Some(state)) = (id, &boot_state) {
+                        vcpu.set_boot_state(state)?;
+                    }
+                }
+                Some(s) => vcpu.restore_state(&s.vcpus[id as usize])?,
             }
+            let vcpu = Arc::new(Mutex::new(vcpu));
+            vcpus.push(vcpu.clone());
             runners.push(VcpuRunner {
                 vcpu,
                 pio: pio.clone(),
@@ -298,11 +392,26 @@ impl Machine {
                 counters: counters.clone(),
             });
         }
+        if let Some(s) = saved {
+            // Last, so that kvmclock is set as close as can be to the guest's first run.
+            vm.restore_state(&s.vm)?;
+            // A restored device may have requests the guest made before the save and that
+            // were not served yet: the I/O thread looks at every queue once.
+            for d in &virtio_devices {
+                let _ = d.notify.write(1);
+            }
+        }
         let (io, io_inbox) = virtio::io_channel()?;
+        let parts = MachineParts {
+            vm: Arc::new(vm),
+            vcpus,
+            transports: virtio_devices.iter().map(|d| d.transport.clone()).collect(),
+            serial: serial.clone(),
+        };
         Ok(Machine {
             runners,
             virtio: virtio_devices,
-            _vm: vm,
+            parts,
             control,
             serial,
             counters,
@@ -323,6 +432,7 @@ impl Machine {
             serial: self.serial.clone(),
             power_button: self.power_button.clone(),
             io: self.io.clone(),
+            parts: self.parts.clone(),
         }
     }
 
@@ -338,7 +448,7 @@ impl Machine {
         let control = self.control.clone();
         let mut threads = Vec::new();
         for runner in self.runners.drain(..) {
-            let name = format!("vcpu{}", runner.vcpu.id());
+            let name = format!("vcpu{}", runner.id());
             let (tx, rx) = std::sync::mpsc::channel();
             let handle = thread::Builder::new()
                 .name(name)
@@ -403,6 +513,42 @@ impl Machine {
         }
         Ok(reason)
     }
+}
+
+/// Loads what a fresh boot needs into `memory`: the kernel (refused on `kvm_pvm` if it is
+/// Linux), the initrd, the ACPI tables for `device_count` virtio devices; returns the boot
+/// vCPU's starting state.
+fn load_for_boot(
+    hv: &Hypervisor,
+    cfg: &DomainSpec,
+    res: &Resources,
+    memory: &GuestMemory,
+    device_count: usize,
+) -> Result<hv::BootCpuState, DomainError> {
+    let kernel = kernel::load_file(&cfg.kernel, &res.kernel, memory)?;
+    if kernel.is_linux() && hv.flavour() == KvmFlavour::Pvm {
+        return Err(DomainError::UnsupportedHost(
+            "this host's /dev/kvm is kvm_pvm, a nested shadow-paging KVM that emulates guest \
+             ring-0 code with gaps: it cannot boot an unmodified Linux kernel. Run Vessel on a \
+             host with hardware KVM (VMX/SVM), e.g. inside the host box (see README)"
+                .into(),
+        ));
+    }
+    let initrd = match (&cfg.initrd, &res.initrd) {
+        (Some(path), Some(file)) => Some(load_initrd(path, file, &kernel, cfg.memory, memory)?),
+        _ => None,
+    };
+    let slots: Vec<_> = (0..device_count).map(virtio::slot).collect();
+    let tables = acpi::build(ACPI_START, cfg.vcpus, &slots);
+    memory.write(tables.base, &tables.bytes)?;
+    Ok(boot::prepare(
+        memory,
+        &kernel,
+        &cfg.cmdline,
+        initrd,
+        cfg.memory,
+        tables.base,
+    )?)
 }
 
 /// MSRs every vCPU starts with: MTRRs on with write-back default, fast strings.

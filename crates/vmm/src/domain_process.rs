@@ -78,6 +78,7 @@ pub fn serve(listener: Listener) -> i32 {
                     error: Some(why),
                     stats: None,
                     status: None,
+                    saved: None,
                 }),
                 &[],
             );
@@ -181,6 +182,7 @@ fn accept_attach(listener: &Listener) -> Option<(Channel, u64)> {
                 error: Some("this domain runs already: attach to it".into()),
                 stats: None,
                 status: None,
+                saved: None,
             }),
             &[],
         );
@@ -295,6 +297,7 @@ fn answer(call: Call, fds: Vec<std::os::fd::OwnedFd>, instance: &Arc<Instance>, 
             error,
             stats,
             status,
+            saved: None,
         }));
     };
     let id = call.id;
@@ -302,7 +305,11 @@ fn answer(call: Call, fds: Vec<std::os::fd::OwnedFd>, instance: &Arc<Instance>, 
         Request::Stats => reply(peer, id, Ok(stats(instance))),
         Request::PowerButton => reply(peer, id, instance.press_power_button().map(|()| None)),
         Request::Reset => reply(peer, id, instance.reset().map(|()| None)),
-        Request::Pause | Request::Unpause | Request::Destroy | Request::DeviceControl { .. } => {
+        Request::Pause
+        | Request::Unpause
+        | Request::Destroy
+        | Request::DeviceControl { .. }
+        | Request::Save => {
             let (instance, peer) = (instance.clone(), peer.clone());
             let request = call.request;
             peer.in_flight
@@ -311,22 +318,30 @@ fn answer(call: Call, fds: Vec<std::os::fd::OwnedFd>, instance: &Arc<Instance>, 
                 .name("transition".into())
                 .spawn(move || {
                     let result = match request {
-                        Request::Pause => instance.pause(),
-                        Request::Unpause => instance.unpause(),
+                        Request::Pause => instance.pause().map(|()| None),
+                        Request::Unpause => instance.unpause().map(|()| None),
                         Request::DeviceControl { slot, action } => {
-                            instance.device_control(slot, action, fds)
+                            instance.device_control(slot, action, fds).map(|()| None)
                         }
+                        Request::Save => match fds.into_iter().next() {
+                            Some(fd) => instance.save(std::fs::File::from(fd)).map(Some),
+                            None => Err("a save comes with the snapshot file's descriptor".into()),
+                        },
                         _ => {
                             instance.destroy();
-                            Ok(())
+                            Ok(None)
                         }
                     };
-                    let (error, status) = (result.err(), Some(report(&instance.status())));
+                    let (error, saved) = match result {
+                        Ok(saved) => (None, saved),
+                        Err(e) => (Some(e), None),
+                    };
                     peer.send(&wire::encode(&Note::Reply {
                         id,
                         error,
                         stats: None,
-                        status,
+                        status: Some(report(&instance.status())),
+                        saved,
                     }));
                     peer.in_flight
                         .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);

@@ -48,6 +48,9 @@ pub enum DomainError {
     /// Writing boot structures into guest memory failed (a layout bug or a tiny guest).
     #[error("guest memory too small for the boot layout: {0}")]
     Layout(#[from] hv::OutOfRange),
+    /// A snapshot could not be taken or restored.
+    #[error("snapshot: {0}")]
+    Snapshot(String),
     /// The guest crashed or the VMM failed while it ran.
     #[error("guest crashed: {0}")]
     Crashed(String),

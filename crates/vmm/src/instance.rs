@@ -21,6 +21,7 @@ use crate::control::StopReason;
 use crate::domain::{check_vcpus, Machine, MachineView, Outcome};
 use crate::error::DomainError;
 use crate::resources::Resources;
+use crate::snapshot::{SnapshotReader, SnapshotWriter};
 use crate::spec::{DomainSpec, OnReboot};
 
 /// Where a domain is in its life.
@@ -110,6 +111,21 @@ pub struct Instance {
     resources: Arc<Mutex<Resources>>,
     /// How many disks the domain has (its VIFs' slots follow them and the entropy device).
     disks: usize,
+    /// What the domain is (a snapshot records it).
+    spec: DomainSpec,
+    /// The MSRs a snapshot keeps of each vCPU, or why KVM would not list them.
+    msrs_to_save: Result<Vec<u32>, String>,
+}
+
+/// What [`Instance::save`] wrote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SaveReport {
+    /// Bytes of the snapshot.
+    pub bytes: u64,
+    /// Pages of guest RAM it holds.
+    pub pages: u64,
+    /// Pages left out because they held only zeros.
+    pub zero_pages: u64,
 }
 
 /// Longest wait for the vCPUs to park on a pause, or to leave on a destroy.
@@ -117,12 +133,14 @@ const TRANSITION_TIMEOUT: Duration = Duration::from_secs(15);
 
 impl Instance {
     /// Builds the first machine of `cfg` on the host resources `res` (opened and checked by
-    /// whoever opened them) and starts it. Errors in building the machine are returned here;
+    /// whoever opened them) and starts it; with a snapshot among the resources, the first
+    /// machine is the one the snapshot holds, and it runs on from where it was saved. Errors
+    /// in building the machine are returned here;
     /// later failures show in [`Instance::status`]. Console output goes to `sink`; `on_stop`
     /// hears the final state once the domain stops for good.
     pub fn start(
         cfg: DomainSpec,
-        res: Resources,
+        mut res: Resources,
         sink: ConsoleSink,
         on_stop: Box<dyn FnOnce(&Status) + Send>,
     ) -> Result<Instance, DomainError> {
@@ -133,8 +151,13 @@ impl Instance {
         let hv = Hypervisor::from_file(kvm, res.flavour)?;
         check_vcpus(&cfg, &hv)?;
         hv::install_kick_handler()?;
-        let first = Machine::build(&hv, &cfg, &res, &sink)?;
+        let msrs_to_save = hv.msrs_to_save().map_err(|e| e.to_string());
+        let first = match res.snapshot.take() {
+            None => Machine::build(&hv, &cfg, &res, &sink)?,
+            Some(file) => restore_machine(&hv, &cfg, &res, &sink, file)?,
+        };
         let disks = cfg.disks.len();
+        let spec = cfg.clone();
         let res = Arc::new(Mutex::new(res));
         let resources = res.clone();
         let shared = Arc::new(Shared {
@@ -187,7 +210,90 @@ impl Instance {
             supervisor: Mutex::new(Some(supervisor)),
             resources,
             disks,
+            spec,
+            msrs_to_save,
         })
+    }
+
+    /// Saves the domain to `out` and stops it there (`vessel save`): a running domain is
+    /// paused first (its vCPUs parked, its devices quiesced, so the snapshot is one instant of
+    /// it and nothing the guest sees happens after it), then its vCPUs, interrupt controllers,
+    /// clock, devices and memory are written, the file is synced, and the domain stops with
+    /// [`Outcome::Saved`]. If anything fails the domain is left as it was (running again if
+    /// it was running) and the error says what failed.
+    pub fn save(&self, out: std::fs::File) -> Result<SaveReport, String> {
+        let was_running = match self.status().state {
+            RunState::Running => true,
+            RunState::Paused => false,
+            other => return Err(format!("the domain is {}", other.name())),
+        };
+        if was_running {
+            self.pause()?;
+        }
+        match self.write_snapshot(out) {
+            Ok(report) => {
+                if let Some(machine) = self.machine() {
+                    machine.control.stop(StopReason::Saved);
+                }
+                self.join_supervisor();
+                Ok(report)
+            }
+            Err(e) => {
+                if was_running {
+                    let _ = self.unpause();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn write_snapshot(&self, out: std::fs::File) -> Result<SaveReport, String> {
+        use std::io::Write;
+        let machine = self.machine().ok_or("the domain has no machine")?;
+        let msrs = self
+            .msrs_to_save
+            .as_ref()
+            .map_err(|e| format!("KVM would not list the MSRs to save: {e}"))?;
+        let saved = machine
+            .parts
+            .capture(&self.spec, msrs)
+            .map_err(|e| format!("taking the machine's state: {e}"))?;
+        let failed = |e: &dyn std::fmt::Display| format!("writing the snapshot: {e}");
+        let mut writer = SnapshotWriter::new(CountingWriter::new(
+            std::io::BufWriter::with_capacity(1 << 20, out),
+        ))
+        .map_err(|e| failed(&e))?;
+        writer.machine(&saved).map_err(|e| failed(&e))?;
+        let memory = writer
+            .memory(
+                &machine.memory,
+                &crate::layout::ram_regions(self.spec.memory),
+            )
+            .map_err(|e| failed(&e))?;
+        let mut counted = writer.finish().map_err(|e| failed(&e))?;
+        counted.flush().map_err(|e| failed(&e))?;
+        let bytes = counted.written;
+        let file = counted
+            .inner
+            .into_inner()
+            .map_err(|e| failed(&e.into_error()))?;
+        file.sync_all().map_err(|e| failed(&e))?;
+        Ok(SaveReport {
+            bytes,
+            pages: memory.pages,
+            zero_pages: memory.zero_pages,
+        })
+    }
+
+    fn join_supervisor(&self) {
+        let handle = self
+            .supervisor
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
     }
 
     /// Applies a control `action` to the running machine's device in slot `slot`, with the
@@ -315,14 +421,7 @@ impl Instance {
                 machine.control.stop(StopReason::Destroyed);
             }
         }
-        let handle = self
-            .supervisor
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(handle) = handle {
-            let _ = handle.join();
-        }
+        self.join_supervisor();
     }
 
     /// Waits (at most `timeout`) until the domain's state, boot count or message differ from
@@ -432,8 +531,66 @@ fn supervise(
             Ok(StopReason::Reset) => return Ok(Outcome::Rebooted),
             Ok(StopReason::PowerOff) => return Ok(Outcome::PoweredOff),
             Ok(StopReason::Destroyed) => return Ok(Outcome::Destroyed),
+            Ok(StopReason::Saved) => return Ok(Outcome::Saved),
             Ok(StopReason::Crash(msg)) => return Err(msg),
             Err(e) => return Err(e.to_string()),
         }
+    }
+}
+
+/// The machine the snapshot `file` holds, for the domain `cfg` (which must have its shape:
+/// memory, vCPUs, disks, VIFs and balloon features).
+fn restore_machine(
+    hv: &Hypervisor,
+    cfg: &DomainSpec,
+    res: &Resources,
+    sink: &ConsoleSink,
+    file: std::fs::File,
+) -> Result<Machine, DomainError> {
+    let snap = |e: crate::snapshot::SnapshotError| DomainError::Snapshot(e.to_string());
+    let mut reader =
+        SnapshotReader::new(std::io::BufReader::with_capacity(1 << 20, file)).map_err(snap)?;
+    let saved = reader.machine().map_err(snap)?;
+    let shape = |s: &DomainSpec| {
+        (
+            s.memory,
+            s.vcpus,
+            s.disks.len(),
+            s.nets.len(),
+            s.free_page_reporting,
+        )
+    };
+    if shape(&saved.spec) != shape(cfg) {
+        return Err(DomainError::Snapshot(
+            "the domain to restore differs from the saved one in memory, vCPUs, disks, VIFs or \
+             balloon features"
+                .into(),
+        ));
+    }
+    Machine::restore(hv, cfg, res, sink, &saved, &mut |memory, ram| {
+        reader.memory(memory, ram)
+    })
+}
+
+/// Counts the bytes written through it.
+struct CountingWriter<W> {
+    inner: W,
+    written: u64,
+}
+
+impl<W> CountingWriter<W> {
+    fn new(inner: W) -> Self {
+        CountingWriter { inner, written: 0 }
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for CountingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
     }
 }

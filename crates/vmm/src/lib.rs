@@ -22,6 +22,7 @@ pub mod mem_alloc;
 pub mod net;
 pub mod resources;
 pub mod sched;
+pub mod snapshot;
 pub mod spec;
 pub mod stats;
 pub mod vcpu;
@@ -34,7 +35,7 @@ pub use control::PowerButton;
 pub use devices::image;
 pub use domain::{check_host_memory, pin_disk_formats, validate, Outcome};
 pub use error::DomainError;
-pub use instance::{Instance, RunState, Status};
+pub use instance::{Instance, RunState, SaveReport, Status};
 pub use mem_alloc::MemoryAlloc;
 pub use sched::{SchedChange, SchedParams};
 pub use spec::{

@@ -75,6 +75,9 @@ pub struct Resources {
     /// Whether the host may keep the domain's identical pages once (its RAM is marked for the
     /// kernel's same-page merging; the daemon's `--page-sharing`).
     pub page_sharing: bool,
+    /// A saved domain to restore instead of booting the kernel (`vessel restore`): the first
+    /// machine is built from it, later boots from the kernel as usual.
+    pub snapshot: Option<File>,
 }
 
 fn identity(path: &Path) -> Option<(u64, u64)> {
@@ -125,6 +128,7 @@ impl Resources {
             nets,
             entropy,
             page_sharing: false,
+            snapshot: None,
         })
     }
 
@@ -239,12 +243,16 @@ impl Resources {
             });
         }
         fds.push(self.entropy.as_fd());
+        if let Some(snapshot) = &self.snapshot {
+            fds.push(snapshot.as_fd());
+        }
         let manifest = Manifest {
             flavour: self.flavour.name().into(),
             initrd: self.initrd.is_some(),
             disks,
             nets,
             page_sharing: self.page_sharing,
+            snapshot: self.snapshot.is_some(),
         };
         (manifest, fds)
     }
@@ -298,6 +306,11 @@ impl Resources {
             });
         }
         let entropy = File::from(next()?);
+        let snapshot = if manifest.snapshot {
+            Some(File::from(next()?))
+        } else {
+            None
+        };
         if fds.next().is_some() {
             return Err(bad("carry more descriptors than the manifest names"));
         }
@@ -310,6 +323,7 @@ impl Resources {
             nets,
             entropy,
             page_sharing: manifest.page_sharing,
+            snapshot,
         })
     }
 
@@ -458,6 +472,9 @@ pub struct Manifest {
     /// Whether the domain's RAM is marked for page sharing.
     #[serde(default)]
     pub page_sharing: bool,
+    /// Whether a snapshot's descriptor follows the entropy source's (a restore).
+    #[serde(default)]
+    pub snapshot: bool,
 }
 
 /// Borrowed descriptors, owned: for tests and local hand-overs.

@@ -1,7 +1,7 @@
 //! A vCPU thread: runs `KVM_RUN`, dispatches port and MMIO exits to the buses, and turns fatal
 //! exits into a stop reason for the whole machine.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use devices::bus::Bus;
 use hv::{KvmFlavour, Vcpu, VcpuExit};
@@ -11,8 +11,9 @@ use crate::stats::ExitReason;
 
 /// Everything one vCPU thread needs.
 pub struct VcpuRunner {
-    /// The vCPU.
-    pub vcpu: Vcpu,
+    /// The vCPU: locked by its thread while it runs the guest, and by whoever saves it while
+    /// it is parked (a paused domain).
+    pub vcpu: Arc<Mutex<Vcpu>>,
     /// Port I/O devices.
     pub pio: Arc<Bus>,
     /// MMIO devices.
@@ -26,10 +27,15 @@ pub struct VcpuRunner {
 }
 
 impl VcpuRunner {
+    /// The vCPU's index.
+    pub fn id(&self) -> u32 {
+        self.vcpu.lock().unwrap_or_else(|e| e.into_inner()).id()
+    }
+
     /// Runs until the machine stops. Never panics on anything the guest does.
-    pub fn run(mut self) {
+    pub fn run(self) {
         let counters = self.counters.clone();
-        let id = self.vcpu.id();
+        let id = self.id();
         let count = |reason| {
             if let Some(c) = counters.get(id as usize) {
                 c.exit(reason);
@@ -44,7 +50,8 @@ impl VcpuRunner {
             if self.control.stopping() {
                 break;
             }
-            let fatal = match self.vcpu.run() {
+            let mut vcpu = self.vcpu.lock().unwrap_or_else(|e| e.into_inner());
+            let fatal = match vcpu.run() {
                 Ok(VcpuExit::IoIn { port, data }) => {
                     count(ExitReason::IoIn);
                     self.pio.read(u64::from(port), data);
@@ -83,10 +90,10 @@ impl VcpuRunner {
                 }
                 Ok(VcpuExit::Shutdown) => Some(format!(
                     "vCPU {id} triple-faulted (CPU shutdown) at rip {:#x}",
-                    self.vcpu.rip().unwrap_or(0)
+                    vcpu.rip().unwrap_or(0)
                 )),
                 Ok(VcpuExit::InternalError) => {
-                    let detail = self.vcpu.internal_error();
+                    let detail = vcpu.internal_error();
                     let hint = if self.flavour == KvmFlavour::Pvm {
                         " (note: this host's KVM is kvm_pvm, whose ring-0 emulator also fails on instructions a hardware KVM runs)"
                     } else {
@@ -94,7 +101,7 @@ impl VcpuRunner {
                     };
                     Some(format!(
                         "vCPU {id}: KVM internal error at rip {:#x}: {detail}{hint}",
-                        self.vcpu.rip().unwrap_or(0)
+                        vcpu.rip().unwrap_or(0)
                     ))
                 }
                 Ok(VcpuExit::FailEntry(reason)) => Some(format!(
@@ -103,6 +110,7 @@ impl VcpuRunner {
                 Ok(VcpuExit::Other(what)) => Some(format!("vCPU {id}: unexpected exit {what}")),
                 Err(e) => Some(format!("vCPU {id}: {e}")),
             };
+            drop(vcpu);
             if let Some(msg) = fatal {
                 count(ExitReason::Other);
                 self.control.stop(StopReason::Crash(msg));

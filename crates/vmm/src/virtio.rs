@@ -206,12 +206,24 @@ pub fn slot(index: usize) -> VirtioSlot {
 }
 
 /// Places `devices` on `vm`: an irqfd per device for its interrupt, an ioeventfd on its
-/// QueueNotify register.
+/// QueueNotify register. With `saved` (a snapshot's device states, in slot order, one per
+/// device), each transport is restored from its state, on `memory` already holding the
+/// guest's RAM as it was saved.
 pub fn place(
     vm: &hv::Vm,
     memory: &Arc<GuestMemory>,
     devices: Vec<Box<dyn VirtioDevice>>,
+    saved: Option<&[Vec<u8>]>,
 ) -> Result<Vec<PlacedDevice>, DomainError> {
+    if let Some(saved) = saved {
+        if saved.len() != devices.len() {
+            return Err(DomainError::Snapshot(format!(
+                "it holds {} virtio devices, its specification makes {}",
+                saved.len(),
+                devices.len()
+            )));
+        }
+    }
     let mem = Memory(Arc::new(GuestRam(memory.clone())));
     let mut placed = Vec::with_capacity(devices.len());
     for (index, device) in devices.into_iter().enumerate() {
@@ -225,8 +237,14 @@ pub fn place(
             label: device.label(),
             counters: device.counters(),
         };
-        let mut transport =
-            MmioTransport::new(device, mem.clone(), Arc::new(crate::domain::IrqFd(irq)));
+        let irq = Arc::new(crate::domain::IrqFd(irq));
+        let mut transport = match saved {
+            None => MmioTransport::new(device, mem.clone(), irq),
+            Some(saved) => MmioTransport::restore(device, mem.clone(), irq, &saved[index], false)
+                .map_err(|e| {
+                DomainError::Snapshot(format!("device {index} ({}): {e}", view.label))
+            })?,
+        };
         let kick = notify
             .try_clone()
             .map_err(DomainError::host("duplicating an eventfd"))?;

@@ -99,6 +99,9 @@ pub enum Request {
         /// What to do.
         action: devices::virtio::Action,
     },
+    /// Save the domain to the snapshot file whose descriptor comes with the call, and stop
+    /// it there (`Instance::save`).
+    Save,
     /// A debugging hook for the tests of the seccomp filters: make a thread of this kind call
     /// a system call its filter does not allow (the kernel then kills the domain process).
     ForbiddenCall {
@@ -203,6 +206,9 @@ pub enum Note {
         stats: Option<MachineStats>,
         /// The domain's state after the call.
         status: Option<StatusReport>,
+        /// What a save call wrote.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        saved: Option<crate::SaveReport>,
     },
     /// The domain's state changed.
     Status(StatusReport),
@@ -270,6 +276,7 @@ mod tests {
             error: None,
             stats: Some(MachineStats::default()),
             status: None,
+            saved: None,
         };
         assert_eq!(decode::<Note>(&encode(&note)).unwrap(), note);
         for bad in [

@@ -1,0 +1,628 @@
+//! A saved domain: the stream `vessel save` writes and `vessel restore` reads
+//! (`docs/formats.md`, "Snapshot").
+//!
+//! A header (the magic `VSLSNAP\0` and the format's version, a little-endian u32), then
+//! records. Every record is its kind (u32), its length (u32), its payload and a CRC-32 of the
+//! three, so a damaged byte anywhere is found before anything is restored from it, and the
+//! stream can be written and read front to back (a file, or later a migration's socket).
+//! Every length is bounded by its kind before anything is allocated for it.
+//!
+//! Records, in this order:
+//! - `Spec`: the domain's specification as the API's JSON ([`DomainSpec`]);
+//! - `Vm`: the in-kernel interrupt controllers, PIT and kvmclock ([`hv::state::VmState`]);
+//! - `Vcpu`, one per vCPU in order: its index (u32), then its state
+//!   ([`hv::state::VcpuState`]);
+//! - `Serial`: the console UART's registers and receive FIFO;
+//! - `Device`, one per virtio device in slot order: its slot (u32), then its transport's
+//!   saved state (`devices::virtio::state`);
+//! - `Memory`, any number: a guest-physical address (u64), then whole 4 KiB pages of RAM from
+//!   there. Pages that hold only zeros (never touched, or given back through the balloon) are
+//!   not written: a restored guest finds zeros there, as it left them. Records go up in
+//!   address and never overlap; each lies inside the guest's RAM;
+//! - `End`, empty.
+
+use std::io::{self, Read, Write};
+
+use hv::state::{VcpuState, VmState};
+use hv::GuestMemory;
+
+use crate::spec::DomainSpec;
+
+/// The first eight bytes of a snapshot.
+pub const MAGIC: [u8; 8] = *b"VSLSNAP\0";
+/// The format's version. A reader refuses any other.
+pub const VERSION: u32 = 1;
+/// Bytes of guest RAM in one page of a memory record.
+pub const PAGE: usize = 4096;
+/// Most pages in one memory record (2 MiB).
+pub const MAX_RECORD_PAGES: usize = 512;
+/// The most vCPUs and virtio devices a snapshot may list.
+const MAX_VCPUS: usize = crate::layout::MAX_VCPUS as usize;
+const MAX_DEVICES: usize = 64;
+
+/// The kinds of record, with the most bytes each may hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Spec = 1,
+    Vm = 2,
+    Vcpu = 3,
+    Serial = 4,
+    Device = 5,
+    Memory = 6,
+    End = 7,
+}
+
+impl Kind {
+    fn from_u32(n: u32) -> Option<Kind> {
+        [
+            Kind::Spec,
+            Kind::Vm,
+            Kind::Vcpu,
+            Kind::Serial,
+            Kind::Device,
+            Kind::Memory,
+            Kind::End,
+        ]
+        .into_iter()
+        .find(|k| *k as u32 == n)
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Spec => "specification",
+            Kind::Vm => "VM state",
+            Kind::Vcpu => "vCPU state",
+            Kind::Serial => "console UART state",
+            Kind::Device => "device state",
+            Kind::Memory => "memory",
+            Kind::End => "end",
+        }
+    }
+
+    fn max_len(self) -> usize {
+        match self {
+            Kind::Spec => 1 << 20,
+            Kind::Vm | Kind::Vcpu => 64 << 10,
+            Kind::Serial => 4 << 10,
+            Kind::Device => 4 + devices::virtio::state::MAX_STATE,
+            Kind::Memory => 8 + MAX_RECORD_PAGES * PAGE,
+            Kind::End => 0,
+        }
+    }
+}
+
+/// Why a snapshot could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// Reading or writing the stream failed.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// Not a snapshot.
+    #[error("not a Vessel snapshot (bad magic)")]
+    BadMagic,
+    /// Written by a format this Vessel does not read.
+    #[error("snapshot format version {0} is not supported (this Vessel reads version {VERSION})")]
+    Version(u32),
+    /// The stream ended early.
+    #[error("the snapshot is truncated: it ends inside {0}")]
+    Truncated(&'static str),
+    /// A record's checksum does not match its bytes.
+    #[error("the snapshot's {0} record is damaged (its checksum does not match)")]
+    Checksum(&'static str),
+    /// Anything else wrong with its contents.
+    #[error("the snapshot is malformed: {0}")]
+    Malformed(String),
+}
+
+fn malformed(why: impl Into<String>) -> SnapshotError {
+    SnapshotError::Malformed(why.into())
+}
+
+/// Everything of a saved domain but its memory.
+#[derive(Debug)]
+pub struct SavedMachine {
+    /// What the domain is.
+    pub spec: DomainSpec,
+    /// Its VM's interrupt controllers, PIT and clock.
+    pub vm: VmState,
+    /// Its vCPUs, in order.
+    pub vcpus: Vec<VcpuState>,
+    /// Its console UART (`devices::serial::SerialConsole::save`).
+    pub serial: Vec<u8>,
+    /// Its virtio devices' transports, in slot order.
+    pub devices: Vec<Vec<u8>>,
+}
+
+/// What saving memory wrote.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryWritten {
+    /// Pages written.
+    pub pages: u64,
+    /// Pages left out because they held only zeros.
+    pub zero_pages: u64,
+}
+
+/// Writes a snapshot, record by record.
+pub struct SnapshotWriter<W: Write> {
+    out: W,
+}
+
+impl<W: Write> SnapshotWriter<W> {
+    /// Starts a snapshot on `out` (writes its header).
+    pub fn new(mut out: W) -> io::Result<Self> {
+        out.write_all(&MAGIC)?;
+        out.write_all(&VERSION.to_le_bytes())?;
+        Ok(SnapshotWriter { out })
+    }
+
+    fn record(&mut self, kind: Kind, parts: &[&[u8]]) -> io::Result<()> {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        if len > kind.max_len() {
+            return Err(io::Error::other(format!(
+                "the {} is {len} bytes, more than a snapshot holds ({})",
+                kind.name(),
+                kind.max_len()
+            )));
+        }
+        let mut head = [0u8; 8];
+        head[..4].copy_from_slice(&(kind as u32).to_le_bytes());
+        head[4..].copy_from_slice(&(len as u32).to_le_bytes());
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&head);
+        self.out.write_all(&head)?;
+        for p in parts {
+            crc.update(p);
+            self.out.write_all(p)?;
+        }
+        self.out.write_all(&crc.finalize().to_le_bytes())
+    }
+
+    /// Writes everything of the machine but its memory, which follows.
+    pub fn machine(&mut self, saved: &SavedMachine) -> io::Result<()> {
+        let spec = serde_json::to_vec(&saved.spec).map_err(io::Error::other)?;
+        self.record(Kind::Spec, &[&spec])?;
+        self.record(Kind::Vm, &[&saved.vm.encode()])?;
+        for (index, vcpu) in saved.vcpus.iter().enumerate() {
+            self.record(Kind::Vcpu, &[&(index as u32).to_le_bytes(), &vcpu.encode()])?;
+        }
+        self.record(Kind::Serial, &[&saved.serial])?;
+        for (slot, device) in saved.devices.iter().enumerate() {
+            self.record(Kind::Device, &[&(slot as u32).to_le_bytes(), device])?;
+        }
+        Ok(())
+    }
+
+    /// Writes the guest RAM in `ram` (its regions, as `(guest address, size)`) of `memory`,
+    /// leaving out pages of zeros.
+    pub fn memory(
+        &mut self,
+        memory: &GuestMemory,
+        ram: &[(u64, u64)],
+    ) -> Result<MemoryWritten, SnapshotError> {
+        const ZERO: [u8; PAGE] = [0; PAGE];
+        let mut written = MemoryWritten::default();
+        let mut chunk = vec![0u8; MAX_RECORD_PAGES * PAGE];
+        for &(base, size) in ram {
+            let mut at = 0u64;
+            while at < size {
+                let len = (size - at).min(chunk.len() as u64) as usize;
+                let buf = &mut chunk[..len];
+                memory
+                    .read(base + at, buf)
+                    .map_err(|e| malformed(e.to_string()))?;
+                // Runs of non-zero pages within the chunk, each one record.
+                let pages: Vec<bool> = buf.chunks(PAGE).map(|p| p != &ZERO[..p.len()]).collect();
+                let mut i = 0;
+                while i < pages.len() {
+                    if !pages[i] {
+                        written.zero_pages += 1;
+                        i += 1;
+                        continue;
+                    }
+                    let start = i;
+                    while i < pages.len() && pages[i] {
+                        i += 1;
+                    }
+                    let gpa = base + at + (start * PAGE) as u64;
+                    let data = &buf[start * PAGE..(i * PAGE).min(len)];
+                    self.record(Kind::Memory, &[&gpa.to_le_bytes(), data])?;
+                    written.pages += (i - start) as u64;
+                }
+                at += len as u64;
+            }
+        }
+        Ok(written)
+    }
+
+    /// Ends the snapshot and flushes it; returns the stream.
+    pub fn finish(mut self) -> io::Result<W> {
+        self.record(Kind::End, &[])?;
+        self.out.flush()?;
+        Ok(self.out)
+    }
+}
+
+/// Reads a snapshot front to back: [`SnapshotReader::machine`], then
+/// [`SnapshotReader::memory`].
+pub struct SnapshotReader<R: Read> {
+    input: R,
+    /// A record read ahead (the first after the devices).
+    next: Option<(Kind, Vec<u8>)>,
+}
+
+impl<R: Read> SnapshotReader<R> {
+    /// Reads and checks the header of the snapshot on `input`.
+    pub fn new(mut input: R) -> Result<Self, SnapshotError> {
+        let mut head = [0u8; 12];
+        let mut got = 0;
+        while got < head.len() {
+            match input.read(&mut head[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(SnapshotError::Io(e)),
+            }
+        }
+        // A short file that is not the start of a snapshot is a stranger, not a truncated one.
+        let magic = got.min(MAGIC.len());
+        if head[..magic] != MAGIC[..magic] {
+            return Err(SnapshotError::BadMagic);
+        }
+        if got < head.len() {
+            return Err(SnapshotError::Truncated("the header"));
+        }
+        let version = u32::from_le_bytes([head[8], head[9], head[10], head[11]]);
+        if version != VERSION {
+            return Err(SnapshotError::Version(version));
+        }
+        Ok(SnapshotReader { input, next: None })
+    }
+
+    /// The next record, its checksum checked.
+    fn record(&mut self) -> Result<(Kind, Vec<u8>), SnapshotError> {
+        if let Some(r) = self.next.take() {
+            return Ok(r);
+        }
+        let mut head = [0u8; 8];
+        read_exact(&mut self.input, &mut head, "a record's header")?;
+        let kind_n = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+        let len = u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as usize;
+        let kind = Kind::from_u32(kind_n)
+            .ok_or_else(|| malformed(format!("a record of unknown kind {kind_n}")))?;
+        if len > kind.max_len() {
+            return Err(malformed(format!(
+                "its {} record is {len} bytes, more than the {} allowed",
+                kind.name(),
+                kind.max_len()
+            )));
+        }
+        let mut payload = vec![0u8; len];
+        read_exact(&mut self.input, &mut payload, kind.name())?;
+        let mut stored = [0u8; 4];
+        read_exact(&mut self.input, &mut stored, kind.name())?;
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&head);
+        crc.update(&payload);
+        if crc.finalize() != u32::from_le_bytes(stored) {
+            return Err(SnapshotError::Checksum(kind.name()));
+        }
+        Ok((kind, payload))
+    }
+
+    fn expect(&mut self, want: Kind) -> Result<Vec<u8>, SnapshotError> {
+        match self.record()? {
+            (kind, payload) if kind == want => Ok(payload),
+            (kind, _) => Err(malformed(format!(
+                "a {} record where the {} belongs",
+                kind.name(),
+                want.name()
+            ))),
+        }
+    }
+
+    /// Only the domain's specification (the first record), checked as the API checks one.
+    pub fn spec(&mut self) -> Result<DomainSpec, SnapshotError> {
+        let bytes = self.expect(Kind::Spec)?;
+        let spec: DomainSpec = serde_json::from_slice(&bytes)
+            .map_err(|e| malformed(format!("its specification: {e}")))?;
+        spec.validate()
+            .map_err(|e| malformed(format!("its specification: {e}")))?;
+        Ok(spec)
+    }
+
+    /// Everything of the machine but its memory, which follows.
+    pub fn machine(&mut self) -> Result<SavedMachine, SnapshotError> {
+        let spec = self.spec()?;
+        let vm = VmState::decode(&self.expect(Kind::Vm)?)
+            .map_err(|e| malformed(format!("its VM state: {e}")))?;
+        let count = spec.vcpus as usize;
+        if count > MAX_VCPUS {
+            return Err(malformed(format!("{count} vCPUs")));
+        }
+        let mut vcpus = Vec::with_capacity(count);
+        for want in 0..count {
+            let bytes = self.expect(Kind::Vcpu)?;
+            let (index, state) = numbered(&bytes, "vCPU")?;
+            if index != want {
+                return Err(malformed(format!(
+                    "vCPU {index}'s state where vCPU {want}'s belongs"
+                )));
+            }
+            let state =
+                VcpuState::decode(state).map_err(|e| malformed(format!("vCPU {index}: {e}")))?;
+            vcpus.push(state);
+        }
+        let serial = self.expect(Kind::Serial)?;
+        let mut devices = Vec::new();
+        loop {
+            let (kind, bytes) = self.record()?;
+            if kind != Kind::Device {
+                self.next = Some((kind, bytes));
+                break;
+            }
+            let (slot, state) = numbered(&bytes, "device")?;
+            if slot != devices.len() || slot >= MAX_DEVICES {
+                return Err(malformed(format!(
+                    "device {slot}'s state where device {}'s belongs",
+                    devices.len()
+                )));
+            }
+            devices.push(state.to_vec());
+        }
+        Ok(SavedMachine {
+            spec,
+            vm,
+            vcpus,
+            serial,
+            devices,
+        })
+    }
+
+    /// Loads the memory records into `memory`, whose RAM is `ram` (its regions, as `(guest
+    /// address, size)`), up to the end record; returns the pages loaded. A record outside the
+    /// RAM, out of order, or overlapping another is refused; so is anything after the end.
+    pub fn memory(
+        &mut self,
+        memory: &GuestMemory,
+        ram: &[(u64, u64)],
+    ) -> Result<u64, SnapshotError> {
+        let mut pages = 0u64;
+        let mut next_free = 0u64;
+        loop {
+            let (kind, bytes) = self.record()?;
+            match kind {
+                Kind::Memory => {}
+                Kind::End => break,
+                other => {
+                    return Err(malformed(format!(
+                        "a {} record among the memory records",
+                        other.name()
+                    )))
+                }
+            }
+            if bytes.len() < 8 + PAGE || (bytes.len() - 8) % PAGE != 0 {
+                return Err(malformed(format!(
+                    "a memory record of {} bytes, not an address and whole pages",
+                    bytes.len()
+                )));
+            }
+            let gpa = u64::from_le_bytes(bytes[..8].try_into().unwrap_or([0xff; 8]));
+            let data = &bytes[8..];
+            let len = data.len() as u64;
+            let inside = ram.iter().any(|&(base, size)| {
+                gpa >= base && gpa.checked_add(len).is_some_and(|end| end <= base + size)
+            });
+            if gpa % PAGE as u64 != 0 || !inside {
+                return Err(malformed(format!(
+                    "a memory record at {gpa:#x} of {len} bytes, not whole pages of the guest's RAM"
+                )));
+            }
+            if gpa < next_free {
+                return Err(malformed(format!(
+                    "a memory record at {gpa:#x} below the one before (out of order or overlapping)"
+                )));
+            }
+            memory
+                .write(gpa, data)
+                .map_err(|e| malformed(e.to_string()))?;
+            next_free = gpa + len;
+            pages += len / PAGE as u64;
+        }
+        let mut extra = [0u8; 1];
+        match self.input.read(&mut extra) {
+            Ok(0) => Ok(pages),
+            Ok(_) => Err(malformed("bytes follow its end record")),
+            Err(e) => Err(SnapshotError::Io(e)),
+        }
+    }
+}
+
+/// A record's leading index (u32) and the bytes after it.
+fn numbered<'a>(bytes: &'a [u8], what: &str) -> Result<(usize, &'a [u8]), SnapshotError> {
+    if bytes.len() < 4 {
+        return Err(malformed(format!("a {what} record without its number")));
+    }
+    let n = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+    Ok((n, &bytes[4..]))
+}
+
+fn read_exact(
+    input: &mut impl Read,
+    buf: &mut [u8],
+    what: &'static str,
+) -> Result<(), SnapshotError> {
+    input.read_exact(buf).map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => SnapshotError::Truncated(what),
+        _ => SnapshotError::Io(e),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RAM: u64 = 1 << 20;
+
+    fn machine() -> SavedMachine {
+        let mut spec = DomainSpec::new("/k");
+        spec.name = Some("web".into());
+        spec.memory = 16 << 20;
+        spec.vcpus = 2;
+        SavedMachine {
+            spec,
+            vm: VmState::zeroed(),
+            vcpus: vec![VcpuState::zeroed(), VcpuState::zeroed()],
+            serial: vec![1, 2, 3],
+            devices: vec![vec![7; 100], vec![8; 10]],
+        }
+    }
+
+    /// A snapshot of `machine()` with 1 MiB of RAM: zeros but for two runs of pages.
+    fn snapshot() -> Vec<u8> {
+        let ram = GuestMemory::new(&[(0, RAM)]).unwrap();
+        ram.write(0x1000, &[0xaa; 2 * PAGE]).unwrap();
+        ram.write(0x8_0000 + 17, b"x").unwrap();
+        let mut w = SnapshotWriter::new(Vec::new()).unwrap();
+        w.machine(&machine()).unwrap();
+        let written = w.memory(&ram, &[(0, RAM)]).unwrap();
+        assert_eq!(
+            written,
+            MemoryWritten {
+                pages: 3,
+                zero_pages: RAM / PAGE as u64 - 3
+            }
+        );
+        w.finish().unwrap()
+    }
+
+    fn restore(bytes: &[u8]) -> Result<(SavedMachine, GuestMemory), SnapshotError> {
+        let mut r = SnapshotReader::new(bytes)?;
+        let saved = r.machine()?;
+        let ram = GuestMemory::new(&[(0, RAM)]).unwrap();
+        r.memory(&ram, &[(0, RAM)])?;
+        Ok((saved, ram))
+    }
+
+    #[test]
+    fn a_snapshot_reads_back_as_it_was_written_zero_pages_left_out() {
+        let bytes = snapshot();
+        // Header, records of the machine, three pages in two records, the end.
+        assert!(bytes.len() < 3 * PAGE + 16 * 1024, "{} bytes", bytes.len());
+        let (saved, ram) = restore(&bytes).unwrap();
+        assert_eq!(saved.spec, machine().spec);
+        assert_eq!(saved.vcpus.len(), 2);
+        assert_eq!(saved.serial, [1, 2, 3]);
+        assert_eq!(saved.devices, machine().devices);
+        let mut page = vec![0u8; 2 * PAGE];
+        ram.read(0x1000, &mut page).unwrap();
+        assert!(page.iter().all(|&b| b == 0xaa));
+        let mut byte = [0u8; 2];
+        ram.read(0x8_0000 + 17, &mut byte).unwrap();
+        assert_eq!(&byte, b"x\0");
+        // The daemon reads only the specification.
+        let spec = SnapshotReader::new(&bytes[..]).unwrap().spec().unwrap();
+        assert_eq!(spec.name.as_deref(), Some("web"));
+    }
+
+    #[test]
+    fn every_damage_is_refused_by_what_is_wrong() {
+        let bytes = snapshot();
+        let err = |b: &[u8]| restore(b).err().expect("refused").to_string();
+        assert!(err(b"VSLSNAP").contains("truncated"));
+        assert!(err(b"QFI\xfb....").contains("not a Vessel snapshot"));
+        let mut version = bytes.clone();
+        version[8] = 2;
+        assert!(err(&version).contains("version 2"));
+        // Every cut short of the whole is truncated.
+        for cut in (12..bytes.len()).step_by(997) {
+            assert!(err(&bytes[..cut]).contains("truncated"), "cut at {cut}");
+        }
+        // Any flipped bit is found.
+        for at in (12..bytes.len()).step_by(331) {
+            let mut b = bytes.clone();
+            b[at] ^= 1;
+            let e = err(&b);
+            // A flipped length may also make a record run past the end.
+            assert!(
+                e.contains("damaged") || e.contains("malformed") || e.contains("truncated"),
+                "a flip at {at}: {e}"
+            );
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(err(&longer).contains("follow its end"));
+    }
+
+    /// A snapshot with the machine's records, then `records` of memory (address and pages).
+    fn with_memory(records: &[(u64, usize)]) -> Vec<u8> {
+        let mut w = SnapshotWriter::new(Vec::new()).unwrap();
+        w.machine(&machine()).unwrap();
+        for &(gpa, pages) in records {
+            w.record(
+                Kind::Memory,
+                &[&gpa.to_le_bytes(), &vec![1u8; pages * PAGE]],
+            )
+            .unwrap();
+        }
+        w.finish().unwrap()
+    }
+
+    #[test]
+    fn memory_records_must_be_whole_pages_of_ram_in_order() {
+        assert!(restore(&with_memory(&[(0, 1), (PAGE as u64, 2)])).is_ok());
+        for (records, why) in [
+            (vec![(RAM, 1)], "not whole pages of the guest's RAM"),
+            (
+                vec![(RAM - PAGE as u64, 2)],
+                "not whole pages of the guest's RAM",
+            ),
+            (vec![(17, 1)], "not whole pages of the guest's RAM"),
+            (
+                vec![(u64::MAX - 4095, 1)],
+                "not whole pages of the guest's RAM",
+            ),
+            (vec![(0x2000, 1), (0x1000, 1)], "out of order"),
+            (vec![(0x1000, 2), (0x2000, 1)], "overlapping"),
+        ] {
+            let e = restore(&with_memory(&records)).err().unwrap().to_string();
+            assert!(e.contains(why), "{records:?}: {e}");
+        }
+        // A record of an address and no whole page.
+        let mut w = SnapshotWriter::new(Vec::new()).unwrap();
+        w.machine(&machine()).unwrap();
+        w.record(Kind::Memory, &[&0u64.to_le_bytes(), &[1u8; 100]])
+            .unwrap();
+        let e = restore(&w.finish().unwrap()).err().unwrap().to_string();
+        assert!(e.contains("not an address and whole pages"), "{e}");
+    }
+
+    #[test]
+    fn records_out_of_place_or_oversized_are_refused() {
+        // The vCPUs must follow in order.
+        let mut w = SnapshotWriter::new(Vec::new()).unwrap();
+        let m = machine();
+        let spec = serde_json::to_vec(&m.spec).unwrap();
+        w.record(Kind::Spec, &[&spec]).unwrap();
+        w.record(Kind::Vm, &[&m.vm.encode()]).unwrap();
+        w.record(Kind::Vcpu, &[&1u32.to_le_bytes(), &m.vcpus[0].encode()])
+            .unwrap();
+        let e = restore(&w.finish().unwrap()).err().unwrap().to_string();
+        assert!(e.contains("vCPU 1's state where vCPU 0's belongs"), "{e}");
+        // A record larger than its kind allows is refused before it is read.
+        let mut b = snapshot();
+        let spec_len_at = 12 + 4;
+        b[spec_len_at..spec_len_at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        let e = restore(&b).err().unwrap().to_string();
+        assert!(e.contains("more than the"), "{e}");
+        // An unknown kind of record.
+        let mut b = snapshot();
+        b[12..16].copy_from_slice(&99u32.to_le_bytes());
+        let e = restore(&b).err().unwrap().to_string();
+        assert!(e.contains("unknown kind 99"), "{e}");
+        // A specification that is not valid JSON of a domain.
+        let mut w = SnapshotWriter::new(Vec::new()).unwrap();
+        w.record(Kind::Spec, &[b"{\"kernel\":5}"]).unwrap();
+        let e = restore(&w.finish().unwrap()).err().unwrap().to_string();
+        assert!(e.contains("its specification"), "{e}");
+    }
+}
