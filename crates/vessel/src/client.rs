@@ -146,6 +146,14 @@ pub enum DomainVerb {
     Destroy { name: String },
     /// Forget a stopped domain's definition.
     Delete { name: String },
+    /// Save a running or paused domain to FILE and stop it, as `xl save`: its vCPUs,
+    /// interrupt controllers, clock, devices and memory (all-zero pages left out). `vessel
+    /// restore FILE` brings it back where it was. FILE must not exist.
+    Save {
+        name: String,
+        /// The snapshot to write (a path on the daemon's host).
+        file: PathBuf,
+    },
     /// Set a running domain's memory, as `xl mem-set`: its guest gives back what is above
     /// SIZE through its balloon (and takes it again when SIZE grows, up to its --memory).
     /// The guest does it at its own pace: `vessel info NAME` shows `memory.balloon_bytes`.
@@ -156,6 +164,41 @@ pub enum DomainVerb {
         #[arg(value_parser = parse_size_arg)]
         size: u64,
     },
+}
+
+/// `vessel restore`.
+#[derive(Args)]
+pub struct RestoreArgs {
+    /// The snapshot `vessel save` wrote (a path on the daemon's host).
+    file: PathBuf,
+    /// The name to give the domain (default: the name it was saved with).
+    #[arg(long)]
+    name: Option<String>,
+}
+
+/// `path` made absolute from the current directory: the daemon has its own.
+fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
+    std::path::absolute(path).with_context(|| format!("cannot make {} absolute", path.display()))
+}
+
+pub fn restore(socket: &Path, args: RestoreArgs) -> anyhow::Result<ExitCode> {
+    let mut body = json!({ "path": absolute(&args.file)? });
+    if let Some(name) = args.name {
+        body["name"] = json!(name);
+    }
+    let v = call(
+        socket,
+        "POST",
+        "/v1/restore",
+        Some(&serde_json::to_vec(&body)?),
+    )?;
+    println!(
+        "domain '{}' (id {}) is {}",
+        v["name"].as_str().unwrap_or("?"),
+        v["id"],
+        v["state"].as_str().unwrap_or("?")
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn create(socket: &Path, args: CreateArgs) -> anyhow::Result<ExitCode> {
@@ -218,8 +261,12 @@ pub fn domain_verb(socket: &Path, verb: DomainVerb) -> anyhow::Result<ExitCode> 
         DomainVerb::Destroy { name } => ("POST", "/destroy".into(), name),
         DomainVerb::Delete { name } => ("DELETE", String::new(), name),
         DomainVerb::MemSet { name, .. } => ("PUT", "/memory".into(), name),
+        DomainVerb::Save { name, .. } => ("POST", "/save".into(), name),
     };
     let body = match &verb {
+        DomainVerb::Save { file, .. } => {
+            Some(serde_json::to_vec(&json!({ "path": absolute(file)? }))?)
+        }
         DomainVerb::MemSet { size, .. } => {
             Some(serde_json::to_vec(&json!({ "target_bytes": size }))?)
         }
@@ -234,6 +281,13 @@ pub fn domain_verb(socket: &Path, verb: DomainVerb) -> anyhow::Result<ExitCode> 
     match verb {
         DomainVerb::Info { .. } => print_json(&v)?,
         DomainVerb::Delete { name } => println!("domain '{name}' deleted"),
+        DomainVerb::Save { name, file } => println!(
+            "domain '{name}' saved to {} ({} MiB: {} pages of memory, {} zero pages left out)",
+            file.display(),
+            v["bytes"].as_u64().unwrap_or(0) >> 20,
+            v["pages"],
+            v["zero_pages"]
+        ),
         DomainVerb::MemSet { name, size } => {
             let text = |b: u64| vmm::spec::format_size(b).unwrap_or_else(|| format!("{b} bytes"));
             // The memory policy may give the domain less than asked, never more.

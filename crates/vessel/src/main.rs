@@ -77,6 +77,9 @@ enum Command {
     Net(netcli::NetCommand),
     #[command(flatten)]
     Domain(client::DomainVerb),
+    /// Bring back a domain `vessel save` saved: it runs on from where it was (its programs,
+    /// its clock moved on by the time it spent saved), as `xl restore`.
+    Restore(client::RestoreArgs),
     /// Print the shell completion script for SHELL (e.g. `vessel completions bash >
     /// /etc/bash_completion.d/vessel`).
     Completions(selfdoc::CompletionsArgs),
@@ -177,6 +180,7 @@ fn main() -> ExitCode {
         Command::Net(command) => netcli::net(&socket, command),
         Command::Sched(args) => schedcli::sched(&socket, args),
         Command::Domain(verb) => client::domain_verb(&socket, verb),
+        Command::Restore(args) => client::restore(&socket, args),
         Command::DomainProcess => domain_process(),
         Command::Completions(args) => selfdoc::completions(command(), args),
         Command::Man(args) => selfdoc::man(command(), args),

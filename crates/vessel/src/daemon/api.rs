@@ -62,6 +62,8 @@ pub const ROUTES: &[Route] = &[
     route("POST", "/v1/domains/{name}/reboot", reboot_domain),
     route("POST", "/v1/domains/{name}/reset", reset_domain),
     route("POST", "/v1/domains/{name}/destroy", destroy_domain),
+    route("POST", "/v1/domains/{name}/save", save_domain),
+    route("POST", "/v1/restore", restore_domain),
     route("GET", "/v1/domains/{name}/console", console_without_upgrade),
     route("GET", "/v1/domains/{name}/sched", get_sched),
     route("PUT", "/v1/domains/{name}/sched", set_sched),
@@ -256,6 +258,67 @@ fn set_memory(plane: &ControlPlane, p: &Params, req: &Request) -> Answer {
         200,
         &json!({ "name": p.name, "target_bytes": set }),
     ))
+}
+
+/// A snapshot's path in a request's body: absolute, as the daemon has its own working
+/// directory.
+fn snapshot_path(path: &str) -> Result<&std::path::Path, ControlError> {
+    let path = std::path::Path::new(path);
+    if path.is_absolute() {
+        Ok(path)
+    } else {
+        Err(ControlError::Invalid(format!(
+            "the snapshot's path {} must be absolute (the daemon has its own working directory)",
+            path.display()
+        )))
+    }
+}
+
+/// The body of `POST /v1/domains/{name}/save`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SaveTo {
+    path: String,
+}
+
+fn save_domain(plane: &ControlPlane, p: &Params, req: &Request) -> Answer {
+    let to: SaveTo = serde_json::from_slice(&req.body)
+        .map_err(|e| ControlError::Invalid(format!("invalid save: {e}")))?;
+    let report = plane.save(&p.name, snapshot_path(&to.path)?)?;
+    Ok(Response::json(
+        200,
+        &json!({
+            "name": p.name,
+            "path": to.path,
+            "bytes": report.bytes,
+            "pages": report.pages,
+            "zero_pages": report.zero_pages,
+        }),
+    ))
+}
+
+/// The body of `POST /v1/restore`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RestoreFrom {
+    path: String,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+fn restore_domain(plane: &ControlPlane, _: &Params, req: &Request) -> Answer {
+    let from: RestoreFrom = serde_json::from_slice(&req.body)
+        .map_err(|e| ControlError::Invalid(format!("invalid restore: {e}")))?;
+    let name = plane.restore(snapshot_path(&from.path)?, from.name.as_deref())?;
+    let params = Params {
+        name,
+        ..Params::default()
+    };
+    let answer = get_domain(plane, &params, req)?;
+    Ok(Response {
+        status: 201,
+        ..answer
+    })
 }
 
 fn memory_view(plane: &ControlPlane, _: &Params, _: &Request) -> Answer {
