@@ -286,3 +286,28 @@ memory[0x3000 + 12:0x3000 + 72] = frame60
 for name, kind, payload in [("rng", 0, rng), ("block", 1, block), ("net", 2, net)]:
     write("device_state", name, state_input(kind, framed(payload), bytes(memory)))
     write("device_state", name + "-payload", state_input(kind, payload, bytes(memory), seal=True))
+
+
+# --- snapshot: byte 0 bit 0 set: records (kind u8, length u16, payload) that the target frames
+# with the header and checksums. A one-vCPU domain of 16 MiB: its specification, VM and vCPU
+# state of zeros in this KVM's structure sizes, a UART, no device (as the records go; a real
+# domain has its entropy device and balloon), two pages of memory and the end.
+def rec(kind, payload):
+    return struct.pack("<BH", kind, len(payload)) + payload
+
+
+def sized(*sizes):
+    return b"".join(struct.pack("<I", n) + b"\0" * n for n in sizes)
+
+
+spec = b'{"name":"web","kernel":"/k","memory":"16M"}'
+vm = sized(520, 520, 520, 112, 48) + struct.pack("<Q", 1796000000000000000)
+vcpu = struct.pack("<I", 0) + sized(4, 144, 312, 4096, 392, 128, 1024, 64) \
+    + struct.pack("<I", 1) + struct.pack("<IQ", 0x10, 12345) + struct.pack("<I", 2000000)
+serial = bytes(9) + struct.pack("<I", 2) + b"hi"
+memory = struct.pack("<Q", 0x1000) + b"\x5a" * 4096
+write("snapshot", "framed",
+      b"\x01" + rec(1, spec) + rec(2, vm) + rec(3, vcpu) + rec(4, serial) + rec(6, memory) + rec(7, b""))
+write("snapshot", "framed-device",
+      b"\x01" + rec(1, spec) + rec(2, vm) + rec(3, vcpu) + rec(4, serial)
+      + rec(5, struct.pack("<I", 0) + b"VSLDEVST") + rec(7, b""))
