@@ -51,17 +51,7 @@ impl ControlPlane {
 
     /// Starts domain `name`.
     pub fn start(&self, name: &str) -> Result<(), ControlError> {
-        let claimed = self.registry.with(name, |e| {
-            if e.state().is_active() || e.starting {
-                false
-            } else {
-                e.starting = true;
-                true
-            }
-        })?;
-        if !claimed {
-            return Err(ControlError::AlreadyRunning(name.to_string()));
-        }
+        self.claim_start(name)?;
         let started = self.launch(name, None);
         self.finish_start(name, started)
     }
@@ -126,17 +116,7 @@ impl ControlPlane {
         // Claim the start: of a new definition, or of a stopped domain redefined as saved.
         let exists = self.registry.view(&name).is_ok();
         if exists {
-            let claimed = self.registry.with(&name, |e| {
-                if e.state().is_active() || e.starting {
-                    false
-                } else {
-                    e.starting = true;
-                    true
-                }
-            })?;
-            if !claimed {
-                return Err(ControlError::AlreadyRunning(name));
-            }
+            self.claim_start(&name)?;
             if let Err(e) = self.registry.redefine(&name, |_| Ok(def.clone())) {
                 let _ = self.registry.with(&name, |e| e.starting = false);
                 return Err(e);
@@ -152,6 +132,24 @@ impl ControlPlane {
         }
         self.finish_start(&name, started)?;
         Ok(name)
+    }
+
+    /// Claims the start of defined domain `name` (its entry's `starting` flag), unless it is
+    /// running, paused or starting already.
+    fn claim_start(&self, name: &str) -> Result<(), ControlError> {
+        let claimed = self.registry.with(name, |e| {
+            if e.state().is_active() || e.starting {
+                false
+            } else {
+                e.starting = true;
+                true
+            }
+        })?;
+        if claimed {
+            Ok(())
+        } else {
+            Err(ControlError::AlreadyRunning(name.to_string()))
+        }
     }
 
     /// Forgets a stopped domain (shut off or crashed, not starting) and deletes its file.

@@ -181,6 +181,16 @@ fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
     std::path::absolute(path).with_context(|| format!("cannot make {} absolute", path.display()))
 }
 
+/// "domain 'NAME' (id N) is STATE", of the domain info `v` a create or a restore answered.
+fn print_started(v: &Value) {
+    println!(
+        "domain '{}' (id {}) is {}",
+        v["name"].as_str().unwrap_or("?"),
+        v["id"],
+        v["state"].as_str().unwrap_or("?")
+    );
+}
+
 pub fn restore(socket: &Path, args: RestoreArgs) -> anyhow::Result<ExitCode> {
     let mut body = json!({ "path": absolute(&args.file)? });
     if let Some(name) = args.name {
@@ -192,12 +202,7 @@ pub fn restore(socket: &Path, args: RestoreArgs) -> anyhow::Result<ExitCode> {
         "/v1/restore",
         Some(&serde_json::to_vec(&body)?),
     )?;
-    println!(
-        "domain '{}' (id {}) is {}",
-        v["name"].as_str().unwrap_or("?"),
-        v["id"],
-        v["state"].as_str().unwrap_or("?")
-    );
+    print_started(&v);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -236,12 +241,7 @@ pub fn create(socket: &Path, args: CreateArgs) -> anyhow::Result<ExitCode> {
         "/v1/domains"
     };
     let v = call(socket, "POST", path, Some(&body))?;
-    println!(
-        "domain '{}' (id {}) is {}",
-        v["name"].as_str().unwrap_or("?"),
-        v["id"],
-        v["state"].as_str().unwrap_or("?")
-    );
+    print_started(&v);
     Ok(ExitCode::SUCCESS)
 }
 
