@@ -126,12 +126,28 @@ impl Hypervisor {
     }
 
     /// The MSRs a saved vCPU keeps: those this KVM lists as worth saving
-    /// (`KVM_GET_MSR_INDEX_LIST`).
+    /// (`KVM_GET_MSR_INDEX_LIST`), and the memory-type MSRs it keeps but does not list (the
+    /// MTRRs and the PAT, as QEMU saves them too; without them a restored guest's memory
+    /// would all be uncacheable).
     pub fn msrs_to_save(&self) -> Result<Vec<u32>, HvError> {
-        self.kvm
+        let mut msrs = self
+            .kvm
             .get_msr_index_list()
             .map(|list| list.as_slice().to_vec())
-            .map_err(|e| HvError::ioctl("GET_MSR_INDEX_LIST", e))
+            .map_err(|e| HvError::ioctl("GET_MSR_INDEX_LIST", e))?;
+        const MTRR_DEF_TYPE: u32 = 0x2ff;
+        const MTRR_VARIABLE: std::ops::RangeInclusive<u32> = 0x200..=0x20f;
+        const MTRR_FIXED: [u32; 11] = [
+            0x250, 0x258, 0x259, 0x268, 0x269, 0x26a, 0x26b, 0x26c, 0x26d, 0x26e, 0x26f,
+        ];
+        const PAT: u32 = 0x277;
+        let memory_types = MTRR_VARIABLE.chain(MTRR_FIXED).chain([MTRR_DEF_TYPE, PAT]);
+        for msr in memory_types {
+            if !msrs.contains(&msr) {
+                msrs.push(msr);
+            }
+        }
+        Ok(msrs)
     }
 
     /// Creates an empty VM with an in-kernel irqchip (PIC, IOAPIC, LAPICs) and PIT.

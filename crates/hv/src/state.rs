@@ -274,6 +274,12 @@ impl VmState {
         self.clock.clock
     }
 
+    /// Nanoseconds of the host's real time since the state was taken (0 if the host's clock
+    /// was set back meanwhile).
+    pub fn elapsed_ns(&self) -> u64 {
+        realtime_ns().saturating_sub(self.realtime_ns)
+    }
+
     /// The state as little-endian records (see the module's doc).
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(2048);
@@ -371,9 +377,11 @@ impl crate::Vcpu {
     }
 
     /// Gives this vCPU the state `state` (its CPUID must already be set, as when it was
-    /// saved). Refuses a state whose TSC ran at another frequency than this vCPU's, and an MSR
-    /// this KVM does not take, by name.
-    pub fn restore_state(&self, state: &VcpuState) -> Result<(), HvError> {
+    /// saved), its TSC moved on by `elapsed_ns` of real time (the time the guest spent saved,
+    /// as its kvmclock is: a guest that keeps time with the TSC keeps the right time too).
+    /// Refuses a state whose TSC ran at another frequency than this vCPU's, and an MSR this
+    /// KVM does not take, by name.
+    pub fn restore_state(&self, state: &VcpuState, elapsed_ns: u64) -> Result<(), HvError> {
         let fd = self.fd();
         if let (Some(saved), Ok(here)) = (state.tsc_khz, fd.get_tsc_khz()) {
             if saved != here {
@@ -401,7 +409,14 @@ impl crate::Vcpu {
             .map_err(|e| HvError::ioctl("SET_DEBUGREGS", e))?;
         fd.set_lapic(&state.lapic)
             .map_err(|e| HvError::ioctl("SET_LAPIC", e))?;
-        let pairs: Vec<(u32, u64)> = state.msrs.iter().map(|m| (m.index, m.data)).collect();
+        let pairs: Vec<(u32, u64)> = state
+            .msrs
+            .iter()
+            .map(|m| match (m.index, state.tsc_khz) {
+                (MSR_IA32_TSC, Some(khz)) => (m.index, tsc_moved_on(m.data, khz, elapsed_ns)),
+                _ => (m.index, m.data),
+            })
+            .collect();
         for chunk in pairs.chunks(KVM_MAX_MSR_ENTRIES) {
             self.set_msrs(chunk)?;
         }
@@ -444,18 +459,25 @@ impl crate::Vm {
         })
     }
 
-    /// Gives the VM the state `state`, before its vCPUs run. kvmclock goes back to the saved
-    /// reading moved on by the real time that passed since it was taken (measured by Vessel,
-    /// as KVM's own `KVM_CLOCK_REALTIME` is offered only on hosts whose clock source is the
-    /// TSC), so the guest's monotonic clock never goes back and its wall clock stays right.
-    pub fn restore_state(&self, state: &VmState) -> Result<(), HvError> {
+    /// Gives the VM the interrupt controllers and PIT of `state`: first, before the devices
+    /// that raise interrupts are restored.
+    pub fn restore_interrupt_controllers(&self, state: &VmState) -> Result<(), HvError> {
         let fd = self.fd();
         for chip in [&state.pic_master, &state.pic_slave, &state.ioapic] {
             fd.set_irqchip(chip)
                 .map_err(|e| HvError::ioctl("SET_IRQCHIP", e))?;
         }
         fd.set_pit2(&state.pit)
-            .map_err(|e| HvError::ioctl("SET_PIT2", e))?;
+            .map_err(|e| HvError::ioctl("SET_PIT2", e))
+    }
+
+    /// Gives the VM the clock of `state`: last, just before its vCPUs run. kvmclock goes back
+    /// to the saved reading moved on by the real time that passed since it was taken
+    /// ([`VmState::elapsed_ns`]; measured by Vessel, as KVM's own `KVM_CLOCK_REALTIME` is
+    /// offered only on hosts whose clock source is the TSC), so the guest's monotonic clock
+    /// never goes back and its wall clock stays right.
+    pub fn restore_clock(&self, state: &VmState) -> Result<(), HvError> {
+        let fd = self.fd();
         let clock = kvm_clock_data {
             clock: moved_on(state.clock.clock, state.realtime_ns, realtime_ns()),
             ..Default::default()
@@ -463,6 +485,15 @@ impl crate::Vm {
         fd.set_clock(&clock)
             .map_err(|e| HvError::ioctl("SET_CLOCK", e))
     }
+}
+
+/// The time-stamp counter's MSR.
+const MSR_IA32_TSC: u32 = 0x10;
+
+/// A TSC of `khz` that read `tsc`, `elapsed_ns` later.
+fn tsc_moved_on(tsc: u64, khz: u32, elapsed_ns: u64) -> u64 {
+    let ticks = u128::from(elapsed_ns) * u128::from(khz) / 1_000_000;
+    tsc.saturating_add(u64::try_from(ticks).unwrap_or(u64::MAX))
 }
 
 /// The host's real time in nanoseconds since the epoch.
@@ -603,6 +634,14 @@ mod tests {
         assert_eq!(back.ioapic.chip_id, KVM_IRQCHIP_IOAPIC);
         assert_eq!(back.realtime_ns, 1_796_000_000_000_000_000);
         assert!(VmState::decode(&bytes[..bytes.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn the_tsc_moves_on_by_its_frequency() {
+        // 2 GHz, 1.5 s: 3e9 ticks.
+        assert_eq!(tsc_moved_on(1_000, 2_000_000, 1_500_000_000), 3_000_001_000);
+        assert_eq!(tsc_moved_on(7, 2_000_000, 0), 7);
+        assert_eq!(tsc_moved_on(u64::MAX - 5, 4_000_000, 10), u64::MAX);
     }
 
     #[test]

@@ -104,6 +104,11 @@ impl Control {
         self.changed.notify_all();
     }
 
+    /// Whether a pause is wanted (one load, for vCPU threads between guest entries).
+    pub fn pause_wanted(&self) -> bool {
+        self.pause_wanted.load(Ordering::SeqCst)
+    }
+
     /// Called by a vCPU thread between guest entries: parks it while a pause is wanted.
     pub fn park_if_paused(&self) {
         // The common case, no pause, costs one load. A pause asked for just after it is seen

@@ -220,6 +220,8 @@ enum Origin<'a> {
 /// transports. Cheap to clone.
 #[derive(Clone)]
 pub struct MachineParts {
+    /// The CPUID table the vCPUs were built from.
+    cpuid: Vec<hv::CpuidEntry>,
     vm: Arc<hv::Vm>,
     vcpus: Vec<Arc<Mutex<hv::Vcpu>>>,
     transports: Vec<Arc<Mutex<devices::virtio::mmio::MmioTransport>>>,
@@ -234,15 +236,14 @@ impl MachineParts {
         spec: &DomainSpec,
         msrs_to_save: &[u32],
     ) -> Result<SavedMachine, DomainError> {
-        // The vCPUs first: taking a vCPU's state settles its pending local APIC events, which
-        // may still touch the interrupt controllers.
+        // The VM's and the UART's first, then the vCPUs' (as Firecracker takes them).
+        let vm = self.vm.save_state()?;
+        let serial = self.serial.lock().unwrap_or_else(|e| e.into_inner()).save();
         let mut vcpus = Vec::with_capacity(self.vcpus.len());
         for vcpu in &self.vcpus {
             let vcpu = vcpu.lock().unwrap_or_else(|e| e.into_inner());
             vcpus.push(vcpu.save_state(msrs_to_save)?);
         }
-        let vm = self.vm.save_state()?;
-        let serial = self.serial.lock().unwrap_or_else(|e| e.into_inner()).save();
         let devices = self
             .transports
             .iter()
@@ -250,6 +251,7 @@ impl MachineParts {
             .collect();
         Ok(SavedMachine {
             spec: spec.clone(),
+            cpuid: self.cpuid.clone(),
             vm,
             vcpus,
             serial,
@@ -320,6 +322,9 @@ impl Machine {
                 memory: load,
             } => {
                 load(&memory, &ram).map_err(|e| DomainError::Snapshot(e.to_string()))?;
+                // Before the devices that raise interrupts (the UART raises a pending one
+                // again as it is restored).
+                vm.restore_interrupt_controllers(&saved.vm)?;
                 Some(saved)
             }
         };
@@ -362,14 +367,28 @@ impl Machine {
         }
         let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
 
+        // A restored guest keeps the CPU it was given, if this host offers all of it.
         let supported = hv.supported_cpuid()?;
+        let base = match saved {
+            None => supported,
+            Some(s) => {
+                let missing = cpuid::missing_features(&s.cpuid, &supported);
+                if !missing.is_empty() {
+                    return Err(DomainError::Snapshot(format!(
+                        "the guest was given CPU features this host's KVM does not offer ({})",
+                        missing.join("; ")
+                    )));
+                }
+                s.cpuid.clone()
+            }
+        };
         let counters: MachineCounters =
             Arc::new((0..cfg.vcpus).map(|_| VcpuCounters::default()).collect());
         let mut runners = Vec::with_capacity(cfg.vcpus as usize);
         let mut vcpus = Vec::with_capacity(cfg.vcpus as usize);
         for id in 0..cfg.vcpus {
             let vcpu = vm.create_vcpu(id)?;
-            vcpu.set_cpuid(&cpuid::for_vcpu(&supported, id, cfg.vcpus))?;
+            vcpu.set_cpuid(&cpuid::for_vcpu(&base, id, cfg.vcpus))?;
             match saved {
                 None => {
                     vcpu.set_msrs(&boot_msrs())?;
@@ -379,7 +398,7 @@ impl Machine {
                         vcpu.set_boot_state(state)?;
                     }
                 }
-                Some(s) => vcpu.restore_state(&s.vcpus[id as usize])?,
+                Some(s) => vcpu.restore_state(&s.vcpus[id as usize], s.vm.elapsed_ns())?,
             }
             let vcpu = Arc::new(Mutex::new(vcpu));
             vcpus.push(vcpu.clone());
@@ -394,7 +413,7 @@ impl Machine {
         }
         if let Some(s) = saved {
             // Last, so that kvmclock is set as close as can be to the guest's first run.
-            vm.restore_state(&s.vm)?;
+            vm.restore_clock(&s.vm)?;
             // A restored device may have requests the guest made before the save and that
             // were not served yet: the I/O thread looks at every queue once.
             for d in &virtio_devices {
@@ -403,6 +422,7 @@ impl Machine {
         }
         let (io, io_inbox) = virtio::io_channel()?;
         let parts = MachineParts {
+            cpuid: base,
             vm: Arc::new(vm),
             vcpus,
             transports: virtio_devices.iter().map(|d| d.transport.clone()).collect(),

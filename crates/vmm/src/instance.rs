@@ -115,7 +115,15 @@ pub struct Instance {
     spec: DomainSpec,
     /// The MSRs a snapshot keeps of each vCPU, or why KVM would not list them.
     msrs_to_save: Result<Vec<u32>, String>,
+    /// Held for writing by a save from its pause to its stop; every other change of the
+    /// running domain (pause, unpause, reset, power button, device control) holds it for
+    /// reading, and is refused while a save holds it, so nothing runs the guest or changes a
+    /// device between the state a save took and the stop. (Destroy is not held back.)
+    saving: std::sync::RwLock<()>,
 }
+
+/// The answer to a change asked for while a save runs.
+const BEING_SAVED: &str = "the domain is being saved";
 
 /// What [`Instance::save`] wrote.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -212,7 +220,13 @@ impl Instance {
             disks,
             spec,
             msrs_to_save,
+            saving: std::sync::RwLock::new(()),
         })
+    }
+
+    /// Holds back a save while another change of the domain is made; refused while one runs.
+    fn change(&self) -> Result<std::sync::RwLockReadGuard<'_, ()>, String> {
+        self.saving.try_read().map_err(|_| BEING_SAVED.to_string())
     }
 
     /// Saves the domain to `out` and stops it there (`vessel save`): a running domain is
@@ -222,34 +236,43 @@ impl Instance {
     /// [`Outcome::Saved`]. If anything fails the domain is left as it was (running again if
     /// it was running) and the error says what failed.
     pub fn save(&self, out: std::fs::File) -> Result<SaveReport, String> {
+        let _saving = self.saving.write().unwrap_or_else(|e| e.into_inner());
         let was_running = match self.status().state {
             RunState::Running => true,
             RunState::Paused => false,
             other => return Err(format!("the domain is {}", other.name())),
         };
         if was_running {
-            self.pause()?;
+            if let Err(e) = self.transition(RunState::Running, RunState::Paused, true) {
+                // A pause that came too late is lifted: the domain runs on, as it was.
+                let _ = self.transition(RunState::Paused, RunState::Running, false);
+                return Err(e);
+            }
         }
-        match self.write_snapshot(out) {
+        let machine = self.machine().ok_or("the domain has no machine")?;
+        match self.write_snapshot(&machine, out) {
             Ok(report) => {
-                if let Some(machine) = self.machine() {
-                    machine.control.stop(StopReason::Saved);
-                }
+                // The machine whose state was taken stops (no other could have been built
+                // meanwhile: resets wait for the save).
+                machine.control.stop(StopReason::Saved);
                 self.join_supervisor();
                 Ok(report)
             }
             Err(e) => {
                 if was_running {
-                    let _ = self.unpause();
+                    let _ = self.transition(RunState::Paused, RunState::Running, false);
                 }
                 Err(e)
             }
         }
     }
 
-    fn write_snapshot(&self, out: std::fs::File) -> Result<SaveReport, String> {
+    fn write_snapshot(
+        &self,
+        machine: &MachineView,
+        out: std::fs::File,
+    ) -> Result<SaveReport, String> {
         use std::io::Write;
-        let machine = self.machine().ok_or("the domain has no machine")?;
         let msrs = self
             .msrs_to_save
             .as_ref()
@@ -305,6 +328,7 @@ impl Instance {
         action: Action,
         fds: Vec<OwnedFd>,
     ) -> Result<(), String> {
+        let _change = self.change()?;
         let machine = {
             let inner = self.shared.lock();
             match inner.machine.clone() {
@@ -350,11 +374,13 @@ impl Instance {
 
     /// Parks every vCPU. Only a running domain can be paused.
     pub fn pause(&self) -> Result<(), String> {
+        let _change = self.change()?;
         self.transition(RunState::Running, RunState::Paused, true)
     }
 
     /// Lets a paused domain run again.
     pub fn unpause(&self) -> Result<(), String> {
+        let _change = self.change()?;
         self.transition(RunState::Paused, RunState::Running, false)
     }
 
@@ -385,6 +411,7 @@ impl Instance {
     /// Resets the domain: a fresh machine boots, whatever the reboot policy (a hard reset, as a
     /// reset button; the guest is not asked).
     pub fn reset(&self) -> Result<(), String> {
+        let _change = self.change()?;
         let inner = self.shared.lock();
         let Some(machine) = inner
             .machine
@@ -401,6 +428,7 @@ impl Instance {
 
     /// Presses the domain's ACPI power button: a guest that handles it powers off cleanly.
     pub fn press_power_button(&self) -> Result<(), String> {
+        let _change = self.change()?;
         let inner = self.shared.lock();
         match inner.machine.as_ref() {
             Some(machine) if inner.status.state.is_active() => machine

@@ -44,13 +44,23 @@ impl VcpuRunner {
         if let Some(c) = counters.get(id as usize) {
             c.set_current_thread();
         }
+        // Whether, since a pause was asked for, KVM_RUN returned at once with nothing left
+        // to finish (see below).
+        let mut drained = false;
         while !self.control.stopping() {
             crate::confinement::forbidden_call_due(hv::seccomp::ThreadKind::Vcpu);
-            self.control.park_if_paused();
-            if self.control.stopping() {
-                break;
+            // Before parking, the vCPU enters KVM_RUN with `immediate_exit` set: KVM finishes
+            // the instruction of the last port or MMIO exit (an IN's value into RAX, RIP past
+            // it; a string instruction may exit again, and is served as usual) and returns at
+            // once. So a paused vCPU's state, which a save takes, never holds a half-done exit.
+            let pausing = self.control.pause_wanted();
+            if pausing && drained {
+                self.control.park_if_paused();
+                drained = false;
+                continue;
             }
             let mut vcpu = self.vcpu.lock().unwrap_or_else(|e| e.into_inner());
+            vcpu.set_immediate_exit(pausing);
             let fatal = match vcpu.run() {
                 Ok(VcpuExit::IoIn { port, data }) => {
                     count(ExitReason::IoIn);
@@ -78,6 +88,7 @@ impl VcpuRunner {
                 }
                 Ok(VcpuExit::Interrupted) => {
                     count(ExitReason::Interrupted);
+                    drained = pausing;
                     None
                 }
                 Ok(VcpuExit::SystemShutdown) => {
