@@ -7,9 +7,10 @@
 //! the definition, so nothing can start or delete the domain in between, and a create that
 //! cannot start removes only its own, still claimed, definition.
 
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use vmm::wire::Confinement;
 
@@ -58,10 +59,12 @@ impl ControlPlane {
 
     /// Saves running or paused domain `name` to a new file at `path` (never written over) and
     /// stops it there: it is then shut off with the message "saved", its definition kept.
-    /// Returns what was written. A save that fails leaves the domain as it was, and removes
-    /// the file it began.
+    /// Returns what was written. A save the domain refuses or fails leaves the domain as it
+    /// was and removes the file it began; one the domain does not answer in time (its memory
+    /// at 20 MB/s, and a minute) keeps the file, which it may still be writing, and says so.
     pub fn save(&self, name: &str, path: &Path) -> Result<vmm::SaveReport, ControlError> {
         let process = self.active_process(name)?;
+        let memory = self.registry.with(name, |e| e.def.spec().memory)?;
         let file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -74,61 +77,82 @@ impl ControlPlane {
                     path.display()
                 ))
             })?;
-        let saved = process.save(&file);
-        if saved.is_err() {
-            let _ = std::fs::remove_file(path);
-        }
-        let report = saved.map_err(|why| ControlError::Refused {
+        let refused = |why: String| ControlError::Refused {
             name: name.to_string(),
             why,
-        })?;
-        process.wait_gone(std::time::Duration::from_secs(10));
-        Ok(report)
+        };
+        let timeout = crate::process::with_memory(Duration::from_secs(60), memory);
+        match process.save(&file, timeout) {
+            Ok(Ok(report)) => {
+                process.wait_gone(Duration::from_secs(10));
+                Ok(report)
+            }
+            Ok(Err(why)) => {
+                let _ = std::fs::remove_file(path);
+                Err(refused(why))
+            }
+            Err(no_answer) => Err(refused(format!(
+                "{no_answer}; {} is kept, as the domain may still be writing it: its state \
+                 says whether it was saved",
+                path.display()
+            ))),
+        }
     }
 
     /// Brings back the domain saved at `path` (as `name`, or the name it was saved with): it
     /// runs on from where it was saved. A domain of that name must be stopped, and is
-    /// redefined as the snapshot says; otherwise the domain is defined. Its disks must be at
-    /// the same paths (shared storage), and its shape (memory, vCPUs, disks, VIFs) is the
-    /// snapshot's. Returns the domain's name.
+    /// redefined as the snapshot says (its definition as it was comes back if the restore
+    /// fails); otherwise the domain is defined (and forgotten again if the restore fails). Its
+    /// disks must be at the same paths (shared storage), and its shape (memory, vCPUs, disks,
+    /// VIFs) is the snapshot's. Returns the domain's name.
     pub fn restore(&self, path: &Path, name: Option<&str>) -> Result<String, ControlError> {
-        let open = || {
-            devices::host_file::open(
-                path,
-                devices::host_file::Access::ReadOnly,
-                devices::host_file::Accept::Regular,
-            )
-            .map_err(|e| {
-                ControlError::Invalid(format!("cannot open the snapshot {}: {e}", path.display()))
-            })
-        };
-        let bad = |e: vmm::snapshot::SnapshotError| {
-            ControlError::Invalid(format!("{}: {e}", path.display()))
-        };
-        let mut spec = vmm::snapshot::SnapshotReader::new(std::io::BufReader::new(open()?))
+        // Opened once: the daemon reads the definition with positional reads, so the domain
+        // process reads the same file from its start.
+        let file = devices::host_file::open(
+            path,
+            devices::host_file::Access::ReadOnly,
+            devices::host_file::Accept::Regular,
+        )
+        .map_err(|e| {
+            ControlError::Invalid(format!("cannot open the snapshot {}: {e}", path.display()))
+        })?;
+        let mut spec = vmm::snapshot::SnapshotReader::new(ReadAt { file: &file, at: 0 })
             .and_then(|mut r| r.spec())
-            .map_err(bad)?;
+            .map_err(|e| ControlError::Invalid(format!("{}: {e}", path.display())))?;
         if let Some(name) = name {
             spec.name = Some(name.to_string());
         }
-        let def = DomainDef::new(spec)?;
+        let mut def = DomainDef::new(spec)?;
+        def.check_to_store()?;
+        def.pin_disk_formats()?;
         let name = def.name().to_string();
-        // Claim the start: of a new definition, or of a stopped domain redefined as saved.
-        let exists = self.registry.view(&name).is_ok();
-        if exists {
-            self.claim_start(&name)?;
-            if let Err(e) = self.registry.redefine(&name, |_| Ok(def.clone())) {
-                let _ = self.registry.with(&name, |e| e.starting = false);
-                return Err(e);
+        // Claim the start: of a stopped domain redefined as saved, or of a new definition.
+        let before = match self.registry.view(&name) {
+            Ok(_) => {
+                self.claim_start(&name)?;
+                let old = self.registry.with(&name, |e| e.def.clone())?;
+                if let Err(e) = self.registry.redefine(&name, |_| Ok(def.clone())) {
+                    let _ = self.registry.with(&name, |e| e.starting = false);
+                    return Err(e);
+                }
+                Some(old)
             }
-        } else {
-            def.check_to_store()?;
-            self.registry.define(def, true)?;
-        }
-        let started = open().and_then(|file| self.launch(&name, Some(file)));
-        if started.is_err() && !exists {
-            let _ = self.registry.undefine_claimed(&name);
-            return started.map(|_| name);
+            Err(_) => {
+                self.registry.define(def, true)?;
+                None
+            }
+        };
+        let started = self.launch(&name, Some(file));
+        if started.is_err() {
+            match before {
+                None => {
+                    let _ = self.registry.undefine_claimed(&name);
+                    return started.map(|_| name);
+                }
+                Some(old) => {
+                    let _ = self.registry.redefine(&name, |_| Ok(old));
+                }
+            }
         }
         self.finish_start(&name, started)?;
         Ok(name)
@@ -212,6 +236,20 @@ impl ControlPlane {
             e.starting = false;
             started.map(|process| e.instance = Some(Arc::new(process)))
         })?
+    }
+}
+
+/// Reads a file from `at` on with positional reads, leaving the file's offset alone.
+struct ReadAt<'a> {
+    file: &'a std::fs::File,
+    at: u64,
+}
+
+impl std::io::Read for ReadAt<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.file.read_at(buf, self.at)?;
+        self.at += n as u64;
+        Ok(n)
     }
 }
 

@@ -25,8 +25,12 @@ use vmm::{ConsoleLog, RunState, Status};
 
 /// How long a call waits for its reply (a pause waits for every vCPU to park: 15 s at most).
 const CALL_TIMEOUT: Duration = Duration::from_secs(20);
-/// Longest wait for a save: writing a large guest's memory to a slow disk takes a while.
-const SAVE_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// `base`, and the time `memory` bytes of guest RAM take to write or read at 20 MB/s (a slow
+/// disk): how long a save or a restore of a domain that size may take.
+pub fn with_memory(base: Duration, memory: u64) -> Duration {
+    base + Duration::from_secs(memory / 20_000_000)
+}
 /// How long a counters call waits: an unresponsive domain must not hold up the API.
 const STATS_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a launch may take (building the machine, loading the kernel and initrd).
@@ -169,6 +173,7 @@ impl DomainProcess {
             Ok(c) => c,
             Err(e) => return Err(fail(child, format!("cannot reach the domain process: {e}"))),
         };
+        let memory = plan.spec.memory;
         let (manifest, fds) = plan.resources.to_wire();
         let launch = Call {
             id: 0,
@@ -182,7 +187,12 @@ impl DomainProcess {
         if let Err(e) = channel.send(&wire::encode(&launch), &fds) {
             return Err(fail(child, format!("cannot launch the domain: {e}")));
         }
-        let hello = match await_hello(&channel, LAUNCH_TIMEOUT) {
+        // A restore reads the guest's memory from its snapshot before it answers.
+        let timeout = match plan.resources.snapshot {
+            Some(_) => with_memory(LAUNCH_TIMEOUT, memory),
+            None => LAUNCH_TIMEOUT,
+        };
+        let hello = match await_hello(&channel, timeout) {
             Ok(h) => h,
             Err(why) => return Err(fail(child, why)),
         };
@@ -412,20 +422,27 @@ impl DomainProcess {
     }
 
     /// Saves the domain to `file` (opened for writing by the control plane) and stops it
-    /// there; its process ends after. Returns what was written.
-    pub fn save(&self, file: &std::fs::File) -> Result<vmm::SaveReport, String> {
+    /// there; its process ends after. The outer error says the process did not answer within
+    /// `timeout` (it may still be saving); the inner one, why it refused or failed.
+    pub fn save(
+        &self,
+        file: &std::fs::File,
+        timeout: Duration,
+    ) -> Result<Result<vmm::SaveReport, String>, String> {
         if !self.status().state.is_active() {
-            return Err(format!("the domain is {}", self.status().state.name()));
+            return Ok(Err(format!("the domain is {}", self.status().state.name())));
         }
-        match self.call_with(Request::Save, &[file.as_fd()], SAVE_TIMEOUT)? {
-            Note::Reply {
-                error: None,
-                saved: Some(report),
-                ..
-            } => Ok(report),
-            Note::Reply { error: Some(e), .. } => Err(e),
-            _ => Err("the domain process answered a save without saying what it wrote".into()),
-        }
+        Ok(
+            match self.call_with(Request::Save, &[file.as_fd()], timeout)? {
+                Note::Reply {
+                    error: None,
+                    saved: Some(report),
+                    ..
+                } => Ok(report),
+                Note::Reply { error: Some(e), .. } => Err(e),
+                _ => Err("the domain process answered a save without saying what it wrote".into()),
+            },
+        )
     }
 
     /// Stops the domain at once and waits (a little) for its process to end.
