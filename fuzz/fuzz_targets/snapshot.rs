@@ -1,5 +1,5 @@
 //! Fuzzes reading a saved domain (`vmm::snapshot`), as `vessel restore` reads one: the
-//! header, the machine's records (specification, VM, vCPUs, UART, devices) and the memory
+//! header, the machine's records (specification, CPUID table, VM, vCPUs, UART, devices) and the memory
 //! records, into 1 MiB of guest RAM.
 //!
 //! Checked: nothing panics, whatever the bytes; a snapshot that reads writes back (its machine
@@ -78,6 +78,7 @@ fuzz_target!(|data: &[u8]| {
     let mut reader = SnapshotReader::new(&again[..]).expect("a header Vessel wrote");
     let back = reader.machine().expect("a machine Vessel wrote");
     assert_eq!(back.spec, saved.spec);
+    assert_eq!(back.cpuid, saved.cpuid);
     assert_eq!(back.serial, saved.serial);
     assert_eq!(back.devices, saved.devices);
     let vcpus = |m: &vmm::snapshot::SavedMachine| -> Vec<Vec<u8>> {

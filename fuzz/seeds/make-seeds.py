@@ -301,13 +301,16 @@ def sized(*sizes):
 
 
 spec = b'{"name":"web","kernel":"/k","memory":"16M"}'
+cpuid = struct.pack("<I", 2) + struct.pack("<7I", 1, 0, 0, 0x806f8, 0x800, 0x7ffafbbf, 0x178bfbff) \
+    + struct.pack("<7I", 7, 0, 1, 0, 0x29c6fbf, 0, 0)
 vm = sized(520, 520, 520, 112, 48) + struct.pack("<Q", 1796000000000000000)
 vcpu = struct.pack("<I", 0) + sized(4, 144, 312, 4096, 392, 128, 1024, 64) \
     + struct.pack("<I", 1) + struct.pack("<IQ", 0x10, 12345) + struct.pack("<I", 2000000)
 serial = bytes(9) + struct.pack("<I", 2) + b"hi"
 memory = struct.pack("<Q", 0x1000) + b"\x5a" * 4096
 write("snapshot", "framed",
-      b"\x01" + rec(1, spec) + rec(2, vm) + rec(3, vcpu) + rec(4, serial) + rec(6, memory) + rec(7, b""))
+      b"\x01" + rec(1, spec) + rec(8, cpuid) + rec(2, vm) + rec(3, vcpu) + rec(4, serial) + rec(6, memory)
+      + rec(7, b""))
 write("snapshot", "framed-device",
-      b"\x01" + rec(1, spec) + rec(2, vm) + rec(3, vcpu) + rec(4, serial)
+      b"\x01" + rec(1, spec) + rec(8, cpuid) + rec(2, vm) + rec(3, vcpu) + rec(4, serial)
       + rec(5, struct.pack("<I", 0) + b"VSLDEVST") + rec(7, b""))

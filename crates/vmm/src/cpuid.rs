@@ -51,6 +51,64 @@ pub fn for_vcpu(supported: &[CpuidEntry], apic_id: u32, vcpus: u32) -> Vec<Cpuid
     out
 }
 
+/// The feature registers a guest may rely on: (leaf, subleaf, register name). A saved guest
+/// may have seen any feature these show, so a host restoring it must offer each of them.
+const FEATURE_REGISTERS: &[(u32, u32, &str)] = &[
+    (1, 0, "ecx"),
+    (1, 0, "edx"),
+    (7, 0, "ebx"),
+    (7, 0, "ecx"),
+    (7, 0, "edx"),
+    (7, 1, "eax"),
+    (0xd, 1, "eax"),
+    (0x8000_0001, 0, "ecx"),
+    (0x8000_0001, 0, "edx"),
+    (0x8000_0008, 0, "ebx"),
+];
+
+/// Bits of leaf 1 that Vessel sets itself (ECX: running under a hypervisor; EDX: more than one
+/// logical CPU), not taken from the host, and so never missing.
+const SET_BY_VESSEL: &[(u32, u32, &str, u32)] = &[(1, 0, "ecx", 1 << 31), (1, 0, "edx", 1 << 28)];
+
+fn register(e: &CpuidEntry, name: &str) -> u32 {
+    match name {
+        "eax" => e.eax,
+        "ebx" => e.ebx,
+        "ecx" => e.ecx,
+        _ => e.edx,
+    }
+}
+
+fn find(table: &[CpuidEntry], function: u32, index: u32) -> Option<&CpuidEntry> {
+    table
+        .iter()
+        .find(|e| e.function == function && (!e.indexed || e.index == index))
+}
+
+/// The CPU features a guest was given (`saved`, its CPUID table) that this host's KVM does not
+/// offer (`supported`), each as "leaf L.S REG: bits B": empty when the guest can run here.
+pub fn missing_features(saved: &[CpuidEntry], supported: &[CpuidEntry]) -> Vec<String> {
+    let mut missing = Vec::new();
+    for &(function, index, name) in FEATURE_REGISTERS {
+        let Some(had) = find(saved, function, index).map(|e| register(e, name)) else {
+            continue;
+        };
+        let ours: u32 = SET_BY_VESSEL
+            .iter()
+            .filter(|&&(f, i, r, _)| (f, i, r) == (function, index, name))
+            .map(|&(.., bits)| bits)
+            .sum();
+        let here = find(supported, function, index).map_or(0, |e| register(e, name)) | ours;
+        if had & !here != 0 {
+            missing.push(format!(
+                "leaf {function:#x}.{index} {name}: bits {:#010x}",
+                had & !here
+            ));
+        }
+    }
+    missing
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,5 +137,46 @@ mod tests {
         assert_eq!(t[3].ecx & 0xff, 2);
         let one = for_vcpu(&sup, 0, 1);
         assert_eq!(one[2].eax, 0);
+    }
+
+    #[test]
+    fn a_guest_runs_only_where_every_feature_it_saw_is_offered() {
+        let features = |ecx: u32, edx: u32| {
+            vec![CpuidEntry {
+                function: 1,
+                index: 0,
+                indexed: false,
+                eax: 0,
+                ebx: 0,
+                ecx,
+                edx,
+            }]
+        };
+        let host = features(0b1011, 0xff);
+        // What the guest saw on this host, topology and hypervisor bit included.
+        let seen = for_vcpu(&host, 0, 2);
+        assert!(missing_features(&seen, &host).is_empty());
+        assert!(missing_features(&features(0b0011, 0x0f), &host).is_empty());
+        assert_eq!(
+            missing_features(&features(0b0111, 0x1ff), &host),
+            [
+                "leaf 0x1.0 ecx: bits 0x00000004",
+                "leaf 0x1.0 edx: bits 0x00000100"
+            ]
+        );
+        // A leaf the host lacks offers nothing.
+        let leaf7 = vec![CpuidEntry {
+            function: 7,
+            index: 0,
+            indexed: true,
+            eax: 0,
+            ebx: 1 << 5,
+            ecx: 0,
+            edx: 0,
+        }];
+        assert_eq!(
+            missing_features(&leaf7, &host),
+            ["leaf 0x7.0 ebx: bits 0x00000020"]
+        );
     }
 }

@@ -9,6 +9,8 @@
 //!
 //! Records, in this order:
 //! - `Spec`: the domain's specification as the API's JSON ([`DomainSpec`]);
+//! - `Cpuid`: the CPUID table the guest's vCPUs were built from (before each vCPU's topology
+//!   fields), so a restore gives the guest the CPU it had, on a host that offers it;
 //! - `Vm`: the in-kernel interrupt controllers, PIT and kvmclock ([`hv::state::VmState`]);
 //! - `Vcpu`, one per vCPU in order: its index (u32), then its state
 //!   ([`hv::state::VcpuState`]);
@@ -39,6 +41,10 @@ pub const MAX_RECORD_PAGES: usize = 512;
 /// The most vCPUs and virtio devices a snapshot may list.
 const MAX_VCPUS: usize = crate::layout::MAX_VCPUS as usize;
 const MAX_DEVICES: usize = 64;
+/// The most CPUID entries a snapshot may list (KVM offers a few dozen).
+const MAX_CPUID_ENTRIES: usize = 256;
+/// Bytes of one CPUID entry: leaf, subleaf, flags (1: the subleaf matters), EAX to EDX.
+const CPUID_ENTRY_LEN: usize = 28;
 
 /// The kinds of record, with the most bytes each may hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,6 +56,7 @@ enum Kind {
     Device = 5,
     Memory = 6,
     End = 7,
+    Cpuid = 8,
 }
 
 impl Kind {
@@ -62,6 +69,7 @@ impl Kind {
             Kind::Device,
             Kind::Memory,
             Kind::End,
+            Kind::Cpuid,
         ]
         .into_iter()
         .find(|k| *k as u32 == n)
@@ -76,6 +84,7 @@ impl Kind {
             Kind::Device => "device state",
             Kind::Memory => "memory",
             Kind::End => "end",
+            Kind::Cpuid => "CPUID table",
         }
     }
 
@@ -87,6 +96,7 @@ impl Kind {
             Kind::Device => 4 + devices::virtio::state::MAX_STATE,
             Kind::Memory => 8 + MAX_RECORD_PAGES * PAGE,
             Kind::End => 0,
+            Kind::Cpuid => 4 + MAX_CPUID_ENTRIES * CPUID_ENTRY_LEN,
         }
     }
 }
@@ -123,6 +133,9 @@ fn malformed(why: impl Into<String>) -> SnapshotError {
 pub struct SavedMachine {
     /// What the domain is.
     pub spec: DomainSpec,
+    /// The CPUID table its vCPUs were built from (`crate::cpuid::for_vcpu` gives each its
+    /// own).
+    pub cpuid: Vec<hv::CpuidEntry>,
     /// Its VM's interrupt controllers, PIT and clock.
     pub vm: VmState,
     /// Its vCPUs, in order.
@@ -181,6 +194,7 @@ impl<W: Write> SnapshotWriter<W> {
     pub fn machine(&mut self, saved: &SavedMachine) -> io::Result<()> {
         let spec = serde_json::to_vec(&saved.spec).map_err(io::Error::other)?;
         self.record(Kind::Spec, &[&spec])?;
+        self.record(Kind::Cpuid, &[&encode_cpuid(&saved.cpuid)])?;
         self.record(Kind::Vm, &[&saved.vm.encode()])?;
         for (index, vcpu) in saved.vcpus.iter().enumerate() {
             self.record(Kind::Vcpu, &[&(index as u32).to_le_bytes(), &vcpu.encode()])?;
@@ -333,6 +347,7 @@ impl<R: Read> SnapshotReader<R> {
     /// Everything of the machine but its memory, which follows.
     pub fn machine(&mut self) -> Result<SavedMachine, SnapshotError> {
         let spec = self.spec()?;
+        let cpuid = decode_cpuid(&self.expect(Kind::Cpuid)?)?;
         let vm = VmState::decode(&self.expect(Kind::Vm)?)
             .map_err(|e| malformed(format!("its VM state: {e}")))?;
         let count = spec.vcpus as usize;
@@ -371,6 +386,7 @@ impl<R: Read> SnapshotReader<R> {
         }
         Ok(SavedMachine {
             spec,
+            cpuid,
             vm,
             vcpus,
             serial,
@@ -437,6 +453,56 @@ impl<R: Read> SnapshotReader<R> {
     }
 }
 
+fn encode_cpuid(table: &[hv::CpuidEntry]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + table.len() * CPUID_ENTRY_LEN);
+    out.extend_from_slice(&(table.len() as u32).to_le_bytes());
+    for e in table {
+        for v in [
+            e.function,
+            e.index,
+            u32::from(e.indexed),
+            e.eax,
+            e.ebx,
+            e.ecx,
+            e.edx,
+        ] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    out
+}
+
+fn decode_cpuid(bytes: &[u8]) -> Result<Vec<hv::CpuidEntry>, SnapshotError> {
+    let bad = |why: String| malformed(format!("its CPUID table: {why}"));
+    let (count, rest) = numbered(bytes, "CPUID")?;
+    if count > MAX_CPUID_ENTRIES || rest.len() != count * CPUID_ENTRY_LEN {
+        return Err(bad(format!(
+            "{count} entries in {} bytes (at most {MAX_CPUID_ENTRIES} of {CPUID_ENTRY_LEN})",
+            rest.len()
+        )));
+    }
+    rest.chunks_exact(CPUID_ENTRY_LEN)
+        .map(|c| {
+            let v: Vec<u32> = c
+                .chunks_exact(4)
+                .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+                .collect();
+            if v[2] > 1 {
+                return Err(bad(format!("flags {} (0 or 1)", v[2])));
+            }
+            Ok(hv::CpuidEntry {
+                function: v[0],
+                index: v[1],
+                indexed: v[2] == 1,
+                eax: v[3],
+                ebx: v[4],
+                ecx: v[5],
+                edx: v[6],
+            })
+        })
+        .collect()
+}
+
 /// A record's leading index (u32) and the bytes after it.
 fn numbered<'a>(bytes: &'a [u8], what: &str) -> Result<(usize, &'a [u8]), SnapshotError> {
     if bytes.len() < 4 {
@@ -470,6 +536,15 @@ mod tests {
         spec.vcpus = 2;
         SavedMachine {
             spec,
+            cpuid: vec![hv::CpuidEntry {
+                function: 7,
+                index: 0,
+                indexed: true,
+                eax: 0,
+                ebx: 0x29c6fbf,
+                ecx: 0,
+                edx: 1 << 10,
+            }],
             vm: VmState::zeroed(),
             vcpus: vec![VcpuState::zeroed(), VcpuState::zeroed()],
             serial: vec![1, 2, 3],
@@ -510,6 +585,7 @@ mod tests {
         assert!(bytes.len() < 3 * PAGE + 16 * 1024, "{} bytes", bytes.len());
         let (saved, ram) = restore(&bytes).unwrap();
         assert_eq!(saved.spec, machine().spec);
+        assert_eq!(saved.cpuid, machine().cpuid);
         assert_eq!(saved.vcpus.len(), 2);
         assert_eq!(saved.serial, [1, 2, 3]);
         assert_eq!(saved.devices, machine().devices);
@@ -603,6 +679,7 @@ mod tests {
         let m = machine();
         let spec = serde_json::to_vec(&m.spec).unwrap();
         w.record(Kind::Spec, &[&spec]).unwrap();
+        w.record(Kind::Cpuid, &[&encode_cpuid(&m.cpuid)]).unwrap();
         w.record(Kind::Vm, &[&m.vm.encode()]).unwrap();
         w.record(Kind::Vcpu, &[&1u32.to_le_bytes(), &m.vcpus[0].encode()])
             .unwrap();
@@ -619,6 +696,13 @@ mod tests {
         b[12..16].copy_from_slice(&99u32.to_le_bytes());
         let e = restore(&b).err().unwrap().to_string();
         assert!(e.contains("unknown kind 99"), "{e}");
+        // A CPUID table whose count disagrees with its bytes.
+        let mut w = SnapshotWriter::new(Vec::new()).unwrap();
+        w.record(Kind::Spec, &[&spec]).unwrap();
+        w.record(Kind::Cpuid, &[&9u32.to_le_bytes(), &[0; 28]])
+            .unwrap();
+        let e = restore(&w.finish().unwrap()).err().unwrap().to_string();
+        assert!(e.contains("its CPUID table: 9 entries"), "{e}");
         // A specification that is not valid JSON of a domain.
         let mut w = SnapshotWriter::new(Vec::new()).unwrap();
         w.record(Kind::Spec, &[b"{\"kernel\":5}"]).unwrap();
