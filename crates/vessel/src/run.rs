@@ -32,12 +32,18 @@ const RUN_ID_BASE: u32 = 1_000_000;
 /// The exit status of a domain stopped from its console (Ctrl-A x), as for SIGINT.
 const STOPPED_FROM_CONSOLE: u8 = 130;
 
-/// `vessel run`: a domain's specification (the same flags as `vessel create`) and how long a
-/// shutdown may take.
+/// `vessel run`: a domain's specification (the same flags as `vessel create`), or a saved
+/// domain to restore, and how long a shutdown may take.
 #[derive(Args)]
+#[command(override_usage = "vessel run [OPTIONS] --kernel <PATH>\n       \
+                            vessel run [OPTIONS] --restore <FILE>")]
 pub struct RunArgs {
     #[command(flatten)]
-    spec: DomainSpec,
+    spec: Option<DomainSpec>,
+    /// Restore the domain `vessel save` saved in FILE (its definition is the one it was saved
+    /// with), instead of booting one: it runs on from where it was.
+    #[arg(long, value_name = "FILE", conflicts_with = "DomainSpec")]
+    restore: Option<std::path::PathBuf>,
     /// Seconds the guest has to power off once SIGTERM or SIGINT has pressed its ACPI power
     /// button; then the domain is stopped at once (exit status 1). 0: no limit.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
@@ -49,7 +55,15 @@ pub struct RunArgs {
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let mut spec = args.spec;
+    let (mut spec, snapshot) = match (args.spec, &args.restore) {
+        (_, Some(path)) => {
+            let (spec, file) = open_snapshot(path)?;
+            (spec, Some(file))
+        }
+        (Some(spec), None) => (spec, None),
+        // Unreachable through clap: without --restore, --kernel is required.
+        (None, None) => anyhow::bail!("give --kernel, or --restore FILE"),
+    };
     // What needs neither files nor KVM first: a bad value is named before any file is read.
     spec.validate()?;
     // Once, before the first boot: a reboot reopens each disk in the format found now.
@@ -58,6 +72,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     vmm::validate(&spec, &hv)?;
     drop(hv);
     let mut resources = Resources::open(&spec, None)?;
+    resources.snapshot = snapshot;
     // Before the fork and any thread: both processes, and every thread, have them blocked.
     let signals = hv::TerminationSignals::block().context("cannot block SIGTERM and SIGINT")?;
     let terminal = hv::RawTerminal::enable().context("cannot set the terminal to raw mode")?;
@@ -96,6 +111,20 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             Err(e)
         }
     }
+}
+
+/// The saved domain at `path`: its definition (read from the file, checked) and the file,
+/// opened afresh for the domain to read from its start.
+fn open_snapshot(path: &std::path::Path) -> anyhow::Result<(DomainSpec, std::fs::File)> {
+    use devices::host_file::{self, Accept, Access};
+    let open = || {
+        host_file::open(path, Access::ReadOnly, Accept::Regular)
+            .with_context(|| format!("cannot open the snapshot {}", path.display()))
+    };
+    let spec = vmm::snapshot::SnapshotReader::new(io::BufReader::new(open()?))
+        .and_then(|mut r| r.spec())
+        .with_context(|| path.display().to_string())?;
+    Ok((spec, open()?))
 }
 
 /// The parent: passes the termination signals sent to it on to the domain's process (not the

@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::daemon::{last_tick, mini, tmpdir, wait_for, TestDaemon};
-use common::require_kvm;
+use common::{require_kvm, run_command_reacting, send_signal, VESSEL};
 use serde_json::Value;
 
 /// The resident memory of process `pid`, in KiB.
@@ -128,4 +128,51 @@ fn a_saved_domain_restores_and_runs_on_from_where_it_was() {
         assert_eq!(running, 0, "{name}: {listed}");
     }
     d.ok("POST", "/v1/domains/t/destroy", None);
+
+    // The same snapshot in the foreground: `vessel run --restore` runs the guest on from where
+    // it was saved, its console on standard output; SIGTERM presses its power button, which
+    // this guest ignores, so it is stopped a second later (exit status 1).
+    let mut cmd = std::process::Command::new(VESSEL);
+    cmd.args(["run", "--shutdown-timeout", "1", "--restore"])
+        .arg(&snap);
+    let mut signalled = false;
+    let run = run_command_reacting(cmd, Duration::from_secs(60), &mut |out, pid| {
+        if !signalled && last_tick(out) > saved_at + 2 {
+            send_signal(pid, "TERM");
+            signalled = true;
+        }
+        false
+    });
+    assert!(
+        signalled,
+        "the foreground restore never ticked on:\n{}",
+        run.report()
+    );
+    run.assert_code(1);
+    assert!(
+        !run.stdout.contains("mini: ticking"),
+        "the guest booted again:\n{}",
+        run.report()
+    );
+    let first: u64 = run
+        .stdout
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("mini: tick "))
+        .find_map(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(
+        first + 1 >= saved_at,
+        "the foreground restore's counter went back from {saved_at} to {first}:\n{}",
+        run.report()
+    );
+    // --restore takes no definition flags.
+    let mut cmd = std::process::Command::new(VESSEL);
+    cmd.args(["run", "--kernel", "/k", "--restore"]).arg(&snap);
+    let run = run_command_reacting(cmd, Duration::from_secs(10), &mut |_, _| false);
+    assert_eq!(run.code(), Some(1), "{}", run.report());
+    assert!(
+        run.stderr.contains("cannot be used with"),
+        "{}",
+        run.report()
+    );
 }
