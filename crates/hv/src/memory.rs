@@ -228,6 +228,26 @@ impl GuestMemory {
         file.read_exact_at(buf, offset).map_err(LoadError::Io)
     }
 
+    /// Reads `len` bytes of `input` straight into guest memory at `addr` (no host buffer),
+    /// then shows them to `seen` (to checksum them where they landed). For a machine being
+    /// built, whose guest does not run yet.
+    pub fn load_from_reader(
+        &self,
+        addr: u64,
+        len: usize,
+        input: &mut dyn std::io::Read,
+        seen: &mut dyn FnMut(&[u8]),
+    ) -> Result<(), LoadError> {
+        let dst = self.host_range(addr, len)?;
+        // SAFETY: `dst..dst+len` lies inside one live mapping (checked by host_range). The slice
+        // lives only for this read and the call to `seen`; the guest of a machine being built
+        // does not run, so nothing else writes those bytes meanwhile.
+        let buf = unsafe { std::slice::from_raw_parts_mut(dst, len) };
+        input.read_exact(buf).map_err(LoadError::Io)?;
+        seen(buf);
+        Ok(())
+    }
+
     /// Fills the guest memory pieces `segments` (guest-physical address, length), in order,
     /// with the bytes of `file` from `offset` on, straight from the file into guest RAM with
     /// `preadv` (no host buffer). All of them or an error: `UnexpectedEof` if the file ends

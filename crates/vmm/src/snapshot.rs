@@ -292,11 +292,9 @@ impl<R: Read> SnapshotReader<R> {
         Ok(SnapshotReader { input, next: None })
     }
 
-    /// The next record, its checksum checked.
-    fn record(&mut self) -> Result<(Kind, Vec<u8>), SnapshotError> {
-        if let Some(r) = self.next.take() {
-            return Ok(r);
-        }
+    /// The next record's header: its kind and length, checked against the kind's bound; and
+    /// the checksum begun over it.
+    fn head(&mut self) -> Result<(Kind, usize, crc32fast::Hasher), SnapshotError> {
         let mut head = [0u8; 8];
         read_exact(&mut self.input, &mut head, "a record's header")?;
         let kind_n = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
@@ -310,16 +308,37 @@ impl<R: Read> SnapshotReader<R> {
                 kind.max_len()
             )));
         }
-        let mut payload = vec![0u8; len];
-        read_exact(&mut self.input, &mut payload, kind.name())?;
-        let mut stored = [0u8; 4];
-        read_exact(&mut self.input, &mut stored, kind.name())?;
         let mut crc = crc32fast::Hasher::new();
         crc.update(&head);
-        crc.update(&payload);
+        Ok((kind, len, crc))
+    }
+
+    /// Reads the record's stored checksum and compares it with `crc`, the one of its bytes.
+    fn check(&mut self, kind: Kind, crc: crc32fast::Hasher) -> Result<(), SnapshotError> {
+        let mut stored = [0u8; 4];
+        read_exact(&mut self.input, &mut stored, kind.name())?;
         if crc.finalize() != u32::from_le_bytes(stored) {
             return Err(SnapshotError::Checksum(kind.name()));
         }
+        Ok(())
+    }
+
+    /// The next record, its checksum checked.
+    fn record(&mut self) -> Result<(Kind, Vec<u8>), SnapshotError> {
+        if let Some(r) = self.next.take() {
+            return Ok(r);
+        }
+        let (kind, len, mut crc) = self.head()?;
+        let mut payload = Vec::with_capacity(len);
+        let got = (&mut self.input)
+            .take(len as u64)
+            .read_to_end(&mut payload)
+            .map_err(SnapshotError::Io)?;
+        if got < len {
+            return Err(SnapshotError::Truncated(kind.name()));
+        }
+        crc.update(&payload);
+        self.check(kind, crc)?;
         Ok((kind, payload))
     }
 
@@ -397,6 +416,9 @@ impl<R: Read> SnapshotReader<R> {
     /// Loads the memory records into `memory`, whose RAM is `ram` (its regions, as `(guest
     /// address, size)`), up to the end record; returns the pages loaded. A record outside the
     /// RAM, out of order, or overlapping another is refused; so is anything after the end.
+    /// Pages go straight from the stream into guest RAM and are checksummed there: a damaged
+    /// record is found after its pages were written, and the restore fails (the machine is
+    /// never run).
     pub fn memory(
         &mut self,
         memory: &GuestMemory,
@@ -405,10 +427,22 @@ impl<R: Read> SnapshotReader<R> {
         let mut pages = 0u64;
         let mut next_free = 0u64;
         loop {
-            let (kind, bytes) = self.record()?;
+            // The record read ahead after the devices, whole; the others head first.
+            let (kind, len, mut from) = match self.next.take() {
+                Some((kind, bytes)) => (kind, bytes.len(), Payload::Read(bytes)),
+                None => {
+                    let (kind, len, crc) = self.head()?;
+                    (kind, len, Payload::Stream(crc))
+                }
+            };
             match kind {
                 Kind::Memory => {}
-                Kind::End => break,
+                Kind::End => {
+                    if let Payload::Stream(crc) = from {
+                        self.check(kind, crc)?;
+                    }
+                    break;
+                }
                 other => {
                     return Err(malformed(format!(
                         "a {} record among the memory records",
@@ -416,21 +450,30 @@ impl<R: Read> SnapshotReader<R> {
                     )))
                 }
             }
-            if bytes.len() < 8 + PAGE || (bytes.len() - 8) % PAGE != 0 {
+            if len < 8 + PAGE || (len - 8) % PAGE != 0 {
                 return Err(malformed(format!(
-                    "a memory record of {} bytes, not an address and whole pages",
-                    bytes.len()
+                    "a memory record of {len} bytes, not an address and whole pages"
                 )));
             }
-            let gpa = u64::from_le_bytes(bytes[..8].try_into().unwrap_or([0xff; 8]));
-            let data = &bytes[8..];
-            let len = data.len() as u64;
+            let mut gpa = [0u8; 8];
+            match &mut from {
+                Payload::Read(bytes) => gpa.copy_from_slice(&bytes[..8]),
+                Payload::Stream(crc) => {
+                    read_exact(&mut self.input, &mut gpa, kind.name())?;
+                    crc.update(&gpa);
+                }
+            }
+            let gpa = u64::from_le_bytes(gpa);
+            let data_len = (len - 8) as u64;
             let inside = ram.iter().any(|&(base, size)| {
-                gpa >= base && gpa.checked_add(len).is_some_and(|end| end <= base + size)
+                gpa >= base
+                    && gpa
+                        .checked_add(data_len)
+                        .is_some_and(|end| end <= base + size)
             });
             if gpa % PAGE as u64 != 0 || !inside {
                 return Err(malformed(format!(
-                    "a memory record at {gpa:#x} of {len} bytes, not whole pages of the guest's RAM"
+                    "a memory record at {gpa:#x} of {data_len} bytes, not whole pages of the guest's RAM"
                 )));
             }
             if gpa < next_free {
@@ -438,11 +481,30 @@ impl<R: Read> SnapshotReader<R> {
                     "a memory record at {gpa:#x} below the one before (out of order or overlapping)"
                 )));
             }
-            memory
-                .write(gpa, data)
-                .map_err(|e| malformed(e.to_string()))?;
-            next_free = gpa + len;
-            pages += len / PAGE as u64;
+            match from {
+                Payload::Read(bytes) => memory
+                    .write(gpa, &bytes[8..])
+                    .map_err(|e| malformed(e.to_string()))?,
+                Payload::Stream(mut crc) => {
+                    let loaded = memory.load_from_reader(
+                        gpa,
+                        data_len as usize,
+                        &mut self.input,
+                        &mut |b| crc.update(b),
+                    );
+                    match loaded {
+                        Ok(()) => {}
+                        Err(hv::LoadError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                            return Err(SnapshotError::Truncated(kind.name()))
+                        }
+                        Err(hv::LoadError::Io(e)) => return Err(SnapshotError::Io(e)),
+                        Err(hv::LoadError::Range(e)) => return Err(malformed(e.to_string())),
+                    }
+                    self.check(kind, crc)?;
+                }
+            }
+            next_free = gpa + data_len;
+            pages += data_len / PAGE as u64;
         }
         let mut extra = [0u8; 1];
         match self.input.read(&mut extra) {
@@ -501,6 +563,13 @@ fn decode_cpuid(bytes: &[u8]) -> Result<Vec<hv::CpuidEntry>, SnapshotError> {
             })
         })
         .collect()
+}
+
+/// Where a memory record's payload is: read whole already (the record read ahead), or still
+/// in the stream, its checksum begun.
+enum Payload {
+    Read(Vec<u8>),
+    Stream(crc32fast::Hasher),
 }
 
 /// A record's leading index (u32) and the bytes after it.
