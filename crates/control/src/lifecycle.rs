@@ -7,7 +7,7 @@
 //! the definition, so nothing can start or delete the domain in between, and a create that
 //! cannot start removes only its own, still claimed, definition.
 
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -91,6 +91,13 @@ impl ControlPlane {
                 let _ = std::fs::remove_file(path);
                 Err(refused(why))
             }
+            // Kept either way: a save that completed just before its answer was lost is the
+            // only copy of the guest.
+            Err(no_answer) if process.wait_gone(Duration::from_secs(2)) => Err(refused(format!(
+                "{no_answer}; {} is kept, though it may be incomplete: the domain's state says \
+                 whether it was saved",
+                path.display()
+            ))),
             Err(no_answer) => Err(refused(format!(
                 "{no_answer}; {} is kept, as the domain may still be writing it: its state \
                  says whether it was saved",
@@ -116,7 +123,7 @@ impl ControlPlane {
         .map_err(|e| {
             ControlError::Invalid(format!("cannot open the snapshot {}: {e}", path.display()))
         })?;
-        let mut spec = vmm::snapshot::SnapshotReader::new(ReadAt { file: &file, at: 0 })
+        let mut spec = vmm::snapshot::SnapshotReader::new(vmm::snapshot::ReadAt::new(&file))
             .and_then(|mut r| r.spec())
             .map_err(|e| ControlError::Invalid(format!("{}: {e}", path.display())))?;
         if let Some(name) = name {
@@ -236,20 +243,6 @@ impl ControlPlane {
             e.starting = false;
             started.map(|process| e.instance = Some(Arc::new(process)))
         })?
-    }
-}
-
-/// Reads a file from `at` on with positional reads, leaving the file's offset alone.
-struct ReadAt<'a> {
-    file: &'a std::fs::File,
-    at: u64,
-}
-
-impl std::io::Read for ReadAt<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.file.read_at(buf, self.at)?;
-        self.at += n as u64;
-        Ok(n)
     }
 }
 

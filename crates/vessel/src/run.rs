@@ -113,18 +113,16 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The saved domain at `path`: its definition (read from the file, checked) and the file,
-/// opened afresh for the domain to read from its start.
+/// The saved domain at `path`: its definition (read from the file with positional reads,
+/// checked) and the file, for the domain to read from its start.
 fn open_snapshot(path: &std::path::Path) -> anyhow::Result<(DomainSpec, std::fs::File)> {
     use devices::host_file::{self, Accept, Access};
-    let open = || {
-        host_file::open(path, Access::ReadOnly, Accept::Regular)
-            .with_context(|| format!("cannot open the snapshot {}", path.display()))
-    };
-    let spec = vmm::snapshot::SnapshotReader::new(io::BufReader::new(open()?))
+    let file = host_file::open(path, Access::ReadOnly, Accept::Regular)
+        .with_context(|| format!("cannot open the snapshot {}", path.display()))?;
+    let spec = vmm::snapshot::SnapshotReader::new(vmm::snapshot::ReadAt::new(&file))
         .and_then(|mut r| r.spec())
         .with_context(|| path.display().to_string())?;
-    Ok((spec, open()?))
+    Ok((spec, file))
 }
 
 /// The parent: passes the termination signals sent to it on to the domain's process (not the

@@ -64,6 +64,9 @@ const FEATURE_REGISTERS: &[(u32, u32, &str)] = &[
     (0x8000_0001, 0, "ecx"),
     (0x8000_0001, 0, "edx"),
     (0x8000_0008, 0, "ebx"),
+    // The XSAVE features (XCR0) and KVM's paravirtual features (kvmclock, steal time...).
+    (0xd, 0, "eax"),
+    (0x4000_0001, 0, "eax"),
 ];
 
 /// Bits of leaf 1 that Vessel sets itself (ECX: running under a hypervisor; EDX: more than one

@@ -333,12 +333,12 @@ impl Machine {
         let com1_irq = hv::new_eventfd().map_err(DomainError::host("creating an eventfd"))?;
         vm.register_irqfd(&com1_irq, COM1_IRQ)?;
         let com1_irq: Arc<dyn devices::InterruptLine> = Arc::new(IrqFd(com1_irq));
-        let com1_out = Box::new(SinkWriter(sink.clone()));
-        let serial = Arc::new(Mutex::new(match saved {
-            None => SerialConsole::new(com1_irq, com1_out),
-            Some(s) => SerialConsole::restore(&s.serial, com1_irq, com1_out)
-                .map_err(|e| DomainError::Snapshot(e.to_string()))?,
-        }));
+        // A restored UART gets its saved registers once the vCPUs exist (below): an interrupt
+        // it raises again must find a local APIC to land in.
+        let serial = Arc::new(Mutex::new(SerialConsole::new(
+            com1_irq.clone(),
+            Box::new(SinkWriter(sink.clone())),
+        )));
         let button_irq = hv::new_eventfd().map_err(DomainError::host("creating an eventfd"))?;
         vm.register_irqfd(&button_irq, POWER_BUTTON_GSI)?;
         let power_button = PowerButton::new(Arc::new(IrqFd(button_irq)));
@@ -386,6 +386,8 @@ impl Machine {
             Arc::new((0..cfg.vcpus).map(|_| VcpuCounters::default()).collect());
         let mut runners = Vec::with_capacity(cfg.vcpus as usize);
         let mut vcpus = Vec::with_capacity(cfg.vcpus as usize);
+        // The time the guest spent saved, once for every vCPU's TSC.
+        let saved_for_ns = saved.map_or(0, |s| s.vm.elapsed_ns());
         for id in 0..cfg.vcpus {
             let vcpu = vm.create_vcpu(id)?;
             vcpu.set_cpuid(&cpuid::for_vcpu(&base, id, cfg.vcpus))?;
@@ -398,7 +400,7 @@ impl Machine {
                         vcpu.set_boot_state(state)?;
                     }
                 }
-                Some(s) => vcpu.restore_state(&s.vcpus[id as usize], s.vm.elapsed_ns())?,
+                Some(s) => vcpu.restore_state(&s.vcpus[id as usize], saved_for_ns)?,
             }
             let vcpu = Arc::new(Mutex::new(vcpu));
             vcpus.push(vcpu.clone());
@@ -412,6 +414,9 @@ impl Machine {
             });
         }
         if let Some(s) = saved {
+            *serial.lock().unwrap_or_else(|e| e.into_inner()) =
+                SerialConsole::restore(&s.serial, com1_irq, Box::new(SinkWriter(sink.clone())))
+                    .map_err(|e| DomainError::Snapshot(e.to_string()))?;
             // Last, so that kvmclock is set as close as can be to the guest's first run.
             vm.restore_clock(&s.vm)?;
             // A restored device may have requests the guest made before the save and that

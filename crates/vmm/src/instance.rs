@@ -226,7 +226,12 @@ impl Instance {
 
     /// Holds back a save while another change of the domain is made; refused while one runs.
     fn change(&self) -> Result<std::sync::RwLockReadGuard<'_, ()>, String> {
-        self.saving.try_read().map_err(|_| BEING_SAVED.to_string())
+        match self.saving.try_read() {
+            Ok(guard) => Ok(guard),
+            // A panic while it was held (caught by the supervisor) does not stop changes.
+            Err(std::sync::TryLockError::Poisoned(p)) => Ok(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => Err(BEING_SAVED.to_string()),
+        }
     }
 
     /// Saves the domain to `out` and stops it there (`vessel save`): a running domain is

@@ -565,6 +565,30 @@ fn decode_cpuid(bytes: &[u8]) -> Result<Vec<hv::CpuidEntry>, SnapshotError> {
         .collect()
 }
 
+/// Reads a file from its start with positional reads, leaving the file's own offset alone: a
+/// snapshot's definition is read this way before the same descriptor is handed to the domain
+/// that reads it whole (one open, so the file read is the file restored).
+pub struct ReadAt<'a> {
+    file: &'a std::fs::File,
+    at: u64,
+}
+
+impl<'a> ReadAt<'a> {
+    /// A reader of `file` from its first byte.
+    pub fn new(file: &'a std::fs::File) -> ReadAt<'a> {
+        ReadAt { file, at: 0 }
+    }
+}
+
+impl Read for ReadAt<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let n = self.file.read_at(buf, self.at)?;
+        self.at += n as u64;
+        Ok(n)
+    }
+}
+
 /// Where a memory record's payload is: read whole already (the record read ahead), or still
 /// in the stream, its checksum begun.
 enum Payload {

@@ -59,6 +59,8 @@ impl VcpuRunner {
                 drained = false;
                 continue;
             }
+            // Only the exit of this very run (an interruption while pausing) says it is drained.
+            drained = false;
             let mut vcpu = self.vcpu.lock().unwrap_or_else(|e| e.into_inner());
             vcpu.set_immediate_exit(pausing);
             let fatal = match vcpu.run() {
