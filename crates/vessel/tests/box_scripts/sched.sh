@@ -61,7 +61,9 @@ for w in 1 2 3 4; do
 done
 sleep ${SETTLE:-10}
 api sched | sed 's/^/SCHED0 /'
-measure BVT ${SPAN:-40} w1 w2 w3 w4
+# The phase whose CPU shares the test holds to 5% measures over 80 s: over 40 s, L1's own
+# jitter under TCG moved the weight-4 share by 5.8% in one run of three (2026-12-07).
+measure BVT ${BVT_SPAN:-80} w1 w2 w3 w4
 api sched | sed 's/^/SCHED1 /'
 
 # A weight changed at run time: w1 becomes the heaviest.
