@@ -182,11 +182,6 @@ impl VcpuState {
         }
     }
 
-    /// The instruction pointer it holds.
-    pub fn rip(&self) -> u64 {
-        self.regs.rip
-    }
-
     /// The state as little-endian records (see the module's doc).
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(8192);
@@ -213,14 +208,7 @@ impl VcpuState {
         let mp_state = f.get("multiprocessor state")?;
         let regs = f.get("registers")?;
         let sregs = f.get("special registers")?;
-        let xsave_bytes = f.record("XSAVE area")?;
-        let xsave = Box::new(kvm_xsave::read_from_bytes(xsave_bytes).map_err(|_| {
-            StateFormatError::Size {
-                what: "XSAVE area",
-                saved: xsave_bytes.len(),
-                here: std::mem::size_of::<kvm_xsave>(),
-            }
-        })?);
+        let xsave = Box::new(f.get::<kvm_xsave>("XSAVE area")?);
         let xcrs = f.get("extended control registers")?;
         let debugregs = f.get("debug registers")?;
         let lapic = f.get("local APIC")?;
@@ -267,11 +255,6 @@ impl VmState {
             clock: kvm_clock_data::new_zeroed(),
             realtime_ns: 0,
         }
-    }
-
-    /// The guest's clock in nanoseconds when the state was taken.
-    pub fn clock_ns(&self) -> u64 {
-        self.clock.clock
     }
 
     /// Nanoseconds of the host's real time since the state was taken (0 if the host's clock

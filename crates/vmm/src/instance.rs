@@ -277,7 +277,6 @@ impl Instance {
         machine: &MachineView,
         out: std::fs::File,
     ) -> Result<SaveReport, String> {
-        use std::io::Write;
         let msrs = self
             .msrs_to_save
             .as_ref()
@@ -287,10 +286,8 @@ impl Instance {
             .capture(&self.spec, msrs)
             .map_err(|e| format!("taking the machine's state: {e}"))?;
         let failed = |e: &dyn std::fmt::Display| format!("writing the snapshot: {e}");
-        let mut writer = SnapshotWriter::new(CountingWriter::new(
-            std::io::BufWriter::with_capacity(1 << 20, out),
-        ))
-        .map_err(|e| failed(&e))?;
+        let mut writer = SnapshotWriter::new(std::io::BufWriter::with_capacity(1 << 20, out))
+            .map_err(|e| failed(&e))?;
         writer.machine(&saved).map_err(|e| failed(&e))?;
         let memory = writer
             .memory(
@@ -298,14 +295,14 @@ impl Instance {
                 &crate::layout::ram_regions(self.spec.memory),
             )
             .map_err(|e| failed(&e))?;
-        let mut counted = writer.finish().map_err(|e| failed(&e))?;
-        counted.flush().map_err(|e| failed(&e))?;
-        let bytes = counted.written;
-        let file = counted
-            .inner
+        let file = writer
+            .finish()
+            .map_err(|e| failed(&e))?
             .into_inner()
             .map_err(|e| failed(&e.into_error()))?;
         file.sync_all().map_err(|e| failed(&e))?;
+        // The file is new (the control plane creates it): its length is what was written.
+        let bytes = file.metadata().map_err(|e| failed(&e))?.len();
         Ok(SaveReport {
             bytes,
             pages: memory.pages,
@@ -603,27 +600,4 @@ fn restore_machine(
     Machine::restore(hv, cfg, res, sink, &saved, &mut |memory, ram| {
         reader.memory(memory, ram)
     })
-}
-
-/// Counts the bytes written through it.
-struct CountingWriter<W> {
-    inner: W,
-    written: u64,
-}
-
-impl<W> CountingWriter<W> {
-    fn new(inner: W) -> Self {
-        CountingWriter { inner, written: 0 }
-    }
-}
-
-impl<W: std::io::Write> std::io::Write for CountingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.written += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
 }
