@@ -64,7 +64,9 @@ impl ControlPlane {
     /// at 20 MB/s, and a minute) keeps the file, which it may still be writing, and says so.
     pub fn save(&self, name: &str, path: &Path) -> Result<vmm::SaveReport, ControlError> {
         let process = self.active_process(name)?;
-        let memory = self.registry.with(name, |e| e.def.spec().memory)?;
+        // The definition as kept now, with what changed since the start (rate limits).
+        let spec = self.registry.with(name, |e| e.def.spec().clone())?;
+        let memory = spec.memory;
         let file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -82,7 +84,7 @@ impl ControlPlane {
             why,
         };
         let timeout = crate::process::with_memory(Duration::from_secs(60), memory);
-        match process.save(&file, timeout) {
+        match process.save(&file, spec, timeout) {
             Ok(Ok(report)) => {
                 process.wait_gone(Duration::from_secs(10));
                 Ok(report)

@@ -427,13 +427,20 @@ impl DomainProcess {
     pub fn save(
         &self,
         file: &std::fs::File,
+        spec: vmm::DomainSpec,
         timeout: Duration,
     ) -> Result<Result<vmm::SaveReport, String>, String> {
         if !self.status().state.is_active() {
             return Ok(Err(format!("the domain is {}", self.status().state.name())));
         }
         Ok(
-            match self.call_with(Request::Save, &[file.as_fd()], timeout)? {
+            match self.call_with(
+                Request::Save {
+                    spec: Box::new(spec),
+                },
+                &[file.as_fd()],
+                timeout,
+            )? {
                 Note::Reply {
                     error: None,
                     saved: Some(report),

@@ -26,8 +26,14 @@ fn a_saved_domain_restores_and_runs_on_from_where_it_was() {
     require_kvm();
     let dir = tmpdir("snapshot");
     let d = TestDaemon::start(&dir);
-    // fattick writes every page of guest RAM from 16 MiB to 48 MiB, then ticks forever.
-    d.ok("POST", "/v1/domains", Some(&mini("t", "fattick", "64M")));
+    // fattick writes every page of guest RAM from 16 MiB to 48 MiB, then ticks forever. Its
+    // disk's rate is changed while it runs: the snapshot records the definition as it is then.
+    let disk = dir.join("t.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let mut def: Value = serde_json::from_str(&mini("t", "fattick", "64M")).unwrap();
+    def["disk"] = serde_json::json!([format!("path={},format=raw", disk.display())]);
+    d.ok("POST", "/v1/domains", Some(&def.to_string()));
+    d.cli_ok(&["disk", "set", "t", "vda", "--bps", "1M"]);
     wait_for("the guest to tick", Duration::from_secs(30), || {
         last_tick(&d.console("t")) >= 3
     });
@@ -52,8 +58,13 @@ fn a_saved_domain_restores_and_runs_on_from_where_it_was() {
 
     // Restored, the guest runs on: its counter continues past where it was saved, and it
     // does not boot again.
+    // The rate changed at run time comes back with the domain (its definition is the one
+    // the snapshot recorded).
+    d.ok("DELETE", "/v1/domains/t", None);
     let out = d.cli_ok(&["restore", snap.to_str().unwrap()]);
     assert!(out.starts_with("domain 't' (id "), "{out}");
+    let disks = d.ok("GET", "/v1/domains/t", None)["definition"]["disk"].to_string();
+    assert!(disks.contains("bps=1M"), "the restored definition: {disks}");
     assert!(out.trim_end().ends_with("is running"), "{out}");
     wait_for(
         "the restored guest to tick",
@@ -98,7 +109,9 @@ fn a_saved_domain_restores_and_runs_on_from_where_it_was() {
     let (status, v) = d.call("POST", "/v1/restore", Some(r#"{"path":"t.snap"}"#));
     assert_eq!(status, 400, "a relative path: {v}");
 
-    // Damaged snapshots are refused, by what is wrong, and start nothing.
+    // Damaged snapshots are refused, by what is wrong, and start nothing (t stops first, so
+    // that its disk is free and only the snapshot can be what is refused).
+    d.ok("POST", "/v1/domains/t/destroy", None);
     let bytes = std::fs::read(&snap).unwrap();
     let mut flipped = bytes.clone();
     flipped[bytes.len() / 2] ^= 0x40;
@@ -127,7 +140,6 @@ fn a_saved_domain_restores_and_runs_on_from_where_it_was() {
             .count();
         assert_eq!(running, 0, "{name}: {listed}");
     }
-    d.ok("POST", "/v1/domains/t/destroy", None);
 
     // The same snapshot in the foreground: `vessel run --restore` runs the guest on from where
     // it was saved, its console on standard output; SIGTERM presses its power button, which

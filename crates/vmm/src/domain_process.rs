@@ -309,7 +309,7 @@ fn answer(call: Call, fds: Vec<std::os::fd::OwnedFd>, instance: &Arc<Instance>, 
         | Request::Unpause
         | Request::Destroy
         | Request::DeviceControl { .. }
-        | Request::Save => {
+        | Request::Save { .. } => {
             let (instance, peer) = (instance.clone(), peer.clone());
             let request = call.request;
             peer.in_flight
@@ -323,8 +323,8 @@ fn answer(call: Call, fds: Vec<std::os::fd::OwnedFd>, instance: &Arc<Instance>, 
                         Request::DeviceControl { slot, action } => {
                             instance.device_control(slot, action, fds).map(|()| None)
                         }
-                        Request::Save => match fds.into_iter().next() {
-                            Some(fd) => instance.save(std::fs::File::from(fd)).map(Some),
+                        Request::Save { spec } => match fds.into_iter().next() {
+                            Some(fd) => instance.save(std::fs::File::from(fd), *spec).map(Some),
                             None => Err("a save comes with the snapshot file's descriptor".into()),
                         },
                         _ => {

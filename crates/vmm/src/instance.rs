@@ -111,7 +111,7 @@ pub struct Instance {
     resources: Arc<Mutex<Resources>>,
     /// How many disks the domain has (its VIFs' slots follow them and the entropy device).
     disks: usize,
-    /// What the domain is (a snapshot records it).
+    /// The definition the domain started with: a save checks the one it records against it.
     spec: DomainSpec,
     /// The MSRs a snapshot keeps of each vCPU, or why KVM would not list them.
     msrs_to_save: Result<Vec<u32>, String>,
@@ -240,7 +240,16 @@ impl Instance {
     /// clock, devices and memory are written, the file is synced, and the domain stops with
     /// [`Outcome::Saved`]. If anything fails the domain is left as it was (running again if
     /// it was running) and the error says what failed.
-    pub fn save(&self, out: std::fs::File) -> Result<SaveReport, String> {
+    pub fn save(&self, out: std::fs::File, spec: DomainSpec) -> Result<SaveReport, String> {
+        // The definition recorded must describe this very machine.
+        let shape = |s: &DomainSpec| (s.memory, s.vcpus, s.disks.len(), s.nets.len());
+        if shape(&spec) != shape(&self.spec) {
+            return Err(
+                "the definition to record differs from the running domain in memory, \
+                        vCPUs, disks or VIFs"
+                    .into(),
+            );
+        }
         let _saving = self.saving.write().unwrap_or_else(|e| e.into_inner());
         let was_running = match self.status().state {
             RunState::Running => true,
@@ -255,7 +264,7 @@ impl Instance {
             }
         }
         let machine = self.machine().ok_or("the domain has no machine")?;
-        match self.write_snapshot(&machine, out) {
+        match self.write_snapshot(&machine, &spec, out) {
             Ok(report) => {
                 // The machine whose state was taken stops (no other could have been built
                 // meanwhile: resets wait for the save).
@@ -275,6 +284,7 @@ impl Instance {
     fn write_snapshot(
         &self,
         machine: &MachineView,
+        spec: &DomainSpec,
         out: std::fs::File,
     ) -> Result<SaveReport, String> {
         let msrs = self
@@ -283,7 +293,7 @@ impl Instance {
             .map_err(|e| format!("KVM would not list the MSRs to save: {e}"))?;
         let saved = machine
             .parts
-            .capture(&self.spec, msrs)
+            .capture(spec, msrs)
             .map_err(|e| format!("taking the machine's state: {e}"))?;
         let failed = |e: &dyn std::fmt::Display| format!("writing the snapshot: {e}");
         let mut writer = SnapshotWriter::new(std::io::BufWriter::with_capacity(1 << 20, out))

@@ -100,8 +100,13 @@ pub enum Request {
         action: devices::virtio::Action,
     },
     /// Save the domain to the snapshot file whose descriptor comes with the call, and stop
-    /// it there (`Instance::save`).
-    Save,
+    /// it there (`Instance::save`). `spec` is the domain's definition as the control plane
+    /// keeps it now (with what changed since the launch, such as rate limits): the snapshot
+    /// records it.
+    Save {
+        /// The definition to record.
+        spec: Box<DomainSpec>,
+    },
     /// A debugging hook for the tests of the seccomp filters: make a thread of this kind call
     /// a system call its filter does not allow (the kernel then kills the domain process).
     ForbiddenCall {
