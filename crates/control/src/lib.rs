@@ -42,6 +42,7 @@ mod fleet;
 mod host;
 mod lifecycle;
 mod memory;
+pub mod migration;
 mod plane;
 mod process;
 mod rates;

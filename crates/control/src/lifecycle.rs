@@ -17,6 +17,16 @@ use vmm::wire::Confinement;
 use crate::process::{DomainProcess, LaunchPlan};
 use crate::{ControlError, ControlPlane, DomainDef, StartError, DOMAIN_ID_BASE};
 
+/// What a domain's first machine is built from.
+pub(crate) enum FirstMachine {
+    /// Its kernel, booted.
+    Boot,
+    /// A snapshot (`vessel restore`).
+    Snapshot(std::fs::File),
+    /// An incoming migration: its connection, read up to the domain's specification.
+    Migration(std::fs::File),
+}
+
 impl ControlPlane {
     /// Defines domain `def` without starting it: checked against the host's RAM, the format of
     /// each disk given without one found and recorded, then stored.
@@ -40,7 +50,7 @@ impl ControlPlane {
         if !start {
             return Ok(());
         }
-        match self.launch(&name, None) {
+        match self.launch(&name, FirstMachine::Boot) {
             Ok(process) => self.finish_start(&name, Ok(process)),
             Err(e) => {
                 // Still claimed by this call: nobody else has started or deleted it.
@@ -53,7 +63,7 @@ impl ControlPlane {
     /// Starts domain `name`.
     pub fn start(&self, name: &str) -> Result<(), ControlError> {
         self.claim_start(name)?;
-        let started = self.launch(name, None);
+        let started = self.launch(name, FirstMachine::Boot);
         self.finish_start(name, started)
     }
 
@@ -151,7 +161,7 @@ impl ControlPlane {
                 None
             }
         };
-        let started = self.launch(&name, Some(file));
+        let started = self.launch(&name, FirstMachine::Snapshot(file));
         if started.is_err() {
             match before {
                 None => {
@@ -169,7 +179,7 @@ impl ControlPlane {
 
     /// Claims the start of defined domain `name` (its entry's `starting` flag), unless it is
     /// running, paused or starting already.
-    fn claim_start(&self, name: &str) -> Result<(), ControlError> {
+    pub(crate) fn claim_start(&self, name: &str) -> Result<(), ControlError> {
         let claimed = self.registry.with(name, |e| {
             if e.state().is_active() || e.starting {
                 false
@@ -194,10 +204,10 @@ impl ControlPlane {
     /// entry's `starting` flag); the claim is left for the caller to release. The control
     /// plane opens every host file the domain needs, with its checks, and hands the
     /// descriptors over.
-    fn launch(
+    pub(crate) fn launch(
         &self,
         name: &str,
-        snapshot: Option<std::fs::File>,
+        first: FirstMachine,
     ) -> Result<DomainProcess, ControlError> {
         let (id, def, console) = self
             .registry
@@ -217,7 +227,11 @@ impl ControlPlane {
         let mut resources = vmm::resources::Resources::open(&spec, Some(&ports))
             .map_err(|e| cannot_start(e.into()))?;
         resources.page_sharing = self.page_sharing();
-        resources.snapshot = snapshot;
+        match first {
+            FirstMachine::Boot => {}
+            FirstMachine::Snapshot(file) => resources.snapshot = Some(file),
+            FirstMachine::Migration(conn) => resources.migration = Some(conn),
+        }
         DomainProcess::launch(LaunchPlan {
             name,
             spec,
@@ -236,7 +250,7 @@ impl ControlPlane {
     }
 
     /// Releases the claim on domain `name`'s start, keeping the process if it started.
-    fn finish_start(
+    pub(crate) fn finish_start(
         &self,
         name: &str,
         started: Result<DomainProcess, ControlError>,

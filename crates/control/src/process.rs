@@ -35,6 +35,8 @@ pub fn with_memory(base: Duration, memory: u64) -> Duration {
 const STATS_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a launch may take (building the machine, loading the kernel and initrd).
 const LAUNCH_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest wait for a migration, sent or received, to end.
+pub const MIGRATION_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// Where a domain's state stands, as its process last said.
 struct Seen {
@@ -187,10 +189,15 @@ impl DomainProcess {
         if let Err(e) = channel.send(&wire::encode(&launch), &fds) {
             return Err(fail(child, format!("cannot launch the domain: {e}")));
         }
-        // A restore reads the guest's memory from its snapshot before it answers.
-        let timeout = match plan.resources.snapshot {
-            Some(_) => with_memory(LAUNCH_TIMEOUT, memory),
-            None => LAUNCH_TIMEOUT,
+        // A restore reads the guest's memory from its snapshot before it answers; an
+        // incoming migration takes as long as the sender's rounds (the domain process gives
+        // up on a sender silent for `vmm::migration::PEER_TIMEOUT`).
+        let timeout = if plan.resources.migration.is_some() {
+            MIGRATION_TIMEOUT
+        } else if plan.resources.snapshot.is_some() {
+            with_memory(LAUNCH_TIMEOUT, memory)
+        } else {
+            LAUNCH_TIMEOUT
         };
         let hello = match await_hello(&channel, timeout) {
             Ok(h) => h,
@@ -448,6 +455,38 @@ impl DomainProcess {
                 } => Ok(report),
                 Note::Reply { error: Some(e), .. } => Err(e),
                 _ => Err("the domain process answered a save without saying what it wrote".into()),
+            },
+        )
+    }
+
+    /// Migrates the domain over `conn` (a connection to a daemon awaiting it); its process
+    /// ends once the receiver runs it. The outer error says the process did not answer in
+    /// time; the inner one, why the migration failed (the domain runs on here).
+    pub fn migrate(
+        &self,
+        conn: &std::net::TcpStream,
+        spec: vmm::DomainSpec,
+        params: vmm::migration::MigrateParams,
+    ) -> Result<Result<vmm::migration::MigrationReport, String>, String> {
+        if !self.status().state.is_active() {
+            return Ok(Err(format!("the domain is {}", self.status().state.name())));
+        }
+        Ok(
+            match self.call_with(
+                Request::Migrate {
+                    spec: Box::new(spec),
+                    params,
+                },
+                &[conn.as_fd()],
+                MIGRATION_TIMEOUT,
+            )? {
+                Note::Reply {
+                    error: None,
+                    migrated: Some(report),
+                    ..
+                } => Ok(report),
+                Note::Reply { error: Some(e), .. } => Err(e),
+                _ => Err("the domain process answered a migration without a report".into()),
             },
         )
     }

@@ -6,12 +6,14 @@ use std::path::Path;
 use std::sync::Arc;
 
 use kvm_bindings::{
-    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_MEM_LOG_DIRTY_PAGES,
+    KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Cap, IoEventAddress, Kvm, NoDatamatch, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::cpu::CpuidEntry;
+use crate::dirty::{DirtyPages, RegionLog};
 use crate::memory::GuestMemory;
 use crate::vcpu::Vcpu;
 use crate::HvError;
@@ -174,6 +176,7 @@ impl Hypervisor {
             fd,
             next_slot: 0,
             memory: Vec::new(),
+            slots: Vec::new(),
         })
     }
 }
@@ -189,6 +192,8 @@ pub struct Vm {
     fd: VmFd,
     next_slot: u32,
     memory: Vec<Arc<GuestMemory>>,
+    /// The memory slots as registered, for turning KVM's dirty log on and off.
+    slots: Vec<kvm_userspace_memory_region>,
 }
 
 impl Vm {
@@ -211,10 +216,44 @@ impl Vm {
             // (below) until after its file descriptor is closed.
             unsafe { self.fd.set_user_memory_region(region) }
                 .map_err(|e| HvError::ioctl("SET_USER_MEMORY_REGION", e))?;
+            self.slots.push(region);
             self.next_slot += 1;
         }
         self.memory.push(memory.clone());
         Ok(())
+    }
+
+    /// Turns KVM's log of the pages the guest writes on (empty) or off, for every slot.
+    pub fn log_dirty_pages(&self, on: bool) -> Result<(), HvError> {
+        for region in &self.slots {
+            let region = kvm_userspace_memory_region {
+                flags: if on { KVM_MEM_LOG_DIRTY_PAGES } else { 0 },
+                ..*region
+            };
+            // SAFETY: the same slot over the same live mapping `map_memory` registered (held by
+            // this VM); only its logging flag changes.
+            unsafe { self.fd.set_user_memory_region(region) }
+                .map_err(|e| HvError::ioctl("SET_USER_MEMORY_REGION", e))?;
+        }
+        Ok(())
+    }
+
+    /// The pages the guest wrote since the last call (or since the log was turned on); KVM
+    /// empties its log as it hands it over.
+    pub fn take_dirty_pages(&self) -> Result<DirtyPages, HvError> {
+        let mut logs = Vec::with_capacity(self.slots.len());
+        for region in &self.slots {
+            let bits = self
+                .fd
+                .get_dirty_log(region.slot, region.memory_size as usize)
+                .map_err(|e| HvError::ioctl("GET_DIRTY_LOG", e))?;
+            logs.push(RegionLog {
+                base: region.guest_phys_addr,
+                pages: region.memory_size / crate::dirty::PAGE,
+                bits,
+            });
+        }
+        Ok(DirtyPages::new(logs))
     }
 
     /// Routes writes to `event` into interrupt line `gsi` (an irqfd).

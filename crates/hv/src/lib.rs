@@ -7,6 +7,7 @@
 
 pub mod channel;
 mod cpu;
+pub mod dirty;
 mod error;
 mod kick;
 mod kvm;

@@ -6,7 +6,9 @@
 //! guest RAM. Nothing here can read or write host memory outside the mappings.
 
 use std::io;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use crate::dirty::{DirtyPages, RegionLog, PAGE as LOG_PAGE};
 
 /// A guest-physical range that is not entirely inside guest RAM.
 #[derive(Debug, thiserror::Error)]
@@ -33,11 +35,15 @@ struct Region {
     guest_base: u64,
     size: u64,
     host: *mut u8,
+    /// The pages the VMM wrote while the write log is on, a bit per page.
+    written: Box<[AtomicU64]>,
 }
 
 /// The guest's RAM.
 pub struct GuestMemory {
     regions: Vec<Region>,
+    /// Whether the VMM's writes are logged (a migration is copying the memory).
+    logging: AtomicBool,
 }
 
 // SAFETY: the mappings are plain memory owned by this value; concurrent access from several
@@ -79,9 +85,67 @@ impl GuestMemory {
                 guest_base,
                 size,
                 host: host.cast(),
+                written: (0..(size / LOG_PAGE).div_ceil(64))
+                    .map(|_| AtomicU64::new(0))
+                    .collect(),
             });
         }
-        Ok(GuestMemory { regions })
+        Ok(GuestMemory {
+            regions,
+            logging: AtomicBool::new(false),
+        })
+    }
+
+    /// Starts (`true`, with an empty log) or stops logging the pages the VMM writes: what
+    /// KVM's dirty log cannot see, since the VMM writes guest RAM through its own mapping.
+    pub fn log_writes(&self, on: bool) {
+        if on {
+            for r in &self.regions {
+                r.written.iter().for_each(|w| w.store(0, Ordering::Relaxed));
+            }
+        }
+        self.logging.store(on, Ordering::SeqCst);
+    }
+
+    /// The pages the VMM wrote since the last call (or since the log began); the log is
+    /// emptied.
+    pub fn take_written(&self) -> DirtyPages {
+        DirtyPages::new(
+            self.regions
+                .iter()
+                .map(|r| RegionLog {
+                    base: r.guest_base,
+                    pages: r.size / LOG_PAGE,
+                    bits: r
+                        .written
+                        .iter()
+                        .map(|w| w.swap(0, Ordering::AcqRel))
+                        .collect(),
+                })
+                .collect(),
+        )
+    }
+
+    /// Marks `addr..addr+len` (inside one region, checked by the caller) written, if the log
+    /// is on.
+    fn mark_written(&self, addr: u64, len: usize) {
+        if len == 0 || !self.logging.load(Ordering::Relaxed) {
+            return;
+        }
+        let Some(r) = self
+            .regions
+            .iter()
+            .find(|r| addr >= r.guest_base && addr < r.guest_base + r.size)
+        else {
+            return;
+        };
+        let first = (addr - r.guest_base) / LOG_PAGE;
+        let last = (addr - r.guest_base + len as u64 - 1) / LOG_PAGE;
+        for page in first..=last {
+            if let Some(w) = r.written.get((page / 64) as usize) {
+                w.fetch_or(1 << (page % 64), Ordering::Release);
+            }
+        }
     }
 
     /// The regions as `(guest_base, size, host_address)`, for registering with KVM.
@@ -166,6 +230,7 @@ impl GuestMemory {
         // SAFETY: `dst..dst+len` is inside a live mapping (checked by host_range); `data` is a
         // host buffer that cannot overlap guest memory mappings we created.
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len()) };
+        self.mark_written(addr, data.len());
         Ok(())
     }
 
@@ -206,6 +271,7 @@ impl GuestMemory {
         unsafe {
             (*dst.cast::<std::sync::atomic::AtomicU16>()).store(value.to_le(), Ordering::Release)
         };
+        self.mark_written(addr, 2);
         Ok(())
     }
 
@@ -225,7 +291,11 @@ impl GuestMemory {
         // is used only for the duration of this read; the guest is not running yet while the VMM
         // loads images, and even if it were, a racing guest only sees partially-loaded bytes.
         let buf = unsafe { std::slice::from_raw_parts_mut(dst, len) };
-        file.read_exact_at(buf, offset).map_err(LoadError::Io)
+        let read = file.read_exact_at(buf, offset).map_err(LoadError::Io);
+        // After the bytes land (here and everywhere): a log taken between a mark and its
+        // write would send the page as it was and forget it.
+        self.mark_written(addr, len);
+        read
     }
 
     /// Reads `len` bytes of `input` straight into guest memory at `addr` (no host buffer),
@@ -243,7 +313,9 @@ impl GuestMemory {
         // lives only for this read and the call to `seen`; the guest of a machine being built
         // does not run, so nothing else writes those bytes meanwhile.
         let buf = unsafe { std::slice::from_raw_parts_mut(dst, len) };
-        input.read_exact(buf).map_err(LoadError::Io)?;
+        let read = input.read_exact(buf).map_err(LoadError::Io);
+        self.mark_written(addr, len);
+        read?;
         seen(buf);
         Ok(())
     }
@@ -258,7 +330,12 @@ impl GuestMemory {
         file: &std::fs::File,
         offset: u64,
     ) -> std::io::Result<()> {
-        self.file_io_vectored(segments, file, offset, Direction::FromFile)
+        let result = self.file_io_vectored(segments, file, offset, Direction::FromFile);
+        // Marked after the bytes land, and even after a failure (some may have).
+        for &(addr, len) in segments {
+            self.mark_written(addr, len);
+        }
+        result
     }
 
     /// Writes the guest memory pieces `segments`, in order, to `file` from `offset` on with
@@ -382,6 +459,7 @@ impl GuestMemory {
                 let zeros = vec![0u8; (last - first) as usize];
                 self.write(first, &zeros)?;
             }
+            self.mark_written(first, (last - first) as usize);
         }
         Ok(())
     }
@@ -413,6 +491,26 @@ impl Drop for GuestMemory {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_write_log_sees_every_vmm_write_while_it_is_on() {
+        let m = GuestMemory::new(&[(0, 1 << 20)]).unwrap();
+        m.write(0x1000, b"x").unwrap();
+        m.log_writes(true);
+        assert_eq!(m.take_written().count(), 0, "a write before the log began");
+        m.write(0x2ffe, &[1; 4]).unwrap();
+        m.write_u16(0x5000, 7).unwrap();
+        m.discard(0x8000, 0x2000).unwrap();
+        m.read(0x9000, &mut [0u8; 64]).unwrap();
+        assert_eq!(
+            m.take_written().runs(512),
+            vec![(0x2000, 2), (0x5000, 1), (0x8000, 2)]
+        );
+        assert_eq!(m.take_written().count(), 0, "taking the log empties it");
+        m.log_writes(false);
+        m.write(0x1000, b"y").unwrap();
+        assert_eq!(m.take_written().count(), 0, "a write after the log ended");
+    }
 
     /// A ring index the guest is moving from 0x88ff to 0x8900 must never be read as 0x89ff
     /// or 0x8800 (byte-wise copies can: that looked like an index jumping by 256 and broke a

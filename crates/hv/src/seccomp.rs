@@ -112,6 +112,7 @@ ioctl_io_nr!(KVM_GET_TSC_KHZ, KVMIO, 0xa3);
 ioctl_ior_nr!(KVM_GET_XCRS, KVMIO, 0xa6, kvm_bindings::kvm_xcrs);
 ioctl_iow_nr!(KVM_SET_XCRS, KVMIO, 0xa7, kvm_bindings::kvm_xcrs);
 ioctl_io_nr!(KVM_KVMCLOCK_CTRL, KVMIO, 0xad);
+ioctl_iow_nr!(KVM_GET_DIRTY_LOG, KVMIO, 0x42, kvm_bindings::kvm_dirty_log);
 /// `FIONBIO`: a socket or descriptor made non-blocking.
 const FIONBIO: u64 = 0x5421;
 
@@ -293,6 +294,9 @@ fn program(kind: ThreadKind) -> Result<BpfProgram, String> {
                 KVM_SET_XCRS(),
                 KVM_KVMCLOCK_CTRL(),
             ]);
+            // Migrating a running domain: KVM's dirty log turned on and read (the slots are
+            // registered again with its flag, through KVM_SET_USER_MEMORY_REGION).
+            r.push(KVM_GET_DIRTY_LOG());
             r.push(FIONBIO);
             r
         }

@@ -182,7 +182,7 @@ fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
 }
 
 /// "domain 'NAME' (id N) is STATE", of the domain info `v` a create or a restore answered.
-fn print_started(v: &Value) {
+pub(crate) fn print_started(v: &Value) {
     println!(
         "domain '{}' (id {}) is {}",
         v["name"].as_str().unwrap_or("?"),

@@ -11,6 +11,7 @@ mod diskcli;
 mod image;
 mod logging;
 mod memcli;
+mod migratecli;
 mod netcli;
 mod run;
 mod schedcli;
@@ -80,6 +81,13 @@ enum Command {
     /// Bring back a domain `vessel save` saved: it runs on from where it was (its programs,
     /// its clock moved on by the time it spent saved), as `xl restore`.
     Restore(client::RestoreArgs),
+    /// Move a running domain to another daemon while it runs (pre-copy of its memory, then
+    /// a pause of about --downtime for the rest); the other daemon must be awaiting it
+    /// (`vessel migrate-receive`). If anything fails the domain runs on here.
+    Migrate(migratecli::MigrateArgs),
+    /// Await one domain `vessel migrate` sends from another daemon, and run it here (the
+    /// call returns once it runs). Its disks must be at the same paths here.
+    MigrateReceive(migratecli::MigrateReceiveArgs),
     /// Print the shell completion script for SHELL (e.g. `vessel completions bash >
     /// /etc/bash_completion.d/vessel`).
     Completions(selfdoc::CompletionsArgs),
@@ -181,6 +189,8 @@ fn main() -> ExitCode {
         Command::Sched(args) => schedcli::sched(&socket, args),
         Command::Domain(verb) => client::domain_verb(&socket, verb),
         Command::Restore(args) => client::restore(&socket, args),
+        Command::Migrate(args) => migratecli::migrate(&socket, args),
+        Command::MigrateReceive(args) => migratecli::migrate_receive(&socket, args),
         Command::DomainProcess => domain_process(),
         Command::Completions(args) => selfdoc::completions(command(), args),
         Command::Man(args) => selfdoc::man(command(), args),

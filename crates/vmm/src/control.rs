@@ -20,6 +20,8 @@ pub enum StopReason {
     Destroyed,
     /// The domain was saved to a snapshot and stops there.
     Saved,
+    /// The domain was migrated: it runs on elsewhere.
+    Migrated,
 }
 
 /// What the thread that waits for a machine is told.

@@ -40,6 +40,8 @@ pub enum Outcome {
     Destroyed,
     /// It was saved to a snapshot, and stopped there.
     Saved,
+    /// It was migrated to another daemon, and runs on there.
+    Migrated,
 }
 
 impl Outcome {
@@ -50,6 +52,7 @@ impl Outcome {
             Outcome::Rebooted => "the guest rebooted",
             Outcome::Destroyed => "destroyed",
             Outcome::Saved => "saved",
+            Outcome::Migrated => "migrated",
         }
     }
 }
@@ -201,19 +204,16 @@ pub(crate) struct Machine {
 }
 
 /// Fills a restored machine's RAM (given with its regions, as `(guest address, size)`) from
-/// a snapshot's memory records; returns the pages loaded.
-pub(crate) type MemoryLoader<'a> =
-    dyn FnMut(&GuestMemory, &[(u64, u64)]) -> Result<u64, SnapshotError> + 'a;
+/// a snapshot or a migration stream, and gives the rest of the machine's state.
+pub(crate) type StateLoader<'a> =
+    dyn FnMut(&GuestMemory, &[(u64, u64)]) -> Result<SavedMachine, SnapshotError> + 'a;
 
 /// Where a machine's state comes from.
 enum Origin<'a> {
     /// A fresh boot of the domain's kernel.
     Boot,
-    /// A saved domain: its state, and the rest of its snapshot (the memory records).
-    Saved {
-        saved: &'a SavedMachine,
-        memory: &'a mut MemoryLoader<'a>,
-    },
+    /// A saved or migrating domain: its memory and state.
+    Saved(&'a mut StateLoader<'a>),
 }
 
 /// What saving a paused machine takes from it: its VM, vCPUs, console UART and virtio
@@ -260,6 +260,32 @@ impl MachineParts {
     }
 }
 
+impl MachineParts {
+    /// The CPUID table the vCPUs were built from.
+    pub fn cpuid(&self) -> &[hv::CpuidEntry] {
+        &self.cpuid
+    }
+
+    /// Starts (`true`) or stops logging the pages of `memory` (this machine's RAM) that the
+    /// guest and the VMM write.
+    pub fn log_dirty_pages(&self, memory: &GuestMemory, on: bool) -> Result<(), DomainError> {
+        memory.log_writes(on);
+        self.vm.log_dirty_pages(on)?;
+        Ok(())
+    }
+
+    /// The pages of `memory` written since the last call or since the log began, by the
+    /// guest or by the VMM (its devices).
+    pub fn take_dirty_pages(
+        &self,
+        memory: &GuestMemory,
+    ) -> Result<hv::dirty::DirtyPages, DomainError> {
+        let mut dirty = self.vm.take_dirty_pages()?;
+        dirty.merge(memory.take_written());
+        Ok(dirty)
+    }
+}
+
 impl Machine {
     /// A fresh machine for `cfg`, its kernel loaded and its boot vCPU at the kernel's entry.
     pub(crate) fn build(
@@ -271,24 +297,16 @@ impl Machine {
         Machine::assemble(hv, cfg, res, sink, Origin::Boot)
     }
 
-    /// The machine `saved` was, with its memory from `memory` (the snapshot's memory records),
-    /// on this host's resources `res` for its specification `cfg`.
+    /// The machine `load` gives (its memory, then its state), on this host's resources `res`
+    /// for its specification `cfg`.
     pub(crate) fn restore(
         hv: &Hypervisor,
         cfg: &DomainSpec,
         res: &Resources,
         sink: &ConsoleSink,
-        saved: &SavedMachine,
-        memory: &mut MemoryLoader<'_>,
+        load: &mut StateLoader<'_>,
     ) -> Result<Machine, DomainError> {
-        if saved.vcpus.len() != cfg.vcpus as usize {
-            return Err(DomainError::Snapshot(format!(
-                "it holds {} vCPUs, its specification {}",
-                saved.vcpus.len(),
-                cfg.vcpus
-            )));
-        }
-        Machine::assemble(hv, cfg, res, sink, Origin::Saved { saved, memory })
+        Machine::assemble(hv, cfg, res, sink, Origin::Saved(load))
     }
 
     fn assemble(
@@ -313,21 +331,27 @@ impl Machine {
         devices.extend(crate::net::build_nets(cfg, devices.len(), res)?);
         let boot_state = match &origin {
             Origin::Boot => Some(load_for_boot(hv, cfg, res, &memory, devices.len())?),
-            Origin::Saved { .. } => None,
+            Origin::Saved(_) => None,
         };
         let saved = match origin {
             Origin::Boot => None,
-            Origin::Saved {
-                saved,
-                memory: load,
-            } => {
-                load(&memory, &ram).map_err(|e| DomainError::Snapshot(e.to_string()))?;
+            Origin::Saved(load) => {
+                let saved =
+                    load(&memory, &ram).map_err(|e| DomainError::Snapshot(e.to_string()))?;
+                if saved.vcpus.len() != cfg.vcpus as usize {
+                    return Err(DomainError::Snapshot(format!(
+                        "it holds {} vCPUs, its specification {}",
+                        saved.vcpus.len(),
+                        cfg.vcpus
+                    )));
+                }
                 // Before the devices that raise interrupts (the UART raises a pending one
                 // again as it is restored).
                 vm.restore_interrupt_controllers(&saved.vm)?;
                 Some(saved)
             }
         };
+        let saved = saved.as_ref();
 
         let control = Arc::new(Control::default());
         let com1_irq = hv::new_eventfd().map_err(DomainError::host("creating an eventfd"))?;

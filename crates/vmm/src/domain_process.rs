@@ -79,6 +79,7 @@ pub fn serve(listener: Listener) -> i32 {
                     stats: None,
                     status: None,
                     saved: None,
+                    migrated: None,
                 }),
                 &[],
             );
@@ -183,6 +184,7 @@ fn accept_attach(listener: &Listener) -> Option<(Channel, u64)> {
                 stats: None,
                 status: None,
                 saved: None,
+                migrated: None,
             }),
             &[],
         );
@@ -298,6 +300,7 @@ fn answer(call: Call, fds: Vec<std::os::fd::OwnedFd>, instance: &Arc<Instance>, 
             stats,
             status,
             saved: None,
+            migrated: None,
         }));
     };
     let id = call.id;
@@ -309,7 +312,8 @@ fn answer(call: Call, fds: Vec<std::os::fd::OwnedFd>, instance: &Arc<Instance>, 
         | Request::Unpause
         | Request::Destroy
         | Request::DeviceControl { .. }
-        | Request::Save { .. } => {
+        | Request::Save { .. }
+        | Request::Migrate { .. } => {
             let (instance, peer) = (instance.clone(), peer.clone());
             let request = call.request;
             peer.in_flight
@@ -317,6 +321,7 @@ fn answer(call: Call, fds: Vec<std::os::fd::OwnedFd>, instance: &Arc<Instance>, 
             let _ = std::thread::Builder::new()
                 .name("transition".into())
                 .spawn(move || {
+                    let mut migrated = None;
                     let result = match request {
                         Request::Pause => instance.pause().map(|()| None),
                         Request::Unpause => instance.unpause().map(|()| None),
@@ -326,6 +331,13 @@ fn answer(call: Call, fds: Vec<std::os::fd::OwnedFd>, instance: &Arc<Instance>, 
                         Request::Save { spec } => match fds.into_iter().next() {
                             Some(fd) => instance.save(std::fs::File::from(fd), *spec).map(Some),
                             None => Err("a save comes with the snapshot file's descriptor".into()),
+                        },
+                        Request::Migrate { spec, params } => match fds.into_iter().next() {
+                            Some(fd) => instance.migrate(fd, *spec, params).map(|report| {
+                                migrated = Some(report);
+                                None
+                            }),
+                            None => Err("a migration comes with its connection".into()),
                         },
                         _ => {
                             instance.destroy();
@@ -342,6 +354,7 @@ fn answer(call: Call, fds: Vec<std::os::fd::OwnedFd>, instance: &Arc<Instance>, 
                         stats: None,
                         status: Some(report(&instance.status())),
                         saved,
+                        migrated,
                     }));
                     peer.in_flight
                         .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);

@@ -160,9 +160,10 @@ impl Instance {
         check_vcpus(&cfg, &hv)?;
         hv::install_kick_handler()?;
         let msrs_to_save = hv.msrs_to_save().map_err(|e| e.to_string());
-        let first = match res.snapshot.take() {
-            None => Machine::build(&hv, &cfg, &res, &sink)?,
-            Some(file) => restore_machine(&hv, &cfg, &res, &sink, file)?,
+        let first = match (res.snapshot.take(), res.migration.take()) {
+            (Some(file), _) => restore_machine(&hv, &cfg, &res, &sink, file)?,
+            (None, Some(conn)) => crate::migration::receive(&hv, &cfg, &res, &sink, conn)?,
+            (None, None) => Machine::build(&hv, &cfg, &res, &sink)?,
         };
         let disks = cfg.disks.len();
         let spec = cfg.clone();
@@ -279,6 +280,73 @@ impl Instance {
                 Err(e)
             }
         }
+    }
+
+    /// Migrates the running (or paused) domain over `conn`, a connection to a daemon that
+    /// awaits it (`vessel migrate`; [`crate::migration`]): its memory is copied while it
+    /// runs, then it pauses for the rest and its state, and once the receiver is ready it
+    /// stops here with [`Outcome::Migrated`]. Until then any failure leaves it running here
+    /// (or paused, as it was) and says why. `spec` is the definition to send.
+    pub fn migrate(
+        &self,
+        conn: OwnedFd,
+        spec: DomainSpec,
+        params: crate::migration::MigrateParams,
+    ) -> Result<crate::migration::MigrationReport, String> {
+        let shape = |s: &DomainSpec| (s.memory, s.vcpus, s.disks.len(), s.nets.len());
+        if shape(&spec) != shape(&self.spec) {
+            return Err(
+                "the definition to send differs from the running domain in memory, vCPUs, \
+                 disks or VIFs"
+                    .into(),
+            );
+        }
+        let msrs = self
+            .msrs_to_save
+            .as_ref()
+            .map_err(|e| format!("KVM would not list the MSRs to save: {e}"))?
+            .clone();
+        let _saving = self.saving.write().unwrap_or_else(|e| e.into_inner());
+        let was_running = match self.status().state {
+            RunState::Running => true,
+            RunState::Paused => false,
+            other => return Err(format!("the domain is {}", other.name())),
+        };
+        let machine = self.machine().ok_or("the domain has no machine")?;
+        let conn = std::net::TcpStream::from(conn);
+        let mut sender = crate::migration::Sender::start(&conn, &machine, &spec, params)?;
+        let mut paused = false;
+        let sent = (|| {
+            sender.precopy()?;
+            if was_running {
+                self.transition(RunState::Running, RunState::Paused, true)?;
+                paused = true;
+            }
+            let paused_at = Instant::now();
+            let saved = machine
+                .parts
+                .capture(&spec, &msrs)
+                .map_err(|e| format!("taking the machine's state: {e}"))?;
+            sender.finish(&saved)?;
+            sender.go()?;
+            Ok::<_, String>(paused_at)
+        })();
+        sender.stop_logging();
+        let paused_at = match sent {
+            Ok(at) => at,
+            Err(e) => {
+                if paused || was_running {
+                    // A pause that came too late is lifted too.
+                    let _ = self.transition(RunState::Paused, RunState::Running, false);
+                }
+                return Err(e);
+            }
+        };
+        // The receiver was told to run it: this copy never runs again.
+        machine.control.stop(StopReason::Migrated);
+        let report = sender.await_running(paused_at);
+        self.join_supervisor();
+        Ok(report)
     }
 
     fn write_snapshot(
@@ -572,6 +640,7 @@ fn supervise(
             Ok(StopReason::PowerOff) => return Ok(Outcome::PoweredOff),
             Ok(StopReason::Destroyed) => return Ok(Outcome::Destroyed),
             Ok(StopReason::Saved) => return Ok(Outcome::Saved),
+            Ok(StopReason::Migrated) => return Ok(Outcome::Migrated),
             Ok(StopReason::Crash(msg)) => return Err(msg),
             Err(e) => return Err(e.to_string()),
         }
@@ -590,7 +659,7 @@ fn restore_machine(
     let snap = |e: crate::snapshot::SnapshotError| DomainError::Snapshot(e.to_string());
     let mut reader =
         SnapshotReader::new(std::io::BufReader::with_capacity(1 << 20, file)).map_err(snap)?;
-    let saved = reader.machine().map_err(snap)?;
+    let mut saved = Some(reader.machine().map_err(snap)?);
     let shape = |s: &DomainSpec| {
         (
             s.memory,
@@ -600,14 +669,17 @@ fn restore_machine(
             s.free_page_reporting,
         )
     };
-    if shape(&saved.spec) != shape(cfg) {
+    if saved.as_ref().map(|s| shape(&s.spec)) != Some(shape(cfg)) {
         return Err(DomainError::Snapshot(
             "the domain to restore differs from the saved one in memory, vCPUs, disks, VIFs or \
              balloon features"
                 .into(),
         ));
     }
-    Machine::restore(hv, cfg, res, sink, &saved, &mut |memory, ram| {
-        reader.memory(memory, ram)
+    Machine::restore(hv, cfg, res, sink, &mut |memory, ram| {
+        reader.memory(memory, ram)?;
+        saved.take().ok_or_else(|| {
+            crate::snapshot::SnapshotError::Malformed("its memory was asked for twice".into())
+        })
     })
 }

@@ -19,6 +19,7 @@ pub mod instance;
 pub mod kernel;
 pub mod layout;
 pub mod mem_alloc;
+pub mod migration;
 pub mod net;
 pub mod resources;
 pub mod sched;

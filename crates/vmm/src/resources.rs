@@ -78,6 +78,9 @@ pub struct Resources {
     /// A saved domain to restore instead of booting the kernel (`vessel restore`): the first
     /// machine is built from it, later boots from the kernel as usual.
     pub snapshot: Option<File>,
+    /// An incoming migration to build the first machine from instead (`vessel
+    /// migrate-receive`): the connection, its stream read up to the domain's specification.
+    pub migration: Option<File>,
 }
 
 fn identity(path: &Path) -> Option<(u64, u64)> {
@@ -129,6 +132,7 @@ impl Resources {
             entropy,
             page_sharing: false,
             snapshot: None,
+            migration: None,
         })
     }
 
@@ -246,6 +250,9 @@ impl Resources {
         if let Some(snapshot) = &self.snapshot {
             fds.push(snapshot.as_fd());
         }
+        if let Some(migration) = &self.migration {
+            fds.push(migration.as_fd());
+        }
         let manifest = Manifest {
             flavour: self.flavour.name().into(),
             initrd: self.initrd.is_some(),
@@ -253,6 +260,7 @@ impl Resources {
             nets,
             page_sharing: self.page_sharing,
             snapshot: self.snapshot.is_some(),
+            migration: self.migration.is_some(),
         };
         (manifest, fds)
     }
@@ -311,6 +319,11 @@ impl Resources {
         } else {
             None
         };
+        let migration = if manifest.migration {
+            Some(File::from(next()?))
+        } else {
+            None
+        };
         if fds.next().is_some() {
             return Err(bad("carry more descriptors than the manifest names"));
         }
@@ -324,6 +337,7 @@ impl Resources {
             entropy,
             page_sharing: manifest.page_sharing,
             snapshot,
+            migration,
         })
     }
 
@@ -475,6 +489,9 @@ pub struct Manifest {
     /// Whether a snapshot's descriptor follows the entropy source's (a restore).
     #[serde(default)]
     pub snapshot: bool,
+    /// Whether an incoming migration's connection follows (after the snapshot's place).
+    #[serde(default)]
+    pub migration: bool,
 }
 
 /// Borrowed descriptors, owned: for tests and local hand-overs.

@@ -22,6 +22,13 @@
 //!   not written: a restored guest finds zeros there, as it left them. Records go up in
 //!   address and never overlap; each lies inside the guest's RAM;
 //! - `End`, empty.
+//!
+//! A migration stream (`docs/formats.md`, "Migration stream") is the same records behind the
+//! magic `VSLMIGR\0`, in the order a running domain can send them: `Spec` and `Cpuid`; then
+//! memory, round after round while the guest runs: `Memory` records in any order, a later
+//! one over an earlier one's pages, and `Zero` records (an address, u64, and a count of
+//! pages, u64) for pages that became zeros; then, once the domain is paused, `Vm`, the
+//! `Vcpu`s, `Serial`, the `Device`s and `End`.
 
 use std::io::{self, Read, Write};
 
@@ -32,6 +39,8 @@ use crate::spec::DomainSpec;
 
 /// The first eight bytes of a snapshot.
 pub const MAGIC: [u8; 8] = *b"VSLSNAP\0";
+/// The first eight bytes of a migration stream.
+pub const MIGRATION_MAGIC: [u8; 8] = *b"VSLMIGR\0";
 /// The format's version. A reader refuses any other.
 pub const VERSION: u32 = 1;
 /// Bytes of guest RAM in one page of a memory record.
@@ -57,6 +66,7 @@ enum Kind {
     Memory = 6,
     End = 7,
     Cpuid = 8,
+    Zero = 9,
 }
 
 impl Kind {
@@ -70,6 +80,7 @@ impl Kind {
             Kind::Memory,
             Kind::End,
             Kind::Cpuid,
+            Kind::Zero,
         ]
         .into_iter()
         .find(|k| *k as u32 == n)
@@ -85,6 +96,7 @@ impl Kind {
             Kind::Memory => "memory",
             Kind::End => "end",
             Kind::Cpuid => "CPUID table",
+            Kind::Zero => "zero pages",
         }
     }
 
@@ -97,6 +109,7 @@ impl Kind {
             Kind::Memory => 8 + MAX_RECORD_PAGES * PAGE,
             Kind::End => 0,
             Kind::Cpuid => 4 + MAX_CPUID_ENTRIES * CPUID_ENTRY_LEN,
+            Kind::Zero => 16,
         }
     }
 }
@@ -108,8 +121,8 @@ pub enum SnapshotError {
     #[error("{0}")]
     Io(#[from] io::Error),
     /// Not a snapshot.
-    #[error("not a Vessel snapshot (bad magic)")]
-    BadMagic,
+    #[error("not a Vessel {0} (bad magic)")]
+    BadMagic(&'static str),
     /// Written by a format this Vessel does not read.
     #[error("snapshot format version {0} is not supported (this Vessel reads version {VERSION})")]
     Version(u32),
@@ -162,10 +175,24 @@ pub struct SnapshotWriter<W: Write> {
 
 impl<W: Write> SnapshotWriter<W> {
     /// Starts a snapshot on `out` (writes its header).
-    pub fn new(mut out: W) -> io::Result<Self> {
-        out.write_all(&MAGIC)?;
+    pub fn new(out: W) -> io::Result<Self> {
+        Self::with_magic(out, MAGIC)
+    }
+
+    /// Starts a migration stream on `out` (writes its header).
+    pub fn migration(out: W) -> io::Result<Self> {
+        Self::with_magic(out, MIGRATION_MAGIC)
+    }
+
+    fn with_magic(mut out: W, magic: [u8; 8]) -> io::Result<Self> {
+        out.write_all(&magic)?;
         out.write_all(&VERSION.to_le_bytes())?;
         Ok(SnapshotWriter { out })
+    }
+
+    /// The stream written to.
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.out
     }
 
     fn record(&mut self, kind: Kind, parts: &[&[u8]]) -> io::Result<()> {
@@ -192,9 +219,19 @@ impl<W: Write> SnapshotWriter<W> {
 
     /// Writes everything of the machine but its memory, which follows.
     pub fn machine(&mut self, saved: &SavedMachine) -> io::Result<()> {
-        let spec = serde_json::to_vec(&saved.spec).map_err(io::Error::other)?;
+        self.identity(&saved.spec, &saved.cpuid)?;
+        self.state(saved)
+    }
+
+    /// Writes what the domain is: its specification and CPUID table.
+    pub fn identity(&mut self, spec: &DomainSpec, cpuid: &[hv::CpuidEntry]) -> io::Result<()> {
+        let spec = serde_json::to_vec(spec).map_err(io::Error::other)?;
         self.record(Kind::Spec, &[&spec])?;
-        self.record(Kind::Cpuid, &[&encode_cpuid(&saved.cpuid)])?;
+        self.record(Kind::Cpuid, &[&encode_cpuid(cpuid)])
+    }
+
+    /// Writes the machine's state: its VM, vCPUs, UART and devices.
+    pub fn state(&mut self, saved: &SavedMachine) -> io::Result<()> {
         self.record(Kind::Vm, &[&saved.vm.encode()])?;
         for (index, vcpu) in saved.vcpus.iter().enumerate() {
             self.record(Kind::Vcpu, &[&(index as u32).to_le_bytes(), &vcpu.encode()])?;
@@ -213,46 +250,72 @@ impl<W: Write> SnapshotWriter<W> {
         memory: &GuestMemory,
         ram: &[(u64, u64)],
     ) -> Result<MemoryWritten, SnapshotError> {
+        let all = hv::dirty::DirtyPages::all(ram).runs(MAX_RECORD_PAGES as u64);
+        self.pages(memory, &all, false)
+    }
+
+    /// Writes the pages of `runs` (guest address and pages, each run at most
+    /// [`MAX_RECORD_PAGES`]), those of zeros as `Zero` records if `zeros_sent` (a migration's
+    /// later rounds, whose receiver may hold older bytes there), else not at all.
+    pub fn pages(
+        &mut self,
+        memory: &GuestMemory,
+        runs: &[(u64, u64)],
+        zeros_sent: bool,
+    ) -> Result<MemoryWritten, SnapshotError> {
         const ZERO: [u8; PAGE] = [0; PAGE];
         let mut written = MemoryWritten::default();
         let mut chunk = vec![0u8; MAX_RECORD_PAGES * PAGE];
-        for &(base, size) in ram {
-            let mut at = 0u64;
-            while at < size {
-                let len = (size - at).min(chunk.len() as u64) as usize;
-                let buf = &mut chunk[..len];
-                memory
-                    .read(base + at, buf)
-                    .map_err(|e| malformed(e.to_string()))?;
-                // Runs of non-zero pages within the chunk, each one record.
-                let pages: Vec<bool> = buf.chunks(PAGE).map(|p| p != &ZERO[..p.len()]).collect();
-                let mut i = 0;
-                while i < pages.len() {
-                    if !pages[i] {
-                        written.zero_pages += 1;
-                        i += 1;
-                        continue;
-                    }
-                    let start = i;
-                    while i < pages.len() && pages[i] {
-                        i += 1;
-                    }
-                    let gpa = base + at + (start * PAGE) as u64;
-                    let data = &buf[start * PAGE..(i * PAGE).min(len)];
-                    self.record(Kind::Memory, &[&gpa.to_le_bytes(), data])?;
-                    written.pages += (i - start) as u64;
+        for &(base, count) in runs {
+            let len = (count as usize).min(MAX_RECORD_PAGES) * PAGE;
+            let buf = &mut chunk[..len];
+            memory
+                .read(base, buf)
+                .map_err(|e| malformed(e.to_string()))?;
+            // Runs of non-zero pages within the chunk, each one record; runs of zeros one
+            // record each, or none.
+            let pages: Vec<bool> = buf.chunks(PAGE).map(|p| p != &ZERO[..]).collect();
+            let mut i = 0;
+            while i < pages.len() {
+                let start = i;
+                let data = pages[i];
+                while i < pages.len() && pages[i] == data {
+                    i += 1;
                 }
-                at += len as u64;
+                let gpa = base + (start * PAGE) as u64;
+                if data {
+                    self.record(
+                        Kind::Memory,
+                        &[&gpa.to_le_bytes(), &buf[start * PAGE..i * PAGE]],
+                    )?;
+                    written.pages += (i - start) as u64;
+                } else {
+                    if zeros_sent {
+                        let n = (i - start) as u64;
+                        self.record(Kind::Zero, &[&gpa.to_le_bytes(), &n.to_le_bytes()])?;
+                    }
+                    written.zero_pages += (i - start) as u64;
+                }
             }
         }
         Ok(written)
     }
 
+    /// Flushes what was written so far.
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+
     /// Ends the snapshot and flushes it; returns the stream.
     pub fn finish(mut self) -> io::Result<W> {
-        self.record(Kind::End, &[])?;
-        self.out.flush()?;
+        self.end()?;
         Ok(self.out)
+    }
+
+    /// Writes the end record and flushes the stream.
+    pub fn end(&mut self) -> io::Result<()> {
+        self.record(Kind::End, &[])?;
+        self.out.flush()
     }
 }
 
@@ -266,7 +329,22 @@ pub struct SnapshotReader<R: Read> {
 
 impl<R: Read> SnapshotReader<R> {
     /// Reads and checks the header of the snapshot on `input`.
-    pub fn new(mut input: R) -> Result<Self, SnapshotError> {
+    pub fn new(input: R) -> Result<Self, SnapshotError> {
+        Self::with_magic(input, MAGIC, "snapshot")
+    }
+
+    /// Reads and checks the header of the migration stream on `input`.
+    pub fn migration(input: R) -> Result<Self, SnapshotError> {
+        Self::with_magic(input, MIGRATION_MAGIC, "migration stream")
+    }
+
+    /// A reader of the rest of a migration stream on `input`, whose header and specification
+    /// were read already (by the daemon that took the connection).
+    pub fn migration_after_spec(input: R) -> Self {
+        SnapshotReader { input, next: None }
+    }
+
+    fn with_magic(mut input: R, want: [u8; 8], what: &'static str) -> Result<Self, SnapshotError> {
         let mut head = [0u8; 12];
         let mut got = 0;
         while got < head.len() {
@@ -278,9 +356,9 @@ impl<R: Read> SnapshotReader<R> {
             }
         }
         // A short file that is not the start of a snapshot is a stranger, not a truncated one.
-        let magic = got.min(MAGIC.len());
-        if head[..magic] != MAGIC[..magic] {
-            return Err(SnapshotError::BadMagic);
+        let magic = got.min(want.len());
+        if head[..magic] != want[..magic] {
+            return Err(SnapshotError::BadMagic(what));
         }
         if got < head.len() {
             return Err(SnapshotError::Truncated("the header"));
@@ -366,7 +444,22 @@ impl<R: Read> SnapshotReader<R> {
     /// Everything of the machine but its memory, which follows.
     pub fn machine(&mut self) -> Result<SavedMachine, SnapshotError> {
         let spec = self.spec()?;
-        let cpuid = decode_cpuid(&self.expect(Kind::Cpuid)?)?;
+        let cpuid = self.cpuid()?;
+        self.state(spec, cpuid)
+    }
+
+    /// The CPUID table (the record after the specification).
+    pub fn cpuid(&mut self) -> Result<Vec<hv::CpuidEntry>, SnapshotError> {
+        decode_cpuid(&self.expect(Kind::Cpuid)?)
+    }
+
+    /// The machine's state (the VM, vCPUs, UART and devices), of the domain `spec` whose
+    /// CPUID table is `cpuid`.
+    pub fn state(
+        &mut self,
+        spec: DomainSpec,
+        cpuid: Vec<hv::CpuidEntry>,
+    ) -> Result<SavedMachine, SnapshotError> {
         let vm = VmState::decode(&self.expect(Kind::Vm)?)
             .map_err(|e| malformed(format!("its VM state: {e}")))?;
         let count = spec.vcpus as usize;
@@ -512,6 +605,111 @@ impl<R: Read> SnapshotReader<R> {
             Ok(_) => Err(malformed("bytes follow its end record")),
             Err(e) => Err(SnapshotError::Io(e)),
         }
+    }
+}
+
+impl<R: Read> SnapshotReader<R> {
+    /// Loads a migration's memory records (pages, and runs of pages that became zeros) into
+    /// `memory`, whose RAM is `ram`, up to the first record of the machine's state; returns
+    /// the pages loaded (a page sent twice counts twice). Records may come in any order and
+    /// overwrite one another (each round sends the pages dirtied since the one before); each
+    /// must lie inside the RAM.
+    pub fn migrated_memory(
+        &mut self,
+        memory: &GuestMemory,
+        ram: &[(u64, u64)],
+    ) -> Result<u64, SnapshotError> {
+        let mut pages = 0u64;
+        loop {
+            let (kind, len, mut crc) = self.head()?;
+            match kind {
+                Kind::Memory | Kind::Zero => {}
+                _ => {
+                    // The machine's state: read whole, for `state`.
+                    let mut payload = Vec::with_capacity(len);
+                    let got = (&mut self.input)
+                        .take(len as u64)
+                        .read_to_end(&mut payload)
+                        .map_err(SnapshotError::Io)?;
+                    if got < len {
+                        return Err(SnapshotError::Truncated(kind.name()));
+                    }
+                    crc.update(&payload);
+                    self.check(kind, crc)?;
+                    self.next = Some((kind, payload));
+                    return Ok(pages);
+                }
+            }
+            let mut gpa = [0u8; 8];
+            if len < 8 {
+                return Err(malformed(format!(
+                    "a {} record of {len} bytes",
+                    kind.name()
+                )));
+            }
+            read_exact(&mut self.input, &mut gpa, kind.name())?;
+            crc.update(&gpa);
+            let gpa = u64::from_le_bytes(gpa);
+            let data_len = if kind == Kind::Zero {
+                if len != 16 {
+                    return Err(malformed(format!("a zero-pages record of {len} bytes")));
+                }
+                let mut n = [0u8; 8];
+                read_exact(&mut self.input, &mut n, kind.name())?;
+                crc.update(&n);
+                u64::from_le_bytes(n).saturating_mul(PAGE as u64)
+            } else {
+                if len < 8 + PAGE || (len - 8) % PAGE != 0 {
+                    return Err(malformed(format!(
+                        "a memory record of {len} bytes, not an address and whole pages"
+                    )));
+                }
+                (len - 8) as u64
+            };
+            let inside = ram.iter().any(|&(base, size)| {
+                gpa >= base
+                    && gpa
+                        .checked_add(data_len)
+                        .is_some_and(|end| end <= base + size)
+            });
+            if gpa % PAGE as u64 != 0 || data_len == 0 || !inside {
+                return Err(malformed(format!(
+                    "a {} record at {gpa:#x} of {data_len} bytes, not whole pages of the guest's RAM",
+                    kind.name()
+                )));
+            }
+            if kind == Kind::Zero {
+                self.check(kind, crc)?;
+                memory
+                    .discard(gpa, data_len)
+                    .map_err(|e| malformed(e.to_string()))?;
+            } else {
+                let loaded =
+                    memory.load_from_reader(gpa, data_len as usize, &mut self.input, &mut |b| {
+                        crc.update(b)
+                    });
+                match loaded {
+                    Ok(()) => {}
+                    Err(hv::LoadError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                        return Err(SnapshotError::Truncated(kind.name()))
+                    }
+                    Err(hv::LoadError::Io(e)) => return Err(SnapshotError::Io(e)),
+                    Err(hv::LoadError::Range(e)) => return Err(malformed(e.to_string())),
+                }
+                self.check(kind, crc)?;
+                pages += data_len / PAGE as u64;
+            }
+        }
+    }
+
+    /// Reads the end record (a migration stream's last, after the machine's state).
+    pub fn end(&mut self) -> Result<(), SnapshotError> {
+        self.expect(Kind::End).map(|_| ())
+    }
+
+    /// The stream read from.
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.input
     }
 }
 
@@ -801,5 +999,113 @@ mod tests {
         w.record(Kind::Spec, &[b"{\"kernel\":5}"]).unwrap();
         let e = restore(&w.finish().unwrap()).err().unwrap().to_string();
         assert!(e.contains("its specification"), "{e}");
+    }
+
+    /// A migration stream: the identity, `rounds` of runs (address, pages) sent from `ram` as
+    /// it is before each, then the state and the end.
+    fn migration(
+        ram: &GuestMemory,
+        rounds: &mut dyn FnMut(usize, &GuestMemory) -> Option<Vec<(u64, u64)>>,
+    ) -> Vec<u8> {
+        let m = machine();
+        let mut w = SnapshotWriter::migration(Vec::new()).unwrap();
+        w.identity(&m.spec, &m.cpuid).unwrap();
+        let mut round = 0;
+        while let Some(runs) = rounds(round, ram) {
+            w.pages(ram, &runs, round > 0).unwrap();
+            round += 1;
+        }
+        w.state(&m).unwrap();
+        w.end().unwrap();
+        w.finish().unwrap()
+    }
+
+    fn receive(bytes: &[u8]) -> Result<(SavedMachine, GuestMemory), SnapshotError> {
+        let mut r = SnapshotReader::migration(bytes)?;
+        let spec = r.spec()?;
+        let cpuid = r.cpuid()?;
+        let ram = GuestMemory::new(&[(0, RAM)]).unwrap();
+        r.migrated_memory(&ram, &[(0, RAM)])?;
+        let saved = r.state(spec, cpuid)?;
+        r.end()?;
+        Ok((saved, ram))
+    }
+
+    #[test]
+    fn a_migration_stream_carries_later_rounds_over_earlier_ones() {
+        let ram = GuestMemory::new(&[(0, RAM)]).unwrap();
+        let bytes = migration(&ram, &mut |round, ram| match round {
+            0 => {
+                ram.write(0x1000, &[1; 3 * PAGE]).unwrap();
+                Some(hv::dirty::DirtyPages::all(&[(0, RAM)]).runs(MAX_RECORD_PAGES as u64))
+            }
+            // The guest wrote the second page again and zeroed the third meanwhile.
+            1 => {
+                ram.write(0x2000, &[2; PAGE]).unwrap();
+                ram.write(0x3000, &[0; PAGE]).unwrap();
+                Some(vec![(0x2000, 2)])
+            }
+            _ => None,
+        });
+        let (saved, got) = receive(&bytes).unwrap();
+        assert_eq!(saved.spec, machine().spec);
+        assert_eq!(saved.devices, machine().devices);
+        for (page, want) in [(1u64, 1u8), (2, 2), (3, 0), (4, 0)] {
+            let mut b = vec![0u8; PAGE];
+            got.read(page * PAGE as u64, &mut b).unwrap();
+            assert!(b.iter().all(|&x| x == want), "page {page}");
+        }
+        // A migration stream is not a snapshot, nor the reverse.
+        let e = restore(&bytes).err().unwrap().to_string();
+        assert!(e.contains("not a Vessel snapshot"), "{e}");
+        let e = receive(&snapshot()).err().unwrap().to_string();
+        assert!(e.contains("not a Vessel migration stream"), "{e}");
+        // Cut anywhere, it is truncated; flipped anywhere, damaged (or malformed).
+        for cut in (12..bytes.len()).step_by(1999) {
+            let e = receive(&bytes[..cut]).err().unwrap().to_string();
+            assert!(e.contains("truncated"), "cut at {cut}: {e}");
+        }
+        for at in (12..bytes.len()).step_by(577) {
+            let mut b = bytes.clone();
+            b[at] ^= 4;
+            let e = receive(&b).err().unwrap().to_string();
+            assert!(
+                e.contains("damaged") || e.contains("malformed") || e.contains("truncated"),
+                "a flip at {at}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn migrated_pages_outside_the_guest_ram_are_refused() {
+        for (kind, payload) in [
+            (Kind::Zero, [RAM.to_le_bytes(), 1u64.to_le_bytes()].concat()),
+            (
+                Kind::Zero,
+                [0u64.to_le_bytes(), u64::MAX.to_le_bytes()].concat(),
+            ),
+            (
+                Kind::Zero,
+                [0u64.to_le_bytes(), 0u64.to_le_bytes()].concat(),
+            ),
+            (
+                Kind::Memory,
+                [(RAM - 4096).to_le_bytes().to_vec(), vec![0; 2 * PAGE]].concat(),
+            ),
+            (
+                Kind::Memory,
+                [17u64.to_le_bytes().to_vec(), vec![0; PAGE]].concat(),
+            ),
+        ] {
+            let m = machine();
+            let mut w = SnapshotWriter::migration(Vec::new()).unwrap();
+            w.identity(&m.spec, &m.cpuid).unwrap();
+            w.record(kind, &[&payload]).unwrap();
+            let e = receive(&w.finish().unwrap()).err().unwrap().to_string();
+            assert!(
+                e.contains("not whole pages of the guest's RAM"),
+                "{kind:?}: {e}"
+            );
+        }
     }
 }

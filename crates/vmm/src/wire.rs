@@ -107,6 +107,15 @@ pub enum Request {
         /// The definition to record.
         spec: Box<DomainSpec>,
     },
+    /// Migrate the domain over the connection whose descriptor comes with the call (to a
+    /// daemon awaiting it), and stop it here once the receiver runs it
+    /// (`Instance::migrate`). `spec` is the definition to send, as for a save.
+    Migrate {
+        /// The definition to send.
+        spec: Box<DomainSpec>,
+        /// The downtime target and bandwidth cap.
+        params: crate::migration::MigrateParams,
+    },
     /// A debugging hook for the tests of the seccomp filters: make a thread of this kind call
     /// a system call its filter does not allow (the kernel then kills the domain process).
     ForbiddenCall {
@@ -214,6 +223,9 @@ pub enum Note {
         /// What a save call wrote.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         saved: Option<crate::SaveReport>,
+        /// What a migrate call did.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        migrated: Option<crate::migration::MigrationReport>,
     },
     /// The domain's state changed.
     Status(StatusReport),
@@ -282,6 +294,7 @@ mod tests {
             stats: Some(MachineStats::default()),
             status: None,
             saved: None,
+            migrated: None,
         };
         assert_eq!(decode::<Note>(&encode(&note)).unwrap(), note);
         for bad in [

@@ -64,6 +64,8 @@ pub const ROUTES: &[Route] = &[
     route("POST", "/v1/domains/{name}/destroy", destroy_domain),
     route("POST", "/v1/domains/{name}/save", save_domain),
     route("POST", "/v1/restore", restore_domain),
+    route("POST", "/v1/domains/{name}/migrate", migrate_domain),
+    route("POST", "/v1/migrate-receive", migrate_receive),
     route("GET", "/v1/domains/{name}/console", console_without_upgrade),
     route("GET", "/v1/domains/{name}/sched", get_sched),
     route("PUT", "/v1/domains/{name}/sched", set_sched),
@@ -310,6 +312,66 @@ fn restore_domain(plane: &ControlPlane, _: &Params, req: &Request) -> Answer {
     let from: RestoreFrom = serde_json::from_slice(&req.body)
         .map_err(|e| ControlError::Invalid(format!("invalid restore: {e}")))?;
     let name = plane.restore(snapshot_path(&from.path)?, from.name.as_deref())?;
+    let params = Params {
+        name,
+        ..Params::default()
+    };
+    let answer = get_domain(plane, &params, req)?;
+    Ok(Response {
+        status: 201,
+        ..answer
+    })
+}
+
+/// The body of `POST /v1/domains/{name}/migrate`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MigrateTo {
+    to: String,
+    #[serde(default = "default_downtime")]
+    downtime_ms: u64,
+    #[serde(default)]
+    bandwidth_bytes: Option<u64>,
+}
+
+fn default_downtime() -> u64 {
+    vmm::migration::DEFAULT_DOWNTIME_MS
+}
+
+fn migrate_domain(plane: &ControlPlane, p: &Params, req: &Request) -> Answer {
+    let to: MigrateTo = serde_json::from_slice(&req.body)
+        .map_err(|e| ControlError::Invalid(format!("invalid migration: {e}")))?;
+    let params = vmm::migration::MigrateParams {
+        downtime_ms: to.downtime_ms,
+        bandwidth: to.bandwidth_bytes,
+    };
+    let report = plane.migrate(&p.name, &to.to, params)?;
+    Ok(Response::json(200, &json!(report)))
+}
+
+/// The body of `POST /v1/migrate-receive`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MigrateFrom {
+    listen: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default = "default_receive_wait")]
+    wait_s: u64,
+}
+
+fn default_receive_wait() -> u64 {
+    600
+}
+
+fn migrate_receive(plane: &ControlPlane, _: &Params, req: &Request) -> Answer {
+    let from: MigrateFrom = serde_json::from_slice(&req.body)
+        .map_err(|e| ControlError::Invalid(format!("invalid migration: {e}")))?;
+    let name = plane.migrate_receive(
+        &from.listen,
+        from.name.as_deref(),
+        std::time::Duration::from_secs(from.wait_s.min(86_400)),
+    )?;
     let params = Params {
         name,
         ..Params::default()

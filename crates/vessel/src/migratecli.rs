@@ -1,0 +1,81 @@
+//! `vessel migrate` and `vessel migrate-receive`: live migration between daemons.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use clap::Args;
+use serde_json::json;
+
+use crate::client::{call, print_started};
+
+/// `vessel migrate`.
+#[derive(Args)]
+pub struct MigrateArgs {
+    /// The running or paused domain to move.
+    name: String,
+    /// Where the receiving daemon listens (`vessel migrate-receive` there): tcp:HOST:PORT.
+    to: String,
+    /// The longest pause the guest should see, in milliseconds: memory is copied while it
+    /// runs until what is left can go in this long.
+    #[arg(long, value_name = "MS", default_value_t = vmm::migration::DEFAULT_DOWNTIME_MS)]
+    downtime: u64,
+    /// The most to send, in MiB per second (default: as fast as the link goes).
+    #[arg(long, value_name = "MIB_PER_S")]
+    bandwidth: Option<u64>,
+}
+
+/// `vessel migrate-receive`.
+#[derive(Args)]
+pub struct MigrateReceiveArgs {
+    /// Where to listen for the migration: tcp:HOST:PORT (as the sender will be told).
+    listen: String,
+    /// The name to give the domain here (default: its name on the sender).
+    #[arg(long)]
+    name: Option<String>,
+    /// How long to wait for the migration to arrive.
+    #[arg(long, value_name = "SECS", default_value_t = 600)]
+    wait: u64,
+}
+
+pub fn migrate(socket: &Path, args: MigrateArgs) -> anyhow::Result<ExitCode> {
+    let mut body = json!({ "to": args.to, "downtime_ms": args.downtime });
+    if let Some(mib) = args.bandwidth {
+        body["bandwidth_bytes"] = json!(mib << 20);
+    }
+    let v = call(
+        socket,
+        "POST",
+        &format!("/v1/domains/{}/migrate", args.name),
+        Some(&serde_json::to_vec(&body)?),
+    )?;
+    println!(
+        "domain '{}' migrated to {} in {} ms: downtime {} ms, {} rounds, {:.1} MiB sent ({} pages, {} in the last round)",
+        args.name,
+        args.to,
+        v["total_ms"],
+        v["downtime_ms"],
+        v["rounds"],
+        v["bytes"].as_u64().unwrap_or(0) as f64 / f64::from(1 << 20),
+        v["pages"],
+        v["last_pages"],
+    );
+    if let Some(why) = v["unconfirmed"].as_str() {
+        println!("warning: {why}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn migrate_receive(socket: &Path, args: MigrateReceiveArgs) -> anyhow::Result<ExitCode> {
+    let mut body = json!({ "listen": args.listen, "wait_s": args.wait });
+    if let Some(name) = args.name {
+        body["name"] = json!(name);
+    }
+    let v = call(
+        socket,
+        "POST",
+        "/v1/migrate-receive",
+        Some(&serde_json::to_vec(&body)?),
+    )?;
+    print_started(&v);
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,381 @@
+//! Live migration: a running domain's memory and state sent over a TCP connection to a
+//! daemon that builds it again and runs it on (`vessel migrate`, `vessel migrate-receive`;
+//! `docs/design.md`, "Migrating a running domain").
+//!
+//! The sender copies the guest's memory while it runs (pre-copy), then, round after round,
+//! the pages written since the round before: the guest's writes from KVM's dirty log, the
+//! VMM's own (devices filling buffers) from [`hv::GuestMemory`]'s write log. Once what is left
+//! would take no longer than the downtime target at the rate measured, or the rounds stop
+//! shrinking it, the domain pauses, the last pages and the machine's state go, and the two
+//! sides agree on who runs it:
+//!
+//! 1. the receiver, its machine built, answers `ready` (or `refused: WHY` at any point);
+//! 2. the sender stops its copy for good and answers `go`;
+//! 3. the receiver runs the domain and answers `running`.
+//!
+//! Until `go` is sent the sender's copy is the domain: any failure (the link drops, the
+//! receiver dies or refuses, a timeout) resumes it there. After `go`, only the receiver's copy
+//! may run: if `go` is lost on a link that dies at that instant, the receiver (which waits
+//! for it a bounded time) discards its copy, and the domain is lost; the sender reports it.
+//! Never two running copies.
+
+use std::io::{self, BufWriter, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use hv::GuestMemory;
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{MachineParts, MachineView};
+use crate::snapshot::{SavedMachine, SnapshotWriter, MAX_RECORD_PAGES, PAGE};
+use crate::spec::DomainSpec;
+
+/// How a migration should go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrateParams {
+    /// The longest pause the guest should see, in milliseconds: pre-copy goes on until what
+    /// is left can be sent in this long.
+    pub downtime_ms: u64,
+    /// The most bytes per second to send, or none for as fast as the link goes.
+    #[serde(default)]
+    pub bandwidth: Option<u64>,
+}
+
+/// The default downtime target (`--downtime`).
+pub const DEFAULT_DOWNTIME_MS: u64 = 60;
+/// The most pre-copy rounds after the first full copy.
+const MAX_ROUNDS: u32 = 30;
+/// How long either side waits for the other to say or send anything.
+pub const PEER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What a migration did, as the sender measured it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationReport {
+    /// Rounds of memory sent while the guest ran (the first, full copy among them).
+    pub rounds: u32,
+    /// Bytes sent in all.
+    pub bytes: u64,
+    /// Pages of memory sent (a page sent in two rounds counts twice).
+    pub pages: u64,
+    /// Pages sent in the last round, with the guest paused.
+    pub last_pages: u64,
+    /// From the start to the receiver's `running`, in milliseconds.
+    pub total_ms: u64,
+    /// From the pause to the receiver's `running`, in milliseconds: the guest's blackout as
+    /// the sender sees it.
+    pub downtime_ms: u64,
+    /// Why the receiver's `running` did not come, if it did not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unconfirmed: Option<String>,
+}
+
+/// The receiver's answers.
+const READY: &str = "ready";
+const REFUSED: &str = "refused: ";
+const GO: &str = "go";
+const RUNNING: &str = "running";
+
+/// Counts the bytes written through it and keeps their rate under a cap.
+struct Metered<W: Write> {
+    out: W,
+    bytes: u64,
+    started: Instant,
+    cap: Option<u64>,
+}
+
+impl<W: Write> Write for Metered<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.out.write(buf)?;
+        self.bytes += n as u64;
+        if let Some(cap) = self.cap.filter(|&c| c > 0) {
+            let due = Duration::from_secs_f64(self.bytes as f64 / cap as f64);
+            if let Some(ahead) = due.checked_sub(self.started.elapsed()) {
+                std::thread::sleep(ahead);
+            }
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// Reads one line (at most 4 KiB) from `conn`, a byte at a time, so that nothing after it is
+/// taken.
+pub fn read_line(mut conn: &TcpStream) -> io::Result<String> {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        match conn.read(&mut byte)? {
+            0 => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
+            _ if byte[0] == b'\n' => break,
+            _ if line.len() >= 4096 => return Err(io::Error::other("an answer too long")),
+            _ => line.push(byte[0]),
+        }
+    }
+    Ok(String::from_utf8_lossy(&line).into_owned())
+}
+
+/// Says `line` to the peer.
+pub fn say(mut conn: &TcpStream, line: &str) -> io::Result<()> {
+    conn.write_all(format!("{line}\n").as_bytes())
+}
+
+/// The sending side of one migration.
+pub struct Sender<'a> {
+    conn: &'a TcpStream,
+    memory: &'a GuestMemory,
+    parts: &'a MachineParts,
+    ram: Vec<(u64, u64)>,
+    writer: SnapshotWriter<Metered<BufWriter<&'a TcpStream>>>,
+    params: MigrateParams,
+    started: Instant,
+    report: MigrationReport,
+    /// The pages the last pre-copy round found dirty, for the last round.
+    pending: hv::dirty::DirtyPages,
+}
+
+impl<'a> Sender<'a> {
+    /// Starts a migration of `machine` (the running domain `spec`) over `conn`: turns the
+    /// dirty logs on and sends what the domain is.
+    pub fn start(
+        conn: &'a TcpStream,
+        machine: &'a MachineView,
+        spec: &DomainSpec,
+        params: MigrateParams,
+    ) -> Result<Sender<'a>, String> {
+        conn.set_write_timeout(Some(PEER_TIMEOUT))
+            .and_then(|()| conn.set_read_timeout(Some(PEER_TIMEOUT)))
+            .and_then(|()| conn.set_nodelay(true))
+            .map_err(|e| format!("setting up the connection: {e}"))?;
+        let out = Metered {
+            out: BufWriter::with_capacity(1 << 20, conn),
+            bytes: 0,
+            started: Instant::now(),
+            cap: params.bandwidth,
+        };
+        let mut writer = SnapshotWriter::migration(out).map_err(|e| sending(conn, &e))?;
+        writer
+            .identity(spec, machine.parts.cpuid())
+            .map_err(|e| sending(conn, &e))?;
+        machine
+            .parts
+            .log_dirty_pages(&machine.memory, true)
+            .map_err(|e| format!("turning the dirty log on: {e}"))?;
+        Ok(Sender {
+            conn,
+            memory: &machine.memory,
+            parts: &machine.parts,
+            ram: crate::layout::ram_regions(spec.memory),
+            writer,
+            params,
+            started: Instant::now(),
+            report: MigrationReport::default(),
+            pending: hv::dirty::DirtyPages::default(),
+        })
+    }
+
+    /// Sends `runs` of pages; returns how many were sent as data.
+    fn send_pages(&mut self, runs: &[(u64, u64)], zeros_sent: bool) -> Result<u64, String> {
+        let written = self
+            .writer
+            .pages(self.memory, runs, zeros_sent)
+            .map_err(|e| sending(self.conn, &e))?;
+        self.writer.flush().map_err(|e| sending(self.conn, &e))?;
+        self.report.pages += written.pages;
+        Ok(written.pages)
+    }
+
+    fn bytes(&mut self) -> u64 {
+        self.writer.get_mut().bytes
+    }
+
+    /// Copies the memory while the guest runs: all of it, then the pages dirtied meanwhile,
+    /// round after round, until what is left fits the downtime target (or stops shrinking).
+    pub fn precopy(&mut self) -> Result<(), String> {
+        let all = hv::dirty::DirtyPages::all(&self.ram).runs(MAX_RECORD_PAGES as u64);
+        let mut round_started = Instant::now();
+        let mut bytes_before = self.bytes();
+        self.send_pages(&all, false)?;
+        self.report.rounds = 1;
+        let mut smallest = u64::MAX;
+        let mut rounds_without_progress = 0;
+        loop {
+            let round_time = round_started.elapsed();
+            let rate = (self.bytes() - bytes_before) as f64 / round_time.as_secs_f64().max(1e-3);
+            let dirty = self
+                .parts
+                .take_dirty_pages(self.memory)
+                .map_err(|e| format!("reading the dirty log: {e}"))?;
+            let left = dirty.count();
+            let expected_ms = (left * PAGE as u64) as f64 / rate.max(1.0) * 1000.0;
+            let sent = self.bytes();
+            tracing::info!(
+                round = self.report.rounds,
+                sent_mib = sent >> 20,
+                dirty_pages = left,
+                dirty_mib_per_s = (left * PAGE as u64) as f64
+                    / round_time.as_secs_f64().max(1e-3)
+                    / f64::from(1 << 20),
+                expected_downtime_ms = expected_ms as u64,
+                "migration round"
+            );
+            if left < smallest {
+                smallest = left;
+                rounds_without_progress = 0;
+            } else {
+                rounds_without_progress += 1;
+            }
+            let done = expected_ms <= self.params.downtime_ms as f64
+                || self.report.rounds > MAX_ROUNDS
+                || rounds_without_progress >= 3;
+            // The pages of this log go either way: in one more round while the guest runs,
+            // or in the last one (`finish`), with the rest, if this was the last.
+            if done {
+                self.pending = dirty;
+                return Ok(());
+            }
+            let runs = dirty.runs(MAX_RECORD_PAGES as u64);
+            round_started = Instant::now();
+            bytes_before = self.bytes();
+            self.send_pages(&runs, true)?;
+            self.report.rounds += 1;
+        }
+    }
+}
+
+impl Sender<'_> {
+    /// With the domain paused: sends the pages dirtied since the last round and the
+    /// machine's state `saved`, then waits for the receiver to build the machine and say it
+    /// is ready.
+    pub fn finish(&mut self, saved: &SavedMachine) -> Result<(), String> {
+        let mut dirty = std::mem::take(&mut self.pending);
+        dirty.merge(
+            self.parts
+                .take_dirty_pages(self.memory)
+                .map_err(|e| format!("reading the dirty log: {e}"))?,
+        );
+        self.report.last_pages = self.send_pages(&dirty.runs(MAX_RECORD_PAGES as u64), true)?;
+        self.writer
+            .state(saved)
+            .and_then(|()| self.writer.end())
+            .map_err(|e| sending(self.conn, &e))?;
+        match read_line(self.conn) {
+            Ok(line) if line == READY => Ok(()),
+            Ok(line) if line.starts_with(REFUSED) => Err(format!(
+                "the receiver refused the domain: {}",
+                &line[REFUSED.len()..]
+            )),
+            Ok(line) => Err(format!("the receiver answered {line:?}, not {READY:?}")),
+            Err(e) => Err(format!("waiting for the receiver to be ready: {e}")),
+        }
+    }
+
+    /// Tells the receiver to run the domain: from here on the sender's copy must never run
+    /// again.
+    pub fn go(&mut self) -> Result<(), String> {
+        say(self.conn, GO).map_err(|e| format!("telling the receiver to run the domain: {e}"))
+    }
+
+    /// Waits for the receiver to say the domain runs; the report, with the downtime counted
+    /// from `paused_at` (and `unconfirmed` saying why, if the receiver did not confirm: the
+    /// domain may run there anyway).
+    pub fn await_running(&mut self, paused_at: Instant) -> MigrationReport {
+        let answer = read_line(self.conn);
+        self.report.downtime_ms = paused_at.elapsed().as_millis() as u64;
+        self.report.total_ms = self.started.elapsed().as_millis() as u64;
+        self.report.bytes = self.bytes();
+        self.report.unconfirmed = match answer {
+            Ok(line) if line == RUNNING => None,
+            Ok(line) => Some(format!("the receiver answered {line:?}, not {RUNNING:?}")),
+            Err(e) => Some(format!(
+                "the receiver did not confirm that the domain runs: {e}"
+            )),
+        };
+        self.report.clone()
+    }
+
+    /// Turns the dirty logs off (the domain runs on here after a failure).
+    pub fn stop_logging(&self) {
+        let _ = self.parts.log_dirty_pages(self.memory, false);
+    }
+}
+
+/// Why sending failed: the receiver's own reason if it gave one before it closed, else the
+/// error.
+fn sending(conn: &TcpStream, e: &dyn std::fmt::Display) -> String {
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+    match read_line(conn) {
+        Ok(line) if line.starts_with(REFUSED) => {
+            format!(
+                "the receiver refused the domain: {}",
+                &line[REFUSED.len()..]
+            )
+        }
+        _ => format!("sending to the receiver: {e}"),
+    }
+}
+
+/// The receiving side: builds the machine the migration stream on `conn` holds (its header
+/// and specification, `cfg`, read already by the daemon that took the connection), says it
+/// is ready, and waits for the sender's `go`; then answers `running` and returns the machine
+/// to run. Any failure is told to the sender (`refused: WHY`) before it is returned.
+pub(crate) fn receive(
+    hv: &hv::Hypervisor,
+    cfg: &DomainSpec,
+    res: &crate::resources::Resources,
+    sink: &crate::console::ConsoleSink,
+    conn: std::fs::File,
+) -> Result<crate::domain::Machine, crate::DomainError> {
+    use crate::DomainError;
+    let conn = TcpStream::from(std::os::fd::OwnedFd::from(conn));
+    let refuse = |e: DomainError| {
+        let _ = say(&conn, &format!("{REFUSED}{e}"));
+        e
+    };
+    conn.set_read_timeout(Some(PEER_TIMEOUT))
+        .and_then(|()| conn.set_write_timeout(Some(PEER_TIMEOUT)))
+        .map_err(DomainError::host("setting up the migration's connection"))
+        .map_err(refuse)?;
+    let stream = |e: crate::snapshot::SnapshotError| DomainError::Snapshot(e.to_string());
+    let mut reader = crate::snapshot::SnapshotReader::migration_after_spec(
+        std::io::BufReader::with_capacity(1 << 20, &conn),
+    );
+    let cpuid = reader.cpuid().map_err(stream).map_err(refuse)?;
+    // Refused before any memory comes.
+    let missing = crate::cpuid::missing_features(&cpuid, &hv.supported_cpuid()?);
+    if !missing.is_empty() {
+        return Err(refuse(DomainError::Snapshot(format!(
+            "the guest was given CPU features this host's KVM does not offer ({})",
+            missing.join("; ")
+        ))));
+    }
+    let machine = crate::domain::Machine::restore(hv, cfg, res, sink, &mut |memory, ram| {
+        reader.migrated_memory(memory, ram)?;
+        let saved = reader.state(cfg.clone(), cpuid.clone())?;
+        reader.end()?;
+        Ok(saved)
+    })
+    .map_err(refuse)?;
+    // Nothing follows the end record until this side answers, so the reader holds nothing
+    // more: the answers are read from the connection itself.
+    drop(reader);
+    say(&conn, READY).map_err(DomainError::host("telling the sender it is ready"))?;
+    match read_line(&conn) {
+        Ok(line) if line == GO => {}
+        Ok(line) => {
+            return Err(DomainError::Snapshot(format!(
+                "the sender answered {line:?}, not {GO:?}"
+            )))
+        }
+        Err(e) => {
+            return Err(DomainError::Snapshot(format!(
+                "the sender did not say to run the domain: {e}"
+            )))
+        }
+    }
+    // The domain runs from here whatever the sender hears.
+    let _ = say(&conn, RUNNING);
+    Ok(machine)
+}
