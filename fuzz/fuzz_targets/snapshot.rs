@@ -1,16 +1,18 @@
 //! Fuzzes reading a saved domain (`vmm::snapshot`), as `vessel restore` reads one: the
 //! header, the machine's records (specification, CPUID table, VM, vCPUs, UART, devices) and the memory
-//! records, into 1 MiB of guest RAM.
+//! records, into 1 MiB of guest RAM; or a migration stream, as the receiving domain process
+//! reads one (specification, CPUID table, memory and zero-pages records in any order, the
+//! machine's records, the end).
 //!
-//! Checked: nothing panics, whatever the bytes; a snapshot that reads writes back (its machine
-//! and the memory it filled) to one that reads again, to the same specification, vCPUs,
-//! devices and memory.
+//! Checked: nothing panics, whatever the bytes; a snapshot or stream that reads writes back
+//! (its machine and the memory it filled) to one that reads again, to the same specification,
+//! vCPUs, devices and memory.
 //!
 //! Input layout:
 //!
 //! | bytes | meaning |
 //! |---|---|
-//! | 0 | bit 0: the rest is a list of records, each a kind (u8), a length (u16) and its payload, to which the target adds the header and every record's checksum, so the fuzzer reaches past them; clear: the rest is the snapshot as it is |
+//! | 0 | bit 0: the rest is a list of records, each a kind (u8), a length (u16) and its payload, to which the target adds the header and every record's checksum, so the fuzzer reaches past them; clear: the rest is the snapshot as it is. Bit 1: a migration stream, not a snapshot |
 //! | the rest | as bit 0 says |
 #![no_main]
 
@@ -21,7 +23,7 @@ use std::sync::OnceLock;
 use common::Input;
 use hv::GuestMemory;
 use libfuzzer_sys::fuzz_target;
-use vmm::snapshot::{SnapshotReader, SnapshotWriter, MAGIC, VERSION};
+use vmm::snapshot::{SavedMachine, SnapshotReader, SnapshotWriter, MAGIC, MIGRATION_MAGIC, VERSION};
 
 const RAM: u64 = 1 << 20;
 
@@ -31,8 +33,8 @@ fn ram() -> &'static GuestMemory {
 }
 
 /// The snapshot the records of `input` make, with the header and checksums added.
-fn framed(mut input: Input<'_>) -> Vec<u8> {
-    let mut out = MAGIC.to_vec();
+fn framed(mut input: Input<'_>, magic: [u8; 8]) -> Vec<u8> {
+    let mut out = magic.to_vec();
     out.extend_from_slice(&VERSION.to_le_bytes());
     while !input.is_empty() {
         let kind = u32::from(input.u8());
@@ -50,44 +52,73 @@ fn framed(mut input: Input<'_>) -> Vec<u8> {
     out
 }
 
+/// A migration stream's machine, after it filled `ram`.
+fn receive(bytes: &[u8], ram: &GuestMemory) -> Option<SavedMachine> {
+    let mut reader = SnapshotReader::migration(bytes).ok()?;
+    let spec = reader.spec().ok()?;
+    let cpuid = reader.cpuid().ok()?;
+    reader.migrated_memory(ram, &[(0, RAM)]).ok()?;
+    let saved = reader.state(spec, cpuid).ok()?;
+    reader.end().ok()?;
+    Some(saved)
+}
+
+/// A snapshot's machine, after it filled `ram`.
+fn restore(bytes: &[u8], ram: &GuestMemory) -> Option<SavedMachine> {
+    let mut reader = SnapshotReader::new(bytes).ok()?;
+    let saved = reader.machine().ok()?;
+    reader.memory(ram, &[(0, RAM)]).ok()?;
+    Some(saved)
+}
+
 fuzz_target!(|data: &[u8]| {
     let mut input = Input(data);
     let flags = input.u8();
+    let migration = flags & 2 != 0;
+    let magic = if migration { MIGRATION_MAGIC } else { MAGIC };
     let bytes = if flags & 1 != 0 {
-        framed(input)
+        framed(input, magic)
     } else {
         input.rest().to_vec()
     };
     let ram = ram();
     // Zeros, as a fresh guest's RAM.
     ram.write(0, &vec![0u8; RAM as usize]).expect("guest RAM");
-    let Ok(mut reader) = SnapshotReader::new(&bytes[..]) else {
+    let read = if migration {
+        receive(&bytes, ram)
+    } else {
+        restore(&bytes, ram)
+    };
+    let Some(saved) = read else {
         return;
     };
-    let Ok(saved) = reader.machine() else {
-        return;
-    };
-    if reader.memory(ram, &[(0, RAM)]).is_err() {
-        return;
-    }
     // What read writes back, and reads again to the same.
-    let mut w = SnapshotWriter::new(Vec::new()).expect("a header");
-    w.machine(&saved).expect("the machine's records");
-    w.memory(ram, &[(0, RAM)]).expect("the memory records");
-    let again = w.finish().expect("the end");
-    let mut reader = SnapshotReader::new(&again[..]).expect("a header Vessel wrote");
-    let back = reader.machine().expect("a machine Vessel wrote");
+    let again = if migration {
+        let mut w = SnapshotWriter::migration(Vec::new()).expect("a header");
+        w.identity(&saved.spec, &saved.cpuid).expect("the identity");
+        w.memory(ram, &[(0, RAM)]).expect("the memory records");
+        w.state(&saved).expect("the machine's records");
+        w.finish().expect("the end")
+    } else {
+        let mut w = SnapshotWriter::new(Vec::new()).expect("a header");
+        w.machine(&saved).expect("the machine's records");
+        w.memory(ram, &[(0, RAM)]).expect("the memory records");
+        w.finish().expect("the end")
+    };
+    let copy = GuestMemory::new(&[(0, RAM)]).expect("1 MiB of guest RAM");
+    let back = if migration {
+        receive(&again, &copy)
+    } else {
+        restore(&again, &copy)
+    }
+    .expect("what Vessel wrote reads");
     assert_eq!(back.spec, saved.spec);
     assert_eq!(back.cpuid, saved.cpuid);
     assert_eq!(back.serial, saved.serial);
     assert_eq!(back.devices, saved.devices);
-    let vcpus = |m: &vmm::snapshot::SavedMachine| -> Vec<Vec<u8>> {
-        m.vcpus.iter().map(|v| v.encode()).collect()
-    };
+    let vcpus = |m: &SavedMachine| -> Vec<Vec<u8>> { m.vcpus.iter().map(|v| v.encode()).collect() };
     assert!(vcpus(&back) == vcpus(&saved));
     assert!(back.vm.encode() == saved.vm.encode());
-    let copy = GuestMemory::new(&[(0, RAM)]).expect("1 MiB of guest RAM");
-    reader.memory(&copy, &[(0, RAM)]).expect("memory Vessel wrote");
     let (mut a, mut b) = (vec![0u8; RAM as usize], vec![0u8; RAM as usize]);
     ram.read(0, &mut a).expect("guest RAM");
     copy.read(0, &mut b).expect("guest RAM");

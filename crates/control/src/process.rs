@@ -484,7 +484,7 @@ impl DomainProcess {
                     error: None,
                     migrated: Some(report),
                     ..
-                } => Ok(report),
+                } => Ok(*report),
                 Note::Reply { error: Some(e), .. } => Err(e),
                 _ => Err("the domain process answered a migration without a report".into()),
             },
@@ -745,9 +745,8 @@ fn reap(shared: &Shared) -> Option<String> {
 }
 
 fn tracing_state(name: &str, status: &Status) {
-    tracing::info!(
-        "domain '{name}' is {}: {}",
-        status.state.name(),
-        status.message.as_deref().unwrap_or("")
-    );
+    match status.message.as_deref().filter(|m| !m.is_empty()) {
+        Some(why) => tracing::info!("domain '{name}' is {}: {why}", status.state.name()),
+        None => tracing::info!("domain '{name}' is {}", status.state.name()),
+    }
 }

@@ -42,12 +42,17 @@ pub fn migrate(socket: &Path, args: MigrateArgs) -> anyhow::Result<ExitCode> {
     if let Some(mib) = args.bandwidth {
         body["bandwidth_bytes"] = json!(mib << 20);
     }
-    let v = call(
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let progress = show_progress(socket, &args.name, done.clone());
+    let answer = call(
         socket,
         "POST",
         &format!("/v1/domains/{}/migrate", args.name),
         Some(&serde_json::to_vec(&body)?),
-    )?;
+    );
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = progress.join();
+    let v = answer?;
     println!(
         "domain '{}' migrated to {} in {} ms: downtime {} ms, {} rounds, {:.1} MiB sent ({} pages, {} in the last round)",
         args.name,
@@ -63,6 +68,39 @@ pub fn migrate(socket: &Path, args: MigrateArgs) -> anyhow::Result<ExitCode> {
         println!("warning: {why}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints a progress line on stderr for each pre-copy round of domain `name`'s migration (as
+/// its info shows it), until `done`.
+fn show_progress(
+    socket: &Path,
+    name: &str,
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    let (socket, name) = (socket.to_path_buf(), name.to_string());
+    std::thread::spawn(move || {
+        let mut shown = 0;
+        while !done.load(std::sync::atomic::Ordering::SeqCst) {
+            std::thread::sleep(std::time::Duration::from_millis(250));
+            let Ok(v) = call(&socket, "GET", &format!("/v1/domains/{name}"), None) else {
+                continue;
+            };
+            let p = &v["migration"];
+            let round = p["round"].as_u64().unwrap_or(0);
+            if round > shown && !done.load(std::sync::atomic::Ordering::SeqCst) {
+                shown = round;
+                let mib = |k: &str| p[k].as_u64().unwrap_or(0) as f64 / f64::from(1 << 20);
+                eprintln!(
+                    "migrating '{name}': round {round}, {:.1} MiB sent, {} pages dirtied at \
+                     {:.1} MiB/s, expected downtime {} ms",
+                    mib("sent_bytes"),
+                    p["dirty_pages"],
+                    mib("dirty_bytes_per_s"),
+                    p["expected_downtime_ms"]
+                );
+            }
+        }
+    })
 }
 
 pub fn migrate_receive(socket: &Path, args: MigrateReceiveArgs) -> anyhow::Result<ExitCode> {

@@ -151,6 +151,9 @@ fn a_running_domain_moves_to_another_daemon_and_runs_on_there() {
     // mid-way: the domain runs on where it was.
     let port = free_port();
     let receiver = receive(&a, port, &[]);
+    wait_for("the receiver to listen", Duration::from_secs(20), || {
+        a.log().contains("awaiting a migration")
+    });
     let migrating = {
         let socket = b.socket.clone();
         std::thread::spawn(move || {

@@ -334,7 +334,7 @@ fn answer(call: Call, fds: Vec<std::os::fd::OwnedFd>, instance: &Arc<Instance>, 
                         },
                         Request::Migrate { spec, params } => match fds.into_iter().next() {
                             Some(fd) => instance.migrate(fd, *spec, params).map(|report| {
-                                migrated = Some(report);
+                                migrated = Some(Box::new(report));
                                 None
                             }),
                             None => Err("a migration comes with its connection".into()),
@@ -407,5 +407,6 @@ fn stats(instance: &Instance) -> Option<MachineStats> {
             })
             .collect(),
         resident_bytes: machine.resident_bytes(),
+        migration: instance.migration_progress(),
     })
 }

@@ -120,6 +120,8 @@ pub struct Instance {
     /// reading, and is refused while a save holds it, so nothing runs the guest or changes a
     /// device between the state a save took and the stop. (Destroy is not held back.)
     saving: std::sync::RwLock<()>,
+    /// Where a migration of the domain is, while one runs.
+    migration: Mutex<Option<crate::migration::Progress>>,
 }
 
 /// The answer to a change asked for while a save runs.
@@ -160,12 +162,19 @@ impl Instance {
         check_vcpus(&cfg, &hv)?;
         hv::install_kick_handler()?;
         let msrs_to_save = hv.msrs_to_save().map_err(|e| e.to_string());
+        let migrated_in = res.migration.is_some();
         let first = match (res.snapshot.take(), res.migration.take()) {
             (Some(file), _) => restore_machine(&hv, &cfg, &res, &sink, file)?,
             (None, Some(conn)) => crate::migration::receive(&hv, &cfg, &res, &sink, conn)?,
             (None, None) => Machine::build(&hv, &cfg, &res, &sink)?,
         };
         let disks = cfg.disks.len();
+        if migrated_in {
+            announce_vifs(
+                first.view().io,
+                (0..cfg.nets.len()).map(|i| disks + crate::virtio::FIXED_DEVICES + i),
+            );
+        }
         let spec = cfg.clone();
         let res = Arc::new(Mutex::new(res));
         let resources = res.clone();
@@ -222,6 +231,7 @@ impl Instance {
             spec,
             msrs_to_save,
             saving: std::sync::RwLock::new(()),
+            migration: Mutex::new(None),
         })
     }
 
@@ -316,13 +326,24 @@ impl Instance {
         let conn = std::net::TcpStream::from(conn);
         let mut sender = crate::migration::Sender::start(&conn, &machine, &spec, params)?;
         let mut paused = false;
+        let set_progress = |p: Option<crate::migration::Progress>| {
+            *self.migration.lock().unwrap_or_else(|e| e.into_inner()) = p;
+        };
         let sent = (|| {
-            sender.precopy()?;
+            sender.precopy(&|p| set_progress(Some(p)))?;
             if was_running {
                 self.transition(RunState::Running, RunState::Paused, true)?;
                 paused = true;
             }
             let paused_at = Instant::now();
+            // A guest that rebooted meanwhile runs on a machine of its own, whose memory
+            // was never sent.
+            if !self
+                .machine()
+                .is_some_and(|now| Arc::ptr_eq(&now.memory, &machine.memory))
+            {
+                return Err("the guest rebooted during the migration".to_string());
+            }
             let saved = machine
                 .parts
                 .capture(&spec, &msrs)
@@ -332,6 +353,7 @@ impl Instance {
             Ok::<_, String>(paused_at)
         })();
         sender.stop_logging();
+        set_progress(None);
         let paused_at = match sent {
             Ok(at) => at,
             Err(e) => {
@@ -347,6 +369,11 @@ impl Instance {
         let report = sender.await_running(paused_at);
         self.join_supervisor();
         Ok(report)
+    }
+
+    /// Where a migration of the domain is, while one runs.
+    pub fn migration_progress(&self) -> Option<crate::migration::Progress> {
+        *self.migration.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn write_snapshot(
@@ -645,6 +672,26 @@ fn supervise(
             Err(e) => return Err(e.to_string()),
         }
     }
+}
+
+/// Has the VIFs in `slots` announce their MAC addresses a few times over the next half
+/// second (a migrated domain's network finds it behind its new port; a broadcast may be lost,
+/// so it is repeated, as QEMU repeats its own).
+fn announce_vifs(io: crate::virtio::IoHandle, slots: impl Iterator<Item = usize>) {
+    let slots: Vec<usize> = slots.collect();
+    if slots.is_empty() {
+        return;
+    }
+    let _ = std::thread::Builder::new()
+        .name("announce".into())
+        .spawn(move || {
+            for wait_ms in [0, 50, 150, 300] {
+                std::thread::sleep(Duration::from_millis(wait_ms));
+                for &slot in &slots {
+                    let _ = io.control(slot, Action::Announce, Vec::new());
+                }
+            }
+        });
 }
 
 /// The machine the snapshot `file` holds, for the domain `cfg` (which must have its shape:

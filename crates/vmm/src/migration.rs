@@ -69,6 +69,22 @@ pub struct MigrationReport {
     pub unconfirmed: Option<String>,
 }
 
+/// Where a migration is, after each pre-copy round (`vessel migrate`'s progress line; the
+/// domain's info while it runs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Rounds sent so far.
+    pub round: u32,
+    /// Bytes sent so far.
+    pub sent_bytes: u64,
+    /// Pages the guest dirtied during the last round.
+    pub dirty_pages: u64,
+    /// How fast it dirtied them, in bytes per second.
+    pub dirty_bytes_per_s: u64,
+    /// How long sending them would pause it at the rate of the last round, in milliseconds.
+    pub expected_downtime_ms: u64,
+}
+
 /// The receiver's answers.
 const READY: &str = "ready";
 const REFUSED: &str = "refused: ";
@@ -193,7 +209,7 @@ impl<'a> Sender<'a> {
 
     /// Copies the memory while the guest runs: all of it, then the pages dirtied meanwhile,
     /// round after round, until what is left fits the downtime target (or stops shrinking).
-    pub fn precopy(&mut self) -> Result<(), String> {
+    pub fn precopy(&mut self, progress: &dyn Fn(Progress)) -> Result<(), String> {
         let all = hv::dirty::DirtyPages::all(&self.ram).runs(MAX_RECORD_PAGES as u64);
         let mut round_started = Instant::now();
         let mut bytes_before = self.bytes();
@@ -210,17 +226,23 @@ impl<'a> Sender<'a> {
                 .map_err(|e| format!("reading the dirty log: {e}"))?;
             let left = dirty.count();
             let expected_ms = (left * PAGE as u64) as f64 / rate.max(1.0) * 1000.0;
-            let sent = self.bytes();
+            let now = Progress {
+                round: self.report.rounds,
+                sent_bytes: self.bytes(),
+                dirty_pages: left,
+                dirty_bytes_per_s: ((left * PAGE as u64) as f64
+                    / round_time.as_secs_f64().max(1e-3)) as u64,
+                expected_downtime_ms: expected_ms as u64,
+            };
             tracing::info!(
-                round = self.report.rounds,
-                sent_mib = sent >> 20,
-                dirty_pages = left,
-                dirty_mib_per_s = (left * PAGE as u64) as f64
-                    / round_time.as_secs_f64().max(1e-3)
-                    / f64::from(1 << 20),
-                expected_downtime_ms = expected_ms as u64,
+                round = now.round,
+                sent_mib = now.sent_bytes >> 20,
+                dirty_pages = now.dirty_pages,
+                dirty_mib_per_s = now.dirty_bytes_per_s >> 20,
+                expected_downtime_ms = now.expected_downtime_ms,
                 "migration round"
             );
+            progress(now);
             if left < smallest {
                 smallest = left;
                 rounds_without_progress = 0;

@@ -1003,10 +1003,10 @@ mod tests {
 
     /// A migration stream: the identity, `rounds` of runs (address, pages) sent from `ram` as
     /// it is before each, then the state and the end.
-    fn migration(
-        ram: &GuestMemory,
-        rounds: &mut dyn FnMut(usize, &GuestMemory) -> Option<Vec<(u64, u64)>>,
-    ) -> Vec<u8> {
+    /// Round `n`'s runs of pages (address, pages), or none after the last.
+    type Rounds<'a> = dyn FnMut(usize, &GuestMemory) -> Option<Vec<(u64, u64)>> + 'a;
+
+    fn migration(ram: &GuestMemory, rounds: &mut Rounds<'_>) -> Vec<u8> {
         let m = machine();
         let mut w = SnapshotWriter::migration(Vec::new()).unwrap();
         w.identity(&m.spec, &m.cpuid).unwrap();

@@ -191,6 +191,9 @@ pub struct MachineStats {
     pub devices: Vec<DeviceStats>,
     /// Guest RAM resident on the host, in bytes.
     pub resident_bytes: u64,
+    /// Where a migration of the domain is, while one runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<crate::migration::Progress>,
 }
 
 /// What a domain process says.
@@ -225,7 +228,7 @@ pub enum Note {
         saved: Option<crate::SaveReport>,
         /// What a migrate call did.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        migrated: Option<crate::migration::MigrationReport>,
+        migrated: Option<Box<crate::migration::MigrationReport>>,
     },
     /// The domain's state changed.
     Status(StatusReport),

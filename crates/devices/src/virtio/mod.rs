@@ -193,6 +193,10 @@ pub enum Action {
         /// Bytes the balloon should hold.
         bytes: u64,
     },
+    /// A VIF tells the network where its MAC address is now (after a migration): it sends a
+    /// broadcast RARP frame from that address, as Xen and QEMU do, so that switches and
+    /// bridges learn the port it is behind.
+    Announce,
 }
 
 impl Action {
@@ -203,6 +207,7 @@ impl Action {
             Action::ReplaceBackend { .. } => "replace_backend",
             Action::SetLink { .. } => "set_link",
             Action::SetBalloonTarget { .. } => "set_balloon_target",
+            Action::Announce => "announce",
         }
     }
 
@@ -212,7 +217,8 @@ impl Action {
             Action::ReplaceBackend { .. } => 1,
             Action::SetRateLimit { .. }
             | Action::SetLink { .. }
-            | Action::SetBalloonTarget { .. } => 0,
+            | Action::SetBalloonTarget { .. }
+            | Action::Announce => 0,
         }
     }
 }

@@ -613,6 +613,15 @@ impl VirtioDevice for Net {
                 }
                 Ok(Wake::queues(1 << RX | 1 << TX))
             }
+            Action::Announce => {
+                if self.link_up {
+                    let mut packet = vec![0u8; HEADER_LEN];
+                    packet.extend_from_slice(&rarp_announcement(self.mac));
+                    // Best effort, as any broadcast: a full backend drops it.
+                    let _ = self.backend.send(&packet);
+                }
+                Ok(Wake::default())
+            }
             other => Err(DeviceError::Unsupported {
                 device: "net",
                 action: other.name(),
@@ -727,6 +736,25 @@ impl VirtioDevice for Net {
     }
 }
 
+/// A broadcast RARP request ("reverse request", opcode 3) from `mac` about itself, padded to
+/// Ethernet's 60-byte minimum: what a VIF sends to announce where it now is.
+pub fn rarp_announcement(mac: [u8; 6]) -> [u8; 60] {
+    let mut f = [0u8; 60];
+    f[..6].copy_from_slice(&[0xff; 6]);
+    f[6..12].copy_from_slice(&mac);
+    f[12..14].copy_from_slice(&0x8035u16.to_be_bytes());
+    // Hardware Ethernet (1), protocol IPv4, address lengths 6 and 4, opcode 3.
+    f[14..16].copy_from_slice(&1u16.to_be_bytes());
+    f[16..18].copy_from_slice(&0x0800u16.to_be_bytes());
+    f[18] = 6;
+    f[19] = 4;
+    f[20..22].copy_from_slice(&3u16.to_be_bytes());
+    // Sender and target hardware addresses: its own; protocol addresses unknown (zeros).
+    f[22..28].copy_from_slice(&mac);
+    f[32..38].copy_from_slice(&mac);
+    f
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -828,6 +856,25 @@ mod tests {
         assert_eq!(wire.lock().unwrap().sent, vec![f1, f2]);
         assert_eq!(driver.used().len(), 2);
         assert_eq!((net.stats().tx_frames, net.stats().tx_bytes), (2, 1574));
+    }
+
+    #[test]
+    fn an_announcement_is_a_broadcast_rarp_from_the_vif_and_silent_while_the_link_is_down() {
+        let (wire, mut net) = new_net();
+        net.control(Action::Announce, Vec::new()).unwrap();
+        let sent = wire.lock().unwrap().sent.clone();
+        assert_eq!(sent.len(), 1);
+        let f = &sent[0];
+        assert_eq!(f.len(), 60);
+        assert_eq!(&f[..6], &[0xff; 6]);
+        assert_eq!(&f[6..12], &MAC);
+        assert_eq!(&f[12..14], &[0x80, 0x35], "RARP");
+        assert_eq!(&f[20..22], &[0, 3], "a reverse request");
+        assert_eq!((&f[22..28], &f[32..38]), (&MAC[..], &MAC[..]));
+        net.control(Action::SetLink { up: false }, Vec::new())
+            .unwrap();
+        net.control(Action::Announce, Vec::new()).unwrap();
+        assert_eq!(wire.lock().unwrap().sent.len(), 1);
     }
 
     /// An IPv4 TCP frame from 10.0.0.1:40000 to 10.0.0.2:80 with `payload` bytes of data, its

@@ -74,6 +74,9 @@ pub fn info(d: &DomainInfo) -> Value {
         v["vcpu_stats"] = Value::Array(vcpus);
         v["memory_resident_bytes"] = json!(machine.resident_bytes);
         v["devices"] = Value::Array(device_stats(machine));
+        if let Some(progress) = &machine.migration {
+            v["migration"] = json!(progress);
+        }
         if let Some(status) = &s.status {
             v["uptime_s"] = json!(status.since.elapsed().as_secs_f64());
         }

@@ -127,6 +127,7 @@ pub fn guest_tools(dir: &std::path::Path) -> std::path::PathBuf {
     std::fs::copy(src.join("worker.sh"), root.join("scripts/worker")).unwrap();
     std::fs::copy(src.join("memfill.sh"), root.join("scripts/memfill")).unwrap();
     std::fs::copy(src.join("samefill.sh"), root.join("scripts/samefill")).unwrap();
+    std::fs::copy(src.join("dirtier.sh"), root.join("scripts/dirtier")).unwrap();
     std::fs::copy(src.join("session.sh"), root.join("scripts/session")).unwrap();
     std::fs::set_permissions(
         root.join("scripts/session"),
