@@ -203,6 +203,11 @@ impl DomainProcess {
             Ok(h) => h,
             Err(why) => return Err(fail(child, why)),
         };
+        // The snapshot and the migration's connection were the first machine's: not kept
+        // open for the domain's life.
+        let mut resources = plan.resources;
+        resources.snapshot = None;
+        resources.migration = None;
         Ok(Self::connected(
             plan.name,
             pid,
@@ -210,7 +215,7 @@ impl DomainProcess {
             hello,
             plan.console,
             Some(child),
-            Some(plan.resources),
+            Some(resources),
             Box::new(move || {
                 socket.remove();
                 (plan.on_end)();

@@ -223,9 +223,10 @@ impl Vm {
         Ok(())
     }
 
-    /// Turns KVM's log of the pages the guest writes on (empty) or off, for every slot.
+    /// Turns KVM's log of the pages the guest writes on (empty) or off, for every slot. If a
+    /// slot refuses, the slots changed before it are changed back.
     pub fn log_dirty_pages(&self, on: bool) -> Result<(), HvError> {
-        for region in &self.slots {
+        let set = |region: &kvm_userspace_memory_region, on: bool| {
             let region = kvm_userspace_memory_region {
                 flags: if on { KVM_MEM_LOG_DIRTY_PAGES } else { 0 },
                 ..*region
@@ -233,7 +234,15 @@ impl Vm {
             // SAFETY: the same slot over the same live mapping `map_memory` registered (held by
             // this VM); only its logging flag changes.
             unsafe { self.fd.set_user_memory_region(region) }
-                .map_err(|e| HvError::ioctl("SET_USER_MEMORY_REGION", e))?;
+                .map_err(|e| HvError::ioctl("SET_USER_MEMORY_REGION", e))
+        };
+        for (i, region) in self.slots.iter().enumerate() {
+            if let Err(e) = set(region, on) {
+                for earlier in &self.slots[..i] {
+                    let _ = set(earlier, !on);
+                }
+                return Err(e);
+            }
         }
         Ok(())
     }

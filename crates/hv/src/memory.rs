@@ -129,6 +129,10 @@ impl GuestMemory {
     /// Marks `addr..addr+len` (inside one region, checked by the caller) written, if the log
     /// is on.
     fn mark_written(&self, addr: u64, len: usize) {
+        // The bytes' stores before the flag's load: a log turned on meanwhile either sees the
+        // bytes in its first copy or finds their pages marked (x86 may otherwise let the load
+        // pass the stores).
+        std::sync::atomic::fence(Ordering::SeqCst);
         if len == 0 || !self.logging.load(Ordering::Relaxed) {
             return;
         }

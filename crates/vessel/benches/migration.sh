@@ -38,21 +38,24 @@ vessel)
     db=$!
     trap 'kill $da $db 2>/dev/null' EXIT
     i=0; while { [ ! -S $A ] || [ ! -S $B ]; } && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
-    vessel create --name a --kernel /assets/bzImage --initrd /tmp/initrd --memory 256M \
+    # The uncompressed kernel, as QEMU's below: a bzImage leaves its compressed copy in RAM.
+    vessel create --name a --kernel /assets/vmlinux --initrd /tmp/initrd --memory 256M \
         --cmdline "$CMDLINE" >/dev/null && echo CREATED=a
     filled() { vessel api GET /v1/domains/a/console | grep -q GUEST-FILLED; }
     until_true 300 filled || { echo NOT_FILLED; exit 0; }
     sleep 5
-    VESSEL_SOCKET=$B vessel migrate-receive tcp:127.0.0.1:7500 >/tmp/recv.out 2>&1 &
+    VESSEL_SOCKET=$B vessel migrate-receive tcp:127.0.0.1:7500 --token bench \
+        >/tmp/recv.out 2>&1 &
     receiver=$!
     sleep 1
     t=$(now)
-    vessel api POST /v1/domains/a/migrate '{"to":"tcp:127.0.0.1:7500","downtime_ms":60}' \
-        > /tmp/report.json 2>&1
+    vessel api POST /v1/domains/a/migrate \
+        '{"to":"tcp:127.0.0.1:7500","token":"bench","downtime_ms":60}' > /tmp/report.json 2>&1
     echo WALL_S=$(since $t)
     wait $receiver
     tr -d ' \n' < /tmp/report.json | sed 's/[{}]//g' | tr ',' '\n' | tr -d '"' | sed 's/:/=/' \
         | sed 's/^/REPORT_/'
+    echo
     VESSEL_SOCKET=$B vessel info a | grep -q '"state": "running"' && echo MIGRATED=running
     grep "migration round" /tmp/sa/logs/a.log 2>/dev/null | tail -n 3 | sed 's/^/ROUND /'
     ;;
@@ -90,7 +93,7 @@ qemu)
     echo WALL_S=$(since $t)
     sleep 0.5
     # The last `info migrate`'s figures.
-    awk '/Migration status/ {s = $0} /^total time/ {t = $3} /^downtime/ {d = $2}
+    awk '/Migration status/ {s = $0} /^total time:/ {t = $3} /^downtime:/ {d = $2}
         /^transferred ram/ {b = $3} /^dirty sync count/ {r = $4}
         END {print s; printf "REPORT_total_ms=%s\nREPORT_downtime_ms=%s\nREPORT_bytes=%d\nREPORT_rounds=%s\n", t, d, b * 1024, r}' \
         /tmp/mon.log | tr -d '\r'

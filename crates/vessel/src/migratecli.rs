@@ -15,6 +15,10 @@ pub struct MigrateArgs {
     name: String,
     /// Where the receiving daemon listens (`vessel migrate-receive` there): tcp:HOST:PORT.
     to: String,
+    /// The secret the receiver was given (`vessel migrate-receive --token`): only a sender
+    /// that presents it is let in.
+    #[arg(long)]
+    token: String,
     /// The longest pause the guest should see, in milliseconds: memory is copied while it
     /// runs until what is left can go in this long.
     #[arg(long, value_name = "MS", default_value_t = vmm::migration::DEFAULT_DOWNTIME_MS)]
@@ -29,6 +33,11 @@ pub struct MigrateArgs {
 pub struct MigrateReceiveArgs {
     /// Where to listen for the migration: tcp:HOST:PORT (as the sender will be told).
     listen: String,
+    /// A secret the sender must present (`vessel migrate --token`); a connection without it
+    /// is refused and the wait goes on. The stream itself is not encrypted: migrate over a
+    /// network you trust.
+    #[arg(long)]
+    token: String,
     /// The name to give the domain here (default: its name on the sender).
     #[arg(long)]
     name: Option<String>,
@@ -38,9 +47,12 @@ pub struct MigrateReceiveArgs {
 }
 
 pub fn migrate(socket: &Path, args: MigrateArgs) -> anyhow::Result<ExitCode> {
-    let mut body = json!({ "to": args.to, "downtime_ms": args.downtime });
+    let mut body = json!({ "to": args.to, "token": args.token, "downtime_ms": args.downtime });
     if let Some(mib) = args.bandwidth {
-        body["bandwidth_bytes"] = json!(mib << 20);
+        let bytes = mib
+            .checked_mul(1 << 20)
+            .ok_or_else(|| anyhow::anyhow!("--bandwidth {mib} MiB/s is too large"))?;
+        body["bandwidth_bytes"] = json!(bytes);
     }
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let progress = show_progress(socket, &args.name, done.clone());
@@ -104,7 +116,7 @@ fn show_progress(
 }
 
 pub fn migrate_receive(socket: &Path, args: MigrateReceiveArgs) -> anyhow::Result<ExitCode> {
-    let mut body = json!({ "listen": args.listen, "wait_s": args.wait });
+    let mut body = json!({ "listen": args.listen, "token": args.token, "wait_s": args.wait });
     if let Some(name) = args.name {
         body["name"] = json!(name);
     }

@@ -22,10 +22,19 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// `vessel migrate-receive tcp:127.0.0.1:PORT ARGS` against `d`, in the background.
+/// The token the tests' receivers are given.
+const TOKEN: &str = "t0ken";
+
+/// `vessel migrate-receive tcp:127.0.0.1:PORT --token TOKEN ARGS` against `d`, in the
+/// background.
 fn receive(d: &TestDaemon, port: u16, args: &[&str]) -> Child {
     Command::new(VESSEL)
-        .args(["migrate-receive", &format!("tcp:127.0.0.1:{port}")])
+        .args([
+            "migrate-receive",
+            &format!("tcp:127.0.0.1:{port}"),
+            "--token",
+            TOKEN,
+        ])
         .args(args)
         .env("VESSEL_SOCKET", &d.socket)
         .stdin(Stdio::null())
@@ -35,13 +44,13 @@ fn receive(d: &TestDaemon, port: u16, args: &[&str]) -> Child {
         .unwrap()
 }
 
-/// `vessel migrate NAME tcp:127.0.0.1:PORT ARGS` against `d`, retried while the receiver is
-/// not listening yet (at most 10 s): its exit code, stdout and stderr.
+/// `vessel migrate NAME tcp:127.0.0.1:PORT --token TOKEN ARGS` against `d`, retried while
+/// the receiver is not listening yet (at most 10 s): its exit code, stdout and stderr.
 fn migrate(d: &TestDaemon, name: &str, port: u16, args: &[&str]) -> (Option<i32>, String, String) {
     let to = format!("tcp:127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let mut all = vec!["migrate", name, to.as_str()];
+        let mut all = vec!["migrate", name, to.as_str(), "--token", TOKEN];
         all.extend_from_slice(args);
         let (code, out, err) = d.cli(&all);
         if code == Some(0) || !err.contains("cannot connect") || Instant::now() > deadline {
@@ -77,13 +86,17 @@ fn a_running_domain_moves_to_another_daemon_and_runs_on_there() {
 
     // Nobody listens: the domain runs on.
     let port = free_port();
-    let (code, _, err) = a.cli(&["migrate", "t", &format!("tcp:127.0.0.1:{port}")]);
+    let to = format!("tcp:127.0.0.1:{port}");
+    let (code, _, err) = a.cli(&["migrate", "t", &to, "--token", TOKEN]);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("cannot connect"), "{err}");
     assert_eq!(a.state("t"), "running");
-    let (code, _, err) = a.cli(&["migrate", "t", "127.0.0.1:1"]);
+    let (code, _, err) = a.cli(&["migrate", "t", "127.0.0.1:1", "--token", TOKEN]);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("not tcp:HOST:PORT"), "{err}");
+    let (code, _, err) = a.cli(&["migrate", "t", &to, "--token", "two words"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("token"), "{err}");
 
     // A receiver that refuses it (a domain of that name exists there) says why, and the
     // domain runs on where it was.
@@ -102,10 +115,21 @@ fn a_running_domain_moves_to_another_daemon_and_runs_on_there() {
     b.ok("POST", "/v1/domains/t/destroy", None);
     b.ok("DELETE", "/v1/domains/t", None);
 
-    // The migration.
+    // A sender without the receiver's token is refused, and the receiver waits on.
     let moved_at = last_tick(&a.console("t"));
     let port = free_port();
     let receiver = receive(&b, port, &[]);
+    // (b awaited one migration before: the one it refused.)
+    wait_for("the receiver to listen", Duration::from_secs(20), || {
+        b.log().matches("awaiting a migration").count() == 2
+    });
+    let to = format!("tcp:127.0.0.1:{port}");
+    let (code, _, err) = a.cli(&["migrate", "t", &to, "--token", "not-it"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("not the migration's token"), "{err}");
+    assert_eq!(a.state("t"), "running");
+
+    // The migration.
     let (code, out, err) = migrate(&a, "t", port, &[]);
     assert_eq!(code, Some(0), "{out}{err}");
     eprintln!("{out}");
@@ -162,6 +186,8 @@ fn a_running_domain_moves_to_another_daemon_and_runs_on_there() {
                     "migrate",
                     "t",
                     &format!("tcp:127.0.0.1:{port}"),
+                    "--token",
+                    TOKEN,
                     "--bandwidth",
                     "1",
                 ])
@@ -190,13 +216,34 @@ fn a_running_domain_moves_to_another_daemon_and_runs_on_there() {
         Duration::from_secs(30),
         || last_tick(&b.console("t")) > tick + 1,
     );
+    // The receiver that failed keeps nothing of it.
     let listed: Value = a.ok("GET", "/v1/domains", None);
     assert!(
-        listed
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|v| v["name"] != "t" || v["state"] != "running"),
-        "two copies run: {listed}"
+        listed.as_array().unwrap().iter().all(|v| v["name"] != "t"),
+        "the receiver kept a definition: {listed}"
+    );
+
+    // A paused domain arrives paused, and runs on when unpaused.
+    b.ok("POST", "/v1/domains/t/pause", None);
+    let port = free_port();
+    let receiver = receive(&a, port, &[]);
+    let (code, out, err) = migrate(&b, "t", port, &[]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let (code, received) = finished(receiver);
+    assert_eq!(code, Some(0), "{received}");
+    assert!(received.contains("domain 't' (id "), "{received}");
+    wait_for(
+        "the domain to be paused on arrival",
+        Duration::from_secs(10),
+        || a.state("t") == "paused",
+    );
+    let still = last_tick(&a.console("t"));
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(last_tick(&a.console("t")), still, "a paused domain ticked");
+    a.ok("POST", "/v1/domains/t/unpause", None);
+    wait_for(
+        "the guest to tick after the unpause",
+        Duration::from_secs(30),
+        || last_tick(&a.console("t")) > tick + 2,
     );
 }

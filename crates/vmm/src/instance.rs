@@ -165,7 +165,14 @@ impl Instance {
         let migrated_in = res.migration.is_some();
         let first = match (res.snapshot.take(), res.migration.take()) {
             (Some(file), _) => restore_machine(&hv, &cfg, &res, &sink, file)?,
-            (None, Some(conn)) => crate::migration::receive(&hv, &cfg, &res, &sink, conn)?,
+            (None, Some(conn)) => {
+                let (machine, paused) = crate::migration::receive(&hv, &cfg, &res, &sink, conn)?;
+                // Paused on the sender, paused here: its vCPUs park before they run.
+                if paused {
+                    machine.view().control.want_pause(true);
+                }
+                machine
+            }
             (None, None) => Machine::build(&hv, &cfg, &res, &sink)?,
         };
         let disks = cfg.disks.len();
@@ -269,7 +276,11 @@ impl Instance {
         };
         if was_running {
             if let Err(e) = self.transition(RunState::Running, RunState::Paused, true) {
-                // A pause that came too late is lifted: the domain runs on, as it was.
+                // A pause that came too late is lifted (and never left wanted): the domain
+                // runs on, as it was.
+                if let Some(m) = self.machine() {
+                    m.control.want_pause(false);
+                }
                 let _ = self.transition(RunState::Paused, RunState::Running, false);
                 return Err(e);
             }
@@ -349,7 +360,7 @@ impl Instance {
                 .capture(&spec, &msrs)
                 .map_err(|e| format!("taking the machine's state: {e}"))?;
             sender.finish(&saved)?;
-            sender.go()?;
+            sender.go(!was_running)?;
             Ok::<_, String>(paused_at)
         })();
         sender.stop_logging();
@@ -358,7 +369,8 @@ impl Instance {
             Ok(at) => at,
             Err(e) => {
                 if paused || was_running {
-                    // A pause that came too late is lifted too.
+                    // A pause that came too late is lifted too (and never left wanted).
+                    machine.control.want_pause(false);
                     let _ = self.transition(RunState::Paused, RunState::Running, false);
                 }
                 return Err(e);

@@ -89,6 +89,7 @@ pub struct Progress {
 const READY: &str = "ready";
 const REFUSED: &str = "refused: ";
 const GO: &str = "go";
+const GO_PAUSED: &str = "go paused";
 const RUNNING: &str = "running";
 
 /// Counts the bytes written through it and keeps their rate under a cap.
@@ -175,10 +176,10 @@ impl<'a> Sender<'a> {
         writer
             .identity(spec, machine.parts.cpuid())
             .map_err(|e| sending(conn, &e))?;
-        machine
-            .parts
-            .log_dirty_pages(&machine.memory, true)
-            .map_err(|e| format!("turning the dirty log on: {e}"))?;
+        if let Err(e) = machine.parts.log_dirty_pages(&machine.memory, true) {
+            let _ = machine.parts.log_dirty_pages(&machine.memory, false);
+            return Err(format!("turning the dirty log on: {e}"));
+        }
         Ok(Sender {
             conn,
             memory: &machine.memory,
@@ -294,10 +295,11 @@ impl Sender<'_> {
         }
     }
 
-    /// Tells the receiver to run the domain: from here on the sender's copy must never run
-    /// again.
-    pub fn go(&mut self) -> Result<(), String> {
-        say(self.conn, GO).map_err(|e| format!("telling the receiver to run the domain: {e}"))
+    /// Tells the receiver to run the domain (or to keep it paused, if it was paused here):
+    /// from here on the sender's copy must never run again.
+    pub fn go(&mut self, paused: bool) -> Result<(), String> {
+        let line = if paused { GO_PAUSED } else { GO };
+        say(self.conn, line).map_err(|e| format!("telling the receiver to run the domain: {e}"))
     }
 
     /// Waits for the receiver to say the domain runs; the report, with the downtime counted
@@ -342,14 +344,15 @@ fn sending(conn: &TcpStream, e: &dyn std::fmt::Display) -> String {
 /// The receiving side: builds the machine the migration stream on `conn` holds (its header
 /// and specification, `cfg`, read already by the daemon that took the connection), says it
 /// is ready, and waits for the sender's `go`; then answers `running` and returns the machine
-/// to run. Any failure is told to the sender (`refused: WHY`) before it is returned.
+/// to run, and whether it was paused on the sender (`go paused`: it stays paused). Any
+/// failure is told to the sender (`refused: WHY`) before it is returned.
 pub(crate) fn receive(
     hv: &hv::Hypervisor,
     cfg: &DomainSpec,
     res: &crate::resources::Resources,
     sink: &crate::console::ConsoleSink,
     conn: std::fs::File,
-) -> Result<crate::domain::Machine, crate::DomainError> {
+) -> Result<(crate::domain::Machine, bool), crate::DomainError> {
     use crate::DomainError;
     let conn = TcpStream::from(std::os::fd::OwnedFd::from(conn));
     let refuse = |e: DomainError| {
@@ -366,7 +369,10 @@ pub(crate) fn receive(
     );
     let cpuid = reader.cpuid().map_err(stream).map_err(refuse)?;
     // Refused before any memory comes.
-    let missing = crate::cpuid::missing_features(&cpuid, &hv.supported_cpuid()?);
+    let missing = crate::cpuid::missing_features(
+        &cpuid,
+        &hv.supported_cpuid().map_err(|e| refuse(e.into()))?,
+    );
     if !missing.is_empty() {
         return Err(refuse(DomainError::Snapshot(format!(
             "the guest was given CPU features this host's KVM does not offer ({})",
@@ -384,8 +390,9 @@ pub(crate) fn receive(
     // more: the answers are read from the connection itself.
     drop(reader);
     say(&conn, READY).map_err(DomainError::host("telling the sender it is ready"))?;
-    match read_line(&conn) {
-        Ok(line) if line == GO => {}
+    let paused = match read_line(&conn) {
+        Ok(line) if line == GO => false,
+        Ok(line) if line == GO_PAUSED => true,
         Ok(line) => {
             return Err(DomainError::Snapshot(format!(
                 "the sender answered {line:?}, not {GO:?}"
@@ -396,8 +403,8 @@ pub(crate) fn receive(
                 "the sender did not say to run the domain: {e}"
             )))
         }
-    }
+    };
     // The domain runs from here whatever the sender hears.
     let _ = say(&conn, RUNNING);
-    Ok(machine)
+    Ok((machine, paused))
 }

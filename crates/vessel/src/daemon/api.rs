@@ -328,6 +328,7 @@ fn restore_domain(plane: &ControlPlane, _: &Params, req: &Request) -> Answer {
 #[serde(deny_unknown_fields)]
 struct MigrateTo {
     to: String,
+    token: String,
     #[serde(default = "default_downtime")]
     downtime_ms: u64,
     #[serde(default)]
@@ -341,11 +342,16 @@ fn default_downtime() -> u64 {
 fn migrate_domain(plane: &ControlPlane, p: &Params, req: &Request) -> Answer {
     let to: MigrateTo = serde_json::from_slice(&req.body)
         .map_err(|e| ControlError::Invalid(format!("invalid migration: {e}")))?;
+    if to.bandwidth_bytes.is_some_and(|b| b < 1 << 20) {
+        return Err(ControlError::Invalid(
+            "a migration's bandwidth_bytes is at least 1048576 (1 MiB/s)".into(),
+        ));
+    }
     let params = vmm::migration::MigrateParams {
         downtime_ms: to.downtime_ms,
         bandwidth: to.bandwidth_bytes,
     };
-    let report = plane.migrate(&p.name, &to.to, params)?;
+    let report = plane.migrate(&p.name, &to.to, &to.token, params)?;
     Ok(Response::json(200, &json!(report)))
 }
 
@@ -354,6 +360,7 @@ fn migrate_domain(plane: &ControlPlane, p: &Params, req: &Request) -> Answer {
 #[serde(deny_unknown_fields)]
 struct MigrateFrom {
     listen: String,
+    token: String,
     #[serde(default)]
     name: Option<String>,
     #[serde(default = "default_receive_wait")]
@@ -369,6 +376,7 @@ fn migrate_receive(plane: &ControlPlane, _: &Params, req: &Request) -> Answer {
         .map_err(|e| ControlError::Invalid(format!("invalid migration: {e}")))?;
     let name = plane.migrate_receive(
         &from.listen,
+        &from.token,
         from.name.as_deref(),
         std::time::Duration::from_secs(from.wait_s.min(86_400)),
     )?;

@@ -55,10 +55,12 @@ state 1
     split(u, f, " "); print f[1], $0; fflush()}' > /tmp/l1ping) &
 pinger=$!
 sleep 2
-VESSEL_SOCKET=$B timeout 300 vessel migrate-receive tcp:127.0.0.1:7500 > /tmp/recv.out 2>&1 &
+VESSEL_SOCKET=$B timeout 300 vessel migrate-receive tcp:127.0.0.1:7500 --token s3cret \
+    > /tmp/recv.out 2>&1 &
 receiver=$!
 sleep 1
-api migrate a tcp:127.0.0.1:7500 2>&1 | sed 's/^/MIGRATE /'
+api migrate a tcp:127.0.0.1:7500 --token s3cret 2>/tmp/progress | sed 's/^/MIGRATE /'
+sed 's/^/PROGRESS /' /tmp/progress
 wait $receiver; echo RECEIVER_EXIT=$?
 sed 's/^/RECEIVED /' /tmp/recv.out
 sleep 3
@@ -77,10 +79,12 @@ on 2 "kill \$(pidof ping); sleep 1; tail -n 3 /tmp/ping" | sed 's/^/B_PING /'
 
 # Back to A, slowly (2 MiB/s), with A's receiving domain process killed mid-way: a runs on
 # on B.
-VESSEL_SOCKET=$A timeout 300 vessel migrate-receive tcp:127.0.0.1:7501 > /tmp/recv2.out 2>&1 &
+VESSEL_SOCKET=$A timeout 300 vessel migrate-receive tcp:127.0.0.1:7501 --token s3cret \
+    > /tmp/recv2.out 2>&1 &
 receiver=$!
 sleep 1
-(VESSEL_SOCKET=$B timeout 300 vessel migrate a tcp:127.0.0.1:7501 --bandwidth 2 > /tmp/back.out 2>&1; echo $? > /tmp/back.rc) &
+(VESSEL_SOCKET=$B timeout 300 vessel migrate a tcp:127.0.0.1:7501 --token s3cret --bandwidth 2 \
+    > /tmp/back.out 2>&1; echo $? > /tmp/back.rc) &
 back=$!
 i=0; until grep -q "receiving a migration" /tmp/daemon.log; do
     i=$((i+1)); [ $i -ge 300 ] && break; sleep 0.1
@@ -97,7 +101,7 @@ wait $back
 echo BACK_EXIT=$(cat /tmp/back.rc)
 sed 's/^/BACK /' /tmp/back.out
 wait $receiver; echo RECEIVER2_EXIT=$?
-echo "LIST_A2=$(api list | awk '$2 == "a" {print $3}')"
+echo "LIST_A2=$(api list | awk '$2 == "a" {print $3 ? $3 : "defined"}')"
 echo "LIST_B2=$(VESSEL_SOCKET=$B api list | awk '$2 == "a" {print $3}')"
 state 3
 sleep 3
