@@ -57,7 +57,8 @@ vessel)
         | sed 's/^/REPORT_/'
     echo
     VESSEL_SOCKET=$B vessel info a | grep -q '"state": "running"' && echo MIGRATED=running
-    grep "migration round" /tmp/sa/logs/a.log 2>/dev/null | tail -n 3 | sed 's/^/ROUND /'
+    grep "migration round\|hand-over" /tmp/sa/logs/a.log 2>/dev/null | tail -n 4 | sed 's/^/ROUND /'
+    grep "migration received" /tmp/sb/logs/a.log 2>/dev/null | sed 's/^/RECEIVED /'
     ;;
 qemu)
     mkfifo /tmp/mon.in /tmp/mon.out /tmp/mon2.in /tmp/mon2.out

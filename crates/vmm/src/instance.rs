@@ -342,11 +342,13 @@ impl Instance {
         };
         let sent = (|| {
             sender.precopy(&|p| set_progress(Some(p)))?;
+            // The guest's blackout begins with the pause asked for.
+            let paused_at = Instant::now();
             if was_running {
                 self.transition(RunState::Running, RunState::Paused, true)?;
                 paused = true;
             }
-            let paused_at = Instant::now();
+            sender.mark("paused");
             // A guest that rebooted meanwhile runs on a machine of its own, whose memory
             // was never sent.
             if !self
@@ -359,6 +361,7 @@ impl Instance {
                 .parts
                 .capture(&spec, &msrs)
                 .map_err(|e| format!("taking the machine's state: {e}"))?;
+            sender.mark("state taken");
             sender.finish(&saved)?;
             sender.go(!was_running)?;
             Ok::<_, String>(paused_at)

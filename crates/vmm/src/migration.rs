@@ -151,6 +151,8 @@ pub struct Sender<'a> {
     report: MigrationReport,
     /// The pages the last pre-copy round found dirty, for the last round.
     pending: hv::dirty::DirtyPages,
+    /// The hand-over's steps and when each was done (logged at the end).
+    steps: Vec<(&'static str, Instant)>,
 }
 
 impl<'a> Sender<'a> {
@@ -190,6 +192,7 @@ impl<'a> Sender<'a> {
             started: Instant::now(),
             report: MigrationReport::default(),
             pending: hv::dirty::DirtyPages::default(),
+            steps: Vec::new(),
         })
     }
 
@@ -269,6 +272,11 @@ impl<'a> Sender<'a> {
 }
 
 impl Sender<'_> {
+    /// Notes that the hand-over's step `what` is done now.
+    pub fn mark(&mut self, what: &'static str) {
+        self.steps.push((what, Instant::now()));
+    }
+
     /// With the domain paused: sends the pages dirtied since the last round and the
     /// machine's state `saved`, then waits for the receiver to build the machine and say it
     /// is ready.
@@ -280,11 +288,15 @@ impl Sender<'_> {
                 .map_err(|e| format!("reading the dirty log: {e}"))?,
         );
         self.report.last_pages = self.send_pages(&dirty.runs(MAX_RECORD_PAGES as u64), true)?;
+        self.mark("last pages sent");
         self.writer
             .state(saved)
             .and_then(|()| self.writer.end())
             .map_err(|e| sending(self.conn, &e))?;
-        match read_line(self.conn) {
+        self.mark("state sent");
+        let answer = read_line(self.conn);
+        self.mark("receiver ready");
+        match answer {
             Ok(line) if line == READY => Ok(()),
             Ok(line) if line.starts_with(REFUSED) => Err(format!(
                 "the receiver refused the domain: {}",
@@ -307,7 +319,19 @@ impl Sender<'_> {
     /// domain may run there anyway).
     pub fn await_running(&mut self, paused_at: Instant) -> MigrationReport {
         let answer = read_line(self.conn);
+        self.mark("receiver running");
         self.report.downtime_ms = paused_at.elapsed().as_millis() as u64;
+        let mut last = paused_at;
+        let steps: Vec<String> = self
+            .steps
+            .iter()
+            .map(|&(what, at)| {
+                let step = format!("{what} +{} ms", at.duration_since(last).as_millis());
+                last = at;
+                step
+            })
+            .collect();
+        tracing::info!(steps = steps.join(", "), "migration hand-over");
         self.report.total_ms = self.started.elapsed().as_millis() as u64;
         self.report.bytes = self.bytes();
         self.report.unconfirmed = match answer {
@@ -379,13 +403,16 @@ pub(crate) fn receive(
             missing.join("; ")
         ))));
     }
+    let mut ended = Instant::now();
     let machine = crate::domain::Machine::restore(hv, cfg, res, sink, &mut |memory, ram| {
         reader.migrated_memory(memory, ram)?;
         let saved = reader.state(cfg.clone(), cpuid.clone())?;
         reader.end()?;
+        ended = Instant::now();
         Ok(saved)
     })
     .map_err(refuse)?;
+    let built = Instant::now();
     // Nothing follows the end record until this side answers, so the reader holds nothing
     // more: the answers are read from the connection itself.
     drop(reader);
@@ -406,5 +433,10 @@ pub(crate) fn receive(
     };
     // The domain runs from here whatever the sender hears.
     let _ = say(&conn, RUNNING);
+    tracing::info!(
+        built_ms = built.duration_since(ended).as_millis() as u64,
+        go_ms = built.elapsed().as_millis() as u64,
+        "migration received: the machine built after the stream's end, then the sender's go"
+    );
     Ok((machine, paused))
 }
