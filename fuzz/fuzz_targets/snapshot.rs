@@ -57,7 +57,7 @@ fn receive(bytes: &[u8], ram: &GuestMemory) -> Option<SavedMachine> {
     let mut reader = SnapshotReader::migration(bytes).ok()?;
     let spec = reader.spec().ok()?;
     let cpuid = reader.cpuid().ok()?;
-    reader.migrated_memory(ram, &[(0, RAM)]).ok()?;
+    reader.migrated_memory(ram, &[(0, RAM)], &mut || Ok(())).ok()?;
     let saved = reader.state(spec, cpuid).ok()?;
     reader.end().ok()?;
     Some(saved)

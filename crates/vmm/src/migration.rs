@@ -9,6 +9,10 @@
 //! shrinking it, the domain pauses, the last pages and the machine's state go, and the two
 //! sides agree on who runs it:
 //!
+//! Each round ends with a sync record, which the receiver answers `synced` once it has placed
+//! everything before it: a round's rate is the rate pages reach the receiver, and the pause
+//! never waits on a backlog. Then:
+//!
 //! 1. the receiver, its machine built, answers `ready` (or `refused: WHY` at any point);
 //! 2. the sender stops its copy for good and answers `go`;
 //! 3. the receiver runs the domain and answers `running`.
@@ -87,6 +91,7 @@ pub struct Progress {
 
 /// The receiver's answers.
 const READY: &str = "ready";
+const SYNCED: &str = "synced";
 const REFUSED: &str = "refused: ";
 const GO: &str = "go";
 const GO_PAUSED: &str = "go paused";
@@ -207,6 +212,22 @@ impl<'a> Sender<'a> {
         Ok(written.pages)
     }
 
+    /// Waits until the receiver has read and placed everything sent so far (a sync record,
+    /// answered `synced`), so that a round's rate is the rate pages reach the receiver, and
+    /// the pause never waits on a backlog of earlier rounds.
+    fn sync(&mut self) -> Result<(), String> {
+        self.writer.sync().map_err(|e| sending(self.conn, &e))?;
+        match read_line(self.conn) {
+            Ok(line) if line == SYNCED => Ok(()),
+            Ok(line) if line.starts_with(REFUSED) => Err(format!(
+                "the receiver refused the domain: {}",
+                &line[REFUSED.len()..]
+            )),
+            Ok(line) => Err(format!("the receiver answered {line:?}, not {SYNCED:?}")),
+            Err(e) => Err(format!("waiting for the receiver to take the pages: {e}")),
+        }
+    }
+
     fn bytes(&mut self) -> u64 {
         self.writer.get_mut().bytes
     }
@@ -218,6 +239,7 @@ impl<'a> Sender<'a> {
         let mut round_started = Instant::now();
         let mut bytes_before = self.bytes();
         self.send_pages(&all, false)?;
+        self.sync()?;
         self.report.rounds = 1;
         let mut smallest = u64::MAX;
         let mut rounds_without_progress = 0;
@@ -266,6 +288,7 @@ impl<'a> Sender<'a> {
             round_started = Instant::now();
             bytes_before = self.bytes();
             self.send_pages(&runs, true)?;
+            self.sync()?;
             self.report.rounds += 1;
         }
     }
@@ -405,7 +428,7 @@ pub(crate) fn receive(
     }
     let mut ended = Instant::now();
     let machine = crate::domain::Machine::restore(hv, cfg, res, sink, &mut |memory, ram| {
-        reader.migrated_memory(memory, ram)?;
+        reader.migrated_memory(memory, ram, &mut || say(&conn, SYNCED))?;
         let saved = reader.state(cfg.clone(), cpuid.clone())?;
         reader.end()?;
         ended = Instant::now();

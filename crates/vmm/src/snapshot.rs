@@ -67,6 +67,7 @@ enum Kind {
     End = 7,
     Cpuid = 8,
     Zero = 9,
+    Sync = 10,
 }
 
 impl Kind {
@@ -81,6 +82,7 @@ impl Kind {
             Kind::End,
             Kind::Cpuid,
             Kind::Zero,
+            Kind::Sync,
         ]
         .into_iter()
         .find(|k| *k as u32 == n)
@@ -97,6 +99,7 @@ impl Kind {
             Kind::End => "end",
             Kind::Cpuid => "CPUID table",
             Kind::Zero => "zero pages",
+            Kind::Sync => "sync",
         }
     }
 
@@ -110,6 +113,7 @@ impl Kind {
             Kind::End => 0,
             Kind::Cpuid => 4 + MAX_CPUID_ENTRIES * CPUID_ENTRY_LEN,
             Kind::Zero => 16,
+            Kind::Sync => 0,
         }
     }
 }
@@ -303,6 +307,13 @@ impl<W: Write> SnapshotWriter<W> {
 
     /// Flushes what was written so far.
     pub fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+
+    /// Writes a sync record (a migration's receiver answers it once it has read everything
+    /// before it) and flushes.
+    pub fn sync(&mut self) -> io::Result<()> {
+        self.record(Kind::Sync, &[])?;
         self.out.flush()
     }
 
@@ -611,19 +622,26 @@ impl<R: Read> SnapshotReader<R> {
 impl<R: Read> SnapshotReader<R> {
     /// Loads a migration's memory records (pages, and runs of pages that became zeros) into
     /// `memory`, whose RAM is `ram`, up to the first record of the machine's state; returns
-    /// the pages loaded (a page sent twice counts twice). Records may come in any order and
+    /// the pages loaded (a page sent twice counts twice). `on_sync` is called at each sync
+    /// record, once everything before it is in `memory`. Records may come in any order and
     /// overwrite one another (each round sends the pages dirtied since the one before); each
     /// must lie inside the RAM.
     pub fn migrated_memory(
         &mut self,
         memory: &GuestMemory,
         ram: &[(u64, u64)],
+        on_sync: &mut dyn FnMut() -> io::Result<()>,
     ) -> Result<u64, SnapshotError> {
         let mut pages = 0u64;
         loop {
             let (kind, len, mut crc) = self.head()?;
             match kind {
                 Kind::Memory | Kind::Zero => {}
+                Kind::Sync => {
+                    self.check(kind, crc)?;
+                    on_sync()?;
+                    continue;
+                }
                 _ => {
                     // The machine's state: read whole, for `state`.
                     let mut payload = Vec::with_capacity(len);
@@ -1013,6 +1031,7 @@ mod tests {
         let mut round = 0;
         while let Some(runs) = rounds(round, ram) {
             w.pages(ram, &runs, round > 0).unwrap();
+            w.sync().unwrap();
             round += 1;
         }
         w.state(&m).unwrap();
@@ -1025,7 +1044,15 @@ mod tests {
         let spec = r.spec()?;
         let cpuid = r.cpuid()?;
         let ram = GuestMemory::new(&[(0, RAM)]).unwrap();
-        r.migrated_memory(&ram, &[(0, RAM)])?;
+        let mut syncs = 0;
+        r.migrated_memory(&ram, &[(0, RAM)], &mut || {
+            syncs += 1;
+            Ok(())
+        })?;
+        // One sync at the end of each round (the tests' streams have two rounds).
+        if syncs != 2 {
+            return Err(SnapshotError::Malformed(format!("{syncs} syncs")));
+        }
         let saved = r.state(spec, cpuid)?;
         r.end()?;
         Ok((saved, ram))
