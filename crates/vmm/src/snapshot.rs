@@ -417,7 +417,19 @@ impl<R: Read> SnapshotReader<R> {
         if let Some(r) = self.next.take() {
             return Ok(r);
         }
-        let (kind, len, mut crc) = self.head()?;
+        let (kind, len, crc) = self.head()?;
+        let payload = self.payload(kind, len, crc)?;
+        Ok((kind, payload))
+    }
+
+    /// The `len` bytes of payload of a record of `kind` whose header was read (`crc` begun
+    /// over it), its checksum checked.
+    fn payload(
+        &mut self,
+        kind: Kind,
+        len: usize,
+        mut crc: crc32fast::Hasher,
+    ) -> Result<Vec<u8>, SnapshotError> {
         let mut payload = Vec::with_capacity(len);
         let got = (&mut self.input)
             .take(len as u64)
@@ -428,7 +440,28 @@ impl<R: Read> SnapshotReader<R> {
         }
         crc.update(&payload);
         self.check(kind, crc)?;
-        Ok((kind, payload))
+        Ok(payload)
+    }
+
+    /// Reads the `len` bytes of a memory record's pages straight into `memory` at `gpa`
+    /// (checked to lie in its RAM), adding them to `crc`, then checks the record's checksum.
+    fn load_pages(
+        &mut self,
+        memory: &GuestMemory,
+        gpa: u64,
+        len: usize,
+        mut crc: crc32fast::Hasher,
+    ) -> Result<(), SnapshotError> {
+        let kind = Kind::Memory;
+        match memory.load_from_reader(gpa, len, &mut self.input, &mut |b| crc.update(b)) {
+            Ok(()) => {}
+            Err(hv::LoadError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                return Err(SnapshotError::Truncated(kind.name()))
+            }
+            Err(hv::LoadError::Io(e)) => return Err(SnapshotError::Io(e)),
+            Err(hv::LoadError::Range(e)) => return Err(malformed(e.to_string())),
+        }
+        self.check(kind, crc)
     }
 
     fn expect(&mut self, want: Kind) -> Result<Vec<u8>, SnapshotError> {
@@ -589,23 +622,7 @@ impl<R: Read> SnapshotReader<R> {
                 Payload::Read(bytes) => memory
                     .write(gpa, &bytes[8..])
                     .map_err(|e| malformed(e.to_string()))?,
-                Payload::Stream(mut crc) => {
-                    let loaded = memory.load_from_reader(
-                        gpa,
-                        data_len as usize,
-                        &mut self.input,
-                        &mut |b| crc.update(b),
-                    );
-                    match loaded {
-                        Ok(()) => {}
-                        Err(hv::LoadError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                            return Err(SnapshotError::Truncated(kind.name()))
-                        }
-                        Err(hv::LoadError::Io(e)) => return Err(SnapshotError::Io(e)),
-                        Err(hv::LoadError::Range(e)) => return Err(malformed(e.to_string())),
-                    }
-                    self.check(kind, crc)?;
-                }
+                Payload::Stream(crc) => self.load_pages(memory, gpa, data_len as usize, crc)?,
             }
             next_free = gpa + data_len;
             pages += data_len / PAGE as u64;
@@ -644,16 +661,7 @@ impl<R: Read> SnapshotReader<R> {
                 }
                 _ => {
                     // The machine's state: read whole, for `state`.
-                    let mut payload = Vec::with_capacity(len);
-                    let got = (&mut self.input)
-                        .take(len as u64)
-                        .read_to_end(&mut payload)
-                        .map_err(SnapshotError::Io)?;
-                    if got < len {
-                        return Err(SnapshotError::Truncated(kind.name()));
-                    }
-                    crc.update(&payload);
-                    self.check(kind, crc)?;
+                    let payload = self.payload(kind, len, crc)?;
                     self.next = Some((kind, payload));
                     return Ok(pages);
                 }
@@ -702,19 +710,7 @@ impl<R: Read> SnapshotReader<R> {
                     .discard(gpa, data_len)
                     .map_err(|e| malformed(e.to_string()))?;
             } else {
-                let loaded =
-                    memory.load_from_reader(gpa, data_len as usize, &mut self.input, &mut |b| {
-                        crc.update(b)
-                    });
-                match loaded {
-                    Ok(()) => {}
-                    Err(hv::LoadError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                        return Err(SnapshotError::Truncated(kind.name()))
-                    }
-                    Err(hv::LoadError::Io(e)) => return Err(SnapshotError::Io(e)),
-                    Err(hv::LoadError::Range(e)) => return Err(malformed(e.to_string())),
-                }
-                self.check(kind, crc)?;
+                self.load_pages(memory, gpa, data_len as usize, crc)?;
                 pages += data_len / PAGE as u64;
             }
         }
