@@ -28,6 +28,10 @@
 //! | `thread_clock` | a process's threads' run and wait times, read cheaply every interval |
 //! | `cpu` | `vessel sched`: scheduling parameters shown and changed |
 //! | `rates` | disk and switch port rate limits changed while domains run |
+//! | `memory` | a domain's memory as its balloon shows it; `vessel mem-set` |
+//! | `allocation` | the memory policy: who holds how much of the memory pool |
+//! | `sharing` | content-based page sharing (KSM) driven by the plane |
+//! | `migration` | live migration: sending a domain to a daemon, and receiving one |
 //! | `error` | [`ControlError`] |
 #![forbid(unsafe_code)]
 

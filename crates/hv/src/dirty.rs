@@ -88,7 +88,7 @@ impl DirtyPages {
             };
             let mut i = 0;
             while i < r.pages {
-                if r.bits[(i / 64) as usize] == 0 {
+                if r.bits.get((i / 64) as usize).is_none_or(|&w| w == 0) {
                     i = (i / 64 + 1) * 64;
                     continue;
                 }

@@ -242,6 +242,19 @@ impl Instance {
         })
     }
 
+    /// Checks that `spec`, a definition a save records or a migration sends (`what`), describes
+    /// this very machine: its memory, vCPUs, disks and VIFs.
+    fn check_shape(&self, spec: &DomainSpec, what: &str) -> Result<(), String> {
+        let shape = |s: &DomainSpec| (s.memory, s.vcpus, s.disks.len(), s.nets.len());
+        if shape(spec) != shape(&self.spec) {
+            return Err(format!(
+                "the definition to {what} differs from the running domain in memory, vCPUs, \
+                 disks or VIFs"
+            ));
+        }
+        Ok(())
+    }
+
     /// Holds back a save while another change of the domain is made; refused while one runs.
     fn change(&self) -> Result<std::sync::RwLockReadGuard<'_, ()>, String> {
         match self.saving.try_read() {
@@ -260,14 +273,7 @@ impl Instance {
     /// it was running) and the error says what failed.
     pub fn save(&self, out: std::fs::File, spec: DomainSpec) -> Result<SaveReport, String> {
         // The definition recorded must describe this very machine.
-        let shape = |s: &DomainSpec| (s.memory, s.vcpus, s.disks.len(), s.nets.len());
-        if shape(&spec) != shape(&self.spec) {
-            return Err(
-                "the definition to record differs from the running domain in memory, \
-                        vCPUs, disks or VIFs"
-                    .into(),
-            );
-        }
+        self.check_shape(&spec, "record")?;
         let _saving = self.saving.write().unwrap_or_else(|e| e.into_inner());
         let was_running = match self.status().state {
             RunState::Running => true,
@@ -314,14 +320,7 @@ impl Instance {
         spec: DomainSpec,
         params: crate::migration::MigrateParams,
     ) -> Result<crate::migration::MigrationReport, String> {
-        let shape = |s: &DomainSpec| (s.memory, s.vcpus, s.disks.len(), s.nets.len());
-        if shape(&spec) != shape(&self.spec) {
-            return Err(
-                "the definition to send differs from the running domain in memory, vCPUs, \
-                 disks or VIFs"
-                    .into(),
-            );
-        }
+        self.check_shape(&spec, "send")?;
         let msrs = self
             .msrs_to_save
             .as_ref()

@@ -217,14 +217,20 @@ impl<'a> Sender<'a> {
     /// the pause never waits on a backlog of earlier rounds.
     fn sync(&mut self) -> Result<(), String> {
         self.writer.sync().map_err(|e| sending(self.conn, &e))?;
+        self.expect_answer(SYNCED, "to take the pages")
+    }
+
+    /// Reads the receiver's next answer, which must be `want` (a refusal says why); `waiting`
+    /// says for what, in an error.
+    fn expect_answer(&self, want: &str, waiting: &str) -> Result<(), String> {
         match read_line(self.conn) {
-            Ok(line) if line == SYNCED => Ok(()),
+            Ok(line) if line == want => Ok(()),
             Ok(line) if line.starts_with(REFUSED) => Err(format!(
                 "the receiver refused the domain: {}",
                 &line[REFUSED.len()..]
             )),
-            Ok(line) => Err(format!("the receiver answered {line:?}, not {SYNCED:?}")),
-            Err(e) => Err(format!("waiting for the receiver to take the pages: {e}")),
+            Ok(line) => Err(format!("the receiver answered {line:?}, not {want:?}")),
+            Err(e) => Err(format!("waiting for the receiver {waiting}: {e}")),
         }
     }
 
@@ -292,9 +298,7 @@ impl<'a> Sender<'a> {
             self.report.rounds += 1;
         }
     }
-}
 
-impl Sender<'_> {
     /// Notes that the hand-over's step `what` is done now.
     pub fn mark(&mut self, what: &'static str) {
         self.steps.push((what, Instant::now()));
@@ -317,17 +321,9 @@ impl Sender<'_> {
             .and_then(|()| self.writer.end())
             .map_err(|e| sending(self.conn, &e))?;
         self.mark("state sent");
-        let answer = read_line(self.conn);
+        let answer = self.expect_answer(READY, "to be ready");
         self.mark("receiver ready");
-        match answer {
-            Ok(line) if line == READY => Ok(()),
-            Ok(line) if line.starts_with(REFUSED) => Err(format!(
-                "the receiver refused the domain: {}",
-                &line[REFUSED.len()..]
-            )),
-            Ok(line) => Err(format!("the receiver answered {line:?}, not {READY:?}")),
-            Err(e) => Err(format!("waiting for the receiver to be ready: {e}")),
-        }
+        answer
     }
 
     /// Tells the receiver to run the domain (or to keep it paused, if it was paused here):

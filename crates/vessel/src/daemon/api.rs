@@ -312,15 +312,7 @@ fn restore_domain(plane: &ControlPlane, _: &Params, req: &Request) -> Answer {
     let from: RestoreFrom = serde_json::from_slice(&req.body)
         .map_err(|e| ControlError::Invalid(format!("invalid restore: {e}")))?;
     let name = plane.restore(snapshot_path(&from.path)?, from.name.as_deref())?;
-    let params = Params {
-        name,
-        ..Params::default()
-    };
-    let answer = get_domain(plane, &params, req)?;
-    Ok(Response {
-        status: 201,
-        ..answer
-    })
+    started(plane, name, req)
 }
 
 /// The body of `POST /v1/domains/{name}/migrate`.
@@ -380,6 +372,11 @@ fn migrate_receive(plane: &ControlPlane, _: &Params, req: &Request) -> Answer {
         from.name.as_deref(),
         std::time::Duration::from_secs(from.wait_s.min(86_400)),
     )?;
+    started(plane, name, req)
+}
+
+/// 201 with the info of domain `name`, which a restore or an incoming migration started.
+fn started(plane: &ControlPlane, name: String, req: &Request) -> Answer {
     let params = Params {
         name,
         ..Params::default()
