@@ -5,7 +5,12 @@
 //!
 //! A thread seen for the first time gives a baseline, not a difference, so a thread found late
 //! is not charged its whole past at once.
-
+//!
+//! The kernel adds a wait to schedstat when it ends, as the thread gets a CPU: a thread that sat
+//! on a run queue for a whole interval shows neither run nor wait, like a sleeping one. So a
+//! thread that did nothing in an interval has its state read as well (`/proc/.../stat`, once
+//! more per interval while it stays runnable, once when it falls asleep, then not again until
+//! it runs): a runnable one makes the sample [`Usage::queued`].
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -15,11 +20,36 @@ use crate::bvt::Usage;
 /// Samples between readings of the thread list.
 const RESCAN: u32 = 50;
 
+/// One thread followed.
+struct Thread {
+    schedstat: File,
+    /// Its stat file (for its state), opened the first time it is needed.
+    stat: Option<File>,
+    /// Time it had run at the last sample.
+    run: u64,
+    /// Time it had waited at the last sample.
+    wait: u64,
+    /// Whether an interval without progress needs its state read: it ran (or has not been
+    /// looked at) since it was last seen asleep.
+    may_be_queued: bool,
+}
+
+impl Thread {
+    /// Whether it is on a run queue now (`/proc/.../stat` state R), read through `task`'s
+    /// stat file, kept open.
+    fn runnable(&mut self, task: impl FnOnce() -> String) -> bool {
+        if self.stat.is_none() {
+            self.stat = File::open(task()).ok();
+        }
+        self.stat.as_ref().and_then(read_state) == Some(b'R')
+    }
+}
+
 /// The clocks of one process's threads.
 pub struct ThreadClocks {
     pid: u32,
-    /// Each thread's schedstat file and its (run, wait) at the last sample.
-    threads: BTreeMap<u32, (File, u64, u64)>,
+    /// Each thread's files and its times at the last sample.
+    threads: BTreeMap<u32, Thread>,
     since_scan: u32,
 }
 
@@ -45,12 +75,21 @@ impl ThreadClocks {
     pub fn sample(&mut self) -> Usage {
         let mut used = Usage::default();
         let mut gone = false;
+        let pid = self.pid;
         self.threads
-            .retain(|_, (file, run, wait)| match read(file) {
-                Some((r, w)) => {
-                    used.run_ns += r.saturating_sub(*run);
-                    used.wait_ns += w.saturating_sub(*wait);
-                    (*run, *wait) = (r, w);
+            .retain(|tid, t| match read_times(&t.schedstat) {
+                Some((run, wait)) => {
+                    let (ran, waited) = (run.saturating_sub(t.run), wait.saturating_sub(t.wait));
+                    used.run_ns += ran;
+                    used.wait_ns += waited;
+                    (t.run, t.wait) = (run, wait);
+                    if ran > 0 || waited > 0 {
+                        t.may_be_queued = true;
+                    } else if t.may_be_queued {
+                        let queued = t.runnable(|| format!("/proc/{pid}/task/{tid}/stat"));
+                        used.queued |= queued;
+                        t.may_be_queued = queued;
+                    }
                     true
                 }
                 None => {
@@ -78,18 +117,25 @@ impl ThreadClocks {
             if self.threads.contains_key(&tid) {
                 continue;
             }
-            let Ok(file) = File::open(task.path().join("schedstat")) else {
+            let Ok(schedstat) = File::open(task.path().join("schedstat")) else {
                 continue;
             };
-            if let Some((run, wait)) = read(&file) {
-                self.threads.insert(tid, (file, run, wait));
+            if let Some((run, wait)) = read_times(&schedstat) {
+                let thread = Thread {
+                    schedstat,
+                    stat: None,
+                    run,
+                    wait,
+                    may_be_queued: true,
+                };
+                self.threads.insert(tid, thread);
             }
         }
     }
 }
 
 /// A schedstat file's run and wait times.
-fn read(file: &File) -> Option<(u64, u64)> {
+fn read_times(file: &File) -> Option<(u64, u64)> {
     let mut buf = [0u8; 96];
     let n = file.read_at(&mut buf, 0).ok()?;
     let text = std::str::from_utf8(&buf[..n]).ok()?;
@@ -98,6 +144,21 @@ fn read(file: &File) -> Option<(u64, u64)> {
         (Some(Some(run)), Some(Some(wait))) => Some((run, wait)),
         _ => None,
     }
+}
+
+/// A stat file's state letter (R, S, D...).
+fn read_state(file: &File) -> Option<u8> {
+    // "TID (COMM) S ...": the name (at most 16 bytes) may hold anything, spaces and parentheses
+    // too; nothing after it holds a parenthesis.
+    let mut buf = [0u8; 128];
+    let n = file.read_at(&mut buf, 0).ok()?;
+    state_of(&buf[..n])
+}
+
+/// The state letter of a stat line.
+fn state_of(line: &[u8]) -> Option<u8> {
+    let close = line.iter().rposition(|&b| b == b')')?;
+    line.get(close + 2).copied()
 }
 
 #[cfg(test)]
@@ -130,5 +191,73 @@ mod tests {
         let again = clocks.sample();
         assert!(again.run_ns < used.run_ns, "{again:?} after {used:?}");
         assert_eq!(clocks.pid(), std::process::id());
+    }
+
+    #[test]
+    fn the_state_letter_follows_the_last_parenthesis() {
+        assert_eq!(state_of(b"42 (vcpu 0) R 1 2 3"), Some(b'R'));
+        assert_eq!(state_of(b"42 (a) (b)) S 1"), Some(b'S'));
+        assert_eq!(state_of(b"42 (cut"), None);
+    }
+
+    /// A thread kept from every CPU for a whole interval shows neither run nor wait in
+    /// schedstat; the sample says it was queued. (Pinned to CPU 0 at nice 19 beside a nice -20
+    /// spinner there: the fair scheduler gives it about 1/6000 of the CPU.)
+    #[test]
+    fn a_thread_starved_for_a_whole_interval_is_queued() {
+        use std::process::Command;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let spinner = std::thread::spawn({
+            let stop = stop.clone();
+            move || {
+                let me = std::fs::read_link("/proc/thread-self").unwrap();
+                tx.send(me.file_name().unwrap().to_string_lossy().into_owned())
+                    .unwrap();
+                while !stop.load(Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            }
+        });
+        let tid = rx.recv().unwrap();
+        let run = |cmd: &str| {
+            let status = Command::new("sh").args(["-c", cmd]).status().unwrap();
+            assert!(status.success(), "{cmd}: {status} (the test needs root)");
+        };
+        run(&format!(
+            "taskset -pc 0 {tid} >/dev/null && renice -n 19 -p {tid} >/dev/null"
+        ));
+        let mut hog = Command::new("nice")
+            .args([
+                "-n",
+                "-20",
+                "taskset",
+                "-c",
+                "0",
+                "sh",
+                "-c",
+                "while :; do :; done",
+            ])
+            .spawn()
+            .unwrap();
+        let mut clocks = ThreadClocks::new(std::process::id());
+        std::thread::sleep(Duration::from_millis(300));
+        let before = clocks.sample();
+        std::thread::sleep(Duration::from_millis(200));
+        let starved = clocks.sample();
+        let _ = hog.kill();
+        let _ = hog.wait();
+        stop.store(true, Ordering::Relaxed);
+        spinner.join().unwrap();
+        assert!(starved.queued, "{starved:?} (before: {before:?})");
+        // Asleep (this thread, the test harness's) is not queued.
+        let mut idle = ThreadClocks::new(std::process::id());
+        std::thread::sleep(Duration::from_millis(50));
+        let _ = idle.sample();
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!idle.sample().queued);
     }
 }
