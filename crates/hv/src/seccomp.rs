@@ -108,6 +108,7 @@ ioctl_iow_nr!(
 );
 ioctl_ior_nr!(KVM_GET_DEBUGREGS, KVMIO, 0xa1, kvm_bindings::kvm_debugregs);
 ioctl_iow_nr!(KVM_SET_DEBUGREGS, KVMIO, 0xa2, kvm_bindings::kvm_debugregs);
+ioctl_io_nr!(KVM_SET_TSC_KHZ, KVMIO, 0xa2);
 ioctl_io_nr!(KVM_GET_TSC_KHZ, KVMIO, 0xa3);
 ioctl_ior_nr!(KVM_GET_XCRS, KVMIO, 0xa6, kvm_bindings::kvm_xcrs);
 ioctl_iow_nr!(KVM_SET_XCRS, KVMIO, 0xa7, kvm_bindings::kvm_xcrs);
@@ -290,6 +291,7 @@ fn program(kind: ThreadKind) -> Result<BpfProgram, String> {
                 KVM_GET_DEBUGREGS(),
                 KVM_SET_DEBUGREGS(),
                 KVM_GET_TSC_KHZ(),
+                KVM_SET_TSC_KHZ(),
                 KVM_GET_XCRS(),
                 KVM_SET_XCRS(),
                 KVM_KVMCLOCK_CTRL(),

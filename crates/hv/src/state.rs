@@ -362,18 +362,21 @@ impl crate::Vcpu {
     /// Gives this vCPU the state `state` (its CPUID must already be set, as when it was
     /// saved), its TSC moved on by `elapsed_ns` of real time (the time the guest spent saved,
     /// as its kvmclock is: a guest that keeps time with the TSC keeps the right time too).
-    /// Refuses a state whose TSC ran at another frequency than this vCPU's, and an MSR this
-    /// KVM does not take, by name.
+    /// A state whose TSC ran at another frequency than this vCPU's gets its frequency
+    /// (`KVM_SET_TSC_KHZ`: the CPU scales the TSC, or KVM catches a slower one up), or is
+    /// refused with both frequencies where KVM cannot; an MSR this KVM does not take is refused
+    /// by name.
     pub fn restore_state(&self, state: &VcpuState, elapsed_ns: u64) -> Result<(), HvError> {
         let fd = self.fd();
         if let (Some(saved), Ok(here)) = (state.tsc_khz, fd.get_tsc_khz()) {
             if saved != here {
-                return Err(HvError::Ioctl {
+                fd.set_tsc_khz(saved).map_err(|e| HvError::Ioctl {
                     op: "SET_TSC_KHZ",
                     source: std::io::Error::other(format!(
-                        "the saved vCPU's TSC ran at {saved} kHz, this host's at {here} kHz"
+                        "the saved vCPU's TSC ran at {saved} kHz, this host's at {here} kHz, \
+                         and this host's KVM cannot run it at {saved} kHz ({e})"
                     )),
-                });
+                })?;
             }
         }
         fd.set_mp_state(state.mp_state)
@@ -632,5 +635,36 @@ mod tests {
         assert_eq!(moved_on(5_000, 1_000_000, 1_000_700), 5_700);
         assert_eq!(moved_on(5_000, 1_000_000, 999_000), 5_000);
         assert_eq!(moved_on(u64::MAX - 1, 0, 10), u64::MAX);
+    }
+
+    /// A vCPU saved where the TSC ran at another frequency runs at the saved one here, or is
+    /// refused with both (this host's KVM may or may not scale the TSC; either is right, a
+    /// vCPU left at this host's frequency is not). On `/dev/kvm`.
+    #[test]
+    fn a_vcpu_from_a_host_of_another_tsc_frequency_gets_it_or_is_refused() {
+        let hv = crate::Hypervisor::open().expect("this test needs /dev/kvm");
+        let vm = hv.create_vm().unwrap();
+        let vcpu = vm.create_vcpu(0).unwrap();
+        let here = vcpu.fd().get_tsc_khz().expect("KVM_GET_TSC_KHZ");
+        let mut state = vcpu.save_state(&[]).unwrap();
+        // 1% slower: beyond KVM's tolerance (250 ppm); without TSC scaling it cannot catch
+        // a slower TSC up.
+        let saved = here - here / 100;
+        state.tsc_khz = Some(saved);
+        match vcpu.restore_state(&state, 0) {
+            // KVM may keep the asked frequency in its books even when it refuses it: a
+            // refused vCPU is thrown away.
+            Err(e) if e.to_string().contains("kHz") => {
+                let e = e.to_string();
+                assert!(
+                    e.contains(&format!("{saved} kHz")) && e.contains(&format!("{here} kHz")),
+                    "{e}"
+                );
+            }
+            other => {
+                let now = vcpu.fd().get_tsc_khz().unwrap();
+                assert_eq!(now, saved, "{other:?}: the TSC runs at {now} kHz");
+            }
+        }
     }
 }
