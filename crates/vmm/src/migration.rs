@@ -239,7 +239,14 @@ impl<'a> Sender<'a> {
     }
 
     /// Copies the memory while the guest runs: all of it, then the pages dirtied meanwhile,
-    /// round after round, until what is left fits the downtime target (or stops shrinking).
+    /// round after round, until what is left fits the downtime target and a round no longer
+    /// halves it (or it stops shrinking, or after [`MAX_ROUNDS`]).
+    ///
+    /// The target is the most pause allowed, not the pause aimed at: while each round at
+    /// least halves what is left, one more (a fraction of the one before, in time and bytes)
+    /// shortens the pause further. The pause also holds a hand-over of its own (the machine's
+    /// state, the receiver building it, two answers: about 20 ms in the box), which no round
+    /// shortens.
     pub fn precopy(&mut self, progress: &dyn Fn(Progress)) -> Result<(), String> {
         let all = hv::dirty::DirtyPages::all(&self.ram).runs(MAX_RECORD_PAGES as u64);
         let mut round_started = Instant::now();
@@ -249,6 +256,8 @@ impl<'a> Sender<'a> {
         self.report.rounds = 1;
         let mut smallest = u64::MAX;
         let mut rounds_without_progress = 0;
+        // What the round before left (the first round: all of the RAM).
+        let mut before = hv::dirty::DirtyPages::all(&self.ram).count();
         loop {
             let round_time = round_started.elapsed();
             let rate = (self.bytes() - bytes_before) as f64 / round_time.as_secs_f64().max(1e-3);
@@ -281,7 +290,10 @@ impl<'a> Sender<'a> {
             } else {
                 rounds_without_progress += 1;
             }
-            let done = expected_ms <= self.params.downtime_ms as f64
+            let halved = left * 2 <= before;
+            before = left;
+            let done = (expected_ms <= self.params.downtime_ms as f64 && !halved)
+                || left == 0
                 || self.report.rounds > MAX_ROUNDS
                 || rounds_without_progress >= 3;
             // The pages of this log go either way: in one more round while the guest runs,
