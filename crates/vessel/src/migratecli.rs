@@ -83,34 +83,48 @@ pub fn migrate(socket: &Path, args: MigrateArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Prints a progress line on stderr for each pre-copy round of domain `name`'s migration (as
-/// its info shows it), until `done`.
+/// its info shows it), and one a second while a round is under way, until `done`.
 fn show_progress(
     socket: &Path,
     name: &str,
     done: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> std::thread::JoinHandle<()> {
+    use std::time::{Duration, Instant};
     let (socket, name) = (socket.to_path_buf(), name.to_string());
     std::thread::spawn(move || {
-        let mut shown = 0;
+        let (mut shown_round, mut shown_bytes) = (0, 0);
+        let mut shown_at = Instant::now();
         while !done.load(std::sync::atomic::Ordering::SeqCst) {
-            std::thread::sleep(std::time::Duration::from_millis(250));
+            std::thread::sleep(Duration::from_millis(250));
             let Ok(v) = call(&socket, "GET", &format!("/v1/domains/{name}"), None) else {
                 continue;
             };
             let p = &v["migration"];
             let round = p["round"].as_u64().unwrap_or(0);
-            if round > shown && !done.load(std::sync::atomic::Ordering::SeqCst) {
-                shown = round;
-                let mib = |k: &str| p[k].as_u64().unwrap_or(0) as f64 / f64::from(1 << 20);
+            let sent = p["sent_bytes"].as_u64().unwrap_or(0);
+            if done.load(std::sync::atomic::Ordering::SeqCst) {
+                break;
+            }
+            let mib = |bytes: u64| bytes as f64 / f64::from(1 << 20);
+            if round > shown_round {
                 eprintln!(
                     "migrating '{name}': round {round}, {:.1} MiB sent, {} pages dirtied at \
                      {:.1} MiB/s, expected downtime {} ms",
-                    mib("sent_bytes"),
+                    mib(sent),
                     p["dirty_pages"],
-                    mib("dirty_bytes_per_s"),
+                    mib(p["dirty_bytes_per_s"].as_u64().unwrap_or(0)),
                     p["expected_downtime_ms"]
                 );
+            } else if sent > shown_bytes && shown_at.elapsed() >= Duration::from_secs(1) {
+                eprintln!(
+                    "migrating '{name}': round {} under way, {:.1} MiB sent",
+                    round + 1,
+                    mib(sent)
+                );
+            } else {
+                continue;
             }
+            (shown_round, shown_bytes, shown_at) = (round, sent, Instant::now());
         }
     })
 }

@@ -49,6 +49,8 @@ pub struct MigrateParams {
 pub const DEFAULT_DOWNTIME_MS: u64 = 60;
 /// The most pre-copy rounds after the first full copy.
 const MAX_ROUNDS: u32 = 30;
+/// Runs of pages (of at most 2 MiB each) sent between two progress reports within a round.
+const PROGRESS_RUNS: usize = 1;
 /// How long either side waits for the other to say or send anything.
 pub const PEER_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -73,11 +75,11 @@ pub struct MigrationReport {
     pub unconfirmed: Option<String>,
 }
 
-/// Where a migration is, after each pre-copy round (`vessel migrate`'s progress line; the
-/// domain's info while it runs).
+/// Where a migration is, after each pre-copy round and every 2 MiB or so during one
+/// (`vessel migrate`'s progress lines; the domain's info while it runs).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Progress {
-    /// Rounds sent so far.
+    /// Rounds sent so far (the next may be under way: `sent_bytes` grows).
     pub round: u32,
     /// Bytes sent so far.
     pub sent_bytes: u64,
@@ -201,15 +203,26 @@ impl<'a> Sender<'a> {
         })
     }
 
-    /// Sends `runs` of pages; returns how many were sent as data.
-    fn send_pages(&mut self, runs: &[(u64, u64)], zeros_sent: bool) -> Result<u64, String> {
-        let written = self
-            .writer
-            .pages(self.memory, runs, zeros_sent)
-            .map_err(|e| sending(self.conn, &e))?;
+    /// Sends `runs` of pages; returns how many were sent as data. `under_way` is told the
+    /// bytes sent so far after every [`PROGRESS_RUNS`] runs.
+    fn send_pages(
+        &mut self,
+        runs: &[(u64, u64)],
+        zeros_sent: bool,
+        under_way: &dyn Fn(u64),
+    ) -> Result<u64, String> {
+        let mut pages = 0;
+        for batch in runs.chunks(PROGRESS_RUNS) {
+            let written = self
+                .writer
+                .pages(self.memory, batch, zeros_sent)
+                .map_err(|e| sending(self.conn, &e))?;
+            pages += written.pages;
+            under_way(self.bytes());
+        }
         self.writer.flush().map_err(|e| sending(self.conn, &e))?;
-        self.report.pages += written.pages;
-        Ok(written.pages)
+        self.report.pages += pages;
+        Ok(pages)
     }
 
     /// Waits until the receiver has read and placed everything sent so far (a sync record,
@@ -247,11 +260,22 @@ impl<'a> Sender<'a> {
     /// shortens the pause further. The pause also holds a hand-over of its own (the machine's
     /// state, the receiver building it, two answers: about 20 ms in the box), which no round
     /// shortens.
+    ///
+    /// `progress` is told where it is after each round, and the bytes sent so far after each
+    /// run of pages (at most 2 MiB) during one.
     pub fn precopy(&mut self, progress: &dyn Fn(Progress)) -> Result<(), String> {
         let all = hv::dirty::DirtyPages::all(&self.ram).runs(MAX_RECORD_PAGES as u64);
         let mut round_started = Instant::now();
         let mut bytes_before = self.bytes();
-        self.send_pages(&all, false)?;
+        // The last round's figures, with the bytes sent so far.
+        let last = std::cell::Cell::new(Progress::default());
+        let under_way = |sent_bytes| {
+            progress(Progress {
+                sent_bytes,
+                ..last.get()
+            })
+        };
+        self.send_pages(&all, false, &under_way)?;
         self.sync()?;
         self.report.rounds = 1;
         let mut smallest = u64::MAX;
@@ -284,6 +308,7 @@ impl<'a> Sender<'a> {
                 "migration round"
             );
             progress(now);
+            last.set(now);
             if left < smallest {
                 smallest = left;
                 rounds_without_progress = 0;
@@ -305,7 +330,7 @@ impl<'a> Sender<'a> {
             let runs = dirty.runs(MAX_RECORD_PAGES as u64);
             round_started = Instant::now();
             bytes_before = self.bytes();
-            self.send_pages(&runs, true)?;
+            self.send_pages(&runs, true, &under_way)?;
             self.sync()?;
             self.report.rounds += 1;
         }
@@ -326,7 +351,8 @@ impl<'a> Sender<'a> {
                 .take_dirty_pages(self.memory)
                 .map_err(|e| format!("reading the dirty log: {e}"))?,
         );
-        self.report.last_pages = self.send_pages(&dirty.runs(MAX_RECORD_PAGES as u64), true)?;
+        self.report.last_pages =
+            self.send_pages(&dirty.runs(MAX_RECORD_PAGES as u64), true, &|_| {})?;
         self.mark("last pages sent");
         self.writer
             .state(saved)
