@@ -49,8 +49,8 @@ pub struct MigrateParams {
 pub const DEFAULT_DOWNTIME_MS: u64 = 60;
 /// The most pre-copy rounds after the first full copy.
 const MAX_ROUNDS: u32 = 30;
-/// Runs of pages (of at most 2 MiB each) sent between two progress reports within a round.
-const PROGRESS_RUNS: usize = 1;
+/// Pages sent between two progress reports within a round (2 MiB).
+const PROGRESS_PAGES: u64 = 512;
 /// How long either side waits for the other to say or send anything.
 pub const PEER_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -204,7 +204,7 @@ impl<'a> Sender<'a> {
     }
 
     /// Sends `runs` of pages; returns how many were sent as data. `under_way` is told the
-    /// bytes sent so far after every [`PROGRESS_RUNS`] runs.
+    /// bytes sent so far after about every [`PROGRESS_PAGES`] pages.
     fn send_pages(
         &mut self,
         runs: &[(u64, u64)],
@@ -212,7 +212,17 @@ impl<'a> Sender<'a> {
         under_way: &dyn Fn(u64),
     ) -> Result<u64, String> {
         let mut pages = 0;
-        for batch in runs.chunks(PROGRESS_RUNS) {
+        let mut rest = runs;
+        while !rest.is_empty() {
+            // Whole runs up to PROGRESS_PAGES pages (at least one run).
+            let mut take = 0;
+            let mut batch_pages = 0;
+            while take < rest.len() && (take == 0 || batch_pages + rest[take].1 <= PROGRESS_PAGES) {
+                batch_pages += rest[take].1;
+                take += 1;
+            }
+            let (batch, next) = rest.split_at(take);
+            rest = next;
             let written = self
                 .writer
                 .pages(self.memory, batch, zeros_sent)

@@ -190,6 +190,9 @@ pub struct SnapshotWriter<W: Write> {
     /// Whether a memory record's checksum covers its pages (a snapshot's) or only its address
     /// (a migration's: see [`SnapshotWriter::pages`]).
     pages_checked: bool,
+    /// Where pages are copied before they are written ([`MAX_RECORD_PAGES`] of them; kept,
+    /// since a migration round may write thousands of short runs).
+    chunk: Vec<u8>,
 }
 
 impl<W: Write> SnapshotWriter<W> {
@@ -209,6 +212,7 @@ impl<W: Write> SnapshotWriter<W> {
         Ok(SnapshotWriter {
             out,
             pages_checked: magic == MAGIC,
+            chunk: Vec::new(),
         })
     }
 
@@ -298,9 +302,24 @@ impl<W: Write> SnapshotWriter<W> {
         runs: &[(u64, u64)],
         zeros_sent: bool,
     ) -> Result<MemoryWritten, SnapshotError> {
-        const ZERO: [u8; PAGE] = [0; PAGE];
         let mut written = MemoryWritten::default();
-        let mut chunk = vec![0u8; MAX_RECORD_PAGES * PAGE];
+        let mut chunk = std::mem::take(&mut self.chunk);
+        chunk.resize(MAX_RECORD_PAGES * PAGE, 0);
+        let result = self.write_runs(memory, runs, zeros_sent, &mut chunk, &mut written);
+        self.chunk = chunk;
+        result.map(|()| written)
+    }
+
+    /// [`SnapshotWriter::pages`], through `chunk`, counting into `written`.
+    fn write_runs(
+        &mut self,
+        memory: &GuestMemory,
+        runs: &[(u64, u64)],
+        zeros_sent: bool,
+        chunk: &mut [u8],
+        written: &mut MemoryWritten,
+    ) -> Result<(), SnapshotError> {
+        const ZERO: [u8; PAGE] = [0; PAGE];
         for &(base, count) in runs {
             let len = (count as usize).min(MAX_RECORD_PAGES) * PAGE;
             let buf = &mut chunk[..len];
@@ -335,7 +354,7 @@ impl<W: Write> SnapshotWriter<W> {
                 }
             }
         }
-        Ok(written)
+        Ok(())
     }
 
     /// Flushes what was written so far.
