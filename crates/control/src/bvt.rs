@@ -7,9 +7,9 @@
 //! *effective virtual time* E = A - W while it is warped (W: its warp), A otherwise. BVT runs
 //! the runnable domain of least E. Here the host kernel dispatches (its fair scheduler, per
 //! group), and this module steers it: every interval each domain's group gets a kernel weight
-//! of `weight * 2^((mean E - A) / (progress * 1.5) + W / (progress * 0.7))` (the lag only
-//! while it waits, W only while it may warp), where `progress` is how far virtual time moved
-//! in the interval. A domain behind the others (it got less than its share, whatever the
+//! of `weight * 2^((mean E - E) / (progress * 1.5))` while it waits, and of
+//! `weight * 2^(W / (progress * 0.7))` while it does not (W only while it may warp: ready for
+//! its next wake-up), where `progress` is how far virtual time moved in the interval. A domain behind the others (it got less than its share, whatever the
 //! kernel's reasons: its placement on CPUs, its neighbours' threads) is weighted up until it
 //! has caught up; one ahead is weighted down. So among domains that want CPU, A advances
 //! alike for all, which is proportional share; a warped domain is weighted up ahead of its
@@ -37,9 +37,10 @@ use vmm::SchedParams;
 /// weight late: at 0.7, a kernel two intervals late and noisy (as L1 in the box may be) held
 /// the shares 12% off in the tests' model, against 1 to 3% at 1.5 for up to three intervals.
 const GAIN: f64 = 1.5;
-/// How strongly a warp weights a domain up: a warp of one interval's progress weights it up
-/// by `2^(1 / WARP_GAIN)`. A warp is an open-loop boost ahead of a wake-up, not feedback, so
-/// it may be stronger than [`GAIN`].
+/// How strongly a warp weights up a domain that is not waiting (ready for its next wake-up):
+/// a warp of one interval's progress weights it up by `2^(1 / WARP_GAIN)`. An open-loop boost,
+/// not feedback, so it may be stronger than [`GAIN`]. While it waits, its warp counts in its
+/// E, under [`GAIN`] with its lag, so it settles W ahead in A, as BVT's E = A - W says.
 const WARP_GAIN: f64 = 0.7;
 /// The kernel weight of a domain is its weight times a factor of at most this, or at least its
 /// inverse.
@@ -63,8 +64,10 @@ pub struct Usage {
     /// Time its threads were ready to run but waited for a CPU, in nanoseconds (as the kernel
     /// counts it: a wait when it ended).
     pub wait_ns: u64,
-    /// A thread of it was on a run queue at the end of the interval without having run in it:
-    /// it wanted CPU all along, though its wait is not counted yet.
+    /// A thread of it was on a run queue at the end of the interval and had not run in it:
+    /// most likely it waited all along, its wait not counted yet (or it woke just before the
+    /// end: then its domain counts as waiting for one interval, a claim bounded by
+    /// [`MAX_LAG`]).
     pub queued: bool,
 }
 
@@ -286,14 +289,14 @@ impl Bvt {
         } else {
             0.0
         };
-        // Not waiting, it gets what it wants: only a warp weights it up, ready for its next
-        // wake-up. Waiting, its lag counts too (E - mean E = A - mean E - warp).
-        let behind = if a.contended {
-            (mean - a.actual) / progress
+        // Waiting: its E against the others'. Not waiting, it gets what it wants: only a
+        // warp weights it up, ready for its next wake-up.
+        let exponent = if a.contended {
+            (mean - effective(a)) / progress / GAIN
         } else {
-            0.0
+            warp / progress / WARP_GAIN
         };
-        let factor = (behind / GAIN + warp / progress / WARP_GAIN).exp2();
+        let factor = exponent.exp2();
         weight * factor.clamp(1.0 / MAX_FACTOR, MAX_FACTOR)
     }
 

@@ -223,6 +223,11 @@ mod tests {
             }
         });
         let tid = rx.recv().unwrap();
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        assert!(
+            status.lines().any(|l| l.starts_with("Uid:\t0\t")),
+            "this test needs root (a nice -20 spinner)"
+        );
         let run = |cmd: &str| {
             let status = Command::new("sh").args(["-c", cmd]).status().unwrap();
             assert!(status.success(), "{cmd}: {status} (the test needs root)");

@@ -20,7 +20,8 @@ pub struct MigrateArgs {
     #[arg(long)]
     token: String,
     /// The longest pause the guest should see, in milliseconds: memory is copied while it
-    /// runs until what is left can go in this long.
+    /// runs until what is left can go in this long (and while each round halves what is
+    /// left).
     #[arg(long, value_name = "MS", default_value_t = vmm::migration::DEFAULT_DOWNTIME_MS)]
     downtime: u64,
     /// The most to send, in MiB per second (default: as fast as the link goes).

@@ -38,7 +38,8 @@ use crate::spec::DomainSpec;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MigrateParams {
     /// The longest pause the guest should see, in milliseconds: pre-copy goes on until what
-    /// is left can be sent in this long.
+    /// is left can be sent in this long and a round no longer halves it (the hand-over adds
+    /// its own few tens of milliseconds).
     pub downtime_ms: u64,
     /// The most bytes per second to send, or none for as fast as the link goes.
     #[serde(default)]
