@@ -475,23 +475,48 @@ mod tests {
     /// Runs `ticks` intervals of the model under BVT (or, `steered` false, under the kernel's
     /// weights alone: cgroups only) and returns each domain's mean CPU over the last half.
     fn simulate(cpus: f64, domains: &[SimDomain], ticks: usize, steered: bool) -> Vec<f64> {
+        simulate_late(cpus, domains, ticks, steered, 0, &mut || 1.0)
+    }
+
+    /// [`simulate`] on a kernel that acts on each weight `late` intervals after it was
+    /// written, and gives each domain its bias times `noise()` in each interval.
+    fn simulate_late(
+        cpus: f64,
+        domains: &[SimDomain],
+        ticks: usize,
+        steered: bool,
+        late: usize,
+        noise: &mut dyn FnMut() -> f64,
+    ) -> Vec<f64> {
         let mut bvt = Bvt::new();
         for d in domains {
             bvt.set(&d.name, d.vcpus, d.params);
         }
+        let mut written: Vec<Vec<f64>> = Vec::new();
         let mut total = vec![0.0; domains.len()];
         for t in 0..ticks {
-            let weights: Vec<f64> = domains
+            written.push(
+                domains
+                    .iter()
+                    .map(|d| {
+                        if steered {
+                            bvt.kernel_weight(&d.name).unwrap()
+                        } else {
+                            f64::from(d.params.weight)
+                        }
+                    })
+                    .collect(),
+            );
+            let acted_on = &written[written.len().saturating_sub(1 + late)];
+            let today: Vec<SimDomain> = domains
                 .iter()
-                .map(|d| {
-                    if steered {
-                        bvt.kernel_weight(&d.name).unwrap()
-                    } else {
-                        f64::from(d.params.weight)
-                    }
+                .map(|d| SimDomain {
+                    name: d.name.clone(),
+                    bias: d.bias * noise(),
+                    ..*d
                 })
                 .collect();
-            let usage = host(cpus, domains, &weights, INTERVAL);
+            let usage = host(cpus, &today, acted_on, INTERVAL);
             bvt.account(INTERVAL, &usage);
             if t >= ticks / 2 {
                 for (i, d) in domains.iter().enumerate() {
@@ -543,10 +568,6 @@ mod tests {
             domain("w3", 3, 1.0, 1.0),
             domain("w4", 4, 1.0, 0.85),
         ];
-        let mut bvt = Bvt::new();
-        for d in &domains {
-            bvt.set(&d.name, d.vcpus, d.params);
-        }
         let mut seed = 12345u64;
         let mut noise = || {
             seed = seed
@@ -554,34 +575,9 @@ mod tests {
                 .wrapping_add(1_442_695_040_888_963_407);
             0.6 + 0.8 * (seed >> 11) as f64 / (1u64 << 53) as f64
         };
-        let mut written: Vec<Vec<f64>> = Vec::new();
-        let mut total = [0.0; 4];
-        for t in 0..4000 {
-            written.push(
-                domains
-                    .iter()
-                    .map(|d| bvt.kernel_weight(&d.name).unwrap())
-                    .collect(),
-            );
-            let acted_on = &written[written.len().saturating_sub(3)];
-            let today: Vec<SimDomain> = domains
-                .iter()
-                .map(|d| SimDomain {
-                    name: d.name.clone(),
-                    bias: d.bias * noise(),
-                    ..domain(&d.name, d.params.weight, d.demand, 1.0)
-                })
-                .collect();
-            let usage = host(1.95, &today, acted_on, INTERVAL);
-            bvt.account(INTERVAL, &usage);
-            if t >= 2000 {
-                for (i, d) in domains.iter().enumerate() {
-                    total[i] += usage[&d.name].run_ns as f64;
-                }
-            }
-        }
-        let sum: f64 = total.iter().sum();
-        let shares: Vec<f64> = total.iter().map(|t| t / sum).collect();
+        let cpu = simulate_late(1.95, &domains, 4000, true, 2, &mut noise);
+        let sum: f64 = cpu.iter().sum();
+        let shares: Vec<f64> = cpu.iter().map(|c| c / sum).collect();
         let want = [0.1, 0.2, 0.3, 0.4];
         assert!(
             worst_error(&shares, &want) < 0.03,

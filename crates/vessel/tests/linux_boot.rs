@@ -117,14 +117,16 @@ fn guest_reboot_restarts_or_exits_as_asked() {
              --cmdline 'console=ttyS0 quiet {extra} vcmd=\"reboot -f\"' </dev/null"
         )
     };
-    // With the default policy the domain boots again; stop it after the second boot.
+    // With the default policy the domain boots again; stop it after the second boot. (The
+    // log may end mid-line: the guest is still writing when it is read, so the figures
+    // start on a line of their own.)
     let restart = "vessel run --kernel /assets/vmlinux --initrd /assets/initramfs.cpio.gz \
          --cmdline 'console=ttyS0 quiet vcmd=\"reboot -f\"' </dev/null >/tmp/restart.log 2>&1 & \
          pid=$!; i=0; n=0; \
          while [ $i -lt 120 ]; do n=$(grep -c VESSEL-GUEST-INIT /tmp/restart.log); \
            [ $n -ge 2 ] && break; sleep 1; i=$((i+1)); done; \
          alive=no; kill -0 $pid 2>/dev/null && alive=yes; kill $pid; cat /tmp/restart.log; \
-         echo BOOTS=$n; echo ALIVE=$alive";
+         echo; echo BOOTS=$n; echo ALIVE=$alive";
     let run = box_with_vessel(600)
         .step("reboot-default", &reboot(""))
         .step("reboot-acpi", &reboot("reboot=acpi"))
