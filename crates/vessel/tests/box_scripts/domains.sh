@@ -27,11 +27,22 @@ no_crash() {
     exit 0
 }
 
-# reach N [check]: waits up to 300 s for guest N to answer L1's ping (fails if it does not);
-# with `check`, a guest that crashed on its own meanwhile ends the step (no_crash).
+# reach N [check]: waits up to 300 tries (a second or two each) for guest N to answer L1's
+# ping; if it never does, prints what the daemon of $VESSEL_SOCKET knows (its domains, their
+# consoles' ends, its log's end) as UNREACHABLE lines and fails. With `check`, a guest that
+# crashed on its own meanwhile ends the step (no_crash).
 reach() {
     i=0; until ping -c 1 -W 1 10.0.1.$1 >/dev/null 2>&1; do
-        i=$((i+1)); [ $i -ge 300 ] && return 1
+        i=$((i+1))
+        if [ $i -ge 300 ]; then
+            echo "UNREACHABLE=10.0.1.$1 ($i pings unanswered)"
+            api list 2>&1 | sed 's/^/UNREACHABLE_LIST /'
+            for g in $(api list 2>/dev/null | awk 'NR > 1 {print $2}'); do
+                api api GET /v1/domains/$g/console 2>&1 | tail -n 20 | sed "s/^/UNREACHABLE_CONSOLE_$g /"
+            done
+            tail -n 30 /tmp/daemon.log 2>/dev/null | sed 's/^/UNREACHABLE_DAEMON_LOG /'
+            return 1
+        fi
         [ -n "${2:-}" ] && [ $((i % 5)) = 0 ] && no_crash
         sleep 1
     done
