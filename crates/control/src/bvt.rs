@@ -9,11 +9,12 @@
 //! group), and this module steers it: every interval each domain's group gets a kernel weight
 //! of `weight * 2^((mean E - E) / (progress * 1.5))` while it waits, and of
 //! `weight * 2^(W / (progress * 0.7))` while it does not (W only while it may warp: ready for
-//! its next wake-up), where `progress` is how far virtual time moved in the interval. A domain behind the others (it got less than its share, whatever the
-//! kernel's reasons: its placement on CPUs, its neighbours' threads) is weighted up until it
-//! has caught up; one ahead is weighted down. So among domains that want CPU, A advances
-//! alike for all, which is proportional share; a warped domain is weighted up ahead of its
-//! wake-up, and pays for it afterwards because its run still counts in A.
+//! its next wake-up), where `progress` is how far virtual time moved in the interval. A
+//! domain behind the others (it got less than its share, whatever the kernel's reasons: its
+//! placement on CPUs, its neighbours' threads) is weighted up until it has caught up; one
+//! ahead is weighted down. So among domains that want CPU, A advances alike for all, which is
+//! proportional share; a warped domain is weighted up ahead of its wake-up, and pays for it
+//! afterwards because its run still counts in A.
 //!
 //! The rules of BVT, each kept here:
 //! - *no credit for sleeping*: a domain that did not wait for a CPU in an interval got all it

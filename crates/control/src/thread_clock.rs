@@ -11,6 +11,7 @@
 //! thread that did nothing in an interval has its state read as well (`/proc/.../stat`, once
 //! more per interval while it stays runnable, once when it falls asleep, then not again until
 //! it runs): a runnable one makes the sample [`Usage::queued`].
+
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -209,6 +210,11 @@ mod tests {
         use std::sync::atomic::{AtomicBool, Ordering};
         use std::sync::Arc;
 
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        assert!(
+            status.lines().any(|l| l.starts_with("Uid:\t0\t")),
+            "this test needs root (a nice -20 spinner)"
+        );
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = std::sync::mpsc::channel();
         let spinner = std::thread::spawn({
@@ -223,11 +229,6 @@ mod tests {
             }
         });
         let tid = rx.recv().unwrap();
-        let status = std::fs::read_to_string("/proc/self/status").unwrap();
-        assert!(
-            status.lines().any(|l| l.starts_with("Uid:\t0\t")),
-            "this test needs root (a nice -20 spinner)"
-        );
         let run = |cmd: &str| {
             let status = Command::new("sh").args(["-c", cmd]).status().unwrap();
             assert!(status.success(), "{cmd}: {status} (the test needs root)");

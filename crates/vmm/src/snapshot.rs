@@ -302,24 +302,24 @@ impl<W: Write> SnapshotWriter<W> {
         runs: &[(u64, u64)],
         zeros_sent: bool,
     ) -> Result<MemoryWritten, SnapshotError> {
-        let mut written = MemoryWritten::default();
+        // The buffer is lent out so that records can be written from it.
         let mut chunk = std::mem::take(&mut self.chunk);
         chunk.resize(MAX_RECORD_PAGES * PAGE, 0);
-        let result = self.write_runs(memory, runs, zeros_sent, &mut chunk, &mut written);
+        let written = self.write_runs(memory, runs, zeros_sent, &mut chunk);
         self.chunk = chunk;
-        result.map(|()| written)
+        written
     }
 
-    /// [`SnapshotWriter::pages`], through `chunk`, counting into `written`.
+    /// [`SnapshotWriter::pages`], through `chunk`.
     fn write_runs(
         &mut self,
         memory: &GuestMemory,
         runs: &[(u64, u64)],
         zeros_sent: bool,
         chunk: &mut [u8],
-        written: &mut MemoryWritten,
-    ) -> Result<(), SnapshotError> {
+    ) -> Result<MemoryWritten, SnapshotError> {
         const ZERO: [u8; PAGE] = [0; PAGE];
+        let mut written = MemoryWritten::default();
         for &(base, count) in runs {
             let len = (count as usize).min(MAX_RECORD_PAGES) * PAGE;
             let buf = &mut chunk[..len];
@@ -354,7 +354,7 @@ impl<W: Write> SnapshotWriter<W> {
                 }
             }
         }
-        Ok(())
+        Ok(written)
     }
 
     /// Flushes what was written so far.
