@@ -39,8 +39,8 @@ fn worked(out: &str, phase: &str, domains: usize) -> Vec<(String, f64, i64)> {
     for (name, units, _) in &got {
         assert!(
             units.is_finite(),
-            "{name} stopped working in phase {phase} (its guest crashed: STOPPED_ and CONSOLE_ \
-             lines):\n{out}"
+            "{name} stopped working in phase {phase} (GUEST_CRASH/GUEST_STALL, STOPPED_, \
+             STALLED_, THREAD_ and CONSOLE_ lines say why):\n{out}"
         );
     }
     got
@@ -78,8 +78,10 @@ fn four_linux_domains_share_two_cpus_by_weight_and_a_cap_holds() {
     let tools = guest_tools(&dir);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/box_scripts/sched.sh");
     // A worker that crashes by itself (TCG's emulated SVM now and then triple-faults an L2
-    // guest) ends the phase with a GUEST_CRASH line: the box runs again, up to three boxes (the
-    // last full-suite run of 2026-12-06 needed a second).
+    // guest) ends the phase with a GUEST_CRASH line, one that stops working while its domain
+    // runs with a GUEST_STALL line and where its threads are: the box runs again, up to three
+    // boxes (the last full-suite run of 2026-12-06 needed a second; in a CI run of 2026-12-07
+    // w3 stopped before the first phase, with its vCPU idle).
     let output = run_until_no_guest_crash(3, "sched", || {
         box_with_vessel(1500)
             .memory_mib(2048)

@@ -27,9 +27,21 @@ no_crash() {
     exit 0
 }
 
+# threads NAME PREFIX: each thread of domain NAME's process as L1's kernel sees it (its name,
+# state, where it sleeps and the top of its kernel stack), a PREFIX line each: tells a vCPU
+# whose guest halted for good (asleep in KVM) from a thread of ours blocked in user space.
+threads() {
+    pid=$(api info $1 | tr -d ' ,' | sed -n 's/^"pid":\([0-9]*\)$/\1/p' | head -n 1)
+    for t in /proc/${pid:-none}/task/*; do
+        [ -r $t/stat ] || continue
+        echo "$2 $(cat $t/comm) $(sed 's/.*) //' $t/stat | cut -d' ' -f1) $(cat $t/wchan 2>/dev/null)" \
+            "$(head -n 4 $t/stack 2>/dev/null | sed 's/^\[<[0-9a-f]*>\] //' | tr '\n' ' ')"
+    done
+}
+
 # reach N [check]: waits up to 300 tries (a second or two each) for guest N to answer L1's
 # ping; if it never does, prints what the daemon of $VESSEL_SOCKET knows (its domains, their
-# consoles' ends, its log's end) as UNREACHABLE lines and fails. With `check`, a guest that
+# consoles' ends and threads, its log's end) as UNREACHABLE lines and fails. With `check`, a guest that
 # crashed on its own meanwhile ends the step (no_crash).
 reach() {
     i=0; until ping -c 1 -W 1 10.0.1.$1 >/dev/null 2>&1; do
@@ -39,6 +51,7 @@ reach() {
             api list 2>&1 | sed 's/^/UNREACHABLE_LIST /'
             for g in $(api list 2>/dev/null | awk 'NR > 1 {print $2}'); do
                 api api GET /v1/domains/$g/console 2>&1 | tail -n 20 | sed "s/^/UNREACHABLE_CONSOLE_$g /"
+                threads $g UNREACHABLE_THREAD_$g
             done
             tail -n 30 /tmp/daemon.log 2>/dev/null | sed 's/^/UNREACHABLE_DAEMON_LOG /'
             return 1

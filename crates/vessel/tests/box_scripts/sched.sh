@@ -25,6 +25,7 @@ measure() {
     for d in "$@"; do work $d > /tmp/w1.$d; cpu_ns $d > /tmp/c1.$d; done
     t1=$(cut -d' ' -f1 /proc/uptime)
     report_stopped w1 w2 w3 w4
+    report_stalled "$@"
     for d in "$@"; do
         echo "CPU_$phase=$d,$(( ($(cat /tmp/c1.$d) - $(cat /tmp/c0.$d)) / 1000000 ))"
     done

@@ -51,6 +51,8 @@ measure() {
     for d in "$@"; do work $d > /tmp/w1.$d; cpu_ns $d > /tmp/c1.$d; done
     t1=$(cut -d' ' -f1 /proc/uptime)
     report_stopped $ALL
+    # The interactive domain i prints no work.
+    report_stalled $(for d in "$@"; do [ $d = i ] || echo $d; done)
     for d in "$@"; do
         set -- $(cat /tmp/w0.$d) $(cat /tmp/w1.$d)
         [ $# = 6 ] && echo "WORK_$phase=$d,$(($4 - $1)),$(($5 - $2)),$(echo "$6 $3" | awk '{print $1 - $2}')"

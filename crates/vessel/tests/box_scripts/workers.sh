@@ -23,6 +23,28 @@ report_stopped() {
     [ -z "$stopped" ] || exit 0
 }
 
+# report_stalled NAME...: after a phase (each domain's work read into /tmp/w0.NAME and
+# /tmp/w1.NAME), a domain that still runs but whose guest printed no new work in it: a
+# GUEST_STALL line; what the daemon says of it, and of its vCPUs again 2 s later (do they still
+# exit and use CPU?); the end of its console; its threads in L1's kernel (threads). Then the
+# step ends: the test runs the box again and keeps these lines in the retry log. A stall is
+# TCG's (an L2 guest that halts for good, as one did in a CI run of 2026-12-07 with nothing
+# printed to tell why) or ours; these lines tell which.
+report_stalled() {
+    stalled=
+    for d in "$@"; do
+        [ -s /tmp/w1.$d ] && ! cmp -s /tmp/w0.$d /tmp/w1.$d && continue
+        stalled=1
+        echo "GUEST_STALL=$d"
+        api info $d | sed "s/^/STALLED_$d /"
+        sleep 2
+        api info $d | tr -d ' ' | grep -A 30 '"vcpus"' | sed "s/^/STALLED_LATER_$d /"
+        api api GET /v1/domains/$d/console | tr -d '\r' | tail -n 30 | sed "s/^/CONSOLE_$d /"
+        threads $d THREAD_$d
+    done
+    [ -z "$stalled" ] || exit 0
+}
+
 # cpu_ns NAME: the CPU time the kernel charged to a domain's control group, in nanoseconds.
 cpu_ns() { api info $1 | tr -d ' ,' | grep -A3 '"cgroup"' | sed -n 's/^"cpu_ns":\([0-9]*\)$/\1/p'; }
 

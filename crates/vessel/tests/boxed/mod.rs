@@ -51,9 +51,11 @@ pub fn box_with_vessel(timeout_secs: u64) -> HostBox {
 
 /// Runs the box `make` builds until its step `step` ends without a guest that crashed by
 /// itself (a `GUEST_CRASH=` line: under TCG's emulated SVM an L2 guest now and then
-/// triple-faults, under QEMU as under Vessel), at most `attempts` boxes; each crash is shown
-/// and recorded with the box's retries. Returns the step's output; fails when every box had
-/// a crash.
+/// triple-faults, under QEMU as under Vessel) or stalled while its domain ran (a
+/// `GUEST_STALL=` line, with what its domain's process was doing: see `report_stalled` in
+/// `box_scripts/workers.sh`), at most `attempts` boxes; each is shown and recorded with the
+/// box's retries, so a stall of ours is seen there, not hidden. Returns the step's output;
+/// fails when every box had one.
 pub fn run_until_no_guest_crash(attempts: u32, step: &str, make: impl Fn() -> HostBox) -> String {
     for attempt in 1..=attempts {
         let run = make()
@@ -62,10 +64,12 @@ pub fn run_until_no_guest_crash(attempts: u32, step: &str, make: impl Fn() -> Ho
         let result = run.step(step);
         eprintln!("{step} step: {:.1} s", result.seconds);
         let crashes = values(&result.output, "GUEST_CRASH=");
-        if crashes.is_empty() {
-            return result.output.clone();
-        }
-        let reason = format!("{step}: a guest crashed: {crashes:?}");
+        let stalls = values(&result.output, "GUEST_STALL=");
+        let reason = match (crashes.is_empty(), stalls.is_empty()) {
+            (true, true) => return result.output.clone(),
+            (false, _) => format!("{step}: a guest crashed: {crashes:?}"),
+            (true, false) => format!("{step}: a guest stalled while its domain ran: {stalls:?}"),
+        };
         eprintln!("warning: {reason} (attempt {attempt} of {attempts})");
         assert!(attempt < attempts, "{reason}:\n{}", result.output);
         testbox::record_retry(&reason, &result.output);
