@@ -15,6 +15,8 @@ use testbox::{Assets, BoxRun, StepResult};
 /// The guest command: the guest's view of its CPUs, memory and clocks, as `KEY=value` lines.
 /// It holds no quotes: the kernel command line cannot escape them inside `vcmd="..."`.
 const PROBE: &str = "echo NPROC=$(nproc); echo CPUINFO=$(grep -c ^processor /proc/cpuinfo); \
+    echo HYPERVISOR=$(grep -c -w hypervisor /proc/cpuinfo); \
+    echo VIRTUALIZATION=$(grep -c -w -e svm -e vmx /proc/cpuinfo); \
     grep MemTotal /proc/meminfo; echo UP1=$(cat /proc/uptime); sleep 2; \
     echo UP2=$(cat /proc/uptime); echo WALL=$(date +%s); \
     echo CLOCKSOURCE=$(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)";
@@ -67,6 +69,9 @@ fn assert_guest_view(run: &BoxRun, name: &str, vcpus: u32, memory_mib: u32) {
     );
     assert_eq!(number(step, "NPROC") as u32, vcpus, "nproc");
     assert_eq!(number(step, "CPUINFO") as u32, vcpus, "/proc/cpuinfo");
+    // Every CPU says it runs under a hypervisor; none offers SVM or VMX (L1's CPUs do).
+    assert_eq!(number(step, "HYPERVISOR") as u32, vcpus, "hypervisor flag");
+    assert_eq!(number(step, "VIRTUALIZATION"), 0.0, "CPUs with SVM or VMX");
     // MemTotal is RAM minus what the kernel reserves for itself: within 64 MiB below --memory.
     let mem_kib: f64 = step
         .output

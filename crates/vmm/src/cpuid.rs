@@ -1,7 +1,15 @@
 //! The CPUID table a guest sees: what KVM supports on this host, with a consistent topology
-//! (one socket, one thread per core, `vcpus` cores) and the hypervisor bit set.
+//! (one socket, one thread per core, `vcpus` cores), the hypervisor bit set, and no hardware
+//! virtualization (VMX, SVM): a guest cannot run guests of its own, so no domain holds nested
+//! virtualization state, which a save or a migration would otherwise have to carry (KVM refuses
+//! EFER.SVME and CR4.VMXE to a guest whose CPUID lacks them).
 
 use hv::CpuidEntry;
+
+/// Leaf 1 ECX: Intel's VMX.
+const VMX: u32 = 1 << 5;
+/// Leaf 0x8000_0001 ECX: AMD's SVM.
+const SVM: u32 = 1 << 2;
 
 /// Adjusts KVM's supported CPUID for vCPU `apic_id` of a `vcpus`-CPU guest.
 pub fn for_vcpu(supported: &[CpuidEntry], apic_id: u32, vcpus: u32) -> Vec<CpuidEntry> {
@@ -14,6 +22,7 @@ pub fn for_vcpu(supported: &[CpuidEntry], apic_id: u32, vcpus: u32) -> Vec<Cpuid
             1 => {
                 e.ebx = (e.ebx & 0x0000_ffff) | (apic_id << 24) | (vcpus.min(255) << 16);
                 e.ecx |= 1 << 31; // running under a hypervisor
+                e.ecx &= !VMX;
                 if vcpus > 1 {
                     e.edx |= 1 << 28; // HTT: more than one logical CPU per package
                 }
@@ -33,6 +42,11 @@ pub fn for_vcpu(supported: &[CpuidEntry], apic_id: u32, vcpus: u32) -> Vec<Cpuid
                 e.ebx = count;
                 e.ecx = (level_type << 8) | e.index;
                 e.edx = apic_id;
+            }
+            0x8000_0001 => e.ecx &= !SVM,
+            0x8000_000a => {
+                // SVM's revision and features: none, as SVM is hidden.
+                (e.eax, e.ebx, e.ecx, e.edx) = (0, 0, 0, 0);
             }
             0x8000_0008 => {
                 // AMD: number of cores - 1 and the APIC ID bits that number them.
@@ -140,6 +154,21 @@ mod tests {
         assert_eq!(t[3].ecx & 0xff, 2);
         let one = for_vcpu(&sup, 0, 1);
         assert_eq!(one[2].eax, 0);
+    }
+
+    #[test]
+    fn no_hardware_virtualization_is_offered() {
+        let mut host = [leaf(1, 0), leaf(0x8000_0001, 0), leaf(0x8000_000a, 0)];
+        host[0].ecx = VMX | 1;
+        host[1].ecx = SVM | 1;
+        host[2].eax = 1;
+        host[2].edx = 0xff;
+        let t = for_vcpu(&host, 0, 1);
+        assert_eq!(t[0].ecx & (VMX | 1), 1);
+        assert_eq!(t[1].ecx, 1);
+        assert_eq!((t[2].eax, t[2].ebx, t[2].ecx, t[2].edx), (0, 0, 0, 0));
+        // A guest saved without them runs where the host has them.
+        assert!(missing_features(&t, &host).is_empty());
     }
 
     #[test]
