@@ -152,8 +152,9 @@ impl ControlPlane {
         let conn = loop {
             let conn = accept_until(&listener, deadline, wait)?;
             let peer = peer_of(&conn);
-            let _ = conn.set_read_timeout(Some(vmm::migration::PEER_TIMEOUT));
-            match vmm::migration::read_line(&conn) {
+            // The greeting, then the specification, each within the peer timeout in all.
+            let greeting = vmm::migration::ReadBefore::new(&conn, vmm::migration::PEER_TIMEOUT);
+            match vmm::migration::read_line(greeting) {
                 Ok(line)
                     if line.strip_prefix(HELLO).and_then(|t| t.strip_prefix(' '))
                         == Some(token) =>
@@ -173,7 +174,8 @@ impl ControlPlane {
             e
         };
         // Unbuffered: the domain's process reads on from the byte after the definition.
-        let mut spec = vmm::snapshot::SnapshotReader::migration(&conn)
+        let within = vmm::migration::ReadBefore::new(&conn, vmm::migration::PEER_TIMEOUT);
+        let mut spec = vmm::snapshot::SnapshotReader::migration(within)
             .and_then(|mut r| r.spec())
             .map_err(|e| ControlError::Invalid(format!("the migration from {peer}: {e}")))
             .map_err(refuse)?;

@@ -128,7 +128,7 @@ impl<W: Write> Write for Metered<W> {
 
 /// Reads one line (at most 4 KiB) from `conn`, a byte at a time, so that nothing after it is
 /// taken.
-pub fn read_line(mut conn: &TcpStream) -> io::Result<String> {
+pub fn read_line(mut conn: impl Read) -> io::Result<String> {
     let mut line = Vec::new();
     let mut byte = [0u8; 1];
     loop {
@@ -140,6 +140,58 @@ pub fn read_line(mut conn: &TcpStream) -> io::Result<String> {
         }
     }
     Ok(String::from_utf8_lossy(&line).into_owned())
+}
+
+/// A connection read with one deadline for everything read through it: each read waits at
+/// most until then, so a peer that sends a byte now and then cannot hold the reader longer
+/// (the receiving daemon reads a migration's greeting and specification this way before any
+/// domain process exists to bound it).
+pub struct ReadBefore<'a> {
+    conn: &'a TcpStream,
+    until: Instant,
+    within: Duration,
+}
+
+impl<'a> ReadBefore<'a> {
+    /// Reads from `conn` for at most `within` from now.
+    pub fn new(conn: &'a TcpStream, within: Duration) -> Self {
+        ReadBefore {
+            conn,
+            until: Instant::now() + within,
+            within,
+        }
+    }
+
+    fn late(&self) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "the peer sent too little within {} ms",
+                self.within.as_millis()
+            ),
+        )
+    }
+}
+
+impl Read for ReadBefore<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(self.late());
+        }
+        self.conn.set_read_timeout(Some(left))?;
+        match (&*self.conn).read(buf) {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                Err(self.late())
+            }
+            read => read,
+        }
+    }
 }
 
 /// Says `line` to the peer.
@@ -507,4 +559,49 @@ pub(crate) fn receive(
         "migration received: the machine built after the stream's end, then the sender's go"
     );
     Ok((machine, paused))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    /// A connected pair on the loopback.
+    fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        (a, listener.accept().unwrap().0)
+    }
+
+    #[test]
+    fn a_deadline_bounds_a_peer_that_sends_a_byte_now_and_then() {
+        let (mut a, b) = pair();
+        a.write_all(b"hello vessel\n").unwrap();
+        assert_eq!(
+            read_line(ReadBefore::new(&b, Duration::from_secs(5))).unwrap(),
+            "hello vessel"
+        );
+        // A byte every 50 ms, never a whole line: each read would be answered in time, the
+        // line never is.
+        let dribbler = std::thread::spawn(move || {
+            while a.write_all(b"x").is_ok() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let started = Instant::now();
+        let e = read_line(ReadBefore::new(&b, Duration::from_millis(400))).unwrap_err();
+        let took = started.elapsed();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+        assert!(e.to_string().contains("within 400 ms"), "{e}");
+        assert!(
+            took >= Duration::from_millis(400) && took < Duration::from_secs(3),
+            "{took:?}"
+        );
+        // A silent peer meets the same deadline.
+        drop(b);
+        dribbler.join().unwrap();
+        let (_quiet, c) = pair();
+        let e = read_line(ReadBefore::new(&c, Duration::from_millis(200))).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+    }
 }
