@@ -26,7 +26,7 @@ pub use cpu::{BootCpuState, CpuidEntry, Segment, SegmentKind};
 pub use error::HvError;
 pub use kick::{current_thread_handle, install_kick_handler, ThreadHandle};
 pub use kvm::{new_eventfd, Hypervisor, KvmFlavour, Vm};
-pub use memory::{GuestMemory, LoadError, OutOfRange};
+pub use memory::{GuestMemory, LoadError, OutOfRange, Piece};
 pub use signals::{default_sigpipe, Received, TerminationSignal, TerminationSignals};
 pub use tty::RawTerminal;
 pub use vcpu::{Vcpu, VcpuExit};

@@ -362,8 +362,6 @@ impl GuestMemory {
     ) -> std::io::Result<()> {
         use std::io::{Error, ErrorKind};
         use std::os::fd::AsRawFd;
-        /// Most pieces per system call (Linux's IOV_MAX).
-        const IOV_MAX: usize = 1024;
         let mut iovecs = Vec::with_capacity(segments.len());
         for &(addr, len) in segments.iter().filter(|(_, len)| *len > 0) {
             let host = self
@@ -374,10 +372,12 @@ impl GuestMemory {
                 iov_len: len,
             });
         }
-        let mut first = 0;
+        let eof = match direction {
+            Direction::FromFile => ErrorKind::UnexpectedEof,
+            Direction::ToFile => ErrorKind::WriteZero,
+        };
         let mut at = offset;
-        while first < iovecs.len() {
-            let batch = &iovecs[first..iovecs.len().min(first + IOV_MAX)];
+        each_iovec_batch(&mut iovecs, eof, |batch| {
             let file_offset = libc::off_t::try_from(at)
                 .map_err(|_| Error::new(ErrorKind::InvalidInput, "file offset too large"))?;
             // SAFETY: every iovec points into a live guest RAM mapping for its whole length
@@ -399,34 +399,91 @@ impl GuestMemory {
                     ),
                 }
             };
-            if n < 0 {
-                let e = Error::last_os_error();
-                if e.kind() == ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
+            if n > 0 {
+                at += n as u64;
             }
-            if n == 0 {
-                return Err(match direction {
-                    Direction::FromFile => Error::from(ErrorKind::UnexpectedEof),
-                    Direction::ToFile => Error::from(ErrorKind::WriteZero),
-                });
+            Ok(n)
+        })
+    }
+
+    /// Whether each of the `pages` 4 KiB pages from `addr` holds anything but zeros, in `out`
+    /// (cleared first): read where they lie, a word at a time, and a page stops being read at
+    /// its first word that is not zero (as most pages that hold data do at once).
+    pub fn nonzero_pages(
+        &self,
+        addr: u64,
+        pages: usize,
+        out: &mut Vec<bool>,
+    ) -> Result<(), OutOfRange> {
+        const PAGE: usize = LOG_PAGE as usize;
+        const WORDS: usize = PAGE / 8;
+        let len = pages.checked_mul(PAGE).ok_or(OutOfRange {
+            addr,
+            len: u64::MAX,
+        })?;
+        let base = self.host_range(addr, len)?;
+        out.clear();
+        if base.align_offset(std::mem::align_of::<AtomicU64>()) != 0 {
+            // Not word-aligned (no page is): copied a page at a time.
+            let mut page = [0u8; PAGE];
+            for p in 0..pages {
+                self.read(addr + (p * PAGE) as u64, &mut page)?;
+                out.push(page.iter().any(|&b| b != 0));
             }
-            let mut done = n as usize;
-            at += done as u64;
-            // Step over the pieces done; a piece done in part starts further on next time.
-            while first < iovecs.len() && done >= iovecs[first].iov_len {
-                done -= iovecs[first].iov_len;
-                first += 1;
-            }
-            if done > 0 {
-                let piece = &mut iovecs[first];
-                // SAFETY: done < piece.iov_len, so the new base is still inside the piece.
-                piece.iov_base = unsafe { piece.iov_base.cast::<u8>().add(done).cast() };
-                piece.iov_len -= done;
-            }
+            return Ok(());
+        }
+        for p in 0..pages {
+            // SAFETY: the page lies inside a live mapping (host_range checked the whole range)
+            // and is aligned for AtomicU64 (checked above). As in `read_u16`, guest memory is
+            // read with atomic loads, never through Rust references, while the guest may write it.
+            let words = unsafe { base.add(p * PAGE).cast::<AtomicU64>() };
+            out.push(
+                // SAFETY: i < WORDS, so every word is inside the page.
+                (0..WORDS).any(|i| unsafe { (*words.add(i)).load(Ordering::Relaxed) } != 0),
+            );
         }
         Ok(())
+    }
+
+    /// Sends `pieces`, in order, on the stream socket `out` (`sendmsg`, as `writev` gathers):
+    /// guest memory goes straight from where it lies, without a copy in the VMM. All of it or
+    /// an error; `InvalidInput` (before anything is sent) if a piece is not guest RAM. A peer
+    /// that went away is an error (`MSG_NOSIGNAL`), never a SIGPIPE.
+    pub fn write_gathered(
+        &self,
+        out: std::os::fd::BorrowedFd<'_>,
+        pieces: &[Piece<'_>],
+    ) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let mut iovecs = Vec::with_capacity(pieces.len());
+        for piece in pieces {
+            let (base, len) = match *piece {
+                Piece::Host(bytes) => (bytes.as_ptr(), bytes.len()),
+                Piece::Guest { addr, len } => (
+                    self.host_range(addr, len)
+                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?
+                        .cast_const(),
+                    len,
+                ),
+            };
+            if len > 0 {
+                iovecs.push(libc::iovec {
+                    iov_base: base.cast_mut().cast(),
+                    iov_len: len,
+                });
+            }
+        }
+        each_iovec_batch(&mut iovecs, io::ErrorKind::WriteZero, |batch| {
+            // SAFETY: msghdr is plain data, for which all zeros (no address, no control
+            // messages) is a valid value.
+            let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
+            message.msg_iov = batch.as_ptr().cast_mut();
+            message.msg_iovlen = batch.len();
+            // SAFETY: every iovec points at `len` readable bytes: host slices `pieces` borrows
+            // for this call, or guest RAM inside a live mapping (host_range); the kernel only
+            // reads them, and `message` and `batch` outlive the call.
+            Ok(unsafe { libc::sendmsg(out.as_raw_fd(), &message, libc::MSG_NOSIGNAL) })
+        })
     }
 
     /// Gives back the host memory behind `addr..addr+len`, which must lie in one region: the
@@ -472,6 +529,60 @@ impl GuestMemory {
     pub fn contains(&self, addr: u64, len: u64) -> bool {
         usize::try_from(len).is_ok_and(|l| self.host_range(addr, l).is_ok())
     }
+}
+
+/// Most pieces per vectored system call (Linux's IOV_MAX).
+const IOV_MAX: usize = 1024;
+
+/// Moves every byte of `iovecs` with `call`, which is given at most [`IOV_MAX`] pieces at a
+/// time and returns what a `readv`/`writev`-like system call does (bytes moved, or -1 and
+/// `errno`). Retries interrupted calls; a call that moves nothing fails with `eof`. Pieces done
+/// in part start further on in the next call.
+fn each_iovec_batch(
+    iovecs: &mut [libc::iovec],
+    eof: io::ErrorKind,
+    mut call: impl FnMut(&[libc::iovec]) -> io::Result<isize>,
+) -> io::Result<()> {
+    let mut first = 0;
+    while first < iovecs.len() {
+        let n = call(&iovecs[first..iovecs.len().min(first + IOV_MAX)])?;
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(io::Error::from(eof));
+        }
+        let mut done = n as usize;
+        while first < iovecs.len() && done >= iovecs[first].iov_len {
+            done -= iovecs[first].iov_len;
+            first += 1;
+        }
+        if done > 0 {
+            let piece = &mut iovecs[first];
+            // SAFETY: done < piece.iov_len, so the new base is still inside the piece.
+            piece.iov_base = unsafe { piece.iov_base.cast::<u8>().add(done).cast() };
+            piece.iov_len -= done;
+        }
+    }
+    Ok(())
+}
+
+/// One piece of a gathered write ([`GuestMemory::write_gathered`]).
+#[derive(Clone, Copy, Debug)]
+pub enum Piece<'a> {
+    /// Bytes of the VMM's own.
+    Host(&'a [u8]),
+    /// `len` bytes of guest memory at guest-physical `addr`.
+    Guest {
+        /// Where they start.
+        addr: u64,
+        /// How many.
+        len: usize,
+    },
 }
 
 /// Which way [`GuestMemory::file_io_vectored`] moves bytes.
@@ -683,5 +794,82 @@ mod tests {
             .read_file_vectored(&[(0, 200)], &src.1, 8100)
             .unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
+    }
+
+    #[test]
+    fn zero_pages_are_told_from_pages_with_data() {
+        let mem = GuestMemory::new(&[(0, 0x8000)]).unwrap();
+        mem.write(0x1000, &[1]).unwrap(); // the first byte of page 1
+        mem.write(0x3fff, &[7]).unwrap(); // the last byte of page 3
+        let mut out = vec![true; 3];
+        mem.nonzero_pages(0, 8, &mut out).unwrap();
+        assert_eq!(out, [false, true, false, true, false, false, false, false]);
+        mem.nonzero_pages(0x3000, 2, &mut out).unwrap();
+        assert_eq!(out, [true, false]);
+        assert!(mem.nonzero_pages(0x7000, 2, &mut out).is_err());
+        assert!(mem.nonzero_pages(0, usize::MAX, &mut out).is_err());
+    }
+
+    #[test]
+    fn a_gathered_write_sends_host_and_guest_pieces_in_order() {
+        use std::io::Read;
+        use std::os::fd::AsFd;
+        let mem = GuestMemory::new(&[(0, 0x40000)]).unwrap();
+        let pattern: Vec<u8> = (0..0x40000u32).map(|i| (i * 7 % 251) as u8).collect();
+        mem.write(0, &pattern).unwrap();
+        // More pieces than one system call takes, and more bytes than the socket holds (the
+        // kernel takes them in parts while the reader drains them).
+        let head = b"head".to_vec();
+        let mut pieces = vec![
+            Piece::Host(&head),
+            Piece::Guest {
+                addr: 0,
+                len: 0x40000,
+            },
+        ];
+        for i in 0..1500u64 {
+            pieces.push(Piece::Guest {
+                addr: i * 3,
+                len: 2,
+            });
+            pieces.push(Piece::Host(b"-"));
+        }
+        pieces.push(Piece::Host(&[]));
+        let mut want = head.clone();
+        want.extend(&pattern);
+        for i in 0..1500usize {
+            want.extend(&pattern[i * 3..i * 3 + 2]);
+            want.push(b'-');
+        }
+        let (tx, mut rx) = std::os::unix::net::UnixStream::pair().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            rx.read_to_end(&mut got).unwrap();
+            got
+        });
+        mem.write_gathered(tx.as_fd(), &pieces).unwrap();
+        // A piece outside guest RAM: refused before anything is written.
+        let err = mem
+            .write_gathered(
+                tx.as_fd(),
+                &[
+                    Piece::Host(b"x"),
+                    Piece::Guest {
+                        addr: 0x3fff0,
+                        len: 0x20,
+                    },
+                ],
+            )
+            .unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+        drop(tx);
+        assert!(reader.join().unwrap() == want);
+        // A peer that went away: an error, not a signal.
+        let (tx, rx) = std::os::unix::net::UnixStream::pair().unwrap();
+        drop(rx);
+        let err = mem
+            .write_gathered(tx.as_fd(), &[Piece::Guest { addr: 0, len: 4096 }])
+            .unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::BrokenPipe);
     }
 }

@@ -27,11 +27,11 @@ use std::io::{self, BufWriter, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use hv::GuestMemory;
+use hv::{GuestMemory, Piece};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{MachineParts, MachineView};
-use crate::snapshot::{SavedMachine, SnapshotWriter, MAX_RECORD_PAGES, PAGE};
+use crate::snapshot::{GatheredWrite, SavedMachine, SnapshotWriter, MAX_RECORD_PAGES, PAGE};
 use crate::spec::DomainSpec;
 
 /// How a migration should go.
@@ -108,9 +108,9 @@ struct Metered<W: Write> {
     cap: Option<u64>,
 }
 
-impl<W: Write> Write for Metered<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.out.write(buf)?;
+impl<W: Write> Metered<W> {
+    /// Counts `n` bytes sent, and waits if they came faster than the cap.
+    fn count(&mut self, n: usize) {
         self.bytes += n as u64;
         if let Some(cap) = self.cap.filter(|&c| c > 0) {
             let due = Duration::from_secs_f64(self.bytes as f64 / cap as f64);
@@ -118,11 +118,36 @@ impl<W: Write> Write for Metered<W> {
                 std::thread::sleep(ahead);
             }
         }
+    }
+}
+
+impl<W: Write> Write for Metered<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.out.write(buf)?;
+        self.count(n);
         Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
+    }
+}
+
+impl GatheredWrite for Metered<BufWriter<&TcpStream>> {
+    fn write_gathered(&mut self, memory: &GuestMemory, pieces: &[Piece<'_>]) -> io::Result<()> {
+        use std::os::fd::AsFd;
+        self.out.flush()?;
+        memory.write_gathered(self.out.get_ref().as_fd(), pieces)?;
+        self.count(
+            pieces
+                .iter()
+                .map(|p| match p {
+                    Piece::Host(bytes) => bytes.len(),
+                    Piece::Guest { len, .. } => *len,
+                })
+                .sum(),
+        );
+        Ok(())
     }
 }
 
@@ -278,7 +303,7 @@ impl<'a> Sender<'a> {
             rest = next;
             let written = self
                 .writer
-                .pages(self.memory, batch, zeros_sent)
+                .pages_gathered(self.memory, batch, zeros_sent)
                 .map_err(|e| sending(self.conn, &e))?;
             pages += written.pages;
             under_way(self.bytes());

@@ -35,7 +35,7 @@
 use std::io::{self, Read, Write};
 
 use hv::state::{VcpuState, VmState};
-use hv::GuestMemory;
+use hv::{GuestMemory, Piece};
 
 use crate::spec::DomainSpec;
 
@@ -228,17 +228,7 @@ impl<W: Write> SnapshotWriter<W> {
     /// Writes a record of `parts` whose checksum covers its header and the first `checked`
     /// parts.
     fn record_checking(&mut self, kind: Kind, parts: &[&[u8]], checked: usize) -> io::Result<()> {
-        let len: usize = parts.iter().map(|p| p.len()).sum();
-        if len > kind.max_len() {
-            return Err(io::Error::other(format!(
-                "the {} is {len} bytes, more than a snapshot holds ({})",
-                kind.name(),
-                kind.max_len()
-            )));
-        }
-        let mut head = [0u8; 8];
-        head[..4].copy_from_slice(&(kind as u32).to_le_bytes());
-        head[4..].copy_from_slice(&(len as u32).to_le_bytes());
+        let head = record_head(kind, parts.iter().map(|p| p.len()).sum())?;
         let mut crc = crc32fast::Hasher::new();
         crc.update(&head);
         self.out.write_all(&head)?;
@@ -318,43 +308,20 @@ impl<W: Write> SnapshotWriter<W> {
         zeros_sent: bool,
         chunk: &mut [u8],
     ) -> Result<MemoryWritten, SnapshotError> {
-        const ZERO: [u8; PAGE] = [0; PAGE];
-        let mut written = MemoryWritten::default();
-        for &(base, count) in runs {
-            let len = (count as usize).min(MAX_RECORD_PAGES) * PAGE;
-            let buf = &mut chunk[..len];
-            memory
-                .read(base, buf)
-                .map_err(|e| malformed(e.to_string()))?;
-            // Runs of non-zero pages within the chunk, each one record; runs of zeros one
-            // record each, or none.
-            let pages: Vec<bool> = buf.chunks(PAGE).map(|p| p != &ZERO[..]).collect();
-            let mut i = 0;
-            while i < pages.len() {
-                let start = i;
-                let data = pages[i];
-                while i < pages.len() && pages[i] == data {
-                    i += 1;
-                }
-                let gpa = base + (start * PAGE) as u64;
-                if data {
-                    let checked = if self.pages_checked { 2 } else { 1 };
-                    self.record_checking(
-                        Kind::Memory,
-                        &[&gpa.to_le_bytes(), &buf[start * PAGE..i * PAGE]],
-                        checked,
-                    )?;
-                    written.pages += (i - start) as u64;
-                } else {
-                    if zeros_sent {
-                        let n = (i - start) as u64;
-                        self.record(Kind::Zero, &[&gpa.to_le_bytes(), &n.to_le_bytes()])?;
-                    }
-                    written.zero_pages += (i - start) as u64;
-                }
+        let checked = if self.pages_checked { 2 } else { 1 };
+        page_records(memory, runs, |gpa, pages, data| {
+            let buf = &mut chunk[..pages * PAGE];
+            if data {
+                memory
+                    .read(gpa, buf)
+                    .map_err(|e| malformed(e.to_string()))?;
+                self.record_checking(Kind::Memory, &[&gpa.to_le_bytes(), buf], checked)?;
+            } else if zeros_sent {
+                let n = pages as u64;
+                self.record(Kind::Zero, &[&gpa.to_le_bytes(), &n.to_le_bytes()])?;
             }
-        }
-        Ok(written)
+            Ok(())
+        })
     }
 
     /// Flushes what was written so far.
@@ -380,6 +347,120 @@ impl<W: Write> SnapshotWriter<W> {
         self.record(Kind::End, &[])?;
         self.out.flush()
     }
+}
+
+/// A stream that takes guest pages straight from guest memory, with nothing copied in the VMM
+/// ([`SnapshotWriter::pages_gathered`]): a migration's connection.
+pub trait GatheredWrite: Write {
+    /// Writes `pieces` after everything written before (any buffered bytes go first).
+    fn write_gathered(&mut self, memory: &GuestMemory, pieces: &[Piece<'_>]) -> io::Result<()>;
+}
+
+impl<W: GatheredWrite> SnapshotWriter<W> {
+    /// [`SnapshotWriter::pages`] with the pages written from where they lie in guest memory
+    /// (`writev`), as QEMU does, not copied first: the stream's bytes are the same. Only a
+    /// migration stream, whose checksums leave pages out; a snapshot's checksums read them, and
+    /// it is written as [`SnapshotWriter::pages`] writes it.
+    pub fn pages_gathered(
+        &mut self,
+        memory: &GuestMemory,
+        runs: &[(u64, u64)],
+        zeros_sent: bool,
+    ) -> Result<MemoryWritten, SnapshotError> {
+        if self.pages_checked {
+            return self.pages(memory, runs, zeros_sent);
+        }
+        /// A piece of the write: bytes of `heads`, or of guest memory.
+        enum Part {
+            Heads(usize, usize),
+            Guest(u64, usize),
+        }
+        // Each record's header, address (and count) and checksum, one after another.
+        let mut heads = Vec::new();
+        let mut parts: Vec<Part> = Vec::new();
+        let head_bytes = |parts: &mut Vec<Part>, from: usize, to: usize| match parts.last_mut() {
+            Some(Part::Heads(_, end)) if *end == from => *end = to,
+            _ => parts.push(Part::Heads(from, to)),
+        };
+        let written = page_records(memory, runs, |gpa, pages, data| {
+            let start = heads.len();
+            if data {
+                heads.extend(record_head(Kind::Memory, 8 + pages * PAGE)?);
+                heads.extend(gpa.to_le_bytes());
+                let crc = crc32fast::hash(&heads[start..]);
+                head_bytes(&mut parts, start, heads.len());
+                parts.push(Part::Guest(gpa, pages * PAGE));
+                let at = heads.len();
+                heads.extend(crc.to_le_bytes());
+                head_bytes(&mut parts, at, heads.len());
+            } else if zeros_sent {
+                heads.extend(record_head(Kind::Zero, 16)?);
+                heads.extend(gpa.to_le_bytes());
+                heads.extend((pages as u64).to_le_bytes());
+                let crc = crc32fast::hash(&heads[start..]);
+                heads.extend(crc.to_le_bytes());
+                head_bytes(&mut parts, start, heads.len());
+            }
+            Ok(())
+        })?;
+        let pieces: Vec<Piece<'_>> = parts
+            .iter()
+            .map(|p| match *p {
+                Part::Heads(from, to) => Piece::Host(&heads[from..to]),
+                Part::Guest(addr, len) => Piece::Guest { addr, len },
+            })
+            .collect();
+        self.out.write_gathered(memory, &pieces)?;
+        Ok(written)
+    }
+}
+
+/// A record's header: its kind and payload length; an error if no snapshot holds that much.
+fn record_head(kind: Kind, len: usize) -> io::Result<[u8; 8]> {
+    if len > kind.max_len() {
+        return Err(io::Error::other(format!(
+            "the {} is {len} bytes, more than a snapshot holds ({})",
+            kind.name(),
+            kind.max_len()
+        )));
+    }
+    let mut head = [0u8; 8];
+    head[..4].copy_from_slice(&(kind as u32).to_le_bytes());
+    head[4..].copy_from_slice(&(len as u32).to_le_bytes());
+    Ok(head)
+}
+
+/// Splits `runs` (guest address and pages, at most [`MAX_RECORD_PAGES`] each) into the runs of
+/// pages with data and of pages of zeros (found where they lie, [`GuestMemory::nonzero_pages`])
+/// and gives each to `record` (address, pages, whether they hold data), in order.
+fn page_records(
+    memory: &GuestMemory,
+    runs: &[(u64, u64)],
+    mut record: impl FnMut(u64, usize, bool) -> Result<(), SnapshotError>,
+) -> Result<MemoryWritten, SnapshotError> {
+    let mut written = MemoryWritten::default();
+    let mut nonzero = Vec::with_capacity(MAX_RECORD_PAGES);
+    for &(base, count) in runs {
+        let count = (count as usize).min(MAX_RECORD_PAGES);
+        memory
+            .nonzero_pages(base, count, &mut nonzero)
+            .map_err(|e| malformed(e.to_string()))?;
+        let mut i = 0;
+        while i < count {
+            let start = i;
+            let data = nonzero[i];
+            while i < count && nonzero[i] == data {
+                i += 1;
+            }
+            record(base + (start * PAGE) as u64, i - start, data)?;
+            if data {
+                written.pages += (i - start) as u64;
+            } else {
+                written.zero_pages += (i - start) as u64;
+            }
+        }
+    }
+    Ok(written)
 }
 
 /// Reads a snapshot front to back: [`SnapshotReader::machine`], then
@@ -1105,17 +1186,74 @@ mod tests {
 
     fn migration(ram: &GuestMemory, rounds: &mut Rounds<'_>) -> Vec<u8> {
         let m = machine();
-        let mut w = SnapshotWriter::migration(Vec::new()).unwrap();
+        let mut w = SnapshotWriter::migration(Gathering(Vec::new())).unwrap();
         w.identity(&m.spec, &m.cpuid).unwrap();
         let mut round = 0;
         while let Some(runs) = rounds(round, ram) {
-            w.pages(ram, &runs, round > 0).unwrap();
+            w.pages_gathered(ram, &runs, round > 0).unwrap();
             w.sync().unwrap();
             round += 1;
         }
         w.state(&m).unwrap();
         w.end().unwrap();
-        w.finish().unwrap()
+        w.finish().unwrap().0
+    }
+
+    /// A stream that takes gathered pieces by copying them, as the kernel does for `writev`.
+    struct Gathering(Vec<u8>);
+
+    impl Write for Gathering {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.write(buf)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl GatheredWrite for Gathering {
+        fn write_gathered(&mut self, memory: &GuestMemory, pieces: &[Piece<'_>]) -> io::Result<()> {
+            for piece in pieces {
+                match *piece {
+                    Piece::Host(bytes) => self.0.extend_from_slice(bytes),
+                    Piece::Guest { addr, len } => {
+                        let mut b = vec![0; len];
+                        memory.read(addr, &mut b).map_err(io::Error::other)?;
+                        self.0.extend(b);
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn pages_written_from_guest_memory_make_the_stream_copied_pages_make() {
+        let ram = GuestMemory::new(&[(0, RAM)]).unwrap();
+        ram.write(0x1000, &[1; 3 * PAGE]).unwrap();
+        ram.write(0x9000, &[2]).unwrap();
+        ram.write(RAM - PAGE as u64, &[3; PAGE]).unwrap();
+        let all = hv::dirty::DirtyPages::all(&[(0, RAM)]).runs(MAX_RECORD_PAGES as u64);
+        // Runs that hold pages of zeros between and around pages of data.
+        let some = vec![(0, 3), (0x8000, 4), (RAM - 2 * PAGE as u64, 2)];
+        for zeros_sent in [false, true] {
+            // A migration stream, and a snapshot (whose checksums read the pages, so it is
+            // written the one way).
+            for snapshot in [false, true] {
+                let start = |out| match snapshot {
+                    true => SnapshotWriter::new(out).unwrap(),
+                    false => SnapshotWriter::migration(out).unwrap(),
+                };
+                let mut copied = start(Gathering(Vec::new()));
+                let mut gathered = start(Gathering(Vec::new()));
+                for runs in [&all, &some] {
+                    let a = copied.pages(&ram, runs, zeros_sent).unwrap();
+                    let b = gathered.pages_gathered(&ram, runs, zeros_sent).unwrap();
+                    assert_eq!(a, b);
+                }
+                assert_eq!(copied.get_mut().0, gathered.get_mut().0);
+            }
+        }
     }
 
     fn receive(bytes: &[u8]) -> Result<(SavedMachine, GuestMemory), SnapshotError> {
