@@ -87,6 +87,22 @@ impl ControlPlane {
         process.forbidden_call(thread).map_err(refused(name))
     }
 
+    /// The failing-thread tests' hook: makes a vCPU or the I/O thread (`thread`) of domain
+    /// `name`'s process panic; the domain ends crashed, saying which thread failed. Refused
+    /// unless the control plane serves the debugging hooks.
+    pub fn debug_panic(&self, name: &str, thread: ThreadKind) -> Result<(), ControlError> {
+        if !self.debug_hooks {
+            return Err(ControlError::HooksOff);
+        }
+        if thread == ThreadKind::Control {
+            return Err(ControlError::Invalid(
+                "thread must be vcpu or io: the control thread is not asked to panic".into(),
+            ));
+        }
+        let process = self.active_process(name)?;
+        process.panic(thread).map_err(refused(name))
+    }
+
     /// The process of domain `name`, if the domain is running or paused.
     pub(crate) fn active_process(&self, name: &str) -> Result<Arc<DomainProcess>, ControlError> {
         let state = match self.registry.instance(name)? {

@@ -586,6 +586,12 @@ impl DomainProcess {
     pub fn forbidden_call(&self, thread: wire::ThreadKind) -> Result<(), String> {
         self.act(Request::ForbiddenCall { thread })
     }
+
+    /// Asks the process to make a vCPU or its I/O thread panic (the tests' hook for a thread
+    /// that fails): the domain ends crashed, naming the thread.
+    pub fn panic(&self, thread: wire::ThreadKind) -> Result<(), String> {
+        self.act(Request::Panic { thread })
+    }
 }
 
 /// Who owns each domain's channel socket path: the generation of the process that bound it (or

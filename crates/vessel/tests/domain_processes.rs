@@ -318,6 +318,67 @@ fn a_system_call_outside_a_threads_filter_kills_only_that_domain() {
 }
 
 #[test]
+fn a_thread_that_panics_crashes_only_its_domain_and_says_which() {
+    require_kvm();
+    let d = TestDaemon::start_with(&tmpdir("panic"), &["--debug-hooks"]);
+    let disk = d.dir.join("disk.img");
+    std::fs::write(&disk, vec![0u8; 2 << 20]).unwrap();
+    for name in ["v", "i"] {
+        let def = json!({
+            "name": name,
+            "kernel": common::mini_kernel(),
+            "cmdline": "tick",
+            "memory": "16M",
+            "disk": [format!("path={},readonly=on", disk.display())],
+        });
+        d.ok("POST", "/v1/domains", Some(&def.to_string()));
+    }
+    d.ok(
+        "POST",
+        "/v1/domains",
+        Some(&mini("bystander", "tick", "16M")),
+    );
+    let (status, _) = d.call("POST", "/v1/domains/v/debug/panic?thread=control", None);
+    assert_eq!(status, 400);
+    for (name, thread, says) in [
+        ("v", "vcpu", "vCPU 0 failed"),
+        ("i", "io", "the I/O thread failed"),
+    ] {
+        let pid = d.pid_of(name);
+        d.ok(
+            "POST",
+            &format!("/v1/domains/{name}/debug/panic?thread={thread}"),
+            None,
+        );
+        wait_for(
+            &format!("{name} to end crashed after its {thread} thread panicked"),
+            Duration::from_secs(20),
+            || d.ok("GET", &format!("/v1/domains/{name}"), None)["state"] == "crashed",
+        );
+        let info = d.ok("GET", &format!("/v1/domains/{name}"), None);
+        assert!(
+            info["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(&format!(
+                    "{says}: the debug hook asked this thread to panic"
+                ))),
+            "{thread}: {info}"
+        );
+        wait_for("its process to end", Duration::from_secs(10), || {
+            !alive(pid)
+        });
+        // Where it panicked is in the domain's log.
+        let log = std::fs::read_to_string(d.dir.join(format!("state/logs/{name}.log")))
+            .unwrap_or_default();
+        assert!(
+            log.contains("panicked at crates/vmm/src/confinement.rs"),
+            "{name}'s log: {log}"
+        );
+    }
+    ticking(&d, "bystander");
+}
+
+#[test]
 fn each_domain_has_a_control_group_that_goes_with_it() {
     require_kvm();
     let dir = tmpdir("cgroup");

@@ -66,6 +66,21 @@ impl Control {
         self.changed.notify_all();
     }
 
+    /// Runs `body` (a vCPU's or the I/O thread's loop); if it panics, the machine stops as
+    /// crashed, the reason naming `thread` and the panic's message. Without this a thread that
+    /// panicked would just end, and its domain would look running with a guest frozen (no vCPU)
+    /// or deaf (no devices). The panic hook has printed where it happened by then.
+    pub fn run_or_crash(&self, thread: &str, body: impl FnOnce()) {
+        if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".to_string());
+            self.stop(StopReason::Crash(format!("{thread} failed: {message}")));
+        }
+    }
+
     /// Whether vCPUs should leave their run loops.
     pub fn stopping(&self) -> bool {
         self.stopping.load(Ordering::SeqCst)

@@ -492,15 +492,15 @@ impl Machine {
     pub(crate) fn run(mut self, paused: &dyn Fn(bool)) -> Result<StopReason, DomainError> {
         hv::install_kick_handler()?;
         // Stopped (dropped) when this function returns, after the vCPUs.
-        let _io = virtio::IoThread::start(&self.virtio, self.io_inbox)?;
+        let _io = virtio::IoThread::start(&self.virtio, self.io_inbox, self.control.clone())?;
         let io = self.io.clone();
         let control = self.control.clone();
         let mut threads = Vec::new();
         for runner in self.runners.drain(..) {
-            let name = format!("vcpu{}", runner.id());
+            let id = runner.id();
             let (tx, rx) = std::sync::mpsc::channel();
             let handle = thread::Builder::new()
-                .name(name)
+                .name(format!("vcpu{id}"))
                 .spawn(move || {
                     if let Err(e) =
                         crate::confinement::on_thread_start(hv::seccomp::ThreadKind::Vcpu)
@@ -508,7 +508,8 @@ impl Machine {
                         runner.control.stop(StopReason::Crash(e.to_string()));
                     }
                     let _ = tx.send(hv::current_thread_handle());
-                    runner.run()
+                    let control = runner.control.clone();
+                    control.run_or_crash(&format!("vCPU {id}"), || runner.run())
                 })
                 .map_err(DomainError::host("starting a vCPU thread"))?;
             let kick = rx

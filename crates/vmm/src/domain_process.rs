@@ -360,6 +360,23 @@ fn answer(call: Call, fds: Vec<std::os::fd::OwnedFd>, instance: &Arc<Instance>, 
                         .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                 });
         }
+        Request::Panic { thread } => {
+            if !crate::confinement::request_panic(thread.into()) {
+                return reply(
+                    peer,
+                    id,
+                    Err("only a vCPU or the I/O thread is asked".into()),
+                );
+            }
+            reply(peer, id, Ok(None));
+            if thread == ThreadKind::Vcpu {
+                // As below: a pause kicks the vCPU out of KVM_RUN.
+                let instance = instance.clone();
+                let _ = std::thread::Builder::new()
+                    .name("transition".into())
+                    .spawn(move || instance.pause());
+            }
+        }
         Request::ForbiddenCall { thread } => {
             reply(peer, id, Ok(None));
             crate::confinement::request_forbidden_call(thread.into());

@@ -48,7 +48,7 @@ impl VcpuRunner {
         // to finish (see below).
         let mut drained = false;
         while !self.control.stopping() {
-            crate::confinement::forbidden_call_due(hv::seccomp::ThreadKind::Vcpu);
+            crate::confinement::fault_due(hv::seccomp::ThreadKind::Vcpu);
             // Before parking, the vCPU enters KVM_RUN with `immediate_exit` set: KVM finishes
             // the instruction of the last port or MMIO exit (an IN's value into RAX, RIP past
             // it; a string instruction may exit again, and is served as usual) and returns at

@@ -413,8 +413,13 @@ fn watch(epoll: &Epoll, fd: RawFd, set: EventSet, token: Token) -> Result<(), Do
 }
 
 impl IoThread {
-    /// Starts the thread for `devices`, taking requests from `inbox`.
-    pub(crate) fn start(devices: &[PlacedDevice], inbox: IoInbox) -> Result<IoThread, DomainError> {
+    /// Starts the thread for `devices`, taking requests from `inbox`; if it panics, `control`
+    /// stops the machine as crashed.
+    pub(crate) fn start(
+        devices: &[PlacedDevice],
+        inbox: IoInbox,
+        control: Arc<crate::control::Control>,
+    ) -> Result<IoThread, DomainError> {
         let epoll = Epoll::new().map_err(DomainError::host("creating an epoll instance"))?;
         let stop = hv::new_eventfd().map_err(DomainError::host("creating an eventfd"))?;
         let mut watched = Vec::new();
@@ -448,7 +453,7 @@ impl IoThread {
                 if crate::confinement::on_thread_start(hv::seccomp::ThreadKind::Io).is_err() {
                     return;
                 }
-                io_loop(epoll, watched, inbox)
+                control.run_or_crash("the I/O thread", || io_loop(epoll, watched, inbox))
             })
             .map_err(DomainError::host("starting the I/O thread"))?;
         Ok(IoThread {
@@ -634,7 +639,7 @@ fn io_loop(epoll: Epoll, mut watched: Vec<Watched>, inbox: IoInbox) {
             match token {
                 Token::Stop => return,
                 Token::Hook => {
-                    crate::confinement::forbidden_call_due(hv::seccomp::ThreadKind::Io);
+                    crate::confinement::fault_due(hv::seccomp::ThreadKind::Io);
                 }
                 Token::Requests => {
                     let _ = inbox.wake.read();

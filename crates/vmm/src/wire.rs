@@ -122,6 +122,12 @@ pub enum Request {
         /// Which thread.
         thread: ThreadKind,
     },
+    /// A debugging hook for the tests of a failing thread: make a vCPU or the I/O thread panic
+    /// (the domain then ends crashed, saying which thread failed).
+    Panic {
+        /// Which thread.
+        thread: ThreadKind,
+    },
 }
 
 /// A request and its id (replies carry it back).

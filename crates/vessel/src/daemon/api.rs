@@ -79,6 +79,7 @@ pub const ROUTES: &[Route] = &[
         "/v1/domains/{name}/debug/forbidden-call",
         debug_forbidden_call,
     ),
+    route("POST", "/v1/domains/{name}/debug/panic", debug_panic),
     route("GET", "/v1/net/ports", net::list_ports),
     route("PUT", "/v1/net/ports/{id}", net::set_port),
     route("GET", "/v1/net/rules", net::list_rules),
@@ -447,21 +448,30 @@ fn destroy_domain(plane: &ControlPlane, p: &Params, req: &Request) -> Answer {
     get_domain(plane, p, req)
 }
 
+/// The `?thread=vcpu|io|control` of a debugging hook.
+fn hook_thread(req: &Request) -> Result<vmm::wire::ThreadKind, ControlError> {
+    use vmm::wire::ThreadKind;
+    match req.query_param("thread") {
+        Some("vcpu") => Ok(ThreadKind::Vcpu),
+        Some("io") => Ok(ThreadKind::Io),
+        Some("control") => Ok(ThreadKind::Control),
+        _ => Err(ControlError::Invalid(
+            "thread must be vcpu, io or control".into(),
+        )),
+    }
+}
+
 /// `?thread=vcpu|io|control`: makes a thread of that kind in the domain's process call what
 /// its seccomp filter forbids (the kernel then kills the process). Only with `--debug-hooks`.
 fn debug_forbidden_call(plane: &ControlPlane, p: &Params, req: &Request) -> Answer {
-    use vmm::wire::ThreadKind;
-    let thread = match req.query_param("thread") {
-        Some("vcpu") => ThreadKind::Vcpu,
-        Some("io") => ThreadKind::Io,
-        Some("control") => ThreadKind::Control,
-        _ => {
-            return Err(ControlError::Invalid(
-                "thread must be vcpu, io or control".into(),
-            ))
-        }
-    };
-    plane.forbidden_call(&p.name, thread)?;
+    plane.forbidden_call(&p.name, hook_thread(req)?)?;
+    Ok(Response::json(200, &json!({ "asked": p.name })))
+}
+
+/// `?thread=vcpu|io`: makes that thread of the domain's process panic (the domain ends
+/// crashed, saying which thread failed). Only with `--debug-hooks`.
+fn debug_panic(plane: &ControlPlane, p: &Params, req: &Request) -> Answer {
+    plane.debug_panic(&p.name, hook_thread(req)?)?;
     Ok(Response::json(200, &json!({ "asked": p.name })))
 }
 

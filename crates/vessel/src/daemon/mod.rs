@@ -89,8 +89,9 @@ pub struct DaemonArgs {
     #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off,
           action = clap::ArgAction::Set)]
     page_sharing: bool,
-    /// Serve the debugging hooks (`POST /v1/domains/NAME/debug/forbidden-call`), for the
-    /// tests of domain confinement; without this they answer 404.
+    /// Serve the debugging hooks (`POST /v1/domains/NAME/debug/forbidden-call` and
+    /// `.../debug/panic`), for the tests of domain confinement and of failing threads; without
+    /// this they answer 404.
     #[arg(long, hide = true)]
     debug_hooks: bool,
     /// Also serve GET /metrics (Prometheus text, and nothing else) over TCP on ADDR:PORT, for
