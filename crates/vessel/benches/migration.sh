@@ -42,7 +42,21 @@ vessel)
     vessel create --name a --kernel /assets/vmlinux --initrd /tmp/initrd --memory 256M \
         --cmdline "$CMDLINE" >/dev/null && echo CREATED=a
     filled() { vessel api GET /v1/domains/a/console | grep -q GUEST-FILLED; }
-    until_true 300 filled || { echo NOT_FILLED; exit 0; }
+    if ! until_true 300 filled; then
+        # What the guest and its domain were doing: its console's end, what the daemon says
+        # of it, where each thread of its process sleeps in L1's kernel, the daemon's log.
+        echo NOT_FILLED
+        vessel api GET /v1/domains/a/console | tr -d '\r' | tail -n 30 | sed 's/^/STUCK_CONSOLE /'
+        vessel info a | sed 's/^/STUCK_INFO /'
+        pid=$(vessel info a | tr -d ' ,' | sed -n 's/^"pid":\([0-9]*\)$/\1/p' | head -n 1)
+        for t in /proc/${pid:-none}/task/*; do
+            echo "STUCK_THREAD $(cat $t/comm) $(sed 's/.*) //' $t/stat | cut -d' ' -f1)" \
+                "$(cat $t/wchan) $(head -n 4 $t/stack 2>/dev/null | tr '\n' ' ')"
+        done
+        tail -n 20 /tmp/daemon.log | sed 's/^/STUCK_DAEMON /'
+        tail -n 10 /tmp/sa/logs/a.log | sed 's/^/STUCK_LOG /'
+        exit 0
+    fi
     sleep 5
     VESSEL_SOCKET=$B vessel migrate-receive tcp:127.0.0.1:7500 --token bench \
         >/tmp/recv.out 2>&1 &
@@ -79,7 +93,11 @@ qemu)
     cat /tmp/mon2.out > /tmp/mon2.log &
     echo CREATED=a
     filled() { grep -q GUEST-FILLED /tmp/console 2>/dev/null; }
-    until_true 300 filled || { echo NOT_FILLED; exit 0; }
+    if ! until_true 300 filled; then
+        echo NOT_FILLED
+        tail -n 30 /tmp/console | sed 's/^/STUCK_CONSOLE /'
+        exit 0
+    fi
     sleep 5
     echo "migrate_set_parameter downtime-limit 60" >&3
     echo "migrate_set_parameter max-bandwidth 100G" >&3

@@ -29,8 +29,11 @@ no_crash() {
 
 # threads NAME PREFIX: each thread of domain NAME's process as L1's kernel sees it (its name,
 # state, where it sleeps and the top of its kernel stack), a PREFIX line each: tells a vCPU
-# whose guest halted for good (asleep in KVM) from a thread of ours blocked in user space.
+# whose guest halted for good (asleep in KVM) from a thread of ours blocked in user space. Then
+# the end of the domain process's own log (STATE_DIR/logs/NAME.log; STATE_DIR is /tmp/state
+# unless set).
 threads() {
+    tail -n 10 ${STATE_DIR:-/tmp/state}/logs/$1.log 2>/dev/null | sed "s/^/$2 LOG /"
     pid=$(api info $1 | tr -d ' ,' | sed -n 's/^"pid":\([0-9]*\)$/\1/p' | head -n 1)
     for t in /proc/${pid:-none}/task/*; do
         [ -r $t/stat ] || continue
