@@ -55,7 +55,8 @@ pub fn box_with_vessel(timeout_secs: u64) -> HostBox {
 /// `GUEST_STALL=` line, with what its domain's process was doing: see `report_stalled` in
 /// `box_scripts/workers.sh`), at most `attempts` boxes; each is shown and recorded with the
 /// box's retries, so a stall of ours is seen there, not hidden. Returns the step's output;
-/// fails when every box had one.
+/// fails when every box had one, and at once when a domain crashed because a thread of
+/// Vessel's panicked.
 pub fn run_until_no_guest_crash(attempts: u32, step: &str, make: impl Fn() -> HostBox) -> String {
     for attempt in 1..=attempts {
         let run = make()
@@ -63,6 +64,14 @@ pub fn run_until_no_guest_crash(attempts: u32, step: &str, make: impl Fn() -> Ho
             .unwrap_or_else(|e| panic!("host box failed: {e}"));
         let result = run.step(step);
         eprintln!("{step} step: {:.1} s", result.seconds);
+        // A domain crashed because a thread of Vessel's panicked is ours, not TCG's: never
+        // retried.
+        if let Some(line) = result.output.lines().find(|l| thread_failed(l)) {
+            panic!(
+                "{step}: a thread of Vessel failed ({line}):\n{}",
+                result.output
+            );
+        }
         let crashes = values(&result.output, "GUEST_CRASH=");
         let stalls = values(&result.output, "GUEST_STALL=");
         let reason = match (crashes.is_empty(), stalls.is_empty()) {
@@ -75,6 +84,16 @@ pub fn run_until_no_guest_crash(attempts: u32, step: &str, make: impl Fn() -> Ho
         testbox::record_retry(&reason, &result.output);
     }
     unreachable!("the last attempt returns or fails")
+}
+
+/// Whether `line` holds the crash message of a domain whose vCPU or I/O thread panicked
+/// (`vmm::control::Control::run_or_crash`).
+fn thread_failed(line: &str) -> bool {
+    line.contains("the I/O thread failed: ")
+        || line.split("vCPU ").skip(1).any(|rest| {
+            rest.split_once(' ')
+                .is_some_and(|(n, after)| n.parse::<u32>().is_ok() && after.starts_with("failed: "))
+        })
 }
 
 /// `vessel run` of the bzImage and initramfs with 256 MiB, `disks` (each a `--disk` value) and a
