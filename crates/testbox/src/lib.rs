@@ -97,7 +97,12 @@ pub const GUEST_CMD_EXIT: &str = "VESSEL-CMD-EXIT rc=";
 /// The L1 kernel command line. A panic resets L1 at once by a triple fault (`reboot=t`: the
 /// other reset methods can hang on `-M microvm`, and one L1 panic under TCG sat silent until the
 /// box's timeout), so QEMU, run with `-no-reboot`, exits and the run is retried as a reset.
-const L1_CMDLINE: &str = "console=ttyS0 panic=-1 reboot=t quiet";
+/// `tsc=reliable`: without it L1's kernel finds TCG's TSCs unsynchronized at boot, marks the TSC
+/// unstable and keeps time with `refined-jiffies`, so every clock in L1 (the uptime and
+/// timestamps the box scripts measure with, ping's round trips) moved in 4 ms steps, and KVM
+/// in L1 gave its guests kvmclock without a master clock. With it, L1 keeps time with the TSC
+/// (checked in a box on 2026-12-07: `current_clocksource` is `tsc`).
+const L1_CMDLINE: &str = "console=ttyS0 panic=-1 reboot=t quiet tsc=reliable";
 /// The QEMU used to run L1 (and, with [`HostBox::with_qemu`], packed into the box).
 const QEMU: &str = "qemu-system-x86_64";
 /// QEMU data files packed by [`HostBox::with_qemu`]: `(file, required)`. `-M microvm` with a
