@@ -46,10 +46,13 @@ vessel)
         # What the guest and its domain were doing: its console's end, what the daemon says
         # of it, where each thread of its process sleeps in L1's kernel, the daemon's log.
         echo NOT_FILLED
-        vessel api GET /v1/domains/a/console | tr -d '\r' | tail -n 30 | sed 's/^/STUCK_CONSOLE /'
-        vessel info a | sed 's/^/STUCK_INFO /'
-        pid=$(vessel info a | tr -d ' ,' | sed -n 's/^"pid":\([0-9]*\)$/\1/p' | head -n 1)
+        timeout 60 vessel api GET /v1/domains/a/console | tr -d '\r' | tail -n 30 \
+            | sed 's/^/STUCK_CONSOLE /'
+        timeout 60 vessel info a > /tmp/info.json 2>&1
+        sed 's/^/STUCK_INFO /' /tmp/info.json
+        pid=$(tr -d ' ,' < /tmp/info.json | sed -n 's/^"pid":\([0-9]*\)$/\1/p' | head -n 1)
         for t in /proc/${pid:-none}/task/*; do
+            [ -r $t/stat ] || continue
             echo "STUCK_THREAD $(cat $t/comm) $(sed 's/.*) //' $t/stat | cut -d' ' -f1)" \
                 "$(cat $t/wchan) $(head -n 4 $t/stack 2>/dev/null | tr '\n' ' ')"
         done

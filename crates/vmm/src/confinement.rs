@@ -2,6 +2,7 @@
 //! their seccomp filters as they start (on once the control thread has installed its own), and
 //! the seccomp tests' hook, which makes a thread of a given kind call what its filter forbids.
 
+use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::OnceLock;
@@ -53,7 +54,9 @@ fn report_panic(info: &std::panic::PanicHookInfo<'_>) {
         .location()
         .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()))
         .unwrap_or_else(|| "an unknown place".into());
-    eprintln!(
+    // Not eprintln!, which would panic again (and abort) if standard error cannot be written.
+    let _ = writeln!(
+        std::io::stderr(),
         "vessel: thread '{}' panicked at {place}: {what}",
         thread.name().unwrap_or("unnamed")
     );

@@ -1,8 +1,10 @@
-//! The CPUID table a guest sees: what KVM supports on this host, with a consistent topology
-//! (one socket, one thread per core, `vcpus` cores), the hypervisor bit set, and no hardware
-//! virtualization (VMX, SVM): a guest cannot run guests of its own, so no domain holds nested
-//! virtualization state, which a save or a migration would otherwise have to carry (KVM refuses
-//! EFER.SVME and CR4.VMXE to a guest whose CPUID lacks them).
+//! The CPUID table a guest sees: what KVM supports on this host without hardware
+//! virtualization ([`offered`]: no VMX or SVM, so a guest cannot run guests of its own and no
+//! domain holds nested virtualization state, which a save or a migration would otherwise have
+//! to carry; KVM refuses EFER.SVME and CR4.VMXE to a guest whose CPUID lacks them), with a
+//! consistent topology (one socket, one thread per core, `vcpus` cores) and the hypervisor bit
+//! set ([`for_vcpu`]). A domain's table is [`offered`]'s at its boot, and a saved domain keeps
+//! the one it was saved with.
 
 use hv::CpuidEntry;
 
@@ -11,7 +13,25 @@ const VMX: u32 = 1 << 5;
 /// Leaf 0x8000_0001 ECX: AMD's SVM.
 const SVM: u32 = 1 << 2;
 
-/// Adjusts KVM's supported CPUID for vCPU `apic_id` of a `vcpus`-CPU guest.
+/// KVM's supported CPUID without hardware virtualization: VMX and SVM cleared, SVM's leaf
+/// 0x8000_000A zeroed. The table a booting domain is given (and a save or migration records).
+pub fn offered(supported: &[CpuidEntry]) -> Vec<CpuidEntry> {
+    supported
+        .iter()
+        .map(|e| {
+            let mut e = *e;
+            match e.function {
+                1 => e.ecx &= !VMX,
+                0x8000_0001 => e.ecx &= !SVM,
+                0x8000_000a => (e.eax, e.ebx, e.ecx, e.edx) = (0, 0, 0, 0),
+                _ => {}
+            }
+            e
+        })
+        .collect()
+}
+
+/// Adjusts a domain's CPUID table (see [`offered`]) for vCPU `apic_id` of a `vcpus`-CPU guest.
 pub fn for_vcpu(supported: &[CpuidEntry], apic_id: u32, vcpus: u32) -> Vec<CpuidEntry> {
     // Bits needed to number the cores in an APIC ID.
     let core_bits = 32 - (vcpus.max(1) - 1).leading_zeros();
@@ -22,7 +42,6 @@ pub fn for_vcpu(supported: &[CpuidEntry], apic_id: u32, vcpus: u32) -> Vec<Cpuid
             1 => {
                 e.ebx = (e.ebx & 0x0000_ffff) | (apic_id << 24) | (vcpus.min(255) << 16);
                 e.ecx |= 1 << 31; // running under a hypervisor
-                e.ecx &= !VMX;
                 if vcpus > 1 {
                     e.edx |= 1 << 28; // HTT: more than one logical CPU per package
                 }
@@ -42,11 +61,6 @@ pub fn for_vcpu(supported: &[CpuidEntry], apic_id: u32, vcpus: u32) -> Vec<Cpuid
                 e.ebx = count;
                 e.ecx = (level_type << 8) | e.index;
                 e.edx = apic_id;
-            }
-            0x8000_0001 => e.ecx &= !SVM,
-            0x8000_000a => {
-                // SVM's revision and features: none, as SVM is hidden.
-                (e.eax, e.ebx, e.ecx, e.edx) = (0, 0, 0, 0);
             }
             0x8000_0008 => {
                 // AMD: number of cores - 1 and the APIC ID bits that number them.
@@ -158,17 +172,35 @@ mod tests {
 
     #[test]
     fn no_hardware_virtualization_is_offered() {
-        let mut host = [leaf(1, 0), leaf(0x8000_0001, 0), leaf(0x8000_000a, 0)];
-        host[0].ecx = VMX | 1;
-        host[1].ecx = SVM | 1;
-        host[2].eax = 1;
-        host[2].edx = 0xff;
-        let t = for_vcpu(&host, 0, 1);
-        assert_eq!(t[0].ecx & (VMX | 1), 1);
-        assert_eq!(t[1].ecx, 1);
-        assert_eq!((t[2].eax, t[2].ebx, t[2].ecx, t[2].edx), (0, 0, 0, 0));
-        // A guest saved without them runs where the host has them.
-        assert!(missing_features(&t, &host).is_empty());
+        let mut nested = vec![leaf(1, 0), leaf(0x8000_0001, 0), leaf(0x8000_000a, 0)];
+        nested[0].ecx = VMX | 1;
+        nested[1].ecx = SVM | 1;
+        nested[2].eax = 1;
+        nested[2].edx = 0xff;
+        let given = offered(&nested);
+        assert_eq!(given[0].ecx, 1);
+        assert_eq!(given[1].ecx, 1);
+        assert_eq!(
+            (given[2].eax, given[2].ebx, given[2].ecx, given[2].edx),
+            (0, 0, 0, 0)
+        );
+        let t = for_vcpu(&given, 0, 1);
+        assert_eq!(t[0].ecx & VMX, 0);
+        assert_eq!(t[1].ecx & SVM, 0);
+        // A guest booted where KVM offers nesting moves to a host that does not.
+        let mut flat = nested.clone();
+        flat[0].ecx = 1;
+        flat[1].ecx = 1;
+        assert!(missing_features(&given, &flat).is_empty());
+        // One saved before they were hidden keeps them, and needs them where it goes.
+        assert_eq!(for_vcpu(&nested, 0, 1)[0].ecx & VMX, VMX);
+        assert_eq!(
+            missing_features(&nested, &flat),
+            [
+                "leaf 0x1.0 ecx: bits 0x00000020",
+                "leaf 0x80000001.0 ecx: bits 0x00000004"
+            ]
+        );
     }
 
     #[test]

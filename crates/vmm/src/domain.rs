@@ -394,7 +394,7 @@ impl Machine {
         // A restored guest keeps the CPU it was given, if this host offers all of it.
         let supported = hv.supported_cpuid()?;
         let base = match saved {
-            None => supported,
+            None => cpuid::offered(&supported),
             Some(s) => {
                 let missing = cpuid::missing_features(&s.cpuid, &supported);
                 if !missing.is_empty() {

@@ -17,6 +17,7 @@ use devices::virtio::rng::Rng;
 use devices::virtio::{Action, Counters, HostInterest, Memory, VirtioDevice};
 use hv::{ControlOperation, Epoll, EpollEvent, EventFd, EventSet, GuestMemory};
 
+use crate::control::StopReason;
 use crate::error::DomainError;
 use crate::resources::Resources;
 use crate::spec::DiskSpec;
@@ -450,10 +451,17 @@ impl IoThread {
         let handle = std::thread::Builder::new()
             .name("io".into())
             .spawn(move || {
-                if crate::confinement::on_thread_start(hv::seccomp::ThreadKind::Io).is_err() {
+                // A thread that cannot serve the devices stops the domain: its guest would
+                // otherwise run on deaf.
+                if let Err(e) = crate::confinement::on_thread_start(hv::seccomp::ThreadKind::Io) {
+                    control.stop(StopReason::Crash(e.to_string()));
                     return;
                 }
-                control.run_or_crash("the I/O thread", || io_loop(epoll, watched, inbox))
+                control.run_or_crash("the I/O thread", || {
+                    if let Err(e) = io_loop(epoll, watched, inbox) {
+                        control.stop(StopReason::Crash(e));
+                    }
+                })
             })
             .map_err(DomainError::host("starting the I/O thread"))?;
         Ok(IoThread {
@@ -588,7 +596,7 @@ fn serve_request(request: IoRequest, epoll: &Epoll, watched: &mut [Watched]) {
     }
 }
 
-fn io_loop(epoll: Epoll, mut watched: Vec<Watched>, inbox: IoInbox) {
+fn io_loop(epoll: Epoll, mut watched: Vec<Watched>, inbox: IoInbox) -> Result<(), String> {
     /// Consecutive error reports after which a host descriptor is no longer watched.
     const HOST_ERRORS_MAX: u32 = 64;
     let mut events = vec![EpollEvent::default(); 64];
@@ -630,14 +638,14 @@ fn io_loop(epoll: Epoll, mut watched: Vec<Watched>, inbox: IoInbox) {
         let n = match epoll.wait(timeout, &mut events) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(_) => return,
+            Err(e) => return Err(format!("the I/O thread cannot wait for its devices: {e}")),
         };
         for event in &events[..n] {
             let Some(token) = Token::decode(event.data()) else {
                 continue;
             };
             match token {
-                Token::Stop => return,
+                Token::Stop => return Ok(()),
                 Token::Hook => {
                     crate::confinement::fault_due(hv::seccomp::ThreadKind::Io);
                 }

@@ -7,7 +7,9 @@
 # the console also from inside $(...)).
 api() {
     timeout 60 vessel "$@"; r=$?
-    [ $r = 124 ] && { echo "HUNG=vessel $* ($(date +%T))"; ps -o pid,stat,args | sed 's/^/HUNG-PS /'; } >&2
+    # Busybox's timeout kills with SIGTERM (143); GNU's says 124.
+    { [ $r = 124 ] || [ $r = 143 ]; } \
+        && { echo "HUNG=vessel $* ($(date +%T))"; ps -o pid,stat,args | sed 's/^/HUNG-PS /'; } >&2
     return $r
 }
 
