@@ -253,14 +253,14 @@ fn sigquit_leaves_the_domains_running_and_autostart_domains_start_with_the_daemo
     ticking(&d, "later");
 }
 
-#[test]
-fn a_system_call_outside_a_threads_filter_kills_only_that_domain() {
-    require_kvm();
-    let d = TestDaemon::start_with(&tmpdir("seccomp"), &["--debug-hooks"]);
+/// A daemon serving the debugging hooks, running `names` (ticking `mini` guests, each with a
+/// read-only disk, which gives it an I/O thread waiting for its queue besides its vCPU) and a
+/// `bystander`.
+fn hooked_daemon_with(dir: &str, names: &[&str]) -> TestDaemon {
+    let d = TestDaemon::start_with(&tmpdir(dir), &["--debug-hooks"]);
     let disk = d.dir.join("disk.img");
     std::fs::write(&disk, vec![0u8; 2 << 20]).unwrap();
-    for name in ["v", "i", "c"] {
-        // A disk gives the domain an I/O thread (waiting for its queue) besides its vCPU.
+    for name in names {
         let def = json!({
             "name": name,
             "kernel": common::mini_kernel(),
@@ -275,6 +275,13 @@ fn a_system_call_outside_a_threads_filter_kills_only_that_domain() {
         "/v1/domains",
         Some(&mini("bystander", "tick", "16M")),
     );
+    d
+}
+
+#[test]
+fn a_system_call_outside_a_threads_filter_kills_only_that_domain() {
+    require_kvm();
+    let d = hooked_daemon_with("seccomp", &["v", "i", "c"]);
     for name in ["v", "i", "c"] {
         assert_eq!(
             proc_status(d.pid_of(name), "Seccomp").as_deref(),
@@ -320,24 +327,7 @@ fn a_system_call_outside_a_threads_filter_kills_only_that_domain() {
 #[test]
 fn a_thread_that_panics_crashes_only_its_domain_and_says_which() {
     require_kvm();
-    let d = TestDaemon::start_with(&tmpdir("panic"), &["--debug-hooks"]);
-    let disk = d.dir.join("disk.img");
-    std::fs::write(&disk, vec![0u8; 2 << 20]).unwrap();
-    for name in ["v", "i"] {
-        let def = json!({
-            "name": name,
-            "kernel": common::mini_kernel(),
-            "cmdline": "tick",
-            "memory": "16M",
-            "disk": [format!("path={},readonly=on", disk.display())],
-        });
-        d.ok("POST", "/v1/domains", Some(&def.to_string()));
-    }
-    d.ok(
-        "POST",
-        "/v1/domains",
-        Some(&mini("bystander", "tick", "16M")),
-    );
+    let d = hooked_daemon_with("panic", &["v", "i"]);
     let (status, _) = d.call("POST", "/v1/domains/v/debug/panic?thread=control", None);
     assert_eq!(status, 400);
     for (name, thread, says) in [
