@@ -65,6 +65,13 @@
 //! - `VESSEL_BOX_CPU=MODEL`: the emulated CPU (default `max`; it needs SVM and NPT, e.g.
 //!   `EPYC-v4,+svm,+npt`), and `VESSEL_BOX_TCG_THREAD=single`: one host thread for all of L1's
 //!   CPUs (default: one each). For measuring which set-up L1 dies least under.
+//! - `VESSEL_BOX_TSC=1`: L1 keeps time with the TSC (`tsc=reliable`) instead of the
+//!   `refined-jiffies` it falls back to under TCG, whose clocks move in 4 ms steps: for
+//!   measuring latencies finer than that, and the boxes run faster (`sched_linux` took 269 s
+//!   instead of 964). Not the default: with it, on 2026-12-07, an L2 guest triple-faulted
+//!   during a network transfer in two `offloads_linux` boxes and one `virtio_net` box (and a
+//!   third `offloads_linux` box lost a domain mid-transfer without a record of why), more often
+//!   than on record without it; not understood yet.
 //!
 //! A run that is retried (see [`HostBox::run`]) is also recorded, with its console's tail, in
 //! `<workspace>/target/testbox-retries.log`.
@@ -97,12 +104,13 @@ pub const GUEST_CMD_EXIT: &str = "VESSEL-CMD-EXIT rc=";
 /// The L1 kernel command line. A panic resets L1 at once by a triple fault (`reboot=t`: the
 /// other reset methods can hang on `-M microvm`, and one L1 panic under TCG sat silent until the
 /// box's timeout), so QEMU, run with `-no-reboot`, exits and the run is retried as a reset.
-/// `tsc=reliable`: without it L1's kernel finds TCG's TSCs unsynchronized at boot, marks the TSC
-/// unstable and keeps time with `refined-jiffies`, so every clock in L1 (the uptime and
-/// timestamps the box scripts measure with, ping's round trips) moved in 4 ms steps, and KVM
-/// in L1 gave its guests kvmclock without a master clock. With it, L1 keeps time with the TSC
-/// (checked in a box on 2026-12-07: `current_clocksource` is `tsc`).
-const L1_CMDLINE: &str = "console=ttyS0 panic=-1 reboot=t quiet tsc=reliable";
+/// L1's kernel finds TCG's TSCs unsynchronized at boot, marks the TSC unstable and keeps time
+/// with `refined-jiffies`: every clock in L1 (the uptime and timestamps the box scripts measure
+/// with, ping's round trips) moves in 4 ms steps. [`L1_TSC_ARG`] (`VESSEL_BOX_TSC=1`) makes it
+/// keep time with the TSC (checked in a box on 2026-12-07: `current_clocksource` is `tsc`).
+const L1_CMDLINE: &str = "console=ttyS0 panic=-1 reboot=t quiet";
+/// What `VESSEL_BOX_TSC=1` adds to [`L1_CMDLINE`].
+const L1_TSC_ARG: &str = "tsc=reliable";
 /// The QEMU used to run L1 (and, with [`HostBox::with_qemu`], packed into the box).
 const QEMU: &str = "qemu-system-x86_64";
 /// QEMU data files packed by [`HostBox::with_qemu`]: `(file, required)`. `-M microvm` with a
@@ -876,6 +884,10 @@ impl HostBox {
         let initrd = self.pack(&tmp.path)?;
 
         let mut cmdline = L1_CMDLINE.to_string();
+        if std::env::var("VESSEL_BOX_TSC").as_deref() == Ok("1") {
+            cmdline.push(' ');
+            cmdline.push_str(L1_TSC_ARG);
+        }
         if let Some(khz) = host_tsc_khz() {
             cmdline.push_str(&format!(" tsc_early_khz={khz}"));
         }

@@ -10,7 +10,7 @@
 
 mod boxed;
 
-use boxed::{box_with_vessel, guest_tools, VESSEL};
+use boxed::{box_with_vessel, guest_tools, run_until_no_guest_crash, VESSEL};
 use testbox::StepResult;
 
 /// `vessel run` with a `--net` value and a guest command (no quotes of either kind), bounded in
@@ -71,20 +71,23 @@ fn two_guests_ping_and_move_data_over_a_socket_link() {
             up_and_reach("10.0.0.1", "10.0.0.2", 240)
         ),
     );
+    // A guest that triple-faults by itself (TCG's emulated SVM does that now and then, under
+    // QEMU as under Vessel; a full-suite run of 2026-12-07 lost A so near the end of its
+    // transfer) is a GUEST_CRASH: the box runs again, at most three.
     let script = format!(
         "({b}) >/tmp/b.log 2>&1 & pb=$!; ({a}) >/tmp/a.log 2>&1 & pa=$!; \
          wait $pa; ra=$?; wait $pb; rb=$?; \
          echo '--- A'; cat /tmp/a.log; echo '--- B'; cat /tmp/b.log; \
+         for g in a b; do grep -q 'triple-faulted' /tmp/$g.log && echo GUEST_CRASH=$g; done; \
          echo RC-A=$ra RC-B=$rb; ls /tmp/*.sock 2>/dev/null; [ $ra = 0 ] && [ $rb = 0 ]"
     );
-    let run = box_with_vessel(900)
-        .step("guest-to-guest", &script)
-        .run()
-        .unwrap_or_else(|e| panic!("host box failed: {e}"));
-    let step = run.step("guest-to-guest");
-    eprintln!("guest-to-guest step: {:.1} s", step.seconds);
-    let out = &step.output;
-    assert_step_ok(step);
+    let out = &run_until_no_guest_crash(3, "guest-to-guest", || {
+        box_with_vessel(900).step("guest-to-guest", &script)
+    });
+    assert!(
+        out.contains("RC-A=0 RC-B=0"),
+        "step guest-to-guest failed:\n{out}"
+    );
     assert_eq!(
         out.matches("VESSEL-CMD-EXIT rc=0").count(),
         2,

@@ -14,8 +14,9 @@ api() {
 }
 
 # no_crash: if a guest crashed on its own (under TCG an L2 guest triple-faults now and then,
-# under QEMU as under Vessel), prints a GUEST_CRASH line for each, what they printed last and
-# the daemon's log, and ends the step (the test runs the box again).
+# under QEMU as under Vessel), prints a GUEST_CRASH line for each (with its domain's message),
+# what they printed last, the end of their domain processes' logs and the daemon's log, and
+# ends the step (the test runs the box again, or fails at once if a thread of Vessel's failed).
 no_crash() {
     crashed=$(api list | awk '$3 == "crashed" {print $2}')
     [ -z "$crashed" ] && return 0
@@ -24,6 +25,7 @@ no_crash() {
     done
     for g in $crashed; do
         api api GET /v1/domains/$g/console | tail -n 40 | sed "s/^/CONSOLE_$g /"
+        tail -n 10 ${STATE_DIR:-/tmp/state}/logs/$g.log 2>/dev/null | sed "s/^/LOG_$g /"
     done
     sed 's/^/DAEMON_LOG /' /tmp/daemon.log
     exit 0
