@@ -67,11 +67,11 @@
 //!   CPUs (default: one each). For measuring which set-up L1 dies least under.
 //! - `VESSEL_BOX_TSC=1`: L1 keeps time with the TSC (`tsc=reliable`) instead of the
 //!   `refined-jiffies` it falls back to under TCG, whose clocks move in 4 ms steps: for
-//!   measuring latencies finer than that, and the boxes run faster (`sched_linux` took 269 s
-//!   instead of 964). Not the default: with it, on 2026-12-07, an L2 guest triple-faulted
-//!   during a network transfer in two `offloads_linux` boxes and one `virtio_net` box (and a
-//!   third `offloads_linux` box lost a domain mid-transfer without a record of why), more often
-//!   than on record without it; not understood yet.
+//!   measuring latencies finer than that. Not the default: with it, on 2026-12-07, an L2 guest
+//!   triple-faulted during a network transfer in two `offloads_linux` boxes and one
+//!   `virtio_net` box (and a third `offloads_linux` box lost a domain mid-transfer without a
+//!   record of why); without it, the next full suite saw one (`daemon_linux`). Too few boxes
+//!   to say whether it makes L2 guests crash more; not measured yet.
 //!
 //! A run that is retried (see [`HostBox::run`]) is also recorded, with its console's tail, in
 //! `<workspace>/target/testbox-retries.log`.
