@@ -87,6 +87,11 @@ impl ControlPlane {
         process.forbidden_call(thread).map_err(refused(name))
     }
 
+    /// Whether the debugging hooks are served (`vessel daemon --debug-hooks`).
+    pub fn serves_debug_hooks(&self) -> bool {
+        self.debug_hooks
+    }
+
     /// The failing-thread tests' hook: makes a vCPU or the I/O thread (`thread`) of domain
     /// `name`'s process panic; the domain ends crashed, saying which thread failed. Refused
     /// unless the control plane serves the debugging hooks.

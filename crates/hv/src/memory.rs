@@ -406,9 +406,10 @@ impl GuestMemory {
         })
     }
 
-    /// Whether each of the `pages` 4 KiB pages from `addr` holds anything but zeros, in `out`
-    /// (cleared first): read where they lie, a word at a time, and a page stops being read at
-    /// its first word that is not zero (as most pages that hold data do at once).
+    /// Whether each of the `pages` 4 KiB pages from `addr` (page-aligned: any other address is
+    /// refused like one outside guest RAM) holds anything but zeros, in `out` (cleared first):
+    /// read where they lie, a word at a time, and a page stops being read at its first word
+    /// that is not zero (as most pages that hold data do at once).
     pub fn nonzero_pages(
         &self,
         addr: u64,
@@ -421,20 +422,18 @@ impl GuestMemory {
             addr,
             len: u64::MAX,
         })?;
+        if !addr.is_multiple_of(PAGE as u64) {
+            return Err(OutOfRange {
+                addr,
+                len: len as u64,
+            });
+        }
         let base = self.host_range(addr, len)?;
         out.clear();
-        if base.align_offset(std::mem::align_of::<AtomicU64>()) != 0 {
-            // Not word-aligned (no page is): copied a page at a time.
-            let mut page = [0u8; PAGE];
-            for p in 0..pages {
-                self.read(addr + (p * PAGE) as u64, &mut page)?;
-                out.push(page.iter().any(|&b| b != 0));
-            }
-            return Ok(());
-        }
         for p in 0..pages {
             // SAFETY: the page lies inside a live mapping (host_range checked the whole range)
-            // and is aligned for AtomicU64 (checked above). As in `read_u16`, guest memory is
+            // and is aligned for AtomicU64 (a page-aligned guest address is page-aligned in
+            // the page-aligned mapping). As in `read_u16`, guest memory is
             // read with atomic loads, never through Rust references, while the guest may write it.
             let words = unsafe { base.add(p * PAGE).cast::<AtomicU64>() };
             out.push(
@@ -807,6 +806,7 @@ mod tests {
         mem.nonzero_pages(0x3000, 2, &mut out).unwrap();
         assert_eq!(out, [true, false]);
         assert!(mem.nonzero_pages(0x7000, 2, &mut out).is_err());
+        assert!(mem.nonzero_pages(0x1008, 1, &mut out).is_err());
         assert!(mem.nonzero_pages(0, usize::MAX, &mut out).is_err());
     }
 

@@ -322,6 +322,10 @@ fn a_system_call_outside_a_threads_filter_kills_only_that_domain() {
     plain.ok("POST", "/v1/domains", Some(&mini("x", "tick", "16M")));
     let (status, _) = plain.call("POST", "/v1/domains/x/debug/forbidden-call?thread=io", None);
     assert_eq!(status, 404);
+    for hook in ["forbidden-call?thread=bogus", "panic?thread=vcpu"] {
+        let (status, _) = plain.call("POST", &format!("/v1/domains/x/debug/{hook}"), None);
+        assert_eq!(status, 404, "{hook}");
+    }
 }
 
 #[test]

@@ -44,12 +44,7 @@ pub(crate) fn on_thread_start(kind: ThreadKind) -> Result<(), DomainError> {
 /// before the panic could stop the domain with its reason.
 fn report_panic(info: &std::panic::PanicHookInfo<'_>) {
     let thread = std::thread::current();
-    let what = info
-        .payload()
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| info.payload().downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("no message");
+    let what = crate::control::panic_message(info.payload());
     let place = info
         .location()
         .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()))

@@ -72,11 +72,7 @@ impl Control {
     /// or deaf (no devices). The panic hook has printed where it happened by then.
     pub fn run_or_crash(&self, thread: &str, body: impl FnOnce()) {
         if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
-            let message = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "no message".to_string());
+            let message = panic_message(payload.as_ref());
             self.stop(StopReason::Crash(format!("{thread} failed: {message}")));
         }
     }
@@ -169,6 +165,15 @@ impl Control {
                 .unwrap_or_else(|e| e.into_inner());
         }
     }
+}
+
+/// The words a panic was given (`panic!`'s message), from its payload.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("no message")
 }
 
 /// A machine's ACPI power button: pressing it pulses the interrupt line of the Generic Event

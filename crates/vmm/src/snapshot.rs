@@ -358,7 +358,7 @@ pub trait GatheredWrite: Write {
 
 impl<W: GatheredWrite> SnapshotWriter<W> {
     /// [`SnapshotWriter::pages`] with the pages written from where they lie in guest memory
-    /// (`writev`), as QEMU does, not copied first: the stream's bytes are the same. Only a
+    /// (one gathered `sendmsg`), as QEMU's `writev` does, not copied first: the stream's bytes are the same. Only a
     /// migration stream, whose checksums leave pages out; a snapshot's checksums read them, and
     /// it is written as [`SnapshotWriter::pages`] writes it.
     pub fn pages_gathered(

@@ -448,9 +448,13 @@ fn destroy_domain(plane: &ControlPlane, p: &Params, req: &Request) -> Answer {
     get_domain(plane, p, req)
 }
 
-/// The `?thread=vcpu|io|control` of a debugging hook.
-fn hook_thread(req: &Request) -> Result<vmm::wire::ThreadKind, ControlError> {
+/// The `?thread=vcpu|io|control` of a debugging hook; a daemon without `--debug-hooks` answers
+/// 404 whatever the query says.
+fn hook_thread(plane: &ControlPlane, req: &Request) -> Result<vmm::wire::ThreadKind, ControlError> {
     use vmm::wire::ThreadKind;
+    if !plane.serves_debug_hooks() {
+        return Err(ControlError::HooksOff);
+    }
     match req.query_param("thread") {
         Some("vcpu") => Ok(ThreadKind::Vcpu),
         Some("io") => Ok(ThreadKind::Io),
@@ -464,14 +468,14 @@ fn hook_thread(req: &Request) -> Result<vmm::wire::ThreadKind, ControlError> {
 /// `?thread=vcpu|io|control`: makes a thread of that kind in the domain's process call what
 /// its seccomp filter forbids (the kernel then kills the process). Only with `--debug-hooks`.
 fn debug_forbidden_call(plane: &ControlPlane, p: &Params, req: &Request) -> Answer {
-    plane.forbidden_call(&p.name, hook_thread(req)?)?;
+    plane.forbidden_call(&p.name, hook_thread(plane, req)?)?;
     Ok(Response::json(200, &json!({ "asked": p.name })))
 }
 
 /// `?thread=vcpu|io`: makes that thread of the domain's process panic (the domain ends
 /// crashed, saying which thread failed). Only with `--debug-hooks`.
 fn debug_panic(plane: &ControlPlane, p: &Params, req: &Request) -> Answer {
-    plane.debug_panic(&p.name, hook_thread(req)?)?;
+    plane.debug_panic(&p.name, hook_thread(plane, req)?)?;
     Ok(Response::json(200, &json!({ "asked": p.name })))
 }
 
