@@ -41,8 +41,25 @@ report_stalled() {
         api info $d | tr -d ' ' | grep -A 30 '"vcpus"' | sed "s/^/STALLED_LATER_$d /"
         api api GET /v1/domains/$d/console | tr -d '\r' | tail -n 30 | sed "s/^/CONSOLE_$d /"
         threads $d THREAD_$d
+        case $d in w[0-9]*) guest_view ${d#w} GUEST_$d ;; esac
+        # A byte of console input: its receive interrupt runs the guest's UART handler, which
+        # sends what waits to be sent. Output that resumes now means a transmit interrupt was lost.
+        printf '\n' | api console --timeout 3 $d > /dev/null 2>&1
+        sleep 3
+        api api GET /v1/domains/$d/console | tr -d '\r' | tail -n 5 | sed "s/^/CONSOLE_AFTER_INPUT_$d /"
+        case $d in w[0-9]*) guest_view ${d#w} GUEST_AFTER_INPUT_$d ;; esac
     done
     [ -z "$stalled" ] || exit 0
+}
+
+# guest_view N PREFIX: what guest N's own kernel says, through its agent (which answers while
+# a stalled worker prints nothing): its UART's transmit and receive counts, the interrupts it
+# took (the UART's line 4 and the local timer), and each process with its state and where it
+# sleeps. Tells a console write blocked on a lost transmit interrupt (spin asleep in the tty
+# layer, tx not moving) from a timer that stopped (sleep never returning, LOC not moving).
+guest_view() {
+    on $1 'cat /proc/tty/driver/serial; grep -E "^ *(4|LOC):|ttyS" /proc/interrupts; for p in /proc/[0-9]*; do echo "$(cat $p/comm) $(cut -d" " -f3 $p/stat) $(cat $p/wchan)"; done' \
+        2>&1 | tr -d '\r' | sed "s/^/$2 /"
 }
 
 # cpu_ns NAME: the CPU time the kernel charged to a domain's control group, in nanoseconds.
