@@ -10,7 +10,11 @@
 //! the domain stops. Starting a domain whose reservation does not fit in what the pool has not
 //! reserved for the running domains is refused ([`MemoryPolicy::admit`]).
 //!
-//! Not yet here (issue 13): the idle memory tax, which needs each domain's working set.
+//! The **idle memory tax** ([`IdleTax`], the daemon's `--idle-tax`, ESX's default 0.75): a page
+//! a domain holds but does not use counts `1 / (1 - tax)` times a page it uses when shares per
+//! page are compared, so idle memory is taken back first, from whoever holds it, even from a
+//! domain with more shares. What a domain uses is its working-set estimate (sampled in its
+//! process, `vmm::working_set`); a domain without one yet counts as using all it holds.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
@@ -36,13 +40,47 @@ pub struct Claim {
     pub reservation: u64,
     /// Its shares.
     pub shares: u32,
+    /// The memory it actively uses, as sampled (`None`: not known yet, all it holds).
+    pub active: Option<u64>,
+}
+
+/// The idle memory tax: the share, 0 to 0.99, of an idle page's worth that is taxed away.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct IdleTax(f64);
+
+impl IdleTax {
+    /// ESX's default, and the daemon's.
+    pub const DEFAULT: IdleTax = IdleTax(0.75);
+    /// No tax: idle pages cost what used ones do.
+    pub const NONE: IdleTax = IdleTax(0.0);
+
+    /// The tax `rate` (0 to 0.99).
+    pub fn new(rate: f64) -> Result<IdleTax, String> {
+        if (0.0..=0.99).contains(&rate) {
+            Ok(IdleTax(rate))
+        } else {
+            Err(format!(
+                "the idle memory tax must be from 0 to 0.99, not {rate}"
+            ))
+        }
+    }
+
+    /// The rate.
+    pub fn rate(self) -> f64 {
+        self.0
+    }
+
+    /// What an idle page costs, in used pages: `1 / (1 - tax)`.
+    fn idle_cost(self) -> f64 {
+        1.0 / (1.0 - self.0)
+    }
 }
 
 /// Each claim's target in a pool of `pool` bytes: its whole memory if they all fit; otherwise
 /// memory is taken back a mebibyte at a time from the domain with the fewest shares per byte it
-/// still holds, down to its floor (its reservation, and at least [`MIN_MEMORY`]), until they fit
-/// or every domain is at its floor.
-pub fn allocate(pool: u64, claims: &[Claim]) -> Vec<u64> {
+/// still holds (its idle bytes counted at the tax's cost), down to its floor (its reservation,
+/// and at least [`MIN_MEMORY`]), until they fit or every domain is at its floor.
+pub fn allocate(pool: u64, claims: &[Claim], tax: IdleTax) -> Vec<u64> {
     let mut targets: Vec<u64> = claims.iter().map(|c| c.memory).collect();
     let floors: Vec<u64> = claims
         .iter()
@@ -50,13 +88,18 @@ pub fn allocate(pool: u64, claims: &[Claim]) -> Vec<u64> {
         .collect();
     let mut excess = targets.iter().sum::<u64>().saturating_sub(pool);
     while excess > 0 {
-        // The fewest shares per byte held: shares_i / target_i smallest, compared exactly.
+        // The fewest shares per byte held, idle bytes counted at their cost:
+        // shares_i / (active_i + cost * idle_i) smallest.
+        let cost = |i: usize| {
+            let used = claims[i].active.map_or(targets[i], |a| a.min(targets[i]));
+            used as f64 + tax.idle_cost() * (targets[i] - used) as f64
+        };
         let victim = (0..claims.len())
             .filter(|&i| targets[i] > floors[i])
             .min_by(|&i, &j| {
-                let lhs = u128::from(claims[i].shares) * u128::from(targets[j]);
-                let rhs = u128::from(claims[j].shares) * u128::from(targets[i]);
-                lhs.cmp(&rhs)
+                let lhs = f64::from(claims[i].shares) * cost(j);
+                let rhs = f64::from(claims[j].shares) * cost(i);
+                lhs.total_cmp(&rhs).then(i.cmp(&j))
             });
         let Some(i) = victim else { break };
         let take = STEP.min(targets[i] - floors[i]).min(excess);
@@ -69,6 +112,7 @@ pub fn allocate(pool: u64, claims: &[Claim]) -> Vec<u64> {
 /// The policy as the daemon runs it.
 pub struct MemoryPolicy {
     pool: u64,
+    tax: IdleTax,
     state: Mutex<PolicyState>,
 }
 
@@ -84,10 +128,11 @@ struct PolicyState {
 }
 
 impl MemoryPolicy {
-    /// A policy for a pool of `pool` bytes.
-    pub fn new(pool: u64) -> Arc<MemoryPolicy> {
+    /// A policy for a pool of `pool` bytes, with the idle memory tax `tax`.
+    pub fn new(pool: u64, tax: IdleTax) -> Arc<MemoryPolicy> {
         Arc::new(MemoryPolicy {
             pool,
+            tax,
             state: Mutex::new(PolicyState::default()),
         })
     }
@@ -95,6 +140,11 @@ impl MemoryPolicy {
     /// The pool.
     pub fn pool(&self) -> u64 {
         self.pool
+    }
+
+    /// The idle memory tax.
+    pub fn tax(&self) -> IdleTax {
+        self.tax
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, PolicyState> {
@@ -156,14 +206,17 @@ impl MemoryPolicy {
             .iter()
             .map(|v| {
                 let spec = v.def.spec();
+                let stats = v.instance.as_ref().and_then(|p| p.stats());
                 Claim {
                     memory: spec.memory,
                     reservation: spec.memory_alloc.reservation,
                     shares: spec.memory_alloc.shares,
+                    active: stats
+                        .and_then(|s| MemoryReport::of(spec.memory, &s, 0).active_estimate_bytes),
                 }
             })
             .collect();
-        let policy = allocate(self.pool, &claims);
+        let policy = allocate(self.pool, &claims, self.tax);
         let targets: Vec<Option<u64>> = {
             let mut state = self.lock();
             // Domains that stopped are forgotten, their targets set by hand with them.
@@ -264,6 +317,14 @@ mod tests {
             memory: memory * MIB,
             reservation: reservation * MIB,
             shares,
+            active: None,
+        }
+    }
+
+    fn using(claim: Claim, active: u64) -> Claim {
+        Claim {
+            active: Some(active * MIB),
+            ..claim
         }
     }
 
@@ -274,29 +335,88 @@ mod tests {
     #[test]
     fn everything_fits_and_nothing_is_taken() {
         let claims = [claim(256, 0, 1000), claim(512, 0, 1)];
-        assert_eq!(mib(allocate(1024 * MIB, &claims)), [256, 512]);
-        assert_eq!(mib(allocate(768 * MIB, &claims)), [256, 512]);
+        assert_eq!(
+            mib(allocate(1024 * MIB, &claims, IdleTax::DEFAULT)),
+            [256, 512]
+        );
+        assert_eq!(
+            mib(allocate(768 * MIB, &claims, IdleTax::DEFAULT)),
+            [256, 512]
+        );
     }
 
     #[test]
     fn the_fewest_shares_per_page_give_back_first() {
         // 512 MiB given, 448 in the pool: the domain with a third of the shares gives the 64.
         let claims = [claim(256, 0, 1000), claim(256, 0, 3000)];
-        assert_eq!(mib(allocate(448 * MIB, &claims)), [192, 256]);
+        assert_eq!(
+            mib(allocate(448 * MIB, &claims, IdleTax::DEFAULT)),
+            [192, 256]
+        );
         // Short by 256: shares per page even out (1000/P1 = 3000/P2, P1 + P2 = 256).
-        assert_eq!(mib(allocate(256 * MIB, &claims)), [64, 192]);
+        assert_eq!(
+            mib(allocate(256 * MIB, &claims, IdleTax::DEFAULT)),
+            [64, 192]
+        );
         // Equal shares: equal memory.
         let equal = [claim(512, 0, 1000), claim(256, 0, 1000)];
-        assert_eq!(mib(allocate(384 * MIB, &equal)), [192, 192]);
+        assert_eq!(
+            mib(allocate(384 * MIB, &equal, IdleTax::DEFAULT)),
+            [192, 192]
+        );
     }
 
     #[test]
     fn reservations_and_the_minimum_are_never_taken() {
         let claims = [claim(256, 160, 1000), claim(256, 0, 3000)];
-        assert_eq!(mib(allocate(384 * MIB, &claims)), [160, 224]);
+        assert_eq!(
+            mib(allocate(384 * MIB, &claims, IdleTax::DEFAULT)),
+            [160, 224]
+        );
         // Nothing left to take but the floors: they stay, over the pool.
         let claims = [claim(256, 200, 1), claim(64, 0, 1)];
-        assert_eq!(mib(allocate(100 * MIB, &claims)), [200, 16]);
+        assert_eq!(
+            mib(allocate(100 * MIB, &claims, IdleTax::DEFAULT)),
+            [200, 16]
+        );
+    }
+
+    #[test]
+    fn idle_memory_is_taxed_back_first() {
+        // Equal shares and memory; a uses 32 MiB of its 256, b all of its 256; 128 to take.
+        let claims = [
+            using(claim(256, 0, 1000), 32),
+            using(claim(256, 0, 1000), 256),
+        ];
+        // Without the tax they give equally, as if both used everything.
+        assert_eq!(mib(allocate(384 * MIB, &claims, IdleTax::NONE)), [192, 192]);
+        // With ESX's 0.75 an idle page costs four used ones: a gives it all.
+        assert_eq!(
+            mib(allocate(384 * MIB, &claims, IdleTax::DEFAULT)),
+            [128, 256]
+        );
+        // With three times b's shares, a still gives the most: the two even out where
+        // 3000 / (32 + 4 (A - 32)) = 1000 / B and A + B = 384, at A = 178.3 MiB (without the
+        // tax b gives all 128).
+        let rich_idle = [
+            using(claim(256, 0, 3000), 32),
+            using(claim(256, 0, 1000), 256),
+        ];
+        assert_eq!(
+            mib(allocate(384 * MIB, &rich_idle, IdleTax::DEFAULT)),
+            [178, 206]
+        );
+        assert_eq!(
+            mib(allocate(384 * MIB, &rich_idle, IdleTax::NONE)),
+            [256, 128]
+        );
+        // A domain with no estimate yet counts as using everything.
+        let unknown = [claim(256, 0, 1000), using(claim(256, 0, 1000), 256)];
+        assert_eq!(
+            mib(allocate(384 * MIB, &unknown, IdleTax::DEFAULT)),
+            [192, 192]
+        );
+        assert!(IdleTax::new(1.0).is_err() && IdleTax::new(-0.1).is_err());
     }
 
     #[test]
@@ -308,7 +428,7 @@ mod tests {
 
     #[test]
     fn a_target_set_by_hand_caps_the_policys() {
-        let p = MemoryPolicy::new(1024 * MIB);
+        let p = MemoryPolicy::new(1024 * MIB, IdleTax::DEFAULT);
         assert_eq!(p.set_manual("a", 256 * MIB, 128 * MIB), 128 * MIB);
         p.lock().computed.insert("a".into(), 96 * MIB);
         assert_eq!(p.set_manual("a", 256 * MIB, 200 * MIB), 96 * MIB);

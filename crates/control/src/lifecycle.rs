@@ -227,6 +227,7 @@ impl ControlPlane {
         let mut resources = vmm::resources::Resources::open(&spec, Some(&ports))
             .map_err(|e| cannot_start(e.into()))?;
         resources.page_sharing = self.page_sharing();
+        resources.working_set_period = self.working_set_period;
         match first {
             FirstMachine::Boot => {}
             FirstMachine::Snapshot(file) => resources.snapshot = Some(file),

@@ -38,7 +38,7 @@ pub struct GuestMemoryStats {
 }
 
 /// A running domain's memory.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
 pub struct MemoryReport {
     /// What the guest was given (`--memory`): the most it may have.
     pub configured_bytes: u64,
@@ -53,6 +53,11 @@ pub struct MemoryReport {
     /// Guest memory that page sharing keeps as one copy with identical pages (of this domain
     /// or others): it costs the host nothing more until written.
     pub shared_bytes: u64,
+    /// The memory the guest actively uses, as sampled (its working set's share of what it
+    /// holds, times that), once a sampling period has ended.
+    pub active_estimate_bytes: Option<u64>,
+    /// The sampling behind that estimate.
+    pub working_set: Option<vmm::wire::WorkingSetStats>,
     /// The guest's own figures, once its driver has sent some.
     pub guest: Option<GuestMemoryStats>,
 }
@@ -85,6 +90,10 @@ impl MemoryReport {
             resident_bytes: stats.resident_bytes,
             reported_bytes: counter("reported_bytes"),
             shared_bytes: shared,
+            active_estimate_bytes: stats
+                .working_set
+                .map(|w| (w.active_share * stats.resident_bytes as f64) as u64),
+            working_set: stats.working_set,
             guest,
         }
     }

@@ -38,6 +38,10 @@ pub struct Config {
     /// The memory all domains together may hold (`None`: the host's memory less a margin; see
     /// [`crate::allocation`]).
     pub memory_pool: Option<u64>,
+    /// The idle memory tax (see [`crate::allocation`]).
+    pub idle_tax: crate::allocation::IdleTax,
+    /// How often each domain's working set is sampled (zero: never; see `vmm::working_set`).
+    pub working_set_period: Duration,
 }
 
 /// Domain 0: the domains, their processes and groups, and the switch between them.
@@ -66,6 +70,8 @@ pub struct ControlPlane {
     pub(crate) scheduler: Arc<Scheduler>,
     /// The memory policy over the memory pool.
     pub(crate) memory_policy: Arc<MemoryPolicy>,
+    /// How often each domain's working set is sampled.
+    pub(crate) working_set_period: Duration,
     /// Page sharing, if on and the host can (until [`ControlPlane::stop_page_sharing`]).
     pub(crate) sharing: Mutex<Option<PageSharing>>,
 }
@@ -111,7 +117,7 @@ impl ControlPlane {
             crate::allocation::default_pool(vmm::domain::host_memory().unwrap_or(0))
         });
         tracing::info!("memory pool: {} MiB", pool >> 20);
-        let memory_policy = MemoryPolicy::new(pool);
+        let memory_policy = MemoryPolicy::new(pool, config.idle_tax);
         memory_policy.spawn(Arc::downgrade(&registry));
         let sharing = if config.page_sharing {
             PageSharing::start(Path::new(KSM_DIR), Arc::downgrade(&registry))
@@ -131,6 +137,7 @@ impl ControlPlane {
             cgroups,
             scheduler,
             memory_policy,
+            working_set_period: config.working_set_period,
             sharing: Mutex::new(sharing),
         })
     }
@@ -151,7 +158,8 @@ impl ControlPlane {
             debug_hooks,
             scheduler: Arc::new(Scheduler::new(cgroups.clone(), Policy::Bvt)),
             cgroups,
-            memory_policy: MemoryPolicy::new(u64::MAX),
+            memory_policy: MemoryPolicy::new(u64::MAX, crate::allocation::IdleTax::DEFAULT),
+            working_set_period: Duration::ZERO,
             sharing: Mutex::new(None),
         }
     }

@@ -13,6 +13,7 @@ mod kick;
 mod kvm;
 mod memory;
 pub mod process;
+pub mod sampling;
 pub mod sandbox;
 pub mod seccomp;
 mod signals;

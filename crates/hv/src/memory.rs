@@ -44,6 +44,8 @@ pub struct GuestMemory {
     regions: Vec<Region>,
     /// Whether the VMM's writes are logged (a migration is copying the memory).
     logging: AtomicBool,
+    /// The pages a working-set sampler has taken away now, if one runs.
+    sampled: crate::sampling::Sampled,
 }
 
 // SAFETY: the mappings are plain memory owned by this value; concurrent access from several
@@ -93,6 +95,7 @@ impl GuestMemory {
         Ok(GuestMemory {
             regions,
             logging: AtomicBool::new(false),
+            sampled: Default::default(),
         })
     }
 
@@ -155,6 +158,11 @@ impl GuestMemory {
     /// The regions as `(guest_base, size, host_address)`, for registering with KVM.
     pub fn regions(&self) -> impl Iterator<Item = (u64, u64, *mut u8)> + '_ {
         self.regions.iter().map(|r| (r.guest_base, r.size, r.host))
+    }
+
+    /// What a working-set sampler of this memory has taken away.
+    pub(crate) fn sampled(&self) -> &crate::sampling::Sampled {
+        &self.sampled
     }
 
     /// Total bytes of guest RAM.
@@ -501,18 +509,22 @@ impl GuestMemory {
         self.write(addr, &zeros[..(first - addr) as usize])?;
         self.write(last, &zeros[..(end - last) as usize])?;
         if last > first {
-            // SAFETY: [first, last) lies inside the region `host_range` found for [addr, end),
-            // page aligned, so the advice touches this mapping only. Dropping pages of a
-            // private anonymous mapping is what the guest sees as zeroed memory; the VMM holds
-            // no references into guest memory, and KVM's MMU notifier drops the guest's
-            // mappings of these pages with them.
-            let rc = unsafe {
-                libc::madvise(
-                    host.add((first - addr) as usize).cast(),
-                    (last - first) as usize,
-                    libc::MADV_DONTNEED,
-                )
-            };
+            // SAFETY: `first - addr` is within the range `host_range` checked, so the pointer
+            // stays inside the mapping.
+            let start = unsafe { host.add((first - addr) as usize) };
+            let len = (last - first) as usize;
+            // With a sampler held off, so that a sampled page in the range is not given its
+            // old bytes back afterwards.
+            let rc = self
+                .sampled
+                .discarding(start as usize, start as usize + len, || {
+                    // SAFETY: [first, last) lies inside the region `host_range` found for
+                    // [addr, end), page aligned, so the advice touches this mapping only. Dropping
+                    // pages of a private anonymous mapping is what the guest sees as zeroed memory;
+                    // the VMM holds no references into guest memory, and KVM's MMU notifier drops
+                    // the guest's mappings of these pages with them.
+                    unsafe { libc::madvise(start.cast(), len, libc::MADV_DONTNEED) }
+                });
             if rc != 0 {
                 // Cannot happen for a live anonymous mapping; zero the bytes instead, so the
                 // guest sees what it was promised.

@@ -4,10 +4,11 @@
 //!
 //! Filters stack: a thread starts with its creator's filter and may add its own, narrower one.
 //! The control thread installs [`ThreadKind::Control`] once the process is confined; the
-//! supervisor, console, status and transition threads it starts inherit that; vCPU threads and
-//! the I/O thread each add theirs at their start. So the control filter is the union of what
-//! every thread needs, and the narrow filters guard the threads that run guest-driven code
-//! hottest: the vCPUs (port and MMIO exits) and the I/O thread (the virtqueues).
+//! supervisor, console, status and transition threads it starts inherit that; vCPU threads, the
+//! I/O thread and the working-set sampler each add theirs at their start. So the control filter
+//! is the union of what every thread needs, and the narrow filters guard the threads that run
+//! guest-driven code hottest: the vCPUs (port and MMIO exits) and the I/O thread (the
+//! virtqueues).
 //!
 //! The lists come from tracing domain processes (`strace -ff`) through their life: launch,
 //! boots and reboots, pause and unpause, counters, console, power-off, destroy; with raw and
@@ -30,6 +31,9 @@ pub enum ThreadKind {
     Io,
     /// Everything else: the channel, building machines, supervising.
     Control,
+    /// Samples the guest's working set (`crate::sampling`): takes pages away and serves
+    /// their faults.
+    Sampler,
 }
 
 /// A filter could not be built or installed.
@@ -243,6 +247,10 @@ fn program(kind: ThreadKind) -> Result<BpfProgram, String> {
             // epoll_ctl and close, are in the lists already).
             vec![FIONBIO]
         }
+        ThreadKind::Sampler => {
+            allow(&[libc::SYS_mincore]);
+            crate::sampling::ioctl_requests().to_vec()
+        }
         ThreadKind::Control => {
             allow(DEVICE_IO);
             allow(CONTROL);
@@ -300,6 +308,8 @@ fn program(kind: ThreadKind) -> Result<BpfProgram, String> {
             // registered again with its flag, through KVM_SET_USER_MEMORY_REGION).
             r.push(KVM_GET_DIRTY_LOG());
             r.push(FIONBIO);
+            // The working-set sampler starts under this filter and adds its own.
+            r.extend(crate::sampling::ioctl_requests());
             r
         }
     };
@@ -364,7 +374,12 @@ mod tests {
 
     #[test]
     fn every_filter_builds_and_ioctl_numbers_are_the_kernels() {
-        for kind in [ThreadKind::Vcpu, ThreadKind::Io, ThreadKind::Control] {
+        for kind in [
+            ThreadKind::Vcpu,
+            ThreadKind::Io,
+            ThreadKind::Control,
+            ThreadKind::Sampler,
+        ] {
             let prog = program(kind).unwrap();
             assert!(!prog.is_empty());
         }

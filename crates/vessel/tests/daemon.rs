@@ -222,7 +222,11 @@ fn mem_set_sets_the_balloon_target_and_refuses_what_cannot_be() {
 #[test]
 fn the_memory_pool_goes_by_shares_and_reservations_must_fit() {
     require_kvm();
-    let d = TestDaemon::start_with(&tmpdir("pool"), &["--memory-pool", "96M"]);
+    // The shares rule alone: no idle memory tax, which would weigh in the sampled use.
+    let d = TestDaemon::start_with(
+        &tmpdir("pool"),
+        &["--memory-pool", "96M", "--idle-tax", "0"],
+    );
     let kernel = mini_kernel();
     let kernel = kernel.to_str().unwrap();
     // 128 MiB given, 96 in the pool: a, with a third of b's shares, gives back the 32.
@@ -301,6 +305,71 @@ fn the_memory_pool_goes_by_shares_and_reservations_must_fit() {
     wait_for("a's target back at 60 MiB", Duration::from_secs(20), || {
         target("a") == Some(60 << 20)
     });
+}
+
+/// Issue 13: each domain's working set is sampled, ESX's way (a hundred random pages taken
+/// away each period, and the share touched again counted), while the guest runs on unharmed;
+/// a paused domain's periods do not count; saving a domain while its pages are away loses
+/// nothing (the restored guest runs on).
+#[test]
+fn the_working_set_is_sampled_while_the_guest_runs_on() {
+    require_kvm();
+    let dir = tmpdir("working-set");
+    let d = TestDaemon::start_with(&dir, &["--working-set-period", "1"]);
+    // fattick writes 32 MiB of its RAM once, then only ticks: little of what it holds is used.
+    d.ok("POST", "/v1/domains", Some(&mini("w", "fattick", "64M")));
+    wait_for("the guest to tick", Duration::from_secs(30), || {
+        last_tick(&d.console("w")) >= 3
+    });
+    let memory = || d.ok("GET", "/v1/domains/w", None)["memory"].clone();
+    let periods = || memory()["working_set"]["periods"].as_u64().unwrap_or(0);
+    // The periods while it wrote counted it busy; ESX's slow average lets the estimate fall
+    // over a few periods once it only ticks.
+    let idle = || {
+        let m = memory();
+        m["active_estimate_bytes"].as_u64().unwrap_or(u64::MAX)
+            < m["resident_bytes"].as_u64().unwrap_or(0) / 4
+    };
+    wait_for(
+        "the estimate to fall below a quarter",
+        Duration::from_secs(60),
+        idle,
+    );
+    let m = memory();
+    let ws = &m["working_set"];
+    let (sampled, touched) = (
+        ws["sampled_pages"].as_u64().unwrap(),
+        ws["touched_pages"].as_u64().unwrap(),
+    );
+    assert!((1..=100).contains(&sampled) && touched <= sampled, "{m}");
+    assert!(m["resident_bytes"].as_u64().unwrap() >= 16 << 20, "{m}");
+    // Paused, no period counts.
+    d.ok("POST", "/v1/domains/w/pause", None);
+    std::thread::sleep(Duration::from_millis(1500));
+    let paused_at = periods();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        periods(),
+        paused_at,
+        "periods counted while paused: {}",
+        memory()
+    );
+    d.ok("POST", "/v1/domains/w/unpause", None);
+    let ticked = last_tick(&d.console("w"));
+    wait_for("the guest to tick on", Duration::from_secs(20), || {
+        last_tick(&d.console("w")) > ticked + 2 && periods() > paused_at
+    });
+    // Saved while a period has pages away (one always has), restored: it runs on.
+    let snap = dir.join("w.snap");
+    d.cli_ok(&["save", "w", snap.to_str().unwrap()]);
+    let saved_at = last_tick(&d.console("w"));
+    d.cli_ok(&["restore", snap.to_str().unwrap()]);
+    wait_for(
+        "the restored guest to tick",
+        Duration::from_secs(30),
+        || last_tick(&d.console("w")) > saved_at + 2,
+    );
+    assert_eq!(d.state("w"), "running");
 }
 
 /// One of the kernel's KSM settings or counters.

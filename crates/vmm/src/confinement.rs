@@ -71,6 +71,8 @@ pub(crate) fn hook_fd() -> Option<i32> {
 pub fn request_forbidden_call(kind: ThreadKind) {
     match kind {
         ThreadKind::Control => hv::seccomp::forbidden_call(),
+        // Not asked of the sampler: its filter is tested in `hv::seccomp`.
+        ThreadKind::Sampler => {}
         ThreadKind::Vcpu => FORBIDDEN.store(1, Ordering::SeqCst),
         ThreadKind::Io => {
             FORBIDDEN.store(2, Ordering::SeqCst);
@@ -84,7 +86,7 @@ pub fn request_forbidden_call(kind: ThreadKind) {
 /// control thread, which is not asked.
 pub fn request_panic(kind: ThreadKind) -> bool {
     match kind {
-        ThreadKind::Control => return false,
+        ThreadKind::Control | ThreadKind::Sampler => return false,
         ThreadKind::Vcpu => FORBIDDEN.store(3, Ordering::SeqCst),
         ThreadKind::Io => {
             FORBIDDEN.store(4, Ordering::SeqCst);
@@ -106,7 +108,7 @@ pub(crate) fn fault_due(kind: ThreadKind) {
     let (call, panic) = match kind {
         ThreadKind::Vcpu => (1, 3),
         ThreadKind::Io => (2, 4),
-        ThreadKind::Control => return,
+        ThreadKind::Control | ThreadKind::Sampler => return,
     };
     match FORBIDDEN.load(Ordering::Relaxed) {
         0 => {}

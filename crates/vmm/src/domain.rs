@@ -180,6 +180,8 @@ pub struct MachineView {
     pub io: virtio::IoHandle,
     /// What saving it takes (while it is paused).
     pub parts: MachineParts,
+    /// Its working-set estimate, while sampled.
+    pub working_set: crate::working_set::SharedEstimate,
 }
 
 impl MachineView {
@@ -201,6 +203,10 @@ pub(crate) struct Machine {
     power_button: PowerButton,
     io: virtio::IoHandle,
     io_inbox: virtio::IoInbox,
+    /// How often its working set is sampled (zero: never).
+    sampling_period: Duration,
+    /// What the sampling found.
+    working_set: crate::working_set::SharedEstimate,
 }
 
 /// Fills a restored machine's RAM (given with its regions, as `(guest address, size)`) from
@@ -468,6 +474,8 @@ impl Machine {
             power_button,
             io,
             io_inbox,
+            sampling_period: res.working_set_period,
+            working_set: Default::default(),
         })
     }
 
@@ -482,6 +490,7 @@ impl Machine {
             power_button: self.power_button.clone(),
             io: self.io.clone(),
             parts: self.parts.clone(),
+            working_set: self.working_set.clone(),
         }
     }
 
@@ -493,6 +502,13 @@ impl Machine {
         hv::install_kick_handler()?;
         // Stopped (dropped) when this function returns, after the vCPUs.
         let _io = virtio::IoThread::start(&self.virtio, self.io_inbox, self.control.clone())?;
+        // Stopped before the I/O thread, every sampled page given back.
+        let _sampler = crate::working_set::SamplerThread::start(
+            self.memory.clone(),
+            self.control.clone(),
+            self.sampling_period,
+            self.working_set.clone(),
+        );
         let io = self.io.clone();
         let control = self.control.clone();
         let mut threads = Vec::new();

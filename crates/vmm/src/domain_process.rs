@@ -154,6 +154,8 @@ fn launch(conn: &Channel) -> Result<(Instance, ConsoleLog, String), (u64, String
     spec.validate().map_err(|e| fail(e.to_string()))?;
     let cfg = *spec;
     let res = Resources::from_wire(manifest, fds).map_err(|e| fail(e.to_string()))?;
+    // While it may (a confined process gives its privileges up next).
+    crate::working_set::prepare();
     if let Some(Confinement { uid, gid }) = confine {
         hv::sandbox::Sandbox {
             uid,
@@ -425,5 +427,6 @@ fn stats(instance: &Instance) -> Option<MachineStats> {
             .collect(),
         resident_bytes: machine.resident_bytes(),
         migration: instance.migration_progress(),
+        working_set: wire::WorkingSetStats::of(&crate::working_set::read(&machine.working_set)),
     })
 }

@@ -29,6 +29,7 @@ pub mod stats;
 pub mod vcpu;
 pub mod virtio;
 pub mod wire;
+pub mod working_set;
 
 pub use console::{ConsoleInput, ConsoleLog, ConsoleSink};
 pub use control::PowerButton;

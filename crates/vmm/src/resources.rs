@@ -75,6 +75,9 @@ pub struct Resources {
     /// Whether the host may keep the domain's identical pages once (its RAM is marked for the
     /// kernel's same-page merging; the daemon's `--page-sharing`).
     pub page_sharing: bool,
+    /// How often the domain's working set is sampled (the daemon's `--working-set-period`;
+    /// zero: never).
+    pub working_set_period: std::time::Duration,
     /// A saved domain to restore instead of booting the kernel (`vessel restore`): the first
     /// machine is built from it, later boots from the kernel as usual.
     pub snapshot: Option<File>,
@@ -131,6 +134,7 @@ impl Resources {
             nets,
             entropy,
             page_sharing: false,
+            working_set_period: std::time::Duration::ZERO,
             snapshot: None,
             migration: None,
         })
@@ -259,6 +263,7 @@ impl Resources {
             disks,
             nets,
             page_sharing: self.page_sharing,
+            working_set_period_ms: self.working_set_period.as_millis() as u64,
             snapshot: self.snapshot.is_some(),
             migration: self.migration.is_some(),
         };
@@ -336,6 +341,7 @@ impl Resources {
             nets,
             entropy,
             page_sharing: manifest.page_sharing,
+            working_set_period: std::time::Duration::from_millis(manifest.working_set_period_ms),
             snapshot,
             migration,
         })
@@ -486,6 +492,9 @@ pub struct Manifest {
     /// Whether the domain's RAM is marked for page sharing.
     #[serde(default)]
     pub page_sharing: bool,
+    /// How often the domain's working set is sampled, in milliseconds (0: never).
+    #[serde(default)]
+    pub working_set_period_ms: u64,
     /// Whether a snapshot's descriptor follows the entropy source's (a restore).
     #[serde(default)]
     pub snapshot: bool,

@@ -189,7 +189,7 @@ impl From<VcpuSnapshot> for VcpuStats {
 }
 
 /// The counters of a running machine.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct MachineStats {
     /// Each vCPU's.
     pub vcpus: Vec<VcpuStats>,
@@ -200,6 +200,35 @@ pub struct MachineStats {
     /// Where a migration of the domain is, while one runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub migration: Option<crate::migration::Progress>,
+    /// What sampling its working set found, once a period has been sampled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_set: Option<WorkingSetStats>,
+}
+
+/// A domain's working-set estimate, as its process keeps it (`crate::working_set`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkingSetStats {
+    /// Periods sampled.
+    pub periods: u64,
+    /// Pages sampled in the last period.
+    pub sampled_pages: u64,
+    /// Of those, the pages touched.
+    pub touched_pages: u64,
+    /// The estimate: the share of its resident memory the domain uses, 0 to 1.
+    pub active_share: f64,
+}
+
+impl WorkingSetStats {
+    /// The stats of an estimate, if it has a period.
+    pub fn of(share: &hv::sampling::ActiveShare) -> Option<WorkingSetStats> {
+        Some(WorkingSetStats {
+            periods: share.periods,
+            sampled_pages: share.last.sampled as u64,
+            touched_pages: share.last.touched as u64,
+            active_share: share.estimate()?,
+        })
+    }
 }
 
 /// What a domain process says.

@@ -8,7 +8,7 @@ cat /assets/initramfs.cpio.gz /tools.cpio.gz > /tmp/initrd
 export VESSEL_SOCKET=/tmp/api.sock
 . /domains.sh
 vessel daemon --state-dir /tmp/state --socket $VESSEL_SOCKET --page-sharing off --uplink vtap0 \
-    --memory-pool 400M 2>/tmp/daemon.log &
+    --memory-pool 400M --idle-tax 0 2>/tmp/daemon.log &
 daemon=$!
 trap 'kill $daemon 2>/dev/null' EXIT
 i=0; while [ ! -S $VESSEL_SOCKET ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
