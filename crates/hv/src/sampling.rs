@@ -311,6 +311,15 @@ impl Sampler {
                 mode: WRITEPROTECT_MODE_WP,
             },
         )?;
+        // From here on a failure must give the page its writes back, or a writer would wait
+        // for good.
+        let unprotect = || {
+            let _ = uffd_ioctl(
+                self.uffd,
+                UFFDIO_WRITEPROTECT(),
+                &mut UffdioWriteprotect { range, mode: 0 },
+            );
+        };
         let mut bytes = Box::new([0u8; PAGE]);
         // SAFETY: the page lies in a live guest mapping; reading it cannot fault to this
         // thread (the range is not armed for missing pages yet). A vCPU cannot change it
@@ -325,18 +334,15 @@ impl Sampler {
                 mode: MODE_MISSING | MODE_WP,
                 ..Default::default()
             },
-        )?;
+        )
+        .inspect_err(|_| unprotect())?;
         // SAFETY: one page of a live private anonymous guest mapping; its bytes are kept in
         // `bytes` and come back on the first touch (the range is armed), so the guest loses
         // nothing. KVM's MMU notifier drops the guest's mapping of it.
         if unsafe { libc::madvise(page as *mut _, PAGE, libc::MADV_DONTNEED) } != 0 {
             let e = io::Error::last_os_error();
-            // Not taken away: its mapping stands; give its writes back.
-            let _ = uffd_ioctl(
-                self.uffd,
-                UFFDIO_WRITEPROTECT(),
-                &mut UffdioWriteprotect { range, mode: 0 },
-            );
+            // Not taken away: its mapping stands.
+            unprotect();
             return Err(e);
         }
         round.away.insert(page, bytes);
@@ -422,10 +428,19 @@ impl Sampler {
         {
             return;
         }
-        // Present already (a late message, or a write fault on a page whose bytes came back):
-        // its waiters retry.
-        let mut r = range;
-        let _ = uffd_ioctl(self.uffd, UFFDIO_WAKE(), &mut r);
+        // Present already: a late message, or a write fault on a page whose bytes came back.
+        // No page that is not away stays write-protected (this also wakes its waiters); a
+        // page no longer registered only needs its waiters woken.
+        if uffd_ioctl(
+            self.uffd,
+            UFFDIO_WRITEPROTECT(),
+            &mut UffdioWriteprotect { range, mode: 0 },
+        )
+        .is_err()
+        {
+            let mut r = range;
+            let _ = uffd_ioctl(self.uffd, UFFDIO_WAKE(), &mut r);
+        }
     }
 
     /// Maps `bytes` at `page`, writable, and wakes its waiters. A page of zeros gets the
