@@ -14,7 +14,8 @@
 //! a domain holds but does not use counts `1 / (1 - tax)` times a page it uses when shares per
 //! page are compared, so idle memory is taken back first, from whoever holds it, even from a
 //! domain with more shares. What a domain uses is its working-set estimate (sampled in its
-//! process, `vmm::working_set`); a domain without one yet counts as using all it holds.
+//! process, `vmm::working_set`); until every running domain has one (a domain has its first
+//! after one sampling period), nobody is taxed.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
@@ -86,12 +87,18 @@ pub fn allocate(pool: u64, claims: &[Claim], tax: IdleTax) -> Vec<u64> {
         .iter()
         .map(|c| c.reservation.max(MIN_MEMORY).min(c.memory))
         .collect();
+    let taxed = claims.iter().all(|c| c.active.is_some());
     let mut excess = targets.iter().sum::<u64>().saturating_sub(pool);
     while excess > 0 {
         // The fewest shares per byte held, idle bytes counted at their cost:
-        // shares_i / (active_i + cost * idle_i) smallest.
+        // shares_i / (active_i + cost * idle_i) smallest. Until every domain has an estimate,
+        // none is taxed: one not yet sampled would count as all active, and the others, by
+        // comparison, as idle.
         let cost = |i: usize| {
-            let used = claims[i].active.map_or(targets[i], |a| a.min(targets[i]));
+            let used = match claims[i].active {
+                Some(a) if taxed => a.min(targets[i]),
+                _ => targets[i],
+            };
             used as f64 + tax.idle_cost() * (targets[i] - used) as f64
         };
         let victim = (0..claims.len())
@@ -410,13 +417,58 @@ mod tests {
             mib(allocate(384 * MIB, &rich_idle, IdleTax::NONE)),
             [256, 128]
         );
-        // A domain with no estimate yet counts as using everything.
-        let unknown = [claim(256, 0, 1000), using(claim(256, 0, 1000), 256)];
+        // Until every domain has an estimate, nobody is taxed: an idle domain sampled beside
+        // one not sampled yet gives no more than shares say.
+        let unknown = [using(claim(256, 0, 1000), 32), claim(256, 0, 1000)];
         assert_eq!(
             mib(allocate(384 * MIB, &unknown, IdleTax::DEFAULT)),
             [192, 192]
         );
         assert!(IdleTax::new(1.0).is_err() && IdleTax::new(-0.1).is_err());
+    }
+
+    #[test]
+    fn a_hundred_domains_share_a_pool_of_half_their_memory() {
+        // 100 domains of 256 MiB, every other one with twice the shares; the pool holds half.
+        let claims: Vec<Claim> = (0..100)
+            .map(|i| claim(256, 0, if i % 2 == 0 { 1000 } else { 2000 }))
+            .collect();
+        let targets = mib(allocate(12_800 * MIB, &claims, IdleTax::DEFAULT));
+        assert_eq!(targets.iter().sum::<u64>(), 12_800);
+        // Shares per page even out: 1000 / T1 = 2000 / T2 with T1 + T2 = 256, so 85.3 and
+        // 170.7 MiB, to the mebibyte.
+        for (i, t) in targets.iter().enumerate() {
+            let want = if i % 2 == 0 { 85.3 } else { 170.7 };
+            assert!((*t as f64 - want).abs() <= 1.0, "domain {i}: {t} MiB");
+        }
+        // Half of them idle (8 MiB used of what they hold), half busy (all used), equal
+        // shares: every idle domain gives more than any busy one, none goes below the least
+        // a domain keeps, and the tax moves nothing between domains alike.
+        let claims: Vec<Claim> = (0..100)
+            .map(|i| {
+                let c = claim(256, 0, 1000);
+                if i % 2 == 0 {
+                    using(c, 8)
+                } else {
+                    using(c, 256)
+                }
+            })
+            .collect();
+        let targets = mib(allocate(12_800 * MIB, &claims, IdleTax::DEFAULT));
+        assert_eq!(targets.iter().sum::<u64>(), 12_800);
+        let idle_most = targets.iter().step_by(2).max().unwrap();
+        let busy_least = targets.iter().skip(1).step_by(2).min().unwrap();
+        assert!(idle_most < busy_least, "{targets:?}");
+        assert!(targets.iter().all(|&t| t >= 16), "{targets:?}");
+        let spread = |v: Vec<&u64>| *v.iter().max().unwrap() - *v.iter().min().unwrap();
+        assert!(
+            spread(targets.iter().step_by(2).collect()) <= 1,
+            "{targets:?}"
+        );
+        assert!(
+            spread(targets.iter().skip(1).step_by(2).collect()) <= 1,
+            "{targets:?}"
+        );
     }
 
     #[test]
