@@ -121,7 +121,7 @@ pub fn assert_guest_ok(step: &StepResult) {
     );
 }
 
-/// The guest tools of `tests/guest/`: `udpflood`, `tcpblast` and `spin` compiled statically
+/// The guest tools of `tests/guest/`: `udpflood`, `tcpblast`, `spin` and `pagetouch` compiled statically
 /// with gcc into `dir`, and the `agent` and `worker` scripts (`vscript=agent vip=ADDR`) with
 /// their `session`, packed as a second initramfs archive
 /// (returned) to append to the guest's own:
@@ -131,7 +131,7 @@ pub fn guest_tools(dir: &std::path::Path) -> std::path::PathBuf {
     let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guest");
     let root = dir.join("tools-root");
     std::fs::create_dir_all(root.join("bin")).unwrap();
-    let tools = ["udpflood", "tcpblast", "spin"];
+    let tools = ["udpflood", "tcpblast", "spin", "pagetouch"];
     for tool in tools.iter() {
         let out = Command::new("gcc")
             .args(["-O2", "-static", "-o"])
