@@ -359,6 +359,38 @@ impl crate::Vcpu {
         Ok(out)
     }
 
+    /// The frequency this vCPU's TSC runs at, in kHz, if KVM tells it.
+    pub fn tsc_khz(&self) -> Option<u32> {
+        self.fd().get_tsc_khz().ok()
+    }
+
+    /// Makes this vCPU's TSC run at `khz` (`KVM_SET_TSC_KHZ`: the CPU scales the TSC, or KVM
+    /// catches a slower one up), or says, with both frequencies, that this host's KVM cannot.
+    /// Nothing to do where it runs at `khz` already, or where KVM does not tell its frequency.
+    pub fn run_tsc_at(&self, khz: u32) -> Result<(), HvError> {
+        let fd = self.fd();
+        let Ok(here) = fd.get_tsc_khz() else {
+            return Ok(());
+        };
+        if khz == here {
+            return Ok(());
+        }
+        let refused = |why: String| HvError::Ioctl {
+            op: "SET_TSC_KHZ",
+            source: std::io::Error::other(format!(
+                "the saved vCPU's TSC ran at {khz} kHz, this host's at {here} kHz, and this \
+                 host's KVM cannot run it at {khz} kHz ({why})"
+            )),
+        };
+        fd.set_tsc_khz(khz).map_err(|e| refused(e.to_string()))?;
+        // Taken, and told back (a KVM has been seen to take a frequency it then cannot tell).
+        match fd.get_tsc_khz() {
+            Ok(now) if now == khz => Ok(()),
+            Ok(now) => Err(refused(format!("it took it, then said {now} kHz"))),
+            Err(e) => Err(refused(format!("it took it, then could not tell it: {e}"))),
+        }
+    }
+
     /// Gives this vCPU the state `state` (its CPUID must already be set, as when it was
     /// saved), its TSC moved on by `elapsed_ns` of real time (the time the guest spent saved,
     /// as its kvmclock is: a guest that keeps time with the TSC keeps the right time too).
@@ -368,16 +400,8 @@ impl crate::Vcpu {
     /// by name.
     pub fn restore_state(&self, state: &VcpuState, elapsed_ns: u64) -> Result<(), HvError> {
         let fd = self.fd();
-        if let (Some(saved), Ok(here)) = (state.tsc_khz, fd.get_tsc_khz()) {
-            if saved != here {
-                fd.set_tsc_khz(saved).map_err(|e| HvError::Ioctl {
-                    op: "SET_TSC_KHZ",
-                    source: std::io::Error::other(format!(
-                        "the saved vCPU's TSC ran at {saved} kHz, this host's at {here} kHz, \
-                         and this host's KVM cannot run it at {saved} kHz ({e})"
-                    )),
-                })?;
-            }
+        if let Some(saved) = state.tsc_khz {
+            self.run_tsc_at(saved)?;
         }
         fd.set_mp_state(state.mp_state)
             .map_err(|e| HvError::ioctl("SET_MP_STATE", e))?;

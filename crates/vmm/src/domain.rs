@@ -228,6 +228,8 @@ enum Origin<'a> {
 pub struct MachineParts {
     /// The CPUID table the vCPUs were built from.
     cpuid: Vec<hv::CpuidEntry>,
+    /// The frequency the vCPUs' TSCs run at, in kHz, if KVM tells it.
+    tsc_khz: Option<u32>,
     vm: Arc<hv::Vm>,
     vcpus: Vec<Arc<Mutex<hv::Vcpu>>>,
     transports: Vec<Arc<Mutex<devices::virtio::mmio::MmioTransport>>>,
@@ -270,6 +272,11 @@ impl MachineParts {
     /// The CPUID table the vCPUs were built from.
     pub fn cpuid(&self) -> &[hv::CpuidEntry] {
         &self.cpuid
+    }
+
+    /// The frequency the vCPUs' TSCs run at, in kHz, if KVM tells it.
+    pub fn tsc_khz(&self) -> Option<u32> {
+        self.tsc_khz
     }
 
     /// Starts (`true`) or stops logging the pages of `memory` (this machine's RAM) that the
@@ -418,6 +425,7 @@ impl Machine {
         let mut vcpus = Vec::with_capacity(cfg.vcpus as usize);
         // The time the guest spent saved, once for every vCPU's TSC.
         let saved_for_ns = saved.map_or(0, |s| s.vm.elapsed_ns());
+        let mut tsc_khz = None;
         for id in 0..cfg.vcpus {
             let vcpu = vm.create_vcpu(id)?;
             vcpu.set_cpuid(&cpuid::for_vcpu(&base, id, cfg.vcpus))?;
@@ -431,6 +439,9 @@ impl Machine {
                     }
                 }
                 Some(s) => vcpu.restore_state(&s.vcpus[id as usize], saved_for_ns)?,
+            }
+            if id == 0 {
+                tsc_khz = vcpu.tsc_khz();
             }
             let vcpu = Arc::new(Mutex::new(vcpu));
             vcpus.push(vcpu.clone());
@@ -458,6 +469,7 @@ impl Machine {
         let (io, io_inbox) = virtio::io_channel()?;
         let parts = MachineParts {
             cpuid: base,
+            tsc_khz,
             vm: Arc::new(vm),
             vcpus,
             transports: virtio_devices.iter().map(|d| d.transport.clone()).collect(),

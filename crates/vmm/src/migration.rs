@@ -262,6 +262,7 @@ impl<'a> Sender<'a> {
         let mut writer = SnapshotWriter::migration(out).map_err(|e| sending(conn, &e))?;
         writer
             .identity(spec, machine.parts.cpuid())
+            .and_then(|()| writer.tsc(machine.parts.tsc_khz()))
             .map_err(|e| sending(conn, &e))?;
         if let Err(e) = machine.parts.log_dirty_pages(&machine.memory, true) {
             let _ = machine.parts.log_dirty_pages(&machine.memory, false);
@@ -548,6 +549,10 @@ pub(crate) fn receive(
             missing.join("; ")
         ))));
     }
+    // So is a TSC frequency this host's KVM cannot give a vCPU (tried on a scratch one).
+    if let Some(khz) = reader.tsc_khz().map_err(stream).map_err(refuse)? {
+        check_tsc(hv, khz).map_err(refuse)?;
+    }
     let mut ended = Instant::now();
     let machine = crate::domain::Machine::restore(hv, cfg, res, sink, &mut |memory, ram| {
         reader.migrated_memory(memory, ram, &mut || say(&conn, SYNCED))?;
@@ -586,10 +591,52 @@ pub(crate) fn receive(
     Ok((machine, paused))
 }
 
+/// Whether this host's KVM can run a vCPU whose TSC runs at `khz`: a scratch VM's vCPU is
+/// set to it.
+pub fn check_tsc(hv: &hv::Hypervisor, khz: u32) -> Result<(), crate::DomainError> {
+    let vm = hv.create_vm()?;
+    vm.create_vcpu(0)?.run_tsc_at(khz)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::net::TcpListener;
+
+    /// A TSC frequency KVM cannot give is refused, with both frequencies; the host's own is
+    /// not.
+    #[test]
+    fn a_tsc_frequency_kvm_cannot_give_is_refused_before_any_memory() {
+        let hv = hv::Hypervisor::open().expect("/dev/kvm (this test needs KVM)");
+        let here = hv
+            .create_vm()
+            .and_then(|vm| vm.create_vcpu(0))
+            .unwrap()
+            .tsc_khz()
+            .expect("KVM tells the TSC frequency");
+        check_tsc(&hv, here).unwrap();
+        // Half the speed: a KVM without TSC scaling (this machine's) cannot, and says so; one
+        // with it runs the vCPU at exactly that.
+        let slower = here / 2;
+        match check_tsc(&hv, slower) {
+            Err(e) => {
+                let e = e.to_string();
+                assert!(
+                    e.contains(&format!("ran at {slower} kHz, this host's at {here} kHz")),
+                    "{e}"
+                );
+            }
+            Ok(()) => {
+                let vcpu = hv.create_vm().and_then(|vm| vm.create_vcpu(0)).unwrap();
+                vcpu.run_tsc_at(slower).unwrap();
+                assert_eq!(vcpu.tsc_khz(), Some(slower));
+            }
+        }
+        // Far beyond what any KVM runs: refused, whether KVM says no at once or takes it and
+        // then does not tell it back.
+        assert!(check_tsc(&hv, u32::MAX).is_err());
+    }
 
     /// A connected pair on the loopback.
     fn pair() -> (TcpStream, TcpStream) {

@@ -24,7 +24,9 @@
 //! - `End`, empty.
 //!
 //! A migration stream (`docs/formats.md`, "Migration stream") is the same records behind the
-//! magic `VSLMIGR\0`, in the order a running domain can send them: `Spec` and `Cpuid`; then
+//! magic `VSLMIGR\0`, in the order a running domain can send them: `Spec`, `Cpuid` and `Tsc`
+//! (the frequency its vCPUs' TSCs run at, u32 kHz, 0 unknown: a receiver that cannot give it
+//! refuses before any memory comes); then
 //! memory, round after round while the guest runs: `Memory` records in any order, a later
 //! one over an earlier one's pages, and `Zero` records (an address, u64, and a count of
 //! pages, u64) for pages that became zeros; then, once the domain is paused, `Vm`, the
@@ -46,8 +48,8 @@ pub const MIGRATION_MAGIC: [u8; 8] = *b"VSLMIGR\0";
 /// The snapshot format's version. A reader refuses any other.
 pub const VERSION: u32 = 1;
 /// The migration stream's version. A reader refuses any other (version 1 had its memory
-/// records' pages under their checksums).
-pub const MIGRATION_VERSION: u32 = 2;
+/// records' pages under their checksums; version 2 had no `Tsc` record).
+pub const MIGRATION_VERSION: u32 = 3;
 /// Bytes of guest RAM in one page of a memory record.
 pub const PAGE: usize = 4096;
 /// Most pages in one memory record (2 MiB).
@@ -73,6 +75,7 @@ enum Kind {
     Cpuid = 8,
     Zero = 9,
     Sync = 10,
+    Tsc = 11,
 }
 
 impl Kind {
@@ -88,6 +91,7 @@ impl Kind {
             Kind::Cpuid,
             Kind::Zero,
             Kind::Sync,
+            Kind::Tsc,
         ]
         .into_iter()
         .find(|k| *k as u32 == n)
@@ -105,6 +109,7 @@ impl Kind {
             Kind::Cpuid => "CPUID table",
             Kind::Zero => "zero pages",
             Kind::Sync => "sync",
+            Kind::Tsc => "TSC frequency",
         }
     }
 
@@ -119,6 +124,7 @@ impl Kind {
             Kind::Cpuid => 4 + MAX_CPUID_ENTRIES * CPUID_ENTRY_LEN,
             Kind::Zero => 16,
             Kind::Sync => 0,
+            Kind::Tsc => 4,
         }
     }
 }
@@ -252,6 +258,11 @@ impl<W: Write> SnapshotWriter<W> {
         let spec = serde_json::to_vec(spec).map_err(io::Error::other)?;
         self.record(Kind::Spec, &[&spec])?;
         self.record(Kind::Cpuid, &[&encode_cpuid(cpuid)])
+    }
+
+    /// Writes the frequency the vCPUs' TSCs run at (a migration's, after the identity).
+    pub fn tsc(&mut self, khz: Option<u32>) -> io::Result<()> {
+        self.record(Kind::Tsc, &[&khz.unwrap_or(0).to_le_bytes()])
     }
 
     /// Writes the machine's state: its VM, vCPUs, UART and devices.
@@ -659,6 +670,17 @@ impl<R: Read> SnapshotReader<R> {
     /// The CPUID table (the record after the specification).
     pub fn cpuid(&mut self) -> Result<Vec<hv::CpuidEntry>, SnapshotError> {
         decode_cpuid(&self.expect(Kind::Cpuid)?)
+    }
+
+    /// The frequency the sender's vCPUs' TSCs run at, in kHz (a migration's record after the
+    /// CPUID table; `None`: the sender's KVM did not tell it).
+    pub fn tsc_khz(&mut self) -> Result<Option<u32>, SnapshotError> {
+        let bytes = self.expect(Kind::Tsc)?;
+        let khz: [u8; 4] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| malformed(format!("a TSC frequency of {} bytes", bytes.len())))?;
+        Ok(Some(u32::from_le_bytes(khz)).filter(|&k| k != 0))
     }
 
     /// The machine's state (the VM, vCPUs, UART and devices), of the domain `spec` whose
