@@ -112,6 +112,8 @@ pub struct MemoryView {
     pub pool_bytes: u64,
     /// What the running and paused domains reserve of it.
     pub reserved_bytes: u64,
+    /// The idle memory tax (`vessel daemon --idle-tax`).
+    pub idle_tax: f64,
     /// Guest memory of the running and paused domains together, as configured.
     pub given_bytes: u64,
     /// Page sharing, if it is on.
@@ -146,6 +148,7 @@ impl ControlPlane {
             free_state: host.map(|(state, _, _)| state),
             pool_bytes: self.memory_policy.pool(),
             reserved_bytes: crate::allocation::MemoryPolicy::reserved(&self.registry, None),
+            idle_tax: self.memory_policy.tax().rate(),
             given_bytes,
             page_sharing: self.page_sharing_status(),
             domains: list

@@ -447,6 +447,8 @@ pub fn top(socket: &Path, args: TopArgs) -> anyhow::Result<ExitCode> {
             ("CPU%", Align::Right),
             ("SHARE%", Align::Right),
             ("MEM(MiB)", Align::Right),
+            ("TARGET(MiB)", Align::Right),
+            ("ACTIVE(MiB)", Align::Right),
             ("BLK(KiB/s)", Align::Right),
             ("NET(KiB/s)", Align::Right),
         ]);
@@ -471,6 +473,15 @@ pub fn top(socket: &Path, args: TopArgs) -> anyhow::Result<ExitCode> {
             };
             last.insert(name.clone(), (now, cpu, blk, net));
             let resident = info["memory_resident_bytes"].as_u64().unwrap_or(0);
+            // What the memory policy (or mem-set) wants it to hold, and what it uses as
+            // sampled (absent until a sampling period has ended).
+            let target = info["memory"]["target_bytes"].as_u64();
+            let active = info["memory"]["active_estimate_bytes"].as_u64();
+            let in_mib = |b: Option<u64>| {
+                b.map_or("-".to_string(), |b| {
+                    format!("{:.1}", b as f64 / (1 << 20) as f64)
+                })
+            };
             // The scheduler's share of what all domains used over its last interval.
             let share = info["sched"]["share_percent"].as_f64();
             table.row(vec![
@@ -479,6 +490,8 @@ pub fn top(socket: &Path, args: TopArgs) -> anyhow::Result<ExitCode> {
                 format!("{cpu_pct:.1}"),
                 share.map_or("-".to_string(), |s| format!("{s:.1}")),
                 format!("{:.1}", resident as f64 / (1 << 20) as f64),
+                in_mib(target),
+                in_mib(active),
                 format!("{:.1}", blk_rate / 1024.0),
                 format!("{:.1}", net_rate / 1024.0),
             ]);
@@ -488,6 +501,8 @@ pub fn top(socket: &Path, args: TopArgs) -> anyhow::Result<ExitCode> {
                 "cpu_percent": cpu_pct,
                 "share_percent": share,
                 "memory_resident_bytes": resident,
+                "memory_target_bytes": target,
+                "memory_active_bytes": active,
                 "block_bytes_per_sec": blk_rate,
                 "net_bytes_per_sec": net_rate,
             }));

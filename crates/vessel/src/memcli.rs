@@ -39,9 +39,10 @@ fn render(v: &Value) -> String {
         text(&v["free_state"]),
     );
     out += &format!(
-        "memory pool   : {} MiB, {} MiB reserved\n",
+        "memory pool   : {} MiB, {} MiB reserved, idle memory tax {}\n",
         v["pool_bytes"].as_u64().unwrap_or(0) >> 20,
         v["reserved_bytes"].as_u64().unwrap_or(0) >> 20,
+        v["idle_tax"].as_f64().unwrap_or(0.0),
     );
     out += &format!(
         "given         : {} MiB to {} domains\n",
@@ -68,6 +69,7 @@ fn render(v: &Value) -> String {
         ("TARGET", Align::Right),
         ("BALLOON", Align::Right),
         ("RESIDENT", Align::Right),
+        ("ACTIVE", Align::Right),
         ("SHARED", Align::Right),
         ("GUEST-FREE", Align::Right),
     ]);
@@ -78,6 +80,7 @@ fn render(v: &Value) -> String {
             mib(&d["target_bytes"]),
             mib(&d["balloon_bytes"]),
             mib(&d["resident_bytes"]),
+            mib(&d["active_estimate_bytes"]),
             mib(&d["shared_bytes"]),
             mib(&d["guest"]["free_bytes"]),
         ]);
@@ -94,11 +97,13 @@ mod tests {
         let v = serde_json::json!({
             "total_bytes": 4u64 << 30, "available_bytes": 3u64 << 30, "free_state": "high",
             "given_bytes": 512u64 << 20, "pool_bytes": 1024u64 << 20, "reserved_bytes": 64u64 << 20,
+            "idle_tax": 0.75,
             "page_sharing": {"pages_per_batch": 100, "sleep_ms": 20, "shared_pages": 900,
                              "saved_bytes": 40u64 << 20, "full_scans": 3},
             "domains": [{"name": "web", "configured_bytes": 256u64 << 20,
                          "target_bytes": 128u64 << 20, "balloon_bytes": 128u64 << 20,
                          "resident_bytes": 100u64 << 20, "reported_bytes": 0,
+                         "active_estimate_bytes": 30u64 << 20,
                          "shared_bytes": 20u64 << 20, "guest": null}]
         });
         let text = render(&v);
@@ -108,7 +113,7 @@ mod tests {
         );
         assert!(text.contains("512 MiB to 1 domains"), "{text}");
         assert!(
-            text.contains("memory pool   : 1024 MiB, 64 MiB reserved"),
+            text.contains("memory pool   : 1024 MiB, 64 MiB reserved, idle memory tax 0.75"),
             "{text}"
         );
         assert!(
@@ -116,7 +121,10 @@ mod tests {
             "{text}"
         );
         let row: Vec<&str> = text.lines().last().unwrap().split_whitespace().collect();
-        assert_eq!(row, ["web", "256M", "128M", "128M", "100M", "20M", "-"]);
+        assert_eq!(
+            row,
+            ["web", "256M", "128M", "128M", "100M", "30M", "20M", "-"]
+        );
         let off = render(&serde_json::json!({"page_sharing": null, "domains": []}));
         assert!(off.contains("page sharing  : off"), "{off}");
     }

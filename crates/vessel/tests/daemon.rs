@@ -970,7 +970,15 @@ fn the_listing_verbs_print_aligned_tables_and_json() {
     check(
         &vessel(&["top", "-n", "1"]),
         &["NAME", "STATE"],
-        &["CPU%", "SHARE%", "MEM(MiB)", "BLK(KiB/s)", "NET(KiB/s)"],
+        &[
+            "CPU%",
+            "SHARE%",
+            "MEM(MiB)",
+            "TARGET(MiB)",
+            "ACTIVE(MiB)",
+            "BLK(KiB/s)",
+            "NET(KiB/s)",
+        ],
     );
     check(
         &vessel(&["sched"]),
@@ -1008,6 +1016,9 @@ fn the_listing_verbs_print_aligned_tables_and_json() {
     let top = row(&parse(&["top", "-n", "1", "--json"]), "name", long);
     assert_eq!(top["state"], "running", "{top}");
     assert!(top["memory_resident_bytes"].as_u64().unwrap() > 0, "{top}");
+    // The balloon's target at once; the working-set estimate only after a sampling period.
+    assert!(top["memory_target_bytes"].as_u64().unwrap() > 0, "{top}");
+    assert!(top.get("memory_active_bytes").is_some(), "{top}");
     let sched = parse(&["sched", "--json"]);
     assert_eq!(sched.as_array().unwrap().len(), 2, "{sched}");
 }

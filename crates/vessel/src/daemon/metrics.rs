@@ -318,6 +318,11 @@ fn domain_families(plane: &ControlPlane, x: &mut Exposition) {
         "guest RAM page sharing keeps as one copy with identical pages",
     );
     x.family(
+        "vessel_domain_memory_active_bytes",
+        Gauge,
+        "guest RAM the domain actively uses, as its working-set sampling estimates",
+    );
+    x.family(
         "vessel_domain_guest_memory_available_bytes",
         Gauge,
         "memory the guest could use without swapping, as its balloon driver last said",
@@ -376,6 +381,9 @@ fn domain_families(plane: &ControlPlane, x: &mut Exposition) {
             &domain,
             memory.shared_bytes,
         );
+        if let Some(active) = memory.active_estimate_bytes {
+            x.sample("vessel_domain_memory_active_bytes", &domain, active);
+        }
         if let Some(guest) = memory.guest {
             x.sample(
                 "vessel_domain_guest_memory_available_bytes",
