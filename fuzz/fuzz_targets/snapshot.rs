@@ -67,6 +67,7 @@ fn receive(bytes: &[u8], ram: &GuestMemory) -> Option<SavedMachine> {
     let mut reader = SnapshotReader::migration(bytes).ok()?;
     let spec = reader.spec().ok()?;
     let cpuid = reader.cpuid().ok()?;
+    reader.tsc_khz().ok()?;
     reader.migrated_memory(ram, &[(0, RAM)], &mut || Ok(())).ok()?;
     let saved = reader.state(spec, cpuid).ok()?;
     reader.end().ok()?;

@@ -311,9 +311,10 @@ memory = struct.pack("<Q", 0x1000) + b"\x5a" * 4096
 write("snapshot", "framed",
       b"\x01" + rec(1, spec) + rec(8, cpuid) + rec(2, vm) + rec(3, vcpu) + rec(4, serial) + rec(6, memory)
       + rec(7, b""))
-# A migration stream (bit 1): a page, then it zeroed and another sent, then the machine.
+# A migration stream (bit 1): its TSC frequency, a page, then it zeroed and another sent, then
+# the machine.
 write("snapshot", "migration",
-      b"\x03" + rec(1, spec) + rec(8, cpuid) + rec(6, memory) + rec(9, struct.pack("<QQ", 0x1000, 1))
+      b"\x03" + rec(1, spec) + rec(8, cpuid) + rec(11, struct.pack("<I", 2000000)) + rec(6, memory) + rec(9, struct.pack("<QQ", 0x1000, 1))
       + rec(6, struct.pack("<Q", 0x2000) + b"\xa5" * 4096) + rec(2, vm) + rec(3, vcpu) + rec(4, serial)
       + rec(7, b""))
 write("snapshot", "framed-device",
