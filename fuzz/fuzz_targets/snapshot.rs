@@ -1,8 +1,8 @@
 //! Fuzzes reading a saved domain (`vmm::snapshot`), as `vessel restore` reads one: the
 //! header, the machine's records (specification, CPUID table, VM, vCPUs, UART, devices) and the memory
 //! records, into 1 MiB of guest RAM; or a migration stream, as the receiving domain process
-//! reads one (specification, CPUID table, memory and zero-pages records in any order, the
-//! machine's records, the end).
+//! reads one (specification, CPUID table, TSC frequency, memory and zero-pages records in any
+//! order, the machine's records, the end).
 //!
 //! Checked: nothing panics, whatever the bytes; a snapshot or stream that reads writes back
 //! (its machine and the memory it filled) to one that reads again, to the same specification,
@@ -62,16 +62,16 @@ fn framed(mut input: Input<'_>, migration: bool) -> Vec<u8> {
     out
 }
 
-/// A migration stream's machine, after it filled `ram`.
-fn receive(bytes: &[u8], ram: &GuestMemory) -> Option<SavedMachine> {
+/// A migration stream's machine and TSC frequency, after it filled `ram`.
+fn receive(bytes: &[u8], ram: &GuestMemory) -> Option<(SavedMachine, Option<u32>)> {
     let mut reader = SnapshotReader::migration(bytes).ok()?;
     let spec = reader.spec().ok()?;
     let cpuid = reader.cpuid().ok()?;
-    reader.tsc_khz().ok()?;
+    let tsc = reader.tsc_khz().ok()?;
     reader.migrated_memory(ram, &[(0, RAM)], &mut || Ok(())).ok()?;
     let saved = reader.state(spec, cpuid).ok()?;
     reader.end().ok()?;
-    Some(saved)
+    Some((saved, tsc))
 }
 
 /// A snapshot's machine, after it filled `ram`.
@@ -97,15 +97,16 @@ fuzz_target!(|data: &[u8]| {
     let read = if migration {
         receive(&bytes, ram)
     } else {
-        restore(&bytes, ram)
+        restore(&bytes, ram).map(|saved| (saved, None))
     };
-    let Some(saved) = read else {
+    let Some((saved, tsc)) = read else {
         return;
     };
     // What read writes back, and reads again to the same.
     let again = if migration {
         let mut w = SnapshotWriter::migration(Vec::new()).expect("a header");
         w.identity(&saved.spec, &saved.cpuid).expect("the identity");
+        w.tsc(tsc).expect("the TSC frequency");
         w.memory(ram, &[(0, RAM)]).expect("the memory records");
         w.state(&saved).expect("the machine's records");
         w.finish().expect("the end")
@@ -116,12 +117,13 @@ fuzz_target!(|data: &[u8]| {
         w.finish().expect("the end")
     };
     let copy = GuestMemory::new(&[(0, RAM)]).expect("1 MiB of guest RAM");
-    let back = if migration {
+    let (back, tsc_back) = if migration {
         receive(&again, &copy)
     } else {
-        restore(&again, &copy)
+        restore(&again, &copy).map(|saved| (saved, None))
     }
     .expect("what Vessel wrote reads");
+    assert_eq!(tsc_back, tsc);
     assert_eq!(back.spec, saved.spec);
     assert_eq!(back.cpuid, saved.cpuid);
     assert_eq!(back.serial, saved.serial);
