@@ -278,10 +278,14 @@ impl Sampler {
 
     /// Takes one page away if it is resident and not taken already; whether it did.
     fn take_away(&self, page: usize) -> io::Result<bool> {
-        let mut resident = 0u8;
-        // SAFETY: `page` is a page-aligned address inside a live guest mapping, and the vector
-        // is one byte for its one page.
-        if unsafe { libc::mincore(page as *mut _, PAGE, &mut resident) } != 0 || resident & 1 == 0 {
+        let resident = || {
+            let mut resident = 0u8;
+            // SAFETY: `page` is a page-aligned address inside a live guest mapping, and the
+            // vector is one byte for its one page.
+            let rc = unsafe { libc::mincore(page as *mut _, PAGE, &mut resident) };
+            rc == 0 && resident & 1 == 1
+        };
+        if !resident() {
             return Ok(false);
         }
         let mut round = self.memory.sampled().lock();
@@ -320,6 +324,13 @@ impl Sampler {
                 &mut UffdioWriteprotect { range, mode: 0 },
             );
         };
+        // Resident still, now that no discard can come between (they take the lock): write
+        // protection does nothing to a page that is not there, whose next write would land
+        // in a page dropped below.
+        if !resident() {
+            unprotect();
+            return Ok(false);
+        }
         let mut bytes = Box::new([0u8; PAGE]);
         // SAFETY: the page lies in a live guest mapping; reading it cannot fault to this
         // thread (the range is not armed for missing pages yet). A vCPU cannot change it
@@ -413,8 +424,13 @@ impl Sampler {
         };
         if let Some(bytes) = round.away.remove(&page) {
             round.touched += 1;
-            if self.put_back(page, &bytes).is_ok() {
-                return;
+            match self.put_back_retrying(page, &bytes) {
+                Ok(()) => return,
+                // Present already: its waiters are woken below.
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                // Its bytes cannot come back: the guest must not go on with a page of zeros
+                // there. The domain crashes with the reason (`Control::run_or_crash`).
+                Err(e) => panic!("a sampled page cannot be given back: {e}"),
             }
         } else if uffd_ioctl(
             self.uffd,
@@ -440,6 +456,27 @@ impl Sampler {
         {
             let mut r = range;
             let _ = uffd_ioctl(self.uffd, UFFDIO_WAKE(), &mut r);
+        }
+    }
+
+    /// [`Self::put_back`], tried again for up to a second while the kernel says to try again
+    /// or is short of memory for the moment.
+    fn put_back_retrying(&self, page: usize, bytes: &[u8; PAGE]) -> io::Result<()> {
+        let mut tries = 0;
+        loop {
+            match self.put_back(page, bytes) {
+                Err(e)
+                    if tries < 1000
+                        && matches!(
+                            e.raw_os_error(),
+                            Some(libc::EAGAIN | libc::ENOMEM | libc::EINTR)
+                        ) =>
+                {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                other => return other,
+            }
         }
     }
 
@@ -484,8 +521,11 @@ impl Sampler {
         };
         let mut failed = None;
         for (page, bytes) in std::mem::take(&mut round.away) {
-            if let Err(e) = self.put_back(page, &bytes) {
-                failed.get_or_insert(e);
+            match self.put_back_retrying(page, &bytes) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                // As in `fault`: never unregistered with its bytes lost.
+                Err(e) => panic!("a sampled page cannot be given back: {e}"),
             }
         }
         for page in std::mem::take(&mut round.registered) {
@@ -496,6 +536,8 @@ impl Sampler {
             if let Err(e) = uffd_ioctl(self.uffd, UFFDIO_UNREGISTER(), &mut range) {
                 failed.get_or_insert(e);
             }
+            // Unregistering wakes the waiters of missing pages only; any other goes on too.
+            let _ = uffd_ioctl(self.uffd, UFFDIO_WAKE(), &mut range);
         }
         round.touched = 0;
         match failed {

@@ -133,8 +133,9 @@ fn sample(
                 .add(round),
             Ok(_) => {}
             Err(e) => {
-                // Every page is back (the sampler's drop gives back what `end` could not);
-                // the domain runs on without an estimate.
+                // Every page is back: `end` gave them back (a page it cannot give back is a
+                // panic, which crashes the domain), or the sampler's drop does as it returns
+                // here. The domain runs on without an estimate.
                 eprintln!("vessel: working-set sampling stopped: {e}");
                 return;
             }
