@@ -209,17 +209,24 @@ impl MemoryPolicy {
 
     /// One round: every active domain's target, and the balloons whose target moved.
     fn tick(&self, active: &[EntryView]) {
-        let claims: Vec<Claim> = active
+        // Each domain's memory as its process says it now: asked once a round.
+        let reports: Vec<Option<MemoryReport>> = active
             .iter()
             .map(|v| {
+                let stats = v.instance.as_ref()?.stats()?;
+                Some(MemoryReport::of(v.def.spec().memory, &stats, 0))
+            })
+            .collect();
+        let claims: Vec<Claim> = active
+            .iter()
+            .zip(&reports)
+            .map(|(v, report)| {
                 let spec = v.def.spec();
-                let stats = v.instance.as_ref().and_then(|p| p.stats());
                 Claim {
                     memory: spec.memory,
                     reservation: spec.memory_alloc.reservation,
                     shares: spec.memory_alloc.shares,
-                    active: stats
-                        .and_then(|s| MemoryReport::of(spec.memory, &s, 0).active_estimate_bytes),
+                    active: report.and_then(|r| r.active_estimate_bytes),
                 }
             })
             .collect();
@@ -248,11 +255,11 @@ impl MemoryPolicy {
                 })
                 .collect()
         };
-        for (view, target) in active.iter().zip(targets) {
+        for ((view, target), report) in active.iter().zip(targets).zip(&reports) {
             let Some(target) = target else { continue };
             // Until its balloon has been set, a domain counts as ballooned (a target the device
             // did not take is asked again next round).
-            if apply(view, target, self.pool) && target == view.def.spec().memory {
+            if apply(view, report.as_ref(), target, self.pool) && target == view.def.spec().memory {
                 self.lock().ballooned.remove(view.def.name());
             } else {
                 self.lock().ballooned.insert(view.def.name().to_string());
@@ -264,16 +271,13 @@ impl MemoryPolicy {
 /// Sets domain `view`'s balloon so that it keeps `target`, unless its balloon already asks for
 /// that (a new boot starts with an empty balloon, so what the device says is what counts), or
 /// for less than a mebibyte more or less. Whether the balloon asks for `target` (or near
-/// enough) now.
-fn apply(view: &EntryView, target: u64, pool: u64) -> bool {
+/// enough) now. `report` is the domain's memory as read this round (`None`: no answer).
+fn apply(view: &EntryView, report: Option<&MemoryReport>, target: u64, pool: u64) -> bool {
     let (name, spec) = (view.def.name(), view.def.spec());
-    let Some(process) = &view.instance else {
+    let (Some(process), Some(report)) = (&view.instance, report) else {
         return false;
     };
-    let Some(stats) = process.stats() else {
-        return false;
-    };
-    let now = MemoryReport::of(spec.memory, &stats, 0).target_bytes;
+    let now = report.target_bytes;
     if target == now || (target.abs_diff(now) < STEP && target != spec.memory) {
         return true;
     }
