@@ -1364,7 +1364,7 @@ mod tests {
         let e = receive(&old).err().unwrap().to_string();
         assert!(
             e.contains("migration stream format version 1 is not supported")
-                && e.contains("reads version 2"),
+                && e.contains(&format!("reads version {MIGRATION_VERSION}")),
             "{e}"
         );
     }
