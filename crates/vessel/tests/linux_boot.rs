@@ -9,7 +9,7 @@ use std::time::Duration;
 
 mod boxed;
 
-use boxed::{box_with_vessel, VESSEL};
+use boxed::{box_with_vessel, run_box_until_no_guest_crash, VESSEL};
 use testbox::{Assets, BoxRun, StepResult};
 
 /// The guest command: the guest's view of its CPUs, memory and clocks, as `KEY=value` lines.
@@ -101,13 +101,13 @@ fn assert_guest_view(run: &BoxRun, name: &str, vcpus: u32, memory_mib: u32) {
 
 #[test]
 fn linux_boots_as_bzimage_and_pvh_with_one_and_two_vcpus() {
-    let run = box_with_vessel(600)
-        .step("bzimage-1cpu", &probe_step("bzImage", 1, 256))
-        .step("bzimage-2cpu", &probe_step("bzImage", 2, 384))
-        .step("pvh-1cpu", &probe_step("vmlinux", 1, 256))
-        .step("pvh-2cpu", &probe_step("vmlinux", 2, 512))
-        .run()
-        .unwrap_or_else(|e| panic!("host box failed: {e}"));
+    let run = run_box_until_no_guest_crash(2, || {
+        box_with_vessel(600)
+            .step("bzimage-1cpu", &probe_step("bzImage", 1, 256))
+            .step("bzimage-2cpu", &probe_step("bzImage", 2, 384))
+            .step("pvh-1cpu", &probe_step("vmlinux", 1, 256))
+            .step("pvh-2cpu", &probe_step("vmlinux", 2, 512))
+    });
     assert_guest_view(&run, "bzimage-1cpu", 1, 256);
     assert_guest_view(&run, "bzimage-2cpu", 2, 384);
     assert_guest_view(&run, "pvh-1cpu", 1, 256);
@@ -132,20 +132,20 @@ fn guest_reboot_restarts_or_exits_as_asked() {
            [ $n -ge 2 ] && break; sleep 1; i=$((i+1)); done; \
          alive=no; kill -0 $pid 2>/dev/null && alive=yes; kill $pid; cat /tmp/restart.log; \
          echo; echo BOOTS=$n; echo ALIVE=$alive";
-    let run = box_with_vessel(600)
-        .step("reboot-default", &reboot(""))
-        .step("reboot-acpi", &reboot("reboot=acpi"))
-        .step("reboot-kbd", &reboot("reboot=kbd"))
-        .step("restart", restart)
-        // A kernel panic under panic=-1 resets the machine: with no initrd, Linux panics
-        // because it cannot mount a root file system.
-        .step(
-            "panic-reset",
-            "vessel run --kernel /assets/bzImage --on-reboot exit \
-             --cmdline 'console=ttyS0 panic=-1' </dev/null",
-        )
-        .run()
-        .unwrap_or_else(|e| panic!("host box failed: {e}"));
+    let run = run_box_until_no_guest_crash(2, || {
+        box_with_vessel(600)
+            .step("reboot-default", &reboot(""))
+            .step("reboot-acpi", &reboot("reboot=acpi"))
+            .step("reboot-kbd", &reboot("reboot=kbd"))
+            .step("restart", restart)
+            // A kernel panic under panic=-1 resets the machine: with no initrd, Linux panics
+            // because it cannot mount a root file system.
+            .step(
+                "panic-reset",
+                "vessel run --kernel /assets/bzImage --on-reboot exit \
+                 --cmdline 'console=ttyS0 panic=-1' </dev/null",
+            )
+    });
     for name in ["reboot-default", "reboot-acpi", "reboot-kbd"] {
         let step = run.step(name);
         assert_eq!(
