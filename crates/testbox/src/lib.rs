@@ -532,6 +532,7 @@ pub struct HostBox {
     steps: Vec<(String, String)>,
     kernel_args: Vec<String>,
     qemu_args: Vec<String>,
+    modules: Vec<String>,
     compress: bool,
     heartbeat_max: Duration,
 }
@@ -735,6 +736,7 @@ impl HostBox {
             steps: Vec::new(),
             kernel_args: Vec::new(),
             qemu_args: Vec::new(),
+            modules: Vec::new(),
             compress: false,
             heartbeat_max: HEARTBEAT_MAX,
         }
@@ -744,6 +746,14 @@ impl HostBox {
     /// in it, unpacked, besides whatever the steps need (e.g. L2 guest memory).
     pub fn memory_mib(mut self, mib: u32) -> Self {
         self.memory_mib = mib;
+        self
+    }
+
+    /// Kernel modules L1 loads besides its own (with what they depend on), such as `zram`
+    /// for a swap device. One the kernel does not have is left out (a warning on stderr), and
+    /// one that does not load is a `BOX-WARN:` line: the step sees what it lacks.
+    pub fn module(mut self, name: &str) -> Self {
+        self.modules.push(name.to_string());
         self
     }
 
@@ -1011,6 +1021,19 @@ impl HostBox {
             .filter(|m| self.assets.has_module(m))
             .collect();
         add_modules(&optional, "opt")?;
+        let asked: Vec<&str> = self
+            .modules
+            .iter()
+            .map(String::as_str)
+            .filter(|m| {
+                let there = self.assets.has_module(m);
+                if !there {
+                    eprintln!("testbox: the L1 kernel has no module {m}: not loaded");
+                }
+                there
+            })
+            .collect();
+        add_modules(&asked, "opt")?;
         write_file(&tree.join("etc/box-modules"), &module_lines, 0o644)?;
 
         // Guest assets.
