@@ -418,6 +418,12 @@ impl DomainProcess {
         self.act_with(Request::DeviceControl { slot, action }, fds)
     }
 
+    /// Asks the process to have the host page out about `bytes` of its guest's resident
+    /// memory, chosen at random (host swapping, the memory policy's last resort).
+    pub fn page_out(&self, bytes: u64) -> Result<(), String> {
+        self.act(Request::PageOut { bytes })
+    }
+
     /// Puts the VIF in slot `slot` of the running domain on the switch port
     /// `lease`, and keeps the port for as long as the process runs.
     pub fn hand_port(&self, slot: usize, lease: PortLease) -> Result<(), String> {

@@ -12,6 +12,7 @@ mod error;
 mod kick;
 mod kvm;
 mod memory;
+pub mod paging;
 pub mod process;
 pub mod sampling;
 pub mod sandbox;

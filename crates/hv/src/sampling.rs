@@ -177,6 +177,13 @@ impl Sampled {
         self.round.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Runs `f` with the sampler held off (it takes no page away and gives none back
+    /// meanwhile).
+    pub(crate) fn held_off<R>(&self, f: impl FnOnce() -> R) -> R {
+        let _round = self.lock();
+        f()
+    }
+
     /// Runs `drop_pages`, which drops the host pages of `[start, end)`, with the sampler held
     /// off: sampled pages in the range are forgotten, so they read as zeros like the rest.
     pub(crate) fn discarding<R>(
@@ -207,32 +214,43 @@ pub struct RoundResult {
 pub struct Sampler {
     memory: Arc<GuestMemory>,
     uffd: RawFd,
-    rng: u64,
+    rng: Xorshift,
     active: bool,
+}
+
+/// Random numbers for choosing pages (xorshift64): sampling and paging need spread, not
+/// secrecy.
+pub(crate) struct Xorshift(u64);
+
+impl Xorshift {
+    /// Seeded from the clock and the process id.
+    pub(crate) fn seeded() -> Xorshift {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+            ^ u64::from(std::process::id()) << 32;
+        Xorshift(seed | 1)
+    }
+
+    /// The next number.
+    pub(crate) fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
 }
 
 impl Sampler {
     /// A sampler of `memory` through `uffd` ([`open_userfaultfd`], kept open by the caller
     /// for as long as the sampler lives).
     pub fn new(memory: Arc<GuestMemory>, uffd: &OwnedFd) -> Sampler {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64)
-            ^ u64::from(std::process::id()) << 32;
         Sampler {
             memory,
             uffd: uffd.as_raw_fd(),
-            rng: seed | 1,
+            rng: Xorshift::seeded(),
             active: false,
         }
-    }
-
-    fn random(&mut self) -> u64 {
-        // xorshift64: sampling needs spread, not secrecy.
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        self.rng
     }
 
     /// Starts a period: takes up to `pages` resident pages, chosen at random, away from the
@@ -257,7 +275,7 @@ impl Sampler {
             if taken == pages {
                 break;
             }
-            let mut index = (self.random() % total as u64) as usize;
+            let mut index = (self.rng.next() % total as u64) as usize;
             let page = regions
                 .iter()
                 .find_map(|&(host, n)| {

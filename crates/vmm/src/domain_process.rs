@@ -315,7 +315,8 @@ fn answer(call: Call, fds: Vec<std::os::fd::OwnedFd>, instance: &Arc<Instance>, 
         | Request::Destroy
         | Request::DeviceControl { .. }
         | Request::Save { .. }
-        | Request::Migrate { .. } => {
+        | Request::Migrate { .. }
+        | Request::PageOut { .. } => {
             let (instance, peer) = (instance.clone(), peer.clone());
             let request = call.request;
             peer.in_flight
@@ -330,6 +331,10 @@ fn answer(call: Call, fds: Vec<std::os::fd::OwnedFd>, instance: &Arc<Instance>, 
                         Request::DeviceControl { slot, action } => {
                             instance.device_control(slot, action, fds).map(|()| None)
                         }
+                        Request::PageOut { bytes } => instance.page_out(bytes).map(|advised| {
+                            tracing::debug!("paged out {} KiB of guest memory", advised >> 10);
+                            None
+                        }),
                         Request::Save { spec } => match fds.into_iter().next() {
                             Some(fd) => instance.save(std::fs::File::from(fd), *spec).map(Some),
                             None => Err("a save comes with the snapshot file's descriptor".into()),

@@ -478,6 +478,20 @@ impl Instance {
         Ok(())
     }
 
+    /// Asks the host to page out about `bytes` of the running or paused machine's resident
+    /// guest memory, at random (host swapping: see `hv::paging`); returns the resident bytes
+    /// it advised.
+    pub fn page_out(&self, bytes: u64) -> Result<u64, String> {
+        let machine = {
+            let inner = self.shared.lock();
+            match inner.machine.clone() {
+                Some(m) if inner.status.state.is_active() => m,
+                _ => return Err(format!("the domain is {}", inner.status.state.name())),
+            }
+        };
+        Ok(hv::paging::page_out(&machine.memory, bytes))
+    }
+
     /// The domain's state now.
     pub fn status(&self) -> Status {
         self.shared.lock().status.clone()

@@ -116,6 +116,12 @@ pub enum Request {
         /// The downtime target and bandwidth cap.
         params: crate::migration::MigrateParams,
     },
+    /// Host swapping (`hv::paging`): ask the host's kernel to page out about `bytes` of the
+    /// guest's resident memory, chosen at random.
+    PageOut {
+        /// How much.
+        bytes: u64,
+    },
     /// A debugging hook for the tests of the seccomp filters: make a thread of this kind call
     /// a system call its filter does not allow (the kernel then kills the domain process).
     ForbiddenCall {
