@@ -15,22 +15,29 @@
 //! page are compared, so idle memory is taken back first, from whoever holds it, even from a
 //! domain with more shares. What a domain uses is its working-set estimate (sampled in its
 //! process, `vmm::working_set`); until every running domain has one (a domain has its first
-//! after one sampling period), nobody is taxed.
+//! after one sampling period), nobody is taxed. A domain's last estimate stands while its
+//! process has none (after a reboot, a migration in, or a round it did not answer).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use vmm::layout::MIN_MEMORY;
 
-use crate::memory::MemoryReport;
+use crate::memory::{MemoryReport, ProcessMemory};
+use crate::reclaim::Holding;
 use crate::registry::{EntryView, Registry};
+use crate::sharing::FreeState;
 
 /// How often the policy recomputes the targets.
 pub const INTERVAL: Duration = Duration::from_secs(2);
-/// The step in which memory is taken back, and the least change of target worth a balloon
-/// request.
+/// The step in which memory is taken back.
 const STEP: u64 = 1 << 20;
+/// The least change of target worth a balloon request: smaller ones are the working-set
+/// estimates' noise (an estimate is a share of what the domain holds, and what it holds
+/// follows its balloon), and asking for them kept balloons moving by a few MiB every round.
+const REQUEST_STEP: u64 = crate::reclaim::SLACK;
 
 /// One domain's claim, as [`allocate`] takes it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,6 +127,7 @@ pub fn allocate(pool: u64, claims: &[Claim], tax: IdleTax) -> Vec<u64> {
 pub struct MemoryPolicy {
     pool: u64,
     tax: IdleTax,
+    count_sharing: AtomicBool,
     state: Mutex<PolicyState>,
 }
 
@@ -132,6 +140,32 @@ struct PolicyState {
     /// Domains whose balloon was last asked for less than their whole memory (the others'
     /// balloons are empty, and the policy leaves them alone while it gives them everything).
     ballooned: HashSet<String>,
+    /// Each domain's last working-set estimate, by domain: it stands while its process has
+    /// none (a new boot, a migration in, a process that did not answer this round), so that
+    /// one domain's gap does not lift the tax from every other.
+    estimates: HashMap<String, u64>,
+    /// The pool's free state, as the last round found it.
+    pool: PoolStatus,
+}
+
+impl PolicyState {
+    /// The working-set estimates of domains `names` (running now; the others are forgotten)
+    /// whose processes said `fresh` this round: each fresh one, else the domain's last.
+    fn estimates(&mut self, names: &[&str], fresh: &[Option<u64>]) -> Vec<Option<u64>> {
+        self.estimates
+            .retain(|name, _| names.contains(&name.as_str()));
+        names
+            .iter()
+            .zip(fresh)
+            .map(|(name, fresh)| match fresh {
+                Some(bytes) => {
+                    self.estimates.insert(name.to_string(), *bytes);
+                    Some(*bytes)
+                }
+                None => self.estimates.get(*name).copied(),
+            })
+            .collect()
+    }
 }
 
 impl MemoryPolicy {
@@ -140,6 +174,7 @@ impl MemoryPolicy {
         Arc::new(MemoryPolicy {
             pool,
             tax,
+            count_sharing: AtomicBool::new(false),
             state: Mutex::new(PolicyState::default()),
         })
     }
@@ -183,16 +218,23 @@ impl MemoryPolicy {
             .sum()
     }
 
+    /// What the targets may add up to: the pool less its free reserve
+    /// ([`crate::reclaim::reserve`]).
+    pub fn allocatable(&self) -> u64 {
+        self.pool - crate::reclaim::reserve(self.pool).min(self.pool)
+    }
+
     /// Whether domain `name` with `reservation` may start: `Err` says why not.
     pub fn admit(&self, registry: &Registry, name: &str, reservation: u64) -> Result<(), String> {
         let reserved = Self::reserved(registry, Some(name));
-        if reserved + reservation > self.pool {
+        if reserved + reservation > self.allocatable() {
             return Err(format!(
-                "it reserves {} MiB of memory, and only {} MiB of the memory pool ({} MiB) is not \
-                 reserved by running domains",
+                "it reserves {} MiB of memory, and only {} MiB of the memory pool ({} MiB, of \
+                 which {} MiB is kept free) is not reserved by running domains",
                 reservation >> 20,
-                self.pool.saturating_sub(reserved) >> 20,
-                self.pool >> 20
+                self.allocatable().saturating_sub(reserved) >> 20,
+                self.pool >> 20,
+                (self.pool - self.allocatable()) >> 20
             ));
         }
         Ok(())
@@ -213,28 +255,41 @@ impl MemoryPolicy {
         let reports: Vec<Option<MemoryReport>> = active
             .iter()
             .map(|v| {
-                let stats = v.instance.as_ref()?.stats()?;
-                Some(MemoryReport::of(v.def.spec().memory, &stats, 0))
+                let process = v.instance.as_ref()?;
+                let stats = process.stats()?;
+                Some(MemoryReport::of(
+                    v.def.spec(),
+                    &stats,
+                    ProcessMemory::of(process.pid()),
+                ))
             })
             .collect();
+        let names: Vec<&str> = active.iter().map(|v| v.def.name()).collect();
+        let fresh: Vec<Option<u64>> = reports
+            .iter()
+            .map(|r| r.and_then(|r| r.active_estimate_bytes))
+            .collect();
+        let estimates = self.lock().estimates(&names, &fresh);
         let claims: Vec<Claim> = active
             .iter()
-            .zip(&reports)
-            .map(|(v, report)| {
+            .zip(estimates)
+            .map(|(v, active)| {
                 let spec = v.def.spec();
                 Claim {
                     memory: spec.memory,
                     reservation: spec.memory_alloc.reservation,
                     shares: spec.memory_alloc.shares,
-                    active: report.and_then(|r| r.active_estimate_bytes),
+                    active,
                 }
             })
             .collect();
-        let policy = allocate(self.pool, &claims, self.tax);
-        let targets: Vec<Option<u64>> = {
+        // The targets leave the free reserve of the pool's high state unallocated, as ESX's
+        // leave its minimum free memory: domains at their targets leave the pool high.
+        let policy = allocate(self.allocatable(), &claims, self.tax);
+        // Each domain's target, and whether its balloon must be asked for it.
+        let targets: Vec<(u64, bool)> = {
             let mut state = self.lock();
             // Domains that stopped are forgotten, their targets set by hand with them.
-            let names: Vec<&str> = active.iter().map(|v| v.def.name()).collect();
             state
                 .manual
                 .retain(|name, _| names.contains(&name.as_str()));
@@ -251,12 +306,14 @@ impl MemoryPolicy {
                     let target = state.manual.get(name).map_or(policy, |m| policy.min(*m));
                     // A domain given everything, whose balloon was left empty: nothing to ask.
                     let whole = target == view.def.spec().memory;
-                    (!whole || state.ballooned.contains(name)).then_some(target)
+                    (target, !whole || state.ballooned.contains(name))
                 })
                 .collect()
         };
-        for ((view, target), report) in active.iter().zip(targets).zip(&reports) {
-            let Some(target) = target else { continue };
+        for ((view, &(target, ask)), report) in active.iter().zip(&targets).zip(&reports) {
+            if !ask {
+                continue;
+            }
             // Until its balloon has been set, a domain counts as ballooned (a target the device
             // did not take is asked again next round).
             if apply(view, report.as_ref(), target, self.pool) && target == view.def.spec().memory {
@@ -265,12 +322,108 @@ impl MemoryPolicy {
                 self.lock().ballooned.insert(view.def.name().to_string());
             }
         }
+        self.reclaim(active, &reports, &targets);
     }
+
+    /// The pool's free state after this round, and the means it picks beyond the balloons
+    /// ([`crate::reclaim`]): host swapping in hard and low.
+    fn reclaim(
+        &self,
+        active: &[EntryView],
+        reports: &[Option<MemoryReport>],
+        targets: &[(u64, bool)],
+    ) {
+        let saved = if self.count_sharing.load(Ordering::Relaxed) {
+            crate::sharing::saved_bytes()
+        } else {
+            0
+        };
+        let held = reports
+            .iter()
+            .map(|r| r.map_or(0, |r| r.resident_bytes))
+            .sum::<u64>()
+            .saturating_sub(saved);
+        let free = self.pool as i64 - held.min(i64::MAX as u64) as i64;
+        let (before, state) = {
+            let mut s = self.lock();
+            let before = s.pool.state;
+            s.pool.state = crate::reclaim::pool_state(before, free, self.pool);
+            s.pool.free_bytes = free;
+            (before, s.pool.state)
+        };
+        if state != before {
+            tracing::info!(
+                target: "control",
+                "memory pool: {before:?} -> {state:?} ({} MiB of {} MiB free)",
+                free >> 20,
+                self.pool >> 20
+            );
+        }
+        if !matches!(state, FreeState::Hard | FreeState::Low) {
+            return;
+        }
+        let can_swap = crate::reclaim::host_can_swap();
+        if !can_swap && matches!(before, FreeState::High | FreeState::Soft) {
+            tracing::warn!(
+                "memory pool {state:?}: this host has no free swap, so only the domains' \
+                 balloons take memory back"
+            );
+        }
+        let holdings: Vec<Holding> = reports
+            .iter()
+            .zip(targets)
+            .map(|(r, &(target, _))| Holding {
+                resident: r.map_or(0, |r| r.resident_bytes.saturating_sub(r.shared_bytes)),
+                target,
+            })
+            .collect();
+        let page_outs = crate::reclaim::page_outs(state, &holdings, can_swap);
+        for ((view, &bytes), h) in active.iter().zip(&page_outs).zip(&holdings) {
+            let (name, Some(process)) = (view.def.name(), &view.instance) else {
+                continue;
+            };
+            if bytes == 0 {
+                continue;
+            }
+            tracing::info!(
+                target: "control",
+                "domain '{name}': paging out {} MiB (it holds {} MiB for a target of {} MiB; \
+                 memory pool {state:?})",
+                bytes >> 20,
+                h.resident >> 20,
+                h.target >> 20
+            );
+            if let Err(why) = process.page_out(bytes) {
+                tracing::warn!("domain '{name}': cannot page out: {why}");
+            }
+        }
+    }
+
+    /// The pool's free state as the last round found it.
+    pub fn pool_status(&self) -> PoolStatus {
+        self.lock().pool.clone()
+    }
+
+    /// Whether the memory page sharing saves counts as free in the pool (the daemon's page
+    /// sharing is on).
+    pub fn count_page_sharing(&self, on: bool) {
+        self.count_sharing.store(on, Ordering::Relaxed);
+    }
+}
+
+/// The memory pool's free state.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PoolStatus {
+    /// ESX's free state with hysteresis ([`crate::reclaim::pool_state`]).
+    pub state: FreeState,
+    /// The pool less the guest memory the host holds for the running domains, with what page
+    /// sharing saves added back (negative: they hold more than the pool).
+    pub free_bytes: i64,
 }
 
 /// Sets domain `view`'s balloon so that it keeps `target`, unless its balloon already asks for
 /// that (a new boot starts with an empty balloon, so what the device says is what counts), or
-/// for less than a mebibyte more or less. Whether the balloon asks for `target` (or near
+/// for less than [`REQUEST_STEP`] more or less. Whether the balloon asks for `target` (or near
 /// enough) now. `report` is the domain's memory as read this round (`None`: no answer).
 fn apply(view: &EntryView, report: Option<&MemoryReport>, target: u64, pool: u64) -> bool {
     let (name, spec) = (view.def.name(), view.def.spec());
@@ -278,7 +431,7 @@ fn apply(view: &EntryView, report: Option<&MemoryReport>, target: u64, pool: u64
         return false;
     };
     let now = report.target_bytes;
-    if target == now || (target.abs_diff(now) < STEP && target != spec.memory) {
+    if target == now || (target.abs_diff(now) < REQUEST_STEP && target != spec.memory) {
         return true;
     }
     let action = devices::virtio::Action::SetBalloonTarget {
@@ -480,6 +633,27 @@ mod tests {
         assert_eq!(default_pool(1024 * MIB), 768 * MIB);
         assert_eq!(default_pool(16 * 1024 * MIB), 14 * 1024 * MIB);
         assert_eq!(default_pool(100 * MIB), 0);
+    }
+
+    #[test]
+    fn a_domains_last_estimate_stands_until_it_has_a_new_one() {
+        let mut state = PolicyState::default();
+        assert_eq!(
+            state.estimates(&["a", "b"], &[Some(8), None]),
+            [Some(8), None]
+        );
+        // a's process did not answer (or a rebooted): its last estimate stands.
+        assert_eq!(
+            state.estimates(&["a", "b"], &[None, Some(5)]),
+            [Some(8), Some(5)]
+        );
+        assert_eq!(
+            state.estimates(&["a", "b"], &[Some(3), None]),
+            [Some(3), Some(5)]
+        );
+        // b stopped: forgotten, and a b started later starts without one.
+        assert_eq!(state.estimates(&["a"], &[None]), [Some(3)]);
+        assert_eq!(state.estimates(&["a", "b"], &[None, None]), [Some(3), None]);
     }
 
     #[test]

@@ -30,6 +30,7 @@
 //! | `rates` | disk and switch port rate limits changed while domains run |
 //! | `memory` | a domain's memory as its balloon shows it; `vessel mem-set` |
 //! | `allocation` | the memory policy: who holds how much of the memory pool |
+//! | `reclaim` | the pool's free state and the means it picks: balloon, host swapping |
 //! | `sharing` | content-based page sharing (KSM) driven by the plane |
 //! | `migration` | live migration: sending a domain to a daemon, and receiving one |
 //! | `error` | [`ControlError`] |
@@ -50,6 +51,7 @@ pub mod migration;
 mod plane;
 mod process;
 mod rates;
+pub mod reclaim;
 mod registry;
 mod report;
 pub mod scheduler;

@@ -8,6 +8,7 @@
 use serde::Serialize;
 use vmm::layout::MIN_MEMORY;
 use vmm::wire::MachineStats;
+use vmm::DomainSpec;
 
 use crate::sharing::{FreeState, SharingStatus};
 use crate::{ControlError, ControlPlane};
@@ -37,22 +38,62 @@ pub struct GuestMemoryStats {
     pub minor_faults: u64,
 }
 
+/// A domain process's memory as the host's kernel tells it (`/proc/PID`, which the daemon reads:
+/// the confined process has no `/proc`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcessMemory {
+    /// Bytes merged with another page by page sharing (`ksm_merging_pages`).
+    pub merged: u64,
+    /// Bytes in the host's swap (`VmSwap`).
+    pub swapped: u64,
+    /// Anonymous memory mapped in the process (`RssAnon`: guest RAM and the VMM's own heap),
+    /// if the kernel said.
+    pub anon_resident: Option<u64>,
+}
+
+impl ProcessMemory {
+    /// Process `pid`'s (all zero and unknown if it is gone).
+    pub fn of(pid: u32) -> ProcessMemory {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let kib = |field: &str| -> Option<u64> {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .map(|kib| kib << 10)
+        };
+        ProcessMemory {
+            merged: crate::sharing::merged_bytes(pid),
+            swapped: kib("VmSwap:").unwrap_or(0),
+            anon_resident: kib("RssAnon:"),
+        }
+    }
+}
+
 /// A running domain's memory.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
 pub struct MemoryReport {
     /// What the guest was given (`--memory`): the most it may have.
     pub configured_bytes: u64,
+    /// What it always keeps (`--reservation`): the memory policy never takes it back.
+    pub reservation_bytes: u64,
+    /// Its shares (`--shares`): who gives memory back first when the pool is short.
+    pub shares: u32,
     /// What the host wants it to have now: its memory less the balloon's target.
     pub target_bytes: u64,
     /// What the balloon holds, as the guest's driver says: memory the guest gave back.
     pub balloon_bytes: u64,
-    /// Guest memory the host holds now (touched and not given back).
+    /// Guest memory the host holds now (touched and not given back, nor paged out: pages
+    /// written to swap and waiting in the swap cache to be freed are not counted).
     pub resident_bytes: u64,
     /// Free memory the guest has reported since it booted, given back to the host.
     pub reported_bytes: u64,
     /// Guest memory that page sharing keeps as one copy with identical pages (of this domain
     /// or others): it costs the host nothing more until written.
     pub shared_bytes: u64,
+    /// Memory of its process in the host's swap: guest pages the host paged out when the pool
+    /// was short and the balloon too slow (the rest of the process is a few MiB).
+    pub swapped_bytes: u64,
     /// The memory the guest actively uses, as sampled (its working set's share of what it
     /// holds, times that), once a sampling period has ended.
     pub active_estimate_bytes: Option<u64>,
@@ -63,9 +104,10 @@ pub struct MemoryReport {
 }
 
 impl MemoryReport {
-    /// The report of a domain given `configured` bytes whose process counted `stats` and has
-    /// `shared` bytes merged by page sharing.
-    pub fn of(configured: u64, stats: &MachineStats, shared: u64) -> MemoryReport {
+    /// The report of a domain specified as `spec` whose process counted `stats` and looks as
+    /// `host` from the host's side.
+    pub fn of(spec: &DomainSpec, stats: &MachineStats, host: ProcessMemory) -> MemoryReport {
+        let configured = spec.memory;
         let kind = devices::virtio::device_id::name(devices::virtio::device_id::BALLOON);
         let balloon = stats.devices.iter().find(|d| d.kind == kind);
         let counter = |name: &str| -> u64 {
@@ -83,16 +125,24 @@ impl MemoryReport {
             major_faults: counter("guest_major_faults"),
             minor_faults: counter("guest_minor_faults"),
         });
+        // Guest RAM the process has mapped (mincore also counts pages paged out and still in
+        // the swap cache), known from RssAnon only as far as the VMM's heap allows.
+        let resident = host
+            .anon_resident
+            .map_or(stats.resident_bytes, |rss| rss.min(stats.resident_bytes));
         MemoryReport {
             configured_bytes: configured,
+            reservation_bytes: spec.memory_alloc.reservation,
+            shares: spec.memory_alloc.shares,
             target_bytes: configured.saturating_sub(counter("target_pages") * PAGE),
             balloon_bytes: counter("actual_pages") * PAGE,
-            resident_bytes: stats.resident_bytes,
+            resident_bytes: resident,
             reported_bytes: counter("reported_bytes"),
-            shared_bytes: shared,
+            shared_bytes: host.merged,
+            swapped_bytes: host.swapped,
             active_estimate_bytes: stats
                 .working_set
-                .map(|w| (w.active_share * stats.resident_bytes as f64) as u64),
+                .map(|w| (w.active_share * resident as f64) as u64),
             working_set: stats.working_set,
             guest,
         }
@@ -118,6 +168,9 @@ pub struct MemoryView {
     pub given_bytes: u64,
     /// Page sharing, if it is on.
     pub page_sharing: Option<SharingStatus>,
+    /// The pool's free state, by the policy's last round: ESX's states with hysteresis, the
+    /// means they pick.
+    pub pool: crate::allocation::PoolStatus,
     /// Each running or paused domain's memory, in name order.
     pub domains: Vec<DomainMemory>,
 }
@@ -151,6 +204,7 @@ impl ControlPlane {
             idle_tax: self.memory_policy.tax().rate(),
             given_bytes,
             page_sharing: self.page_sharing_status(),
+            pool: self.memory_policy.pool_status(),
             domains: list
                 .into_iter()
                 .filter_map(|d| {
@@ -266,8 +320,17 @@ mod tests {
             ],
             ..MachineStats::default()
         };
-        let r = MemoryReport::of(512 << 20, &stats, 0);
+        let spec = DomainSpec {
+            memory: 512 << 20,
+            memory_alloc: vmm::MemoryAlloc {
+                reservation: 64 << 20,
+                shares: 3000,
+            },
+            ..DomainSpec::new("/k")
+        };
+        let r = MemoryReport::of(&spec, &stats, ProcessMemory::default());
         assert_eq!(r.configured_bytes, 512 << 20);
+        assert_eq!((r.reservation_bytes, r.shares), (64 << 20, 3000));
         assert_eq!(r.target_bytes, 256 << 20);
         assert_eq!(r.balloon_bytes, 4 << 20);
         assert_eq!(r.resident_bytes, 100 << 20);
@@ -277,11 +340,22 @@ mod tests {
         stats.devices[1]
             .counters
             .retain(|(n, v)| n != "stats_updates" || *v == 3);
-        let r = MemoryReport::of(512 << 20, &stats, 0);
+        let r = MemoryReport::of(&spec, &stats, ProcessMemory::default());
         assert_eq!(r.guest.map(|g| g.free_bytes), Some(5));
+        // Paged out and waiting in the swap cache: mapped no more, and not counted.
+        let host = ProcessMemory {
+            merged: 1 << 20,
+            swapped: 60 << 20,
+            anon_resident: Some(42 << 20),
+        };
+        let r = MemoryReport::of(&spec, &stats, host);
+        assert_eq!(
+            (r.resident_bytes, r.shared_bytes, r.swapped_bytes),
+            (42 << 20, 1 << 20, 60 << 20)
+        );
         // A machine without a balloon (an older domain process): nothing taken, no target.
         stats.devices.remove(1);
-        let r = MemoryReport::of(512 << 20, &stats, 0);
+        let r = MemoryReport::of(&spec, &stats, ProcessMemory::default());
         assert_eq!((r.target_bytes, r.balloon_bytes), (512 << 20, 0));
     }
 }

@@ -120,12 +120,17 @@ impl ControlPlane {
         let memory_policy = MemoryPolicy::new(pool, config.idle_tax);
         memory_policy.spawn(Arc::downgrade(&registry));
         let sharing = if config.page_sharing {
-            PageSharing::start(Path::new(KSM_DIR), Arc::downgrade(&registry))
-                .inspect_err(|why| tracing::warn!("page sharing is off: {why}"))
-                .ok()
+            PageSharing::start(
+                Path::new(KSM_DIR),
+                Arc::downgrade(&registry),
+                Arc::downgrade(&memory_policy),
+            )
+            .inspect_err(|why| tracing::warn!("page sharing is off: {why}"))
+            .ok()
         } else {
             None
         };
+        memory_policy.count_page_sharing(sharing.is_some());
         Ok(ControlPlane {
             registry,
             run_dir: private_dir(&config.state_dir.join("run"))?,

@@ -100,9 +100,9 @@ fn summarize(view: EntryView) -> DomainSummary {
     let stats = view.instance.as_ref().and_then(|p| p.stats());
     let memory = view.instance.as_ref().zip(stats.as_ref()).map(|(p, m)| {
         MemoryReport::of(
-            view.def.spec().memory,
+            view.def.spec(),
             m,
-            crate::sharing::merged_bytes(p.pid()),
+            crate::memory::ProcessMemory::of(p.pid()),
         )
     });
     DomainSummary {

@@ -5,11 +5,12 @@
 //! is the policy: which domains' memory is mergeable (all of them while `vessel daemon
 //! --page-sharing on`, the default), how fast the scanner runs, and what each domain shares.
 //!
-//! The scanner runs faster as the host's free memory falls, as ESX's does: each pass over the
-//! domains' memory should take [`FreeState::scan_pass`] (a minute while memory is plentiful,
-//! two seconds when it is nearly gone), never slower than the kernel's own default rate. The
-//! free state is MemAvailable over MemTotal (`/proc/meminfo`), in four bands named after ESX's
-//! (see [`FreeState::of`]).
+//! The scanner runs faster as free memory falls, as ESX's does: each pass over the domains'
+//! memory should take [`FreeState::scan_pass`] (a minute while memory is plentiful, two
+//! seconds when it is nearly gone), never slower than the kernel's own default rate. The free
+//! state is the tighter of the host's (MemAvailable over MemTotal, `/proc/meminfo`, in four
+//! bands named after ESX's: see [`FreeState::of`]) and the memory pool's (ESX's own
+//! thresholds: [`crate::reclaim::pool_state`]).
 //!
 //! KSM's settings are the host's: the daemon remembers them when it starts and puts them back
 //! when it stops (`run` too: a daemon that found KSM stopped leaves it stopped, with the pages
@@ -23,6 +24,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::allocation::MemoryPolicy;
 use crate::registry::Registry;
 
 /// Where the kernel's KSM settings and counters are.
@@ -36,17 +38,20 @@ const MIN_PAGES_PER_BATCH: u64 = 100;
 /// How often the policy looks at the host again.
 const INTERVAL: Duration = Duration::from_secs(2);
 
-/// The host's free memory, in ESX's four states: high, soft, hard, low.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+/// Free memory in ESX's four states: high, soft, hard, low. The host's, for the scanner
+/// (bands of its available memory: [`FreeState::of`]), and the memory pool's, for the memory
+/// policy's means (ESX's thresholds with hysteresis: [`crate::reclaim::pool_state`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FreeState {
-    /// At least a fifth of the host's memory is available.
+    /// Plenty free (the host: at least a fifth available).
+    #[default]
     High,
-    /// At least a tenth.
+    /// Getting short (the host: at least a tenth).
     Soft,
-    /// At least a twentieth.
+    /// Short (the host: at least a twentieth).
     Hard,
-    /// Less.
+    /// Nearly none (the host: less).
     Low,
 }
 
@@ -61,6 +66,25 @@ impl FreeState {
             10..=19 => FreeState::Soft,
             5..=9 => FreeState::Hard,
             _ => FreeState::Low,
+        }
+    }
+
+    /// Higher is freer.
+    pub(crate) fn rank(self) -> u8 {
+        match self {
+            FreeState::Low => 0,
+            FreeState::Hard => 1,
+            FreeState::Soft => 2,
+            FreeState::High => 3,
+        }
+    }
+
+    /// The tighter of the two states.
+    pub fn tighter(self, other: FreeState) -> FreeState {
+        if other.rank() < self.rank() {
+            other
+        } else {
+            self
         }
     }
 
@@ -108,6 +132,15 @@ pub fn merged_bytes(pid: u32) -> u64 {
         .map_or(0, |pages| pages * PAGE)
 }
 
+/// Memory page sharing saves now on this host ([`SharingStatus::saved_bytes`], read from
+/// KSM's counters in [`KSM_DIR`]; 0 without KSM).
+pub fn saved_bytes() -> u64 {
+    Ksm {
+        dir: PathBuf::from(KSM_DIR),
+    }
+    .saved_bytes()
+}
+
 /// What page sharing does now, for the host view.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct SharingStatus {
@@ -131,6 +164,11 @@ struct Ksm {
 }
 
 impl Ksm {
+    /// Memory saved now: [`SharingStatus::saved_bytes`].
+    fn saved_bytes(&self) -> u64 {
+        (self.read("pages_sharing").unwrap_or(0) + self.read("ksm_zero_pages").unwrap_or(0)) * PAGE
+    }
+
     fn read(&self, name: &str) -> Option<u64> {
         std::fs::read_to_string(self.dir.join(name))
             .ok()?
@@ -161,10 +199,15 @@ pub struct PageSharing {
 }
 
 impl PageSharing {
-    /// Starts KSM and a thread that steers it for the running domains of `registry`; `Err`
-    /// says why there is no page sharing on this host (no KSM, or its settings cannot be
-    /// written).
-    pub(crate) fn start(dir: &Path, registry: Weak<Registry>) -> Result<PageSharing, String> {
+    /// Starts KSM and a thread that steers it for the running domains of `registry`, by the
+    /// host's free state and the memory pool's as `policy` last found it (the tighter of the
+    /// two); `Err` says why there is no page sharing on this host (no KSM, or its settings
+    /// cannot be written).
+    pub(crate) fn start(
+        dir: &Path,
+        registry: Weak<Registry>,
+        policy: Weak<MemoryPolicy>,
+    ) -> Result<PageSharing, String> {
         let ksm = Arc::new(Ksm {
             dir: dir.to_path_buf(),
         });
@@ -202,7 +245,7 @@ impl PageSharing {
             let (ksm, status, stop) = (ksm.clone(), status.clone(), stop.clone());
             std::thread::Builder::new()
                 .name("page-sharing".into())
-                .spawn(move || steer(&ksm, &registry, &status, &stop))
+                .spawn(move || steer(&ksm, &registry, &policy, &status, &stop))
         };
         let thread = match thread {
             Ok(t) => t,
@@ -250,8 +293,15 @@ impl Drop for PageSharing {
 }
 
 /// The policy's thread: every [`INTERVAL`], sets `ksmd`'s rate for the running domains'
-/// memory and the host's free state, and reads KSM's counters.
-fn steer(ksm: &Ksm, registry: &Weak<Registry>, status: &Mutex<SharingStatus>, stop: &AtomicBool) {
+/// memory and the tighter of the host's free state and the memory pool's, and reads KSM's
+/// counters.
+fn steer(
+    ksm: &Ksm,
+    registry: &Weak<Registry>,
+    policy: &Weak<MemoryPolicy>,
+    status: &Mutex<SharingStatus>,
+    stop: &AtomicBool,
+) {
     let mut last_rate = None;
     while !stop.load(Ordering::Relaxed) {
         let Some(registry) = registry.upgrade() else {
@@ -264,14 +314,19 @@ fn steer(ksm: &Ksm, registry: &Weak<Registry>, status: &Mutex<SharingStatus>, st
             .map(|v| v.def.spec().memory / PAGE)
             .sum();
         drop(registry);
-        let state = FreeState::now().map_or(FreeState::High, |(s, _, _)| s);
+        let host = FreeState::now().map_or(FreeState::High, |(s, _, _)| s);
+        let pool = policy
+            .upgrade()
+            .map_or(FreeState::High, |p| p.pool_status().state);
+        let state = host.tighter(pool);
         let rate = pages_per_batch(pages, state.scan_pass());
         if last_rate != Some(rate) {
             match ksm.write("pages_to_scan", rate) {
                 Ok(()) => {
                     tracing::info!(
                         "page sharing: scanning {rate} pages every {SLEEP_MS} ms ({} MiB of \
-                         domain memory, free memory {state:?})",
+                         domain memory; free state {state:?}: the host {host:?}, the memory \
+                         pool {pool:?})",
                         (pages * PAGE) >> 20
                     );
                     last_rate = Some(rate);
@@ -283,9 +338,7 @@ fn steer(ksm: &Ksm, registry: &Weak<Registry>, status: &Mutex<SharingStatus>, st
             pages_per_batch: rate,
             sleep_ms: SLEEP_MS,
             shared_pages: ksm.read("pages_shared").unwrap_or(0),
-            saved_bytes: (ksm.read("pages_sharing").unwrap_or(0)
-                + ksm.read("ksm_zero_pages").unwrap_or(0))
-                * PAGE,
+            saved_bytes: ksm.saved_bytes(),
             full_scans: ksm.read("full_scans").unwrap_or(0),
         };
         // Sleep in small steps so that a stopping daemon is not held up.
@@ -339,7 +392,9 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("vessel-ksm-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let err = PageSharing::start(&dir, Weak::new()).err().unwrap();
+        let err = PageSharing::start(&dir, Weak::new(), Weak::new())
+            .err()
+            .unwrap();
         assert!(err.contains("no KSM"), "{err}");
         for (name, value) in [
             ("run", "0"),
@@ -349,7 +404,7 @@ mod tests {
             std::fs::write(dir.join(name), value).unwrap();
         }
         let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap();
-        let sharing = PageSharing::start(&dir, Weak::new()).unwrap();
+        let sharing = PageSharing::start(&dir, Weak::new(), Weak::new()).unwrap();
         assert_eq!(
             (read("run"), read("sleep_millisecs")),
             ("1".into(), "20".into())

@@ -44,6 +44,12 @@ fn render(v: &Value) -> String {
         v["reserved_bytes"].as_u64().unwrap_or(0) >> 20,
         v["idle_tax"].as_f64().unwrap_or(0.0),
     );
+    let pool = &v["pool"];
+    out += &format!(
+        "pool state    : {}, {} MiB free\n",
+        text(&pool["state"]),
+        pool["free_bytes"].as_i64().unwrap_or(0) >> 20,
+    );
     out += &format!(
         "given         : {} MiB to {} domains\n",
         v["given_bytes"].as_u64().unwrap_or(0) >> 20,
@@ -71,6 +77,7 @@ fn render(v: &Value) -> String {
         ("RESIDENT", Align::Right),
         ("ACTIVE", Align::Right),
         ("SHARED", Align::Right),
+        ("SWAPPED", Align::Right),
         ("GUEST-FREE", Align::Right),
     ]);
     for d in v["domains"].as_array().map_or(&[][..], Vec::as_slice) {
@@ -82,6 +89,7 @@ fn render(v: &Value) -> String {
             mib(&d["resident_bytes"]),
             mib(&d["active_estimate_bytes"]),
             mib(&d["shared_bytes"]),
+            mib(&d["swapped_bytes"]),
             mib(&d["guest"]["free_bytes"]),
         ]);
     }
@@ -98,13 +106,15 @@ mod tests {
             "total_bytes": 4u64 << 30, "available_bytes": 3u64 << 30, "free_state": "high",
             "given_bytes": 512u64 << 20, "pool_bytes": 1024u64 << 20, "reserved_bytes": 64u64 << 20,
             "idle_tax": 0.75,
+            "pool": {"state": "hard", "free_bytes": 12u64 << 20},
             "page_sharing": {"pages_per_batch": 100, "sleep_ms": 20, "shared_pages": 900,
                              "saved_bytes": 40u64 << 20, "full_scans": 3},
             "domains": [{"name": "web", "configured_bytes": 256u64 << 20,
                          "target_bytes": 128u64 << 20, "balloon_bytes": 128u64 << 20,
                          "resident_bytes": 100u64 << 20, "reported_bytes": 0,
                          "active_estimate_bytes": 30u64 << 20,
-                         "shared_bytes": 20u64 << 20, "guest": null}]
+                         "shared_bytes": 20u64 << 20, "swapped_bytes": 8u64 << 20,
+                         "guest": null}]
         });
         let text = render(&v);
         assert!(
@@ -120,10 +130,14 @@ mod tests {
             text.contains("on, 40 MiB saved (900 distinct pages"),
             "{text}"
         );
+        assert!(
+            text.contains("pool state    : hard, 12 MiB free\n"),
+            "{text}"
+        );
         let row: Vec<&str> = text.lines().last().unwrap().split_whitespace().collect();
         assert_eq!(
             row,
-            ["web", "256M", "128M", "128M", "100M", "30M", "20M", "-"]
+            ["web", "256M", "128M", "128M", "100M", "30M", "20M", "8M", "-"]
         );
         let off = render(&serde_json::json!({"page_sharing": null, "domains": []}));
         assert!(off.contains("page sharing  : off"), "{off}");

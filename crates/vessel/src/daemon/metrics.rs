@@ -318,6 +318,11 @@ fn domain_families(plane: &ControlPlane, x: &mut Exposition) {
         "guest RAM page sharing keeps as one copy with identical pages",
     );
     x.family(
+        "vessel_domain_memory_swapped_bytes",
+        Gauge,
+        "memory of the domain's process in the host's swap (guest pages the host paged out)",
+    );
+    x.family(
         "vessel_domain_memory_active_bytes",
         Gauge,
         "guest RAM the domain actively uses, as its working-set sampling estimates",
@@ -380,6 +385,11 @@ fn domain_families(plane: &ControlPlane, x: &mut Exposition) {
             "vessel_domain_memory_shared_bytes",
             &domain,
             memory.shared_bytes,
+        );
+        x.sample(
+            "vessel_domain_memory_swapped_bytes",
+            &domain,
+            memory.swapped_bytes,
         );
         if let Some(active) = memory.active_estimate_bytes {
             x.sample("vessel_domain_memory_active_bytes", &domain, active);

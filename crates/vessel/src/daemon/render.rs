@@ -45,10 +45,14 @@ pub fn info(d: &DomainInfo) -> Value {
     let mut v = summary(s);
     v["definition"] = serde_json::to_value(&s.def).unwrap_or(Value::Null);
     // `list` shows the memory as configured; `info` shows what became of it.
-    let configured = s.def.spec().memory;
+    let spec = s.def.spec();
     v["memory"] = match &s.memory {
         Some(memory) => json!(memory),
-        None => json!({ "configured_bytes": configured }),
+        None => json!({
+            "configured_bytes": spec.memory,
+            "reservation_bytes": spec.memory_alloc.reservation,
+            "shares": spec.memory_alloc.shares,
+        }),
     };
     if let Some(process) = &d.process {
         v["pid"] = json!(process.pid);

@@ -3,8 +3,8 @@
 # first with the tax at its default (0.75), then with `--idle-tax 0`. Each phase runs two
 # domains of 512 MiB with equal shares; both write 100 MiB to their tmpfs, then a idles and b
 # reads its 100 MiB again and again (a byte of each page, five passes a second). Sampling finds
-# a idle and b busy: with the tax, the 256 MiB the pool lacks come mostly from a; without it,
-# 128 from each. a's data is read back at the end
+# a idle and b busy: with the tax, the 303 MiB the targets lack (the pool less its free
+# reserve of 47 MiB) come mostly from a; without it, half from each. a's data is read back at the end
 # of the taxed phase (its pages were taken away and given back period after period). Prints
 # KEY=VALUE lines (TAX_ or NOTAX_ first) the test checks; never decides pass or fail.
 set -u
