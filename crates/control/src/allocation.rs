@@ -343,7 +343,7 @@ impl MemoryPolicy {
             .map(|r| r.map_or(0, |r| r.resident_bytes))
             .sum::<u64>()
             .saturating_sub(saved);
-        let free = self.pool as i64 - held.min(i64::MAX as u64) as i64;
+        let free = i64::try_from(i128::from(self.pool) - i128::from(held)).unwrap_or(i64::MAX);
         let (before, state) = {
             let mut s = self.lock();
             let before = s.pool.state;

@@ -10,7 +10,7 @@ use vmm::layout::MIN_MEMORY;
 use vmm::wire::MachineStats;
 use vmm::DomainSpec;
 
-use crate::sharing::{FreeState, SharingStatus};
+use crate::sharing::{kib_field, FreeState, SharingStatus};
 use crate::{ControlError, ControlPlane};
 
 /// The size of a balloon page.
@@ -55,17 +55,10 @@ impl ProcessMemory {
     /// Process `pid`'s (all zero and unknown if it is gone).
     pub fn of(pid: u32) -> ProcessMemory {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let kib = |field: &str| -> Option<u64> {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(field))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-                .map(|kib| kib << 10)
-        };
         ProcessMemory {
             merged: crate::sharing::merged_bytes(pid),
-            swapped: kib("VmSwap:").unwrap_or(0),
-            anon_resident: kib("RssAnon:"),
+            swapped: kib_field(&status, "VmSwap:").unwrap_or(0),
+            anon_resident: kib_field(&status, "RssAnon:"),
         }
     }
 }

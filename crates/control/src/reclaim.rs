@@ -30,7 +30,7 @@ use crate::sharing::FreeState;
 /// The most a domain is paged out in one round of the policy (2 s): 64 MiB, about what the
 /// balloon gives at its best.
 pub const PAGE_OUT_PER_ROUND: u64 = 64 << 20;
-/// How far above its target a domain may be before the host pages it out or blocks it: the
+/// How far above its target a domain may be before the host pages it out: the
 /// balloon moves in steps, and a guest's driver stops a little short.
 pub const SLACK: u64 = 4 << 20;
 
@@ -45,8 +45,9 @@ pub fn reserve(pool: u64) -> u64 {
 /// The pool's free state after `state`, with `free` bytes of `pool` free (negative: the
 /// domains hold more than the pool).
 pub fn pool_state(state: FreeState, free: i64, pool: u64) -> FreeState {
-    // Thresholds in hundredths of a percent of the pool, compared without rounding.
-    let at_least = |percent: i64| free.saturating_mul(100) >= percent.saturating_mul(pool as i64);
+    // Thresholds in percent of the pool, compared without rounding (in i128: a pool may be
+    // any u64, as a daemon without one has).
+    let at_least = |percent: i128| i128::from(free) * 100 >= percent * i128::from(pool);
     let down = if !at_least(1) {
         FreeState::Low
     } else if !at_least(2) {
@@ -109,12 +110,8 @@ pub fn page_outs(state: FreeState, domains: &[Holding], can_swap: bool) -> Vec<u
 
 /// Whether this host can swap now (`SwapFree` in `/proc/meminfo` above zero).
 pub fn host_can_swap() -> bool {
-    std::fs::read_to_string("/proc/meminfo").is_ok_and(|m| {
-        m.lines()
-            .find_map(|l| l.strip_prefix("SwapFree:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .is_some_and(|kib| kib > 0)
-    })
+    std::fs::read_to_string("/proc/meminfo")
+        .is_ok_and(|m| crate::sharing::kib_field(&m, "SwapFree:").is_some_and(|b| b > 0))
 }
 
 #[cfg(test)]

@@ -101,19 +101,21 @@ impl FreeState {
     /// The host's state now, from `/proc/meminfo`.
     pub fn now() -> Option<(FreeState, u64, u64)> {
         let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-        let field = |name: &str| -> Option<u64> {
-            let line = meminfo.lines().find(|l| l.starts_with(name))?;
-            let kib: u64 = line[name.len()..]
-                .trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse()
-                .ok()?;
-            Some(kib * 1024)
-        };
-        let (total, available) = (field("MemTotal:")?, field("MemAvailable:")?);
+        let (total, available) = (
+            kib_field(&meminfo, "MemTotal:")?,
+            kib_field(&meminfo, "MemAvailable:")?,
+        );
         Some((FreeState::of(available, total), available, total))
     }
+}
+
+/// The bytes of field `name` (with its colon) of a `/proc` text that gives it in kB
+/// (`/proc/meminfo`, `/proc/PID/status`), if it is there.
+pub(crate) fn kib_field(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kib| kib << 10)
 }
 
 /// `ksmd`'s pages per batch for `pages` of domain memory to be scanned once per `pass`, at
