@@ -225,4 +225,34 @@ impl Vcpu {
     pub fn rip(&self) -> Option<u64> {
         self.fd.get_regs().ok().map(|r| r.rip)
     }
+
+    /// What a crash report needs of this vCPU's state: where it ran (rip, rsp, cs), its
+    /// paging (cr0, cr2, cr3, cr4, efer) and its descriptor tables (idt, gdt, tr), one line;
+    /// or, where KVM reset it at a triple fault (AMD), that it did.
+    pub fn crash_state(&self) -> String {
+        let (Ok(r), Ok(s)) = (self.fd.get_regs(), self.fd.get_sregs()) else {
+            return "(its registers cannot be read)".into();
+        };
+        if r.rip == 0xfff0 && s.cs.selector == 0xf000 {
+            // AMD's KVM reinitialises a vCPU at its shutdown exit (the VMCB is undefined then).
+            return "its state was reset by KVM at the shutdown (as on AMD hosts)".into();
+        }
+        format!(
+            "rip {:#x} rsp {:#x} cs {:#x} cr0 {:#x} cr2 {:#x} cr3 {:#x} cr4 {:#x} efer {:#x} \
+             idt {:#x}/{:#x} gdt {:#x}/{:#x} tr {:#x}",
+            r.rip,
+            r.rsp,
+            s.cs.selector,
+            s.cr0,
+            s.cr2,
+            s.cr3,
+            s.cr4,
+            s.efer,
+            s.idt.base,
+            s.idt.limit,
+            s.gdt.base,
+            s.gdt.limit,
+            s.tr.base
+        )
+    }
 }

@@ -102,8 +102,8 @@ impl VcpuRunner {
                     None
                 }
                 Ok(VcpuExit::Shutdown) => Some(format!(
-                    "vCPU {id} triple-faulted (CPU shutdown) at rip {:#x}",
-                    vcpu.rip().unwrap_or(0)
+                    "vCPU {id} triple-faulted (CPU shutdown): {}",
+                    vcpu.crash_state()
                 )),
                 Ok(VcpuExit::InternalError) => {
                     let detail = vcpu.internal_error();
