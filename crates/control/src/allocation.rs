@@ -310,13 +310,16 @@ impl MemoryPolicy {
                 })
                 .collect()
         };
+        let short = self.lock().pool.state != FreeState::High;
         for ((view, &(target, ask)), report) in active.iter().zip(&targets).zip(&reports) {
             if !ask {
                 continue;
             }
             // Until its balloon has been set, a domain counts as ballooned (a target the device
             // did not take is asked again next round).
-            if apply(view, report.as_ref(), target, self.pool) && target == view.def.spec().memory {
+            if apply(view, report.as_ref(), target, self.pool, short)
+                && target == view.def.spec().memory
+            {
                 self.lock().ballooned.remove(view.def.name());
             } else {
                 self.lock().ballooned.insert(view.def.name().to_string());
@@ -421,17 +424,33 @@ pub struct PoolStatus {
     pub free_bytes: i64,
 }
 
+/// Whether a balloon that keeps `now` of `memory` bytes must be asked to keep `target`: not
+/// for the same, nor for a step below [`REQUEST_STEP`] (but always for all of `memory`, and,
+/// while the pool is `short`, for any step down).
+fn worth_asking(now: u64, target: u64, memory: u64, short: bool) -> bool {
+    let small = target.abs_diff(now) < REQUEST_STEP && !(short && target < now);
+    target != now && (!small || target == memory)
+}
+
 /// Sets domain `view`'s balloon so that it keeps `target`, unless its balloon already asks for
 /// that (a new boot starts with an empty balloon, so what the device says is what counts), or
-/// for less than [`REQUEST_STEP`] more or less. Whether the balloon asks for `target` (or near
-/// enough) now. `report` is the domain's memory as read this round (`None`: no answer).
-fn apply(view: &EntryView, report: Option<&MemoryReport>, target: u64, pool: u64) -> bool {
+/// for less than [`REQUEST_STEP`] more or less. While the pool is `short` (not high), a target
+/// below the balloon's is asked for however small the step: balloons left a few MiB short of
+/// their targets, domain after domain, kept the pool from ever rising to high again. Whether
+/// the balloon asks for `target` (or near enough) now. `report` is the domain's memory as read
+/// this round (`None`: no answer).
+fn apply(
+    view: &EntryView,
+    report: Option<&MemoryReport>,
+    target: u64,
+    pool: u64,
+    short: bool,
+) -> bool {
     let (name, spec) = (view.def.name(), view.def.spec());
     let (Some(process), Some(report)) = (&view.instance, report) else {
         return false;
     };
-    let now = report.target_bytes;
-    if target == now || (target.abs_diff(now) < REQUEST_STEP && target != spec.memory) {
+    if !worth_asking(report.target_bytes, target, spec.memory, short) {
         return true;
     }
     let action = devices::virtio::Action::SetBalloonTarget {
@@ -494,6 +513,35 @@ mod tests {
 
     fn mib(targets: Vec<u64>) -> Vec<u64> {
         targets.into_iter().map(|t| t / MIB).collect()
+    }
+
+    #[test]
+    fn small_steps_are_asked_only_downwards_while_the_pool_is_short() {
+        let (memory, now) = (512 * MIB, 300 * MIB);
+        for short in [false, true] {
+            assert!(!worth_asking(now, now, memory, short), "the same target");
+            assert!(
+                worth_asking(now, now - 4 * MIB, memory, short),
+                "a whole step down"
+            );
+            assert!(
+                worth_asking(now, now + 4 * MIB, memory, short),
+                "a whole step up"
+            );
+            assert!(
+                !worth_asking(now, now + MIB, memory, short),
+                "a small step up"
+            );
+            assert!(worth_asking(now, memory, memory, short), "everything back");
+        }
+        assert!(
+            !worth_asking(now, now - MIB, memory, false),
+            "noise in the high state"
+        );
+        assert!(
+            worth_asking(now, now - MIB, memory, true),
+            "every MiB while short"
+        );
     }
 
     #[test]
