@@ -10,18 +10,15 @@
 //! (`UFFDIO_COPY`) before the toucher goes on. Untouched pages get their bytes back at the end
 //! of the period. The guest sees nothing but a slower first touch of a hundred pages.
 //!
-//! The sample is kept registered with the userfaultfd from one period to the next, and only
-//! its oldest tenth ([`RENEWAL_PERIODS`]) is replaced by fresh random pages each period:
-//! registering and unregistering single pages splits and merges the guest memory's mapping
-//! each time, and a hundred of those a period made L2 guests in the host box triple-fault
-//! within a minute (measured 2026-12-07; write-protecting and dropping the same pages on a
-//! mapping registered once did not). The whole sample is new every ten periods; consecutive
-//! periods share nine tenths of their pages, so the moving averages see fewer independent
-//! pages than ESX's fresh samples (a wider spread for the same number of periods).
+//! The sample is kept registered with the userfaultfd from one period to the next, and only a
+//! tenth of it (the oldest: [`RENEWAL_PERIODS`]) is replaced by fresh random pages each period: registering and
+//! unregistering single pages splits and merges the guest memory's mapping each time, and a
+//! hundred of those a period made L2 guests in the host box triple-fault within a minute
+//! (measured 2026-12-07; write-protecting and dropping the same pages on a mapping registered
+//! once did not). The whole sample is new every ten periods.
 //!
 //! The write protection comes first so that no write can fall between the copy and the drop;
-//! a new page's bytes are copied before it is armed for missing pages, and a kept page's only
-//! once it was found resident under the lock every discard takes, so that the sampler never
+//! the bytes are copied before the range is armed for missing pages, so that the sampler never
 //! faults on a page it armed itself. A page the balloon discards while sampled is forgotten
 //! ([`GuestMemory::discard`] asks [`Sampled::discarding`]), so it reads as zeros, as the
 //! balloon promises, and not as its old bytes.
@@ -284,14 +281,9 @@ impl Sampler {
             let leaving = (pages.div_ceil(RENEWAL_PERIODS))
                 .max(round.registered.len().saturating_sub(pages))
                 .min(round.registered.len());
-            for _ in 0..leaving {
-                let Some(&page) = round.registered.front() else {
-                    break;
-                };
-                // A page that cannot be unregistered stays listed, so that a later release
-                // tries it again (it is armed, and only this thread serves it).
+            let old: Vec<usize> = round.registered.drain(..leaving).collect();
+            for page in old {
                 self.unregister(page)?;
-                round.registered.pop_front();
             }
             round.taken = 0;
             round.registered.iter().copied().collect()
@@ -606,9 +598,8 @@ impl Sampler {
     /// fault when touched, which [`Self::serve`] answers with zeros, so the thread must go on
     /// serving, or release the sample first.
     pub fn end(&mut self) -> io::Result<RoundResult> {
-        // Faults already queued count for this period; if they cannot be read, the pages away
-        // still get their bytes back below (and the error is returned after).
-        let drained = self.drain();
+        // Faults already queued count for this period.
+        self.drain()?;
         self.active = false;
         let mut round = self.memory.sampled().lock();
         let result = RoundResult {
@@ -625,12 +616,12 @@ impl Sampler {
         }
         round.touched = 0;
         round.taken = 0;
-        drained.map(|()| result)
+        Ok(result)
     }
 
     /// Ends the period if one runs and unregisters the whole sample, so that guest memory may
     /// be touched without this thread serving (a pause, a stop). The next period draws a
-    /// new sample. An error leaves the pages that could not be unregistered in the sample.
+    /// new sample.
     pub fn release(&mut self) -> io::Result<()> {
         let ended = if self.active {
             self.end().map(|_| ())
@@ -639,12 +630,8 @@ impl Sampler {
         };
         let mut round = self.memory.sampled().lock();
         let mut failed = None;
-        // Pages that cannot be unregistered stay listed (armed, served only by this thread):
-        // the caller must not leave them unserved (the sampler thread crashes its domain).
-        let pages: Vec<usize> = std::mem::take(&mut round.registered).into();
-        for page in pages {
+        for page in std::mem::take(&mut round.registered) {
             if let Err(e) = self.unregister(page) {
-                round.registered.push_back(page);
                 failed.get_or_insert(e);
             }
         }

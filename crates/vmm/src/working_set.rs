@@ -116,7 +116,7 @@ fn sample(
             // Nothing serves the sample's faults during a pause, when a save reads every
             // page: it is released (a new one is drawn after).
             if let Err(e) = sampler.release() {
-                stop_sampling(&mut sampler, e);
+                eprintln!("vessel: working-set sampling stopped: {e}");
                 return;
             }
             thread::sleep(SLICE);
@@ -139,20 +139,12 @@ fn sample(
                 .add(round),
             Ok(_) => {}
             Err(e) => {
-                stop_sampling(&mut sampler, e);
+                // Every page is back: `end` gave them back (a page it cannot give back is a
+                // panic, which crashes the domain), or the sampler's drop does as it returns
+                // here. The domain runs on without an estimate.
+                eprintln!("vessel: working-set sampling stopped: {e}");
                 return;
             }
         }
     }
-}
-
-/// Stops sampling after `error`: every page goes back and the sample is released, and the
-/// domain runs on without an estimate. A page that cannot be given back or released would
-/// lose its bytes or leave its toucher waiting for good with nobody serving it: that is a
-/// panic, which crashes the domain with the reason (`Control::run_or_crash`).
-fn stop_sampling(sampler: &mut Sampler, error: std::io::Error) {
-    if let Err(e) = sampler.release() {
-        panic!("the working-set sample cannot be released ({e}) after: {error}");
-    }
-    eprintln!("vessel: working-set sampling stopped: {error}");
 }
