@@ -10,13 +10,6 @@
 //! (`UFFDIO_COPY`) before the toucher goes on. Untouched pages get their bytes back at the end
 //! of the period. The guest sees nothing but a slower first touch of a hundred pages.
 //!
-//! The sample is kept registered with the userfaultfd from one period to the next, and only a
-//! tenth of it (the oldest: [`RENEWAL_PERIODS`]) is replaced by fresh random pages each period: registering and
-//! unregistering single pages splits and merges the guest memory's mapping each time, and a
-//! hundred of those a period made L2 guests in the host box triple-fault within a minute
-//! (measured 2026-12-07; write-protecting and dropping the same pages on a mapping registered
-//! once did not). The whole sample is new every ten periods.
-//!
 //! The write protection comes first so that no write can fall between the copy and the drop;
 //! the bytes are copied before the range is armed for missing pages, so that the sampler never
 //! faults on a page it armed itself. A page the balloon discards while sampled is forgotten
@@ -39,10 +32,6 @@ use crate::GuestMemory;
 
 /// The size of a sampled page.
 pub const PAGE: usize = 4096;
-
-/// In how many periods the whole sample is renewed: each period, this share of its pages
-/// (the oldest) are replaced by new ones.
-pub const RENEWAL_PERIODS: usize = 10;
 
 const UFFDIO: u32 = 0xAA;
 const UFFD_API: u64 = 0xAA;
@@ -170,11 +159,8 @@ pub fn open_userfaultfd() -> io::Result<OwnedFd> {
 struct Round {
     /// Taken away and not touched since: their bytes.
     away: HashMap<usize, Box<[u8; PAGE]>>,
-    /// The sample: every page registered with the userfaultfd, oldest first (kept from one
-    /// period to the next, a share of it replaced each period).
-    registered: std::collections::VecDeque<usize>,
-    /// How many pages were taken away this period.
-    taken: usize,
+    /// Every page registered with the userfaultfd this round.
+    registered: Vec<usize>,
     /// How many of them the guest (or the VMM) touched.
     touched: usize,
 }
@@ -267,30 +253,13 @@ impl Sampler {
         }
     }
 
-    /// Starts a period: takes up to `pages` resident pages away from the guest: the sample
-    /// kept from the last period less its oldest tenth ([`RENEWAL_PERIODS`]), and new pages chosen at
-    /// random. Returns how many it took (fewer when few pages are resident).
+    /// Starts a period: takes up to `pages` resident pages, chosen at random, away from the
+    /// guest. Returns how many it took (fewer when few pages are resident).
     pub fn begin(&mut self, pages: usize) -> io::Result<usize> {
         if self.active {
             self.end()?;
         }
         self.active = true;
-        // The oldest pages leave the sample, and those beyond `pages` if it shrank.
-        let kept: Vec<usize> = {
-            let mut round = self.memory.sampled().lock();
-            let leaving = (pages.div_ceil(RENEWAL_PERIODS))
-                .max(round.registered.len().saturating_sub(pages))
-                .min(round.registered.len());
-            let old: Vec<usize> = round.registered.drain(..leaving).collect();
-            for page in old {
-                self.unregister(page)?;
-            }
-            round.taken = 0;
-            round.registered.iter().copied().collect()
-        };
-        for page in kept {
-            self.take_away(page)?;
-        }
         let regions: Vec<(usize, usize)> = self
             .memory
             .regions()
@@ -300,9 +269,10 @@ impl Sampler {
         if total == 0 {
             return Ok(0);
         }
-        // Random pages until the sample is whole, or a page in twenty tried was resident.
+        let mut taken = 0;
+        // Random pages until enough are resident, or a page in twenty tried was.
         for _ in 0..pages * 20 {
-            if self.memory.sampled().lock().registered.len() >= pages {
+            if taken == pages {
                 break;
             }
             let mut index = (self.rng.next() % total as u64) as usize;
@@ -317,29 +287,14 @@ impl Sampler {
                     }
                 })
                 .expect("the index is below the pages' total");
-            if !self.memory.sampled().lock().registered.contains(&page) {
-                self.take_away(page)?;
+            if self.take_away(page)? {
+                taken += 1;
             }
         }
-        Ok(self.memory.sampled().lock().taken)
+        Ok(taken)
     }
 
-    /// Takes `page` out of the sample: unregisters it (the caller holds the round and has
-    /// given its bytes back) and wakes whoever waits on it.
-    fn unregister(&self, page: usize) -> io::Result<()> {
-        let mut range = UffdioRange {
-            start: page as u64,
-            len: PAGE as u64,
-        };
-        let result = uffd_ioctl(self.uffd, UFFDIO_UNREGISTER(), &mut range);
-        // Unregistering wakes the waiters of missing pages only; any other goes on too.
-        let _ = uffd_ioctl(self.uffd, UFFDIO_WAKE(), &mut range);
-        result
-    }
-
-    /// Takes one page away if it is resident and not taken already; whether it did. A page
-    /// new to the sample is registered with the userfaultfd first (and left out of it again if
-    /// it cannot be taken); a page kept from the last period is registered already.
+    /// Takes one page away if it is resident and not taken already; whether it did.
     fn take_away(&self, page: usize) -> io::Result<bool> {
         let resident = || {
             let mut resident = 0u8;
@@ -352,95 +307,74 @@ impl Sampler {
             return Ok(false);
         }
         let mut round = self.memory.sampled().lock();
-        if round.away.contains_key(&page) {
+        if round.registered.contains(&page) {
             return Ok(false);
         }
-        let kept = round.registered.contains(&page);
         let range = UffdioRange {
             start: page as u64,
             len: PAGE as u64,
         };
-        if !kept {
-            uffd_ioctl(
-                self.uffd,
-                UFFDIO_REGISTER(),
-                &mut UffdioRegister {
-                    range,
-                    mode: MODE_WP,
-                    ..Default::default()
-                },
-            )?;
-        }
-        // From here on a failure must give the page its writes back, or a writer would wait
-        // for good; and a new page that is not taken leaves the sample (a page registered for
-        // write faults only would not be armed for missing ones when a later period drops it).
-        let give_up = |round: &mut Round| {
-            let _ = uffd_ioctl(
-                self.uffd,
-                UFFDIO_WRITEPROTECT(),
-                &mut UffdioWriteprotect { range, mode: 0 },
-            );
-            if !kept {
-                let _ = self.unregister(page);
-                round.registered.retain(|&p| p != page);
-            }
-        };
-        if !kept {
-            round.registered.push_back(page);
-        }
         // Write-protected first: a write from here on waits for this thread.
-        if let Err(e) = uffd_ioctl(
+        uffd_ioctl(
+            self.uffd,
+            UFFDIO_REGISTER(),
+            &mut UffdioRegister {
+                range,
+                mode: MODE_WP,
+                ..Default::default()
+            },
+        )?;
+        round.registered.push(page);
+        uffd_ioctl(
             self.uffd,
             UFFDIO_WRITEPROTECT(),
             &mut UffdioWriteprotect {
                 range,
                 mode: WRITEPROTECT_MODE_WP,
             },
-        ) {
-            give_up(&mut round);
-            return Err(e);
-        }
+        )?;
+        // From here on a failure must give the page its writes back, or a writer would wait
+        // for good.
+        let unprotect = || {
+            let _ = uffd_ioctl(
+                self.uffd,
+                UFFDIO_WRITEPROTECT(),
+                &mut UffdioWriteprotect { range, mode: 0 },
+            );
+        };
         // Resident still, now that no discard can come between (they take the lock): write
         // protection does nothing to a page that is not there, whose next write would land
         // in a page dropped below.
         if !resident() {
-            give_up(&mut round);
+            unprotect();
             return Ok(false);
         }
         let mut bytes = Box::new([0u8; PAGE]);
         // SAFETY: the page lies in a live guest mapping; reading it cannot fault to this
-        // thread: it is resident, and only a discard (which waits for the round held here)
-        // could make it missing; a page the host swapped out meanwhile comes back from swap,
-        // which is no missing fault. A vCPU cannot change it meanwhile (write-protected), and
-        // the VMM's own writes wait as the guest's do.
+        // thread (the range is not armed for missing pages yet). A vCPU cannot change it
+        // meanwhile (write-protected), and the VMM's own writes wait as the guest's do.
         unsafe { std::ptr::copy_nonoverlapping(page as *const u8, bytes.as_mut_ptr(), PAGE) };
-        // A new page is armed for missing pages as well (the same context, so the
-        // registration is updated); a kept one is armed already.
-        if !kept {
-            if let Err(e) = uffd_ioctl(
-                self.uffd,
-                UFFDIO_REGISTER(),
-                &mut UffdioRegister {
-                    range,
-                    mode: MODE_MISSING | MODE_WP,
-                    ..Default::default()
-                },
-            ) {
-                give_up(&mut round);
-                return Err(e);
-            }
-        }
+        // Armed for missing pages as well (the same context, so the registration is updated).
+        uffd_ioctl(
+            self.uffd,
+            UFFDIO_REGISTER(),
+            &mut UffdioRegister {
+                range,
+                mode: MODE_MISSING | MODE_WP,
+                ..Default::default()
+            },
+        )
+        .inspect_err(|_| unprotect())?;
         // SAFETY: one page of a live private anonymous guest mapping; its bytes are kept in
         // `bytes` and come back on the first touch (the range is armed), so the guest loses
         // nothing. KVM's MMU notifier drops the guest's mapping of it.
         if unsafe { libc::madvise(page as *mut _, PAGE, libc::MADV_DONTNEED) } != 0 {
             let e = io::Error::last_os_error();
             // Not taken away: its mapping stands.
-            give_up(&mut round);
+            unprotect();
             return Err(e);
         }
         round.away.insert(page, bytes);
-        round.taken += 1;
         Ok(true)
     }
 
@@ -592,20 +526,18 @@ impl Sampler {
         )
     }
 
-    /// Ends the period: every page still away gets its bytes back, and the count of pages
-    /// sampled and touched is returned. The sample stays registered for the next period
-    /// (until [`Self::release`]): a page of it the balloon discards meanwhile is a missing
-    /// fault when touched, which [`Self::serve`] answers with zeros, so the thread must go on
-    /// serving, or release the sample first.
+    /// Ends the period: every page still away gets its bytes back, every page is released,
+    /// and the count of pages sampled and touched is returned.
     pub fn end(&mut self) -> io::Result<RoundResult> {
         // Faults already queued count for this period.
         self.drain()?;
         self.active = false;
         let mut round = self.memory.sampled().lock();
         let result = RoundResult {
-            sampled: round.taken,
+            sampled: round.registered.len(),
             touched: round.touched,
         };
+        let mut failed = None;
         for (page, bytes) in std::mem::take(&mut round.away) {
             match self.put_back_retrying(page, &bytes) {
                 Ok(()) => {}
@@ -614,36 +546,31 @@ impl Sampler {
                 Err(e) => panic!("a sampled page cannot be given back: {e}"),
             }
         }
-        round.touched = 0;
-        round.taken = 0;
-        Ok(result)
-    }
-
-    /// Ends the period if one runs and unregisters the whole sample, so that guest memory may
-    /// be touched without this thread serving (a pause, a stop). The next period draws a
-    /// new sample.
-    pub fn release(&mut self) -> io::Result<()> {
-        let ended = if self.active {
-            self.end().map(|_| ())
-        } else {
-            Ok(())
-        };
-        let mut round = self.memory.sampled().lock();
-        let mut failed = None;
         for page in std::mem::take(&mut round.registered) {
-            if let Err(e) = self.unregister(page) {
+            let mut range = UffdioRange {
+                start: page as u64,
+                len: PAGE as u64,
+            };
+            if let Err(e) = uffd_ioctl(self.uffd, UFFDIO_UNREGISTER(), &mut range) {
                 failed.get_or_insert(e);
             }
+            // Unregistering wakes the waiters of missing pages only; any other goes on too.
+            let _ = uffd_ioctl(self.uffd, UFFDIO_WAKE(), &mut range);
         }
-        ended.and(failed.map_or(Ok(()), Err))
+        round.touched = 0;
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(result),
+        }
     }
 }
 
 impl Drop for Sampler {
     fn drop(&mut self) {
-        // Every page back and unregistered before the memory may be touched without this
-        // thread.
-        let _ = self.release();
+        if self.active {
+            // Every page back before the memory may be read without this thread.
+            let _ = self.end();
+        }
     }
 }
 
@@ -776,8 +703,6 @@ mod tests {
         // The balloon takes every page back while they are sampled.
         memory.discard(0, 2 * MIB).unwrap();
         let result = sampler.end().unwrap();
-        // Read below without a thread serving the sample's faults: released first.
-        sampler.release().unwrap();
         assert_eq!(
             result,
             RoundResult {
@@ -805,63 +730,6 @@ mod tests {
             let mut b = [0u8; 8];
             memory.read(page * PAGE as u64, &mut b).unwrap();
             assert_eq!(u64::from_le_bytes(b), page);
-        }
-    }
-
-    #[test]
-    fn the_sample_is_kept_across_periods_and_a_tenth_of_it_renewed() {
-        let memory = memory_with_pattern(8 * MIB);
-        let fd = uffd();
-        let mut sampler = Sampler::new(memory.clone(), &fd);
-        let sample = |memory: &GuestMemory| -> Vec<usize> {
-            memory.sampled().lock().registered.iter().copied().collect()
-        };
-        assert_eq!(sampler.begin(100).unwrap(), 100);
-        sampler.end().unwrap();
-        let first = sample(&memory);
-        assert_eq!(
-            first.len(),
-            100,
-            "the sample stays registered between periods"
-        );
-        assert_eq!(
-            sampler.begin(100).unwrap(),
-            100,
-            "kept pages are taken again"
-        );
-        let second = sample(&memory);
-        assert_eq!(second.len(), 100);
-        assert_eq!(
-            second[..90],
-            first[10..],
-            "the oldest tenth left, the rest is kept in order"
-        );
-        sampler.end().unwrap();
-        // A page of the sample the balloon discards between periods reads as zeros, served
-        // by the sampler as any missing page of the sample.
-        let page = second[0];
-        let base = memory.regions().next().unwrap().2 as usize;
-        let addr = (page - base) as u64;
-        memory.discard(addr, PAGE as u64).unwrap();
-        let reader = {
-            let memory = memory.clone();
-            std::thread::spawn(move || {
-                let mut b = [0xFFu8; 8];
-                memory.read(addr, &mut b).unwrap();
-                b
-            })
-        };
-        while !reader.is_finished() {
-            sampler.serve(Duration::from_millis(10)).unwrap();
-        }
-        assert_eq!(reader.join().unwrap(), [0; 8]);
-        sampler.release().unwrap();
-        assert!(sample(&memory).is_empty(), "released");
-        for p in 0..8 * MIB / PAGE as u64 {
-            let mut b = [0u8; 8];
-            memory.read(p * PAGE as u64, &mut b).unwrap();
-            let want = if p * PAGE as u64 == addr { 0 } else { p };
-            assert_eq!(u64::from_le_bytes(b), want, "page {p}");
         }
     }
 

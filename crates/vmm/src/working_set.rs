@@ -113,12 +113,6 @@ fn sample(
     let mut sampler = Sampler::new(memory.clone(), fd);
     while !stop.load(Ordering::SeqCst) && !control.stopping() {
         if control.pause_wanted() {
-            // Nothing serves the sample's faults during a pause, when a save reads every
-            // page: it is released (a new one is drawn after).
-            if let Err(e) = sampler.release() {
-                eprintln!("vessel: working-set sampling stopped: {e}");
-                return;
-            }
             thread::sleep(SLICE);
             continue;
         }
