@@ -44,6 +44,8 @@ pub struct GuestMemory {
     regions: Vec<Region>,
     /// Whether the VMM's writes are logged (a migration is copying the memory).
     logging: AtomicBool,
+    /// How many times the write log was turned on or off: odd while it is on.
+    log_turns: AtomicU64,
     /// The pages a working-set sampler has taken away now, if one runs.
     sampled: crate::sampling::Sampled,
 }
@@ -95,6 +97,7 @@ impl GuestMemory {
         Ok(GuestMemory {
             regions,
             logging: AtomicBool::new(false),
+            log_turns: AtomicU64::new(0),
             sampled: Default::default(),
         })
     }
@@ -107,7 +110,16 @@ impl GuestMemory {
                 r.written.iter().for_each(|w| w.store(0, Ordering::Relaxed));
             }
         }
-        self.logging.store(on, Ordering::SeqCst);
+        if self.logging.swap(on, Ordering::SeqCst) != on {
+            self.log_turns.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// How many times the write log was turned on or off (odd while it is on): a working-set
+    /// sampler's period during which this changed, or that began with it odd, saw a migration
+    /// read every page, and tells nothing of the guest's own touches.
+    pub fn write_log_turns(&self) -> u64 {
+        self.log_turns.load(Ordering::SeqCst)
     }
 
     /// The pages the VMM wrote since the last call (or since the log began); the log is
@@ -636,6 +648,24 @@ mod tests {
         m.log_writes(false);
         m.write(0x1000, b"y").unwrap();
         assert_eq!(m.take_written().count(), 0, "a write after the log ended");
+    }
+
+    #[test]
+    fn the_write_log_counts_its_turns_and_is_odd_while_on() {
+        let m = GuestMemory::new(&[(0, 1 << 20)]).unwrap();
+        assert_eq!(m.write_log_turns(), 0);
+        m.log_writes(false);
+        assert_eq!(
+            m.write_log_turns(),
+            0,
+            "turning off a log that is off is no turn"
+        );
+        m.log_writes(true);
+        m.log_writes(true);
+        assert_eq!(m.write_log_turns(), 1, "on once, however often asked");
+        m.log_writes(false);
+        m.log_writes(false);
+        assert_eq!(m.write_log_turns(), 2);
     }
 
     /// A ring index the guest is moving from 0x88ff to 0x8900 must never be read as 0x89ff

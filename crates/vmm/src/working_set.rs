@@ -5,7 +5,8 @@
 //! The userfaultfd the sampler needs is made once per process ([`prepare`]) while it still may
 //! (before the sandbox takes its privileges); a process that could not make one runs its
 //! domains without an estimate and says why once in its log. Periods during which the domain
-//! was paused (or saved, which reads every page) do not count.
+//! was paused (or saved, which reads every page) do not count, nor those during which a
+//! migration copied its memory (which reads every page while the guest runs).
 
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -118,6 +119,7 @@ fn sample(
         }
         let started = Instant::now();
         let mut paused = false;
+        let log_turns = memory.write_log_turns();
         let result = sampler.begin(SAMPLED_PAGES).and_then(|_| {
             while started.elapsed() < period && !stop.load(Ordering::SeqCst) && !control.stopping()
             {
@@ -126,8 +128,10 @@ fn sample(
             }
             sampler.end()
         });
+        // A migration's copy ran during the period (or runs still): it touched every page.
+        let copied = log_turns % 2 == 1 || memory.write_log_turns() != log_turns;
         match result {
-            Ok(round) if !paused && started.elapsed() >= period => estimate
+            Ok(round) if !paused && !copied && started.elapsed() >= period => estimate
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .add(round),
