@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use vmm::layout::MIN_MEMORY;
+use vmm::RunState;
 
 use crate::memory::{MemoryReport, ProcessMemory};
 use crate::reclaim::Holding;
@@ -140,6 +141,10 @@ struct PolicyState {
     /// Domains whose balloon was last asked for less than their whole memory (the others'
     /// balloons are empty, and the policy leaves them alone while it gives them everything).
     ballooned: HashSet<String>,
+    /// The domain processes (by pid) that did not answer a hold (an older binary's,
+    /// attached to after an upgrade, ignores the request): never asked again, so that a
+    /// round does not wait for them.
+    unholdable: HashSet<u32>,
     /// Each domain's last working-set estimate, by domain: it stands while its process has
     /// none (a new boot, a migration in, a process that did not answer this round), so that
     /// one domain's gap does not lift the tax from every other.
@@ -362,11 +367,16 @@ impl MemoryPolicy {
                 self.pool >> 20
             );
         }
-        if !matches!(state, FreeState::Hard | FreeState::Low) {
-            return;
-        }
-        let can_swap = crate::reclaim::host_can_swap();
-        if !can_swap && matches!(before, FreeState::High | FreeState::Soft) {
+        let free_swap = if matches!(state, FreeState::Hard | FreeState::Low) {
+            crate::reclaim::host_free_swap()
+        } else {
+            0
+        };
+        let can_swap = free_swap > 0;
+        if matches!(state, FreeState::Hard | FreeState::Low)
+            && !can_swap
+            && matches!(before, FreeState::High | FreeState::Soft)
+        {
             tracing::warn!(
                 "memory pool {state:?}: this host has no free swap, so only the domains' \
                  balloons take memory back"
@@ -380,6 +390,18 @@ impl MemoryPolicy {
                 target,
             })
             .collect();
+        let holds = crate::reclaim::holds(state, &holdings, free_swap);
+        self.lock().unholdable.retain(|pid| {
+            active
+                .iter()
+                .any(|v| v.instance.as_ref().is_some_and(|p| p.pid() == *pid))
+        });
+        for ((view, &hold), h) in active.iter().zip(&holds).zip(&holdings) {
+            self.hold_for_memory(view, hold, *h, state);
+        }
+        if !matches!(state, FreeState::Hard | FreeState::Low) {
+            return;
+        }
         let page_outs = crate::reclaim::page_outs(state, &holdings, can_swap);
         for ((view, &bytes), h) in active.iter().zip(&page_outs).zip(&holdings) {
             let (name, Some(process)) = (view.def.name(), &view.instance) else {
@@ -398,6 +420,43 @@ impl MemoryPolicy {
             );
             if let Err(why) = process.page_out(bytes) {
                 tracing::warn!("domain '{name}': cannot page out: {why}");
+            }
+        }
+    }
+
+    /// Holds `view`'s running domain for the memory policy (`hold`: it holds `h`, more than
+    /// its target, in the low state), or lets it run again if the policy held it and no
+    /// longer does; logs what it did.
+    fn hold_for_memory(&self, view: &EntryView, hold: bool, h: Holding, state: FreeState) {
+        let (name, Some(process)) = (view.def.name(), &view.instance) else {
+            return;
+        };
+        let status = process.status();
+        let done = match (hold, status.held_for_memory) {
+            (true, false) if status.state == RunState::Running => "held",
+            (false, true) => "let go of",
+            _ => return,
+        };
+        if self.lock().unholdable.contains(&process.pid()) {
+            return;
+        }
+        match process.hold_for_memory(hold) {
+            Ok(()) => tracing::info!(
+                target: "control",
+                "domain '{name}': {done} it (it holds {} MiB for a target of {} MiB; memory \
+                 pool {state:?})",
+                h.resident >> 20,
+                h.target >> 20
+            ),
+            // A save or a migration holds its own pause; the next round asks again.
+            Err(why) if why.contains("being saved") => {
+                tracing::debug!("domain '{name}': not {done} now: {why}")
+            }
+            Err(why) => {
+                tracing::warn!("domain '{name}': could not be {done}: {why}");
+                if why.contains("did not answer") {
+                    self.lock().unholdable.insert(process.pid());
+                }
             }
         }
     }

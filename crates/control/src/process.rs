@@ -71,7 +71,9 @@ impl Shared {
         if report.version < seen.status.version {
             return false;
         }
-        let changed = report.state != seen.status.state.name() || report.boots != seen.status.boots;
+        let changed = report.state != seen.status.state.name()
+            || report.boots != seen.status.boots
+            || report.held_for_memory != seen.status.held_for_memory;
         seen.status = status_of(report);
         drop(seen);
         self.changed.notify_all();
@@ -100,6 +102,7 @@ fn status_of(r: &StatusReport) -> Status {
         state,
         boots: r.boots,
         message: r.message.clone(),
+        held_for_memory: r.held_for_memory,
         outcome: None,
         since: Instant::now()
             .checked_sub(uptime)
@@ -272,6 +275,7 @@ impl DomainProcess {
                 state: "running".into(),
                 boots: 1,
                 message: None,
+                held_for_memory: false,
                 uptime_ms: 0,
                 version: 0,
             }),
@@ -397,13 +401,23 @@ impl DomainProcess {
         self.act(Request::Unpause)
     }
 
+    /// The memory policy holds the running domain, paused (`hold`), or lets the domain it
+    /// holds run again.
+    pub fn hold_for_memory(&self, hold: bool) -> Result<(), String> {
+        self.act(Request::HoldForMemory { hold })
+    }
+
     /// A hard reset.
     pub fn reset(&self) -> Result<(), String> {
         self.act(Request::Reset)
     }
 
-    /// Presses the ACPI power button.
+    /// Presses the ACPI power button. A domain the memory policy holds is let go first, so
+    /// that its guest hears the button (the policy may hold it again while it shuts down).
     pub fn press_power_button(&self) -> Result<(), String> {
+        if self.status().held_for_memory {
+            self.hold_for_memory(false)?;
+        }
         self.act(Request::PowerButton)
     }
 

@@ -15,10 +15,14 @@
 //!   random by the host ([`hv::paging`]), at most [`PAGE_OUT_PER_ROUND`] per domain and round.
 //!   A host without free swap cannot: the policy says so each time the pool turns hard, and
 //!   the balloons are all there is.
-//! - **Blocking** in the low state (ESX pauses the VMs above their targets) is not done: a
-//!   domain paused by the policy would have to stay known as such across a daemon restart, a
-//!   save and a migration, and be told from one its user paused; until it is, no domain is
-//!   paused for memory.
+//! - **Holding** in the low state, as ESX blocks the VMs above their targets: a running
+//!   domain more than [`SLACK`] over its target is paused while the host pages it out, so that
+//!   it takes no more meanwhile, and runs again once it is back within the slack or the pool
+//!   is no longer low. Only where the host's free swap can take what it holds beyond its
+//!   target: a held guest cannot work its balloon, so a hold that paging out cannot end would
+//!   never end. The hold is the domain process's own state
+//!   (`vmm::Instance::hold_for_memory`), so a daemon that restarts finds it, and a held domain
+//!   is told from one its user paused.
 //!
 //! "Free" is the pool less the guest memory the host holds for the running domains: their
 //! resident bytes, with what page sharing saves added back. The policy's targets add up to the
@@ -108,10 +112,24 @@ pub fn page_outs(state: FreeState, domains: &[Holding], can_swap: bool) -> Vec<u
         .collect()
 }
 
-/// Whether this host can swap now (`SwapFree` in `/proc/meminfo` above zero).
-pub fn host_can_swap() -> bool {
+/// Whether each domain is to be held this round (paused by the policy): in the low state,
+/// each domain more than [`SLACK`] over its target whose excess fits in the host's free swap
+/// (`free_swap` bytes), while the host pages it out; none otherwise, so that a domain back
+/// within the slack, or any domain once the pool is no longer low, runs again, and none is
+/// held that paging out cannot bring back to its target.
+pub fn holds(state: FreeState, domains: &[Holding], free_swap: u64) -> Vec<bool> {
+    domains
+        .iter()
+        .map(|d| state == FreeState::Low && d.over() > 0 && d.resident - d.target <= free_swap)
+        .collect()
+}
+
+/// The host's free swap now (`SwapFree` in `/proc/meminfo`), in bytes; 0 if unknown.
+pub fn host_free_swap() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
-        .is_ok_and(|m| crate::sharing::kib_field(&m, "SwapFree:").is_some_and(|b| b > 0))
+        .ok()
+        .and_then(|m| crate::sharing::kib_field(&m, "SwapFree:"))
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -189,5 +207,42 @@ mod tests {
             // A host without swap has the balloons only.
             assert_eq!(page_outs(state, &domains, false), [0, 0, 0]);
         }
+    }
+
+    #[test]
+    fn only_low_holds_the_domains_over_their_targets_and_only_with_swap() {
+        let domains = [
+            Holding {
+                resident: 300 * MIB,
+                target: 128 * MIB,
+            },
+            Holding {
+                resident: 132 * MIB,
+                target: 128 * MIB,
+            },
+            Holding {
+                resident: 133 * MIB,
+                target: 128 * MIB,
+            },
+        ];
+        let gib = 1024 * MIB;
+        assert_eq!(
+            holds(FreeState::Low, &domains, gib),
+            [true, false, true],
+            "over the target by more than the slack"
+        );
+        for state in [FreeState::High, FreeState::Soft, FreeState::Hard] {
+            assert_eq!(holds(state, &domains, gib), [false; 3], "{state:?}");
+        }
+        assert_eq!(
+            holds(FreeState::Low, &domains, 0),
+            [false; 3],
+            "a held guest cannot balloon: without swap, a hold takes nothing back"
+        );
+        assert_eq!(
+            holds(FreeState::Low, &domains, 100 * MIB),
+            [false, false, true],
+            "172 MiB over does not fit in 100 MiB of swap; 5 MiB does"
+        );
     }
 }

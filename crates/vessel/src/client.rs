@@ -328,7 +328,12 @@ pub fn list(socket: &Path, args: ListArgs) -> anyhow::Result<ExitCode> {
         table.row(vec![
             d["id"].as_u64().map_or("-".into(), |id| id.to_string()),
             text(&d["name"]),
-            text(&d["state"]),
+            // Paused by the memory policy, not by the user.
+            if d["held_for_memory"] == true {
+                "held".to_string()
+            } else {
+                text(&d["state"])
+            },
             d["vcpus"].as_u64().unwrap_or(0).to_string(),
             text(&d["memory"]),
             format!("{:.1}", cpu_seconds(d)),

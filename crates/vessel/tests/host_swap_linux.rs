@@ -3,7 +3,8 @@
 //! daemon --memory-pool 320M` runs a (256 MiB), which fills 160 MiB of its tmpfs alone; then b
 //! (256 MiB) starts and fills 110 MiB. The targets give each about 150 MiB, but a's guest
 //! cannot balloon its tmpfs away, so the domains hold more than the pool: the pool's free state falls
-//! to hard or low, and the host pages out at random what a holds beyond its target. a's data
+//! to hard or low, and the host pages out at random what a holds beyond its target (in low,
+//! holding a paused meanwhile and letting it go once it is back at its target). a's data
 //! reads back as written (from swap), b's too, and a runs at the end. The L1 side is
 //! `tests/box_scripts/host_swap.sh`.
 
@@ -61,6 +62,54 @@ fn a_domain_over_its_target_is_paged_out_by_the_host_and_loses_nothing() {
         mib("a_target_paged=")
     );
     assert!(swapped >= 16.0, "a's swap: {swapped:.0} MiB:\n{out}");
+    // In low the domains hold over 99% of the pool and their targets 94%, so one of them is
+    // more than the slack over its target: the policy holds it (paused) while it is paged
+    // out, and lets go of it again (each domain's last hold line is a let-go).
+    let holds: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("HOLD_LOG "))
+        .collect();
+    if out
+        .lines()
+        .any(|l| l.starts_with("DAEMON_LOG") && l.contains("-> Low"))
+    {
+        assert!(
+            holds.iter().any(|l| l.contains(": held it")),
+            "low, and no domain held:\n{out}"
+        );
+    }
+    assert!(
+        !holds.iter().any(|l| l.contains("could not be")),
+        "a hold failed:\n{out}"
+    );
+    for g in ["a", "b"] {
+        let last = holds
+            .iter()
+            .rev()
+            .find(|l| l.contains(&format!("domain '{g}':")));
+        assert!(
+            last.is_none_or(|l| l.contains(": let go of it")),
+            "{g} held for good:\n{out}"
+        );
+    }
+    // Seen held (the pool can pass through low between two looks): its user could not
+    // unpause it (the policy may have let go of it just before: then it ran already), and
+    // if the hold was still on, `vessel list` (just before) said `held`.
+    if let Some(unpause) = values(out, "UNPAUSE_HELD=").first() {
+        assert!(
+            !unpause.starts_with("0 "),
+            "a held domain was unpaused:\n{out}"
+        );
+        if unpause.contains("the memory policy holds the domain") {
+            assert!(
+                out.lines()
+                    .any(|l| l.starts_with("HELD_LIST") && l.contains(" a ") && l.contains("held")),
+                "{out}"
+            );
+        } else {
+            assert!(unpause.contains("running"), "{unpause}\n{out}");
+        }
+    }
     assert!(
         paged <= mib("a_target_paged=") + 8.0,
         "a still holds {paged:.0} MiB:\n{out}"

@@ -53,6 +53,7 @@ fn report(status: &Status) -> StatusReport {
         state: status.state.name().to_string(),
         boots: status.boots,
         message: status.message.clone(),
+        held_for_memory: status.held_for_memory,
         uptime_ms: status.since.elapsed().as_millis() as u64,
         version: status.version,
     }
@@ -312,6 +313,7 @@ fn answer(call: Call, fds: Vec<std::os::fd::OwnedFd>, instance: &Arc<Instance>, 
         Request::Reset => reply(peer, id, instance.reset().map(|()| None)),
         Request::Pause
         | Request::Unpause
+        | Request::HoldForMemory { .. }
         | Request::Destroy
         | Request::DeviceControl { .. }
         | Request::Save { .. }
@@ -328,6 +330,9 @@ fn answer(call: Call, fds: Vec<std::os::fd::OwnedFd>, instance: &Arc<Instance>, 
                     let result = match request {
                         Request::Pause => instance.pause().map(|()| None),
                         Request::Unpause => instance.unpause().map(|()| None),
+                        Request::HoldForMemory { hold } => {
+                            instance.hold_for_memory(hold).map(|()| None)
+                        }
                         Request::DeviceControl { slot, action } => {
                             instance.device_control(slot, action, fds).map(|()| None)
                         }

@@ -64,6 +64,9 @@ pub struct Status {
     pub boots: u32,
     /// Why it stopped or crashed, once it has.
     pub message: Option<String>,
+    /// Paused by the control plane's memory policy ([`Instance::hold_for_memory`]), not by
+    /// its user: only the policy lets it run again.
+    pub held_for_memory: bool,
     /// How it ended, once it has stopped without crashing.
     pub outcome: Option<Outcome>,
     /// When the current machine started.
@@ -122,10 +125,17 @@ pub struct Instance {
     saving: std::sync::RwLock<()>,
     /// Where a migration of the domain is, while one runs.
     migration: Mutex<Option<crate::migration::Progress>>,
+    /// Held by a pause, an unpause and a hold for memory from their look at the state to
+    /// their change of it, so that a user's pause and the policy's hold never interleave.
+    pausing: Mutex<()>,
 }
 
 /// The answer to a change asked for while a save runs.
 const BEING_SAVED: &str = "the domain is being saved";
+/// Why a domain the memory policy holds cannot be unpaused by its user.
+const HELD_FOR_MEMORY: &str = "the memory policy holds the domain: the memory pool is low and \
+    it holds more than its target; it runs again once the pool is no longer low or it is back \
+    at its target";
 
 /// What [`Instance::save`] wrote.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -191,6 +201,7 @@ impl Instance {
                     state: RunState::Running,
                     boots: 1,
                     message: None,
+                    held_for_memory: false,
                     outcome: None,
                     since: Instant::now(),
                     version: 0,
@@ -215,6 +226,7 @@ impl Instance {
                 });
                 s.set(|i| {
                     i.machine = None;
+                    i.status.held_for_memory = false;
                     match ending {
                         Ok(outcome) => {
                             i.status.state = RunState::Shutoff;
@@ -239,6 +251,7 @@ impl Instance {
             msrs_to_save,
             saving: std::sync::RwLock::new(()),
             migration: Mutex::new(None),
+            pausing: Mutex::new(()),
         })
     }
 
@@ -327,11 +340,15 @@ impl Instance {
             .map_err(|e| format!("KVM would not list the MSRs to save: {e}"))?
             .clone();
         let _saving = self.saving.write().unwrap_or_else(|e| e.into_inner());
-        let was_running = match self.status().state {
+        let status = self.status();
+        let was_running = match status.state {
             RunState::Running => true,
             RunState::Paused => false,
             other => return Err(format!("the domain is {}", other.name())),
         };
+        // One the memory policy holds runs on the target (whose own policy decides), and
+        // stays held here if the migration fails.
+        let run_there = was_running || status.held_for_memory;
         let machine = self.machine().ok_or("the domain has no machine")?;
         let conn = std::net::TcpStream::from(conn);
         let mut sender = crate::migration::Sender::start(&conn, &machine, &spec, params)?;
@@ -362,7 +379,7 @@ impl Instance {
                 .map_err(|e| format!("taking the machine's state: {e}"))?;
             sender.mark("state taken");
             sender.finish(&saved)?;
-            sender.go(!was_running)?;
+            sender.go(!run_there)?;
             Ok::<_, String>(paused_at)
         })();
         sender.stop_logging();
@@ -507,16 +524,55 @@ impl Instance {
         &self.shared.input
     }
 
-    /// Parks every vCPU. Only a running domain can be paused.
+    /// Parks every vCPU. Only a running domain can be paused; pausing one the memory policy
+    /// holds makes the pause its user's (the policy no longer lets it run).
     pub fn pause(&self) -> Result<(), String> {
         let _change = self.change()?;
+        let _pausing = self.pausing.lock().unwrap_or_else(|e| e.into_inner());
+        if self.status().held_for_memory {
+            self.shared.set(|i| i.status.held_for_memory = false);
+            return Ok(());
+        }
         self.transition(RunState::Running, RunState::Paused, true)
     }
 
-    /// Lets a paused domain run again.
+    /// Lets a paused domain run again; refused while the memory policy holds it.
     pub fn unpause(&self) -> Result<(), String> {
         let _change = self.change()?;
+        let _pausing = self.pausing.lock().unwrap_or_else(|e| e.into_inner());
+        if self.status().held_for_memory {
+            return Err(HELD_FOR_MEMORY.into());
+        }
         self.transition(RunState::Paused, RunState::Running, false)
+    }
+
+    /// The control plane's memory policy holds a running domain (`true`) or lets the domain
+    /// it holds run again (`false`): ESX blocks the virtual machines above their targets while
+    /// free memory is low, so that they allocate nothing more while the host pages them out.
+    /// A held domain is paused (its vCPUs parked; its memory can still be paged out, merged
+    /// and sampled no more) and says it is held; its user's unpause is refused, its user's
+    /// pause makes the pause theirs. Holding a domain that does not run, or letting go of one
+    /// the policy does not hold, does nothing.
+    pub fn hold_for_memory(&self, hold: bool) -> Result<(), String> {
+        let _change = self.change()?;
+        let _pausing = self.pausing.lock().unwrap_or_else(|e| e.into_inner());
+        let status = self.status();
+        if hold {
+            if status.state != RunState::Running || status.held_for_memory {
+                return Ok(());
+            }
+            self.transition(RunState::Running, RunState::Paused, true)?;
+            self.shared.set(|i| {
+                i.status.held_for_memory = i.status.state == RunState::Paused;
+            });
+            Ok(())
+        } else {
+            if !status.held_for_memory {
+                return Ok(());
+            }
+            self.shared.set(|i| i.status.held_for_memory = false);
+            self.transition(RunState::Paused, RunState::Running, false)
+        }
     }
 
     fn transition(&self, from: RunState, to: RunState, pause: bool) -> Result<(), String> {
@@ -669,6 +725,7 @@ fn supervise(
             }
             inner.machine = Some(view.clone());
             inner.status.state = RunState::Running;
+            inner.status.held_for_memory = false;
             inner.status.since = Instant::now();
             inner.status.version += 1;
         }

@@ -81,6 +81,12 @@ pub enum Request {
     Pause,
     /// Run them again.
     Unpause,
+    /// The memory policy holds the running domain, paused (`hold`), or lets the domain it
+    /// holds run again (`Instance::hold_for_memory`).
+    HoldForMemory {
+        /// Hold, or let go.
+        hold: bool,
+    },
     /// A hard reset: a fresh machine boots.
     Reset,
     /// Press the ACPI power button.
@@ -155,6 +161,10 @@ pub struct StatusReport {
     pub boots: u32,
     /// Why it stopped or crashed, once it has.
     pub message: Option<String>,
+    /// Paused by the memory policy, not by its user (absent from a process that never
+    /// held its domain).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub held_for_memory: bool,
     /// Milliseconds since the current machine started.
     pub uptime_ms: u64,
     /// Grows with every change: a report with a smaller version is older news.
@@ -332,6 +342,21 @@ mod tests {
             .unwrap(),
             r#"{"id":1,"op":"pause"}"#
         );
+        let hold = Call {
+            id: 2,
+            request: Request::HoldForMemory { hold: true },
+        };
+        assert_eq!(
+            String::from_utf8(encode(&hold)).unwrap(),
+            r#"{"id":2,"op":"hold_for_memory","hold":true}"#
+        );
+        assert_eq!(decode::<Call>(&encode(&hold)).unwrap(), hold);
+        // A status without the hold (a process that never held its domain) is not held.
+        let status: StatusReport =
+            decode(br#"{"state":"paused","boots":1,"message":null,"uptime_ms":5,"version":3}"#)
+                .unwrap();
+        assert!(!status.held_for_memory);
+        assert!(!String::from_utf8(encode(&status)).unwrap().contains("held"));
         let note = Note::Reply {
             id: 3,
             error: None,

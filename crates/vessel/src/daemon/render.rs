@@ -20,6 +20,10 @@ pub fn summary(d: &DomainSummary) -> Value {
         "cpu_ns": cpu_ns,
         "boots": d.status.as_ref().map_or(0, |s| s.boots),
         "message": d.status.as_ref().and_then(|s| s.message.clone()),
+        "held_for_memory": d
+            .status
+            .as_ref()
+            .is_some_and(|s| s.held_for_memory && s.state.is_active()),
     })
 }
 

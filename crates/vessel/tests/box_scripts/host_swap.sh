@@ -4,8 +4,8 @@
 # it). Then b (256 MiB) starts: the targets give each about 150 MiB (the pool less its free
 # reserve, halved), but a's guest cannot balloon its tmpfs away, and b writes 110 MiB too, so
 # the domains hold more than the pool. The pool goes
-# hard or low, and the host pages out what a holds beyond its target. Then both guests read
-# their data back. Prints KEY=VALUE lines the test checks;
+# hard or low, and the host pages out what a holds beyond its target (in low, holding a paused
+# meanwhile). Then both guests read their data back. Prints KEY=VALUE lines the test checks;
 # never decides pass or fail.
 set -u
 cat /assets/initramfs.cpio.gz /tools.cpio.gz > /tmp/initrd
@@ -37,7 +37,8 @@ report() {
         api info $g > /dev/null 2>&1 || continue
         echo "$1 $g: state $(api info $g | sed -n 's/^ *"state": "\([a-z]*\)".*/\1/p' | head -1)" \
             "target $(field $g target_bytes) balloon $(field $g balloon_bytes)" \
-            "resident $(field $g resident_bytes) swapped $(field $g swapped_bytes)"
+            "resident $(field $g resident_bytes) swapped $(field $g swapped_bytes)" \
+            "$(api info $g | grep -q '"held_for_memory": true' && echo held)"
     done
 }
 # fill N MIB LINE: guest N writes MIB MiB of LINE to its tmpfs and prints the file's md5.
@@ -56,6 +57,12 @@ echo "B_SUM_BEFORE=$(fill 2 110 'vessel host swapping: b')"
 swapped_max=0; i=0
 while [ $i -lt 180 ]; do
     s=$(field a swapped_bytes); [ -n "$s" ] && [ "$s" -gt "$swapped_max" ] && swapped_max=$s
+    # The first time the policy is seen holding a: its user cannot unpause it.
+    if [ -z "${held_seen:-}" ] && api info a | grep -q '"held_for_memory": true'; then
+        held_seen=1
+        api list | sed 's/^/HELD_LIST /'
+        api unpause a > /tmp/unpause.out 2>&1; echo "UNPAUSE_HELD=$? $(head -c 200 /tmp/unpause.out)"
+    fi
     [ $((i % 10)) = 0 ] && { report "t=$i"; no_crash; }
     # Paged out, and the pool back to high or soft: done.
     [ "$swapped_max" -gt 0 ] && api mem | grep -q '^pool state    : \(high\|soft\)' && break
@@ -76,4 +83,5 @@ echo "a_state=$(api info a | sed -n 's/^ *"state": "\([a-z]*\)".*/\1/p' | head -
 grep SwapFree /proc/meminfo | sed 's/^/L1 /'
 no_crash
 grep "memory pool\|paging out\|no free swap" /tmp/daemon.log | head -n 40 | sed 's/^/DAEMON_LOG /'
+grep ": held it\|: let go of it\|could not be" /tmp/daemon.log | sed 's/^/HOLD_LOG /'
 api destroy a > /dev/null
