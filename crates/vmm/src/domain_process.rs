@@ -280,11 +280,33 @@ fn serve_connection(conn: &Channel, instance: &Arc<Instance>, peer: &Peer) {
             }
             Some(b'{') => match wire::decode::<Call>(&bytes) {
                 Ok(call) => answer(call, fds, instance, peer),
-                Err(e) => tracing::info!("ignoring {e}"),
+                Err(e) => refuse_unknown(&bytes, &e.to_string(), instance, peer),
             },
             _ => tracing::info!("ignoring a message of an unknown kind"),
         }
     }
+}
+
+/// A call this process cannot read (a request a newer control plane knows and this binary
+/// does not, or a malformed one): answered with an error if it carries an id, so that its
+/// caller does not wait for an answer that never comes; ignored otherwise.
+fn refuse_unknown(bytes: &[u8], why: &str, instance: &Instance, peer: &Peer) {
+    let id = serde_json::from_slice::<serde_json::Value>(bytes)
+        .ok()
+        .and_then(|v| v.get("id").and_then(serde_json::Value::as_u64));
+    let Some(id) = id else {
+        tracing::info!("ignoring {why}");
+        return;
+    };
+    tracing::info!("refusing call {id}: {why}");
+    peer.send(&wire::encode(&Note::Reply {
+        id,
+        error: Some(format!("this domain process cannot do that: {why}")),
+        stats: None,
+        status: Some(report(&instance.status())),
+        saved: None,
+        migrated: None,
+    }));
 }
 
 /// Answers one call (`fds`: the descriptors that came with it); the slow ones (which wait for
