@@ -71,7 +71,13 @@ for g in $GUESTS; do
         if [ $i -ge 900 ]; then
             echo "NO_FILL=g$g"
             console $g | tail -n 20 | sed "s/^/CONSOLE_$g /"
-            [ $VMM = qemu ] && sed "s/^/QEMU_LOG_$g /" /tmp/qemu$g.log
+            if [ $VMM = qemu ]; then
+                sed "s/^/QEMU_LOG_$g /" /tmp/qemu$g.log
+            else
+                # Crashed, or running and stuck (its vCPU's CPU time tells a spin from a halt).
+                vessel list | sed 's/^/LIST /'
+                tail -n 10 /tmp/state/logs/g$g.log 2>/dev/null | sed "s/^/LOG_$g /"
+            fi
             exit 0
         fi
         sleep 1
