@@ -90,7 +90,7 @@ sample() {
     extra=
     [ $VMM != qemu ] && extra="DAEMON_CPU_S=$(awk -v t=$(cpu_ticks $daemon) 'BEGIN {print t / 100}')"
     echo "$1 COST_MIB=$((cost / 1024)) SAVED_MIB=$((saved / 1024))" \
-        "RECLAIMED_PCT=$(awk -v c=$cost -v s=$saved 'BEGIN {printf "%.1f", c + s > 0 ? 100 * s / (c + s) : 0}')" \
+        "RECLAIMED_PCT=$(awk -v c=$cost -v s=$saved 'BEGIN {printf "%.1f", (c + s > 0 ? 100 * s / (c + s) : 0)}')" \
         "KSMD_CPU_S=$(awk -v t=$(cpu_ticks $ksmd) -v t0=$KSMD0 'BEGIN {print (t - t0) / 100}')" \
         "SCAN=$(cat /sys/kernel/mm/ksm/pages_to_scan)/$(cat /sys/kernel/mm/ksm/sleep_millisecs)" $extra
 }
