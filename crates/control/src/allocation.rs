@@ -449,12 +449,12 @@ impl MemoryPolicy {
                 h.target >> 20
             ),
             // A save or a migration holds its own pause; the next round asks again.
-            Err(why) if why.contains("being saved") => {
+            Err(why) if why == vmm::instance::BEING_SAVED => {
                 tracing::debug!("domain '{name}': not {done} now: {why}")
             }
             Err(why) => {
                 tracing::warn!("domain '{name}': could not be {done}: {why}");
-                if why.contains("did not answer") {
+                if why == crate::process::NO_ANSWER {
                     self.lock().unholdable.insert(process.pid());
                 }
             }

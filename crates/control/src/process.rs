@@ -111,6 +111,9 @@ fn status_of(r: &StatusReport) -> Status {
     }
 }
 
+/// The error of a call its domain process did not answer in time.
+pub const NO_ANSWER: &str = "the domain process did not answer";
+
 /// The hidden verb that runs a domain process.
 pub const DOMAIN_VERB: &str = "domain";
 
@@ -360,7 +363,7 @@ impl DomainProcess {
             _ if gone => Err("the domain process is gone".to_string()),
             Err(e) => Err(format!("the domain process is gone: {e}")),
             Ok(()) => rx.recv_timeout(timeout).map_err(|e| match e {
-                RecvTimeoutError::Timeout => "the domain process did not answer".to_string(),
+                RecvTimeoutError::Timeout => NO_ANSWER.to_string(),
                 RecvTimeoutError::Disconnected => {
                     "the domain process ended before it answered".to_string()
                 }

@@ -130,8 +130,8 @@ pub struct Instance {
     pausing: Mutex<()>,
 }
 
-/// The answer to a change asked for while a save runs.
-const BEING_SAVED: &str = "the domain is being saved";
+/// The answer to a change asked for while a save (or a migration) runs.
+pub const BEING_SAVED: &str = "the domain is being saved";
 /// Why a domain the memory policy holds cannot be unpaused by its user.
 const HELD_FOR_MEMORY: &str = "the memory policy holds the domain: the memory pool is low and \
     it holds more than its target; it runs again once the pool is no longer low or it is back \
